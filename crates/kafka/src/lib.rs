@@ -1,0 +1,1 @@
+//! Kafka plumbing: client configuration, topics, Avro producer and consumer, the embedded mock cluster

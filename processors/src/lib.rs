@@ -1,0 +1,1 @@
+//! Stream processors: enricher, channel senders, retry, tracking, feed fan-out

@@ -1,0 +1,130 @@
+//! The catalog of Avro schemas this build writes, one per record type.
+//!
+//! Schemas live as `.avsc` files in `schemas/avro/` so analytics jobs and
+//! other languages read the same files we compile in. Each has a fixed local
+//! schema id, used in the Confluent wire format when no schema registry is
+//! configured; with a registry, ids come from the registry instead and the
+//! subject is the record's full name (Confluent's RecordNameStrategy, because
+//! one record type, `Delivery`, travels on several topics).
+
+use std::sync::OnceLock;
+
+use apache_avro::Schema;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::records::{
+    DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, TrackingEvent,
+};
+
+/// One schema of the catalog.
+#[derive(Debug)]
+pub struct CatalogEntry {
+    /// Full Avro name, also the registry subject.
+    pub full_name: &'static str,
+    /// File name under `schemas/avro/`.
+    pub file: &'static str,
+    /// The schema id written when no registry is configured.
+    pub local_id: u32,
+    /// The `.avsc` text.
+    pub source: &'static str,
+}
+
+macro_rules! entry {
+    ($full:literal, $file:literal, $id:literal) => {
+        CatalogEntry {
+            full_name: $full,
+            file: $file,
+            local_id: $id,
+            source: include_str!(concat!("../avro/", $file)),
+        }
+    };
+}
+
+/// Every schema, in local-id order. Ids are never reused: a new record type
+/// takes the next number.
+pub static CATALOG: &[CatalogEntry] = &[
+    entry!("tidings.v1.NotificationRequest", "notification_request.avsc", 1),
+    entry!("tidings.v1.Delivery", "delivery.avsc", 2),
+    entry!("tidings.v1.DeadLetter", "dead_letter.avsc", 3),
+    entry!("tidings.v1.TrackingEvent", "tracking_event.avsc", 4),
+    entry!("tidings.v1.PostPublished", "post_published.avsc", 5),
+    entry!("tidings.v1.FanoutBatch", "fanout_batch.avsc", 6),
+];
+
+/// A Rust type that is the payload of a topic.
+pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Full Avro name of its schema in [`CATALOG`].
+    const FULL_NAME: &'static str;
+}
+
+impl AvroRecord for NotificationRequest {
+    const FULL_NAME: &'static str = "tidings.v1.NotificationRequest";
+}
+impl AvroRecord for Delivery {
+    const FULL_NAME: &'static str = "tidings.v1.Delivery";
+}
+impl AvroRecord for DeadLetter {
+    const FULL_NAME: &'static str = "tidings.v1.DeadLetter";
+}
+impl AvroRecord for TrackingEvent {
+    const FULL_NAME: &'static str = "tidings.v1.TrackingEvent";
+}
+impl AvroRecord for PostPublished {
+    const FULL_NAME: &'static str = "tidings.v1.PostPublished";
+}
+impl AvroRecord for FanoutBatch {
+    const FULL_NAME: &'static str = "tidings.v1.FanoutBatch";
+}
+
+/// A catalog entry with its parsed schema.
+#[derive(Debug)]
+pub struct ParsedEntry {
+    pub entry: &'static CatalogEntry,
+    pub schema: &'static Schema,
+}
+
+/// The catalog parsed once per process. The schemas are compiled in and
+/// covered by tests, so a parse failure is a build defect, not an input error.
+pub fn parsed() -> &'static [ParsedEntry] {
+    static PARSED: OnceLock<Vec<ParsedEntry>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        CATALOG
+            .iter()
+            .map(|entry| {
+                let schema = Schema::parse_str(entry.source).unwrap_or_else(|e| {
+                    panic!("compiled-in schema {} does not parse: {e}", entry.file)
+                });
+                ParsedEntry { entry, schema: Box::leak(Box::new(schema)) }
+            })
+            .collect()
+    })
+}
+
+/// The parsed entry for a full name.
+pub fn lookup(full_name: &str) -> Option<&'static ParsedEntry> {
+    parsed().iter().find(|p| p.entry.full_name == full_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_parses_and_its_name_matches_the_catalog() {
+        for p in parsed() {
+            let name = match p.schema {
+                Schema::Record(r) => r.name.fullname(None),
+                other => panic!("{} is not a record: {other:?}", p.entry.file),
+            };
+            assert_eq!(name, p.entry.full_name, "{}", p.entry.file);
+        }
+    }
+
+    #[test]
+    fn local_ids_are_unique() {
+        let mut ids: Vec<u32> = CATALOG.iter().map(|e| e.local_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), CATALOG.len());
+    }
+}

@@ -1,0 +1,23 @@
+//! The contracts of tidings: Avro schemas for every Kafka topic (with the
+//! Confluent wire-format codec that reads and writes them) and the gRPC API
+//! (`tidings.v1`).
+
+pub mod catalog;
+pub mod codec;
+pub mod records;
+
+pub use catalog::{AvroRecord, CATALOG};
+pub use codec::{AvroCodec, CodecError};
+
+/// Generated gRPC types and services, package `tidings.v1`.
+pub mod proto {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("tidings.v1");
+    }
+
+    /// The encoded `FileDescriptorSet` of every proto, for gRPC reflection
+    /// and foreign clients.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/tidings_descriptor.bin"));
+}
