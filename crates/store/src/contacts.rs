@@ -1,0 +1,103 @@
+//! Contact information: user profiles (name, avatar, locale, email, phone)
+//! and the push devices of each user.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Millis, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub user_id: String,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    /// BCP 47 tag, e.g. `fr-FR`.
+    pub locale: Option<String>,
+    pub email: Option<String>,
+    /// E.164, e.g. `+33612345678`.
+    pub phone: Option<String>,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    Ios,
+    Android,
+    Web,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Web => "web",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ios" => Ok(Platform::Ios),
+            "android" => Ok(Platform::Android),
+            "web" => Ok(Platform::Web),
+            other => Err(format!("unknown platform `{other}`")),
+        }
+    }
+}
+
+/// A push token of one user. An invalidation is a tombstone with a time
+/// rather than a delete, so that events arriving out of order resolve by
+/// time: the device is live while `invalidated_at < registered_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub user_id: String,
+    pub token: String,
+    pub platform: Platform,
+    pub registered_at: Millis,
+    pub invalidated_at: Option<Millis>,
+}
+
+impl Device {
+    pub fn is_live(&self) -> bool {
+        self.invalidated_at.is_none_or(|at| at < self.registered_at)
+    }
+}
+
+#[async_trait::async_trait]
+pub trait ContactStore: Send + Sync + 'static {
+    async fn upsert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
+    /// The users that exist among `user_ids`, in the order asked; missing ids
+    /// are skipped.
+    async fn get_users(&self, user_ids: &[String]) -> Result<Vec<User>, StoreError>;
+    /// Sets or clears the email, creating a bare user row if there is none.
+    async fn set_email(&self, user_id: &str, email: Option<String>) -> Result<(), StoreError>;
+    /// Sets or clears the phone number, creating a bare user row if there is none.
+    async fn set_phone(&self, user_id: &str, phone: Option<String>) -> Result<(), StoreError>;
+
+    /// Upserts platform and `registered_at`; an earlier invalidation stays
+    /// recorded and loses against the newer registration.
+    async fn register_device(&self, device: &Device) -> Result<(), StoreError>;
+    async fn remove_device(&self, user_id: &str, token: &str) -> Result<(), StoreError>;
+    /// Records that the provider rejected the token at `at`. The tombstone is
+    /// kept even for a token not registered (yet), so a registration older
+    /// than `at` that arrives late stays hidden.
+    async fn invalidate_device(
+        &self,
+        user_id: &str,
+        token: &str,
+        at: Millis,
+    ) -> Result<(), StoreError>;
+    /// The devices for which [`Device::is_live`] holds.
+    async fn live_devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+}

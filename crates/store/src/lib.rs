@@ -1,0 +1,163 @@
+//! Durable state of tidings: one storage trait per aggregate, two engines.
+//!
+//! Every aggregate (contacts, preferences, templates, feeds, ...) has a trait
+//! in its own module, together with its model types. Two backends implement
+//! all of them:
+//!
+//! - `scylla://host1:9042,host2:9042/keyspace`: ScyllaDB (or Apache Cassandra,
+//!   the CQL we use is portable), the production store;
+//! - `sqlite:///abs/path/tidings.db` or `sqlite://relative/path.db`: an
+//!   embedded SQLite file, for development, tests and single-node installs.
+//!
+//! [`Store::connect`] picks the engine from the URL and returns a [`Store`]:
+//! a cheap-to-clone bundle holding one trait object per aggregate, so callers
+//! write `store.contacts.live_devices(user)` and never name an engine. The
+//! same conformance suite (`tests/conformance.rs`) runs against both engines.
+
+pub mod apps;
+pub mod contacts;
+pub mod counters;
+pub mod dedupe;
+mod error;
+pub mod feed;
+pub mod notification_log;
+pub mod posts;
+pub mod preferences;
+pub mod schedule;
+mod scylla;
+pub mod social_graph;
+mod sqlite;
+pub mod templates;
+mod url;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use apps::{App, AppStore};
+pub use contacts::{ContactStore, Device, Platform, User};
+pub use counters::CounterStore;
+pub use dedupe::DedupeLedger;
+pub use error::StoreError;
+pub use feed::{FeedEntry, FeedStore};
+pub use notification_log::{NotificationLog, StatusEntry};
+pub use posts::{Post, PostStore};
+pub use preferences::{Preference, PreferenceStore};
+pub use schedule::{ScheduleStore, ScheduledItem};
+pub use social_graph::SocialGraph;
+pub use templates::{TemplateContent, TemplateStore, TemplateVersion};
+
+use crate::url::StoreUrl;
+
+/// Milliseconds since the Unix epoch: the one time type of the store.
+pub type Millis = i64;
+
+/// The current wall-clock time as [`Millis`].
+pub fn now_millis() -> Millis {
+    // A clock before 1970 is a broken host; saturating keeps us panic-free.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How a new ScyllaDB keyspace is replicated. Ignored by SQLite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// `SimpleStrategy`: fine for a single data centre in development/tests.
+    Simple { factor: u32 },
+    /// `NetworkTopologyStrategy`: what production should use, with a
+    /// replication factor per data-centre name, e.g. `{"dc1": 3, "dc2": 3}`.
+    NetworkTopology { datacenters: BTreeMap<String, u32> },
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication::Simple { factor: 1 }
+    }
+}
+
+/// Knobs of [`Store::connect`]. `StoreOptions::default()` suits tests and
+/// development.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Apply the (idempotent) schema migrations while connecting.
+    pub migrate: bool,
+    /// Replication of the keyspace when migrations create it (Scylla only).
+    pub replication: Replication,
+    /// Bound on establishing the first connection (Scylla only).
+    pub connect_timeout: Duration,
+    /// How many requests one multi-key call keeps in flight (Scylla only).
+    pub concurrency: usize,
+    /// How far back in time `ScheduleStore::due` looks for undrained buckets
+    /// after start-up (Scylla only; SQLite has an index on the due time).
+    pub schedule_lookback: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            migrate: true,
+            replication: Replication::default(),
+            connect_timeout: Duration::from_secs(5),
+            concurrency: 64,
+            schedule_lookback: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Engine-level operations that are not about one aggregate.
+#[async_trait::async_trait]
+trait Backend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn migrate(&self) -> Result<(), StoreError>;
+}
+
+/// Handle to every aggregate store of one engine. Cloning is cheap (`Arc`s).
+#[derive(Clone)]
+pub struct Store {
+    pub contacts: Arc<dyn ContactStore>,
+    pub preferences: Arc<dyn PreferenceStore>,
+    pub templates: Arc<dyn TemplateStore>,
+    pub dedupe: Arc<dyn DedupeLedger>,
+    pub notification_log: Arc<dyn NotificationLog>,
+    pub posts: Arc<dyn PostStore>,
+    pub social_graph: Arc<dyn SocialGraph>,
+    pub feed: Arc<dyn FeedStore>,
+    pub counters: Arc<dyn CounterStore>,
+    pub schedule: Arc<dyn ScheduleStore>,
+    pub apps: Arc<dyn AppStore>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Opens the engine named by `url` (see the crate docs for the forms).
+    /// With `opts.migrate` the schema is created or brought up to date first;
+    /// without it a missing schema surfaces as an error naming the table (at
+    /// connect on Scylla, where statements are prepared; at first use on
+    /// SQLite).
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
+        match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite { path } => sqlite::connect(&path, opts).await,
+            StoreUrl::Scylla { nodes, keyspace } => scylla::connect(&nodes, &keyspace, opts).await,
+        }
+    }
+
+    /// Applies the schema migrations again. They are idempotent, so this is
+    /// safe on a live store, e.g. after deploying a build with a new table.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.backend.migrate().await
+    }
+
+    /// `"scylla"` or `"sqlite"`, for logs and metrics labels.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}

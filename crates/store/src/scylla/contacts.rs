@@ -1,0 +1,191 @@
+//! [`ContactStore`](crate::ContactStore) on CQL: the `users` and `devices` tables.
+
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{Context, Cql};
+use crate::contacts::{ContactStore, Device, User};
+use crate::{Millis, StoreError, now_millis};
+
+pub(crate) struct ScyllaContacts {
+    cql: Cql,
+    upsert_user: PreparedStatement,
+    get_user: PreparedStatement,
+    set_email: PreparedStatement,
+    set_phone: PreparedStatement,
+    register_device: PreparedStatement,
+    remove_device: PreparedStatement,
+    invalidate_device: PreparedStatement,
+    devices: PreparedStatement,
+}
+
+type UserRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Millis>,
+);
+
+fn user_from_row(
+    (user_id, display_name, avatar_url, locale, email, phone, updated_at): UserRow,
+) -> User {
+    // set_email/set_phone may have created the row without a profile.
+    User {
+        user_id,
+        display_name: display_name.unwrap_or_default(),
+        avatar_url,
+        locale,
+        email,
+        phone,
+        updated_at: updated_at.unwrap_or_default(),
+    }
+}
+
+impl ScyllaContacts {
+    pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+        Ok(ScyllaContacts {
+            upsert_user: cql
+                .prepare(
+                    "INSERT INTO users (user_id, display_name, avatar_url, locale, email, phone, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .await?,
+            get_user: cql
+                .prepare(
+                    "SELECT user_id, display_name, avatar_url, locale, email, phone, updated_at
+                     FROM users WHERE user_id = ?",
+                )
+                .await?,
+            set_email: cql.prepare("UPDATE users SET email = ?, updated_at = ? WHERE user_id = ?").await?,
+            set_phone: cql.prepare("UPDATE users SET phone = ?, updated_at = ? WHERE user_id = ?").await?,
+            register_device: cql
+                .prepare("UPDATE devices SET platform = ?, registered_at = ? WHERE user_id = ? AND device_token = ?")
+                .await?,
+            remove_device: cql.prepare("DELETE FROM devices WHERE user_id = ? AND device_token = ?").await?,
+            invalidate_device: cql
+                .prepare("UPDATE devices SET invalidated_at = ? WHERE user_id = ? AND device_token = ?")
+                .await?,
+            devices: cql
+                .prepare("SELECT device_token, platform, registered_at, invalidated_at FROM devices WHERE user_id = ?")
+                .await?,
+            cql: cql.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ContactStore for ScyllaContacts {
+    async fn upsert_user(&self, u: &User) -> Result<(), StoreError> {
+        let values = (
+            &u.user_id,
+            &u.display_name,
+            &u.avatar_url,
+            &u.locale,
+            &u.email,
+            &u.phone,
+            u.updated_at,
+        );
+        self.cql
+            .execute(&self.upsert_user, values)
+            .await
+            .ctx("contacts.upsert_user", &u.user_id)?;
+        Ok(())
+    }
+
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        let row = self
+            .cql
+            .maybe_row::<UserRow>(&self.get_user, (user_id,))
+            .await
+            .ctx("contacts.get_user", user_id)?;
+        Ok(row.map(user_from_row))
+    }
+
+    async fn get_users(&self, user_ids: &[String]) -> Result<Vec<User>, StoreError> {
+        let users = self
+            .cql
+            .concurrently(user_ids, |id| self.get_user(id))
+            .await?;
+        Ok(users.into_iter().flatten().collect())
+    }
+
+    async fn set_email(&self, user_id: &str, email: Option<String>) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.set_email, (email, now_millis(), user_id))
+            .await
+            .ctx("contacts.set_email", user_id)?;
+        Ok(())
+    }
+
+    async fn set_phone(&self, user_id: &str, phone: Option<String>) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.set_phone, (phone, now_millis(), user_id))
+            .await
+            .ctx("contacts.set_phone", user_id)?;
+        Ok(())
+    }
+
+    async fn register_device(&self, d: &Device) -> Result<(), StoreError> {
+        let values = (d.platform.as_str(), d.registered_at, &d.user_id, &d.token);
+        self.cql
+            .execute(&self.register_device, values)
+            .await
+            .ctx("contacts.register_device", &d.user_id)?;
+        Ok(())
+    }
+
+    async fn remove_device(&self, user_id: &str, token: &str) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.remove_device, (user_id, token))
+            .await
+            .ctx("contacts.remove_device", user_id)?;
+        Ok(())
+    }
+
+    async fn invalidate_device(
+        &self,
+        user_id: &str,
+        token: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.invalidate_device, (at, user_id, token))
+            .await
+            .ctx("contacts.invalidate_device", user_id)?;
+        Ok(())
+    }
+
+    async fn live_devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        const OP: &str = "contacts.live_devices";
+        let rows = self
+            .cql
+            .all_rows::<(String, Option<String>, Option<Millis>, Option<Millis>)>(
+                &self.devices,
+                (user_id,),
+            )
+            .await
+            .ctx(OP, user_id)?;
+        let mut live = Vec::new();
+        for (token, platform, registered_at, invalidated_at) in rows {
+            // A row without registration holds only a tombstone.
+            let (Some(platform), Some(registered_at)) = (platform, registered_at) else {
+                continue;
+            };
+            let device = Device {
+                user_id: user_id.to_owned(),
+                token,
+                platform: platform
+                    .parse()
+                    .map_err(|e| StoreError::invalid_data(OP, user_id, e))?,
+                registered_at,
+                invalidated_at,
+            };
+            if device.is_live() {
+                live.push(device);
+            }
+        }
+        Ok(live)
+    }
+}

@@ -1,0 +1,121 @@
+//! [`DedupeLedger`](crate::DedupeLedger) on CQL: the `dedupe` table.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{Context, Cql};
+use crate::dedupe::DedupeLedger;
+use crate::{StoreError, now_millis};
+
+/// Cassandra refuses TTLs above 20 years.
+const MAX_TTL_SECS: u64 = 20 * 365 * 24 * 3600;
+
+/// Read, then write with a TTL, without a lightweight transaction: Paxos would
+/// cost four round trips per key at 10k keys/s. This is safe because each key
+/// has a single writer: topics are partitioned by user and one consumer owns a
+/// partition at a time. The only window for a duplicate is a rebalance while
+/// the previous owner is still finishing a batch, and the senders' own
+/// sent-ledger catches those downstream.
+pub(crate) struct ScyllaDedupe {
+    cql: Cql,
+    seen: PreparedStatement,
+    mark: PreparedStatement,
+    forget: PreparedStatement,
+}
+
+/// TTLs are whole seconds in CQL: round up so a key is never forgotten early.
+fn ttl_secs(ttl: Duration) -> i32 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i32::try_from(secs.clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
+}
+
+impl ScyllaDedupe {
+    pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+        Ok(ScyllaDedupe {
+            seen: cql
+                .prepare("SELECT seen_at FROM dedupe WHERE scope = ? AND key = ?")
+                .await?,
+            mark: cql
+                .prepare("INSERT INTO dedupe (scope, key, seen_at) VALUES (?, ?, ?) USING TTL ?")
+                .await?,
+            forget: cql
+                .prepare("DELETE FROM dedupe WHERE scope = ? AND key = ?")
+                .await?,
+            cql: cql.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DedupeLedger for ScyllaDedupe {
+    async fn first_seen(&self, scope: &str, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        const OP: &str = "dedupe.first_seen";
+        let seen = self
+            .cql
+            .maybe_row::<(Option<i64>,)>(&self.seen, (scope, key))
+            .await
+            .ctx(OP, key)?;
+        if seen.is_some() {
+            return Ok(false);
+        }
+        self.cql
+            .execute(&self.mark, (scope, key, now_millis(), ttl_secs(ttl)))
+            .await
+            .ctx(OP, key)?;
+        Ok(true)
+    }
+
+    async fn first_seen_many(
+        &self,
+        scope: &str,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        // Repeats within the call are answered locally: only a key's first
+        // position asks the database.
+        let mut first_position = HashMap::with_capacity(keys.len());
+        let unique: Vec<&String> = keys
+            .iter()
+            .enumerate()
+            .filter(|&(i, key)| *first_position.entry(key).or_insert(i) == i)
+            .map(|(_, key)| key)
+            .collect();
+        let firsts = self
+            .cql
+            .concurrently(unique.iter().copied(), |key| {
+                self.first_seen(scope, key, ttl)
+            })
+            .await?;
+        let mut answers = vec![false; keys.len()];
+        for (key, first) in unique.into_iter().zip(firsts) {
+            if let Some(&i) = first_position.get(key) {
+                answers[i] = first;
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.forget, (scope, key))
+            .await
+            .ctx("dedupe.forget", key)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds_within_cql_limits() {
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(86_400)), 86_400);
+        assert_eq!(ttl_secs(Duration::from_secs(u64::MAX)), MAX_TTL_SECS as i32);
+    }
+}

@@ -1,0 +1,110 @@
+//! [`DedupeLedger`](crate::DedupeLedger) on SQLite: the `dedupe` table.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+
+use super::{Context, Db};
+use crate::dedupe::DedupeLedger;
+use crate::{Millis, StoreError, now_millis};
+
+/// Expired rows are treated as absent by the upsert below and deleted in bulk
+/// every `PURGE_EVERY` marks, so the table stays bounded without a timer.
+const PURGE_EVERY: u64 = 4096;
+
+pub(crate) struct SqliteDedupe {
+    db: Db,
+    marks: AtomicU64,
+}
+
+impl SqliteDedupe {
+    pub(crate) fn new(db: Db) -> Self {
+        SqliteDedupe {
+            db,
+            marks: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this batch of `count` marks crosses a purge boundary.
+    fn purge_due(&self, count: usize) -> bool {
+        let count = count as u64;
+        let before = self.marks.fetch_add(count, Ordering::Relaxed);
+        before / PURGE_EVERY != (before + count) / PURGE_EVERY
+    }
+}
+
+/// Inserts the key, or revives an expired one; either way one row changes
+/// exactly when the key counts as first seen.
+fn mark(
+    c: &Connection,
+    scope: &str,
+    key: &str,
+    now: Millis,
+    expires_at: Millis,
+) -> rusqlite::Result<bool> {
+    let changed = c
+        .prepare_cached(
+            "INSERT INTO dedupe (scope, key, expires_at) VALUES (?1, ?2, ?4)
+             ON CONFLICT (scope, key) DO UPDATE SET expires_at = excluded.expires_at WHERE dedupe.expires_at <= ?3",
+        )?
+        .execute(params![scope, key, now, expires_at])?;
+    Ok(changed == 1)
+}
+
+fn purge(c: &Connection, now: Millis) -> rusqlite::Result<usize> {
+    c.prepare_cached("DELETE FROM dedupe WHERE expires_at <= ?1")?
+        .execute([now])
+}
+
+fn expiry(now: Millis, ttl: Duration) -> Millis {
+    now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[async_trait::async_trait]
+impl DedupeLedger for SqliteDedupe {
+    async fn first_seen(&self, scope: &str, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.first_seen_many(scope, &[key.to_owned()], ttl)
+            .await
+            .map(|seen| seen.first().copied().unwrap_or(false))
+    }
+
+    async fn first_seen_many(
+        &self,
+        scope: &str,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let purge_due = self.purge_due(keys.len());
+        let (owned_scope, keys) = (scope.to_owned(), keys.to_vec());
+        self.db
+            .call(move |c| {
+                let now = now_millis();
+                let expires_at = expiry(now, ttl);
+                let tx = c.transaction()?;
+                if purge_due {
+                    purge(&tx, now)?;
+                }
+                let firsts = keys
+                    .iter()
+                    .map(|key| mark(&tx, &owned_scope, key, now, expires_at))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                tx.commit()?;
+                Ok(firsts)
+            })
+            .await
+            .ctx("dedupe.first_seen", scope)
+    }
+
+    async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let (owned_scope, owned_key) = (scope.to_owned(), key.to_owned());
+        self.db
+            .call(move |c| {
+                c.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND key = ?2")?
+                    .execute([owned_scope, owned_key])
+            })
+            .await
+            .ctx("dedupe.forget", &format!("{scope}/{key}"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! [`FeedStore`](crate::FeedStore) on SQLite: the `feed_entries` table.
+
+use rusqlite::params;
+
+use super::{Context, Db};
+use crate::feed::{FeedEntry, FeedStore};
+use crate::{Millis, StoreError};
+
+pub(crate) struct SqliteFeed(pub(crate) Db);
+
+#[async_trait::async_trait]
+impl FeedStore for SqliteFeed {
+    async fn append_many(&self, entries: &[(String, FeedEntry)]) -> Result<(), StoreError> {
+        let owned = entries.to_vec();
+        self.0
+            .call(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO feed_entries (owner_id, created_at, post_id, author_id)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for (owner, e) in &owned {
+                        insert.execute(params![owner, e.created_at, e.post_id, e.author_id])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+            .ctx("feed.append_many", &format!("{} entries", entries.len()))
+    }
+
+    async fn read(
+        &self,
+        owner: &str,
+        before: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<FeedEntry>, StoreError> {
+        let id = owner.to_owned();
+        // Without a cursor everything is older than the greatest time.
+        let (before_at, before_post) =
+            before.map_or((Millis::MAX, None), |(at, post)| (at, Some(post)));
+        self.0
+            .call(move |c| {
+                c.prepare_cached(
+                    "SELECT post_id, author_id, created_at FROM feed_entries
+                     WHERE owner_id = ?1
+                       AND (created_at < ?2 OR (created_at = ?2 AND post_id < ?3))
+                     ORDER BY created_at DESC, post_id DESC LIMIT ?4",
+                )?
+                .query_map(params![id, before_at, before_post, limit], |r| {
+                    Ok(FeedEntry {
+                        post_id: r.get(0)?,
+                        author_id: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })?
+                .collect()
+            })
+            .await
+            .ctx("feed.read", owner)
+    }
+
+    async fn trim(&self, owner: &str, keep: usize) -> Result<(), StoreError> {
+        let id = owner.to_owned();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.0
+            .call(move |c| {
+                c.prepare_cached(
+                    "DELETE FROM feed_entries WHERE owner_id = ?1 AND (created_at, post_id) IN (
+                        SELECT created_at, post_id FROM feed_entries WHERE owner_id = ?1
+                        ORDER BY created_at DESC, post_id DESC LIMIT -1 OFFSET ?2)",
+                )?
+                .execute(params![id, keep])
+            })
+            .await
+            .ctx("feed.trim", owner)?;
+        Ok(())
+    }
+}

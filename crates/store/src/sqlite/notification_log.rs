@@ -1,0 +1,87 @@
+//! [`NotificationLog`](crate::NotificationLog) on SQLite: the `notification_status` table.
+
+use rusqlite::{Connection, params};
+
+use super::{Context, Db};
+use crate::StoreError;
+use crate::notification_log::{NotificationLog, StatusEntry};
+
+pub(crate) struct SqliteNotificationLog(pub(crate) Db);
+
+/// The WHERE keeps the newest `at` when entries arrive out of order.
+fn upsert(c: &Connection, e: &StatusEntry) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "INSERT INTO notification_status
+         (notification_id, channel, target, user_id, state, detail, attempt, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (notification_id, channel, target) DO UPDATE SET
+            user_id = excluded.user_id, state = excluded.state, detail = excluded.detail,
+            attempt = excluded.attempt, at = excluded.at
+         WHERE excluded.at >= notification_status.at",
+    )?
+    .execute(params![
+        e.notification_id,
+        e.channel,
+        e.target,
+        e.user_id,
+        e.state,
+        e.detail,
+        e.attempt,
+        e.at
+    ])
+}
+
+#[async_trait::async_trait]
+impl NotificationLog for SqliteNotificationLog {
+    async fn record(&self, entry: &StatusEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        self.0
+            .call(move |c| upsert(c, &e))
+            .await
+            .ctx("notification_log.record", &entry.notification_id)?;
+        Ok(())
+    }
+
+    async fn record_many(&self, entries: &[StatusEntry]) -> Result<(), StoreError> {
+        let owned = entries.to_vec();
+        self.0
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for e in &owned {
+                    upsert(&tx, e)?;
+                }
+                tx.commit()
+            })
+            .await
+            .ctx(
+                "notification_log.record_many",
+                &format!("{} entries", entries.len()),
+            )
+    }
+
+    async fn get(&self, notification_id: &str) -> Result<Vec<StatusEntry>, StoreError> {
+        let id = notification_id.to_owned();
+        self.0
+            .call(move |c| {
+                c.prepare_cached(
+                    "SELECT notification_id, user_id, channel, target, state, detail, attempt, at
+                     FROM notification_status WHERE notification_id = ?1 ORDER BY channel, target",
+                )?
+                .query_map([id], |r| {
+                    Ok(StatusEntry {
+                        notification_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        channel: r.get(2)?,
+                        target: r.get(3)?,
+                        state: r.get(4)?,
+                        detail: r.get(5)?,
+                        attempt: r.get(6)?,
+                        at: r.get(7)?,
+                    })
+                })?
+                .collect()
+            })
+            .await
+            .ctx("notification_log.get", notification_id)
+    }
+}

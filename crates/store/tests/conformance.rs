@@ -1,0 +1,836 @@
+//! Conformance suite: every behaviour of the storage traits, written once
+//! against `&Store` and run unchanged against each engine.
+//!
+//! - SQLite: a fresh database file in a temporary directory per test.
+//! - Scylla/Cassandra: the CQL address in `TIDINGS_TEST_CQL` (default
+//!   `127.0.0.1:39042`, started by `scripts/servers.sh up`), keyspace
+//!   `tidings_test`. Tests share the keyspace and isolate themselves with
+//!   unique ids, so they run in parallel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tidings_store::{
+    App, Device, FeedEntry, Millis, Platform, Post, Preference, ScheduledItem, StatusEntry, Store,
+    StoreError, StoreOptions, TemplateContent, TemplateVersion, User, now_millis,
+};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------- fixtures
+
+/// A store plus whatever must outlive it (the SQLite temp dir).
+struct Fixture {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("tidings.db").display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("open sqlite store");
+    Fixture {
+        store,
+        _dir: Some(dir),
+    }
+}
+
+fn scylla_url() -> String {
+    let address =
+        std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".to_owned());
+    format!("scylla://{address}/tidings_test")
+}
+
+/// Schema changes must not race each other (Cassandra can end up with
+/// conflicting table ids), so one test per binary migrates and the others
+/// wait; each `#[tokio::test]` has its own runtime, hence a fresh session
+/// per test.
+static SCHEMA: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+async fn scylla_fixture() -> Fixture {
+    let url = scylla_url();
+    let unreachable = |e: StoreError| -> ! {
+        panic!(
+            "Cassandra/Scylla at {url} is not usable: {e}\nStart it with `scripts/servers.sh up` (or point TIDINGS_TEST_CQL at a CQL server)."
+        )
+    };
+    SCHEMA
+        .get_or_init(|| async {
+            Store::connect(&url, &StoreOptions::default())
+                .await
+                .unwrap_or_else(|e| unreachable(e));
+        })
+        .await;
+    let opts = StoreOptions {
+        migrate: false,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(&url, &opts)
+        .await
+        .unwrap_or_else(|e| unreachable(e));
+    Fixture { store, _dir: None }
+}
+
+/// Instantiates every test for both engines.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let fixture = super::sqlite_fixture().await;
+                    assert_eq!(fixture.store.backend_name(), "sqlite");
+                    super::$test(&fixture.store).await;
+                }
+            )*
+        }
+        mod scylla {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let fixture = super::scylla_fixture().await;
+                    assert_eq!(fixture.store.backend_name(), "scylla");
+                    super::$test(&fixture.store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    migrations_are_idempotent,
+    users_round_trip_and_contact_points_update_in_place,
+    get_users_skips_missing_ids_and_keeps_order,
+    device_tombstones_and_registrations_resolve_by_time,
+    preferences_per_channel_and_category,
+    template_versions_latest_and_conflicts,
+    dedupe_sees_a_key_once_until_its_ttl_expires,
+    dedupe_many_answers_per_position,
+    notification_log_keeps_the_newest_status,
+    posts_hydrate_and_page_by_author,
+    followers_paginate_and_count_once,
+    mutes_toggle,
+    feed_reads_newest_first_with_a_cursor,
+    feed_trim_keeps_the_newest,
+    counters_sum_and_default_to_zero,
+    schedule_returns_due_items_oldest_first,
+    apps_put_revoke_and_list,
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::now_v7())
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn migrations_are_idempotent(store: &Store) {
+    store.migrate().await.expect("first re-run");
+    store.migrate().await.expect("second re-run");
+}
+
+async fn users_round_trip_and_contact_points_update_in_place(store: &Store) {
+    let alice = User {
+        user_id: id("alice"),
+        display_name: "Alice".into(),
+        avatar_url: Some("https://cdn.example/a.png".into()),
+        locale: Some("fr-FR".into()),
+        email: None,
+        phone: Some("+33612345678".into()),
+        updated_at: 1_700_000_000_000,
+    };
+    let c = &store.contacts;
+    c.upsert_user(&alice).await.unwrap();
+    assert_eq!(
+        c.get_user(&alice.user_id).await.unwrap(),
+        Some(alice.clone())
+    );
+
+    c.set_email(&alice.user_id, Some("alice@example.com".into()))
+        .await
+        .unwrap();
+    c.set_phone(&alice.user_id, None).await.unwrap();
+    let updated = c.get_user(&alice.user_id).await.unwrap().expect("alice");
+    assert_eq!(updated.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(updated.phone, None);
+    assert_eq!(updated.display_name, "Alice", "profile kept");
+    assert_eq!(updated.locale.as_deref(), Some("fr-FR"));
+    assert!(updated.updated_at > alice.updated_at);
+
+    // A contact point for an unknown user creates a bare user.
+    let bob = id("bob");
+    assert_eq!(c.get_user(&bob).await.unwrap(), None);
+    c.set_phone(&bob, Some("+14155550100".into()))
+        .await
+        .unwrap();
+    let bare = c.get_user(&bob).await.unwrap().expect("bob created");
+    assert_eq!(bare.phone.as_deref(), Some("+14155550100"));
+    assert_eq!(bare.display_name, "");
+}
+
+async fn get_users_skips_missing_ids_and_keeps_order(store: &Store) {
+    let ids: Vec<String> = (0..5).map(|_| id("u")).collect();
+    for (i, user_id) in ids.iter().enumerate() {
+        let user = User {
+            user_id: user_id.clone(),
+            display_name: format!("user {i}"),
+            avatar_url: None,
+            locale: None,
+            email: None,
+            phone: None,
+            updated_at: 1,
+        };
+        store.contacts.upsert_user(&user).await.unwrap();
+    }
+    let asked = vec![
+        ids[3].clone(),
+        id("missing"),
+        ids[0].clone(),
+        ids[4].clone(),
+    ];
+    let found: Vec<String> = store
+        .contacts
+        .get_users(&asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.user_id)
+        .collect();
+    assert_eq!(found, vec![ids[3].clone(), ids[0].clone(), ids[4].clone()]);
+    assert!(store.contacts.get_users(&[]).await.unwrap().is_empty());
+}
+
+async fn device_tombstones_and_registrations_resolve_by_time(store: &Store) {
+    let c = &store.contacts;
+    let user = id("user");
+    let device = |token: &str, platform, registered_at| Device {
+        user_id: user.clone(),
+        token: token.to_owned(),
+        platform,
+        registered_at,
+        invalidated_at: None,
+    };
+    let live_tokens = || async {
+        let devices = c.live_devices(&user).await.unwrap();
+        let mut tokens: Vec<String> = devices.iter().map(|d| d.token.clone()).collect();
+        tokens.sort();
+        (tokens, devices)
+    };
+
+    c.register_device(&device("a-ios", Platform::Ios, 100))
+        .await
+        .unwrap();
+    c.register_device(&device("b-android", Platform::Android, 100))
+        .await
+        .unwrap();
+    let (tokens, devices) = live_tokens().await;
+    assert_eq!(tokens, ["a-ios", "b-android"]);
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.token == "b-android" && d.platform == Platform::Android)
+    );
+
+    // Invalidated after its registration: hidden.
+    c.invalidate_device(&user, "a-ios", 200).await.unwrap();
+    assert_eq!(live_tokens().await.0, ["b-android"]);
+
+    // Re-registered after the invalidation: live again, tombstone kept.
+    c.register_device(&device("a-ios", Platform::Ios, 300))
+        .await
+        .unwrap();
+    let (tokens, devices) = live_tokens().await;
+    assert_eq!(tokens, ["a-ios", "b-android"]);
+    let a = devices.iter().find(|d| d.token == "a-ios").expect("a-ios");
+    assert_eq!((a.registered_at, a.invalidated_at), (300, Some(200)));
+
+    // A tombstone arriving before an older registration still wins.
+    c.invalidate_device(&user, "c-web", 500).await.unwrap();
+    c.register_device(&device("c-web", Platform::Web, 400))
+        .await
+        .unwrap();
+    assert_eq!(live_tokens().await.0, ["a-ios", "b-android"]);
+    c.register_device(&device("c-web", Platform::Web, 600))
+        .await
+        .unwrap();
+    assert_eq!(live_tokens().await.0, ["a-ios", "b-android", "c-web"]);
+
+    c.remove_device(&user, "b-android").await.unwrap();
+    assert_eq!(live_tokens().await.0, ["a-ios", "c-web"]);
+    assert!(c.live_devices(&id("nobody")).await.unwrap().is_empty());
+}
+
+async fn preferences_per_channel_and_category(store: &Store) {
+    let user = id("user");
+    let pref = |channel: &str, category: Option<&str>, opt_in, updated_at| Preference {
+        user_id: user.clone(),
+        channel: channel.to_owned(),
+        category: category.map(str::to_owned),
+        opt_in,
+        updated_at,
+    };
+    let p = &store.preferences;
+    p.set(&pref("email", None, false, 1)).await.unwrap();
+    p.set(&pref("push", Some("marketing"), false, 2))
+        .await
+        .unwrap();
+    p.set(&pref("push", None, true, 3)).await.unwrap();
+    p.set(&pref("email", None, true, 4)).await.unwrap(); // overwrites the first
+
+    let mut listed = p.list(&user).await.unwrap();
+    listed.sort_by(|a, b| (&a.channel, &a.category).cmp(&(&b.channel, &b.category)));
+    assert_eq!(
+        listed,
+        vec![
+            pref("email", None, true, 4),
+            pref("push", None, true, 3),
+            pref("push", Some("marketing"), false, 2),
+        ]
+    );
+
+    let silent = id("silent");
+    let many = p.list_many(&[user.clone(), silent.clone()]).await.unwrap();
+    assert_eq!(many.get(&user).map(Vec::len), Some(3));
+    assert!(!many.contains_key(&silent), "no explicit choice = absent");
+
+    let err = p
+        .set(&pref("sms", Some(""), true, 5))
+        .await
+        .expect_err("empty category");
+    assert!(matches!(err, StoreError::InvalidData { .. }), "{err}");
+    assert!(!err.is_retriable());
+}
+
+fn template(name: &str, version: u32, subject: &str) -> TemplateVersion {
+    let content = TemplateContent {
+        push_title: Some("New follower".into()),
+        push_body: Some("{{name}} follows you".into()),
+        email_subject: Some(subject.into()),
+        tracking_links: BTreeMap::from([("profile".into(), "https://example.com/p/{{id}}".into())]),
+        ..TemplateContent::default()
+    };
+    TemplateVersion {
+        name: name.to_owned(),
+        version,
+        category: Some("social".into()),
+        params: vec!["name".into(), "id".into()],
+        default_locale: "en-US".into(),
+        variants: BTreeMap::from([
+            ("en-US".into(), content.clone()),
+            ("fr-FR".into(), TemplateContent::default()),
+        ]),
+        created_at: 1_700_000_000_000 + i64::from(version),
+    }
+}
+
+async fn template_versions_latest_and_conflicts(store: &Store) {
+    let t = &store.templates;
+    let name = id("new_follower");
+    assert_eq!(t.get(&name, None).await.unwrap(), None);
+    assert!(t.list_versions(&name).await.unwrap().is_empty());
+
+    let v1 = template(&name, 1, "first");
+    let v2 = TemplateVersion {
+        params: Vec::new(),
+        category: None,
+        ..template(&name, 2, "second")
+    };
+    t.create_version(&v1).await.unwrap();
+    t.create_version(&v2).await.unwrap();
+
+    assert_eq!(
+        t.get(&name, None).await.unwrap(),
+        Some(v2.clone()),
+        "None = latest"
+    );
+    assert_eq!(t.get(&name, Some(1)).await.unwrap(), Some(v1.clone()));
+    assert_eq!(t.get(&name, Some(3)).await.unwrap(), None);
+    assert_eq!(t.list_versions(&name).await.unwrap(), vec![1, 2]);
+
+    let err = t
+        .create_version(&template(&name, 1, "overwrite"))
+        .await
+        .expect_err("duplicate version");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(!err.is_retriable());
+    assert_eq!(
+        t.get(&name, Some(1)).await.unwrap(),
+        Some(v1),
+        "first write kept"
+    );
+}
+
+async fn dedupe_sees_a_key_once_until_its_ttl_expires(store: &Store) {
+    let d = &store.dedupe;
+    let (scope, key) = (id("events"), id("evt"));
+    let ttl = Duration::from_secs(1);
+    assert!(d.first_seen(&scope, &key, ttl).await.unwrap());
+    assert!(!d.first_seen(&scope, &key, ttl).await.unwrap());
+    assert!(
+        d.first_seen(&id("other-scope"), &key, ttl).await.unwrap(),
+        "scopes are independent"
+    );
+
+    let long_lived = id("kept");
+    assert!(
+        d.first_seen(&scope, &long_lived, Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        d.first_seen(&scope, &key, ttl).await.unwrap(),
+        "expired key is new again"
+    );
+    assert!(!d.first_seen(&scope, &key, ttl).await.unwrap());
+    assert!(
+        !d.first_seen(&scope, &long_lived, ttl).await.unwrap(),
+        "longer TTL still holds"
+    );
+
+    d.forget(&scope, &long_lived).await.unwrap();
+    assert!(
+        d.first_seen(&scope, &long_lived, ttl).await.unwrap(),
+        "forgotten key is new again"
+    );
+}
+
+async fn dedupe_many_answers_per_position(store: &Store) {
+    let d = &store.dedupe;
+    let scope = id("sent");
+    let ttl = Duration::from_secs(60);
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    assert!(d.first_seen(&scope, &c, ttl).await.unwrap());
+    let answers = d
+        .first_seen_many(&scope, &[a.clone(), b.clone(), a.clone(), c.clone()], ttl)
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![true, true, false, false]);
+    assert_eq!(
+        d.first_seen_many(&scope, &[b, id("d")], ttl).await.unwrap(),
+        vec![false, true]
+    );
+    assert!(
+        d.first_seen_many(&scope, &[], ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn notification_log_keeps_the_newest_status(store: &Store) {
+    let log = &store.notification_log;
+    let notification_id = id("n");
+    let entry = |channel: &str, target: &str, state: &str, attempt, at| StatusEntry {
+        notification_id: notification_id.clone(),
+        user_id: "u1".into(),
+        channel: channel.to_owned(),
+        target: target.to_owned(),
+        state: state.to_owned(),
+        detail: (state == "failed").then(|| "provider said no".to_owned()),
+        attempt,
+        at,
+    };
+    log.record(&entry("ios", "tok-1", "queued", 0, 1_000))
+        .await
+        .unwrap();
+    log.record(&entry("ios", "tok-1", "delivered", 1, 3_000))
+        .await
+        .unwrap();
+    // Late arrival of an older status does not regress the state.
+    log.record(&entry("ios", "tok-1", "sent", 1, 2_000))
+        .await
+        .unwrap();
+    log.record_many(&[
+        entry("email", "a@example.com", "failed", 3, 2_500),
+        entry("sms", "+33612345678", "sent", 1, 2_600),
+        entry("", "", "accepted", 0, 900),
+    ])
+    .await
+    .unwrap();
+
+    let got = log.get(&notification_id).await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            entry("", "", "accepted", 0, 900),
+            entry("email", "a@example.com", "failed", 3, 2_500),
+            entry("ios", "tok-1", "delivered", 1, 3_000),
+            entry("sms", "+33612345678", "sent", 1, 2_600),
+        ]
+    );
+    assert!(log.get(&id("unknown")).await.unwrap().is_empty());
+}
+
+async fn posts_hydrate_and_page_by_author(store: &Store) {
+    let p = &store.posts;
+    let author = id("author");
+    let base: Millis = 1_700_000_000_000;
+    let mut posts = Vec::new();
+    for i in 0..5 {
+        let post = Post {
+            post_id: Uuid::now_v7().to_string(),
+            author_id: author.clone(),
+            body: format!("post {i}"),
+            media_urls: if i % 2 == 0 {
+                vec![format!("https://cdn.example/{i}.jpg")]
+            } else {
+                Vec::new()
+            },
+            created_at: base + i,
+        };
+        p.put(&post).await.unwrap();
+        posts.push(post);
+    }
+    let other = Post {
+        post_id: Uuid::now_v7().to_string(),
+        author_id: id("other"),
+        body: String::new(),
+        media_urls: Vec::new(),
+        created_at: base + 2,
+    };
+    p.put(&other).await.unwrap();
+
+    let asked = vec![
+        posts[3].post_id.clone(),
+        id("missing"),
+        posts[0].post_id.clone(),
+        other.post_id.clone(),
+    ];
+    assert_eq!(
+        p.get_many(&asked).await.unwrap(),
+        vec![posts[3].clone(), posts[0].clone(), other]
+    );
+
+    let newest = p.by_author(&author, None, 3).await.unwrap();
+    assert_eq!(
+        newest,
+        vec![posts[4].clone(), posts[3].clone(), posts[2].clone()]
+    );
+    let older = p
+        .by_author(&author, Some(posts[2].created_at), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        older,
+        vec![posts[1].clone(), posts[0].clone()],
+        "strictly before the cursor"
+    );
+}
+
+async fn followers_paginate_and_count_once(store: &Store) {
+    let g = &store.social_graph;
+    let star = id("star");
+    let mut fans: Vec<String> = (0..25).map(|i| format!("{}-{i:02}", id("fan"))).collect();
+    for fan in &fans {
+        g.follow(fan, &star, 1).await.unwrap();
+    }
+    g.follow(&fans[0], &star, 2).await.unwrap(); // again: no double count
+    fans.sort();
+    assert_eq!(g.follower_count(&star).await.unwrap(), 25);
+
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = g.followers(&star, cursor.clone(), 10).await.unwrap();
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, fans, "pages are disjoint, ordered and complete");
+
+    g.unfollow(&fans[7], &star).await.unwrap();
+    g.unfollow(&fans[7], &star).await.unwrap(); // again: no double decrement
+    assert_eq!(g.follower_count(&star).await.unwrap(), 24);
+    assert!(
+        !g.followers(&star, None, 100)
+            .await
+            .unwrap()
+            .contains(&fans[7])
+    );
+
+    // Friends = edges both ways.
+    g.follow(&star, &fans[0], 3).await.unwrap();
+    g.follow(&star, &fans[1], 3).await.unwrap();
+    assert_eq!(
+        g.following(&star).await.unwrap(),
+        vec![fans[0].clone(), fans[1].clone()]
+    );
+    assert_eq!(g.following(&fans[2]).await.unwrap(), vec![star.clone()]);
+    assert_eq!(g.follower_count(&id("nobody")).await.unwrap(), 0);
+}
+
+async fn mutes_toggle(store: &Store) {
+    let g = &store.social_graph;
+    let user = id("user");
+    let (loud, spammy) = (id("loud"), id("spammy"));
+    g.set_muted(&user, &loud, true).await.unwrap();
+    g.set_muted(&user, &spammy, true).await.unwrap();
+    g.set_muted(&user, &spammy, true).await.unwrap();
+    assert_eq!(
+        g.muted(&user).await.unwrap(),
+        HashSet::from([loud.clone(), spammy.clone()])
+    );
+    g.set_muted(&user, &spammy, false).await.unwrap();
+    assert_eq!(g.muted(&user).await.unwrap(), HashSet::from([loud]));
+    assert!(
+        g.muted(&spammy).await.unwrap().is_empty(),
+        "mutes are directed"
+    );
+}
+
+fn feed_entries(owner: &str, n: usize) -> Vec<(String, FeedEntry)> {
+    // Pairs of entries share a timestamp, so post ids must break the ties.
+    (0..n)
+        .map(|i| {
+            let entry = FeedEntry {
+                post_id: format!("p{i:03}"),
+                author_id: format!("author{}", i % 3),
+                created_at: 1_700_000_000_000 + (i / 2) as Millis,
+            };
+            (owner.to_owned(), entry)
+        })
+        .collect()
+}
+
+async fn feed_reads_newest_first_with_a_cursor(store: &Store) {
+    let f = &store.feed;
+    let (owner, other) = (id("reader"), id("other"));
+    let mut entries = feed_entries(&owner, 9);
+    entries.extend(feed_entries(&other, 3));
+    f.append_many(&entries).await.unwrap();
+    f.append_many(&entries[..2]).await.unwrap(); // idempotent
+
+    let mut expected: Vec<FeedEntry> = entries
+        .iter()
+        .filter(|(o, _)| *o == owner)
+        .map(|(_, e)| e.clone())
+        .collect();
+    expected.sort_by(|a, b| (b.created_at, &b.post_id).cmp(&(a.created_at, &a.post_id)));
+
+    let mut read = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = f.read(&owner, cursor.clone(), 4).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|e| (e.created_at, e.post_id.clone()));
+        read.extend(page);
+    }
+    assert_eq!(read, expected);
+    assert_eq!(read.first().map(|e| e.post_id.as_str()), Some("p008"));
+
+    // The cursor is exclusive even within one millisecond: p005 and p004
+    // share a time, so after p005 comes p004.
+    let after = f
+        .read(&owner, Some((1_700_000_000_002, "p005".into())), 2)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = after.iter().map(|e| e.post_id.as_str()).collect();
+    assert_eq!(ids, ["p004", "p003"]);
+    assert!(f.read(&id("empty"), None, 10).await.unwrap().is_empty());
+}
+
+async fn feed_trim_keeps_the_newest(store: &Store) {
+    let f = &store.feed;
+    let owner = id("reader");
+    f.append_many(&feed_entries(&owner, 10)).await.unwrap();
+    let post_ids =
+        |entries: Vec<FeedEntry>| entries.into_iter().map(|e| e.post_id).collect::<Vec<_>>();
+
+    f.trim(&owner, 20).await.unwrap();
+    assert_eq!(
+        f.read(&owner, None, 100).await.unwrap().len(),
+        10,
+        "nothing beyond keep"
+    );
+    f.trim(&owner, 5).await.unwrap();
+    assert_eq!(
+        post_ids(f.read(&owner, None, 100).await.unwrap()),
+        ["p009", "p008", "p007", "p006", "p005"]
+    );
+    f.trim(&owner, 0).await.unwrap();
+    assert!(f.read(&owner, None, 100).await.unwrap().is_empty());
+    f.trim(&id("empty"), 3).await.unwrap();
+}
+
+async fn counters_sum_and_default_to_zero(store: &Store) {
+    let c = &store.counters;
+    let (scope, post) = (id("likes"), id("post"));
+    for _ in 0..3 {
+        c.add(&scope, &post, 1).await.unwrap();
+    }
+    c.add(&scope, &post, -1).await.unwrap();
+    assert_eq!(c.get(&scope, &post).await.unwrap(), 2);
+
+    let (template, sent) = (id("template"), "sent".to_owned());
+    c.add_many(&[
+        (scope.clone(), post.clone(), 5),
+        (template.clone(), sent.clone(), 10),
+        (scope.clone(), post.clone(), 3),
+        (template.clone(), "opened".into(), 4),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(c.get(&scope, &post).await.unwrap(), 10);
+    assert_eq!(c.get(&id("nothing"), "here").await.unwrap(), 0);
+
+    let many = c
+        .get_many(
+            &template,
+            &[sent.clone(), "opened".into(), "clicked".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        many,
+        HashMap::from([(sent, 10), ("opened".into(), 4), ("clicked".into(), 0)])
+    );
+}
+
+async fn schedule_returns_due_items_oldest_first(store: &Store) {
+    let s = &store.schedule;
+    // `due` sees every item of the store, so this test lives at its own
+    // random point in the past, away from other runs sharing a keyspace.
+    let now = now_millis() - 86_400_000 * (2 + (Uuid::new_v4().as_u128() % 3000) as Millis);
+    let item = |due_at: Millis, payload: &[u8]| ScheduledItem {
+        item_id: id("item"),
+        due_at,
+        payload: payload.to_vec(),
+    };
+    let older = item(now - 90_000, b"older");
+    let old = item(now - 1_000, b"");
+    let later = item(now + 60_000, b"later");
+    for i in [&later, &old, &older] {
+        s.put(i).await.unwrap();
+    }
+
+    assert_eq!(
+        s.due(now, 10).await.unwrap(),
+        vec![older.clone(), old.clone()]
+    );
+    assert_eq!(
+        s.due(now, 1).await.unwrap(),
+        vec![older.clone()],
+        "limit, oldest first"
+    );
+
+    s.remove(&older.item_id, older.due_at).await.unwrap();
+    assert_eq!(s.due(now, 10).await.unwrap(), vec![old.clone()]);
+    assert_eq!(
+        s.due(now + 60_000, 10).await.unwrap(),
+        vec![old.clone(), later.clone()]
+    );
+
+    s.remove(&old.item_id, old.due_at).await.unwrap();
+    s.remove(&later.item_id, later.due_at).await.unwrap();
+    assert!(s.due(now + 120_000, 10).await.unwrap().is_empty());
+}
+
+async fn apps_put_revoke_and_list(store: &Store) {
+    let a = &store.apps;
+    let prefix = id("app");
+    let app = |suffix: &str, quota: Option<u32>| App {
+        app_key: format!("{prefix}-{suffix}"),
+        secret_hash: "sha256:abcd".into(),
+        name: format!("billing {suffix}"),
+        permissions: if quota.is_some() {
+            vec!["notify:send".into(), "feed:publish".into()]
+        } else {
+            Vec::new()
+        },
+        quota_per_sec: quota,
+        revoked: false,
+        created_at: 1_700_000_000_000,
+    };
+    let (billing, cron) = (app("b", Some(100)), app("a", None));
+    a.put(&billing).await.unwrap();
+    a.put(&cron).await.unwrap();
+    assert_eq!(
+        a.get(&billing.app_key).await.unwrap(),
+        Some(billing.clone())
+    );
+    assert_eq!(a.get(&format!("{prefix}-missing")).await.unwrap(), None);
+
+    assert!(a.revoke(&billing.app_key).await.unwrap());
+    assert!(!a.revoke(&format!("{prefix}-missing")).await.unwrap());
+    assert_eq!(
+        a.get(&format!("{prefix}-missing")).await.unwrap(),
+        None,
+        "revoke does not create"
+    );
+
+    let ours: Vec<App> = a
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.app_key.starts_with(&prefix))
+        .collect();
+    let revoked_billing = App {
+        revoked: true,
+        ..billing
+    };
+    assert_eq!(ours, vec![cron, revoked_billing], "ordered by key");
+}
+
+// ---------------------------------------------------------------- engine-specific
+
+#[tokio::test]
+async fn unreachable_cassandra_fails_fast_naming_the_address() {
+    let opts = StoreOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
+    let started = Instant::now();
+    // Port 1 on loopback: nothing listens there.
+    let err = Store::connect("scylla://127.0.0.1:1/tidings", &opts)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(err.is_retriable());
+}
+
+#[tokio::test]
+async fn bad_urls_are_rejected_naming_the_url() {
+    for url in [
+        "mysql://db/tidings",
+        "scylla://host/not-a-keyspace",
+        "sqlite://",
+    ] {
+        let err = Store::connect(url, &StoreOptions::default())
+            .await
+            .expect_err(url);
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");
+        assert!(err.to_string().contains(url), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("nested/dir/tidings.db").display()
+    );
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.counters.add("likes", "p1", 7).await.unwrap();
+    drop(store);
+    let reopened = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.counters.get("likes", "p1").await.unwrap(), 7);
+}
