@@ -1,1 +1,118 @@
-//! The authenticated gRPC and HTTP front door: validates requests and writes them to Kafka
+//! The gateway: the only way into tidings from outside.
+//!
+//! It is thin on purpose. It authenticates and validates, writes to Kafka and
+//! answers; everything slow (look-ups, rendering, sending) happens in the
+//! processors behind the topics. A call that returns OK has been durably
+//! written (acks=all), so nothing accepted is lost.
+
+mod contacts;
+mod http;
+mod notifications;
+pub mod validate;
+
+use std::net::SocketAddr;
+
+use tidings_config::GatewayConfig;
+use tidings_kafka::{AvroProducer, Topics};
+use tidings_schemas::proto::v1::{
+    contact_service_server::ContactServiceServer,
+    notification_service_server::NotificationServiceServer,
+};
+use tidings_store::{Store, StoreError};
+use tidings_telemetry::metrics;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status};
+use tracing::info;
+
+pub use notifications::{MAX_USERS_PER_SEND, to_requests};
+
+/// Shared state of every gateway service. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    producer: AvroProducer,
+    store: Store,
+    topics: Topics,
+    config: GatewayConfig,
+}
+
+/// Addresses the gateway is serving on (ports resolved when 0 was asked).
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+impl Gateway {
+    pub fn new(producer: AvroProducer, store: Store, topics: Topics, config: GatewayConfig) -> Self {
+        Self { producer, store, topics, config }
+    }
+
+    /// Binds both listeners, so a port in use fails here with its address,
+    /// and returns the servers to run until `shutdown`.
+    pub async fn bind(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(GatewayAddrs, impl Future<Output = Result<(), GatewayError>>), GatewayError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
+        };
+        let grpc_listener = bind(self.config.grpc_addr).await?;
+        let http_listener = bind(self.config.http_addr).await?;
+        let addrs = GatewayAddrs {
+            grpc: grpc_listener.local_addr().map_err(|source| GatewayError::Bind { addr: self.config.grpc_addr, source })?,
+            http: http_listener.local_addr().map_err(|source| GatewayError::Bind { addr: self.config.http_addr, source })?,
+        };
+        info!(grpc = %addrs.grpc, http = %addrs.http, "gateway listening");
+        let grpc = tonic::transport::Server::builder()
+            .add_service(NotificationServiceServer::new(self.clone()))
+            .add_service(ContactServiceServer::new(self.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        let http = axum::serve(http_listener, http::router(self.clone()))
+            .with_graceful_shutdown(shutdown.cancelled_owned());
+        let run = async move {
+            let (g, h) = tokio::join!(grpc, http);
+            g?;
+            h.map_err(GatewayError::Http)
+        };
+        Ok((addrs, run))
+    }
+
+    fn count<T>(&self, method: &str, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        metrics().gateway_requests.with_label_values(&[method, &code]).inc();
+    }
+}
+
+/// The calling application, from request metadata.
+fn caller<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-app-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+/// Maps a store failure to the gRPC status a client can act on.
+fn store_status(e: StoreError) -> Status {
+    if e.is_retriable() {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::internal(e.to_string())
+    }
+}

@@ -1,1 +1,14 @@
-//! Stream processors: enricher, channel senders, retry, tracking, feed fan-out
+//! The stream processors, in the order a notification meets them:
+//!
+//! 1. [`enricher`]: `tidings.notify.requests` -> contacts, opt-in, template
+//!    -> `tidings.deliver.<channel>`;
+//! 2. [`senders`]: `tidings.deliver.<channel>` -> provider (APNs, FCM, SMS,
+//!    email; the log sink on the embedded default) -> tracking.
+//!
+//! Each is a [`tidings_kafka::Processor`] run by the shared stage runner.
+
+pub mod enricher;
+pub mod senders;
+
+pub use enricher::Enricher;
+pub use senders::{ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink};

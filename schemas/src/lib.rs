@@ -3,10 +3,12 @@
 //! (`tidings.v1`).
 
 pub mod catalog;
+pub mod channel;
 pub mod codec;
 pub mod records;
 
 pub use catalog::{AvroRecord, CATALOG};
+pub use channel::Channel;
 pub use codec::{AvroCodec, CodecError};
 
 /// Generated gRPC types and services, package `tidings.v1`.

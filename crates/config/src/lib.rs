@@ -1,1 +1,295 @@
-//! One typed configuration: defaults, then a TOML file, then TIDINGS_* environment variables
+//! The one typed configuration of tidings.
+//!
+//! Layers, later wins: built-in defaults (which run everything embedded, with
+//! no servers), then a TOML file, then environment variables `TIDINGS_*` with
+//! `__` between levels, e.g. `TIDINGS_KAFKA__BOOTSTRAP_SERVERS=k1:9092` or
+//! `TIDINGS_STORE__URL=scylla://db1:9042/tidings`.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The file read when no path is given and it exists.
+pub const DEFAULT_FILE: &str = "tidings.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// figment's message names the key and where its value came from
+    /// (file and line, or the environment variable).
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Semantic { key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub store: StoreConfig,
+    pub gateway: GatewayConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where Kafka is and how topics are laid out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `embedded` runs librdkafka's in-process mock cluster (no servers);
+    /// otherwise a comma-separated broker list.
+    pub bootstrap_servers: String,
+    /// Prefix of every topic name, e.g. `tidings` gives `tidings.notify.requests`.
+    pub topic_prefix: String,
+    /// Partitions per topic created by `tidings init`. Notification topics are
+    /// keyed by user id, so this bounds the consumers per stage.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Consumer group prefix; a stage's group is `<prefix>.<stage>`.
+    pub group_prefix: String,
+    /// How long a produce may wait for acks=all before it fails.
+    pub produce_timeout_ms: u64,
+    /// A Confluent-compatible schema registry; none means the schema ids
+    /// compiled in from `schemas/avro`.
+    pub schema_registry_url: Option<String>,
+    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`).
+    pub client: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.bootstrap_servers.trim() == "embedded"
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "embedded".into(),
+            topic_prefix: "tidings".into(),
+            partitions: 6,
+            replication_factor: 1,
+            group_prefix: "tidings".into(),
+            produce_timeout_ms: 30_000,
+            schema_registry_url: None,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://<path>` (embedded, on disk) or
+    /// `scylla://host1:9042,host2:9042/<keyspace>`.
+    pub url: String,
+    /// Replication factor when `tidings init` creates the ScyllaDB keyspace
+    /// with SimpleStrategy (one data centre).
+    pub replication_factor: u32,
+    /// Replication per data centre (NetworkTopologyStrategy), e.g.
+    /// `{ dc1 = 3, dc2 = 3 }`; when set it replaces `replication_factor`.
+    pub datacenters: BTreeMap<String, u32>,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://.tidings/tidings.db".into(),
+            replication_factor: 1,
+            datacenters: BTreeMap::new(),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub grpc_addr: SocketAddr,
+    /// HTTP: the feed API, tracking links and pixels, `/metrics`, `/healthz`.
+    pub http_addr: SocketAddr,
+    /// Most notifications one batch call may carry.
+    pub max_batch: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_batch: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A tracing filter, e.g. `info,tidings_processors=debug`. `RUST_LOG`
+    /// overrides it.
+    pub log: String,
+    pub log_format: LogFormat,
+    /// Where processors (`tidings process ...`) serve `/metrics`; the gateway
+    /// serves them on its HTTP address.
+    pub metrics_addr: SocketAddr,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log: "info".into(),
+            log_format: LogFormat::Pretty,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            store: StoreConfig::default(),
+            gateway: GatewayConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist when given; otherwise
+    /// `tidings.toml` in the working directory if present), then the
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file(DEFAULT_FILE)),
+        }
+        Self::from_figment(figment.merge(Env::prefixed("TIDINGS_").split("__")))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            return semantic("kafka.bootstrap_servers", "is empty; use `embedded` or host:port[,host:port]");
+        }
+        if !k.is_embedded() {
+            for broker in k.bootstrap_servers.split(',') {
+                if broker.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    return semantic(
+                        "kafka.bootstrap_servers",
+                        format!("has `{broker}`, which is not host:port"),
+                    );
+                }
+            }
+        }
+        if k.partitions < 1 {
+            return semantic("kafka.partitions", "must be at least 1");
+        }
+        if k.replication_factor < 1 {
+            return semantic("kafka.replication_factor", "must be at least 1");
+        }
+        if k.topic_prefix.is_empty()
+            || !k.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return semantic("kafka.topic_prefix", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
+        }
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite://") || url.starts_with("scylla://")) {
+            return semantic("store.url", format!("`{url}` must start with sqlite:// or scylla://"));
+        }
+        if self.gateway.max_batch == 0 {
+            return semantic("gateway.max_batch", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn semantic(key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Semantic { key, problem: problem.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    #[test]
+    fn defaults_run_embedded() {
+        let c = Config::default();
+        assert!(c.kafka.is_embedded());
+        assert!(c.store.url.starts_with("sqlite://"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[kafka]\nbootstrap_servers = \"k1:9092\"\npartitions = 12\n[store]\nurl = \"scylla://db:9042/t\"\n",
+            )?;
+            jail.set_env("TIDINGS_KAFKA__PARTITIONS", "24");
+            jail.set_env("TIDINGS_GATEWAY__GRPC_ADDR", "0.0.0.0:6000");
+            let c = Config::load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.bootstrap_servers, "k1:9092");
+            assert_eq!(c.kafka.partitions, 24);
+            assert_eq!(c.store.url, "scylla://db:9042/t");
+            assert_eq!(c.gateway.grpc_addr.port(), 6000);
+            assert_eq!(c.telemetry.log, "info");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_KAFKA__PARTITIONS", "many");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("kafka.partitions"), "{err}");
+            assert!(err.contains("tidings_") && err.contains("environment"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("tidings.toml", "[kafka]\nbootstrap_servers = \"nohostport\"\n")?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("kafka.bootstrap_servers") && err.contains("nohostport"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("tidings.toml", "[kafka]\nbrokers = \"x:1\"\n")?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("brokers"), "unknown keys are rejected: {err}");
+            Ok(())
+        });
+        let err = Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/t.toml"), "{err}");
+    }
+}

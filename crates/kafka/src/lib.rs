@@ -1,1 +1,15 @@
-//! Kafka plumbing: client configuration, topics, Avro producer and consumer, the embedded mock cluster
+//! Kafka plumbing shared by the gateway and every processor: where the
+//! brokers are (a real cluster or the embedded mock), topic layout, a durable
+//! Avro producer, and the stage runner processors are built on.
+
+mod cluster;
+mod error;
+pub mod producer;
+pub mod stage;
+pub mod topics;
+
+pub use cluster::KafkaCluster;
+pub use error::KafkaError;
+pub use producer::{AvroProducer, OutRecord};
+pub use stage::{Emitter, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis};
+pub use topics::{TopicSpec, Topics};

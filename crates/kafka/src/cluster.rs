@@ -1,0 +1,174 @@
+//! Where the brokers are: a real Kafka cluster, or librdkafka's mock cluster
+//! running inside this process for the embedded default. Both are reached
+//! through the same rdkafka clients; only the bootstrap address differs.
+
+use std::{
+    sync::mpsc,
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::RDKafkaErrorCode,
+    mocking::MockCluster,
+};
+use tidings_config::KafkaConfig;
+use tracing::info;
+
+use crate::{KafkaError, topics::TopicSpec};
+
+/// A running set of brokers.
+pub struct KafkaCluster {
+    bootstrap_servers: String,
+    embedded: Option<EmbeddedBrokers>,
+}
+
+/// librdkafka's mock cluster on a thread of its own: `MockCluster` is not
+/// `Send`, and must outlive every client that talks to it.
+struct EmbeddedBrokers {
+    commands: mpsc::Sender<MockCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Work for the mock cluster's thread. Topics are created through the mock
+/// API: the mock brokers do not implement the CreateTopics admin request.
+enum MockCommand {
+    CreateTopic { name: String, partitions: i32, done: mpsc::Sender<Result<(), String>> },
+    Stop,
+}
+
+impl KafkaCluster {
+    /// Starts the embedded brokers or checks that the configured ones answer,
+    /// so a wrong address fails here, with the address in the message.
+    pub async fn connect(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        if config.is_embedded() {
+            return Self::start_embedded();
+        }
+        let cluster = Self { bootstrap_servers: config.bootstrap_servers.clone(), embedded: None };
+        cluster.check_reachable(config, Duration::from_secs(10)).await?;
+        Ok(cluster)
+    }
+
+    /// An in-process mock cluster with one broker.
+    pub fn start_embedded() -> Result<Self, KafkaError> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (commands, command_rx) = mpsc::channel::<MockCommand>();
+        let thread = thread::Builder::new()
+            .name("kafka-mock-cluster".into())
+            .spawn(move || match MockCluster::new(1) {
+                Ok(mock) => {
+                    let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
+                    // Serves commands until stopped or its owner is gone.
+                    while let Ok(MockCommand::CreateTopic { name, partitions, done }) = command_rx.recv() {
+                        let _ = done.send(mock.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
+                    }
+                    drop(mock);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| KafkaError::Embedded(e.to_string()))?;
+        let bootstrap_servers = ready_rx
+            .recv()
+            .map_err(|_| KafkaError::Embedded("mock cluster thread exited".into()))?
+            .map_err(|e| KafkaError::Embedded(e.to_string()))?;
+        info!(%bootstrap_servers, "started embedded Kafka (librdkafka mock cluster)");
+        Ok(Self {
+            bootstrap_servers,
+            embedded: Some(EmbeddedBrokers { commands, thread: Some(thread) }),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// librdkafka properties every client shares.
+    pub fn client_config(&self, config: &KafkaConfig) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &config.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    async fn check_reachable(&self, config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
+        let consumer: BaseConsumer = self
+            .client_config(config)
+            .create()
+            .map_err(|e| KafkaError::client("metadata client", e))?;
+        let servers = self.bootstrap_servers.clone();
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .map_err(|e| KafkaError::Embedded(e.to_string()))?
+            .map_err(|e| KafkaError::Unreachable { servers, timeout, reason: e.to_string() })
+    }
+
+    /// Creates the topics that do not exist yet; existing ones are left alone.
+    pub async fn ensure_topics(
+        &self,
+        config: &KafkaConfig,
+        specs: &[TopicSpec],
+    ) -> Result<(), KafkaError> {
+        if let Some(embedded) = &self.embedded {
+            for spec in specs {
+                let (done, result) = mpsc::channel();
+                let command = MockCommand::CreateTopic { name: spec.name.clone(), partitions: spec.partitions, done };
+                embedded.commands.send(command).map_err(|_| KafkaError::Embedded("mock cluster stopped".into()))?;
+                result
+                    .recv()
+                    .map_err(|_| KafkaError::Embedded("mock cluster stopped".into()))?
+                    .map_err(|e| KafkaError::Embedded(format!("creating topic {}: {e}", spec.name)))?;
+            }
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config(config)
+            .create()
+            .map_err(|e| KafkaError::client("admin client", e))?;
+        let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+        let replication = if self.is_embedded() { 1 } else { config.replication_factor };
+        let new_topics: Vec<NewTopic<'_>> = specs
+            .iter()
+            .zip(&retention)
+            .map(|(s, r)| {
+                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication))
+                    .set("retention.ms", r)
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new_topics, &opts)
+            .await
+            .map_err(|e| KafkaError::client("create topics", e))?;
+        for result in results {
+            match result {
+                Ok(name) => info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(KafkaError::CreateTopic { topic: name, code }),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        if let Some(mut embedded) = self.embedded.take() {
+            let _ = embedded.commands.send(MockCommand::Stop);
+            if let Some(thread) = embedded.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The consume-process-produce loop every processor runs in.
+//!
+//! A stage reads a batch of records, hands each to its [`Processor`] (records
+//! of one partition in order, partitions concurrently), produces everything
+//! the processor emitted and waits for the brokers' acks, and only then
+//! stores the input offsets for the next commit (Vector's at-least-once
+//! scheme: `enable.auto.offset.store=false`, store after downstream acked).
+//! A crash between produce and commit replays the batch; stages are written
+//! to be idempotent under replay (dedupe ledgers keyed by event and delivery
+//! ids), which also holds on the embedded mock cluster, where transactional
+//! offset commits are not reliable.
+//!
+//! Failures: a record that cannot be decoded, or that its processor rejects
+//! permanently, goes to the dead-letter topic with the reason; a retriable
+//! failure (the store or a broker briefly unavailable) is retried in place
+//! with backoff, holding back its partition but losing nothing.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::OwnedMessage,
+};
+use tidings_config::KafkaConfig;
+use tidings_schemas::{AvroRecord, records::DeadLetter};
+use tidings_telemetry::metrics;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    KafkaCluster, KafkaError,
+    producer::{AvroProducer, OutRecord},
+};
+
+/// Why a processor could not handle a record.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct ProcessError {
+    pub reason: String,
+    /// Whether trying the same record again later can succeed.
+    pub retriable: bool,
+}
+
+impl ProcessError {
+    /// The record itself is at fault; it goes to the dead-letter topic.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), retriable: false }
+    }
+
+    /// A dependency failed; the record is retried in place.
+    pub fn retriable(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), retriable: true }
+    }
+}
+
+/// Where an input record came from.
+#[derive(Debug, Clone)]
+pub struct RecordMeta {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+}
+
+/// Collects the records a processor emits for one input.
+pub struct Emitter<'a> {
+    producer: &'a AvroProducer,
+    stage: &'static str,
+    records: Vec<OutRecord>,
+}
+
+impl Emitter<'_> {
+    /// Queues `record` for `topic`; it is produced with the rest of the batch
+    /// before the input's offset is committed.
+    pub fn emit<T: AvroRecord>(&mut self, topic: &str, key: &str, record: &T) -> Result<(), ProcessError> {
+        let out = self.producer.encode(topic, key, record).map_err(|e| {
+            error!(stage = self.stage, %topic, error = %e, "cannot encode an output record");
+            ProcessError::permanent(e.to_string())
+        })?;
+        self.records.push(out);
+        Ok(())
+    }
+}
+
+/// One stage of the pipeline: how to handle one record.
+#[async_trait]
+pub trait Processor: Send + Sync + 'static {
+    type Input: AvroRecord;
+
+    /// The stage's name: consumer group suffix, metric label, dead-letter
+    /// `stage` field.
+    fn name(&self) -> &'static str;
+
+    async fn process(
+        &self,
+        input: &Self::Input,
+        meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError>;
+}
+
+/// Batching and retry knobs of a stage.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    pub max_batch: usize,
+    /// How long to wait for more records after the first of a batch.
+    pub batch_window: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 1_000,
+            batch_window: Duration::from_millis(5),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running stage: a consumer group member with its processor.
+pub struct Stage<P: Processor> {
+    processor: Arc<P>,
+    consumer: StreamConsumer,
+    producer: AvroProducer,
+    dead_letter_topic: String,
+    options: StageOptions,
+}
+
+struct PartitionOutcome {
+    topic: String,
+    partition: i32,
+    outputs: Vec<OutRecord>,
+    /// The offset of the last record fully handled, if any.
+    last_done: Option<i64>,
+    dead_lettered: u64,
+    processed: u64,
+}
+
+impl<P: Processor> Stage<P> {
+    pub fn new(
+        cluster: &KafkaCluster,
+        config: &KafkaConfig,
+        producer: AvroProducer,
+        processor: P,
+        input_topics: &[String],
+        dead_letter_topic: String,
+        options: StageOptions,
+    ) -> Result<Self, KafkaError> {
+        let group = format!("{}.{}", config.group_prefix, processor.name());
+        let mut c = cluster.client_config(config);
+        c.set("group.id", &group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = c.create().map_err(|e| KafkaError::client("consumer", e))?;
+        let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| KafkaError::client("subscription", e))?;
+        info!(stage = processor.name(), %group, topics = ?input_topics, "stage subscribed");
+        Ok(Self { processor: Arc::new(processor), consumer, producer, dead_letter_topic, options })
+    }
+
+    /// Runs until `shutdown` is cancelled, then commits what was handled and
+    /// leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
+        let stage = self.processor.name();
+        let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let result = self.poll_loop(&shutdown, &mut committed).await;
+        if !committed.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in &committed {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
+            }
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+                warn!(stage, error = %e, "final offset commit failed; the last records will be replayed");
+            }
+        }
+        self.consumer.unsubscribe();
+        info!(stage, "stage stopped");
+        result
+    }
+
+    async fn poll_loop(
+        &self,
+        shutdown: &CancellationToken,
+        committed: &mut BTreeMap<(String, i32), i64>,
+    ) -> Result<(), KafkaError> {
+        let stage = self.processor.name();
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    warn!(stage, error = %e, "consumer error");
+                    tokio::time::sleep(self.options.min_backoff).await;
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.options.batch_window;
+            while batch.len() < self.options.max_batch {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        warn!(stage, error = %e, "consumer error");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let size = batch.len();
+            let done = self.handle_batch(batch, shutdown).await?;
+            for (tp, offset) in done {
+                let _ = self.consumer.store_offset(&tp.0, tp.1, offset);
+                committed.insert(tp, offset);
+            }
+            metrics().stage_batch_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
+            debug!(stage, size, elapsed_ms = started.elapsed().as_millis() as u64, "batch done");
+        }
+    }
+
+    /// Processes a batch, produces its outputs and returns the last handled
+    /// offset per partition.
+    async fn handle_batch(
+        &self,
+        batch: Vec<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+        let mut by_partition: BTreeMap<(String, i32), Vec<OwnedMessage>> = BTreeMap::new();
+        for m in batch {
+            by_partition.entry((m.topic().to_owned(), m.partition())).or_default().push(m);
+        }
+        let outcomes = join_all(
+            by_partition.into_values().map(|messages| self.handle_partition(messages, shutdown)),
+        )
+        .await;
+        let stage = self.processor.name();
+        let outputs: Vec<OutRecord> = outcomes.iter().flat_map(|o| o.outputs.iter().cloned()).collect();
+        self.produce_all(outputs, shutdown).await?;
+        let m = metrics();
+        let mut done = Vec::new();
+        for o in outcomes {
+            m.stage_records.with_label_values(&[stage, "processed"]).inc_by(o.processed);
+            m.stage_records.with_label_values(&[stage, "dead_lettered"]).inc_by(o.dead_lettered);
+            for r in &o.outputs {
+                m.stage_outputs.with_label_values(&[stage, &r.topic]).inc();
+            }
+            if let Some(offset) = o.last_done {
+                done.push(((o.topic, o.partition), offset));
+            }
+        }
+        Ok(done)
+    }
+
+    async fn handle_partition(&self, messages: Vec<OwnedMessage>, shutdown: &CancellationToken) -> PartitionOutcome {
+        let stage = self.processor.name();
+        let mut outcome = PartitionOutcome {
+            topic: messages.first().map(|m| m.topic().to_owned()).unwrap_or_default(),
+            partition: messages.first().map(|m| m.partition()).unwrap_or_default(),
+            outputs: Vec::new(),
+            last_done: None,
+            dead_lettered: 0,
+            processed: 0,
+        };
+        'records: for message in messages {
+            let meta = RecordMeta {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            };
+            let payload = message.payload().unwrap_or_default();
+            let input = match self.producer.codec().decode::<P::Input>(payload) {
+                Ok(input) => input,
+                Err(e) => {
+                    warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
+                    outcome.outputs.push(self.dead_letter(&message, &e.to_string(), false, 1));
+                    outcome.dead_lettered += 1;
+                    outcome.last_done = Some(meta.offset);
+                    continue;
+                }
+            };
+            let mut backoff = self.options.min_backoff;
+            let mut attempts = 1;
+            loop {
+                let mut out = Emitter { producer: &self.producer, stage, records: Vec::new() };
+                match self.processor.process(&input, &meta, &mut out).await {
+                    Ok(()) => {
+                        outcome.outputs.extend(out.records);
+                        outcome.processed += 1;
+                        break;
+                    }
+                    Err(e) if !e.retriable => {
+                        metrics().stage_errors.with_label_values(&[stage, "false"]).inc();
+                        warn!(stage, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
+                        outcome.outputs.push(self.dead_letter(&message, &e.reason, false, attempts));
+                        outcome.dead_lettered += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        metrics().stage_errors.with_label_values(&[stage, "true"]).inc();
+                        warn!(stage, offset = meta.offset, attempt = attempts, reason = %e, ?backoff, "retriable failure; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'records,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                        attempts += 1;
+                    }
+                }
+            }
+            outcome.last_done = Some(meta.offset);
+        }
+        outcome
+    }
+
+    /// Produces every output, retrying only those that failed for a reason
+    /// that can pass.
+    async fn produce_all(&self, mut pending: Vec<OutRecord>, shutdown: &CancellationToken) -> Result<(), KafkaError> {
+        let stage = self.processor.name();
+        let mut backoff = self.options.min_backoff;
+        while !pending.is_empty() {
+            let results = join_all(pending.iter().map(|r| self.producer.send_raw(r))).await;
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (record, result) in pending.into_iter().zip(results) {
+                if let Err(e) = result {
+                    if !e.is_retriable() {
+                        return Err(e);
+                    }
+                    failed.push(record);
+                    last_error = Some(e);
+                }
+            }
+            pending = failed;
+            if let Some(e) = last_error {
+                warn!(stage, failed = pending.len(), error = %e, "produce failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(self.options.max_backoff);
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&self, message: &OwnedMessage, reason: &str, retriable: bool, attempts: i32) -> OutRecord {
+        let record = DeadLetter {
+            source_topic: message.topic().to_owned(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            stage: self.processor.name().to_owned(),
+            reason: reason.to_owned(),
+            retriable,
+            attempts,
+            failed_at: now_millis(),
+        };
+        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        match self.producer.encode(&self.dead_letter_topic, &key, &record) {
+            Ok(out) => out,
+            // DeadLetter is in the catalog and its fields are plain; encoding
+            // it cannot fail unless the build is broken.
+            Err(e) => panic!("cannot encode a dead letter: {e}"),
+        }
+    }
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}

@@ -1,0 +1,124 @@
+//! Topic names and layout. `docs/topics.md` documents the same table; keep
+//! them in step.
+
+use std::time::Duration;
+
+use tidings_schemas::Channel;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The retry tiers: a failed delivery waits in the tier for its attempt, then
+/// goes back to its channel topic. Each tier has one delay, so its records are
+/// due in offset order and waiting for the head never delays a record that is
+/// due sooner; a retry never blocks a main topic.
+pub const RETRY_DELAYS: [Duration; 3] =
+    [Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(3600)];
+
+/// The names of every topic, from one prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+/// What `tidings init` creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub retention_ms: i64,
+    /// Avro record type of the values.
+    pub record: &'static str,
+    /// What the key is.
+    pub key: &'static str,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// Accepted notification requests, one per user (key: user id).
+    pub fn requests(&self) -> String {
+        format!("{}.notify.requests", self.prefix)
+    }
+
+    /// Rendered deliveries for one channel's senders (key: user id).
+    pub fn deliver(&self, channel: Channel) -> String {
+        format!("{}.deliver.{}", self.prefix, channel.as_str())
+    }
+
+    /// The retry tier for a delay from [`RETRY_DELAYS`] (key: user id).
+    pub fn retry(&self, delay: Duration) -> String {
+        let secs = delay.as_secs();
+        let label = if secs % 3600 == 0 {
+            format!("{}h", secs / 3600)
+        } else if secs % 60 == 0 {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        };
+        format!("{}.retry.{label}", self.prefix)
+    }
+
+    /// Records no stage could process, with the reason (key: original key).
+    pub fn dead_letter(&self) -> String {
+        format!("{}.deadletter", self.prefix)
+    }
+
+    /// Every step of every notification, for analytics (key: notification id).
+    pub fn tracking(&self) -> String {
+        format!("{}.tracking", self.prefix)
+    }
+
+    /// Published posts (key: author id).
+    pub fn posts(&self) -> String {
+        format!("{}.feed.posts", self.prefix)
+    }
+
+    /// Slices of a post's audience for the feed writers (key: post id and
+    /// slice number, so one post's slices spread over partitions).
+    pub fn fanout(&self) -> String {
+        format!("{}.feed.fanout", self.prefix)
+    }
+
+    /// Every topic with its layout; `partitions` is the configured default.
+    pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
+        let spec = |name: String, retention_ms: i64, record: &'static str, key: &'static str| {
+            TopicSpec { name, partitions, retention_ms, record, key }
+        };
+        let mut specs = vec![spec(self.requests(), 7 * DAY_MS, "NotificationRequest", "user id")];
+        for channel in Channel::ALL {
+            specs.push(spec(self.deliver(channel), 3 * DAY_MS, "Delivery", "user id"));
+        }
+        for delay in RETRY_DELAYS {
+            specs.push(spec(self.retry(delay), 3 * DAY_MS, "Delivery", "user id"));
+        }
+        specs.push(spec(self.dead_letter(), 30 * DAY_MS, "DeadLetter", "original key"));
+        specs.push(spec(self.tracking(), 30 * DAY_MS, "TrackingEvent", "notification id"));
+        specs.push(spec(self.posts(), 7 * DAY_MS, "PostPublished", "author id"));
+        specs.push(spec(self.fanout(), DAY_MS, "FanoutBatch", "post id + slice"));
+        specs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let t = Topics::new("tidings");
+        assert_eq!(t.requests(), "tidings.notify.requests");
+        assert_eq!(t.deliver(Channel::Sms), "tidings.deliver.sms");
+        assert_eq!(t.retry(RETRY_DELAYS[0]), "tidings.retry.30s");
+        assert_eq!(t.retry(RETRY_DELAYS[1]), "tidings.retry.5m");
+        assert_eq!(t.retry(RETRY_DELAYS[2]), "tidings.retry.1h");
+        let specs = t.specs(6);
+        assert_eq!(specs.len(), 1 + 4 + 3 + 4);
+        let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), specs.len());
+    }
+}

@@ -1,0 +1,111 @@
+//! `tidings.v1.ContactService`: users' contact points and devices.
+
+use tidings_kafka::now_millis;
+use tidings_schemas::proto::v1::{
+    self as pb, ListDevicesRequest, ListDevicesResponse, RegisterDeviceRequest,
+    RegisterDeviceResponse, RemoveDeviceRequest, RemoveDeviceResponse, UpsertUserRequest,
+    UpsertUserResponse, contact_service_server::ContactService,
+};
+use tidings_store::{Device, Platform, User};
+use tonic::{Request, Response, Status};
+
+use crate::{Gateway, store_status, validate};
+
+fn platform(field: &str, raw: i32) -> Result<Platform, Status> {
+    match pb::Platform::try_from(raw) {
+        Ok(pb::Platform::Ios) => Ok(Platform::Ios),
+        Ok(pb::Platform::Android) => Ok(Platform::Android),
+        Ok(pb::Platform::Web) => Ok(Platform::Web),
+        _ => Err(validate::invalid(field, "must be PLATFORM_IOS, PLATFORM_ANDROID or PLATFORM_WEB")),
+    }
+}
+
+fn to_pb_platform(p: Platform) -> pb::Platform {
+    match p {
+        Platform::Ios => pb::Platform::Ios,
+        Platform::Android => pb::Platform::Android,
+        Platform::Web => pb::Platform::Web,
+    }
+}
+
+#[tonic::async_trait]
+impl ContactService for Gateway {
+    async fn upsert_user(&self, request: Request<UpsertUserRequest>) -> Result<Response<UpsertUserResponse>, Status> {
+        let r = request.into_inner();
+        validate::id("user_id", &r.user_id)?;
+        if r.display_name.len() > 256 {
+            return Err(validate::invalid("display_name", "is longer than 256 bytes"));
+        }
+        if !r.email.is_empty() {
+            validate::email("email", &r.email)?;
+        }
+        if !r.phone.is_empty() {
+            validate::e164("phone", &r.phone)?;
+        }
+        if !r.locale.is_empty() && (r.locale.len() > 35 || !r.locale.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+            return Err(validate::invalid("locale", "must be a BCP 47 tag like en or fr-FR"));
+        }
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let user = User {
+            user_id: r.user_id,
+            display_name: r.display_name,
+            avatar_url: opt(r.avatar_url),
+            locale: opt(r.locale),
+            email: opt(r.email),
+            phone: opt(r.phone),
+            updated_at: now_millis(),
+        };
+        self.store.contacts.upsert_user(&user).await.map_err(store_status)?;
+        Ok(Response::new(UpsertUserResponse {}))
+    }
+
+    async fn register_device(
+        &self,
+        request: Request<RegisterDeviceRequest>,
+    ) -> Result<Response<RegisterDeviceResponse>, Status> {
+        let r = request.into_inner();
+        validate::id("user_id", &r.user_id)?;
+        let platform = platform("platform", r.platform)?;
+        validate::device_token("token", platform.as_str(), &r.token)?;
+        let device = Device {
+            user_id: r.user_id,
+            token: r.token,
+            platform,
+            registered_at: now_millis(),
+            invalidated_at: None,
+        };
+        self.store.contacts.register_device(&device).await.map_err(store_status)?;
+        Ok(Response::new(RegisterDeviceResponse {}))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<RemoveDeviceRequest>,
+    ) -> Result<Response<RemoveDeviceResponse>, Status> {
+        let r = request.into_inner();
+        validate::id("user_id", &r.user_id)?;
+        if r.token.is_empty() {
+            return Err(validate::invalid("token", "is required"));
+        }
+        self.store.contacts.remove_device(&r.user_id, &r.token).await.map_err(store_status)?;
+        Ok(Response::new(RemoveDeviceResponse {}))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let r = request.into_inner();
+        validate::id("user_id", &r.user_id)?;
+        let devices = self.store.contacts.live_devices(&r.user_id).await.map_err(store_status)?;
+        let devices = devices
+            .into_iter()
+            .map(|d| pb::Device {
+                platform: to_pb_platform(d.platform) as i32,
+                token: d.token,
+                registered_at_ms: d.registered_at,
+            })
+            .collect();
+        Ok(Response::new(ListDevicesResponse { devices }))
+    }
+}

@@ -1,0 +1,319 @@
+//! `tidings.v1.NotificationService`: validates a send, turns it into one
+//! `NotificationRequest` per user and returns once Kafka has them all.
+
+use std::collections::BTreeMap;
+
+use futures::future::try_join_all;
+use tidings_kafka::{OutRecord, now_millis};
+use tidings_schemas::{
+    Channel,
+    proto::v1::{
+        self as pb, GetStatusRequest, GetStatusResponse, SendBatchRequest, SendBatchResponse,
+        SendRequest, SendResponse, notification_service_server::NotificationService,
+        send_batch_result::Outcome, send_request::Content,
+    },
+    records::{NotificationRequest, Priority, RawContent, TemplateRef, TrackingEvent, TrackingKind},
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{Gateway, caller, validate};
+
+/// Most users one send may target.
+pub const MAX_USERS_PER_SEND: usize = 10_000;
+
+/// Namespace for notification ids derived from (app, event, user), so a
+/// caller retrying a send with the same event id gets the same ids back.
+const NOTIFICATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0000_0000_0001);
+
+#[tonic::async_trait]
+impl NotificationService for Gateway {
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let app_key = caller(&request);
+        let accepted = self.accept(&app_key, request.into_inner(), "").await;
+        self.count("Send", &accepted);
+        accepted.map(Response::new)
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let app_key = caller(&request);
+        let items = request.into_inner().items;
+        if items.is_empty() {
+            return Err(validate::invalid("items", "is empty"));
+        }
+        if items.len() > self.config.max_batch {
+            return Err(validate::invalid("items", format!("has {} entries; at most {} per call", items.len(), self.config.max_batch)));
+        }
+        // Items are accepted concurrently; each succeeds or fails on its own.
+        let results = futures::future::join_all(
+            items.into_iter().enumerate().map(|(i, item)| {
+                let prefix = format!("items[{i}].");
+                let app_key = app_key.clone();
+                async move { self.accept(&app_key, item, &prefix).await }
+            }),
+        )
+        .await;
+        let results = results
+            .into_iter()
+            .map(|r| pb::SendBatchResult {
+                outcome: Some(match r {
+                    Ok(accepted) => Outcome::Accepted(accepted),
+                    Err(status) => Outcome::Error(status.message().to_owned()),
+                }),
+            })
+            .collect();
+        self.count("SendBatch", &Ok::<_, Status>(()));
+        Ok(Response::new(SendBatchResponse { results }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        let id = request.into_inner().notification_id;
+        validate::id("notification_id", &id)?;
+        let entries = self.store.notification_log.get(&id).await.map_err(crate::store_status)?;
+        if entries.is_empty() {
+            return Err(Status::not_found(format!("notification_id: no notification `{id}`")));
+        }
+        let deliveries = entries
+            .into_iter()
+            .map(|e| pb::DeliveryStatus {
+                channel: e.channel,
+                target: e.target,
+                state: e.state,
+                detail: e.detail.unwrap_or_default(),
+                attempt: e.attempt,
+                at_ms: e.at,
+            })
+            .collect();
+        Ok(Response::new(GetStatusResponse { notification_id: id, deliveries }))
+    }
+}
+
+impl Gateway {
+    /// Validates one send and writes it to Kafka, durably.
+    async fn accept(&self, app_key: &str, send: SendRequest, prefix: &str) -> Result<SendResponse, Status> {
+        let requests = to_requests(app_key, send, prefix, now_millis())?;
+        let event_id = requests.first().map(|r| r.event_id.clone()).unwrap_or_default();
+        let topic = self.topics.requests();
+        let tracking = self.topics.tracking();
+        let mut records: Vec<OutRecord> = Vec::with_capacity(requests.len() * 2);
+        for r in &requests {
+            records.push(self.producer.encode(&topic, &r.user_id, r).map_err(internal)?);
+        }
+        // The requests first: once they are acknowledged the notification is
+        // accepted; the tracking events after that are best effort.
+        self.producer.send_all(&records).await.map_err(unavailable)?;
+        let events: Result<Vec<_>, _> = requests
+            .iter()
+            .map(|r| {
+                let event = TrackingEvent {
+                    event_id: Uuid::now_v7().to_string(),
+                    notification_id: r.notification_id.clone(),
+                    user_id: r.user_id.clone(),
+                    kind: TrackingKind::Accepted,
+                    channel: None,
+                    target: None,
+                    template_name: r.template.as_ref().map(|t| t.name.clone()),
+                    stage: "gateway".into(),
+                    detail: None,
+                    at: r.accepted_at,
+                };
+                self.producer.encode(&tracking, &r.notification_id, &event)
+            })
+            .collect();
+        if let Ok(events) = events {
+            let producer = self.producer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = try_join_all(events.iter().map(|e| producer.send_raw(e))).await {
+                    tracing::warn!(error = %e, "could not write ACCEPTED tracking events");
+                }
+            });
+        }
+        Ok(SendResponse {
+            event_id,
+            notification_ids: requests.into_iter().map(|r| r.notification_id).collect(),
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Kafka did not take the record: the caller should retry (with the same
+/// event id, so nothing is sent twice).
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("could not durably accept the notification, retry with the same event_id: {e}"))
+}
+
+/// Validates a send and expands it into one request per user.
+pub fn to_requests(
+    app_key: &str,
+    send: SendRequest,
+    prefix: &str,
+    now: i64,
+) -> Result<Vec<NotificationRequest>, Status> {
+    let field = |name: &str| format!("{prefix}{name}");
+    if send.user_ids.is_empty() {
+        return Err(validate::invalid(field("user_ids"), "is empty"));
+    }
+    if send.user_ids.len() > MAX_USERS_PER_SEND {
+        return Err(validate::invalid(field("user_ids"), format!("has more than {MAX_USERS_PER_SEND} users")));
+    }
+    for (i, user) in send.user_ids.iter().enumerate() {
+        validate::id(&field(&format!("user_ids[{i}]")), user)?;
+    }
+    let event_id = if send.event_id.is_empty() {
+        Uuid::now_v7().to_string()
+    } else {
+        validate::id(&field("event_id"), &send.event_id)?;
+        send.event_id.clone()
+    };
+    let mut channels = Vec::new();
+    for (i, raw) in send.channels.iter().enumerate() {
+        let channel = match pb::Channel::try_from(*raw) {
+            Ok(pb::Channel::Ios) => Channel::Ios,
+            Ok(pb::Channel::Android) => Channel::Android,
+            Ok(pb::Channel::Sms) => Channel::Sms,
+            Ok(pb::Channel::Email) => Channel::Email,
+            Ok(pb::Channel::Web) => {
+                return Err(validate::invalid(field(&format!("channels[{i}]")), "web push is not supported yet"));
+            }
+            Ok(pb::Channel::Unspecified) | Err(_) => {
+                return Err(validate::invalid(field(&format!("channels[{i}]")), format!("unknown channel {raw}")));
+            }
+        };
+        if !channels.contains(&channel.as_str().to_owned()) {
+            channels.push(channel.as_str().to_owned());
+        }
+    }
+    let category = if send.category.is_empty() {
+        None
+    } else {
+        validate::id(&field("category"), &send.category)?;
+        Some(send.category.clone())
+    };
+    let (template, content) = match send.content {
+        None => return Err(validate::invalid(field("content"), "a template or raw content is required")),
+        Some(Content::Template(t)) => {
+            validate::id(&field("template.name"), &t.name)?;
+            let version = match t.version {
+                0 => None,
+                v => Some(i32::try_from(v).map_err(|_| validate::invalid(field("template.version"), "is too large"))?),
+            };
+            (Some(TemplateRef { name: t.name, version, params: t.params.into_iter().collect() }), None)
+        }
+        Some(Content::Raw(raw)) => {
+            let opt = |s: String| if s.is_empty() { None } else { Some(s) };
+            let raw = RawContent {
+                title: opt(raw.title),
+                body: opt(raw.body),
+                sms_text: opt(raw.sms_text),
+                email_subject: opt(raw.email_subject),
+                email_html: opt(raw.email_html),
+                email_text: opt(raw.email_text),
+            };
+            if raw == RawContent::default() {
+                return Err(validate::invalid(field("raw"), "every field is empty"));
+            }
+            (None, Some(raw))
+        }
+    };
+    if send.send_at_ms < 0 {
+        return Err(validate::invalid(field("send_at_ms"), "must not be negative"));
+    }
+    if send.expires_at_ms < 0 {
+        return Err(validate::invalid(field("expires_at_ms"), "must not be negative"));
+    }
+    let send_at = (send.send_at_ms > now).then_some(send.send_at_ms);
+    let expires_at = (send.expires_at_ms > 0).then_some(send.expires_at_ms);
+    if let Some(expiry) = expires_at {
+        if expiry <= send_at.unwrap_or(now) {
+            return Err(validate::invalid(field("expires_at_ms"), "is before the notification would be sent"));
+        }
+    }
+    let priority = match pb::Priority::try_from(send.priority) {
+        Ok(pb::Priority::High) => Priority::High,
+        Ok(pb::Priority::Normal) => Priority::Normal,
+        Err(_) => return Err(validate::invalid(field("priority"), format!("unknown priority {}", send.priority))),
+    };
+    let data: BTreeMap<String, String> = send.data.into_iter().collect();
+    let collapse_id = (!send.collapse_id.is_empty()).then_some(send.collapse_id);
+    Ok(send
+        .user_ids
+        .into_iter()
+        .map(|user_id| NotificationRequest {
+            notification_id: Uuid::new_v5(
+                &NOTIFICATION_ID_NAMESPACE,
+                format!("{app_key}\u{0}{event_id}\u{0}{user_id}").as_bytes(),
+            )
+            .to_string(),
+            event_id: event_id.clone(),
+            app_key: app_key.to_owned(),
+            user_id,
+            channels: channels.clone(),
+            category: category.clone(),
+            template: template.clone(),
+            content: content.clone(),
+            send_at,
+            expires_at,
+            priority,
+            collapse_id: collapse_id.clone(),
+            data: data.clone(),
+            accepted_at: now,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_send(users: &[&str]) -> SendRequest {
+        SendRequest {
+            user_ids: users.iter().map(|u| u.to_string()).collect(),
+            content: Some(Content::Raw(pb::RawContent { body: "hi".into(), ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_request_per_user_with_stable_ids() {
+        let mut send = raw_send(&["a", "b"]);
+        send.event_id = "e-1".into();
+        let first = to_requests("app", send.clone(), "", 10).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].user_id, "a");
+        assert_ne!(first[0].notification_id, first[1].notification_id);
+        let again = to_requests("app", send, "", 20).unwrap();
+        assert_eq!(first[0].notification_id, again[0].notification_id, "same event, same ids");
+    }
+
+    #[test]
+    fn a_missing_event_id_is_generated() {
+        let r = to_requests("app", raw_send(&["a"]), "", 10).unwrap();
+        assert!(Uuid::parse_str(&r[0].event_id).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |s: SendRequest| to_requests("app", s, "items[3].", 10).unwrap_err();
+        assert_eq!(err(raw_send(&[])).message(), "items[3].user_ids: is empty");
+        assert!(err(raw_send(&["ok", ""])).message().starts_with("items[3].user_ids[1]:"));
+        let mut s = raw_send(&["a"]);
+        s.channels = vec![99];
+        assert!(err(s).message().starts_with("items[3].channels[0]:"));
+        let mut s = raw_send(&["a"]);
+        s.content = None;
+        assert!(err(s).message().starts_with("items[3].content:"));
+        let mut s = raw_send(&["a"]);
+        s.send_at_ms = 1_000;
+        s.expires_at_ms = 500;
+        assert!(err(s).message().starts_with("items[3].expires_at_ms:"));
+    }
+}

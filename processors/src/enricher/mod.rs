@@ -1,0 +1,234 @@
+//! The enricher: turns one accepted `NotificationRequest` into one
+//! `Delivery` per target on the topic of its channel.
+//!
+//! For each request it looks up the user's contact points and live devices,
+//! drops channels the user opted out of, renders the template in the user's
+//! locale (or takes the raw content), and emits the deliveries. Everything it
+//! emits is derived deterministically from the request (delivery ids
+//! included), so a replay after a crash produces the same records and the
+//! senders' ledger drops the repeats.
+
+pub mod render;
+
+use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
+use tidings_schemas::{
+    Channel,
+    records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
+};
+use tidings_store::{Device, Platform, Preference, Store, StoreError, User};
+use tracing::debug;
+use uuid::Uuid;
+
+use self::render::{Rendered, render};
+
+/// Namespace of delivery ids: stable per (notification, channel, target).
+const DELIVERY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0000_0000_0002);
+
+pub struct Enricher {
+    store: Store,
+    topics: Topics,
+}
+
+impl Enricher {
+    pub fn new(store: Store, topics: Topics) -> Self {
+        Self { store, topics }
+    }
+}
+
+pub(crate) fn store_failure(e: StoreError) -> ProcessError {
+    if e.is_retriable() { ProcessError::retriable(e.to_string()) } else { ProcessError::permanent(e.to_string()) }
+}
+
+/// Whether `user` receives `category` on `channel`: the most specific
+/// preference wins (channel + category, then channel); no preference means
+/// opted in.
+pub fn opted_in(preferences: &[Preference], channel: Channel, category: Option<&str>) -> bool {
+    let on_channel = |p: &&Preference| p.channel == channel.as_str();
+    let specific = category.and_then(|c| {
+        preferences.iter().filter(on_channel).find(|p| p.category.as_deref() == Some(c))
+    });
+    let general = || preferences.iter().filter(on_channel).find(|p| p.category.is_none());
+    specific.or_else(general).is_none_or(|p| p.opt_in)
+}
+
+/// Where a channel reaches this user.
+fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<String> {
+    let tokens = |platform: Platform| {
+        devices.iter().filter(|d| d.platform == platform).map(|d| d.token.clone()).collect()
+    };
+    match channel {
+        Channel::Ios => tokens(Platform::Ios),
+        Channel::Android => tokens(Platform::Android),
+        Channel::Sms => user.and_then(|u| u.phone.clone()).into_iter().collect(),
+        Channel::Email => user.and_then(|u| u.email.clone()).into_iter().collect(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for Enricher {
+    type Input = NotificationRequest;
+
+    fn name(&self) -> &'static str {
+        "enricher"
+    }
+
+    async fn process(&self, req: &NotificationRequest, _meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+        let contacts = &self.store.contacts;
+        let (user, devices, preferences) = tokio::try_join!(
+            contacts.get_user(&req.user_id),
+            contacts.live_devices(&req.user_id),
+            self.store.preferences.list(&req.user_id),
+        )
+        .map_err(store_failure)?;
+
+        let (rendered, template_version) = self.content(req, user.as_ref()).await?;
+        let wanted: Vec<Channel> = if req.channels.is_empty() {
+            Channel::ALL.to_vec()
+        } else {
+            req.channels.iter().filter_map(|c| c.parse().ok()).collect()
+        };
+
+        let mut emitted = 0;
+        for channel in wanted {
+            if !opted_in(&preferences, channel, req.category.as_deref()) {
+                self.track(out, req, TrackingKind::Suppressed, Some(channel), None, Some("opted out"))?;
+                continue;
+            }
+            for target in targets(channel, user.as_ref(), &devices) {
+                let delivery = delivery(req, channel, target, &rendered, template_version);
+                out.emit(&self.topics.deliver(channel), &req.user_id, &delivery)?;
+                emitted += 1;
+            }
+        }
+        if emitted == 0 {
+            self.track(out, req, TrackingKind::Suppressed, None, None, Some("no reachable target on the requested channels"))?;
+        } else {
+            self.track(out, req, TrackingKind::Rendered, None, None, None)?;
+        }
+        debug!(notification_id = %req.notification_id, emitted, "enriched");
+        Ok(())
+    }
+}
+
+impl Enricher {
+    async fn content(&self, req: &NotificationRequest, user: Option<&User>) -> Result<(Rendered, Option<i32>), ProcessError> {
+        if let Some(t) = &req.template {
+            let version = t.version.and_then(|v| u32::try_from(v).ok());
+            let template = self
+                .store
+                .templates
+                .get(&t.name, version)
+                .await
+                .map_err(store_failure)?
+                .ok_or_else(|| ProcessError::permanent(format!("template {} (version {:?}) does not exist", t.name, t.version)))?;
+            let locale = user.and_then(|u| u.locale.as_deref());
+            let rendered = render(&template, locale, &t.params).map_err(|e| ProcessError::permanent(e.to_string()))?;
+            return Ok((rendered, i32::try_from(template.version).ok()));
+        }
+        let raw = req.content.clone().unwrap_or_default();
+        Ok((
+            Rendered {
+                locale: user.and_then(|u| u.locale.clone()).unwrap_or_default(),
+                title: raw.title,
+                body: raw.body,
+                sms_text: raw.sms_text,
+                email_subject: raw.email_subject,
+                email_html: raw.email_html,
+                email_text: raw.email_text,
+            },
+            None,
+        ))
+    }
+
+    fn track(
+        &self,
+        out: &mut Emitter<'_>,
+        req: &NotificationRequest,
+        kind: TrackingKind,
+        channel: Option<Channel>,
+        target: Option<String>,
+        detail: Option<&str>,
+    ) -> Result<(), ProcessError> {
+        let event = TrackingEvent {
+            // Stable per (notification, kind, channel) so a replay repeats
+            // the same event id and analytics can drop the repeat.
+            event_id: Uuid::new_v5(
+                &DELIVERY_ID_NAMESPACE,
+                format!("{}\u{0}{kind:?}\u{0}{}", req.notification_id, channel.map(Channel::as_str).unwrap_or("")).as_bytes(),
+            )
+            .to_string(),
+            notification_id: req.notification_id.clone(),
+            user_id: req.user_id.clone(),
+            kind,
+            channel: channel.map(|c| c.as_str().to_owned()),
+            target,
+            template_name: req.template.as_ref().map(|t| t.name.clone()),
+            stage: "enricher".into(),
+            detail: detail.map(str::to_owned),
+            at: now_millis(),
+        };
+        out.emit(&self.topics.tracking(), &req.notification_id, &event)
+    }
+}
+
+fn delivery(req: &NotificationRequest, channel: Channel, target: String, r: &Rendered, template_version: Option<i32>) -> Delivery {
+    let delivery_id = Uuid::new_v5(
+        &DELIVERY_ID_NAMESPACE,
+        format!("{}\u{0}{}\u{0}{target}", req.notification_id, channel.as_str()).as_bytes(),
+    )
+    .to_string();
+    // SMS carries its own text, falling back to the push body.
+    let body = match channel {
+        Channel::Sms => r.sms_text.clone().or_else(|| r.body.clone()),
+        _ => r.body.clone(),
+    };
+    Delivery {
+        delivery_id,
+        notification_id: req.notification_id.clone(),
+        event_id: req.event_id.clone(),
+        user_id: req.user_id.clone(),
+        channel: channel.as_str().to_owned(),
+        target,
+        category: req.category.clone(),
+        template_name: req.template.as_ref().map(|t| t.name.clone()),
+        template_version,
+        locale: (!r.locale.is_empty()).then(|| r.locale.clone()),
+        title: r.title.clone(),
+        body,
+        email_subject: r.email_subject.clone(),
+        email_html: r.email_html.clone(),
+        email_text: r.email_text.clone(),
+        data: req.data.clone(),
+        collapse_id: req.collapse_id.clone(),
+        priority: req.priority,
+        expires_at: req.expires_at,
+        accepted_at: req.accepted_at,
+        attempt: 0,
+        not_before: None,
+        last_error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pref(channel: &str, category: Option<&str>, opt_in: bool) -> Preference {
+        Preference {
+            user_id: "u".into(),
+            channel: channel.into(),
+            category: category.map(str::to_owned),
+            opt_in,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn most_specific_preference_wins() {
+        let prefs = vec![pref("email", None, false), pref("email", Some("security"), true)];
+        assert!(!opted_in(&prefs, Channel::Email, Some("marketing")));
+        assert!(opted_in(&prefs, Channel::Email, Some("security")));
+        assert!(!opted_in(&prefs, Channel::Email, None));
+        assert!(opted_in(&prefs, Channel::Sms, Some("marketing")), "no preference means opted in");
+    }
+}

@@ -1,0 +1,9 @@
+//! tidings: a notification and news-feed platform built as a Kafka
+//! stream-processing pipeline.
+//!
+//! This crate wires the pieces into processes: [`runtime::Runtime`] connects
+//! Kafka (or starts the embedded mock cluster) and the store, and starts the
+//! gateway and the stages; the `tidings` binary puts a CLI on top.
+
+pub mod client;
+pub mod runtime;

@@ -1,0 +1,236 @@
+//! Connects to Kafka and the store from one [`Config`] and runs the gateway
+//! and processor stages, all in one process (`tidings dev`, tests) or a role
+//! per process (`tidings gateway`, `tidings process enricher`).
+
+use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use tidings_config::Config;
+use tidings_gateway::{Gateway, GatewayAddrs};
+use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
+use tidings_processors::{ChannelSender, Enricher, LogSink, Provider};
+use tidings_schemas::{AvroCodec, Channel};
+use tidings_store::{Replication, Store, StoreOptions};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// A processor stage that can run in a process of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageName {
+    Enricher,
+    Sender(Channel),
+}
+
+impl StageName {
+    pub fn all() -> Vec<StageName> {
+        let mut all = vec![StageName::Enricher];
+        all.extend(Channel::ALL.map(StageName::Sender));
+        all
+    }
+}
+
+impl fmt::Display for StageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageName::Enricher => f.write_str("enricher"),
+            StageName::Sender(c) => write!(f, "sender-{c}"),
+        }
+    }
+}
+
+impl FromStr for StageName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StageName::all().into_iter().find(|n| n.to_string() == s).ok_or_else(|| {
+            let names: Vec<String> = StageName::all().iter().map(ToString::to_string).collect();
+            format!("unknown stage `{s}`; expected one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Connections shared by everything running in this process.
+pub struct Runtime {
+    pub config: Config,
+    pub store: Store,
+    pub producer: AvroProducer,
+    pub topics: Topics,
+    log_sink: Arc<LogSink>,
+    /// Last: fields drop in order, and the embedded brokers must outlive
+    /// every client.
+    pub cluster: KafkaCluster,
+}
+
+impl Runtime {
+    /// Connects Kafka and the store, creating topics and tables when asked
+    /// (always on the embedded default, where nothing exists before).
+    pub async fn connect(config: Config, init: bool) -> Result<Self> {
+        let cluster = KafkaCluster::connect(&config.kafka)
+            .await
+            .context("connecting to Kafka (kafka.bootstrap_servers)")?;
+        let store = connect_store(&config, init).await?;
+        let codec = AvroCodec::local();
+        let producer = AvroProducer::new(&cluster, &config.kafka, codec).context("creating the Kafka producer")?;
+        let topics = Topics::new(&config.kafka.topic_prefix);
+        let runtime = Self { config, store, producer, topics, log_sink: Arc::new(LogSink::default()), cluster };
+        if init || runtime.cluster.is_embedded() {
+            runtime.create_topics().await?;
+        }
+        Ok(runtime)
+    }
+
+    pub async fn create_topics(&self) -> Result<()> {
+        let specs = self.topics.specs(self.config.kafka.partitions);
+        self.cluster
+            .ensure_topics(&self.config.kafka, &specs)
+            .await
+            .context("creating Kafka topics")?;
+        info!(count = specs.len(), prefix = %self.config.kafka.topic_prefix, "topics ready");
+        Ok(())
+    }
+
+    /// The deliveries the log-sink provider has printed.
+    pub fn log_sink_count(&self) -> u64 {
+        self.log_sink.sent()
+    }
+
+    fn provider(&self, _channel: Channel) -> Arc<dyn Provider> {
+        self.log_sink.clone()
+    }
+
+    /// Starts one stage on `tasks`.
+    pub fn spawn_stage(&self, name: StageName, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
+        let kafka = &self.config.kafka;
+        let dead_letter = self.topics.dead_letter();
+        let options = StageOptions::default();
+        let shutdown = shutdown.clone();
+        match name {
+            StageName::Enricher => {
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    Enricher::new(self.store.clone(), self.topics.clone()),
+                    &[self.topics.requests()],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
+            StageName::Sender(channel) => {
+                let sender = ChannelSender::new(channel, self.provider(channel), self.store.clone(), self.topics.clone());
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    sender,
+                    &[self.topics.deliver(channel)],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds the gateway and starts serving it on `tasks`.
+    pub async fn spawn_gateway(&self, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<GatewayAddrs> {
+        let gateway = Gateway::new(
+            self.producer.clone(),
+            self.store.clone(),
+            self.topics.clone(),
+            self.config.gateway.clone(),
+        );
+        let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
+        tasks.spawn(async move { Ok(serve.await?) });
+        Ok(addrs)
+    }
+}
+
+async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
+    let url = &config.store.url;
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {} for the embedded store", dir.display()))?;
+        }
+    }
+    let replication = if config.store.datacenters.is_empty() {
+        Replication::Simple { factor: config.store.replication_factor }
+    } else {
+        Replication::NetworkTopology { datacenters: config.store.datacenters.clone() }
+    };
+    let options = StoreOptions {
+        migrate: migrate || url.starts_with("sqlite://"),
+        replication,
+        connect_timeout: Duration::from_millis(config.store.connect_timeout_ms),
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(url, &options).await.with_context(|| format!("opening the store (store.url = {url})"))?;
+    info!(backend = store.backend_name(), %url, "store ready");
+    Ok(store)
+}
+
+/// Everything of one process running: the gateway and every stage.
+pub struct Pipeline {
+    pub runtime: Runtime,
+    pub gateway: GatewayAddrs,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<()>>,
+}
+
+impl Pipeline {
+    /// Starts the gateway and every stage in this process.
+    pub async fn start(config: Config, init: bool) -> Result<Self> {
+        let runtime = Runtime::connect(config, init).await?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let gateway = runtime.spawn_gateway(&mut tasks, &shutdown).await?;
+        for stage in StageName::all() {
+            runtime.spawn_stage(stage, &mut tasks, &shutdown)?;
+        }
+        Ok(Self { runtime, gateway, shutdown, tasks })
+    }
+
+    /// Runs until Ctrl-C (or until a task stops, which is a failure), then
+    /// shuts down cleanly.
+    pub async fn run_until_signal(mut self) -> Result<()> {
+        let early = tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("Ctrl-C: shutting down"); None }
+            Some(done) = self.tasks.join_next() => Some(done),
+        };
+        let stopped = self.stop().await;
+        match early {
+            None => stopped,
+            Some(Ok(Ok(()))) => stopped.and(Err(anyhow::anyhow!("a task stopped unexpectedly"))),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Cancels every task and waits for them to finish.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                error!(error = %format!("{e:#}"), "task failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.runtime.producer.flush(Duration::from_secs(5));
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Errors early for a configuration that cannot work in a role of its own.
+pub fn require_shared_kafka(config: &Config, role: &str) -> Result<()> {
+    if config.kafka.is_embedded() {
+        bail!(
+            "kafka.bootstrap_servers is `embedded`, which exists only inside one process; \
+             `tidings {role}` needs a shared Kafka (set TIDINGS_KAFKA__BOOTSTRAP_SERVERS), or use `tidings dev`"
+        );
+    }
+    Ok(())
+}
