@@ -1,0 +1,176 @@
+//! Test harness: the whole pipeline in this process, on the embedded default
+//! or on the real Kafka and Cassandra started by `scripts/servers.sh up`.
+
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{Consumer, StreamConsumer},
+};
+use tempfile::TempDir;
+use tidings::{client::Client, runtime::Pipeline};
+use tidings_config::Config;
+use tidings_schemas::{AvroCodec, AvroRecord};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// librdkafka's mock cluster and SQLite: what `tidings dev` runs.
+    Embedded,
+    /// Real Kafka and Cassandra from `scripts/servers.sh`.
+    Servers,
+}
+
+pub fn kafka_address() -> String {
+    std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into())
+}
+
+pub fn cql_address() -> String {
+    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".into())
+}
+
+/// Serialises pipeline start-up against the shared Cassandra keyspace:
+/// concurrent schema changes from many sessions make Cassandra disagree on
+/// its schema.
+static SCHEMA_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub struct TestPipeline {
+    pub pipeline: Option<Pipeline>,
+    pub backend: Backend,
+    pub client: Client,
+    pub bootstrap: String,
+    pub prefix: String,
+    _dir: TempDir,
+}
+
+impl TestPipeline {
+    pub async fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        // Unique topics and groups per test, so tests share servers safely.
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        config.kafka.topic_prefix = prefix.clone();
+        config.kafka.group_prefix = prefix.clone();
+        config.kafka.partitions = 3;
+        config.gateway.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let pipeline = match backend {
+            Backend::Embedded => {
+                config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+                Pipeline::start(config, true).await
+            }
+            Backend::Servers => {
+                config.kafka.bootstrap_servers = kafka_address();
+                config.store.url = format!("scylla://{}/tidings_e2e", cql_address());
+                let _guard = SCHEMA_LOCK.lock().await;
+                Pipeline::start(config, true).await
+            }
+        };
+        let pipeline = pipeline.unwrap_or_else(|e| {
+            panic!("pipeline did not start on {backend:?}: {e:#}\n(for Servers, run `scripts/servers.sh up`; `scripts/servers.sh logs` shows the servers' logs)")
+        });
+        let bootstrap = pipeline.runtime.cluster.bootstrap_servers().to_owned();
+        let client = Client::connect(&format!("http://{}", pipeline.gateway.grpc), Some("tests".into()), None)
+            .await
+            .expect("gateway answers");
+        Self { pipeline: Some(pipeline), backend, client, bootstrap, prefix, _dir: dir }
+    }
+
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.pipeline.as_ref().expect("running").gateway.grpc)
+    }
+
+    /// Stops every task; a task that failed fails the test.
+    pub async fn stop(mut self) {
+        if let Some(p) = self.pipeline.take() {
+            p.stop().await.expect("clean shutdown");
+        }
+    }
+
+    /// A consumer that reads `topic` from the beginning.
+    pub fn reader(&self, topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("reader-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("test consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        consumer
+    }
+
+    /// Reads records of `topic` until `done` holds for what was read, or
+    /// fails the test after `timeout`. Returns the raw payloads and the
+    /// decoded records.
+    pub async fn read_until<T: AvroRecord>(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        done: impl Fn(&[T]) -> bool,
+    ) -> (Vec<Vec<u8>>, Vec<T>) {
+        let consumer = self.reader(topic);
+        let codec = AvroCodec::local();
+        let deadline = Instant::now() + timeout;
+        let (mut raw, mut records) = (Vec::new(), Vec::new());
+        while !done(&records) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out on {topic}; read {} records so far", records.len());
+            if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
+                let payload = m.payload().unwrap_or_default().to_vec();
+                records.push(codec.decode::<T>(&payload).expect("valid Avro in the Confluent wire format"));
+                raw.push(payload);
+            }
+        }
+        consumer.unsubscribe();
+        (raw, records)
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs each named scenario on both backends.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::support::Backend::Embedded).await
+                }
+            )*
+        }
+        mod servers {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::support::Backend::Servers).await
+                }
+            )*
+        }
+    };
+}
