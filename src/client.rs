@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use anyhow::{Context, Result, bail};
 use tidings_schemas::proto::v1::{
     self as pb, contact_service_client::ContactServiceClient,
-    notification_service_client::NotificationServiceClient, send_request::Content,
+    notification_service_client::NotificationServiceClient,
+    preference_service_client::PreferenceServiceClient, send_request::Content,
+    template_service_client::TemplateServiceClient,
 };
 use tonic::{Request, transport::Channel as GrpcChannel};
 
@@ -26,7 +28,7 @@ impl Client {
         Ok(Self { channel, app_key, app_secret })
     }
 
-    fn request<T>(&self, message: T) -> Result<Request<T>> {
+    pub fn request<T>(&self, message: T) -> Result<Request<T>> {
         let mut request = Request::new(message);
         if let Some(key) = &self.app_key {
             request.metadata_mut().insert("x-app-key", key.parse().context("app key is not valid metadata")?);
@@ -43,6 +45,29 @@ impl Client {
 
     pub fn contacts(&self) -> ContactServiceClient<GrpcChannel> {
         ContactServiceClient::new(self.channel.clone())
+    }
+
+    pub fn preferences(&self) -> PreferenceServiceClient<GrpcChannel> {
+        PreferenceServiceClient::new(self.channel.clone())
+    }
+
+    pub fn templates(&self) -> TemplateServiceClient<GrpcChannel> {
+        TemplateServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn set_preference(&self, user_id: &str, channel: pb::Channel, category: &str, opt_in: bool) -> Result<()> {
+        let request = pb::SetPreferenceRequest {
+            user_id: user_id.into(),
+            preference: Some(pb::Preference { channel: channel as i32, category: category.into(), opt_in }),
+        };
+        self.preferences().set_preference(self.request(request)?).await.map_err(status)?;
+        Ok(())
+    }
+
+    /// Creates the next version of a template; returns its number.
+    pub async fn put_template(&self, template: pb::Template) -> Result<u32> {
+        let request = pb::PutTemplateRequest { template: Some(template) };
+        Ok(self.templates().put_template(self.request(request)?).await.map_err(status)?.into_inner().version)
     }
 
     pub async fn upsert_user(&self, user: pb::UpsertUserRequest) -> Result<()> {

@@ -37,7 +37,7 @@ enum Command {
     },
     /// Run the gRPC/HTTP gateway.
     Gateway,
-    /// Run processor stages: enricher, sender-ios, sender-android,
+    /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
     /// sender-sms, sender-email, or all.
     Process {
         #[arg(required = true)]
@@ -47,6 +47,12 @@ enum Command {
     Init,
     /// Print the effective configuration as TOML.
     Config,
+    /// Manage the applications allowed to call the gateway (admin; talks to
+    /// the store directly).
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
     /// Create or update a user's contact points (client).
     User {
         id: String,
@@ -103,20 +109,39 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// Create an app and print its key and secret (shown once).
+    Create {
+        name: String,
+        /// Comma-separated: send, status, contacts, preferences, templates, or *.
+        #[arg(long, default_value = "*", value_delimiter = ',')]
+        permissions: Vec<String>,
+        /// Requests per second allowed per gateway instance.
+        #[arg(long)]
+        quota: Option<u32>,
+    },
+    /// Revoke an app key.
+    Revoke { app_key: String },
+    /// List apps.
+    List,
+}
+
 #[derive(clap::Args)]
 struct GatewayArgs {
     /// The gateway's gRPC address.
     #[arg(long, env = "TIDINGS_GATEWAY_URL", default_value = "http://127.0.0.1:50051")]
     gateway: String,
-    #[arg(long, env = "TIDINGS_APP_KEY")]
-    app_key: Option<String>,
-    #[arg(long, env = "TIDINGS_APP_SECRET")]
-    app_secret: Option<String>,
+    /// Defaults to the app `tidings dev` creates.
+    #[arg(long, env = "TIDINGS_APP_KEY", default_value = tidings::runtime::DEV_APP_KEY)]
+    app_key: String,
+    #[arg(long, env = "TIDINGS_APP_SECRET", default_value = tidings::runtime::DEV_APP_SECRET)]
+    app_secret: String,
 }
 
 impl GatewayArgs {
     async fn connect(self) -> Result<Client> {
-        Client::connect(&self.gateway, self.app_key, self.app_secret).await
+        Client::connect(&self.gateway, Some(self.app_key), Some(self.app_secret)).await
     }
 }
 
@@ -136,6 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load()?;
             tidings_telemetry::init_logging(&config.telemetry);
             let pipeline = Pipeline::start(config, true).await?;
+            tidings::runtime::ensure_dev_app(&pipeline.runtime.store).await?;
             let grpc = pipeline.gateway.grpc;
             println!("tidings dev is running: gRPC {grpc}, HTTP http://{} (metrics at /metrics). Ctrl-C stops it.", pipeline.gateway.http);
             if !no_demo {
@@ -181,6 +207,30 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config => {
             let config = load()?;
             print!("{}", toml_of(&config)?);
+            Ok(())
+        }
+        Command::Apps { command } => {
+            let config = load()?;
+            let runtime = Runtime::connect_store_only(&config).await?;
+            match command {
+                AppsCommand::Create { name, permissions, quota } => {
+                    let (key, secret) = tidings::runtime::create_app(&runtime, &name, permissions, quota).await?;
+                    println!("app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)");
+                }
+                AppsCommand::Revoke { app_key } => {
+                    if runtime.apps.revoke(&app_key).await? {
+                        println!("revoked {app_key}");
+                    } else {
+                        anyhow::bail!("no app `{app_key}`");
+                    }
+                }
+                AppsCommand::List => {
+                    for app in runtime.apps.list().await? {
+                        let state = if app.revoked { "revoked" } else { "active" };
+                        println!("{:<40} {:<20} {:<8} {}", app.app_key, app.name, state, app.permissions.join(","));
+                    }
+                }
+            }
             Ok(())
         }
         Command::User { id, name, email, phone, locale, gateway } => {
@@ -260,7 +310,12 @@ async fn run_tasks(mut tasks: JoinSet<Result<()>>, shutdown: CancellationToken) 
 /// A user with every kind of contact, and one notification to them, so the
 /// log sink shows a delivery per channel right after start.
 async fn demo(endpoint: &str) -> Result<()> {
-    let client = Client::connect(endpoint, Some("demo".into()), None).await?;
+    let client = Client::connect(
+        endpoint,
+        Some(tidings::runtime::DEV_APP_KEY.into()),
+        Some(tidings::runtime::DEV_APP_SECRET.into()),
+    )
+    .await?;
     client
         .upsert_user(pb::UpsertUserRequest {
             user_id: "demo-user".into(),

@@ -8,9 +8,11 @@ use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::{Gateway, GatewayAddrs};
 use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
-use tidings_processors::{ChannelSender, Enricher, LogSink, Provider};
+use tidings_processors::{ChannelSender, Enricher, LogSink, Provider, Scheduler};
 use tidings_schemas::{AvroCodec, Channel};
-use tidings_store::{Replication, Store, StoreOptions};
+use tidings_gateway::auth::{PERMISSIONS, hash_secret};
+use tidings_store::{App, Replication, Store, StoreOptions};
+use uuid::Uuid;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -19,12 +21,13 @@ use tracing::{error, info};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageName {
     Enricher,
+    Scheduler,
     Sender(Channel),
 }
 
 impl StageName {
     pub fn all() -> Vec<StageName> {
-        let mut all = vec![StageName::Enricher];
+        let mut all = vec![StageName::Enricher, StageName::Scheduler];
         all.extend(Channel::ALL.map(StageName::Sender));
         all
     }
@@ -34,6 +37,7 @@ impl fmt::Display for StageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StageName::Enricher => f.write_str("enricher"),
+            StageName::Scheduler => f.write_str("scheduler"),
             StageName::Sender(c) => write!(f, "sender-{c}"),
         }
     }
@@ -110,12 +114,22 @@ impl Runtime {
                     &self.cluster,
                     kafka,
                     self.producer.clone(),
-                    Enricher::new(self.store.clone(), self.topics.clone()),
+                    Enricher::new(
+                        self.store.clone(),
+                        self.topics.clone(),
+                        self.producer.codec().clone(),
+                        self.config.enricher.clone(),
+                    ),
                     &[self.topics.requests()],
                     dead_letter,
                     options,
                 )?;
                 tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
+            StageName::Scheduler => {
+                let poll = Duration::from_millis(self.config.enricher.schedule_poll_ms);
+                let scheduler = Scheduler::new(self.store.clone(), self.producer.clone(), self.topics.clone(), poll);
+                tasks.spawn(async move { Ok(scheduler.run(shutdown).await?) });
             }
             StageName::Sender(channel) => {
                 let sender = ChannelSender::new(channel, self.provider(channel), self.store.clone(), self.topics.clone());
@@ -145,6 +159,13 @@ impl Runtime {
         let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
         tasks.spawn(async move { Ok(serve.await?) });
         Ok(addrs)
+    }
+}
+
+impl Runtime {
+    /// Just the store, for admin commands that need no Kafka.
+    pub async fn connect_store_only(config: &Config) -> Result<Store> {
+        connect_store(config, false).await
     }
 }
 
@@ -222,6 +243,47 @@ impl Pipeline {
         self.runtime.producer.flush(Duration::from_secs(5));
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The app `tidings dev` creates, which the CLI client uses by default. It
+/// exists only in stores `tidings dev` has run against.
+pub const DEV_APP_KEY: &str = "dev";
+pub const DEV_APP_SECRET: &str = "dev-secret";
+
+pub async fn ensure_dev_app(store: &Store) -> Result<()> {
+    let app = App {
+        app_key: DEV_APP_KEY.into(),
+        secret_hash: hash_secret(DEV_APP_SECRET),
+        name: "tidings dev".into(),
+        permissions: vec!["*".into()],
+        quota_per_sec: None,
+        revoked: false,
+        created_at: tidings_kafka::now_millis(),
+    };
+    store.apps.put(&app).await.context("creating the dev app")?;
+    Ok(())
+}
+
+/// Creates an app with a random key and secret; returns both.
+pub async fn create_app(store: &Store, name: &str, permissions: Vec<String>, quota: Option<u32>) -> Result<(String, String)> {
+    for p in &permissions {
+        if p != "*" && !PERMISSIONS.contains(&p.as_str()) {
+            bail!("unknown permission `{p}`; expected * or one of {}", PERMISSIONS.join(", "));
+        }
+    }
+    let key = format!("app_{}", Uuid::new_v4().simple());
+    let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let app = App {
+        app_key: key.clone(),
+        secret_hash: hash_secret(&secret),
+        name: name.to_owned(),
+        permissions,
+        quota_per_sec: quota,
+        revoked: false,
+        created_at: tidings_kafka::now_millis(),
+    };
+    store.apps.put(&app).await.context("saving the app")?;
+    Ok((key, secret))
 }
 
 /// Errors early for a configuration that cannot work in a role of its own.

@@ -31,6 +31,7 @@ fn to_pb_platform(p: Platform) -> pb::Platform {
 #[tonic::async_trait]
 impl ContactService for Gateway {
     async fn upsert_user(&self, request: Request<UpsertUserRequest>) -> Result<Response<UpsertUserResponse>, Status> {
+        self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         if r.display_name.len() > 256 {
@@ -63,6 +64,7 @@ impl ContactService for Gateway {
         &self,
         request: Request<RegisterDeviceRequest>,
     ) -> Result<Response<RegisterDeviceResponse>, Status> {
+        self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         let platform = platform("platform", r.platform)?;
@@ -82,6 +84,7 @@ impl ContactService for Gateway {
         &self,
         request: Request<RemoveDeviceRequest>,
     ) -> Result<Response<RemoveDeviceResponse>, Status> {
+        self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         if r.token.is_empty() {
@@ -95,6 +98,7 @@ impl ContactService for Gateway {
         &self,
         request: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
+        self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         let devices = self.store.contacts.live_devices(&r.user_id).await.map_err(store_status)?;

@@ -5,18 +5,23 @@
 //! processors behind the topics. A call that returns OK has been durably
 //! written (acks=all), so nothing accepted is lost.
 
+pub mod auth;
 mod contacts;
 mod http;
 mod notifications;
+mod preferences;
+pub mod templates;
 pub mod validate;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use tidings_config::GatewayConfig;
 use tidings_kafka::{AvroProducer, Topics};
 use tidings_schemas::proto::v1::{
     contact_service_server::ContactServiceServer,
     notification_service_server::NotificationServiceServer,
+    preference_service_server::PreferenceServiceServer,
+    template_service_server::TemplateServiceServer,
 };
 use tidings_store::{Store, StoreError};
 use tidings_telemetry::metrics;
@@ -35,6 +40,7 @@ pub struct Gateway {
     store: Store,
     topics: Topics,
     config: GatewayConfig,
+    auth: Arc<auth::Authenticator>,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -56,7 +62,7 @@ pub enum GatewayError {
 
 impl Gateway {
     pub fn new(producer: AvroProducer, store: Store, topics: Topics, config: GatewayConfig) -> Self {
-        Self { producer, store, topics, config }
+        Self { producer, store, topics, config, auth: Arc::default() }
     }
 
     /// Binds both listeners, so a port in use fails here with its address,
@@ -78,6 +84,8 @@ impl Gateway {
         let grpc = tonic::transport::Server::builder()
             .add_service(NotificationServiceServer::new(self.clone()))
             .add_service(ContactServiceServer::new(self.clone()))
+            .add_service(PreferenceServiceServer::new(self.clone()))
+            .add_service(TemplateServiceServer::new(self.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
         let http = axum::serve(http_listener, http::router(self.clone()))
             .with_graceful_shutdown(shutdown.cancelled_owned());
@@ -89,6 +97,11 @@ impl Gateway {
         Ok((addrs, run))
     }
 
+    /// Authenticates the caller and checks `permission`; returns the app key.
+    async fn authorize<T>(&self, request: &Request<T>, permission: &str) -> Result<String, Status> {
+        self.auth.authorize(&self.store, request, permission).await
+    }
+
     fn count<T>(&self, method: &str, result: &Result<T, Status>) {
         let code = match result {
             Ok(_) => "ok".to_owned(),
@@ -96,16 +109,6 @@ impl Gateway {
         };
         metrics().gateway_requests.with_label_values(&[method, &code]).inc();
     }
-}
-
-/// The calling application, from request metadata.
-fn caller<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get("x-app-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_owned()
 }
 
 /// Maps a store failure to the gRPC status a client can act on.

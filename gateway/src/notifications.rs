@@ -17,7 +17,7 @@ use tidings_schemas::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{Gateway, caller, validate};
+use crate::{Gateway, validate};
 
 /// Most users one send may target.
 pub const MAX_USERS_PER_SEND: usize = 10_000;
@@ -29,7 +29,13 @@ const NOTIFICATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_80
 #[tonic::async_trait]
 impl NotificationService for Gateway {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        let app_key = caller(&request);
+        let app_key = match self.authorize(&request, "send").await {
+            Ok(key) => key,
+            Err(status) => {
+                self.count("Send", &Err::<(), _>(status.clone()));
+                return Err(status);
+            }
+        };
         let accepted = self.accept(&app_key, request.into_inner(), "").await;
         self.count("Send", &accepted);
         accepted.map(Response::new)
@@ -39,7 +45,7 @@ impl NotificationService for Gateway {
         &self,
         request: Request<SendBatchRequest>,
     ) -> Result<Response<SendBatchResponse>, Status> {
-        let app_key = caller(&request);
+        let app_key = self.authorize(&request, "send").await?;
         let items = request.into_inner().items;
         if items.is_empty() {
             return Err(validate::invalid("items", "is empty"));
@@ -73,6 +79,7 @@ impl NotificationService for Gateway {
         &self,
         request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
+        self.authorize(&request, "status").await?;
         let id = request.into_inner().notification_id;
         validate::id("notification_id", &id)?;
         let entries = self.store.notification_log.get(&id).await.map_err(crate::store_status)?;
@@ -97,7 +104,8 @@ impl NotificationService for Gateway {
 impl Gateway {
     /// Validates one send and writes it to Kafka, durably.
     async fn accept(&self, app_key: &str, send: SendRequest, prefix: &str) -> Result<SendResponse, Status> {
-        let requests = to_requests(app_key, send, prefix, now_millis())?;
+        let mut requests = to_requests(app_key, send, prefix, now_millis())?;
+        self.check_template(&mut requests, prefix).await?;
         let event_id = requests.first().map(|r| r.event_id.clone()).unwrap_or_default();
         let topic = self.topics.requests();
         let tracking = self.topics.tracking();
@@ -138,6 +146,39 @@ impl Gateway {
             event_id,
             notification_ids: requests.into_iter().map(|r| r.notification_id).collect(),
         })
+    }
+}
+
+impl Gateway {
+    /// Rejects a send whose parameters don't fit its template, and pins the
+    /// template version, so the enricher renders exactly what was checked.
+    async fn check_template(&self, requests: &mut [NotificationRequest], prefix: &str) -> Result<(), Status> {
+        let Some(t) = requests.first().and_then(|r| r.template.clone()) else {
+            return Ok(());
+        };
+        let version = t.version.and_then(|v| u32::try_from(v).ok());
+        let template = self
+            .store
+            .templates
+            .get(&t.name, version)
+            .await
+            .map_err(crate::store_status)?
+            .ok_or_else(|| validate::invalid(format!("{prefix}template.name"), format!("no template `{}`", t.name)))?;
+        for param in &template.params {
+            if !t.params.contains_key(param) {
+                return Err(validate::invalid(format!("{prefix}template.params"), format!("missing `{param}`")));
+            }
+        }
+        if let Some(extra) = t.params.keys().find(|k| !template.params.contains(k)) {
+            return Err(validate::invalid(format!("{prefix}template.params"), format!("`{extra}` is not a parameter of {}", t.name)));
+        }
+        let pinned = i32::try_from(template.version).ok();
+        for r in requests.iter_mut() {
+            if let Some(t) = r.template.as_mut() {
+                t.version = pinned;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,9 @@
 //! Each is a [`tidings_kafka::Processor`] run by the shared stage runner.
 
 pub mod enricher;
+pub mod scheduler;
 pub mod senders;
 
 pub use enricher::Enricher;
+pub use scheduler::Scheduler;
 pub use senders::{ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink};

@@ -13,7 +13,10 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
 };
 use tempfile::TempDir;
-use tidings::{client::Client, runtime::Pipeline};
+use tidings::{
+    client::Client,
+    runtime::{Pipeline, create_app},
+};
 use tidings_config::Config;
 use tidings_schemas::{AvroCodec, AvroRecord};
 use uuid::Uuid;
@@ -45,11 +48,18 @@ pub struct TestPipeline {
     pub client: Client,
     pub bootstrap: String,
     pub prefix: String,
-    _dir: TempDir,
+    pub config: Config,
+    pub app: (String, String),
+    dir: TempDir,
 }
 
 impl TestPipeline {
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts with the test configuration adjusted by `tweak`.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default();
         // Unique topics and groups per test, so tests share servers safely.
@@ -59,26 +69,53 @@ impl TestPipeline {
         config.kafka.partitions = 3;
         config.gateway.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let pipeline = match backend {
-            Backend::Embedded => {
-                config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
-                Pipeline::start(config, true).await
-            }
+        config.enricher.schedule_poll_ms = 200;
+        match backend {
+            Backend::Embedded => config.store.url = format!("sqlite://{}/tidings.db", dir.path().display()),
             Backend::Servers => {
                 config.kafka.bootstrap_servers = kafka_address();
                 config.store.url = format!("scylla://{}/tidings_e2e", cql_address());
-                let _guard = SCHEMA_LOCK.lock().await;
-                Pipeline::start(config, true).await
             }
-        };
-        let pipeline = pipeline.unwrap_or_else(|e| {
-            panic!("pipeline did not start on {backend:?}: {e:#}\n(for Servers, run `scripts/servers.sh up`; `scripts/servers.sh logs` shows the servers' logs)")
-        });
+        }
+        tweak(&mut config);
+        let pipeline = Self::launch(backend, config.clone()).await;
+        let app = create_app(&pipeline.runtime.store, "tests", vec!["*".into()], None).await.expect("test app");
+        let client = connect(&pipeline, &app).await;
         let bootstrap = pipeline.runtime.cluster.bootstrap_servers().to_owned();
-        let client = Client::connect(&format!("http://{}", pipeline.gateway.grpc), Some("tests".into()), None)
-            .await
-            .expect("gateway answers");
-        Self { pipeline: Some(pipeline), backend, client, bootstrap, prefix, _dir: dir }
+        Self { pipeline: Some(pipeline), backend, client, bootstrap, prefix, config, app, dir }
+    }
+
+    async fn launch(backend: Backend, config: Config) -> Pipeline {
+        let _guard = match backend {
+            Backend::Servers => Some(SCHEMA_LOCK.lock().await),
+            Backend::Embedded => None,
+        };
+        Pipeline::start(config, true).await.unwrap_or_else(|e| {
+            panic!("pipeline did not start on {backend:?}: {e:#}\n(for Servers, run `scripts/servers.sh up`; `scripts/servers.sh logs` shows the servers' logs)")
+        })
+    }
+
+    /// Stops the pipeline and starts it again on the same store and topics
+    /// (on the embedded default the in-process brokers start empty, as after
+    /// a real restart of `tidings dev`).
+    pub async fn restart(mut self) -> Self {
+        if let Some(p) = self.pipeline.take() {
+            p.stop().await.expect("clean shutdown");
+        }
+        let pipeline = Self::launch(self.backend, self.config.clone()).await;
+        self.client = connect(&pipeline, &self.app).await;
+        self.bootstrap = pipeline.runtime.cluster.bootstrap_servers().to_owned();
+        self.pipeline = Some(pipeline);
+        self
+    }
+
+    pub fn store(&self) -> &tidings_store::Store {
+        &self.pipeline.as_ref().expect("running").runtime.store
+    }
+
+    /// A client with other credentials.
+    pub async fn client_as(&self, key: &str, secret: &str) -> Client {
+        Client::connect(&self.grpc_endpoint(), Some(key.into()), Some(secret.into())).await.expect("gateway answers")
     }
 
     pub fn topic(&self, suffix: &str) -> String {
@@ -134,6 +171,12 @@ impl TestPipeline {
         consumer.unsubscribe();
         (raw, records)
     }
+}
+
+async fn connect(pipeline: &Pipeline, app: &(String, String)) -> Client {
+    Client::connect(&format!("http://{}", pipeline.gateway.grpc), Some(app.0.clone()), Some(app.1.clone()))
+        .await
+        .expect("gateway answers")
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout`.

@@ -38,6 +38,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
+    pub enricher: EnricherConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -132,6 +133,54 @@ impl Default for GatewayConfig {
     }
 }
 
+/// What the enricher does with a notification over a user's rate limit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverLimit {
+    /// Drop it, with a RATE_LIMITED tracking event.
+    #[default]
+    Suppress,
+    /// Hold it until the window has room again.
+    Defer,
+}
+
+/// At most `max` notifications per user in `per_secs`, on one channel (or
+/// all) and one category (or all). Critical categories are never limited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub channel: Option<String>,
+    pub category: Option<String>,
+    pub max: u32,
+    pub per_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnricherConfig {
+    /// How long an event id is remembered for dedupe.
+    pub dedupe_ttl_secs: u64,
+    /// Categories delivered even to users who opted out (password resets,
+    /// security alerts) and never rate limited.
+    pub critical_categories: Vec<String>,
+    pub rate_limits: Vec<RateLimit>,
+    pub over_limit: OverLimit,
+    /// How often the scheduler looks for notifications that are due.
+    pub schedule_poll_ms: u64,
+}
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        Self {
+            dedupe_ttl_secs: 7 * 24 * 3600,
+            critical_categories: vec!["security".into()],
+            rate_limits: Vec::new(),
+            over_limit: OverLimit::Suppress,
+            schedule_poll_ms: 500,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -168,6 +217,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
+            enricher: EnricherConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -184,7 +234,10 @@ impl Config {
             Some(path) => figment = figment.merge(Toml::file(path)),
             None => figment = figment.merge(Toml::file(DEFAULT_FILE)),
         }
-        Self::from_figment(figment.merge(Env::prefixed("TIDINGS_").split("__")))
+        // Only `TIDINGS_<SECTION>__<KEY>` names are configuration; others such
+        // as TIDINGS_CONFIG or TIDINGS_APP_KEY belong to the CLI.
+        let env = Env::prefixed("TIDINGS_").filter(|key| key.as_str().contains("__")).split("__");
+        Self::from_figment(figment.merge(env))
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -224,6 +277,14 @@ impl Config {
         if !(url.starts_with("sqlite://") || url.starts_with("scylla://")) {
             return semantic("store.url", format!("`{url}` must start with sqlite:// or scylla://"));
         }
+        for (i, limit) in self.enricher.rate_limits.iter().enumerate() {
+            if limit.max == 0 || limit.per_secs == 0 {
+                return Err(ConfigError::Semantic {
+                    key: "enricher.rate_limits",
+                    problem: format!("entry {i} needs max and per_secs of at least 1"),
+                });
+            }
+        }
         if self.gateway.max_batch == 0 {
             return semantic("gateway.max_batch", "must be at least 1");
         }
@@ -258,6 +319,7 @@ mod tests {
             )?;
             jail.set_env("TIDINGS_KAFKA__PARTITIONS", "24");
             jail.set_env("TIDINGS_GATEWAY__GRPC_ADDR", "0.0.0.0:6000");
+            jail.set_env("TIDINGS_APP_KEY", "not configuration");
             let c = Config::load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.kafka.bootstrap_servers, "k1:9092");
             assert_eq!(c.kafka.partitions, 24);

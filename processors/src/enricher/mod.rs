@@ -1,25 +1,37 @@
 //! The enricher: turns one accepted `NotificationRequest` into one
 //! `Delivery` per target on the topic of its channel.
 //!
-//! For each request it looks up the user's contact points and live devices,
-//! drops channels the user opted out of, renders the template in the user's
-//! locale (or takes the raw content), and emits the deliveries. Everything it
-//! emits is derived deterministically from the request (delivery ids
-//! included), so a replay after a crash produces the same records and the
-//! senders' ledger drops the repeats.
+//! For each request, in order: drop it if expired; hold it in the durable
+//! schedule if its send time is in the future; drop it if its event was
+//! already handled (dedupe ledger); look up the user's contact points, live
+//! devices and preferences; drop channels the user opted out of (unless the
+//! category is critical) or that are over the user's rate limit; render the
+//! template in the user's locale; emit the deliveries. Everything emitted is
+//! derived deterministically from the request (delivery ids included), so a
+//! replay after a crash produces the same records and the senders' ledger
+//! drops the repeats.
 
+pub mod dedupe;
+pub mod rate_limit;
 pub mod render;
 
+use std::time::Duration;
+
+use tidings_config::{EnricherConfig, OverLimit};
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
-    Channel,
+    AvroCodec, Channel,
     records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
 };
-use tidings_store::{Device, Platform, Preference, Store, StoreError, User};
+use tidings_store::{Device, Platform, Preference, ScheduledItem, Store, StoreError, User};
 use tracing::debug;
 use uuid::Uuid;
 
-use self::render::{Rendered, render};
+use self::{
+    dedupe::Verdict,
+    rate_limit::{Decision, RateLimiter},
+    render::{Rendered, render},
+};
 
 /// Namespace of delivery ids: stable per (notification, channel, target).
 const DELIVERY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0000_0000_0002);
@@ -27,11 +39,39 @@ const DELIVERY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0
 pub struct Enricher {
     store: Store,
     topics: Topics,
+    codec: AvroCodec,
+    config: EnricherConfig,
+    limiter: RateLimiter,
 }
 
 impl Enricher {
-    pub fn new(store: Store, topics: Topics) -> Self {
-        Self { store, topics }
+    pub fn new(store: Store, topics: Topics, codec: AvroCodec, config: EnricherConfig) -> Self {
+        let limiter = RateLimiter::new(config.rate_limits.clone());
+        Self { store, topics, codec, config, limiter }
+    }
+
+    fn is_critical(&self, category: Option<&str>) -> bool {
+        category.is_some_and(|c| self.config.critical_categories.iter().any(|k| k == c))
+    }
+
+    /// Holds `req` in the durable schedule until `due_at`; the scheduler puts
+    /// it back on the request topic then.
+    async fn hold(&self, req: &NotificationRequest, due_at: i64) -> Result<(), ProcessError> {
+        let mut held = req.clone();
+        held.send_at = Some(due_at);
+        let payload = self.codec.encode(&held).map_err(|e| ProcessError::permanent(e.to_string()))?;
+        let item = ScheduledItem { item_id: event_key(&held), due_at, payload };
+        self.store.schedule.put(&item).await.map_err(store_failure)
+    }
+}
+
+/// The dedupe key of a request: its notification id, plus its send time when
+/// it has one, so a notification deferred to a later time is a new event
+/// while a caller retrying the same scheduled send is not.
+fn event_key(req: &NotificationRequest) -> String {
+    match req.send_at {
+        Some(at) => format!("{}:{at}", req.notification_id),
+        None => req.notification_id.clone(),
     }
 }
 
@@ -72,7 +112,23 @@ impl Processor for Enricher {
         "enricher"
     }
 
-    async fn process(&self, req: &NotificationRequest, _meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+    async fn process(&self, req: &NotificationRequest, meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+        let now = now_millis();
+        if req.expires_at.is_some_and(|e| e <= now) {
+            return self.track(out, req, TrackingKind::Expired, None, None, None);
+        }
+        if let Some(send_at) = req.send_at.filter(|at| *at > now) {
+            self.hold(req, send_at).await?;
+            let detail = format!("until {send_at}");
+            return self.track(out, req, TrackingKind::Scheduled, None, None, Some(&detail));
+        }
+        let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
+        match dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl).await.map_err(store_failure)? {
+            Verdict::New | Verdict::Replay => {}
+            Verdict::Duplicate => {
+                return self.track(out, req, TrackingKind::Deduplicated, None, None, Some("event already handled"));
+            }
+        }
         let contacts = &self.store.contacts;
         let (user, devices, preferences) = tokio::try_join!(
             contacts.get_user(&req.user_id),
@@ -88,11 +144,29 @@ impl Processor for Enricher {
             req.channels.iter().filter_map(|c| c.parse().ok()).collect()
         };
 
+        let critical = self.is_critical(req.category.as_deref());
         let mut emitted = 0;
         for channel in wanted {
-            if !opted_in(&preferences, channel, req.category.as_deref()) {
+            if !critical && !opted_in(&preferences, channel, req.category.as_deref()) {
                 self.track(out, req, TrackingKind::Suppressed, Some(channel), None, Some("opted out"))?;
                 continue;
+            }
+            if !critical {
+                if let Decision::Over { free_at } =
+                    self.limiter.admit(&req.user_id, channel, req.category.as_deref(), &req.notification_id, now)
+                {
+                    let detail = match self.config.over_limit {
+                        OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
+                        OverLimit::Defer => {
+                            let mut later = req.clone();
+                            later.channels = vec![channel.as_str().to_owned()];
+                            self.hold(&later, free_at).await?;
+                            format!("over the rate limit; deferred until {free_at}")
+                        }
+                    };
+                    self.track(out, req, TrackingKind::RateLimited, Some(channel), None, Some(&detail))?;
+                    continue;
+                }
             }
             for target in targets(channel, user.as_ref(), &devices) {
                 let delivery = delivery(req, channel, target, &rendered, template_version);
@@ -101,7 +175,7 @@ impl Processor for Enricher {
             }
         }
         if emitted == 0 {
-            self.track(out, req, TrackingKind::Suppressed, None, None, Some("no reachable target on the requested channels"))?;
+            self.track(out, req, TrackingKind::Suppressed, None, None, Some("nothing to deliver on the requested channels"))?;
         } else {
             self.track(out, req, TrackingKind::Rendered, None, None, None)?;
         }

@@ -2,7 +2,15 @@
 //! scales by adding members. A sender hands a `Delivery` to its provider,
 //! records the outcome in the notification log and on the tracking topic.
 
+pub mod apns;
+pub mod fcm;
+pub mod http;
+pub mod jwt;
 pub mod log_sink;
+pub mod sendgrid;
+pub mod setup;
+pub mod smtp;
+pub mod twilio;
 
 use std::sync::Arc;
 

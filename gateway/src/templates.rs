@@ -1,0 +1,193 @@
+//! `tidings.v1.TemplateService`: versioned templates. A version never
+//! changes once written; a put creates the next version.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tidings_kafka::now_millis;
+use tidings_schemas::proto::v1::{
+    self as pb, GetTemplateRequest, GetTemplateResponse, GetTemplateStatsRequest,
+    GetTemplateStatsResponse, PutTemplateRequest, PutTemplateResponse,
+    template_service_server::TemplateService,
+};
+use tidings_store::{StoreError, TemplateContent, TemplateVersion};
+use tonic::{Request, Response, Status};
+
+use crate::{Gateway, store_status, validate};
+
+/// The `{{name}}` placeholders of a text.
+pub fn placeholders(text: &str) -> Result<BTreeSet<String>, String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("has an unclosed {{")?;
+        names.insert(after[..end].trim().to_owned());
+        rest = &after[end + 2..];
+    }
+    Ok(names)
+}
+
+fn content_fields(c: &pb::TemplateContent) -> [(&'static str, &str); 6] {
+    [
+        ("push_title", &c.push_title),
+        ("push_body", &c.push_body),
+        ("sms_text", &c.sms_text),
+        ("email_subject", &c.email_subject),
+        ("email_html", &c.email_html),
+        ("email_text", &c.email_text),
+    ]
+}
+
+/// Checks a template and converts it to the stored form (version unset).
+pub fn to_template(t: pb::Template) -> Result<TemplateVersion, Status> {
+    validate::id("template.name", &t.name)?;
+    let params: BTreeSet<String> = t.params.iter().cloned().collect();
+    for (i, p) in t.params.iter().enumerate() {
+        validate::id(&format!("template.params[{i}]"), p)?;
+    }
+    if t.variants.is_empty() {
+        return Err(validate::invalid("template.variants", "needs at least one locale"));
+    }
+    if !t.variants.contains_key(&t.default_locale) {
+        return Err(validate::invalid("template.default_locale", format!("`{}` has no variant", t.default_locale)));
+    }
+    let mut variants = BTreeMap::new();
+    for (locale, c) in t.variants {
+        for (field, text) in content_fields(&c) {
+            let path = format!("template.variants[{locale}].{field}");
+            for name in placeholders(text).map_err(|e| validate::invalid(&path, e))? {
+                let known = match name.strip_prefix("link.") {
+                    Some(link) => c.tracking_links.contains_key(link),
+                    None => params.contains(&name),
+                };
+                if !known {
+                    return Err(validate::invalid(&path, format!("uses {{{{{name}}}}}, which is not a declared param or tracking link")));
+                }
+            }
+        }
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        variants.insert(
+            locale,
+            TemplateContent {
+                push_title: opt(c.push_title),
+                push_body: opt(c.push_body),
+                sms_text: opt(c.sms_text),
+                email_subject: opt(c.email_subject),
+                email_html: opt(c.email_html),
+                email_text: opt(c.email_text),
+                tracking_links: c.tracking_links.into_iter().collect(),
+            },
+        );
+    }
+    Ok(TemplateVersion {
+        name: t.name,
+        version: 0,
+        category: (!t.category.is_empty()).then_some(t.category),
+        params: t.params,
+        default_locale: t.default_locale,
+        variants,
+        created_at: now_millis(),
+    })
+}
+
+fn to_pb(t: TemplateVersion) -> pb::Template {
+    pb::Template {
+        name: t.name,
+        version: t.version,
+        category: t.category.unwrap_or_default(),
+        params: t.params,
+        default_locale: t.default_locale,
+        variants: t
+            .variants
+            .into_iter()
+            .map(|(locale, c)| {
+                (
+                    locale,
+                    pb::TemplateContent {
+                        push_title: c.push_title.unwrap_or_default(),
+                        push_body: c.push_body.unwrap_or_default(),
+                        sms_text: c.sms_text.unwrap_or_default(),
+                        email_subject: c.email_subject.unwrap_or_default(),
+                        email_html: c.email_html.unwrap_or_default(),
+                        email_text: c.email_text.unwrap_or_default(),
+                        tracking_links: c.tracking_links.into_iter().collect(),
+                    },
+                )
+            })
+            .collect(),
+        created_at_ms: t.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl TemplateService for Gateway {
+    async fn put_template(&self, request: Request<PutTemplateRequest>) -> Result<Response<PutTemplateResponse>, Status> {
+        self.authorize(&request, "templates").await?;
+        let t = request.into_inner().template.ok_or_else(|| validate::invalid("template", "is required"))?;
+        let mut template = to_template(t)?;
+        // Two writers may race for the next number; the loser takes the one after.
+        for _ in 0..5 {
+            let latest = self.store.templates.list_versions(&template.name).await.map_err(store_status)?;
+            template.version = latest.last().copied().unwrap_or(0) + 1;
+            match self.store.templates.create_version(&template).await {
+                Ok(()) => return Ok(Response::new(PutTemplateResponse { version: template.version })),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted("template.name: too many concurrent writers; retry"))
+    }
+
+    async fn get_template(&self, request: Request<GetTemplateRequest>) -> Result<Response<GetTemplateResponse>, Status> {
+        self.authorize(&request, "templates").await?;
+        let r = request.into_inner();
+        validate::id("name", &r.name)?;
+        let version = (r.version != 0).then_some(r.version);
+        let template = self
+            .store
+            .templates
+            .get(&r.name, version)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("name: no template `{}` (version {})", r.name, r.version)))?;
+        Ok(Response::new(GetTemplateResponse { template: Some(to_pb(template)) }))
+    }
+
+    async fn get_template_stats(
+        &self,
+        request: Request<GetTemplateStatsRequest>,
+    ) -> Result<Response<GetTemplateStatsResponse>, Status> {
+        self.authorize(&request, "templates").await?;
+        Err(Status::unimplemented("per-template counts are not aggregated yet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(body: &str) -> pb::Template {
+        pb::Template {
+            name: "welcome".into(),
+            params: vec!["name".into()],
+            default_locale: "en".into(),
+            variants: [("en".to_owned(), pb::TemplateContent { push_body: body.into(), ..Default::default() })].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn placeholders_must_be_declared() {
+        assert!(to_template(template("Hi {{name}}")).is_ok());
+        let err = to_template(template("Hi {{nmae}}")).unwrap_err();
+        assert!(err.message().starts_with("template.variants[en].push_body:"), "{}", err.message());
+        assert!(to_template(template("Hi {{name")).is_err());
+    }
+
+    #[test]
+    fn the_default_locale_needs_a_variant() {
+        let mut t = template("x");
+        t.default_locale = "fr".into();
+        assert!(to_template(t).unwrap_err().message().starts_with("template.default_locale"));
+    }
+}

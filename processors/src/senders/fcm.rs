@@ -1,0 +1,339 @@
+//! Firebase Cloud Messaging, HTTP v1 API: `POST
+//! {base_url}/v1/projects/{project}/messages:send` with an OAuth2 access
+//! token that a service account gets through the JWT bearer grant at its
+//! own `token_uri`.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tidings_schemas::records::{Delivery, Priority};
+use tokio::sync::Mutex;
+
+use super::{
+    Provider, ProviderError, Receipt,
+    http::{self, HttpSettings, Protocol},
+    jwt::{JwtSigner, unix_now},
+    setup::{Limiter, Secret, SendLimits, SetupError},
+};
+
+const NAME: &str = "fcm";
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Refresh this long before Google says a token expires, so a token does
+/// not expire between our check and FCM's.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service-account JSON downloaded from the Firebase console: a
+    /// file, or its text (set one).
+    #[serde(default)]
+    pub service_account_path: Option<PathBuf>,
+    #[serde(default)]
+    pub service_account_json: Option<Secret>,
+    /// Defaults to the service account's `project_id`.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default = "FcmConfig::default_base_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default = "FcmConfig::default_limits")]
+    pub limits: SendLimits,
+}
+
+impl FcmConfig {
+    fn default_base_url() -> String {
+        "https://fcm.googleapis.com".into()
+    }
+    fn default_limits() -> SendLimits {
+        SendLimits::new(64)
+    }
+}
+
+/// The fields of a Google service-account key file that the grant uses.
+#[derive(Deserialize)]
+struct ServiceAccount {
+    client_email: String,
+    private_key: String,
+    #[serde(default)]
+    private_key_id: Option<String>,
+    token_uri: String,
+    #[serde(default)]
+    project_id: Option<String>,
+}
+
+struct AccessToken {
+    value: String,
+    /// When to stop using it (Google's expiry less the margin).
+    until: Instant,
+}
+
+pub struct FcmProvider {
+    client: reqwest::Client,
+    send_url: String,
+    token_uri: String,
+    client_email: String,
+    key_id: Option<String>,
+    signer: JwtSigner,
+    /// An async lock: one task fetches a new token while the others wait
+    /// for it instead of each asking Google for their own.
+    token: Mutex<Option<AccessToken>>,
+    limiter: Limiter,
+}
+
+impl FcmProvider {
+    pub fn new(config: FcmConfig) -> Result<Self, SetupError> {
+        let raw = match (&config.service_account_path, &config.service_account_json) {
+            (Some(path), None) => SetupError::read(NAME, "service_account_path", path)?,
+            (None, Some(json)) => json.expose().as_bytes().to_vec(),
+            _ => return Err(SetupError::new(NAME, "set exactly one of `service_account_path` and `service_account_json`")),
+        };
+        let sa: ServiceAccount =
+            serde_json::from_slice(&raw).map_err(|e| SetupError::new(NAME, format!("service account JSON: {e}")))?;
+        let signer =
+            JwtSigner::rs256_from_pem(sa.private_key.as_bytes()).map_err(|e| SetupError::new(NAME, format!("service account private_key: {e}")))?;
+        let project = config
+            .project_id
+            .or(sa.project_id)
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| SetupError::new(NAME, "no `project_id` in the config or the service account"))?;
+        if !project.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':') {
+            return Err(SetupError::new(NAME, format!("`project_id` {project:?} is not a project id")));
+        }
+        Ok(Self {
+            client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
+            send_url: format!("{}/v1/projects/{project}/messages:send", config.base_url.trim_end_matches('/')),
+            token_uri: sa.token_uri,
+            client_email: sa.client_email,
+            key_id: sa.private_key_id,
+            signer,
+            token: Mutex::new(None),
+            limiter: Limiter::new(NAME, &config.limits)?,
+        })
+    }
+
+    /// The cached access token, or a new one from the token endpoint.
+    async fn access_token(&self) -> Result<String, ProviderError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.until) {
+            return Ok(t.value.clone());
+        }
+        let fresh = self.fetch_token().await?;
+        let value = fresh.value.clone();
+        *cached = Some(fresh);
+        Ok(value)
+    }
+
+    /// Drops the cached token if it is still `stale` (FCM said 401 to it);
+    /// a concurrent send may already have replaced it.
+    async fn forget_token(&self, stale: &str) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().is_some_and(|t| t.value == stale) {
+            *cached = None;
+        }
+    }
+
+    /// RFC 7523 JWT bearer grant, as Google's service accounts use it.
+    async fn fetch_token(&self) -> Result<AccessToken, ProviderError> {
+        let transient = |reason: String, retry_after| ProviderError::Transient { reason, retry_after };
+        let iat = unix_now();
+        let claims = json!({
+            "iss": self.client_email,
+            "scope": SCOPE,
+            "aud": self.token_uri,
+            "iat": iat,
+            "exp": iat + 3600,
+        });
+        let assertion = self.signer.sign(self.key_id.as_deref(), &claims).map_err(|e| transient(format!("{NAME}: token grant: {e}"), None))?;
+        let resp = self
+            .client
+            .post(&self.token_uri)
+            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
+            .send()
+            .await
+            .map_err(|e| http::send_failed("fcm token endpoint", &e))?;
+        let status = resp.status();
+        let retry_after = http::retry_after(resp.headers());
+        if !status.is_success() {
+            // A 400/401 here (invalid_grant) means the service account is
+            // wrong or disabled. Still transient: the deliveries are fine and
+            // should wait in the retry topics until the key is fixed.
+            let text = http::body_text(resp).await;
+            return Err(transient(
+                format!("{NAME}: token endpoint {} answered {status} for {}: {text}", self.token_uri, self.client_email),
+                retry_after,
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Grant {
+            access_token: String,
+            expires_in: u64,
+        }
+        let grant: Grant = resp
+            .json()
+            .await
+            .map_err(|e| transient(format!("{NAME}: token endpoint {} answer unreadable: {}", self.token_uri, http::chain(&e)), None))?;
+        let lifetime = Duration::from_secs(grant.expires_in).saturating_sub(EXPIRY_MARGIN);
+        Ok(AccessToken { value: grant.access_token, until: Instant::now() + lifetime })
+    }
+
+    async fn send(&self, message: &Value, token: &str) -> Result<reqwest::Response, ProviderError> {
+        self.client.post(&self.send_url).bearer_auth(token).json(message).send().await.map_err(|e| http::send_failed(NAME, &e))
+    }
+}
+
+/// `{"message": {token, notification, data, android}}`.
+fn message(d: &Delivery) -> Result<Value, ProviderError> {
+    // Tokens are opaque but never blank or spaced; catching that here saves
+    // a round trip and names the real problem.
+    if d.target.trim().is_empty() || d.target.contains(char::is_whitespace) {
+        return Err(ProviderError::InvalidTarget(format!("{NAME}: `{}` is not a registration token", http::short(&d.target))));
+    }
+    let mut msg = Map::new();
+    msg.insert("token".into(), d.target.clone().into());
+    let mut notification = Map::new();
+    if let Some(t) = &d.title {
+        notification.insert("title".into(), t.clone().into());
+    }
+    if let Some(b) = &d.body {
+        notification.insert("body".into(), b.clone().into());
+    }
+    // Without title and body it is a data message, which FCM accepts.
+    if !notification.is_empty() {
+        msg.insert("notification".into(), notification.into());
+    }
+    if !d.data.is_empty() {
+        msg.insert("data".into(), json!(d.data));
+    }
+    let mut android = Map::new();
+    android.insert("priority".into(), if d.priority == Priority::High { "HIGH" } else { "NORMAL" }.into());
+    if let Some(c) = &d.collapse_id {
+        android.insert("collapse_key".into(), c.clone().into());
+    }
+    if let Some(expires_at) = d.expires_at {
+        // FCM keeps the message for an offline device this long.
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX).saturating_mul(1000);
+        let secs = (expires_at - now).max(0) / 1000;
+        android.insert("ttl".into(), format!("{secs}s").into());
+    }
+    msg.insert("android".into(), android.into());
+    Ok(json!({ "message": msg }))
+}
+
+/// Google's error body: `{"error": {code, message, status, details: [...]}}`
+/// where an `FcmError` detail carries `errorCode` and a `BadRequest` detail
+/// names the offending fields.
+#[derive(Deserialize, Default)]
+struct GoogleError {
+    #[serde(default)]
+    error: GoogleErrorBody,
+}
+
+#[derive(Deserialize, Default)]
+struct GoogleErrorBody {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<Value>,
+}
+
+impl GoogleErrorBody {
+    fn fcm_error_code(&self) -> Option<&str> {
+        self.details.iter().find_map(|d| d.get("errorCode").and_then(Value::as_str))
+    }
+
+    /// Whether an INVALID_ARGUMENT is about the registration token rather
+    /// than the message.
+    fn blames_token(&self) -> bool {
+        let field_is_token = self.details.iter().any(|d| {
+            d.get("fieldViolations")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|f| f.get("field").and_then(Value::as_str) == Some("message.token")))
+        });
+        field_is_token || self.message.to_ascii_lowercase().contains("registration token")
+    }
+}
+
+fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap, text: &str, target: &str) -> ProviderError {
+    let body = serde_json::from_str::<GoogleError>(text).map(|e| e.error).unwrap_or_default();
+    let code = body.fcm_error_code().unwrap_or(&body.status);
+    let detail = if body.message.is_empty() { text.to_string() } else { format!("{code}: {}", body.message) };
+    let token = http::short(target);
+    match (status.as_u16(), code) {
+        (_, "UNREGISTERED") | (_, "SENDER_ID_MISMATCH") => {
+            ProviderError::InvalidTarget(format!("{NAME}: registration token {token}: {detail}"))
+        }
+        (400, "INVALID_ARGUMENT") if body.blames_token() => {
+            ProviderError::InvalidTarget(format!("{NAME}: registration token {token}: {detail}"))
+        }
+        (429, _) | (500..=599, _) => http::transient_status(NAME, status, headers, &detail),
+        (403, _) => ProviderError::Rejected(format!("{NAME}: {status} {detail}: config problem (service account lacks FCM rights?)")),
+        _ => ProviderError::Rejected(format!("{NAME}: {status} {detail}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for FcmProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
+        let message = message(d)?;
+        let _slot = self.limiter.acquire().await?;
+        let mut token = self.access_token().await?;
+        let mut resp = self.send(&message, &token).await?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            // Revoked or expired early: one fresh token, then give up for now.
+            self.forget_token(&token).await;
+            token = self.access_token().await?;
+            resp = self.send(&message, &token).await?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                let headers = resp.headers().clone();
+                let text = http::body_text(resp).await;
+                return Err(ProviderError::Transient {
+                    reason: format!("{NAME}: 401 even with a fresh access token: {text}"),
+                    retry_after: http::retry_after(&headers),
+                });
+            }
+        }
+        let status = resp.status();
+        if status.is_success() {
+            #[derive(Deserialize)]
+            struct Sent {
+                name: String,
+            }
+            // The answer is `{"name": "projects/p/messages/0:..."}`; the
+            // message is accepted even if we cannot read its id.
+            let id = resp.json::<Sent>().await.ok().map(|s| s.name);
+            return Ok(Receipt { provider_id: id });
+        }
+        let headers = resp.headers().clone();
+        let text = http::body_text(resp).await;
+        Err(classify(status, &headers, &text, &d.target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::{StatusCode, header::HeaderMap};
+
+    use super::*;
+
+    #[test]
+    fn invalid_argument_is_about_the_token_only_when_it_says_so() {
+        let h = HeaderMap::new();
+        let token = r#"{"error":{"code":400,"message":"The registration token is not a valid FCM registration token","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"INVALID_ARGUMENT"}]}}"#;
+        assert!(matches!(classify(StatusCode::BAD_REQUEST, &h, token, "t"), ProviderError::InvalidTarget(_)));
+        let field = r#"{"error":{"code":400,"message":"Invalid value","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"message.data[0].key","description":"reserved"}]}]}}"#;
+        assert!(matches!(classify(StatusCode::BAD_REQUEST, &h, field, "t"), ProviderError::Rejected(_)));
+        assert!(matches!(classify(StatusCode::BAD_GATEWAY, &h, "<html>", "t"), ProviderError::Transient { .. }));
+    }
+}

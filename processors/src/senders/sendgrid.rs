@@ -1,0 +1,199 @@
+//! Email through SendGrid's v3 Mail Send API: `POST {base_url}/v3/mail/send`
+//! with a Bearer API key; 202 means accepted, and the `X-Message-Id` header
+//! is what SendGrid's event webhooks will name the message by.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tidings_schemas::records::Delivery;
+
+use super::{
+    Provider, ProviderError, Receipt,
+    http::{self, HttpSettings, Protocol},
+    setup::{Limiter, Secret, SendLimits, SetupError},
+};
+
+const NAME: &str = "sendgrid";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendGridConfig {
+    /// An API key with the `mail.send` scope.
+    pub api_key: Secret,
+    /// A verified sender address.
+    pub from_email: String,
+    #[serde(default)]
+    pub from_name: Option<String>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// SendGrid validates but does not send: for staging environments.
+    #[serde(default)]
+    pub sandbox_mode: bool,
+    #[serde(default = "SendGridConfig::default_base_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default = "SendGridConfig::default_limits")]
+    pub limits: SendLimits,
+}
+
+impl SendGridConfig {
+    fn default_base_url() -> String {
+        "https://api.sendgrid.com".into()
+    }
+    fn default_limits() -> SendLimits {
+        SendLimits::new(32)
+    }
+}
+
+pub struct SendGridProvider {
+    client: reqwest::Client,
+    url: String,
+    api_key: Secret,
+    from: Value,
+    reply_to: Option<Value>,
+    sandbox_mode: bool,
+    limiter: Limiter,
+}
+
+impl SendGridProvider {
+    pub fn new(config: SendGridConfig) -> Result<Self, SetupError> {
+        if !config.from_email.contains('@') {
+            return Err(SetupError::new(NAME, format!("`from_email` {:?} is not an address", config.from_email)));
+        }
+        let mut from = json!({ "email": config.from_email });
+        if let Some(name) = config.from_name {
+            from["name"] = name.into();
+        }
+        Ok(Self {
+            client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
+            url: format!("{}/v3/mail/send", config.base_url.trim_end_matches('/')),
+            api_key: config.api_key,
+            from,
+            reply_to: config.reply_to.map(|r| json!({ "email": r })),
+            sandbox_mode: config.sandbox_mode,
+            limiter: Limiter::new(NAME, &config.limits)?,
+        })
+    }
+
+    fn mail(&self, d: &Delivery) -> Result<Value, ProviderError> {
+        let subject = d
+            .email_subject
+            .as_deref()
+            .or(d.title.as_deref())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::Rejected(format!("{NAME}: delivery {} has no subject", d.delivery_id)))?;
+        // SendGrid wants text/plain before text/html. With neither, the
+        // push body is the best text we have.
+        let mut content = Vec::new();
+        if let Some(text) = d.email_text.as_deref().or(if d.email_html.is_none() { d.body.as_deref() } else { None }) {
+            content.push(json!({ "type": "text/plain", "value": text }));
+        }
+        if let Some(html) = &d.email_html {
+            content.push(json!({ "type": "text/html", "value": html }));
+        }
+        if content.is_empty() {
+            return Err(ProviderError::Rejected(format!("{NAME}: delivery {} has no content", d.delivery_id)));
+        }
+        let mut mail = json!({
+            "personalizations": [{
+                "to": [{ "email": d.target }],
+                // Echoed back in event webhooks, tying events to our ids.
+                "custom_args": { "delivery_id": d.delivery_id, "notification_id": d.notification_id },
+            }],
+            "from": self.from,
+            "subject": subject,
+            "content": content,
+        });
+        if let Some(r) = &self.reply_to {
+            mail["reply_to"] = r.clone();
+        }
+        if self.sandbox_mode {
+            mail["mail_settings"] = json!({ "sandbox_mode": { "enable": true } });
+        }
+        Ok(mail)
+    }
+}
+
+/// SendGrid's error body: `{"errors": [{"message", "field", "help"}]}`.
+#[derive(Deserialize, Default)]
+struct SendGridErrors {
+    #[serde(default)]
+    errors: Vec<SendGridError>,
+}
+
+#[derive(Deserialize)]
+struct SendGridError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Provider for SendGridProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
+        if !d.target.contains('@') {
+            return Err(ProviderError::InvalidTarget(format!("{NAME}: `{}` is not an email address", http::short(&d.target))));
+        }
+        let mail = self.mail(d)?;
+        let _slot = self.limiter.acquire().await?;
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(self.api_key.expose())
+            .json(&mail)
+            .send()
+            .await
+            .map_err(|e| http::send_failed(NAME, &e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if status.is_success() {
+            let id = headers.get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Ok(Receipt { provider_id: id });
+        }
+        let text = http::body_text(resp).await;
+        let errs: SendGridErrors = serde_json::from_str(&text).unwrap_or_default();
+        let detail = if errs.errors.is_empty() {
+            text.clone()
+        } else {
+            errs.errors
+                .iter()
+                .map(|e| match &e.field {
+                    Some(f) => format!("{f}: {}", e.message),
+                    None => e.message.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        // A 400 that blames only the recipient's address is about the
+        // target; any other 400 is about the message.
+        let blames_recipient = !errs.errors.is_empty()
+            && errs.errors.iter().all(|e| {
+                e.field.as_deref().is_some_and(|f| f.starts_with("personalizations") && f.contains(".to") && f.ends_with(".email"))
+            });
+        Err(match status.as_u16() {
+            400 if blames_recipient => ProviderError::InvalidTarget(format!("{NAME}: recipient {}: {detail}", http::short(&d.target))),
+            401 | 403 => ProviderError::Rejected(format!(
+                "{NAME}: {status} {detail}: config problem (api_key invalid or without mail.send, or from_email not a verified sender)"
+            )),
+            429 | 500..=599 => match http::transient_status(NAME, status, &headers, &detail) {
+                // SendGrid's 429 names the end of the rate-limit window in
+                // X-RateLimit-Reset (epoch seconds) rather than Retry-After.
+                ProviderError::Transient { reason, retry_after: None } => {
+                    ProviderError::Transient { reason, retry_after: rate_limit_reset(&headers) }
+                }
+                other => other,
+            },
+            _ => ProviderError::Rejected(format!("{NAME}: {status} {detail}")),
+        })
+    }
+}
+
+fn rate_limit_reset(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let reset: u64 = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(reset.saturating_sub(super::jwt::unix_now())))
+}

@@ -1,0 +1,262 @@
+//! Notification scenarios end to end through the public gRPC API, on the
+//! embedded default and on real Kafka and Cassandra: dedupe, opt-out and
+//! critical categories, rate limits, scheduling across a restart, templates
+//! in the user's locale, and the gateway's auth.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, TestPipeline, eventually};
+use tidings_config::RateLimit;
+use tidings_kafka::now_millis;
+use tidings_schemas::{
+    proto::v1 as pb,
+    records::{Delivery, TrackingEvent, TrackingKind},
+};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn user_with_email_and_phone(t: &TestPipeline, locale: &str) -> String {
+    let user = format!("u-{}", Uuid::new_v4());
+    t.client
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: user.clone(),
+            display_name: "Ann".into(),
+            locale: locale.into(),
+            email: format!("{user}@example.com"),
+            phone: "+14155550100".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert user");
+    user
+}
+
+fn send(user: &str, event_id: &str, channels: &[pb::Channel], category: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        event_id: event_id.into(),
+        user_ids: vec![user.into()],
+        channels: channels.iter().map(|c| *c as i32).collect(),
+        category: category.into(),
+        content: Some(pb::send_request::Content::Raw(pb::RawContent {
+            title: "Hello".into(),
+            body: "Hello there".into(),
+            email_subject: "Hello".into(),
+            email_text: "Hello there".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Tracking events of one notification, once `done` holds for them.
+async fn tracking_of(t: &TestPipeline, notification_id: &str, done: impl Fn(&[TrackingEvent]) -> bool) -> Vec<TrackingEvent> {
+    let id = notification_id.to_owned();
+    let (_, events) = t
+        .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |all| {
+            let mine: Vec<TrackingEvent> = all.iter().filter(|e| e.notification_id == id).cloned().collect();
+            done(&mine)
+        })
+        .await;
+    events.into_iter().filter(|e| e.notification_id == notification_id).collect()
+}
+
+fn count(events: &[TrackingEvent], kind: TrackingKind) -> usize {
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+async fn sent_count(t: &TestPipeline, notification_id: &str) -> usize {
+    t.client
+        .status(notification_id)
+        .await
+        .map(|s| s.deliveries.iter().filter(|d| d.state == "sent").count())
+        .unwrap_or(0)
+}
+
+async fn duplicates_are_dropped(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let first = t.client.send(send(&user, "invoice-7", &[pb::Channel::Email], "")).await.unwrap();
+    let again = t.client.send(send(&user, "invoice-7", &[pb::Channel::Email], "")).await.unwrap();
+    assert_eq!(first.notification_ids, again.notification_ids, "a retried send returns the same ids");
+    let id = &first.notification_ids[0];
+    let events = tracking_of(&t, id, |e| count(e, TrackingKind::Deduplicated) == 1 && count(e, TrackingKind::Sent) == 1).await;
+    assert_eq!(count(&events, TrackingKind::Accepted), 2);
+    // Nothing more arrives: exactly one email went out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty()).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(sent_count(&t, id).await, 1);
+    t.stop().await;
+}
+
+async fn opt_out_is_respected_and_critical_categories_still_arrive(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    t.client.set_preference(&user, pb::Channel::Email, "", false).await.unwrap();
+    t.client.set_preference(&user, pb::Channel::Sms, "marketing", false).await.unwrap();
+
+    let marketing = t.client.send(send(&user, "", &[pb::Channel::Email, pb::Channel::Sms], "marketing")).await.unwrap();
+    let id = &marketing.notification_ids[0];
+    let events = tracking_of(&t, id, |e| count(e, TrackingKind::Suppressed) >= 2).await;
+    assert_eq!(count(&events, TrackingKind::Sent), 0);
+
+    let social = t.client.send(send(&user, "", &[pb::Channel::Email, pb::Channel::Sms], "social")).await.unwrap();
+    let id = &social.notification_ids[0];
+    eventually("the social SMS", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+    let status = t.client.status(id).await.unwrap();
+    assert_eq!(status.deliveries[0].channel, "sms", "email is opted out on every category");
+
+    let security = t.client.send(send(&user, "", &[pb::Channel::Email], "security")).await.unwrap();
+    let id = &security.notification_ids[0];
+    eventually("the critical email despite opt-out", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+    t.stop().await;
+}
+
+async fn the_rate_limit_is_enforced(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| {
+        c.enricher.rate_limits =
+            vec![RateLimit { channel: Some("sms".into()), category: None, max: 2, per_secs: 3600 }];
+    })
+    .await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(t.client.send(send(&user, "", &[pb::Channel::Sms], "")).await.unwrap().notification_ids);
+    }
+    let critical = t.client.send(send(&user, "", &[pb::Channel::Sms], "security")).await.unwrap().notification_ids;
+    let third = ids[2].clone();
+    let events = tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) == 1).await;
+    assert_eq!(count(&events, TrackingKind::Sent), 0);
+    for id in &ids[..2] {
+        eventually("the first two SMS", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+    }
+    eventually("the critical SMS, never limited", WAIT, || async {
+        (sent_count(&t, &critical[0]).await == 1).then_some(())
+    })
+    .await;
+    t.stop().await;
+}
+
+async fn a_scheduled_send_fires_at_its_time_and_survives_a_restart(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let send_at = now_millis() + 6_000;
+    let mut request = send(&user, "", &[pb::Channel::Email], "");
+    request.send_at_ms = send_at;
+    let id = t.client.send(request).await.unwrap().notification_ids[0].clone();
+    tracking_of(&t, &id, |e| count(e, TrackingKind::Scheduled) == 1).await;
+
+    // Held durably: the process goes away and comes back before the time.
+    let t = t.restart().await;
+    assert_eq!(sent_count(&t, &id).await, 0, "not before its time");
+    eventually("the scheduled email", WAIT, || async { (sent_count(&t, &id).await == 1).then_some(()) }).await;
+    let status = t.client.status(&id).await.unwrap();
+    assert!(status.deliveries[0].at_ms >= send_at, "sent at {} before {send_at}", status.deliveries[0].at_ms);
+    t.stop().await;
+}
+
+async fn templates_render_in_the_users_locale(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let name = format!("shipped-{}", Uuid::new_v4().simple());
+    let content = |title: &str, body: &str| pb::TemplateContent {
+        push_title: title.into(),
+        push_body: body.into(),
+        email_subject: title.into(),
+        email_text: body.into(),
+        ..Default::default()
+    };
+    let version = t
+        .client
+        .put_template(pb::Template {
+            name: name.clone(),
+            params: vec!["item".into()],
+            default_locale: "en".into(),
+            variants: [
+                ("en".to_owned(), content("Shipped", "Your {{item}} has shipped")),
+                ("fr".to_owned(), content("Expédié", "Votre {{item}} est en route")),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+
+    let template = |params: &[(&str, &str)]| {
+        Some(pb::send_request::Content::Template(pb::TemplateRef {
+            name: name.clone(),
+            version: 0,
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }))
+    };
+    let french = user_with_email_and_phone(&t, "fr-CA").await;
+    let german = user_with_email_and_phone(&t, "de-DE").await;
+    let mut request = send(&french, "", &[pb::Channel::Email], "");
+    request.user_ids.push(german.clone());
+    request.content = template(&[("item", "vélo")]);
+    t.client.send(request.clone()).await.unwrap();
+
+    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| d.len() >= 2).await;
+    let of = |u: &str| emails.iter().find(|d| d.user_id == u).expect("an email per user").clone();
+    assert_eq!(of(&french).email_text.as_deref(), Some("Votre vélo est en route"));
+    assert_eq!(of(&french).locale.as_deref(), Some("fr"));
+    assert_eq!(of(&german).email_text.as_deref(), Some("Your vélo has shipped"), "falls back to the default");
+    assert_eq!(of(&german).template_version, Some(1));
+
+    request.content = template(&[]);
+    let err = t.client.send(request.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("InvalidArgument") && err.contains("template.params: missing `item`"), "{err}");
+    request.content = template(&[("item", "x"), ("colour", "red")]);
+    let err = t.client.send(request).await.unwrap_err().to_string();
+    assert!(err.contains("InvalidArgument") && err.contains("`colour`"), "{err}");
+    t.stop().await;
+}
+
+async fn the_gateway_authenticates_authorizes_and_limits_callers(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let request = || send(&user, "", &[pb::Channel::Email], "");
+
+    let nobody = t.client_as("", "").await;
+    let err = nobody.send(request()).await.unwrap_err().to_string();
+    assert!(err.starts_with("Unauthenticated"), "{err}");
+    let wrong = t.client_as(&t.app.0, "not-the-secret").await;
+    assert!(wrong.send(request()).await.unwrap_err().to_string().starts_with("Unauthenticated"));
+
+    let (key, secret) = tidings::runtime::create_app(t.store(), "contacts-only", vec!["contacts".into()], None)
+        .await
+        .unwrap();
+    let limited = t.client_as(&key, &secret).await;
+    let err = limited.send(request()).await.unwrap_err().to_string();
+    assert!(err.starts_with("PermissionDenied") && err.contains("`send`"), "{err}");
+
+    let (key, secret) = tidings::runtime::create_app(t.store(), "slow", vec!["send".into()], Some(2)).await.unwrap();
+    let slow = t.client_as(&key, &secret).await;
+    let mut exhausted = false;
+    for _ in 0..10 {
+        if let Err(e) = slow.send(request()).await {
+            assert!(e.to_string().starts_with("ResourceExhausted"), "{e}");
+            exhausted = true;
+        }
+    }
+    assert!(exhausted, "10 calls at once exceed a quota of 2/s");
+
+    assert!(t.store().apps.revoke(&t.app.0).await.unwrap());
+    eventually("the revocation to take effect", Duration::from_secs(15), || async {
+        t.client.send(request()).await.err().filter(|e| e.to_string().starts_with("Unauthenticated")).map(|_| ())
+    })
+    .await;
+    t.stop().await;
+}
+
+on_every_backend!(
+    duplicates_are_dropped,
+    opt_out_is_respected_and_critical_categories_still_arrive,
+    the_rate_limit_is_enforced,
+    a_scheduled_send_fires_at_its_time_and_survives_a_restart,
+    templates_render_in_the_users_locale,
+    the_gateway_authenticates_authorizes_and_limits_callers,
+);
