@@ -13,7 +13,6 @@ use tidings_config::Config;
 use tidings_schemas::proto::v1 as pb;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 #[derive(Parser)]
 #[command(name = "tidings", version, about = "Notifications and news feeds on Kafka")]
@@ -38,7 +37,8 @@ enum Command {
     /// Run the gRPC/HTTP gateway.
     Gateway,
     /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
-    /// sender-sms, sender-email, or all.
+    /// sender-sms, sender-email, retry-1, retry-2, retry-3, template-stats,
+    /// or all.
     Process {
         #[arg(required = true)]
         stages: Vec<String>,
@@ -194,6 +194,7 @@ async fn run(cli: Cli) -> Result<()> {
             for name in names {
                 runtime.spawn_stage(name, &mut tasks, &shutdown)?;
             }
+            tidings::runtime::spawn_metrics(runtime.config.telemetry.metrics_addr, &mut tasks, &shutdown).await?;
             run_tasks(tasks, shutdown).await
         }
         Command::Init => {
@@ -211,21 +212,21 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apps { command } => {
             let config = load()?;
-            let runtime = Runtime::connect_store_only(&config).await?;
+            let store = Runtime::connect_store_only(&config).await?;
             match command {
                 AppsCommand::Create { name, permissions, quota } => {
-                    let (key, secret) = tidings::runtime::create_app(&runtime, &name, permissions, quota).await?;
+                    let (key, secret) = tidings::runtime::create_app(&store, &name, permissions, quota).await?;
                     println!("app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)");
                 }
                 AppsCommand::Revoke { app_key } => {
-                    if runtime.apps.revoke(&app_key).await? {
+                    if store.apps.revoke(&app_key).await? {
                         println!("revoked {app_key}");
                     } else {
                         anyhow::bail!("no app `{app_key}`");
                     }
                 }
                 AppsCommand::List => {
-                    for app in runtime.apps.list().await? {
+                    for app in store.apps.list().await? {
                         let state = if app.revoked { "revoked" } else { "active" };
                         println!("{:<40} {:<20} {:<8} {}", app.app_key, app.name, state, app.permissions.join(","));
                     }
@@ -288,7 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
 /// Runs role tasks until Ctrl-C or the first failure.
 async fn run_tasks(mut tasks: JoinSet<Result<()>>, shutdown: CancellationToken) -> Result<()> {
     let early = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { info!("Ctrl-C: shutting down"); None }
+        _ = tidings::runtime::shutdown_signal() => None,
         Some(done) = tasks.join_next() => Some(done),
     };
     shutdown.cancel();

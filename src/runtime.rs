@@ -7,8 +7,8 @@ use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::{Gateway, GatewayAddrs};
-use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
-use tidings_processors::{ChannelSender, Enricher, LogSink, Provider, Scheduler};
+use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
+use tidings_processors::{ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats};
 use tidings_schemas::{AvroCodec, Channel};
 use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_store::{App, Replication, Store, StoreOptions};
@@ -23,12 +23,17 @@ pub enum StageName {
     Enricher,
     Scheduler,
     Sender(Channel),
+    /// Retry tier 0..RETRY_TIERS.
+    Retry(usize),
+    TemplateStats,
 }
 
 impl StageName {
     pub fn all() -> Vec<StageName> {
         let mut all = vec![StageName::Enricher, StageName::Scheduler];
         all.extend(Channel::ALL.map(StageName::Sender));
+        all.extend((0..RETRY_TIERS).map(StageName::Retry));
+        all.push(StageName::TemplateStats);
         all
     }
 }
@@ -39,6 +44,8 @@ impl fmt::Display for StageName {
             StageName::Enricher => f.write_str("enricher"),
             StageName::Scheduler => f.write_str("scheduler"),
             StageName::Sender(c) => write!(f, "sender-{c}"),
+            StageName::Retry(tier) => write!(f, "retry-{}", tier + 1),
+            StageName::TemplateStats => f.write_str("template-stats"),
         }
     }
 }
@@ -46,6 +53,8 @@ impl fmt::Display for StageName {
 impl FromStr for StageName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // `sender.ios` (the consumer-group and metric spelling) works too.
+        let s = s.replace('.', "-");
         StageName::all().into_iter().find(|n| n.to_string() == s).ok_or_else(|| {
             let names: Vec<String> = StageName::all().iter().map(ToString::to_string).collect();
             format!("unknown stage `{s}`; expected one of: {}", names.join(", "))
@@ -119,6 +128,7 @@ impl Runtime {
                         self.topics.clone(),
                         self.producer.codec().clone(),
                         self.config.enricher.clone(),
+                        &self.config.tracking,
                     ),
                     &[self.topics.requests()],
                     dead_letter,
@@ -131,8 +141,43 @@ impl Runtime {
                 let scheduler = Scheduler::new(self.store.clone(), self.producer.clone(), self.topics.clone(), poll);
                 tasks.spawn(async move { Ok(scheduler.run(shutdown).await?) });
             }
+            StageName::TemplateStats => {
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    TemplateStats::new(self.store.clone()),
+                    &[self.topics.tracking()],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
+            StageName::Retry(tier) => {
+                // A tier holds records until due: let a member wait that long
+                // between polls without being evicted from its group.
+                let delay = Duration::from_millis(self.config.senders.retry_delays_ms[tier.min(RETRY_TIERS - 1)]);
+                let options = StageOptions { max_poll_interval: delay + Duration::from_secs(300), ..options };
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    RetryRelay::new(tier, self.topics.clone()),
+                    &[self.topics.retry(tier)],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
             StageName::Sender(channel) => {
-                let sender = ChannelSender::new(channel, self.provider(channel), self.store.clone(), self.topics.clone());
+                let sender = ChannelSender::new(
+                    channel,
+                    self.provider(channel),
+                    self.store.clone(),
+                    self.topics.clone(),
+                    self.producer.codec().clone(),
+                    self.config.senders.clone(),
+                );
                 let stage = Stage::new(
                     &self.cluster,
                     kafka,
@@ -155,6 +200,7 @@ impl Runtime {
             self.store.clone(),
             self.topics.clone(),
             self.config.gateway.clone(),
+            &self.config.tracking,
         );
         let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
         tasks.spawn(async move { Ok(serve.await?) });
@@ -213,11 +259,11 @@ impl Pipeline {
         Ok(Self { runtime, gateway, shutdown, tasks })
     }
 
-    /// Runs until Ctrl-C (or until a task stops, which is a failure), then
-    /// shuts down cleanly.
+    /// Runs until Ctrl-C or SIGTERM (or until a task stops, which is a
+    /// failure), then shuts down cleanly.
     pub async fn run_until_signal(mut self) -> Result<()> {
         let early = tokio::select! {
-            _ = tokio::signal::ctrl_c() => { info!("Ctrl-C: shutting down"); None }
+            _ = shutdown_signal() => None,
             Some(done) = self.tasks.join_next() => Some(done),
         };
         let stopped = self.stop().await;
@@ -243,6 +289,40 @@ impl Pipeline {
         self.runtime.producer.flush(Duration::from_secs(5));
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and `docker stop` send).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("Ctrl-C: shutting down"),
+        _ = term => info!("SIGTERM: shutting down"),
+    }
+}
+
+/// Serves `/metrics` and `/healthz` for a processor process.
+pub async fn spawn_metrics(addr: std::net::SocketAddr, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
+    use axum::{Router, routing::get};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (telemetry.metrics_addr)"))?;
+    let router = Router::new()
+        .route("/metrics", get(|| async { tidings_telemetry::metrics().render() }))
+        .route("/healthz", get(|| async { "ok" }));
+    info!(%addr, "serving metrics");
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        Ok(())
+    });
+    Ok(())
 }
 
 /// The app `tidings dev` creates, which the CLI client uses by default. It

@@ -260,3 +260,90 @@ on_every_backend!(
     templates_render_in_the_users_locale,
     the_gateway_authenticates_authorizes_and_limits_callers,
 );
+
+/// A raw HTTP/1.1 GET against the gateway: the status line and headers.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("gateway HTTP");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The path of the first `/t/<kind>/<token>` URL in `html`.
+fn tracking_path(html: &str, kind: char) -> String {
+    let marker = format!("/t/{kind}/");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {marker} link in {html}"));
+    let end = html[start..].find('"').map_or(html.len(), |e| start + e);
+    html[start..end].to_owned()
+}
+
+async fn clicks_and_opens_are_tracked_and_counted_per_template(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let name = format!("digest-{}", Uuid::new_v4().simple());
+    t.client
+        .put_template(pb::Template {
+            name: name.clone(),
+            params: vec!["who".into()],
+            default_locale: "en".into(),
+            variants: [(
+                "en".to_owned(),
+                pb::TemplateContent {
+                    email_subject: "Your digest".into(),
+                    email_html: "<html><body><p>Hi {{who}}</p><a href=\"{{link.docs}}\">read</a></body></html>".into(),
+                    tracking_links: [("docs".to_owned(), "https://example.com/docs?x=1".to_owned())].into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let user = user_with_email_and_phone(&t, "en").await;
+    let mut request = send(&user, "", &[pb::Channel::Email], "");
+    request.content = Some(pb::send_request::Content::Template(pb::TemplateRef {
+        name: name.clone(),
+        version: 0,
+        params: [("who".to_owned(), "Ann".to_owned())].into(),
+    }));
+    let id = t.client.send(request).await.unwrap().notification_ids[0].clone();
+    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty()).await;
+    let html = emails[0].email_html.clone().expect("html body");
+    assert!(!html.contains("https://example.com/docs"), "the destination is behind a tracked link: {html}");
+    let http = t.pipeline.as_ref().unwrap().gateway.http;
+
+    let click = http_get(http, &tracking_path(&html, 'c')).await;
+    assert!(click.starts_with("HTTP/1.1 303") || click.starts_with("HTTP/1.1 302"), "{click}");
+    assert!(click.to_lowercase().contains("location: https://example.com/docs?x=1"), "{click}");
+    let open = http_get(http, &tracking_path(&html, 'o')).await;
+    assert!(open.starts_with("HTTP/1.1 200") && open.contains("image/gif"), "{open}");
+    let forged = http_get(http, &format!("{}x", tracking_path(&html, 'c'))).await;
+    assert!(forged.starts_with("HTTP/1.1 404"), "{forged}");
+
+    tracking_of(&t, &id, |e| count(e, TrackingKind::Clicked) == 1 && count(e, TrackingKind::Opened) == 1).await;
+    let stats = eventually("template counts", WAIT, || async {
+        let request = t.client.request(pb::GetTemplateStatsRequest { name: name.clone() }).ok()?;
+        let stats = t.client.templates().get_template_stats(request).await.ok()?.into_inner();
+        (stats.sent == 1 && stats.opened == 1 && stats.clicked == 1).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats.delivered, 0, "no provider here reports delivery receipts");
+    t.stop().await;
+}
+
+mod tracking {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        clicks_and_opens_are_tracked_and_counted_per_template(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        clicks_and_opens_are_tracked_and_counted_per_template(Backend::Servers).await
+    }
+}

@@ -15,7 +15,7 @@ pub mod validate;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tidings_config::GatewayConfig;
+use tidings_config::{GatewayConfig, TrackingConfig};
 use tidings_kafka::{AvroProducer, Topics};
 use tidings_schemas::proto::v1::{
     contact_service_server::ContactServiceServer,
@@ -23,6 +23,7 @@ use tidings_schemas::proto::v1::{
     preference_service_server::PreferenceServiceServer,
     template_service_server::TemplateServiceServer,
 };
+use tidings_schemas::tracking_link::LinkSigner;
 use tidings_store::{Store, StoreError};
 use tidings_telemetry::metrics;
 use tokio::net::TcpListener;
@@ -41,6 +42,7 @@ pub struct Gateway {
     topics: Topics,
     config: GatewayConfig,
     auth: Arc<auth::Authenticator>,
+    links: LinkSigner,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -61,8 +63,9 @@ pub enum GatewayError {
 }
 
 impl Gateway {
-    pub fn new(producer: AvroProducer, store: Store, topics: Topics, config: GatewayConfig) -> Self {
-        Self { producer, store, topics, config, auth: Arc::default() }
+    pub fn new(producer: AvroProducer, store: Store, topics: Topics, config: GatewayConfig, tracking: &TrackingConfig) -> Self {
+        let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
+        Self { producer, store, topics, config, auth: Arc::default(), links }
     }
 
     /// Binds both listeners, so a port in use fails here with its address,
@@ -87,7 +90,7 @@ impl Gateway {
             .add_service(PreferenceServiceServer::new(self.clone()))
             .add_service(TemplateServiceServer::new(self.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
-        let http = axum::serve(http_listener, http::router(self.clone()))
+        let http = axum::serve(http_listener, http::router(self.clone()).into_make_service())
             .with_graceful_shutdown(shutdown.cancelled_owned());
         let run = async move {
             let (g, h) = tokio::join!(grpc, http);

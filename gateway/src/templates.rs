@@ -14,6 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{Gateway, store_status, validate};
 
+/// Counter scope the `template-stats` stage writes (processors/src/tracking).
+const TEMPLATE_COUNTERS: &str = "template";
+
 /// The `{{name}}` placeholders of a text.
 pub fn placeholders(text: &str) -> Result<BTreeSet<String>, String> {
     let mut names = BTreeSet::new();
@@ -158,7 +161,12 @@ impl TemplateService for Gateway {
         request: Request<GetTemplateStatsRequest>,
     ) -> Result<Response<GetTemplateStatsResponse>, Status> {
         self.authorize(&request, "templates").await?;
-        Err(Status::unimplemented("per-template counts are not aggregated yet"))
+        let name = request.into_inner().name;
+        validate::id("name", &name)?;
+        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked"].iter().map(|k| format!("{name}:{k}")).collect();
+        let counts = self.store.counters.get_many(TEMPLATE_COUNTERS, &keys).await.map_err(store_status)?;
+        let get = |i: usize| counts.get(&keys[i]).copied().unwrap_or(0);
+        Ok(Response::new(GetTemplateStatsResponse { sent: get(0), delivered: get(1), opened: get(2), clicked: get(3) }))
     }
 }
 

@@ -10,7 +10,9 @@
 pub mod enricher;
 pub mod scheduler;
 pub mod senders;
+pub mod tracking;
 
 pub use enricher::Enricher;
 pub use scheduler::Scheduler;
-pub use senders::{ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink};
+pub use tracking::TemplateStats;
+pub use senders::{ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay};

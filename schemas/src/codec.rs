@@ -3,27 +3,33 @@
 //! tooling (kcat, Kafka Connect, ksqlDB, Spark's `from_avro`) reads this.
 //!
 //! Without a schema registry the ids are the catalog's fixed local ids. A
-//! registry-backed codec learns other ids (see [`AvroCodec::add_writer_schema`]);
-//! records written with an older schema are resolved into the current Rust
-//! type by Avro schema resolution.
+//! registry-backed codec ([`AvroCodec::with_registry`]) registers the catalog
+//! at startup and writes the ids the registry assigned; on reading an id it
+//! does not know, [`AvroCodec::decode_async`] fetches that writer schema from
+//! the registry once. Records written with an older schema are resolved into
+//! the current Rust type by Avro schema resolution.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use apache_avro::{
     Schema, reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter,
 };
 
-use crate::catalog::{self, AvroRecord};
+use crate::{
+    catalog::{self, AvroRecord},
+    registry::{RegistryError, SchemaRegistry, subject_of},
+};
 
 const MAGIC: u8 = 0;
 const HEADER_LEN: usize = 5;
 
-/// Why a record could not be encoded or decoded. None of these get better by
-/// retrying the same bytes: a record that fails to decode belongs on the
-/// dead-letter topic.
+/// Why a record could not be encoded or decoded. Apart from a registry that
+/// could not be reached (see [`CodecError::is_retriable`]), none of these get
+/// better by retrying the same bytes: a record that fails to decode belongs
+/// on the dead-letter topic.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("record of {len} bytes is too short for the Confluent wire format (needs at least 5)")]
@@ -42,6 +48,19 @@ pub enum CodecError {
     Decode { full_name: &'static str, id: u32, source: Box<apache_avro::Error> },
     #[error("invalid writer schema for id {id}: {source}")]
     BadWriterSchema { id: u32, source: Box<apache_avro::Error> },
+    /// The writer schema id is not known locally and asking the registry
+    /// for it failed.
+    #[error("cannot get writer schema id {id} from the schema registry: {source}")]
+    Registry { id: u32, source: Box<RegistryError> },
+}
+
+impl CodecError {
+    /// Whether decoding the same bytes may succeed later: only when the
+    /// registry was unreachable or failed (5xx). Everything else is the
+    /// record's fault and belongs on the dead-letter topic.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, CodecError::Registry { source, .. } if source.is_retriable())
+    }
 }
 
 /// The schema we write for one record type, with its id.
@@ -61,11 +80,20 @@ struct Inner {
     write: HashMap<&'static str, WriteSide>,
     /// Writer schemas by id: ours, plus any learned from a registry.
     by_id: RwLock<HashMap<u32, &'static Schema>>,
+    /// Where unknown writer schema ids are looked up; none for a local codec.
+    registry: Option<SchemaRegistry>,
+    /// One cell per id being fetched right now, so a burst of records with a
+    /// new id (a whole poll batch) costs one registry request, not one each.
+    /// Entries are removed once the fetch ends; the result lives in `by_id`.
+    fetching: Mutex<HashMap<u32, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 impl std::fmt::Debug for AvroCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AvroCodec").field("record_types", &self.inner.write.len()).finish()
+        f.debug_struct("AvroCodec")
+            .field("record_types", &self.inner.write.len())
+            .field("registry", &self.inner.registry)
+            .finish()
     }
 }
 
@@ -78,6 +106,41 @@ impl AvroCodec {
     /// A codec whose write ids come from `id_of` (e.g. ids a schema registry
     /// assigned when the catalog was registered).
     pub fn with_ids(id_of: impl Fn(&catalog::CatalogEntry) -> u32) -> Self {
+        Self::build(id_of, None)
+    }
+
+    /// A codec backed by the Confluent-compatible schema registry at `url`
+    /// (`https://key:secret@host` for basic auth).
+    ///
+    /// Registers every catalog schema under its record name (see
+    /// [`crate::registry`]), so a build whose schemas break the registry's
+    /// compatibility rule fails here, naming the subject, before it writes
+    /// anything. Writes the ids the registry assigned; reads ids it does not
+    /// know through [`AvroCodec::decode_async`].
+    pub async fn with_registry(url: &str) -> Result<Self, RegistryError> {
+        Self::with_registry_client(SchemaRegistry::new(url)?).await
+    }
+
+    /// [`AvroCodec::with_registry`] with a client already built.
+    pub async fn with_registry_client(registry: SchemaRegistry) -> Result<Self, RegistryError> {
+        let mut ids = HashMap::new();
+        // One at a time: six requests once per process, and the first
+        // refusal is the error to report.
+        for parsed in catalog::parsed() {
+            let entry = parsed.entry;
+            let id = registry.register(subject_of(entry), entry.source).await?;
+            ids.insert(entry.full_name, id);
+        }
+        // Every catalog entry was registered just above.
+        Ok(Self::build(|entry| ids[entry.full_name], Some(registry)))
+    }
+
+    /// The registry this codec reads unknown ids from, if any.
+    pub fn registry(&self) -> Option<&SchemaRegistry> {
+        self.inner.registry.as_ref()
+    }
+
+    fn build(id_of: impl Fn(&catalog::CatalogEntry) -> u32, registry: Option<SchemaRegistry>) -> Self {
         let mut write = HashMap::new();
         let mut by_id = HashMap::new();
         for parsed in catalog::parsed() {
@@ -88,7 +151,14 @@ impl AvroCodec {
             write.insert(parsed.entry.full_name, WriteSide { id, schema: parsed.schema, writer });
             by_id.insert(id, parsed.schema);
         }
-        Self { inner: Arc::new(Inner { write, by_id: RwLock::new(by_id) }) }
+        Self {
+            inner: Arc::new(Inner {
+                write,
+                by_id: RwLock::new(by_id),
+                registry,
+                fetching: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Teaches the codec a writer schema it did not write itself, e.g. an older
@@ -136,6 +206,55 @@ impl AvroCodec {
             .map_err(decode_err)?;
         let value = reader.read_value(&mut body).map_err(decode_err)?;
         apache_avro::from_value(&value).map_err(decode_err)
+    }
+
+    /// [`AvroCodec::decode`], except that a writer schema id the codec does
+    /// not know is fetched from the registry (once per id per process; every
+    /// later record with it decodes from memory). On a codec without a
+    /// registry this is `decode`.
+    pub async fn decode_async<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let id = schema_id_of(bytes)?;
+        if let Some(registry) = &self.inner.registry
+            && !self.knows(id)
+        {
+            self.fetch_writer_schema(registry, id).await?;
+        }
+        self.decode(bytes)
+    }
+
+    async fn fetch_writer_schema(&self, registry: &SchemaRegistry, id: u32) -> Result<(), CodecError> {
+        let cell = {
+            let mut fetching = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            fetching.entry(id).or_default().clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                // A fetch that finished between our check and taking the
+                // cell (whose entry it then removed) has left the schema
+                // here already.
+                if self.knows(id) {
+                    return Ok(());
+                }
+                let text = registry
+                    .schema_by_id(id)
+                    .await
+                    .map_err(|e| CodecError::Registry { id, source: Box::new(e) })?;
+                self.add_writer_schema(id, &text)
+            })
+            .await
+            .map(|_| ());
+        // Done either way: a success is in `by_id`, and a failure is not
+        // remembered, so the next record with this id asks again (the
+        // registry may have been down, or a replica behind).
+        let mut fetching = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            fetching.remove(&id);
+        }
+        result
+    }
+
+    fn knows(&self, id: u32) -> bool {
+        self.inner.by_id.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
     }
 
     fn writer_schema(&self, id: u32) -> Result<&'static Schema, CodecError> {

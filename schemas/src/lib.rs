@@ -6,10 +6,13 @@ pub mod catalog;
 pub mod channel;
 pub mod codec;
 pub mod records;
+pub mod tracking_link;
+pub mod registry;
 
 pub use catalog::{AvroRecord, CATALOG};
 pub use channel::Channel;
 pub use codec::{AvroCodec, CodecError};
+pub use registry::{RegistryError, SchemaRegistry};
 
 /// Generated gRPC types and services, package `tidings.v1`.
 pub mod proto {

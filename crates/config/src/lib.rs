@@ -39,7 +39,60 @@ pub struct Config {
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
     pub enricher: EnricherConfig,
+    pub senders: SendersConfig,
+    pub tracking: TrackingConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The default link secret; fine on the embedded default, refused on a
+/// shared cluster (see [`Config::validate`]).
+pub const DEV_LINK_SECRET: &str = "tidings-dev-link-secret";
+
+/// Tracking links and open pixels in rendered notifications.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Where users reach the gateway's HTTP side (links point here).
+    pub public_url: String,
+    /// Signs tracking tokens, so clicks and opens cannot be forged.
+    pub link_secret: String,
+    /// Add an open pixel to HTML emails.
+    pub open_pixel: bool,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self { public_url: "http://127.0.0.1:8080".into(), link_secret: DEV_LINK_SECRET.into(), open_pixel: true }
+    }
+}
+
+/// How channel senders retry and give up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendersConfig {
+    /// Delay of each retry tier, in order: attempt n waits in tier
+    /// min(n, tiers) - 1. A provider's Retry-After moves a retry to the first
+    /// tier at least that long.
+    pub retry_delays_ms: [u64; 3],
+    /// Attempts (the first send included) before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// This many transient failures in a row of one provider raise the
+    /// developer alert (an error log and the `provider_failing` gauge).
+    pub alert_after_failures: u32,
+    /// How long a sent delivery id is remembered, so a redelivered record is
+    /// not sent twice.
+    pub sent_ledger_ttl_secs: u64,
+}
+
+impl Default for SendersConfig {
+    fn default() -> Self {
+        Self {
+            retry_delays_ms: [30_000, 300_000, 3_600_000],
+            max_attempts: 5,
+            alert_after_failures: 10,
+            sent_ledger_ttl_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// Where Kafka is and how topics are laid out.
@@ -218,6 +271,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
             enricher: EnricherConfig::default(),
+            senders: SendersConfig::default(),
+            tracking: TrackingConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -284,6 +339,18 @@ impl Config {
                     problem: format!("entry {i} needs max and per_secs of at least 1"),
                 });
             }
+        }
+        if !k.is_embedded() && self.tracking.link_secret == DEV_LINK_SECRET {
+            return semantic(
+                "tracking.link_secret",
+                "is the development default; set a secret of your own (TIDINGS_TRACKING__LINK_SECRET) on a shared cluster",
+            );
+        }
+        if self.senders.max_attempts == 0 {
+            return semantic("senders.max_attempts", "must be at least 1");
+        }
+        if self.senders.retry_delays_ms.windows(2).any(|w| w[0] > w[1]) {
+            return semantic("senders.retry_delays_ms", "must not decrease from one tier to the next");
         }
         if self.gateway.max_batch == 0 {
             return semantic("gateway.max_batch", "must be at least 1");

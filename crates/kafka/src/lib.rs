@@ -12,4 +12,4 @@ pub use cluster::KafkaCluster;
 pub use error::KafkaError;
 pub use producer::{AvroProducer, OutRecord};
 pub use stage::{Emitter, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis};
-pub use topics::{TopicSpec, Topics};
+pub use topics::{RETRY_TIERS, TopicSpec, Topics};

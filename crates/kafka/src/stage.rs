@@ -24,8 +24,8 @@ use std::{
 use async_trait::async_trait;
 use futures::future::join_all;
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    ClientContext, Message, Offset, Statistics, TopicPartitionList,
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
     message::OwnedMessage,
 };
 use tidings_config::KafkaConfig;
@@ -46,17 +46,25 @@ pub struct ProcessError {
     pub reason: String,
     /// Whether trying the same record again later can succeed.
     pub retriable: bool,
+    /// Not a failure: the record is not due before this long (retry tiers).
+    pub not_due_for: Option<Duration>,
 }
 
 impl ProcessError {
     /// The record itself is at fault; it goes to the dead-letter topic.
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retriable: false }
+        Self { reason: reason.into(), retriable: false, not_due_for: None }
+    }
+
+    /// The record must wait; the runner sleeps (waking for shutdown) and
+    /// hands it over again, holding back its partition meanwhile.
+    pub fn not_due(wait: Duration) -> Self {
+        Self { reason: format!("not due for {wait:?}"), retriable: true, not_due_for: Some(wait) }
     }
 
     /// A dependency failed; the record is retried in place.
     pub fn retriable(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retriable: true }
+        Self { reason: reason.into(), retriable: true, not_due_for: None }
     }
 }
 
@@ -110,6 +118,9 @@ pub trait Processor: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct StageOptions {
     pub max_batch: usize,
+    /// How long a member may go between polls before the group evicts it;
+    /// retry stages hold records until due, so they need longer.
+    pub max_poll_interval: Duration,
     /// How long to wait for more records after the first of a batch.
     pub batch_window: Duration,
     pub min_backoff: Duration,
@@ -120,6 +131,7 @@ impl Default for StageOptions {
     fn default() -> Self {
         Self {
             max_batch: 1_000,
+            max_poll_interval: Duration::from_secs(300),
             batch_window: Duration::from_millis(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
@@ -127,10 +139,33 @@ impl Default for StageOptions {
     }
 }
 
+/// Turns librdkafka's periodic statistics into the consumer-lag gauge: the
+/// number of records waiting per partition is the queue-depth signal that
+/// says when a stage needs more members.
+struct LagReporter {
+    stage: &'static str,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        let gauge = &metrics().consumer_lag;
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is the internal unassigned partition, or unknown lag.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    gauge.with_label_values(&[self.stage, topic, &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
 /// A running stage: a consumer group member with its processor.
 pub struct Stage<P: Processor> {
     processor: Arc<P>,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagReporter>,
     producer: AvroProducer,
     dead_letter_topic: String,
     options: StageOptions,
@@ -165,8 +200,12 @@ impl<P: Processor> Stage<P> {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", "10000")
-            .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = c.create().map_err(|e| KafkaError::client("consumer", e))?;
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "10000")
+            .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
+        let consumer: StreamConsumer<LagReporter> = c
+            .create_with_context(LagReporter { stage: processor.name() })
+            .map_err(|e| KafkaError::client("consumer", e))?;
         let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| KafkaError::client("subscription", e))?;
         info!(stage = processor.name(), %group, topics = ?input_topics, "stage subscribed");
@@ -306,6 +345,12 @@ impl<P: Processor> Stage<P> {
                         outcome.outputs.extend(out.records);
                         outcome.processed += 1;
                         break;
+                    }
+                    Err(ProcessError { not_due_for: Some(wait), .. }) => {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'records,
+                            _ = tokio::time::sleep(wait.min(self.options.max_backoff)) => {}
+                        }
                     }
                     Err(e) if !e.retriable => {
                         metrics().stage_errors.with_label_values(&[stage, "false"]).inc();

@@ -1,19 +1,16 @@
 //! Topic names and layout. `docs/topics.md` documents the same table; keep
 //! them in step.
 
-use std::time::Duration;
-
 use tidings_schemas::Channel;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
-/// The retry tiers: a failed delivery waits in the tier for its attempt, then
-/// goes back to its channel topic. Each tier has one delay, so its records are
-/// due in offset order and waiting for the head never delays a record that is
-/// due sooner; a retry never blocks a main topic.
-pub const RETRY_DELAYS: [Duration; 3] =
-    [Duration::from_secs(30), Duration::from_secs(300), Duration::from_secs(3600)];
+/// The retry tiers: a failed delivery waits in a tier, then goes back to its
+/// channel topic. Each tier has one delay (by default 30 s, 5 min, 1 h), so
+/// its records fall due in offset order and waiting for the head never delays
+/// a record that is due sooner; a retry never blocks a main topic.
+pub const RETRY_TIERS: usize = 3;
 
 /// The names of every topic, from one prefix.
 #[derive(Debug, Clone)]
@@ -48,17 +45,9 @@ impl Topics {
         format!("{}.deliver.{}", self.prefix, channel.as_str())
     }
 
-    /// The retry tier for a delay from [`RETRY_DELAYS`] (key: user id).
-    pub fn retry(&self, delay: Duration) -> String {
-        let secs = delay.as_secs();
-        let label = if secs % 3600 == 0 {
-            format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 {
-            format!("{}m", secs / 60)
-        } else {
-            format!("{secs}s")
-        };
-        format!("{}.retry.{label}", self.prefix)
+    /// Retry tier `tier` (0-based, below [`RETRY_TIERS`]) (key: user id).
+    pub fn retry(&self, tier: usize) -> String {
+        format!("{}.retry.{}", self.prefix, tier + 1)
     }
 
     /// Records no stage could process, with the reason (key: original key).
@@ -91,8 +80,8 @@ impl Topics {
         for channel in Channel::ALL {
             specs.push(spec(self.deliver(channel), 3 * DAY_MS, "Delivery", "user id"));
         }
-        for delay in RETRY_DELAYS {
-            specs.push(spec(self.retry(delay), 3 * DAY_MS, "Delivery", "user id"));
+        for tier in 0..RETRY_TIERS {
+            specs.push(spec(self.retry(tier), 3 * DAY_MS, "Delivery", "user id"));
         }
         specs.push(spec(self.dead_letter(), 30 * DAY_MS, "DeadLetter", "original key"));
         specs.push(spec(self.tracking(), 30 * DAY_MS, "TrackingEvent", "notification id"));
@@ -111,9 +100,8 @@ mod tests {
         let t = Topics::new("tidings");
         assert_eq!(t.requests(), "tidings.notify.requests");
         assert_eq!(t.deliver(Channel::Sms), "tidings.deliver.sms");
-        assert_eq!(t.retry(RETRY_DELAYS[0]), "tidings.retry.30s");
-        assert_eq!(t.retry(RETRY_DELAYS[1]), "tidings.retry.5m");
-        assert_eq!(t.retry(RETRY_DELAYS[2]), "tidings.retry.1h");
+        assert_eq!(t.retry(0), "tidings.retry.1");
+        assert_eq!(t.retry(2), "tidings.retry.3");
         let specs = t.specs(6);
         assert_eq!(specs.len(), 1 + 4 + 3 + 4);
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();

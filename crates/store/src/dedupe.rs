@@ -19,4 +19,8 @@ pub trait DedupeLedger: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError>;
     async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+    /// Whether (scope, key) is marked and not expired, without marking it:
+    /// for ledgers that must only be written once the work is done (the
+    /// senders mark a delivery after the provider accepted it).
+    async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError>;
 }

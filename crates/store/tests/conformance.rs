@@ -364,7 +364,10 @@ async fn dedupe_sees_a_key_once_until_its_ttl_expires(store: &Store) {
     let d = &store.dedupe;
     let (scope, key) = (id("events"), id("evt"));
     let ttl = Duration::from_secs(1);
+    assert!(!d.seen(&scope, &key).await.unwrap(), "seen does not mark");
+    assert!(!d.seen(&scope, &key).await.unwrap());
     assert!(d.first_seen(&scope, &key, ttl).await.unwrap());
+    assert!(d.seen(&scope, &key).await.unwrap());
     assert!(!d.first_seen(&scope, &key, ttl).await.unwrap());
     assert!(
         d.first_seen(&id("other-scope"), &key, ttl).await.unwrap(),
@@ -379,6 +382,7 @@ async fn dedupe_sees_a_key_once_until_its_ttl_expires(store: &Store) {
     );
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!d.seen(&scope, &key).await.unwrap(), "expired keys are not seen");
     assert!(
         d.first_seen(&scope, &key, ttl).await.unwrap(),
         "expired key is new again"

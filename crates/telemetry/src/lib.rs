@@ -45,6 +45,11 @@ pub struct Metrics {
     /// Consumer lag (high watermark minus committed position), by stage,
     /// topic and partition: the queue-depth signal for scaling workers.
     pub consumer_lag: IntGaugeVec,
+    /// Provider outcomes, by provider and outcome (sent, invalid_target,
+    /// rejected, transient).
+    pub provider_results: IntCounterVec,
+    /// 1 while a provider is failing (the developer alert), else 0.
+    pub provider_failing: IntGaugeVec,
 }
 
 impl Metrics {
@@ -76,6 +81,16 @@ impl Metrics {
             Opts::new("consumer_lag", "Records waiting per partition"),
             &["stage", "topic", "partition"],
         );
+        let provider_results = IntCounterVec::new(
+            Opts::new("provider_results_total", "Provider calls, by outcome"),
+            &["provider", "outcome"],
+        )
+        .expect("valid metric");
+        let provider_failing = IntGaugeVec::new(
+            Opts::new("provider_failing", "1 while a provider fails repeatedly (developer alert)"),
+            &["provider"],
+        )
+        .expect("valid metric");
         // The names and labels above are constants; failing here is a defect
         // caught by the test below, not a runtime condition.
         let (stage_records, stage_outputs, stage_errors, stage_batch_seconds, gateway_requests, consumer_lag) = (
@@ -93,6 +108,8 @@ impl Metrics {
             Box::new(stage_batch_seconds.clone()),
             Box::new(gateway_requests.clone()),
             Box::new(consumer_lag.clone()),
+            Box::new(provider_results.clone()),
+            Box::new(provider_failing.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -104,6 +121,8 @@ impl Metrics {
             stage_batch_seconds,
             gateway_requests,
             consumer_lag,
+            provider_results,
+            provider_failing,
         }
     }
 

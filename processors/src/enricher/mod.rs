@@ -17,11 +17,12 @@ pub mod render;
 
 use std::time::Duration;
 
-use tidings_config::{EnricherConfig, OverLimit};
+use tidings_config::{EnricherConfig, OverLimit, TrackingConfig};
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
     AvroCodec, Channel,
     records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
+    tracking_link::{LinkSigner, TrackedTarget},
 };
 use tidings_store::{Device, Platform, Preference, ScheduledItem, Store, StoreError, User};
 use tracing::debug;
@@ -42,12 +43,41 @@ pub struct Enricher {
     codec: AvroCodec,
     config: EnricherConfig,
     limiter: RateLimiter,
+    links: LinkSigner,
+    open_pixel: bool,
 }
 
 impl Enricher {
-    pub fn new(store: Store, topics: Topics, codec: AvroCodec, config: EnricherConfig) -> Self {
+    pub fn new(store: Store, topics: Topics, codec: AvroCodec, config: EnricherConfig, tracking: &TrackingConfig) -> Self {
         let limiter = RateLimiter::new(config.rate_limits.clone());
-        Self { store, topics, codec, config, limiter }
+        let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
+        Self { store, topics, codec, config, limiter, links, open_pixel: tracking.open_pixel }
+    }
+
+    fn tracked(&self, req: &NotificationRequest, channel: Option<Channel>, url: Option<&str>) -> TrackedTarget {
+        TrackedTarget {
+            notification_id: req.notification_id.clone(),
+            user_id: req.user_id.clone(),
+            template_name: req.template.as_ref().map(|t| t.name.clone()),
+            channel: channel.map(|c| c.as_str().to_owned()),
+            url: url.map(str::to_owned),
+        }
+    }
+
+    /// Adds the open pixel to an HTML email.
+    fn with_open_pixel(&self, req: &NotificationRequest, html: Option<String>) -> Option<String> {
+        let html = html?;
+        if !self.open_pixel {
+            return Some(html);
+        }
+        let pixel = format!(
+            "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\">",
+            self.links.open_pixel_url(&self.tracked(req, Some(Channel::Email), None))
+        );
+        Some(match html.rfind("</body>") {
+            Some(i) => format!("{}{pixel}{}", &html[..i], &html[i..]),
+            None => html + &pixel,
+        })
     }
 
     fn is_critical(&self, category: Option<&str>) -> bool {
@@ -169,7 +199,10 @@ impl Processor for Enricher {
                 }
             }
             for target in targets(channel, user.as_ref(), &devices) {
-                let delivery = delivery(req, channel, target, &rendered, template_version);
+                let mut delivery = delivery(req, channel, target, &rendered, template_version);
+                if channel == Channel::Email {
+                    delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
+                }
                 out.emit(&self.topics.deliver(channel), &req.user_id, &delivery)?;
                 emitted += 1;
             }
@@ -196,7 +229,9 @@ impl Enricher {
                 .map_err(store_failure)?
                 .ok_or_else(|| ProcessError::permanent(format!("template {} (version {:?}) does not exist", t.name, t.version)))?;
             let locale = user.and_then(|u| u.locale.as_deref());
-            let rendered = render(&template, locale, &t.params).map_err(|e| ProcessError::permanent(e.to_string()))?;
+            let track = |url: &str| self.links.click_url(&self.tracked(req, None, Some(url)));
+            let rendered =
+                render(&template, locale, &t.params, &track).map_err(|e| ProcessError::permanent(e.to_string()))?;
             return Ok((rendered, i32::try_from(template.version).ok()));
         }
         let raw = req.content.clone().unwrap_or_default();

@@ -41,17 +41,20 @@ pub fn pick_variant<'t>(template: &'t TemplateVersion, locale: Option<&str>) -> 
         .or_else(|| template.variants.iter().next().map(|(k, v)| (k.as_str(), v)))
 }
 
+/// Renders `template`; `track` turns each `{{link.name}}` destination into
+/// the URL users get (a signed tracking redirect in production).
 pub fn render(
     template: &TemplateVersion,
     locale: Option<&str>,
     params: &BTreeMap<String, String>,
+    track: &dyn Fn(&str) -> String,
 ) -> Result<Rendered, RenderError> {
     let Some((locale, content)) = pick_variant(template, locale) else {
         return Ok(Rendered::default());
     };
     let name = format!("{}@{}", template.name, template.version);
     let fill = |field: &'static str, text: &Option<String>, html: bool| -> Result<Option<String>, RenderError> {
-        text.as_deref().map(|t| substitute(&name, field, t, params, &content.tracking_links, html)).transpose()
+        text.as_deref().map(|t| substitute(&name, field, t, params, &content.tracking_links, track, html)).transpose()
     };
     Ok(Rendered {
         locale: locale.to_owned(),
@@ -70,6 +73,7 @@ fn substitute(
     text: &str,
     params: &BTreeMap<String, String>,
     links: &BTreeMap<String, String>,
+    track: &dyn Fn(&str) -> String,
     html: bool,
 ) -> Result<String, RenderError> {
     let mut out = String::with_capacity(text.len() + 32);
@@ -79,12 +83,12 @@ fn substitute(
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| RenderError::Unclosed { template: template.to_owned(), field })?;
         let name = after[..end].trim();
+        let missing = || RenderError::MissingParam { template: template.to_owned(), param: name.to_owned() };
         let value = match name.strip_prefix("link.") {
-            Some(link) => links.get(link),
-            None => params.get(name),
-        }
-        .ok_or_else(|| RenderError::MissingParam { template: template.to_owned(), param: name.to_owned() })?;
-        if html { escape_html(value, &mut out) } else { out.push_str(value) }
+            Some(link) => track(links.get(link).ok_or_else(missing)?),
+            None => params.get(name).ok_or_else(missing)?.clone(),
+        };
+        if html { escape_html(&value, &mut out) } else { out.push_str(&value) }
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -129,6 +133,10 @@ mod tests {
         }
     }
 
+    fn same(url: &str) -> String {
+        url.to_owned()
+    }
+
     fn params() -> BTreeMap<String, String> {
         BTreeMap::from([("name".into(), "<Ann>".into()), ("amount".into(), "$3".into())])
     }
@@ -136,23 +144,23 @@ mod tests {
     #[test]
     fn renders_the_users_locale_with_fallbacks() {
         let t = template();
-        assert_eq!(render(&t, Some("fr-CA"), &params()).unwrap().title.as_deref(), Some("Bonjour <Ann>"));
-        assert_eq!(render(&t, Some("FR"), &params()).unwrap().locale, "fr");
-        let en = render(&t, Some("de-DE"), &params()).unwrap();
+        assert_eq!(render(&t, Some("fr-CA"), &params(), &same).unwrap().title.as_deref(), Some("Bonjour <Ann>"));
+        assert_eq!(render(&t, Some("FR"), &params(), &same).unwrap().locale, "fr");
+        let en = render(&t, Some("de-DE"), &params(), &same).unwrap();
         assert_eq!(en.locale, "en");
         assert_eq!(en.body.as_deref(), Some("You owe $3"));
-        assert_eq!(render(&t, None, &params()).unwrap().locale, "en");
+        assert_eq!(render(&t, None, &params(), &same).unwrap().locale, "en");
     }
 
     #[test]
     fn html_escapes_parameters_and_fills_links() {
-        let r = render(&template(), Some("en"), &params()).unwrap();
-        assert_eq!(r.email_html.as_deref(), Some("<p>&lt;Ann&gt;</p><a href=\"https://x/i\">pay</a>"));
+        let r = render(&template(), Some("en"), &params(), &|url| format!("https://t/c?to={url}")).unwrap();
+        assert_eq!(r.email_html.as_deref(), Some("<p>&lt;Ann&gt;</p><a href=\"https://t/c?to=https://x/i\">pay</a>"));
     }
 
     #[test]
     fn missing_parameters_are_errors() {
-        let err = render(&template(), Some("en"), &BTreeMap::new()).unwrap_err();
+        let err = render(&template(), Some("en"), &BTreeMap::new(), &same).unwrap_err();
         assert!(matches!(err, RenderError::MissingParam { ref param, .. } if param == "name"), "{err}");
     }
 }

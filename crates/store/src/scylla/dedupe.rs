@@ -97,6 +97,15 @@ impl DedupeLedger for ScyllaDedupe {
         Ok(answers)
     }
 
+    async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError> {
+        let row = self
+            .cql
+            .maybe_row::<(Option<i64>,)>(&self.seen, (scope, key))
+            .await
+            .ctx("dedupe.seen", key)?;
+        Ok(row.is_some())
+    }
+
     async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {
         self.cql
             .execute(&self.forget, (scope, key))

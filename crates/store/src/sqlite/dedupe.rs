@@ -96,6 +96,17 @@ impl DedupeLedger for SqliteDedupe {
             .ctx("dedupe.first_seen", scope)
     }
 
+    async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError> {
+        let (owned_scope, owned_key) = (scope.to_owned(), key.to_owned());
+        self.db
+            .call(move |c| {
+                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM dedupe WHERE scope = ?1 AND key = ?2 AND expires_at > ?3)")?
+                    .query_row(params![owned_scope, owned_key, now_millis()], |row| row.get::<_, bool>(0))
+            })
+            .await
+            .ctx("dedupe.seen", &format!("{scope}/{key}"))
+    }
+
     async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {
         let (owned_scope, owned_key) = (scope.to_owned(), key.to_owned());
         self.db
