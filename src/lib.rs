@@ -5,5 +5,6 @@
 //! Kafka (or starts the embedded mock cluster) and the store, and starts the
 //! gateway and the stages; the `tidings` binary puts a CLI on top.
 
+pub mod bench;
 pub mod client;
 pub mod runtime;

@@ -47,6 +47,21 @@ enum Command {
     Init,
     /// Print the effective configuration as TOML.
     Config,
+    /// Load-test the whole pipeline in this process through the batch send
+    /// API, against a local Twilio-compatible server, and print
+    /// notifications/s and accept-to-provider latency.
+    Bench {
+        #[arg(long, default_value_t = 50_000)]
+        notifications: usize,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Notifications per SendBatch call.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 4)]
+        callers: usize,
+    },
     /// Manage the applications allowed to call the gateway (admin; talks to
     /// the store directly).
     Apps {
@@ -204,6 +219,18 @@ async fn run(cli: Cli) -> Result<()> {
             Runtime::connect(config, true).await?;
             println!("topics and tables are ready");
             Ok(())
+        }
+        Command::Bench { notifications, users, batch, callers } => {
+            let mut config = load()?;
+            // The bench measures the pipeline, not the terminal: keep logs quiet.
+            config.telemetry.log = "warn".into();
+            tidings_telemetry::init_logging(&config.telemetry);
+            if config.kafka.is_embedded() && config.store.url == tidings_config::StoreConfig::default().url {
+                let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
+                config.store.url = format!("sqlite://{}/tidings.db", dir.display());
+            }
+            let options = tidings::bench::BenchOptions { notifications, users, batch, callers };
+            tidings::bench::run(config, options).await
         }
         Command::Config => {
             let config = load()?;

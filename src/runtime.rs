@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::{Gateway, GatewayAddrs};
 use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
-use tidings_processors::{ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats};
+use tidings_processors::{
+    senders::providers::ProviderConfig,ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats};
 use tidings_schemas::{AvroCodec, Channel};
 use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_store::{App, Replication, Store, StoreOptions};
@@ -82,7 +83,12 @@ impl Runtime {
             .await
             .context("connecting to Kafka (kafka.bootstrap_servers)")?;
         let store = connect_store(&config, init).await?;
-        let codec = AvroCodec::local();
+        let codec = match &config.kafka.schema_registry_url {
+            None => AvroCodec::local(),
+            Some(url) => AvroCodec::with_registry(url)
+                .await
+                .with_context(|| format!("registering schemas (kafka.schema_registry_url = {url})"))?,
+        };
         let producer = AvroProducer::new(&cluster, &config.kafka, codec).context("creating the Kafka producer")?;
         let topics = Topics::new(&config.kafka.topic_prefix);
         let runtime = Self { config, store, producer, topics, log_sink: Arc::new(LogSink::default()), cluster };
@@ -107,8 +113,10 @@ impl Runtime {
         self.log_sink.sent()
     }
 
-    fn provider(&self, _channel: Channel) -> Arc<dyn Provider> {
-        self.log_sink.clone()
+    /// The configured provider of a channel (`[providers.<channel>]`).
+    fn provider(&self, channel: Channel) -> Result<Arc<dyn Provider>> {
+        let config = ProviderConfig::for_channel(channel, self.config.providers.get(channel.as_str()))?;
+        Ok(config.build(channel, self.log_sink.clone())?)
     }
 
     /// Starts one stage on `tasks`.
@@ -172,7 +180,7 @@ impl Runtime {
             StageName::Sender(channel) => {
                 let sender = ChannelSender::new(
                     channel,
-                    self.provider(channel),
+                    self.provider(channel)?,
                     self.store.clone(),
                     self.topics.clone(),
                     self.producer.codec().clone(),

@@ -47,8 +47,9 @@ impl Scheduler {
         let due = self.store.schedule.due(now_millis(), 1_000).await.map_err(|e| e.to_string())?;
         let topic = self.topics.requests();
         for item in &due {
-            let request: NotificationRequest = match self.producer.codec().decode(&item.payload) {
+            let request: NotificationRequest = match self.producer.codec().decode_async(&item.payload).await {
                 Ok(r) => r,
+                Err(e) if e.is_retriable() => return Err(e.to_string()),
                 Err(e) => {
                     // Written by the enricher from a decoded record; a payload
                     // that no longer decodes can never be sent.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sms_provider;
+
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},

@@ -41,6 +41,11 @@ pub struct Config {
     pub enricher: EnricherConfig,
     pub senders: SendersConfig,
     pub tracking: TrackingConfig,
+    /// The provider of each channel (`ios`, `android`, `sms`, `email`), as
+    /// `{ kind = "...", ...settings }`; a channel without one prints to the
+    /// log. The settings are read by the sender of that kind
+    /// (processors/src/senders/providers.rs).
+    pub providers: BTreeMap<String, serde_json::Value>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -273,6 +278,7 @@ impl Default for Config {
             enricher: EnricherConfig::default(),
             senders: SendersConfig::default(),
             tracking: TrackingConfig::default(),
+            providers: BTreeMap::new(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -345,6 +351,9 @@ impl Config {
                 "tracking.link_secret",
                 "is the development default; set a secret of your own (TIDINGS_TRACKING__LINK_SECRET) on a shared cluster",
             );
+        }
+        if let Some(channel) = self.providers.keys().find(|c| !["ios", "android", "sms", "email"].contains(&c.as_str())) {
+            return semantic("providers", format!("has `{channel}`; channels are ios, android, sms and email"));
         }
         if self.senders.max_attempts == 0 {
             return semantic("senders.max_attempts", "must be at least 1");

@@ -22,7 +22,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::future::join_all;
+use futures::{StreamExt, future::join_all};
 use rdkafka::{
     ClientContext, Message, Offset, Statistics, TopicPartitionList,
     consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
@@ -118,6 +118,8 @@ pub trait Processor: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct StageOptions {
     pub max_batch: usize,
+    /// Records (of different keys) processed at once.
+    pub max_concurrency: usize,
     /// How long a member may go between polls before the group evicts it;
     /// retry stages hold records until due, so they need longer.
     pub max_poll_interval: Duration,
@@ -131,6 +133,7 @@ impl Default for StageOptions {
     fn default() -> Self {
         Self {
             max_batch: 1_000,
+            max_concurrency: 256,
             max_poll_interval: Duration::from_secs(300),
             batch_window: Duration::from_millis(5),
             min_backoff: Duration::from_millis(100),
@@ -169,6 +172,13 @@ pub struct Stage<P: Processor> {
     producer: AvroProducer,
     dead_letter_topic: String,
     options: StageOptions,
+}
+
+enum RecordOutcome {
+    Processed(Vec<OutRecord>),
+    DeadLettered(OutRecord),
+    /// Shutdown came first; the record will be consumed again.
+    Interrupted,
 }
 
 struct PartitionOutcome {
@@ -308,8 +318,10 @@ impl<P: Processor> Stage<P> {
         Ok(done)
     }
 
+    /// Handles one partition's records: records with the same key (user) in
+    /// order, different keys concurrently. The partition's offset advances
+    /// to the end of the longest run of handled records.
     async fn handle_partition(&self, messages: Vec<OwnedMessage>, shutdown: &CancellationToken) -> PartitionOutcome {
-        let stage = self.processor.name();
         let mut outcome = PartitionOutcome {
             topic: messages.first().map(|m| m.topic().to_owned()).unwrap_or_default(),
             partition: messages.first().map(|m| m.partition()).unwrap_or_default(),
@@ -318,62 +330,108 @@ impl<P: Processor> Stage<P> {
             dead_lettered: 0,
             processed: 0,
         };
-        'records: for message in messages {
-            let meta = RecordMeta {
-                topic: message.topic().to_owned(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            };
-            let payload = message.payload().unwrap_or_default();
-            let input = match self.producer.codec().decode::<P::Input>(payload) {
-                Ok(input) => input,
-                Err(e) => {
-                    warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
-                    outcome.outputs.push(self.dead_letter(&message, &e.to_string(), false, 1));
-                    outcome.dead_lettered += 1;
-                    outcome.last_done = Some(meta.offset);
-                    continue;
+        let offsets: Vec<i64> = messages.iter().map(|m| m.offset()).collect();
+        let mut lanes: BTreeMap<Option<Vec<u8>>, Vec<OwnedMessage>> = BTreeMap::new();
+        for m in messages {
+            lanes.entry(m.key().map(<[u8]>::to_vec)).or_default().push(m);
+        }
+        let results: Vec<Vec<(i64, RecordOutcome)>> = futures::stream::iter(lanes.into_values())
+            .map(|lane| async move {
+                let mut done = Vec::with_capacity(lane.len());
+                for message in &lane {
+                    let result = self.handle_record(message, shutdown).await;
+                    let interrupted = matches!(result, RecordOutcome::Interrupted);
+                    done.push((message.offset(), result));
+                    if interrupted {
+                        break;
+                    }
                 }
-            };
-            let mut backoff = self.options.min_backoff;
-            let mut attempts = 1;
-            loop {
-                let mut out = Emitter { producer: &self.producer, stage, records: Vec::new() };
-                match self.processor.process(&input, &meta, &mut out).await {
-                    Ok(()) => {
-                        outcome.outputs.extend(out.records);
-                        outcome.processed += 1;
-                        break;
+                done
+            })
+            .buffer_unordered(self.options.max_concurrency)
+            .collect()
+            .await;
+        let mut handled = std::collections::HashSet::new();
+        for (offset, result) in results.into_iter().flatten() {
+            match result {
+                RecordOutcome::Processed(outputs) => {
+                    outcome.processed += 1;
+                    outcome.outputs.extend(outputs);
+                    handled.insert(offset);
+                }
+                RecordOutcome::DeadLettered(dead) => {
+                    outcome.dead_lettered += 1;
+                    outcome.outputs.push(dead);
+                    handled.insert(offset);
+                }
+                RecordOutcome::Interrupted => {}
+            }
+        }
+        outcome.last_done = offsets.iter().take_while(|o| handled.contains(o)).last().copied();
+        outcome
+    }
+
+    async fn handle_record(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> RecordOutcome {
+        let stage = self.processor.name();
+        let meta = RecordMeta {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        };
+        let payload = message.payload().unwrap_or_default();
+        let mut backoff = self.options.min_backoff;
+        let decoded = loop {
+            match self.producer.codec().decode_async::<P::Input>(payload).await {
+                // The schema registry is unreachable: wait for it rather
+                // than dead-letter records that are fine.
+                Err(e) if e.is_retriable() => {
+                    warn!(stage, error = %e, ?backoff, "cannot decode yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
+                        _ = tokio::time::sleep(backoff) => {}
                     }
-                    Err(ProcessError { not_due_for: Some(wait), .. }) => {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'records,
-                            _ = tokio::time::sleep(wait.min(self.options.max_backoff)) => {}
-                        }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+                other => break other,
+            }
+        };
+        let input = match decoded {
+            Ok(input) => input,
+            Err(e) => {
+                warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
+                return RecordOutcome::DeadLettered(self.dead_letter(message, &e.to_string(), false, 1));
+            }
+        };
+        let mut backoff = self.options.min_backoff;
+        let mut attempts = 1;
+        loop {
+            let mut out = Emitter { producer: &self.producer, stage, records: Vec::new() };
+            match self.processor.process(&input, &meta, &mut out).await {
+                Ok(()) => return RecordOutcome::Processed(out.records),
+                Err(ProcessError { not_due_for: Some(wait), .. }) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
+                        _ = tokio::time::sleep(wait.min(self.options.max_backoff)) => {}
                     }
-                    Err(e) if !e.retriable => {
-                        metrics().stage_errors.with_label_values(&[stage, "false"]).inc();
-                        warn!(stage, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
-                        outcome.outputs.push(self.dead_letter(&message, &e.reason, false, attempts));
-                        outcome.dead_lettered += 1;
-                        break;
+                }
+                Err(e) if !e.retriable => {
+                    metrics().stage_errors.with_label_values(&[stage, "false"]).inc();
+                    warn!(stage, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
+                    return RecordOutcome::DeadLettered(self.dead_letter(message, &e.reason, false, attempts));
+                }
+                Err(e) => {
+                    metrics().stage_errors.with_label_values(&[stage, "true"]).inc();
+                    warn!(stage, offset = meta.offset, attempt = attempts, reason = %e, ?backoff, "retriable failure; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
+                        _ = tokio::time::sleep(backoff) => {}
                     }
-                    Err(e) => {
-                        metrics().stage_errors.with_label_values(&[stage, "true"]).inc();
-                        warn!(stage, offset = meta.offset, attempt = attempts, reason = %e, ?backoff, "retriable failure; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'records,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(self.options.max_backoff);
-                        attempts += 1;
-                    }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    attempts += 1;
                 }
             }
-            outcome.last_done = Some(meta.offset);
         }
-        outcome
     }
 
     /// Produces every output, retrying only those that failed for a reason

@@ -13,6 +13,7 @@ pub mod fcm;
 pub mod http;
 pub mod jwt;
 pub mod log_sink;
+pub mod providers;
 pub mod retry;
 pub mod sendgrid;
 pub mod setup;

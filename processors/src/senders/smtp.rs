@@ -46,7 +46,10 @@ pub struct SmtpConfig {
     /// The name we greet with (EHLO); defaults to this host's name.
     #[serde(default)]
     pub hello_name: Option<String>,
-    /// Each SMTP command's wait for an answer.
+    /// One whole send, from connecting (or taking a pooled connection) to
+    /// the server's final reply. lettre applies its own timeout to
+    /// connecting only, so a server that stops answering mid-session would
+    /// otherwise hold the sender forever.
     #[serde(default = "SmtpConfig::default_timeout_ms")]
     pub timeout_ms: u64,
     /// A PEM CA certificate to trust besides the system's roots.
@@ -81,6 +84,7 @@ pub enum SmtpSecurity {
 
 pub struct SmtpProvider {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     limiter: Limiter,
@@ -123,7 +127,7 @@ impl SmtpProvider {
         if let Some(name) = config.hello_name {
             builder = builder.hello_name(ClientId::Domain(name));
         }
-        Ok(Self { transport: builder.build(), from, reply_to, limiter })
+        Ok(Self { transport: builder.build(), timeout: Duration::from_millis(config.timeout_ms), from, reply_to, limiter })
     }
 
     fn message(&self, d: &Delivery, to: Address) -> Result<Message, ProviderError> {
@@ -207,7 +211,13 @@ impl Provider for SmtpProvider {
             .map_err(|e| ProviderError::InvalidTarget(format!("{NAME}: `{}` is not an email address: {e}", short(&d.target))))?;
         let message = self.message(d, to)?;
         let _slot = self.limiter.acquire().await?;
-        let response = self.transport.send(message).await.map_err(|e| classify(&e, &d.target))?;
+        let response = tokio::time::timeout(self.timeout, self.transport.send(message))
+            .await
+            .map_err(|_| ProviderError::Transient {
+                reason: format!("{NAME}: no final reply within {} ms", self.timeout.as_millis()),
+                retry_after: None,
+            })?
+            .map_err(|e| classify(&e, &d.target))?;
         // The final reply usually names the relay's queue id ("2.0.0 Ok:
         // queued as 4F2A1"), which is how the relay's logs find the mail.
         let reply = response.message().collect::<Vec<_>>().join(" ");

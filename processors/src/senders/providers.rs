@@ -1,0 +1,96 @@
+//! Choosing a provider per channel from configuration:
+//!
+//! ```toml
+//! [providers.sms]
+//! kind = "twilio"
+//! account_sid = "AC..."
+//! auth_token = "..."
+//! from = "+14155550100"
+//! ```
+//!
+//! `kind` is `log` (the default for every channel: print what would be
+//! sent), `apns`, `fcm`, `twilio`, `sendgrid` or `smtp`; the other keys are
+//! that provider's settings.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tidings_schemas::Channel;
+
+use super::{
+    Provider,
+    apns::{ApnsConfig, ApnsProvider},
+    fcm::{FcmConfig, FcmProvider},
+    log_sink::LogSink,
+    sendgrid::{SendGridConfig, SendGridProvider},
+    setup::SetupError,
+    smtp::{SmtpConfig, SmtpProvider},
+    twilio::{TwilioConfig, TwilioProvider},
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Log,
+    Apns(ApnsConfig),
+    Fcm(FcmConfig),
+    Twilio(TwilioConfig),
+    #[serde(rename = "sendgrid")]
+    SendGrid(SendGridConfig),
+    Smtp(SmtpConfig),
+}
+
+impl ProviderConfig {
+    /// Reads `[providers.<channel>]`; absent means the log sink.
+    pub fn for_channel(channel: Channel, value: Option<&serde_json::Value>) -> Result<Self, SetupError> {
+        let Some(value) = value else {
+            return Ok(ProviderConfig::Log);
+        };
+        serde_json::from_value(value.clone())
+            .map_err(|e| SetupError::new("config", format!("[providers.{channel}]: {e}")))
+    }
+
+    /// Which channels a provider kind can serve.
+    fn serves(&self, channel: Channel) -> bool {
+        match self {
+            ProviderConfig::Log => true,
+            ProviderConfig::Apns(_) => channel == Channel::Ios,
+            ProviderConfig::Fcm(_) => channel == Channel::Android,
+            ProviderConfig::Twilio(_) => channel == Channel::Sms,
+            ProviderConfig::SendGrid(_) | ProviderConfig::Smtp(_) => channel == Channel::Email,
+        }
+    }
+
+    /// Builds the provider; `log` reuses the process's shared log sink.
+    pub fn build(self, channel: Channel, log_sink: Arc<LogSink>) -> Result<Arc<dyn Provider>, SetupError> {
+        if !self.serves(channel) {
+            return Err(SetupError::new("config", format!("[providers.{channel}] names a provider for another channel")));
+        }
+        Ok(match self {
+            ProviderConfig::Log => log_sink,
+            ProviderConfig::Apns(c) => Arc::new(ApnsProvider::new(c)?),
+            ProviderConfig::Fcm(c) => Arc::new(FcmProvider::new(c)?),
+            ProviderConfig::Twilio(c) => Arc::new(TwilioProvider::new(c)?),
+            ProviderConfig::SendGrid(c) => Arc::new(SendGridProvider::new(c)?),
+            ProviderConfig::Smtp(c) => Arc::new(SmtpProvider::new(c)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_means_the_log_sink_and_kinds_must_fit_the_channel() {
+        assert!(matches!(ProviderConfig::for_channel(Channel::Sms, None).unwrap(), ProviderConfig::Log));
+        let twilio = serde_json::json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+14155550100"});
+        let config = ProviderConfig::for_channel(Channel::Sms, Some(&twilio)).unwrap();
+        assert!(config.clone().build(Channel::Sms, Arc::default()).is_ok());
+        let err = config.build(Channel::Email, Arc::default()).err().unwrap().to_string();
+        assert!(err.contains("[providers.email]"), "{err}");
+        let bad = serde_json::json!({"kind": "pigeon"});
+        let err = ProviderConfig::for_channel(Channel::Sms, Some(&bad)).unwrap_err().to_string();
+        assert!(err.contains("[providers.sms]") && err.contains("pigeon"), "{err}");
+    }
+}
