@@ -9,14 +9,16 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Backend, TestPipeline, eventually,
+    Backend, TestPipeline,
+    apns_provider::ApnsServer,
+    eventually,
     sms_provider::{Answer, SmsProvider},
 };
 use tidings_schemas::{
+    AvroCodec,
     proto::v1 as pb,
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
 };
-use tidings_schemas::AvroCodec;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -106,4 +108,67 @@ async fn transient_failures_are_retried_then_delivered_and_permanent_ones_dead_l
     t.stop().await;
 }
 
-on_every_backend!(transient_failures_are_retried_then_delivered_and_permanent_ones_dead_lettered);
+
+async fn devices(t: &TestPipeline, user: &str) -> Vec<String> {
+    let request = t.client.request(pb::ListDevicesRequest { user_id: user.into() }).unwrap();
+    let response = t.client.contacts().list_devices(request).await.unwrap().into_inner();
+    let mut tokens: Vec<String> = response.devices.into_iter().map(|d| d.token).collect();
+    tokens.sort();
+    tokens
+}
+
+async fn an_unregistered_device_is_tombstoned_until_registered_again(backend: Backend) {
+    let (apns, addr) = ApnsServer::start().await;
+    let t = TestPipeline::start_with(backend, |c| {
+        c.providers.insert("ios".into(), ApnsServer::config(addr));
+    })
+    .await;
+    let (live, gone) = ("a1".repeat(32), "b2".repeat(32));
+    apns.uninstall(&gone);
+    let user = format!("u-{}", Uuid::new_v4());
+    t.client.upsert_user(pb::UpsertUserRequest { user_id: user.clone(), ..Default::default() }).await.unwrap();
+    t.client.register_device(&user, pb::Platform::Ios, &live).await.unwrap();
+    t.client.register_device(&user, pb::Platform::Ios, &gone).await.unwrap();
+    let push = |event: &str| pb::SendRequest {
+        event_id: event.into(),
+        user_ids: vec![user.clone()],
+        channels: vec![pb::Channel::Ios as i32],
+        content: Some(pb::send_request::Content::Raw(pb::RawContent { title: "Hi".into(), body: "there".into(), ..Default::default() })),
+        ..Default::default()
+    };
+
+    let id = t.client.send(push("first")).await.unwrap().notification_ids[0].clone();
+    let status = eventually("both iOS deliveries settled", WAIT, || async {
+        let s = t.client.status(&id).await.ok()?;
+        (s.deliveries.len() == 2 && s.deliveries.iter().all(|d| d.state != "retrying")).then_some(s)
+    })
+    .await;
+    let state = |token: &str| status.deliveries.iter().find(|d| d.target == token).map(|d| d.state.clone());
+    assert_eq!(state(&live).as_deref(), Some("sent"), "{status:?}");
+    assert_eq!(state(&gone).as_deref(), Some("invalid_target"));
+    let (_, events) = t
+        .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |e| e.iter().any(|e| e.kind == TrackingKind::InvalidToken))
+        .await;
+    assert!(events.iter().any(|e| e.kind == TrackingKind::InvalidToken && e.target.as_deref() == Some(gone.as_str())));
+
+    assert_eq!(devices(&t, &user).await, vec![live.clone()], "the unregistered token is tombstoned");
+
+    // The app is reinstalled: registering again wins over the tombstone.
+    apns.reinstall(&gone);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    t.client.register_device(&user, pb::Platform::Ios, &gone).await.unwrap();
+    assert_eq!(devices(&t, &user).await.len(), 2);
+    let again = t.client.send(push("second")).await.unwrap().notification_ids[0].clone();
+    eventually("both devices reached", WAIT, || async {
+        let s = t.client.status(&again).await.ok()?;
+        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(apns.delivered().iter().filter(|t| **t == gone).count(), 1);
+    t.stop().await;
+}
+
+on_every_backend!(
+    transient_failures_are_retried_then_delivered_and_permanent_ones_dead_lettered,
+    an_unregistered_device_is_tombstoned_until_registered_again,
+);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod apns_provider;
 pub mod sms_provider;
 
 use std::{
