@@ -17,8 +17,8 @@ if [[ -x scripts/test-deps.sh ]]; then
     scripts/test-deps.sh
 fi
 
-echo "==> cargo test --workspace $*"
-if ! cargo test --workspace --locked "$@"; then
+echo "==> cargo test --workspace --no-fail-fast $*"
+if ! cargo test --workspace --locked --no-fail-fast "$@"; then
     echo "==> tests failed; server logs follow" >&2
     scripts/servers.sh logs >&2 || true
     exit 1

@@ -33,6 +33,12 @@ fn bad_configuration_names_the_key_and_its_source() {
 }
 
 #[test]
+fn the_development_link_secret_is_refused_on_a_shared_cluster() {
+    let line = error_line(&tidings(&["config"], &[("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "k1:9092")]));
+    assert!(line.contains("tracking.link_secret"), "{line}");
+}
+
+#[test]
 fn roles_refuse_the_in_process_broker() {
     let line = error_line(&tidings(&["gateway"], &[]));
     assert!(line.contains("kafka.bootstrap_servers") && line.contains("embedded"), "{line}");
@@ -40,13 +46,15 @@ fn roles_refuse_the_in_process_broker() {
 
 #[test]
 fn unreachable_servers_are_named() {
-    let line = error_line(&tidings(&["init"], &[("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")]));
+    let env = [("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1"), ("TIDINGS_TRACKING__LINK_SECRET", "s3cret")];
+    let line = error_line(&tidings(&["init"], &env));
     assert!(line.contains("Kafka at 127.0.0.1:1 did not answer"), "{line}");
 }
 
 #[test]
 fn unknown_stages_list_the_known_ones() {
-    let out = tidings(&["process", "mailer"], &[("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")]);
+    let env = [("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1"), ("TIDINGS_TRACKING__LINK_SECRET", "s3cret")];
+    let out = tidings(&["process", "mailer"], &env);
     let line = error_line(&out);
     assert!(line.contains("unknown stage `mailer`") && line.contains("sender-email"), "{line}");
 }

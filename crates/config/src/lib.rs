@@ -391,7 +391,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file(
                 "t.toml",
-                "[kafka]\nbootstrap_servers = \"k1:9092\"\npartitions = 12\n[store]\nurl = \"scylla://db:9042/t\"\n",
+                "[kafka]\nbootstrap_servers = \"k1:9092\"\npartitions = 12\n[store]\nurl = \"scylla://db:9042/t\"\n[tracking]\nlink_secret = \"s3cret\"\n",
             )?;
             jail.set_env("TIDINGS_KAFKA__PARTITIONS", "24");
             jail.set_env("TIDINGS_GATEWAY__GRPC_ADDR", "0.0.0.0:6000");
