@@ -34,8 +34,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
+A TOML value from a values entry: maps become inline tables, lists arrays,
+strings toJson (a JSON string is a valid TOML basic string). Helm reads every
+number in a values file as a float, so whole numbers are written as integers
+(tidings wants integers for counts and milliseconds). Null entries of a map
+are left out (TOML has no null).
+*/}}
+{{- define "tidings.tomlValue" -}}
+{{- $v := . -}}
+{{- if kindIs "map" $v -}}
+{ {{- $first := true -}}
+{{- range $k, $x := $v -}}
+{{- if not (kindIs "invalid" $x) -}}
+{{- if not $first }}, {{ end -}}
+{{- $first = false -}}
+{{ $k | toJson }} = {{ include "tidings.tomlValue" $x }}
+{{- end -}}
+{{- end -}} }
+{{- else if kindIs "slice" $v -}}
+[ {{- range $i, $x := $v -}}{{- if $i }}, {{ end -}}{{ include "tidings.tomlValue" $x }}{{- end -}} ]
+{{- else if kindIs "string" $v -}}
+{{ $v | toJson }}
+{{- else if kindIs "bool" $v -}}
+{{ $v }}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) -}}
+{{ int64 $v }}
+{{- else if kindIs "invalid" $v -}}
+{{ fail "a null value has no TOML form; leave the key out" }}
+{{- else -}}
+{{ $v }}
+{{- end -}}
+{{- end -}}
+
+{{/* The key = value lines of a table from a values map. */}}
+{{- define "tidings.tomlTable" -}}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{ $k | toJson }} = {{ include "tidings.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
 tidings.toml. Strings are written with toJson: a JSON string is a valid TOML
-basic string.
+basic string. Secrets are not here: they come from Secrets as environment
+variables (tidings.env, processors.yaml).
 */}}
 {{- define "tidings.config" -}}
 {{- $c := .Values.config -}}
@@ -47,6 +90,7 @@ basic string.
 {{- if not (hasPrefix "scylla://" $url) -}}
 {{- fail "config.store.url must be scylla://...: with sqlite:// every pod would have a store of its own" -}}
 {{- end -}}
+{{- $publicUrl := required "config.tracking.public_url is required: where users reach the gateway's HTTP port (tracked links and open pixels), e.g. https://t.example.com" $c.tracking.public_url -}}
 [kafka]
 bootstrap_servers = {{ $servers | toJson }}
 topic_prefix = {{ $c.kafka.topic_prefix | toJson }}
@@ -77,6 +121,21 @@ connect_timeout_ms = {{ $c.store.connect_timeout_ms | int64 }}
 grpc_addr = {{ printf "0.0.0.0:%v" .Values.gateway.ports.grpc | toJson }}
 http_addr = {{ printf "0.0.0.0:%v" .Values.gateway.ports.http | toJson }}
 max_batch = {{ $c.gateway.max_batch | int }}
+
+[enricher]
+{{- include "tidings.tomlTable" $c.enricher }}
+
+[senders]
+{{- include "tidings.tomlTable" $c.senders }}
+
+[tracking]
+{{- if hasKey $c.tracking "link_secret" }}
+{{- fail "config.tracking.link_secret would land in a ConfigMap; give a Secret in linkSecret instead" }}
+{{- end }}
+{{- include "tidings.tomlTable" $c.tracking }}
+
+[providers]
+{{- include "tidings.tomlTable" $c.providers }}
 
 [telemetry]
 log = {{ $c.telemetry.log | toJson }}
@@ -110,14 +169,27 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* Container settings every tidings container shares. */}}
+{{/*
+Environment every tidings container gets, as list items: the link secret
+(every role validates the configuration, which refuses the development
+default on a shared Kafka), then extraEnv.
+*/}}
+{{- define "tidings.env" -}}
+{{- $secret := required "linkSecret.secretName is required: a Secret holding tracking.link_secret (kubectl create secret generic tidings-tracking --from-literal=link_secret=$(openssl rand -hex 32))" .Values.linkSecret.secretName -}}
+- name: TIDINGS_TRACKING__LINK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .Values.linkSecret.key }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Container settings every tidings container shares (env aside). */}}
 {{- define "tidings.containerCommon" -}}
 image: {{ include "tidings.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
-{{- with .Values.extraEnv }}
-env:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
 {{- with .Values.securityContext }}
 securityContext:
   {{- toYaml . | nindent 2 }}

@@ -181,7 +181,9 @@ impl ChannelSender {
         let retry_after_ms = retry_after.map_or(0, |r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
         // The first tier at least as long as the provider asked for.
         let tier = (wanted_tier..delays.len()).find(|&t| delays[t] >= retry_after_ms).unwrap_or(delays.len() - 1);
-        let delay = jittered(delays[tier].max(retry_after_ms), &d.delivery_id, attempts);
+        // Jitter spreads the tier's delay, but never undercuts the provider's
+        // Retry-After.
+        let delay = jittered(delays[tier], &d.delivery_id, attempts).max(retry_after_ms);
         let not_before = now_millis() + i64::try_from(delay).unwrap_or(i64::MAX / 2);
         let mut next = d.clone();
         next.attempt = i32::try_from(attempts).unwrap_or(i32::MAX);
