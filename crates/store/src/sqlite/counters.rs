@@ -40,7 +40,7 @@ impl CounterStore for SqliteCounters {
         let owned = deltas.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 for (scope, key, delta) in &owned {
                     add(&tx, scope, key, *delta)?;
                 }

@@ -81,7 +81,7 @@ impl DedupeLedger for SqliteDedupe {
             .call(move |c| {
                 let now = now_millis();
                 let expires_at = expiry(now, ttl);
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 if purge_due {
                     purge(&tx, now)?;
                 }

@@ -14,7 +14,7 @@ impl FeedStore for SqliteFeed {
         let owned = entries.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT OR REPLACE INTO feed_entries (owner_id, created_at, post_id, author_id)

@@ -1,9 +1,11 @@
 //! The embedded engine: one SQLite file in WAL mode.
 //!
-//! SQLite calls block, so every call runs on tokio's blocking pool. One
-//! connection behind a mutex serialises them: SQLite has a single writer
-//! anyway, and each call is short (batch methods use one transaction, which is
-//! what makes them fast: a commit is the expensive part).
+//! SQLite calls block, and SQLite has a single writer, so one thread owns the
+//! connection and runs every call, in arrival order. Calls that queue up while
+//! it is busy run together in one transaction (group commit): a commit is the
+//! expensive part, and under load hundreds of small calls share one. Each call
+//! runs in a savepoint of its own, so a failing call rolls back alone, and no
+//! caller hears "done" before the commit that holds its writes.
 
 mod apps;
 mod contacts;
@@ -17,8 +19,9 @@ mod schedule;
 mod social_graph;
 mod templates;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, ErrorCode};
 
@@ -50,16 +53,27 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
     })
 }
 
-/// The shared connection.
+/// Most calls one group commit takes.
+const MAX_GROUP: usize = 512;
+
+/// What the connection thread runs: the call, which hands back how to report
+/// its result once the commit's outcome is known.
+type Job = Box<dyn FnOnce(&mut Connection) -> Report + Send>;
+type Report = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A handle to the connection thread.
 #[derive(Clone)]
 pub(crate) struct Db {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
 }
 
-/// Why a blocking call failed, before the caller adds its context.
+/// Why a call failed, before the caller adds its context.
 pub(crate) enum Failure {
     Sql(rusqlite::Error),
-    Panicked(tokio::task::JoinError),
+    /// The call panicked, or the connection thread is gone.
+    Broken(String),
+    /// The group commit holding the call's writes failed.
+    Commit(String),
 }
 
 impl From<rusqlite::Error> for Failure {
@@ -76,42 +90,100 @@ impl Db {
             reason,
         };
         let owned_path = path.to_owned();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, String> {
-            if let Some(dir) = Path::new(&owned_path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            }
-            let conn = Connection::open(&owned_path).map_err(|e| e.to_string())?;
-            // NORMAL is durable across application crashes in WAL mode; only
-            // an OS crash or power loss may drop the last commits.
-            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
-                .map_err(|e| e.to_string())?;
-            Ok(conn)
-        })
-        .await
-        .map_err(|e| connect_error(e.to_string()))?
-        .map_err(connect_error)?;
-        Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                let opened = (|| -> Result<Connection, String> {
+                    if let Some(dir) = Path::new(&owned_path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    }
+                    let conn = Connection::open(&owned_path).map_err(|e| e.to_string())?;
+                    // NORMAL is durable across application crashes in WAL mode;
+                    // only an OS crash or power loss may drop the last commits.
+                    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+                        .map_err(|e| e.to_string())?;
+                    Ok(conn)
+                })();
+                match opened {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(conn, &job_rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| connect_error(e.to_string()))?;
+        ready_rx
+            .await
+            .map_err(|_| connect_error("the connection thread exited".into()))?
+            .map_err(connect_error)?;
+        Ok(Db { jobs })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on the connection thread; answers once
+    /// its writes are committed.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a half-applied
-            // change behind (an open transaction rolls back when dropped), so
-            // the connection is still usable.
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
-        })
-        .await
-        .map_err(Failure::Panicked)?
-        .map_err(Failure::Sql)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let result = catch_unwind(AssertUnwindSafe(|| in_savepoint(conn, f)));
+            Box::new(move |commit: Result<(), String>| {
+                let answer = match (result, commit) {
+                    (Err(_), _) => Err(Failure::Broken("the call panicked".into())),
+                    (Ok(Err(e)), _) => Err(Failure::Sql(e)),
+                    (Ok(Ok(_)), Err(e)) => Err(Failure::Commit(e)),
+                    (Ok(Ok(v)), Ok(())) => Ok(v),
+                };
+                let _ = tx.send(answer);
+            })
+        });
+        self.jobs.send(job).map_err(|_| Failure::Broken("the connection thread is gone".into()))?;
+        rx.await.map_err(|_| Failure::Broken("the connection thread is gone".into()))?
+    }
+}
+
+/// Runs `f` in a savepoint: its writes are kept only if it succeeds.
+fn in_savepoint<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT call")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE call")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO call; RELEASE call");
+            Err(e)
+        }
+    }
+}
+
+/// The connection thread: takes whatever calls are queued, runs them in one
+/// transaction, commits, then reports to each caller.
+fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+        let reports: Vec<Report> = group.into_iter().map(|job| job(&mut conn)).collect();
+        let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for report in reports {
+            report(committed.clone());
+        }
     }
 }
 
@@ -130,7 +202,7 @@ impl Backend for Db {
                     migration: (*name).to_owned(),
                     source: match failure {
                         Failure::Sql(e) => e.into(),
-                        Failure::Panicked(e) => e.into(),
+                        Failure::Broken(e) | Failure::Commit(e) => e.into(),
                     },
                 })?;
         }
@@ -162,10 +234,17 @@ impl<T, E: Into<Failure>> Context<T> for Result<T, E> {
                         source: e.into(),
                     },
                 },
-                Failure::Panicked(e) => StoreError::Backend {
+                Failure::Broken(e) => StoreError::Backend {
                     op,
                     key,
                     retriable: false,
+                    source: e.into(),
+                },
+                // Busy or out of disk: the same writes may commit later.
+                Failure::Commit(e) => StoreError::Backend {
+                    op,
+                    key,
+                    retriable: true,
                     source: e.into(),
                 },
             }

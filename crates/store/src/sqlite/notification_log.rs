@@ -46,7 +46,7 @@ impl NotificationLog for SqliteNotificationLog {
         let owned = entries.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 for e in &owned {
                     upsert(&tx, e)?;
                 }

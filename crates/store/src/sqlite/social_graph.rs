@@ -26,7 +26,7 @@ impl SocialGraph for SqliteSocialGraph {
         let (from, to) = (follower.to_owned(), followee.to_owned());
         self.0
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let added = tx
                     .prepare_cached("INSERT OR IGNORE INTO follows (follower_id, followee_id, since) VALUES (?1, ?2, ?3)")?
                     .execute(params![from, to, at])?;
@@ -43,7 +43,7 @@ impl SocialGraph for SqliteSocialGraph {
         let (from, to) = (follower.to_owned(), followee.to_owned());
         self.0
             .call(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let removed = tx
                     .prepare_cached(
                         "DELETE FROM follows WHERE follower_id = ?1 AND followee_id = ?2",
