@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub users: usize,
     pub batch: usize,
     pub callers: usize,
+    /// Offered load in notifications/s; none means as fast as accepted.
+    /// Latency is meaningful below saturation, so measure it at a rate.
+    pub rate: Option<f64>,
 }
 
 /// Receipt times at the provider, by notification sequence number.
@@ -112,6 +115,29 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let (key, secret) = create_app(&store, "bench", vec!["send".into()], None).await?;
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
 
+    // Warm up: every stage joins its consumer group before the clock starts.
+    let warm = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
+    let warm_up = options.notifications;
+    let request = warm.request(pb::SendRequest {
+        user_ids: vec![users[0].clone()],
+        channels: vec![pb::Channel::Sms as i32],
+        content: Some(pb::send_request::Content::Raw(pb::RawContent {
+            sms_text: format!("bench {warm_up}"),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })?;
+    warm.notifications().send(request).await?;
+    let warm_started = Instant::now();
+    while !receipts.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&warm_up) {
+        if warm_started.elapsed() > Duration::from_secs(60) {
+            bail!("the warm-up notification did not reach the provider within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receipts.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    println!("bench: warmed up in {:.1} s; measuring", warm_started.elapsed().as_secs_f64());
+
     // Callers take batches of sequence numbers from a shared counter.
     let accepted: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -125,6 +151,11 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 let first = next.fetch_add(options.batch, std::sync::atomic::Ordering::Relaxed);
                 if first >= options.notifications {
                     return Ok::<_, anyhow::Error>(());
+                }
+                if let Some(rate) = options.rate {
+                    // Batch `first` is due when the offered load reaches it.
+                    let due = started + Duration::from_secs_f64(first as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let last = (first + options.batch).min(options.notifications);
                 let items = (first..last)
@@ -177,6 +208,9 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     println!("\nbench results");
     println!("  notifications   {} sent, {} accepted, {} delivered", options.notifications, accepted.len(), delivered);
     println!("  users           {}, batch {}, callers {}", options.users, options.batch, options.callers);
+    if let Some(rate) = options.rate {
+        println!("  offered load    {rate:.0} notifications/s");
+    }
     println!("  elapsed         {:.2} s", elapsed.as_secs_f64());
     println!("  throughput      {:.0} notifications/s end to end", delivered as f64 / elapsed.as_secs_f64());
     println!(

@@ -61,6 +61,9 @@ enum Command {
         /// Concurrent callers.
         #[arg(long, default_value_t = 4)]
         callers: usize,
+        /// Offered load in notifications/s (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Manage the applications allowed to call the gateway (admin; talks to
     /// the store directly).
@@ -220,7 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("topics and tables are ready");
             Ok(())
         }
-        Command::Bench { notifications, users, batch, callers } => {
+        Command::Bench { notifications, users, batch, callers, rate } => {
             let mut config = load()?;
             // The bench measures the pipeline, not the terminal: keep logs quiet.
             config.telemetry.log = "warn".into();
@@ -229,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
                 config.store.url = format!("sqlite://{}/tidings.db", dir.display());
             }
-            let options = tidings::bench::BenchOptions { notifications, users, batch, callers };
+            let options = tidings::bench::BenchOptions { notifications, users, batch, callers, rate };
             tidings::bench::run(config, options).await
         }
         Command::Config => {

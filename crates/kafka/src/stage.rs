@@ -211,6 +211,9 @@ impl<P: Processor> Stage<P> {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", "10000")
             .set("enable.partition.eof", "false")
+            // Notifications are soft real time: when a partition is idle,
+            // answer fetches quickly rather than wait for a fuller batch.
+            .set("fetch.wait.max.ms", "20")
             .set("statistics.interval.ms", "10000")
             .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
         let consumer: StreamConsumer<LagReporter> = c
