@@ -75,6 +75,8 @@ pub struct RecordMeta {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
+    /// The record's timestamp (producer create time), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 /// Collects the records a processor emits for one input.
@@ -381,6 +383,7 @@ impl<P: Processor> Stage<P> {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            timestamp: message.timestamp().to_millis(),
         };
         let payload = message.payload().unwrap_or_default();
         let mut backoff = self.options.min_backoff;

@@ -5,7 +5,9 @@
 //! are produced, the replayed record would look like a duplicate. So the
 //! ledger records which input record claimed an event:
 //!
-//! 1. mark the claim `event@topic/partition/offset`;
+//! 1. mark the claim `event@topic/partition/offset/timestamp` (the timestamp
+//!    tells a record apart from a later one at the same offset, as after the
+//!    embedded brokers start empty again);
 //! 2. mark the event.
 //!
 //! A new event is processed. A seen event whose claim was already there is
@@ -39,7 +41,13 @@ pub async fn check(
     meta: &RecordMeta,
     ttl: Duration,
 ) -> Result<Verdict, StoreError> {
-    let claim = format!("{event_key}@{}/{}/{}", meta.topic, meta.partition, meta.offset);
+    let claim = format!(
+        "{event_key}@{}/{}/{}/{}",
+        meta.topic,
+        meta.partition,
+        meta.offset,
+        meta.timestamp.unwrap_or_default()
+    );
     let claim_new = ledger.first_seen(CLAIMS, &claim, ttl).await?;
     let event_new = ledger.first_seen(EVENTS, event_key, ttl).await?;
     Ok(match (event_new, claim_new) {
