@@ -40,19 +40,36 @@ pub struct BenchOptions {
 #[derive(Clone, Default)]
 struct Receipts(Arc<Mutex<HashMap<usize, Instant>>>);
 
-async fn twilio_messages(State(receipts): State<Receipts>, Form(form): Form<HashMap<String, String>>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+async fn twilio_messages(
+    State(receipts): State<Receipts>,
+    Form(form): Form<HashMap<String, String>>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
     let at = Instant::now();
-    if let Some(seq) = form.get("Body").and_then(|b| b.strip_prefix("bench ")).and_then(|s| s.parse().ok()) {
-        receipts.0.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, at);
+    if let Some(seq) = form
+        .get("Body")
+        .and_then(|b| b.strip_prefix("bench "))
+        .and_then(|s| s.parse().ok())
+    {
+        receipts
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq, at);
     }
-    (axum::http::StatusCode::CREATED, Json(serde_json::json!({"sid": "SMbench", "status": "queued"})))
+    (
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({"sid": "SMbench", "status": "queued"})),
+    )
 }
 
 async fn start_provider(receipts: Receipts) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
-        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio_messages))
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(twilio_messages),
+        )
         .with_state(receipts);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(addr)
@@ -67,7 +84,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
-    if options.notifications == 0 || options.users == 0 || options.batch == 0 || options.callers == 0 {
+    if options.notifications == 0
+        || options.users == 0
+        || options.batch == 0
+        || options.callers == 0
+    {
         bail!("--notifications, --users, --batch and --callers must be at least 1");
     }
     let receipts = Receipts::default();
@@ -89,9 +110,14 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let store_url = config.store.url.clone();
     let pipeline = Pipeline::start(config, true).await?;
     let store = pipeline.runtime.store.clone();
-    println!("bench: pipeline up (kafka {kafka}, store {store_url}); creating {} users", options.users);
+    println!(
+        "bench: pipeline up (kafka {kafka}, store {store_url}); creating {} users",
+        options.users
+    );
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let users: Vec<String> = (0..options.users).map(|i| format!("bench-{run_id}-{i}")).collect();
+    let users: Vec<String> = (0..options.users)
+        .map(|i| format!("bench-{run_id}-{i}"))
+        .collect();
     futures::future::try_join_all(users.chunks(500).map(|chunk| {
         let store = store.clone();
         async move {
@@ -129,14 +155,22 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     })?;
     warm.notifications().send(request).await?;
     let warm_started = Instant::now();
-    while !receipts.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&warm_up) {
+    while !receipts
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&warm_up)
+    {
         if warm_started.elapsed() > Duration::from_secs(60) {
             bail!("the warm-up notification did not reach the provider within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     receipts.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    println!("bench: warmed up in {:.1} s; measuring", warm_started.elapsed().as_secs_f64());
+    println!(
+        "bench: warmed up in {:.1} s; measuring",
+        warm_started.elapsed().as_secs_f64()
+    );
 
     // Callers take batches of sequence numbers from a shared counter.
     let accepted: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
@@ -145,7 +179,12 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let mut callers = Vec::new();
     for _ in 0..options.callers {
         let client = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
-        let (accepted, next, users, options) = (accepted.clone(), next.clone(), users.clone(), options.clone());
+        let (accepted, next, users, options) = (
+            accepted.clone(),
+            next.clone(),
+            users.clone(),
+            options.clone(),
+        );
         callers.push(tokio::spawn(async move {
             loop {
                 let first = next.fetch_add(options.batch, std::sync::atomic::Ordering::Relaxed);
@@ -171,11 +210,18 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                     })
                     .collect();
                 let request = client.request(pb::SendBatchRequest { items })?;
-                let response = client.notifications().send_batch(request).await?.into_inner();
+                let response = client
+                    .notifications()
+                    .send_batch(request)
+                    .await?
+                    .into_inner();
                 let at = Instant::now();
                 let mut accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
                 for (seq, result) in (first..last).zip(response.results) {
-                    if matches!(result.outcome, Some(pb::send_batch_result::Outcome::Accepted(_))) {
+                    if matches!(
+                        result.outcome,
+                        Some(pb::send_batch_result::Outcome::Accepted(_))
+                    ) {
                         accepted.insert(seq, at);
                     }
                 }
@@ -186,9 +232,15 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let deadline = Duration::from_secs(600);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (a, r) = (accepted.lock().map(|m| m.len()).unwrap_or(0), receipts.0.lock().map(|m| m.len()).unwrap_or(0));
+        let (a, r) = (
+            accepted.lock().map(|m| m.len()).unwrap_or(0),
+            receipts.0.lock().map(|m| m.len()).unwrap_or(0),
+        );
         let secs = started.elapsed().as_secs_f64();
-        println!("bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)", r as f64 / secs);
+        println!(
+            "bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)",
+            r as f64 / secs
+        );
         if r >= options.notifications || started.elapsed() > deadline {
             break;
         }
@@ -201,18 +253,33 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let receipts = receipts.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut latencies: Vec<Duration> = receipts
         .iter()
-        .filter_map(|(seq, got)| accepted.get(seq).map(|acc| got.saturating_duration_since(*acc)))
+        .filter_map(|(seq, got)| {
+            accepted
+                .get(seq)
+                .map(|acc| got.saturating_duration_since(*acc))
+        })
         .collect();
     latencies.sort();
     let delivered = receipts.len();
     println!("\nbench results");
-    println!("  notifications   {} sent, {} accepted, {} delivered", options.notifications, accepted.len(), delivered);
-    println!("  users           {}, batch {}, callers {}", options.users, options.batch, options.callers);
+    println!(
+        "  notifications   {} sent, {} accepted, {} delivered",
+        options.notifications,
+        accepted.len(),
+        delivered
+    );
+    println!(
+        "  users           {}, batch {}, callers {}",
+        options.users, options.batch, options.callers
+    );
     if let Some(rate) = options.rate {
         println!("  offered load    {rate:.0} notifications/s");
     }
     println!("  elapsed         {:.2} s", elapsed.as_secs_f64());
-    println!("  throughput      {:.0} notifications/s end to end", delivered as f64 / elapsed.as_secs_f64());
+    println!(
+        "  throughput      {:.0} notifications/s end to end",
+        delivered as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "  accept->provider p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
@@ -221,7 +288,10 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     );
     pipeline.stop().await?;
     if delivered < options.notifications {
-        bail!("only {delivered} of {} notifications reached the provider", options.notifications);
+        bail!(
+            "only {delivered} of {} notifications reached the provider",
+            options.notifications
+        );
     }
     Ok(())
 }

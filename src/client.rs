@@ -19,22 +19,36 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(endpoint: &str, app_key: Option<String>, app_secret: Option<String>) -> Result<Self> {
+    pub async fn connect(
+        endpoint: &str,
+        app_key: Option<String>,
+        app_secret: Option<String>,
+    ) -> Result<Self> {
         let channel = GrpcChannel::from_shared(endpoint.to_owned())
             .with_context(|| format!("invalid gateway address {endpoint}"))?
             .connect()
             .await
             .with_context(|| format!("cannot reach the gateway at {endpoint}; is `tidings dev` or `tidings gateway` running?"))?;
-        Ok(Self { channel, app_key, app_secret })
+        Ok(Self {
+            channel,
+            app_key,
+            app_secret,
+        })
     }
 
     pub fn request<T>(&self, message: T) -> Result<Request<T>> {
         let mut request = Request::new(message);
         if let Some(key) = &self.app_key {
-            request.metadata_mut().insert("x-app-key", key.parse().context("app key is not valid metadata")?);
+            request.metadata_mut().insert(
+                "x-app-key",
+                key.parse().context("app key is not valid metadata")?,
+            );
         }
         if let Some(secret) = &self.app_secret {
-            request.metadata_mut().insert("x-app-secret", secret.parse().context("app secret is not valid metadata")?);
+            request.metadata_mut().insert(
+                "x-app-secret",
+                secret.parse().context("app secret is not valid metadata")?,
+            );
         }
         Ok(request)
     }
@@ -55,39 +69,87 @@ impl Client {
         TemplateServiceClient::new(self.channel.clone())
     }
 
-    pub async fn set_preference(&self, user_id: &str, channel: pb::Channel, category: &str, opt_in: bool) -> Result<()> {
+    pub async fn set_preference(
+        &self,
+        user_id: &str,
+        channel: pb::Channel,
+        category: &str,
+        opt_in: bool,
+    ) -> Result<()> {
         let request = pb::SetPreferenceRequest {
             user_id: user_id.into(),
-            preference: Some(pb::Preference { channel: channel as i32, category: category.into(), opt_in }),
+            preference: Some(pb::Preference {
+                channel: channel as i32,
+                category: category.into(),
+                opt_in,
+            }),
         };
-        self.preferences().set_preference(self.request(request)?).await.map_err(status)?;
+        self.preferences()
+            .set_preference(self.request(request)?)
+            .await
+            .map_err(status)?;
         Ok(())
     }
 
     /// Creates the next version of a template; returns its number.
     pub async fn put_template(&self, template: pb::Template) -> Result<u32> {
-        let request = pb::PutTemplateRequest { template: Some(template) };
-        Ok(self.templates().put_template(self.request(request)?).await.map_err(status)?.into_inner().version)
+        let request = pb::PutTemplateRequest {
+            template: Some(template),
+        };
+        Ok(self
+            .templates()
+            .put_template(self.request(request)?)
+            .await
+            .map_err(status)?
+            .into_inner()
+            .version)
     }
 
     pub async fn upsert_user(&self, user: pb::UpsertUserRequest) -> Result<()> {
-        self.contacts().upsert_user(self.request(user)?).await.map_err(status)?;
+        self.contacts()
+            .upsert_user(self.request(user)?)
+            .await
+            .map_err(status)?;
         Ok(())
     }
 
-    pub async fn register_device(&self, user_id: &str, platform: pb::Platform, token: &str) -> Result<()> {
-        let request = pb::RegisterDeviceRequest { user_id: user_id.into(), platform: platform as i32, token: token.into() };
-        self.contacts().register_device(self.request(request)?).await.map_err(status)?;
+    pub async fn register_device(
+        &self,
+        user_id: &str,
+        platform: pb::Platform,
+        token: &str,
+    ) -> Result<()> {
+        let request = pb::RegisterDeviceRequest {
+            user_id: user_id.into(),
+            platform: platform as i32,
+            token: token.into(),
+        };
+        self.contacts()
+            .register_device(self.request(request)?)
+            .await
+            .map_err(status)?;
         Ok(())
     }
 
     pub async fn send(&self, send: pb::SendRequest) -> Result<pb::SendResponse> {
-        Ok(self.notifications().send(self.request(send)?).await.map_err(status)?.into_inner())
+        Ok(self
+            .notifications()
+            .send(self.request(send)?)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 
     pub async fn status(&self, notification_id: &str) -> Result<pb::GetStatusResponse> {
-        let request = pb::GetStatusRequest { notification_id: notification_id.into() };
-        Ok(self.notifications().get_status(self.request(request)?).await.map_err(status)?.into_inner())
+        let request = pb::GetStatusRequest {
+            notification_id: notification_id.into(),
+        };
+        Ok(self
+            .notifications()
+            .get_status(self.request(request)?)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 }
 
@@ -125,10 +187,16 @@ pub fn content(
     if let Some(name) = template {
         let mut map = HashMap::new();
         for p in params {
-            let (k, v) = p.split_once('=').with_context(|| format!("--param `{p}` is not key=value"))?;
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--param `{p}` is not key=value"))?;
             map.insert(k.to_owned(), v.to_owned());
         }
-        return Ok(Content::Template(pb::TemplateRef { name, version: 0, params: map }));
+        return Ok(Content::Template(pb::TemplateRef {
+            name,
+            version: 0,
+            params: map,
+        }));
     }
     let body = body.context("give --body (and optionally --title) or --template")?;
     Ok(Content::Raw(pb::RawContent {

@@ -15,7 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "Notifications and news feeds on Kafka")]
+#[command(
+    name = "tidings",
+    version,
+    about = "Notifications and news feeds on Kafka"
+)]
 struct Cli {
     /// Configuration file (default: ./tidings.toml when present).
     #[arg(long, short, global = true, env = "TIDINGS_CONFIG")]
@@ -148,7 +152,11 @@ enum AppsCommand {
 #[derive(clap::Args)]
 struct GatewayArgs {
     /// The gateway's gRPC address.
-    #[arg(long, env = "TIDINGS_GATEWAY_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TIDINGS_GATEWAY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     gateway: String,
     /// Defaults to the app `tidings dev` creates.
     #[arg(long, env = "TIDINGS_APP_KEY", default_value = tidings::runtime::DEV_APP_KEY)]
@@ -181,7 +189,10 @@ async fn run(cli: Cli) -> Result<()> {
             let pipeline = Pipeline::start(config, true).await?;
             tidings::runtime::ensure_dev_app(&pipeline.runtime.store).await?;
             let grpc = pipeline.gateway.grpc;
-            println!("tidings dev is running: gRPC {grpc}, HTTP http://{} (metrics at /metrics). Ctrl-C stops it.", pipeline.gateway.http);
+            println!(
+                "tidings dev is running: gRPC {grpc}, HTTP http://{} (metrics at /metrics). Ctrl-C stops it.",
+                pipeline.gateway.http
+            );
             if !no_demo {
                 demo(&format!("http://{grpc}")).await?;
             }
@@ -203,7 +214,10 @@ async fn run(cli: Cli) -> Result<()> {
             let names: Vec<StageName> = if stages.iter().any(|s| s == "all") {
                 StageName::all()
             } else {
-                stages.iter().map(|s| s.parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?
+                stages
+                    .iter()
+                    .map(|s| s.parse().map_err(anyhow::Error::msg))
+                    .collect::<Result<_>>()?
             };
             tidings_telemetry::init_logging(&config.telemetry);
             let runtime = Runtime::connect(config, false).await?;
@@ -212,7 +226,12 @@ async fn run(cli: Cli) -> Result<()> {
             for name in names {
                 runtime.spawn_stage(name, &mut tasks, &shutdown)?;
             }
-            tidings::runtime::spawn_metrics(runtime.config.telemetry.metrics_addr, &mut tasks, &shutdown).await?;
+            tidings::runtime::spawn_metrics(
+                runtime.config.telemetry.metrics_addr,
+                &mut tasks,
+                &shutdown,
+            )
+            .await?;
             run_tasks(tasks, shutdown).await
         }
         Command::Init => {
@@ -223,16 +242,31 @@ async fn run(cli: Cli) -> Result<()> {
             println!("topics and tables are ready");
             Ok(())
         }
-        Command::Bench { notifications, users, batch, callers, rate } => {
+        Command::Bench {
+            notifications,
+            users,
+            batch,
+            callers,
+            rate,
+        } => {
             let mut config = load()?;
             // The bench measures the pipeline, not the terminal: keep logs quiet.
             config.telemetry.log = "warn".into();
             tidings_telemetry::init_logging(&config.telemetry);
-            if config.kafka.is_embedded() && config.store.url == tidings_config::StoreConfig::default().url {
-                let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
+            if config.kafka.is_embedded()
+                && config.store.url == tidings_config::StoreConfig::default().url
+            {
+                let dir =
+                    std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
                 config.store.url = format!("sqlite://{}/tidings.db", dir.display());
             }
-            let options = tidings::bench::BenchOptions { notifications, users, batch, callers, rate };
+            let options = tidings::bench::BenchOptions {
+                notifications,
+                users,
+                batch,
+                callers,
+                rate,
+            };
             tidings::bench::run(config, options).await
         }
         Command::Config => {
@@ -244,9 +278,16 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load()?;
             let store = Runtime::connect_store_only(&config).await?;
             match command {
-                AppsCommand::Create { name, permissions, quota } => {
-                    let (key, secret) = tidings::runtime::create_app(&store, &name, permissions, quota).await?;
-                    println!("app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)");
+                AppsCommand::Create {
+                    name,
+                    permissions,
+                    quota,
+                } => {
+                    let (key, secret) =
+                        tidings::runtime::create_app(&store, &name, permissions, quota).await?;
+                    println!(
+                        "app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)"
+                    );
                 }
                 AppsCommand::Revoke { app_key } => {
                     if store.apps.revoke(&app_key).await? {
@@ -258,13 +299,26 @@ async fn run(cli: Cli) -> Result<()> {
                 AppsCommand::List => {
                     for app in store.apps.list().await? {
                         let state = if app.revoked { "revoked" } else { "active" };
-                        println!("{:<40} {:<20} {:<8} {}", app.app_key, app.name, state, app.permissions.join(","));
+                        println!(
+                            "{:<40} {:<20} {:<8} {}",
+                            app.app_key,
+                            app.name,
+                            state,
+                            app.permissions.join(",")
+                        );
                     }
                 }
             }
             Ok(())
         }
-        Command::User { id, name, email, phone, locale, gateway } => {
+        Command::User {
+            id,
+            name,
+            email,
+            phone,
+            locale,
+            gateway,
+        } => {
             let client = gateway.connect().await?;
             client
                 .upsert_user(pb::UpsertUserRequest {
@@ -279,15 +333,35 @@ async fn run(cli: Cli) -> Result<()> {
             println!("user {id} saved");
             Ok(())
         }
-        Command::Device { user, platform, token, gateway } => {
+        Command::Device {
+            user,
+            platform,
+            token,
+            gateway,
+        } => {
             let client = gateway.connect().await?;
-            client.register_device(&user, client::parse_platform(&platform)?, &token).await?;
+            client
+                .register_device(&user, client::parse_platform(&platform)?, &token)
+                .await?;
             println!("device registered for {user}");
             Ok(())
         }
-        Command::Send { users, channels, title, body, template, params, category, event_id, gateway } => {
+        Command::Send {
+            users,
+            channels,
+            title,
+            body,
+            template,
+            params,
+            category,
+            event_id,
+            gateway,
+        } => {
             let content = client::content(title, body, template, &params)?;
-            let channels = channels.iter().map(|c| client::parse_channel(c).map(|c| c as i32)).collect::<Result<_>>()?;
+            let channels = channels
+                .iter()
+                .map(|c| client::parse_channel(c).map(|c| c as i32))
+                .collect::<Result<_>>()?;
             let client = gateway.connect().await?;
             let response = client
                 .send(pb::SendRequest {
@@ -305,11 +379,17 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { notification_id, gateway } => {
+        Command::Status {
+            notification_id,
+            gateway,
+        } => {
             let client = gateway.connect().await?;
             let status = client.status(&notification_id).await?;
             for d in status.deliveries {
-                println!("{:<8} {:<24} {:<10} attempt {} {}", d.channel, d.target, d.state, d.attempt, d.detail);
+                println!(
+                    "{:<8} {:<24} {:<10} attempt {} {}",
+                    d.channel, d.target, d.state, d.attempt, d.detail
+                );
             }
             Ok(())
         }
@@ -358,15 +438,30 @@ async fn demo(endpoint: &str) -> Result<()> {
         })
         .await
         .context("creating the demo user")?;
-    client.register_device("demo-user", pb::Platform::Ios, &"0123456789abcdef".repeat(4)).await?;
     client
-        .register_device("demo-user", pb::Platform::Android, "demo-fcm-registration-token-0123456789abcdef")
+        .register_device(
+            "demo-user",
+            pb::Platform::Ios,
+            &"0123456789abcdef".repeat(4),
+        )
+        .await?;
+    client
+        .register_device(
+            "demo-user",
+            pb::Platform::Android,
+            "demo-fcm-registration-token-0123456789abcdef",
+        )
         .await?;
     let response = client
         .send(pb::SendRequest {
             event_id: "demo-welcome".into(),
             user_ids: vec!["demo-user".into()],
-            content: Some(client::content(Some("Welcome to tidings".into()), Some("Your pipeline works.".into()), None, &[])?),
+            content: Some(client::content(
+                Some("Welcome to tidings".into()),
+                Some("Your pipeline works.".into()),
+                None,
+                &[],
+            )?),
             ..Default::default()
         })
         .await?;

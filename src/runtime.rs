@@ -6,17 +6,19 @@ use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use tidings_config::Config;
+use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_gateway::{Gateway, GatewayAddrs};
 use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
 use tidings_processors::{
-    senders::providers::ProviderConfig,ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats};
+    ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats,
+    senders::providers::ProviderConfig,
+};
 use tidings_schemas::{AvroCodec, Channel};
-use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_store::{App, Replication, Store, StoreOptions};
-use uuid::Uuid;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+use uuid::Uuid;
 
 /// A processor stage that can run in a process of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +58,13 @@ impl FromStr for StageName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // `sender.ios` (the consumer-group and metric spelling) works too.
         let s = s.replace('.', "-");
-        StageName::all().into_iter().find(|n| n.to_string() == s).ok_or_else(|| {
-            let names: Vec<String> = StageName::all().iter().map(ToString::to_string).collect();
-            format!("unknown stage `{s}`; expected one of: {}", names.join(", "))
-        })
+        StageName::all()
+            .into_iter()
+            .find(|n| n.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = StageName::all().iter().map(ToString::to_string).collect();
+                format!("unknown stage `{s}`; expected one of: {}", names.join(", "))
+            })
     }
 }
 
@@ -85,13 +90,21 @@ impl Runtime {
         let store = connect_store(&config, init).await?;
         let codec = match &config.kafka.schema_registry_url {
             None => AvroCodec::local(),
-            Some(url) => AvroCodec::with_registry(url)
-                .await
-                .with_context(|| format!("registering schemas (kafka.schema_registry_url = {url})"))?,
+            Some(url) => AvroCodec::with_registry(url).await.with_context(|| {
+                format!("registering schemas (kafka.schema_registry_url = {url})")
+            })?,
         };
-        let producer = AvroProducer::new(&cluster, &config.kafka, codec).context("creating the Kafka producer")?;
+        let producer = AvroProducer::new(&cluster, &config.kafka, codec)
+            .context("creating the Kafka producer")?;
         let topics = Topics::new(&config.kafka.topic_prefix);
-        let runtime = Self { config, store, producer, topics, log_sink: Arc::new(LogSink::default()), cluster };
+        let runtime = Self {
+            config,
+            store,
+            producer,
+            topics,
+            log_sink: Arc::new(LogSink::default()),
+            cluster,
+        };
         if init || runtime.cluster.is_embedded() {
             runtime.create_topics().await?;
         }
@@ -115,12 +128,18 @@ impl Runtime {
 
     /// The configured provider of a channel (`[providers.<channel>]`).
     fn provider(&self, channel: Channel) -> Result<Arc<dyn Provider>> {
-        let config = ProviderConfig::for_channel(channel, self.config.providers.get(channel.as_str()))?;
+        let config =
+            ProviderConfig::for_channel(channel, self.config.providers.get(channel.as_str()))?;
         Ok(config.build(channel, self.log_sink.clone())?)
     }
 
     /// Starts one stage on `tasks`.
-    pub fn spawn_stage(&self, name: StageName, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
+    pub fn spawn_stage(
+        &self,
+        name: StageName,
+        tasks: &mut JoinSet<Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         let kafka = &self.config.kafka;
         let dead_letter = self.topics.dead_letter();
         let options = StageOptions::default();
@@ -146,7 +165,12 @@ impl Runtime {
             }
             StageName::Scheduler => {
                 let poll = Duration::from_millis(self.config.enricher.schedule_poll_ms);
-                let scheduler = Scheduler::new(self.store.clone(), self.producer.clone(), self.topics.clone(), poll);
+                let scheduler = Scheduler::new(
+                    self.store.clone(),
+                    self.producer.clone(),
+                    self.topics.clone(),
+                    poll,
+                );
                 tasks.spawn(async move { Ok(scheduler.run(shutdown).await?) });
             }
             StageName::TemplateStats => {
@@ -164,8 +188,13 @@ impl Runtime {
             StageName::Retry(tier) => {
                 // A tier holds records until due: let a member wait that long
                 // between polls without being evicted from its group.
-                let delay = Duration::from_millis(self.config.senders.retry_delays_ms[tier.min(RETRY_TIERS - 1)]);
-                let options = StageOptions { max_poll_interval: delay + Duration::from_secs(300), ..options };
+                let delay = Duration::from_millis(
+                    self.config.senders.retry_delays_ms[tier.min(RETRY_TIERS - 1)],
+                );
+                let options = StageOptions {
+                    max_poll_interval: delay + Duration::from_secs(300),
+                    ..options
+                };
                 let stage = Stage::new(
                     &self.cluster,
                     kafka,
@@ -202,7 +231,11 @@ impl Runtime {
     }
 
     /// Binds the gateway and starts serving it on `tasks`.
-    pub async fn spawn_gateway(&self, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<GatewayAddrs> {
+    pub async fn spawn_gateway(
+        &self,
+        tasks: &mut JoinSet<Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Result<GatewayAddrs> {
         let gateway = Gateway::new(
             self.producer.clone(),
             self.store.clone(),
@@ -226,14 +259,22 @@ impl Runtime {
 async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
     let url = &config.store.url;
     if let Some(path) = url.strip_prefix("sqlite://") {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {} for the embedded store", dir.display()))?;
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {} for the embedded store", dir.display()))?;
         }
     }
     let replication = if config.store.datacenters.is_empty() {
-        Replication::Simple { factor: config.store.replication_factor }
+        Replication::Simple {
+            factor: config.store.replication_factor,
+        }
     } else {
-        Replication::NetworkTopology { datacenters: config.store.datacenters.clone() }
+        Replication::NetworkTopology {
+            datacenters: config.store.datacenters.clone(),
+        }
     };
     let options = StoreOptions {
         migrate: migrate || url.starts_with("sqlite://"),
@@ -241,7 +282,9 @@ async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
         connect_timeout: Duration::from_millis(config.store.connect_timeout_ms),
         ..StoreOptions::default()
     };
-    let store = Store::connect(url, &options).await.with_context(|| format!("opening the store (store.url = {url})"))?;
+    let store = Store::connect(url, &options)
+        .await
+        .with_context(|| format!("opening the store (store.url = {url})"))?;
     info!(backend = store.backend_name(), %url, "store ready");
     Ok(store)
 }
@@ -264,7 +307,12 @@ impl Pipeline {
         for stage in StageName::all() {
             runtime.spawn_stage(stage, &mut tasks, &shutdown)?;
         }
-        Ok(Self { runtime, gateway, shutdown, tasks })
+        Ok(Self {
+            runtime,
+            gateway,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Runs until Ctrl-C or SIGTERM (or until a task stops, which is a
@@ -316,18 +364,27 @@ pub async fn shutdown_signal() {
 }
 
 /// Serves `/metrics` and `/healthz` for a processor process.
-pub async fn spawn_metrics(addr: std::net::SocketAddr, tasks: &mut JoinSet<Result<()>>, shutdown: &CancellationToken) -> Result<()> {
+pub async fn spawn_metrics(
+    addr: std::net::SocketAddr,
+    tasks: &mut JoinSet<Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (telemetry.metrics_addr)"))?;
     let router = Router::new()
-        .route("/metrics", get(|| async { tidings_telemetry::metrics().render() }))
+        .route(
+            "/metrics",
+            get(|| async { tidings_telemetry::metrics().render() }),
+        )
         .route("/healthz", get(|| async { "ok" }));
     info!(%addr, "serving metrics");
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
         Ok(())
     });
     Ok(())
@@ -353,10 +410,18 @@ pub async fn ensure_dev_app(store: &Store) -> Result<()> {
 }
 
 /// Creates an app with a random key and secret; returns both.
-pub async fn create_app(store: &Store, name: &str, permissions: Vec<String>, quota: Option<u32>) -> Result<(String, String)> {
+pub async fn create_app(
+    store: &Store,
+    name: &str,
+    permissions: Vec<String>,
+    quota: Option<u32>,
+) -> Result<(String, String)> {
     for p in &permissions {
         if p != "*" && !PERMISSIONS.contains(&p.as_str()) {
-            bail!("unknown permission `{p}`; expected * or one of {}", PERMISSIONS.join(", "));
+            bail!(
+                "unknown permission `{p}`; expected * or one of {}",
+                PERMISSIONS.join(", ")
+            );
         }
     }
     let key = format!("app_{}", Uuid::new_v4().simple());

@@ -52,15 +52,26 @@ fn send(user: &str, event_id: &str, channels: &[pb::Channel], category: &str) ->
 }
 
 /// Tracking events of one notification, once `done` holds for them.
-async fn tracking_of(t: &TestPipeline, notification_id: &str, done: impl Fn(&[TrackingEvent]) -> bool) -> Vec<TrackingEvent> {
+async fn tracking_of(
+    t: &TestPipeline,
+    notification_id: &str,
+    done: impl Fn(&[TrackingEvent]) -> bool,
+) -> Vec<TrackingEvent> {
     let id = notification_id.to_owned();
     let (_, events) = t
         .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |all| {
-            let mine: Vec<TrackingEvent> = all.iter().filter(|e| e.notification_id == id).cloned().collect();
+            let mine: Vec<TrackingEvent> = all
+                .iter()
+                .filter(|e| e.notification_id == id)
+                .cloned()
+                .collect();
             done(&mine)
         })
         .await;
-    events.into_iter().filter(|e| e.notification_id == notification_id).collect()
+    events
+        .into_iter()
+        .filter(|e| e.notification_id == notification_id)
+        .collect()
 }
 
 fn count(events: &[TrackingEvent], kind: TrackingKind) -> usize {
@@ -78,15 +89,31 @@ async fn sent_count(t: &TestPipeline, notification_id: &str) -> usize {
 async fn duplicates_are_dropped(backend: Backend) {
     let t = TestPipeline::start(backend).await;
     let user = user_with_email_and_phone(&t, "en").await;
-    let first = t.client.send(send(&user, "invoice-7", &[pb::Channel::Email], "")).await.unwrap();
-    let again = t.client.send(send(&user, "invoice-7", &[pb::Channel::Email], "")).await.unwrap();
-    assert_eq!(first.notification_ids, again.notification_ids, "a retried send returns the same ids");
+    let first = t
+        .client
+        .send(send(&user, "invoice-7", &[pb::Channel::Email], ""))
+        .await
+        .unwrap();
+    let again = t
+        .client
+        .send(send(&user, "invoice-7", &[pb::Channel::Email], ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.notification_ids, again.notification_ids,
+        "a retried send returns the same ids"
+    );
     let id = &first.notification_ids[0];
-    let events = tracking_of(&t, id, |e| count(e, TrackingKind::Deduplicated) == 1 && count(e, TrackingKind::Sent) == 1).await;
+    let events = tracking_of(&t, id, |e| {
+        count(e, TrackingKind::Deduplicated) == 1 && count(e, TrackingKind::Sent) == 1
+    })
+    .await;
     assert_eq!(count(&events, TrackingKind::Accepted), 2);
     // Nothing more arrives: exactly one email went out.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty()).await;
+    let (_, emails) = t
+        .read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty())
+        .await;
     assert_eq!(emails.len(), 1);
     assert_eq!(sent_count(&t, id).await, 1);
     t.stop().await;
@@ -95,43 +122,98 @@ async fn duplicates_are_dropped(backend: Backend) {
 async fn opt_out_is_respected_and_critical_categories_still_arrive(backend: Backend) {
     let t = TestPipeline::start(backend).await;
     let user = user_with_email_and_phone(&t, "en").await;
-    t.client.set_preference(&user, pb::Channel::Email, "", false).await.unwrap();
-    t.client.set_preference(&user, pb::Channel::Sms, "marketing", false).await.unwrap();
+    t.client
+        .set_preference(&user, pb::Channel::Email, "", false)
+        .await
+        .unwrap();
+    t.client
+        .set_preference(&user, pb::Channel::Sms, "marketing", false)
+        .await
+        .unwrap();
 
-    let marketing = t.client.send(send(&user, "", &[pb::Channel::Email, pb::Channel::Sms], "marketing")).await.unwrap();
+    let marketing = t
+        .client
+        .send(send(
+            &user,
+            "",
+            &[pb::Channel::Email, pb::Channel::Sms],
+            "marketing",
+        ))
+        .await
+        .unwrap();
     let id = &marketing.notification_ids[0];
     let events = tracking_of(&t, id, |e| count(e, TrackingKind::Suppressed) >= 2).await;
     assert_eq!(count(&events, TrackingKind::Sent), 0);
 
-    let social = t.client.send(send(&user, "", &[pb::Channel::Email, pb::Channel::Sms], "social")).await.unwrap();
+    let social = t
+        .client
+        .send(send(
+            &user,
+            "",
+            &[pb::Channel::Email, pb::Channel::Sms],
+            "social",
+        ))
+        .await
+        .unwrap();
     let id = &social.notification_ids[0];
-    eventually("the social SMS", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+    eventually("the social SMS", WAIT, || async {
+        (sent_count(&t, id).await == 1).then_some(())
+    })
+    .await;
     let status = t.client.status(id).await.unwrap();
-    assert_eq!(status.deliveries[0].channel, "sms", "email is opted out on every category");
+    assert_eq!(
+        status.deliveries[0].channel, "sms",
+        "email is opted out on every category"
+    );
 
-    let security = t.client.send(send(&user, "", &[pb::Channel::Email], "security")).await.unwrap();
+    let security = t
+        .client
+        .send(send(&user, "", &[pb::Channel::Email], "security"))
+        .await
+        .unwrap();
     let id = &security.notification_ids[0];
-    eventually("the critical email despite opt-out", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+    eventually("the critical email despite opt-out", WAIT, || async {
+        (sent_count(&t, id).await == 1).then_some(())
+    })
+    .await;
     t.stop().await;
 }
 
 async fn the_rate_limit_is_enforced(backend: Backend) {
     let t = TestPipeline::start_with(backend, |c| {
-        c.enricher.rate_limits =
-            vec![RateLimit { channel: Some("sms".into()), category: None, max: 2, per_secs: 3600 }];
+        c.enricher.rate_limits = vec![RateLimit {
+            channel: Some("sms".into()),
+            category: None,
+            max: 2,
+            per_secs: 3600,
+        }];
     })
     .await;
     let user = user_with_email_and_phone(&t, "en").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.extend(t.client.send(send(&user, "", &[pb::Channel::Sms], "")).await.unwrap().notification_ids);
+        ids.extend(
+            t.client
+                .send(send(&user, "", &[pb::Channel::Sms], ""))
+                .await
+                .unwrap()
+                .notification_ids,
+        );
     }
-    let critical = t.client.send(send(&user, "", &[pb::Channel::Sms], "security")).await.unwrap().notification_ids;
+    let critical = t
+        .client
+        .send(send(&user, "", &[pb::Channel::Sms], "security"))
+        .await
+        .unwrap()
+        .notification_ids;
     let third = ids[2].clone();
     let events = tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) == 1).await;
     assert_eq!(count(&events, TrackingKind::Sent), 0);
     for id in &ids[..2] {
-        eventually("the first two SMS", WAIT, || async { (sent_count(&t, id).await == 1).then_some(()) }).await;
+        eventually("the first two SMS", WAIT, || async {
+            (sent_count(&t, id).await == 1).then_some(())
+        })
+        .await;
     }
     eventually("the critical SMS, never limited", WAIT, || async {
         (sent_count(&t, &critical[0]).await == 1).then_some(())
@@ -152,9 +234,16 @@ async fn a_scheduled_send_fires_at_its_time_and_survives_a_restart(backend: Back
     // Held durably: the process goes away and comes back before the time.
     let t = t.restart().await;
     assert_eq!(sent_count(&t, &id).await, 0, "not before its time");
-    eventually("the scheduled email", WAIT, || async { (sent_count(&t, &id).await == 1).then_some(()) }).await;
+    eventually("the scheduled email", WAIT, || async {
+        (sent_count(&t, &id).await == 1).then_some(())
+    })
+    .await;
     let status = t.client.status(&id).await.unwrap();
-    assert!(status.deliveries[0].at_ms >= send_at, "sent at {} before {send_at}", status.deliveries[0].at_ms);
+    assert!(
+        status.deliveries[0].at_ms >= send_at,
+        "sent at {} before {send_at}",
+        status.deliveries[0].at_ms
+    );
     t.stop().await;
 }
 
@@ -175,8 +264,14 @@ async fn templates_render_in_the_users_locale(backend: Backend) {
             params: vec!["item".into()],
             default_locale: "en".into(),
             variants: [
-                ("en".to_owned(), content("Shipped", "Your {{item}} has shipped")),
-                ("fr".to_owned(), content("Expédié", "Votre {{item}} est en route")),
+                (
+                    "en".to_owned(),
+                    content("Shipped", "Your {{item}} has shipped"),
+                ),
+                (
+                    "fr".to_owned(),
+                    content("Expédié", "Votre {{item}} est en route"),
+                ),
             ]
             .into(),
             ..Default::default()
@@ -189,7 +284,10 @@ async fn templates_render_in_the_users_locale(backend: Backend) {
         Some(pb::send_request::Content::Template(pb::TemplateRef {
             name: name.clone(),
             version: 0,
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }))
     };
     let french = user_with_email_and_phone(&t, "fr-CA").await;
@@ -199,19 +297,45 @@ async fn templates_render_in_the_users_locale(backend: Backend) {
     request.content = template(&[("item", "vélo")]);
     t.client.send(request.clone()).await.unwrap();
 
-    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| d.len() >= 2).await;
-    let of = |u: &str| emails.iter().find(|d| d.user_id == u).expect("an email per user").clone();
-    assert_eq!(of(&french).email_text.as_deref(), Some("Votre vélo est en route"));
+    let (_, emails) = t
+        .read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| d.len() >= 2)
+        .await;
+    let of = |u: &str| {
+        emails
+            .iter()
+            .find(|d| d.user_id == u)
+            .expect("an email per user")
+            .clone()
+    };
+    assert_eq!(
+        of(&french).email_text.as_deref(),
+        Some("Votre vélo est en route")
+    );
     assert_eq!(of(&french).locale.as_deref(), Some("fr"));
-    assert_eq!(of(&german).email_text.as_deref(), Some("Your vélo has shipped"), "falls back to the default");
+    assert_eq!(
+        of(&german).email_text.as_deref(),
+        Some("Your vélo has shipped"),
+        "falls back to the default"
+    );
     assert_eq!(of(&german).template_version, Some(1));
 
     request.content = template(&[]);
-    let err = t.client.send(request.clone()).await.unwrap_err().to_string();
-    assert!(err.contains("InvalidArgument") && err.contains("template.params: missing `item`"), "{err}");
+    let err = t
+        .client
+        .send(request.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("InvalidArgument") && err.contains("template.params: missing `item`"),
+        "{err}"
+    );
     request.content = template(&[("item", "x"), ("colour", "red")]);
     let err = t.client.send(request).await.unwrap_err().to_string();
-    assert!(err.contains("InvalidArgument") && err.contains("`colour`"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("`colour`"),
+        "{err}"
+    );
     t.stop().await;
 }
 
@@ -224,16 +348,30 @@ async fn the_gateway_authenticates_authorizes_and_limits_callers(backend: Backen
     let err = nobody.send(request()).await.unwrap_err().to_string();
     assert!(err.starts_with("Unauthenticated"), "{err}");
     let wrong = t.client_as(&t.app.0, "not-the-secret").await;
-    assert!(wrong.send(request()).await.unwrap_err().to_string().starts_with("Unauthenticated"));
+    assert!(
+        wrong
+            .send(request())
+            .await
+            .unwrap_err()
+            .to_string()
+            .starts_with("Unauthenticated")
+    );
 
-    let (key, secret) = tidings::runtime::create_app(t.store(), "contacts-only", vec!["contacts".into()], None)
-        .await
-        .unwrap();
+    let (key, secret) =
+        tidings::runtime::create_app(t.store(), "contacts-only", vec!["contacts".into()], None)
+            .await
+            .unwrap();
     let limited = t.client_as(&key, &secret).await;
     let err = limited.send(request()).await.unwrap_err().to_string();
-    assert!(err.starts_with("PermissionDenied") && err.contains("`send`"), "{err}");
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains("`send`"),
+        "{err}"
+    );
 
-    let (key, secret) = tidings::runtime::create_app(t.store(), "slow", vec!["send".into()], Some(2)).await.unwrap();
+    let (key, secret) =
+        tidings::runtime::create_app(t.store(), "slow", vec!["send".into()], Some(2))
+            .await
+            .unwrap();
     let slow = t.client_as(&key, &secret).await;
     let mut exhausted = false;
     for _ in 0..10 {
@@ -245,9 +383,18 @@ async fn the_gateway_authenticates_authorizes_and_limits_callers(backend: Backen
     assert!(exhausted, "10 calls at once exceed a quota of 2/s");
 
     assert!(t.store().apps.revoke(&t.app.0).await.unwrap());
-    eventually("the revocation to take effect", Duration::from_secs(15), || async {
-        t.client.send(request()).await.err().filter(|e| e.to_string().starts_with("Unauthenticated")).map(|_| ())
-    })
+    eventually(
+        "the revocation to take effect",
+        Duration::from_secs(15),
+        || async {
+            t.client
+                .send(request())
+                .await
+                .err()
+                .filter(|e| e.to_string().starts_with("Unauthenticated"))
+                .map(|_| ())
+        },
+    )
     .await;
     t.stop().await;
 }
@@ -264,7 +411,9 @@ on_every_backend!(
 /// A raw HTTP/1.1 GET against the gateway: the status line and headers.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("gateway HTTP");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("gateway HTTP");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("request");
     let mut response = Vec::new();
@@ -275,7 +424,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 /// The path of the first `/t/<kind>/<token>` URL in `html`.
 fn tracking_path(html: &str, kind: char) -> String {
     let marker = format!("/t/{kind}/");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {marker} link in {html}"));
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {marker} link in {html}"));
     let end = html[start..].find('"').map_or(html.len(), |e| start + e);
     html[start..end].to_owned()
 }
@@ -310,27 +461,58 @@ async fn clicks_and_opens_are_tracked_and_counted_per_template(backend: Backend)
         params: [("who".to_owned(), "Ann".to_owned())].into(),
     }));
     let id = t.client.send(request).await.unwrap().notification_ids[0].clone();
-    let (_, emails) = t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty()).await;
+    let (_, emails) = t
+        .read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty())
+        .await;
     let html = emails[0].email_html.clone().expect("html body");
-    assert!(!html.contains("https://example.com/docs"), "the destination is behind a tracked link: {html}");
+    assert!(
+        !html.contains("https://example.com/docs"),
+        "the destination is behind a tracked link: {html}"
+    );
     let http = t.pipeline.as_ref().unwrap().gateway.http;
 
     let click = http_get(http, &tracking_path(&html, 'c')).await;
-    assert!(click.starts_with("HTTP/1.1 303") || click.starts_with("HTTP/1.1 302"), "{click}");
-    assert!(click.to_lowercase().contains("location: https://example.com/docs?x=1"), "{click}");
+    assert!(
+        click.starts_with("HTTP/1.1 303") || click.starts_with("HTTP/1.1 302"),
+        "{click}"
+    );
+    assert!(
+        click
+            .to_lowercase()
+            .contains("location: https://example.com/docs?x=1"),
+        "{click}"
+    );
     let open = http_get(http, &tracking_path(&html, 'o')).await;
-    assert!(open.starts_with("HTTP/1.1 200") && open.contains("image/gif"), "{open}");
+    assert!(
+        open.starts_with("HTTP/1.1 200") && open.contains("image/gif"),
+        "{open}"
+    );
     let forged = http_get(http, &format!("{}x", tracking_path(&html, 'c'))).await;
     assert!(forged.starts_with("HTTP/1.1 404"), "{forged}");
 
-    tracking_of(&t, &id, |e| count(e, TrackingKind::Clicked) == 1 && count(e, TrackingKind::Opened) == 1).await;
+    tracking_of(&t, &id, |e| {
+        count(e, TrackingKind::Clicked) == 1 && count(e, TrackingKind::Opened) == 1
+    })
+    .await;
     let stats = eventually("template counts", WAIT, || async {
-        let request = t.client.request(pb::GetTemplateStatsRequest { name: name.clone() }).ok()?;
-        let stats = t.client.templates().get_template_stats(request).await.ok()?.into_inner();
+        let request = t
+            .client
+            .request(pb::GetTemplateStatsRequest { name: name.clone() })
+            .ok()?;
+        let stats = t
+            .client
+            .templates()
+            .get_template_stats(request)
+            .await
+            .ok()?
+            .into_inner();
         (stats.sent == 1 && stats.opened == 1 && stats.clicked == 1).then_some(stats)
     })
     .await;
-    assert_eq!(stats.delivered, 0, "no provider here reports delivery receipts");
+    assert_eq!(
+        stats.delivered, 0,
+        "no provider here reports delivery receipts"
+    );
     t.stop().await;
 }
 

@@ -34,10 +34,20 @@ async fn add_user(t: &TestPipeline, user: &str) {
         })
         .await
         .expect("upsert user");
-    t.client.register_device(user, pb::Platform::Ios, &ios_token(1)).await.expect("ios device");
-    t.client.register_device(user, pb::Platform::Ios, &ios_token(2)).await.expect("second ios device");
     t.client
-        .register_device(user, pb::Platform::Android, "fcm-token-0123456789-abcdefghijklmnop")
+        .register_device(user, pb::Platform::Ios, &ios_token(1))
+        .await
+        .expect("ios device");
+    t.client
+        .register_device(user, pb::Platform::Ios, &ios_token(2))
+        .await
+        .expect("second ios device");
+    t.client
+        .register_device(
+            user,
+            pb::Platform::Android,
+            "fcm-token-0123456789-abcdefghijklmnop",
+        )
         .await
         .expect("android device");
 }
@@ -63,7 +73,11 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
     let user = format!("u-{}", Uuid::new_v4());
     add_user(&t, &user).await;
 
-    let accepted = t.client.send(raw_send(&user, "order-42-shipped")).await.expect("send accepted");
+    let accepted = t
+        .client
+        .send(raw_send(&user, "order-42-shipped"))
+        .await
+        .expect("send accepted");
     assert_eq!(accepted.event_id, "order-42-shipped");
     assert_eq!(accepted.notification_ids.len(), 1);
     let notification_id = accepted.notification_ids[0].clone();
@@ -77,14 +91,25 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
     assert_eq!(requests[0].notification_id, notification_id);
 
     // The enricher wrote one delivery per iOS device, rendered.
-    let (_, ios) = t.read_until::<Delivery>(&t.topic("deliver.ios"), WAIT, |d| d.len() >= 2).await;
+    let (_, ios) = t
+        .read_until::<Delivery>(&t.topic("deliver.ios"), WAIT, |d| d.len() >= 2)
+        .await;
     let mut tokens: Vec<_> = ios.iter().map(|d| d.target.clone()).collect();
     tokens.sort();
     assert_eq!(tokens, vec![ios_token(1), ios_token(2)]);
-    assert!(ios.iter().all(|d| d.title.as_deref() == Some("Parcel") && d.locale.as_deref() == Some("fr-FR")));
-    let (_, sms) = t.read_until::<Delivery>(&t.topic("deliver.sms"), WAIT, |d| !d.is_empty()).await;
+    assert!(
+        ios.iter()
+            .all(|d| d.title.as_deref() == Some("Parcel") && d.locale.as_deref() == Some("fr-FR"))
+    );
+    let (_, sms) = t
+        .read_until::<Delivery>(&t.topic("deliver.sms"), WAIT, |d| !d.is_empty())
+        .await;
     assert_eq!(sms[0].target, "+14155550100");
-    assert_eq!(sms[0].body.as_deref(), Some("Shipped!"), "SMS gets its own text");
+    assert_eq!(
+        sms[0].body.as_deref(),
+        Some("Shipped!"),
+        "SMS gets its own text"
+    );
 
     // The senders delivered to all five targets and say so through the API.
     let status = eventually("five sent deliveries", WAIT, || async {
@@ -92,7 +117,11 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
         (s.deliveries.iter().filter(|d| d.state == "sent").count() == 5).then_some(s)
     })
     .await;
-    let mut channels: Vec<_> = status.deliveries.iter().map(|d| d.channel.as_str()).collect();
+    let mut channels: Vec<_> = status
+        .deliveries
+        .iter()
+        .map(|d| d.channel.as_str())
+        .collect();
     channels.sort();
     assert_eq!(channels, ["android", "email", "ios", "ios", "sms"]);
 
@@ -113,18 +142,36 @@ async fn bad_input_is_rejected_with_the_field_named(backend: Backend) {
     let mut no_users = raw_send("x", "");
     no_users.user_ids.clear();
     let err = t.client.send(no_users).await.unwrap_err().to_string();
-    assert!(err.contains("InvalidArgument") && err.contains("user_ids: is empty"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("user_ids: is empty"),
+        "{err}"
+    );
 
     let err = t
         .client
-        .upsert_user(pb::UpsertUserRequest { user_id: "u".into(), phone: "555-0100".into(), ..Default::default() })
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: "u".into(),
+            phone: "555-0100".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("InvalidArgument") && err.contains("phone:"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("phone:"),
+        "{err}"
+    );
 
-    let err = t.client.register_device("u", pb::Platform::Ios, "not-hex").await.unwrap_err().to_string();
-    assert!(err.contains("InvalidArgument") && err.contains("token:"), "{err}");
+    let err = t
+        .client
+        .register_device("u", pb::Platform::Ios, "not-hex")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("InvalidArgument") && err.contains("token:"),
+        "{err}"
+    );
     t.stop().await;
 }
 
@@ -136,16 +183,27 @@ async fn an_undecodable_record_is_dead_lettered_and_the_stage_goes_on(backend: B
         .expect("producer");
     let topic = t.topic("notify.requests");
     producer
-        .send(FutureRecord::to(&topic).key("u-bad").payload(&b"not avro at all"[..]), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic)
+                .key("u-bad")
+                .payload(&b"not avro at all"[..]),
+            Duration::from_secs(10),
+        )
         .await
         .expect("raw produce");
 
     // A valid send after the bad record is still processed.
     let user = format!("u-{}", Uuid::new_v4());
     add_user(&t, &user).await;
-    let accepted = t.client.send(raw_send(&user, "")).await.expect("send accepted");
+    let accepted = t
+        .client
+        .send(raw_send(&user, ""))
+        .await
+        .expect("send accepted");
 
-    let (_, dead) = t.read_until::<DeadLetter>(&t.topic("deadletter"), WAIT, |d| !d.is_empty()).await;
+    let (_, dead) = t
+        .read_until::<DeadLetter>(&t.topic("deadletter"), WAIT, |d| !d.is_empty())
+        .await;
     assert_eq!(dead[0].source_topic, topic);
     assert_eq!(dead[0].stage, "enricher");
     assert_eq!(dead[0].payload, b"not avro at all");

@@ -30,7 +30,10 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 fn secret_matches(secret: &str, stored: &str) -> bool {
-    hash_secret(secret).as_bytes().ct_eq(stored.as_bytes()).into()
+    hash_secret(secret)
+        .as_bytes()
+        .ct_eq(stored.as_bytes())
+        .into()
 }
 
 struct Bucket {
@@ -46,12 +49,25 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Checks credentials, permission and quota; returns the app key.
-    pub async fn authorize<T>(&self, store: &Store, request: &Request<T>, permission: &str) -> Result<String, Status> {
+    pub async fn authorize<T>(
+        &self,
+        store: &Store,
+        request: &Request<T>,
+        permission: &str,
+    ) -> Result<String, Status> {
         let meta = request.metadata();
-        let key = meta.get("x-app-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let secret = meta.get("x-app-secret").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let key = meta
+            .get("x-app-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let secret = meta
+            .get("x-app-secret")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if key.is_empty() || secret.is_empty() {
-            return Err(Status::unauthenticated("x-app-key and x-app-secret metadata are required"));
+            return Err(Status::unauthenticated(
+                "x-app-key and x-app-secret metadata are required",
+            ));
         }
         let app = self.lookup(store, key).await?;
         let app = match app {
@@ -60,7 +76,9 @@ impl Authenticator {
             _ => return Err(Status::unauthenticated("invalid app key or secret")),
         };
         if !app.permissions.iter().any(|p| p == "*" || p == permission) {
-            return Err(Status::permission_denied(format!("app `{key}` lacks the `{permission}` permission")));
+            return Err(Status::permission_denied(format!(
+                "app `{key}` lacks the `{permission}` permission"
+            )));
         }
         if let Some(quota) = app.quota_per_sec {
             self.take(key, quota)?;
@@ -69,13 +87,21 @@ impl Authenticator {
     }
 
     async fn lookup(&self, store: &Store, key: &str) -> Result<Option<App>, Status> {
-        if let Some((at, app)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some((at, app)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
             if at.elapsed() < CACHE_TTL {
                 return Ok(app.clone());
             }
         }
         let app = store.apps.get(key).await.map_err(crate::store_status)?;
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), (Instant::now(), app.clone()));
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), (Instant::now(), app.clone()));
         Ok(app)
     }
 
@@ -83,11 +109,17 @@ impl Authenticator {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let rate = f64::from(quota.max(1));
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: rate, at: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(rate);
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(rate);
         bucket.at = now;
         if bucket.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!("app `{key}` is over its quota of {quota} requests/s")));
+            return Err(Status::resource_exhausted(format!(
+                "app `{key}` is over its quota of {quota} requests/s"
+            )));
         }
         bucket.tokens -= 1.0;
         Ok(())
@@ -111,6 +143,9 @@ mod tests {
         let auth = Authenticator::default();
         assert!(auth.take("k", 2).is_ok());
         assert!(auth.take("k", 2).is_ok());
-        assert_eq!(auth.take("k", 2).unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            auth.take("k", 2).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
     }
 }

@@ -16,7 +16,10 @@ fn platform(field: &str, raw: i32) -> Result<Platform, Status> {
         Ok(pb::Platform::Ios) => Ok(Platform::Ios),
         Ok(pb::Platform::Android) => Ok(Platform::Android),
         Ok(pb::Platform::Web) => Ok(Platform::Web),
-        _ => Err(validate::invalid(field, "must be PLATFORM_IOS, PLATFORM_ANDROID or PLATFORM_WEB")),
+        _ => Err(validate::invalid(
+            field,
+            "must be PLATFORM_IOS, PLATFORM_ANDROID or PLATFORM_WEB",
+        )),
     }
 }
 
@@ -30,12 +33,18 @@ fn to_pb_platform(p: Platform) -> pb::Platform {
 
 #[tonic::async_trait]
 impl ContactService for Gateway {
-    async fn upsert_user(&self, request: Request<UpsertUserRequest>) -> Result<Response<UpsertUserResponse>, Status> {
+    async fn upsert_user(
+        &self,
+        request: Request<UpsertUserRequest>,
+    ) -> Result<Response<UpsertUserResponse>, Status> {
         self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         if r.display_name.len() > 256 {
-            return Err(validate::invalid("display_name", "is longer than 256 bytes"));
+            return Err(validate::invalid(
+                "display_name",
+                "is longer than 256 bytes",
+            ));
         }
         if !r.email.is_empty() {
             validate::email("email", &r.email)?;
@@ -43,8 +52,17 @@ impl ContactService for Gateway {
         if !r.phone.is_empty() {
             validate::e164("phone", &r.phone)?;
         }
-        if !r.locale.is_empty() && (r.locale.len() > 35 || !r.locale.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
-            return Err(validate::invalid("locale", "must be a BCP 47 tag like en or fr-FR"));
+        if !r.locale.is_empty()
+            && (r.locale.len() > 35
+                || !r
+                    .locale
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(validate::invalid(
+                "locale",
+                "must be a BCP 47 tag like en or fr-FR",
+            ));
         }
         let opt = |s: String| (!s.is_empty()).then_some(s);
         let user = User {
@@ -56,7 +74,11 @@ impl ContactService for Gateway {
             phone: opt(r.phone),
             updated_at: now_millis(),
         };
-        self.store.contacts.upsert_user(&user).await.map_err(store_status)?;
+        self.store
+            .contacts
+            .upsert_user(&user)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(UpsertUserResponse {}))
     }
 
@@ -76,7 +98,11 @@ impl ContactService for Gateway {
             registered_at: now_millis(),
             invalidated_at: None,
         };
-        self.store.contacts.register_device(&device).await.map_err(store_status)?;
+        self.store
+            .contacts
+            .register_device(&device)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(RegisterDeviceResponse {}))
     }
 
@@ -90,7 +116,11 @@ impl ContactService for Gateway {
         if r.token.is_empty() {
             return Err(validate::invalid("token", "is required"));
         }
-        self.store.contacts.remove_device(&r.user_id, &r.token).await.map_err(store_status)?;
+        self.store
+            .contacts
+            .remove_device(&r.user_id, &r.token)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(RemoveDeviceResponse {}))
     }
 
@@ -101,7 +131,12 @@ impl ContactService for Gateway {
         self.authorize(&request, "contacts").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
-        let devices = self.store.contacts.live_devices(&r.user_id).await.map_err(store_status)?;
+        let devices = self
+            .store
+            .contacts
+            .live_devices(&r.user_id)
+            .await
+            .map_err(store_status)?;
         let devices = devices
             .into_iter()
             .map(|d| pb::Device {

@@ -21,9 +21,9 @@ use crate::Gateway;
 
 /// A transparent 1x1 GIF.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
-    0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00,
-    0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 pub fn router(gateway: Gateway) -> Router {
@@ -36,7 +36,10 @@ pub fn router(gateway: Gateway) -> Router {
 }
 
 async fn render_metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics().render(),
+    )
 }
 
 async fn click(State(gateway): State<Gateway>, Path(token): Path<String>) -> Response {
@@ -56,7 +59,10 @@ async fn open(State(gateway): State<Gateway>, Path(token): Path<String>) -> Resp
         gateway.record(target, TrackingKind::Opened).await;
     }
     (
-        [(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store, max-age=0")],
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store, max-age=0"),
+        ],
         PIXEL,
     )
         .into_response()
@@ -78,7 +84,11 @@ impl Gateway {
             detail: None,
             at: now_millis(),
         };
-        if let Err(e) = self.producer.send(&self.topics.tracking(), &event.notification_id, &event).await {
+        if let Err(e) = self
+            .producer
+            .send(&self.topics.tracking(), &event.notification_id, &event)
+            .await
+        {
             warn!(error = %e, ?kind, "could not record a tracking event");
         }
     }

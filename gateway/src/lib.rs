@@ -55,7 +55,10 @@ pub struct GatewayAddrs {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
@@ -63,9 +66,22 @@ pub enum GatewayError {
 }
 
 impl Gateway {
-    pub fn new(producer: AvroProducer, store: Store, topics: Topics, config: GatewayConfig, tracking: &TrackingConfig) -> Self {
+    pub fn new(
+        producer: AvroProducer,
+        store: Store,
+        topics: Topics,
+        config: GatewayConfig,
+        tracking: &TrackingConfig,
+    ) -> Self {
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
-        Self { producer, store, topics, config, auth: Arc::default(), links }
+        Self {
+            producer,
+            store,
+            topics,
+            config,
+            auth: Arc::default(),
+            links,
+        }
     }
 
     /// Binds both listeners, so a port in use fails here with its address,
@@ -75,13 +91,25 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<(GatewayAddrs, impl Future<Output = Result<(), GatewayError>>), GatewayError> {
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { addr, source })
         };
         let grpc_listener = bind(self.config.grpc_addr).await?;
         let http_listener = bind(self.config.http_addr).await?;
         let addrs = GatewayAddrs {
-            grpc: grpc_listener.local_addr().map_err(|source| GatewayError::Bind { addr: self.config.grpc_addr, source })?,
-            http: http_listener.local_addr().map_err(|source| GatewayError::Bind { addr: self.config.http_addr, source })?,
+            grpc: grpc_listener
+                .local_addr()
+                .map_err(|source| GatewayError::Bind {
+                    addr: self.config.grpc_addr,
+                    source,
+                })?,
+            http: http_listener
+                .local_addr()
+                .map_err(|source| GatewayError::Bind {
+                    addr: self.config.http_addr,
+                    source,
+                })?,
         };
         info!(grpc = %addrs.grpc, http = %addrs.http, "gateway listening");
         let grpc = tonic::transport::Server::builder()
@@ -89,9 +117,15 @@ impl Gateway {
             .add_service(ContactServiceServer::new(self.clone()))
             .add_service(PreferenceServiceServer::new(self.clone()))
             .add_service(TemplateServiceServer::new(self.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
-        let http = axum::serve(http_listener, http::router(self.clone()).into_make_service())
-            .with_graceful_shutdown(shutdown.cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let http = axum::serve(
+            http_listener,
+            http::router(self.clone()).into_make_service(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned());
         let run = async move {
             let (g, h) = tokio::join!(grpc, http);
             g?;
@@ -110,7 +144,10 @@ impl Gateway {
             Ok(_) => "ok".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
-        metrics().gateway_requests.with_label_values(&[method, &code]).inc();
+        metrics()
+            .gateway_requests
+            .with_label_values(&[method, &code])
+            .inc();
     }
 }
 

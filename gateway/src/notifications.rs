@@ -12,7 +12,9 @@ use tidings_schemas::{
         SendRequest, SendResponse, notification_service_server::NotificationService,
         send_batch_result::Outcome, send_request::Content,
     },
-    records::{NotificationRequest, Priority, RawContent, TemplateRef, TrackingEvent, TrackingKind},
+    records::{
+        NotificationRequest, Priority, RawContent, TemplateRef, TrackingEvent, TrackingKind,
+    },
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -51,16 +53,21 @@ impl NotificationService for Gateway {
             return Err(validate::invalid("items", "is empty"));
         }
         if items.len() > self.config.max_batch {
-            return Err(validate::invalid("items", format!("has {} entries; at most {} per call", items.len(), self.config.max_batch)));
+            return Err(validate::invalid(
+                "items",
+                format!(
+                    "has {} entries; at most {} per call",
+                    items.len(),
+                    self.config.max_batch
+                ),
+            ));
         }
         // Items are accepted concurrently; each succeeds or fails on its own.
-        let results = futures::future::join_all(
-            items.into_iter().enumerate().map(|(i, item)| {
-                let prefix = format!("items[{i}].");
-                let app_key = app_key.clone();
-                async move { self.accept(&app_key, item, &prefix).await }
-            }),
-        )
+        let results = futures::future::join_all(items.into_iter().enumerate().map(|(i, item)| {
+            let prefix = format!("items[{i}].");
+            let app_key = app_key.clone();
+            async move { self.accept(&app_key, item, &prefix).await }
+        }))
         .await;
         let results = results
             .into_iter()
@@ -82,9 +89,16 @@ impl NotificationService for Gateway {
         self.authorize(&request, "status").await?;
         let id = request.into_inner().notification_id;
         validate::id("notification_id", &id)?;
-        let entries = self.store.notification_log.get(&id).await.map_err(crate::store_status)?;
+        let entries = self
+            .store
+            .notification_log
+            .get(&id)
+            .await
+            .map_err(crate::store_status)?;
         if entries.is_empty() {
-            return Err(Status::not_found(format!("notification_id: no notification `{id}`")));
+            return Err(Status::not_found(format!(
+                "notification_id: no notification `{id}`"
+            )));
         }
         let deliveries = entries
             .into_iter()
@@ -97,25 +111,43 @@ impl NotificationService for Gateway {
                 at_ms: e.at,
             })
             .collect();
-        Ok(Response::new(GetStatusResponse { notification_id: id, deliveries }))
+        Ok(Response::new(GetStatusResponse {
+            notification_id: id,
+            deliveries,
+        }))
     }
 }
 
 impl Gateway {
     /// Validates one send and writes it to Kafka, durably.
-    async fn accept(&self, app_key: &str, send: SendRequest, prefix: &str) -> Result<SendResponse, Status> {
+    async fn accept(
+        &self,
+        app_key: &str,
+        send: SendRequest,
+        prefix: &str,
+    ) -> Result<SendResponse, Status> {
         let mut requests = to_requests(app_key, send, prefix, now_millis())?;
         self.check_template(&mut requests, prefix).await?;
-        let event_id = requests.first().map(|r| r.event_id.clone()).unwrap_or_default();
+        let event_id = requests
+            .first()
+            .map(|r| r.event_id.clone())
+            .unwrap_or_default();
         let topic = self.topics.requests();
         let tracking = self.topics.tracking();
         let mut records: Vec<OutRecord> = Vec::with_capacity(requests.len() * 2);
         for r in &requests {
-            records.push(self.producer.encode(&topic, &r.user_id, r).map_err(internal)?);
+            records.push(
+                self.producer
+                    .encode(&topic, &r.user_id, r)
+                    .map_err(internal)?,
+            );
         }
         // The requests first: once they are acknowledged the notification is
         // accepted; the tracking events after that are best effort.
-        self.producer.send_all(&records).await.map_err(unavailable)?;
+        self.producer
+            .send_all(&records)
+            .await
+            .map_err(unavailable)?;
         let events: Result<Vec<_>, _> = requests
             .iter()
             .map(|r| {
@@ -152,7 +184,11 @@ impl Gateway {
 impl Gateway {
     /// Rejects a send whose parameters don't fit its template, and pins the
     /// template version, so the enricher renders exactly what was checked.
-    async fn check_template(&self, requests: &mut [NotificationRequest], prefix: &str) -> Result<(), Status> {
+    async fn check_template(
+        &self,
+        requests: &mut [NotificationRequest],
+        prefix: &str,
+    ) -> Result<(), Status> {
         let Some(t) = requests.first().and_then(|r| r.template.clone()) else {
             return Ok(());
         };
@@ -163,14 +199,25 @@ impl Gateway {
             .get(&t.name, version)
             .await
             .map_err(crate::store_status)?
-            .ok_or_else(|| validate::invalid(format!("{prefix}template.name"), format!("no template `{}`", t.name)))?;
+            .ok_or_else(|| {
+                validate::invalid(
+                    format!("{prefix}template.name"),
+                    format!("no template `{}`", t.name),
+                )
+            })?;
         for param in &template.params {
             if !t.params.contains_key(param) {
-                return Err(validate::invalid(format!("{prefix}template.params"), format!("missing `{param}`")));
+                return Err(validate::invalid(
+                    format!("{prefix}template.params"),
+                    format!("missing `{param}`"),
+                ));
             }
         }
         if let Some(extra) = t.params.keys().find(|k| !template.params.contains(k)) {
-            return Err(validate::invalid(format!("{prefix}template.params"), format!("`{extra}` is not a parameter of {}", t.name)));
+            return Err(validate::invalid(
+                format!("{prefix}template.params"),
+                format!("`{extra}` is not a parameter of {}", t.name),
+            ));
         }
         let pinned = i32::try_from(template.version).ok();
         for r in requests.iter_mut() {
@@ -189,7 +236,9 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// Kafka did not take the record: the caller should retry (with the same
 /// event id, so nothing is sent twice).
 fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("could not durably accept the notification, retry with the same event_id: {e}"))
+    Status::unavailable(format!(
+        "could not durably accept the notification, retry with the same event_id: {e}"
+    ))
 }
 
 /// Validates a send and expands it into one request per user.
@@ -204,7 +253,10 @@ pub fn to_requests(
         return Err(validate::invalid(field("user_ids"), "is empty"));
     }
     if send.user_ids.len() > MAX_USERS_PER_SEND {
-        return Err(validate::invalid(field("user_ids"), format!("has more than {MAX_USERS_PER_SEND} users")));
+        return Err(validate::invalid(
+            field("user_ids"),
+            format!("has more than {MAX_USERS_PER_SEND} users"),
+        ));
     }
     for (i, user) in send.user_ids.iter().enumerate() {
         validate::id(&field(&format!("user_ids[{i}]")), user)?;
@@ -223,10 +275,16 @@ pub fn to_requests(
             Ok(pb::Channel::Sms) => Channel::Sms,
             Ok(pb::Channel::Email) => Channel::Email,
             Ok(pb::Channel::Web) => {
-                return Err(validate::invalid(field(&format!("channels[{i}]")), "web push is not supported yet"));
+                return Err(validate::invalid(
+                    field(&format!("channels[{i}]")),
+                    "web push is not supported yet",
+                ));
             }
             Ok(pb::Channel::Unspecified) | Err(_) => {
-                return Err(validate::invalid(field(&format!("channels[{i}]")), format!("unknown channel {raw}")));
+                return Err(validate::invalid(
+                    field(&format!("channels[{i}]")),
+                    format!("unknown channel {raw}"),
+                ));
             }
         };
         if !channels.contains(&channel.as_str().to_owned()) {
@@ -240,14 +298,29 @@ pub fn to_requests(
         Some(send.category.clone())
     };
     let (template, content) = match send.content {
-        None => return Err(validate::invalid(field("content"), "a template or raw content is required")),
+        None => {
+            return Err(validate::invalid(
+                field("content"),
+                "a template or raw content is required",
+            ));
+        }
         Some(Content::Template(t)) => {
             validate::id(&field("template.name"), &t.name)?;
-            let version = match t.version {
-                0 => None,
-                v => Some(i32::try_from(v).map_err(|_| validate::invalid(field("template.version"), "is too large"))?),
-            };
-            (Some(TemplateRef { name: t.name, version, params: t.params.into_iter().collect() }), None)
+            let version =
+                match t.version {
+                    0 => None,
+                    v => Some(i32::try_from(v).map_err(|_| {
+                        validate::invalid(field("template.version"), "is too large")
+                    })?),
+                };
+            (
+                Some(TemplateRef {
+                    name: t.name,
+                    version,
+                    params: t.params.into_iter().collect(),
+                }),
+                None,
+            )
         }
         Some(Content::Raw(raw)) => {
             let opt = |s: String| if s.is_empty() { None } else { Some(s) };
@@ -266,22 +339,36 @@ pub fn to_requests(
         }
     };
     if send.send_at_ms < 0 {
-        return Err(validate::invalid(field("send_at_ms"), "must not be negative"));
+        return Err(validate::invalid(
+            field("send_at_ms"),
+            "must not be negative",
+        ));
     }
     if send.expires_at_ms < 0 {
-        return Err(validate::invalid(field("expires_at_ms"), "must not be negative"));
+        return Err(validate::invalid(
+            field("expires_at_ms"),
+            "must not be negative",
+        ));
     }
     let send_at = (send.send_at_ms > now).then_some(send.send_at_ms);
     let expires_at = (send.expires_at_ms > 0).then_some(send.expires_at_ms);
     if let Some(expiry) = expires_at {
         if expiry <= send_at.unwrap_or(now) {
-            return Err(validate::invalid(field("expires_at_ms"), "is before the notification would be sent"));
+            return Err(validate::invalid(
+                field("expires_at_ms"),
+                "is before the notification would be sent",
+            ));
         }
     }
     let priority = match pb::Priority::try_from(send.priority) {
         Ok(pb::Priority::High) => Priority::High,
         Ok(pb::Priority::Normal) => Priority::Normal,
-        Err(_) => return Err(validate::invalid(field("priority"), format!("unknown priority {}", send.priority))),
+        Err(_) => {
+            return Err(validate::invalid(
+                field("priority"),
+                format!("unknown priority {}", send.priority),
+            ));
+        }
     };
     let data: BTreeMap<String, String> = send.data.into_iter().collect();
     let collapse_id = (!send.collapse_id.is_empty()).then_some(send.collapse_id);
@@ -318,7 +405,10 @@ mod tests {
     fn raw_send(users: &[&str]) -> SendRequest {
         SendRequest {
             user_ids: users.iter().map(|u| u.to_string()).collect(),
-            content: Some(Content::Raw(pb::RawContent { body: "hi".into(), ..Default::default() })),
+            content: Some(Content::Raw(pb::RawContent {
+                body: "hi".into(),
+                ..Default::default()
+            })),
             ..Default::default()
         }
     }
@@ -332,7 +422,10 @@ mod tests {
         assert_eq!(first[0].user_id, "a");
         assert_ne!(first[0].notification_id, first[1].notification_id);
         let again = to_requests("app", send, "", 20).unwrap();
-        assert_eq!(first[0].notification_id, again[0].notification_id, "same event, same ids");
+        assert_eq!(
+            first[0].notification_id, again[0].notification_id,
+            "same event, same ids"
+        );
     }
 
     #[test]
@@ -345,7 +438,11 @@ mod tests {
     fn errors_name_the_field() {
         let err = |s: SendRequest| to_requests("app", s, "items[3].", 10).unwrap_err();
         assert_eq!(err(raw_send(&[])).message(), "items[3].user_ids: is empty");
-        assert!(err(raw_send(&["ok", ""])).message().starts_with("items[3].user_ids[1]:"));
+        assert!(
+            err(raw_send(&["ok", ""]))
+                .message()
+                .starts_with("items[3].user_ids[1]:")
+        );
         let mut s = raw_send(&["a"]);
         s.channels = vec![99];
         assert!(err(s).message().starts_with("items[3].channels[0]:"));

@@ -16,7 +16,10 @@ fn channel_name(field: &str, raw: i32) -> Result<&'static str, Status> {
         Ok(pb::Channel::Android) => Ok("android"),
         Ok(pb::Channel::Sms) => Ok("sms"),
         Ok(pb::Channel::Email) => Ok("email"),
-        _ => Err(validate::invalid(field, "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS or CHANNEL_EMAIL")),
+        _ => Err(validate::invalid(
+            field,
+            "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS or CHANNEL_EMAIL",
+        )),
     }
 }
 
@@ -39,7 +42,12 @@ impl PreferenceService for Gateway {
         self.authorize(&request, "preferences").await?;
         let user_id = request.into_inner().user_id;
         validate::id("user_id", &user_id)?;
-        let preferences = self.store.preferences.list(&user_id).await.map_err(store_status)?;
+        let preferences = self
+            .store
+            .preferences
+            .list(&user_id)
+            .await
+            .map_err(store_status)?;
         let preferences = preferences
             .into_iter()
             .map(|p| pb::Preference {
@@ -58,7 +66,9 @@ impl PreferenceService for Gateway {
         self.authorize(&request, "preferences").await?;
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
-        let p = r.preference.ok_or_else(|| validate::invalid("preference", "is required"))?;
+        let p = r
+            .preference
+            .ok_or_else(|| validate::invalid("preference", "is required"))?;
         let channel = channel_name("preference.channel", p.channel)?;
         if !p.category.is_empty() {
             validate::id("preference.category", &p.category)?;
@@ -70,7 +80,11 @@ impl PreferenceService for Gateway {
             opt_in: p.opt_in,
             updated_at: now_millis(),
         };
-        self.store.preferences.set(&preference).await.map_err(store_status)?;
+        self.store
+            .preferences
+            .set(&preference)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(SetPreferenceResponse {}))
     }
 }

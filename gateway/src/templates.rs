@@ -49,10 +49,16 @@ pub fn to_template(t: pb::Template) -> Result<TemplateVersion, Status> {
         validate::id(&format!("template.params[{i}]"), p)?;
     }
     if t.variants.is_empty() {
-        return Err(validate::invalid("template.variants", "needs at least one locale"));
+        return Err(validate::invalid(
+            "template.variants",
+            "needs at least one locale",
+        ));
     }
     if !t.variants.contains_key(&t.default_locale) {
-        return Err(validate::invalid("template.default_locale", format!("`{}` has no variant", t.default_locale)));
+        return Err(validate::invalid(
+            "template.default_locale",
+            format!("`{}` has no variant", t.default_locale),
+        ));
     }
     let mut variants = BTreeMap::new();
     for (locale, c) in t.variants {
@@ -64,7 +70,12 @@ pub fn to_template(t: pb::Template) -> Result<TemplateVersion, Status> {
                     None => params.contains(&name),
                 };
                 if !known {
-                    return Err(validate::invalid(&path, format!("uses {{{{{name}}}}}, which is not a declared param or tracking link")));
+                    return Err(validate::invalid(
+                        &path,
+                        format!(
+                            "uses {{{{{name}}}}}, which is not a declared param or tracking link"
+                        ),
+                    ));
                 }
             }
         }
@@ -124,24 +135,44 @@ fn to_pb(t: TemplateVersion) -> pb::Template {
 
 #[tonic::async_trait]
 impl TemplateService for Gateway {
-    async fn put_template(&self, request: Request<PutTemplateRequest>) -> Result<Response<PutTemplateResponse>, Status> {
+    async fn put_template(
+        &self,
+        request: Request<PutTemplateRequest>,
+    ) -> Result<Response<PutTemplateResponse>, Status> {
         self.authorize(&request, "templates").await?;
-        let t = request.into_inner().template.ok_or_else(|| validate::invalid("template", "is required"))?;
+        let t = request
+            .into_inner()
+            .template
+            .ok_or_else(|| validate::invalid("template", "is required"))?;
         let mut template = to_template(t)?;
         // Two writers may race for the next number; the loser takes the one after.
         for _ in 0..5 {
-            let latest = self.store.templates.list_versions(&template.name).await.map_err(store_status)?;
+            let latest = self
+                .store
+                .templates
+                .list_versions(&template.name)
+                .await
+                .map_err(store_status)?;
             template.version = latest.last().copied().unwrap_or(0) + 1;
             match self.store.templates.create_version(&template).await {
-                Ok(()) => return Ok(Response::new(PutTemplateResponse { version: template.version })),
+                Ok(()) => {
+                    return Ok(Response::new(PutTemplateResponse {
+                        version: template.version,
+                    }));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_status(e)),
             }
         }
-        Err(Status::aborted("template.name: too many concurrent writers; retry"))
+        Err(Status::aborted(
+            "template.name: too many concurrent writers; retry",
+        ))
     }
 
-    async fn get_template(&self, request: Request<GetTemplateRequest>) -> Result<Response<GetTemplateResponse>, Status> {
+    async fn get_template(
+        &self,
+        request: Request<GetTemplateRequest>,
+    ) -> Result<Response<GetTemplateResponse>, Status> {
         self.authorize(&request, "templates").await?;
         let r = request.into_inner();
         validate::id("name", &r.name)?;
@@ -152,8 +183,15 @@ impl TemplateService for Gateway {
             .get(&r.name, version)
             .await
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("name: no template `{}` (version {})", r.name, r.version)))?;
-        Ok(Response::new(GetTemplateResponse { template: Some(to_pb(template)) }))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "name: no template `{}` (version {})",
+                    r.name, r.version
+                ))
+            })?;
+        Ok(Response::new(GetTemplateResponse {
+            template: Some(to_pb(template)),
+        }))
     }
 
     async fn get_template_stats(
@@ -163,10 +201,23 @@ impl TemplateService for Gateway {
         self.authorize(&request, "templates").await?;
         let name = request.into_inner().name;
         validate::id("name", &name)?;
-        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked"].iter().map(|k| format!("{name}:{k}")).collect();
-        let counts = self.store.counters.get_many(TEMPLATE_COUNTERS, &keys).await.map_err(store_status)?;
+        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked"]
+            .iter()
+            .map(|k| format!("{name}:{k}"))
+            .collect();
+        let counts = self
+            .store
+            .counters
+            .get_many(TEMPLATE_COUNTERS, &keys)
+            .await
+            .map_err(store_status)?;
         let get = |i: usize| counts.get(&keys[i]).copied().unwrap_or(0);
-        Ok(Response::new(GetTemplateStatsResponse { sent: get(0), delivered: get(1), opened: get(2), clicked: get(3) }))
+        Ok(Response::new(GetTemplateStatsResponse {
+            sent: get(0),
+            delivered: get(1),
+            opened: get(2),
+            clicked: get(3),
+        }))
     }
 }
 
@@ -179,7 +230,14 @@ mod tests {
             name: "welcome".into(),
             params: vec!["name".into()],
             default_locale: "en".into(),
-            variants: [("en".to_owned(), pb::TemplateContent { push_body: body.into(), ..Default::default() })].into(),
+            variants: [(
+                "en".to_owned(),
+                pb::TemplateContent {
+                    push_body: body.into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             ..Default::default()
         }
     }
@@ -188,7 +246,12 @@ mod tests {
     fn placeholders_must_be_declared() {
         assert!(to_template(template("Hi {{name}}")).is_ok());
         let err = to_template(template("Hi {{nmae}}")).unwrap_err();
-        assert!(err.message().starts_with("template.variants[en].push_body:"), "{}", err.message());
+        assert!(
+            err.message()
+                .starts_with("template.variants[en].push_body:"),
+            "{}",
+            err.message()
+        );
         assert!(to_template(template("Hi {{name")).is_err());
     }
 
@@ -196,6 +259,11 @@ mod tests {
     fn the_default_locale_needs_a_variant() {
         let mut t = template("x");
         t.default_locale = "fr".into();
-        assert!(to_template(t).unwrap_err().message().starts_with("template.default_locale"));
+        assert!(
+            to_template(t)
+                .unwrap_err()
+                .message()
+                .starts_with("template.default_locale")
+        );
     }
 }

@@ -19,18 +19,30 @@ pub fn id(field: &str, value: &str) -> Result<(), Status> {
         return Err(invalid(field, format!("is longer than {MAX_ID_LEN} bytes")));
     }
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(field, "may only contain printable ASCII without spaces"));
+        return Err(invalid(
+            field,
+            "may only contain printable ASCII without spaces",
+        ));
     }
     Ok(())
 }
 
 /// E.164: `+`, then 8 to 15 digits, the first not 0.
 pub fn e164(field: &str, value: &str) -> Result<(), Status> {
-    let digits = value.strip_prefix('+').ok_or_else(|| invalid(field, "must be E.164, starting with +"))?;
+    let digits = value
+        .strip_prefix('+')
+        .ok_or_else(|| invalid(field, "must be E.164, starting with +"))?;
     let ok = (8..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
         && !digits.starts_with('0');
-    if ok { Ok(()) } else { Err(invalid(field, format!("`{value}` is not an E.164 number like +14155550100"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("`{value}` is not an E.164 number like +14155550100"),
+        ))
+    }
 }
 
 /// Email syntax as deliverable addresses use it: one `@`, a non-empty local
@@ -42,12 +54,20 @@ pub fn email(field: &str, value: &str) -> Result<(), Status> {
         return Err(bad());
     }
     let (local, domain) = value.rsplit_once('@').ok_or_else(bad)?;
-    if local.is_empty() || local.len() > 64 || local.contains('@') || local.starts_with('.') || local.ends_with('.') {
+    if local.is_empty()
+        || local.len() > 64
+        || local.contains('@')
+        || local.starts_with('.')
+        || local.ends_with('.')
+    {
         return Err(bad());
     }
     let labels: Vec<&str> = domain.split('.').collect();
     let label_ok = |l: &&str| {
-        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-')
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
             && l.chars().all(|c| c.is_alphanumeric() || c == '-')
     };
     if labels.len() < 2 || !labels.iter().all(label_ok) {
@@ -65,19 +85,34 @@ pub fn device_token(field: &str, platform: &str, token: &str) -> Result<(), Stat
             if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
                 Ok(())
             } else {
-                Err(invalid(field, "an APNs device token is 64 hexadecimal digits"))
+                Err(invalid(
+                    field,
+                    "an APNs device token is 64 hexadecimal digits",
+                ))
             }
         }
         "android" => {
             let ok = (32..=4096).contains(&token.len())
-                && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b));
-            if ok { Ok(()) } else { Err(invalid(field, "an FCM registration token is 32 to 4096 URL-safe characters")) }
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b));
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    "an FCM registration token is 32 to 4096 URL-safe characters",
+                ))
+            }
         }
         "web" => {
             if token.starts_with("https://") && token.len() <= 2048 {
                 Ok(())
             } else {
-                Err(invalid(field, "a web push token is the subscription's https:// endpoint"))
+                Err(invalid(
+                    field,
+                    "a web push token is the subscription's https:// endpoint",
+                ))
             }
         }
         other => Err(invalid(field, format!("unknown platform `{other}`"))),
@@ -92,7 +127,14 @@ mod tests {
     fn phone_numbers() {
         assert!(e164("phone", "+14155550100").is_ok());
         assert!(e164("phone", "+447911123456").is_ok());
-        for bad in ["14155550100", "+0123456789", "+1415", "+1415555010012345", "+1415-555-0100", ""] {
+        for bad in [
+            "14155550100",
+            "+0123456789",
+            "+1415",
+            "+1415555010012345",
+            "+1415-555-0100",
+            "",
+        ] {
             let err = e164("phone", bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.message().starts_with("phone:"), "{}", err.message());
@@ -101,10 +143,24 @@ mod tests {
 
     #[test]
     fn email_addresses() {
-        for ok in ["a@example.com", "first.last+tag@mail.example.co.uk", "ü@bücher.de"] {
+        for ok in [
+            "a@example.com",
+            "first.last+tag@mail.example.co.uk",
+            "ü@bücher.de",
+        ] {
             assert!(email("email", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a", "a@", "@example.com", "a@example", "a b@example.com", "a@-x.com", "a@x..com", ".a@x.com"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@example.com",
+            "a@example",
+            "a b@example.com",
+            "a@-x.com",
+            "a@x..com",
+            ".a@x.com",
+        ] {
             assert!(email("email", bad).is_err(), "{bad}");
         }
     }
@@ -114,7 +170,14 @@ mod tests {
         assert!(device_token("token", "ios", &"ab".repeat(32)).is_ok());
         assert!(device_token("token", "ios", "abc").is_err());
         assert!(device_token("token", "ios", &"zz".repeat(32)).is_err());
-        assert!(device_token("token", "android", &format!("{}:APA91b{}", "c".repeat(11), "x_-".repeat(40))).is_ok());
+        assert!(
+            device_token(
+                "token",
+                "android",
+                &format!("{}:APA91b{}", "c".repeat(11), "x_-".repeat(40))
+            )
+            .is_ok()
+        );
         assert!(device_token("token", "android", "short").is_err());
         assert!(device_token("token", "web", "https://fcm.googleapis.com/fcm/send/abc").is_ok());
         assert!(device_token("token", "web", "http://insecure").is_err());
@@ -123,7 +186,10 @@ mod tests {
     #[test]
     fn ids() {
         assert!(id("user_id", "u-1").is_ok());
-        assert_eq!(id("user_id", "").unwrap_err().message(), "user_id: is required");
+        assert_eq!(
+            id("user_id", "").unwrap_err().message(),
+            "user_id: is required"
+        );
         assert!(id("user_id", "has space").is_err());
         assert!(id("user_id", &"x".repeat(129)).is_err());
     }

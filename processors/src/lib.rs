@@ -14,5 +14,7 @@ pub mod tracking;
 
 pub use enricher::Enricher;
 pub use scheduler::Scheduler;
+pub use senders::{
+    ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay,
+};
 pub use tracking::TemplateStats;
-pub use senders::{ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay};

@@ -24,7 +24,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(store: Store, producer: AvroProducer, topics: Topics, poll: Duration) -> Self {
-        Self { store, producer, topics, poll }
+        Self {
+            store,
+            producer,
+            topics,
+            poll,
+        }
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
@@ -44,22 +49,43 @@ impl Scheduler {
 
     /// Releases what is due now; returns how many.
     pub async fn release_due(&self) -> Result<usize, String> {
-        let due = self.store.schedule.due(now_millis(), 1_000).await.map_err(|e| e.to_string())?;
+        let due = self
+            .store
+            .schedule
+            .due(now_millis(), 1_000)
+            .await
+            .map_err(|e| e.to_string())?;
         let topic = self.topics.requests();
         for item in &due {
-            let request: NotificationRequest = match self.producer.codec().decode_async(&item.payload).await {
+            let request: NotificationRequest = match self
+                .producer
+                .codec()
+                .decode_async(&item.payload)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) if e.is_retriable() => return Err(e.to_string()),
                 Err(e) => {
                     // Written by the enricher from a decoded record; a payload
                     // that no longer decodes can never be sent.
                     warn!(item = %item.item_id, error = %e, "dropping an undecodable scheduled item");
-                    self.store.schedule.remove(&item.item_id, item.due_at).await.map_err(|e| e.to_string())?;
+                    self.store
+                        .schedule
+                        .remove(&item.item_id, item.due_at)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     continue;
                 }
             };
-            self.producer.send(&topic, &request.user_id, &request).await.map_err(|e| e.to_string())?;
-            self.store.schedule.remove(&item.item_id, item.due_at).await.map_err(|e| e.to_string())?;
+            self.producer
+                .send(&topic, &request.user_id, &request)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.store
+                .schedule
+                .remove(&item.item_id, item.due_at)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(due.len())
     }

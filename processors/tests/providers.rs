@@ -12,9 +12,14 @@ use std::{
 use support::{FakeServer, Reply, delivery};
 use tidings_processors::{Provider, ProviderError};
 
-fn assert_transient(r: Result<tidings_processors::Receipt, ProviderError>, retry_after: Option<Duration>) {
+fn assert_transient(
+    r: Result<tidings_processors::Receipt, ProviderError>,
+    retry_after: Option<Duration>,
+) {
     match r {
-        Err(ProviderError::Transient { retry_after: got, .. }) => assert_eq!(got, retry_after),
+        Err(ProviderError::Transient {
+            retry_after: got, ..
+        }) => assert_eq!(got, retry_after),
         other => panic!("expected a transient failure, got {other:?}"),
     }
 }
@@ -34,7 +39,11 @@ fn assert_rejected(r: Result<tidings_processors::Receipt, ProviderError>) -> Str
 }
 
 /// Sends `n` deliveries at once and returns how long they all took.
-async fn send_concurrently(provider: Arc<dyn Provider>, make: impl Fn(usize) -> tidings_schemas::records::Delivery, n: usize) -> Duration {
+async fn send_concurrently(
+    provider: Arc<dyn Provider>,
+    make: impl Fn(usize) -> tidings_schemas::records::Delivery,
+    n: usize,
+) -> Duration {
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -78,7 +87,8 @@ mod apns {
     async fn setup(limits: SendLimits) -> (FakeServer<fake::Apns>, ApnsProvider) {
         let (key_pem, public) = fake::signing_key();
         let server = FakeServer::start(|_| fake::Apns::new(public), fake::handle).await;
-        let provider = ApnsProvider::new(config(server.url(), key_pem, limits)).expect("provider builds");
+        let provider =
+            ApnsProvider::new(config(server.url(), key_pem, limits)).expect("provider builds");
         (server, provider)
     }
 
@@ -90,7 +100,10 @@ mod apns {
         first.collapse_id = Some("order-1042".into());
         first.expires_at = Some(1_900_000_000_123);
         let receipt = apns.deliver(&first).await.expect("accepted");
-        assert_eq!(receipt.provider_id.as_deref(), Some(first.delivery_id.as_str()));
+        assert_eq!(
+            receipt.provider_id.as_deref(),
+            Some(first.delivery_id.as_str())
+        );
         let second = delivery("ios", DEVICE);
         apns.deliver(&second).await.expect("accepted");
 
@@ -121,14 +134,25 @@ mod apns {
     #[tokio::test]
     async fn unregistered_and_bad_tokens_are_invalid_targets() {
         let (server, apns) = setup(SendLimits::new(10)).await;
-        server.state.unregistered.lock().expect("lock").insert(DEVICE.into());
+        server
+            .state
+            .unregistered
+            .lock()
+            .expect("lock")
+            .insert(DEVICE.into());
         let why = assert_invalid_target(apns.deliver(&delivery("ios", DEVICE)).await);
         assert!(why.contains("Unregistered"), "{why}");
 
         let other = "00ff".repeat(16);
-        server.script([Reply::json(400, serde_json::json!({ "reason": "BadDeviceToken" }))]);
+        server.script([Reply::json(
+            400,
+            serde_json::json!({ "reason": "BadDeviceToken" }),
+        )]);
         assert_invalid_target(apns.deliver(&delivery("ios", &other)).await);
-        server.script([Reply::json(400, serde_json::json!({ "reason": "DeviceTokenNotForTopic" }))]);
+        server.script([Reply::json(
+            400,
+            serde_json::json!({ "reason": "DeviceTokenNotForTopic" }),
+        )]);
         assert_invalid_target(apns.deliver(&delivery("ios", &other)).await);
         // Not hex: refused before it reaches the URL.
         assert_invalid_target(apns.deliver(&delivery("ios", "not/a/token")).await);
@@ -138,18 +162,33 @@ mod apns {
     #[tokio::test]
     async fn throttling_and_outages_are_transient() {
         let (server, apns) = setup(SendLimits::new(10)).await;
-        server.script([Reply::json(429, serde_json::json!({ "reason": "TooManyRequests" })).header("retry-after", "7")]);
-        assert_transient(apns.deliver(&delivery("ios", DEVICE)).await, Some(Duration::from_secs(7)));
-        server.script([Reply::json(503, serde_json::json!({ "reason": "ServiceUnavailable" }))]);
+        server.script([
+            Reply::json(429, serde_json::json!({ "reason": "TooManyRequests" }))
+                .header("retry-after", "7"),
+        ]);
+        assert_transient(
+            apns.deliver(&delivery("ios", DEVICE)).await,
+            Some(Duration::from_secs(7)),
+        );
+        server.script([Reply::json(
+            503,
+            serde_json::json!({ "reason": "ServiceUnavailable" }),
+        )]);
         assert_transient(apns.deliver(&delivery("ios", DEVICE)).await, None);
-        server.script([Reply::json(500, serde_json::json!({ "reason": "InternalServerError" }))]);
+        server.script([Reply::json(
+            500,
+            serde_json::json!({ "reason": "InternalServerError" }),
+        )]);
         assert_transient(apns.deliver(&delivery("ios", DEVICE)).await, None);
     }
 
     #[tokio::test]
     async fn other_client_errors_are_rejections() {
         let (server, apns) = setup(SendLimits::new(10)).await;
-        server.script([Reply::json(400, serde_json::json!({ "reason": "BadCollapseId" }))]);
+        server.script([Reply::json(
+            400,
+            serde_json::json!({ "reason": "BadCollapseId" }),
+        )]);
         let why = assert_rejected(apns.deliver(&delivery("ios", DEVICE)).await);
         assert!(why.contains("BadCollapseId"), "{why}");
         // Too large for APNs: refused locally, the server never sees it.
@@ -162,9 +201,14 @@ mod apns {
     #[tokio::test]
     async fn an_expired_provider_token_is_replaced_on_retry() {
         let (server, apns) = setup(SendLimits::new(10)).await;
-        server.script([Reply::json(403, serde_json::json!({ "reason": "ExpiredProviderToken" }))]);
+        server.script([Reply::json(
+            403,
+            serde_json::json!({ "reason": "ExpiredProviderToken" }),
+        )]);
         assert_transient(apns.deliver(&delivery("ios", DEVICE)).await, None);
-        apns.deliver(&delivery("ios", DEVICE)).await.expect("accepted with a new token");
+        apns.deliver(&delivery("ios", DEVICE))
+            .await
+            .expect("accepted with a new token");
         let reqs = server.requests();
         assert_ne!(reqs[0].bearer(), reqs[1].bearer());
     }
@@ -174,9 +218,13 @@ mod apns {
         let (_, public) = fake::signing_key();
         let (other_key, _) = fake::signing_key();
         let server = FakeServer::start(|_| fake::Apns::new(public), fake::handle).await;
-        let apns = ApnsProvider::new(config(server.url(), other_key, SendLimits::new(1))).expect("builds");
+        let apns =
+            ApnsProvider::new(config(server.url(), other_key, SendLimits::new(1))).expect("builds");
         let why = assert_rejected(apns.deliver(&delivery("ios", DEVICE)).await);
-        assert!(why.contains("InvalidProviderToken") && why.contains("config"), "{why}");
+        assert!(
+            why.contains("InvalidProviderToken") && why.contains("config"),
+            "{why}"
+        );
     }
 
     #[tokio::test]
@@ -199,12 +247,16 @@ mod apns {
         // Without the test CA the certificate is not trusted.
         let untrusting = ApnsProvider::new(c.clone()).expect("builds");
         match untrusting.deliver(&delivery("ios", DEVICE)).await {
-            Err(ProviderError::Transient { reason, .. }) => assert!(reason.contains("certificate"), "{reason}"),
+            Err(ProviderError::Transient { reason, .. }) => {
+                assert!(reason.contains("certificate"), "{reason}")
+            }
             other => panic!("expected a transient TLS failure, got {other:?}"),
         }
         c.http.extra_root_ca_path = Some(support::test_ca_path());
         let apns = ApnsProvider::new(c).expect("builds");
-        apns.deliver(&delivery("ios", DEVICE)).await.expect("accepted over TLS");
+        apns.deliver(&delivery("ios", DEVICE))
+            .await
+            .expect("accepted over TLS");
         let reqs = server.requests();
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].version, axum::http::Version::HTTP_2);
@@ -213,12 +265,20 @@ mod apns {
     #[tokio::test]
     async fn setup_errors_name_the_setting() {
         let (key_pem, _) = fake::signing_key();
-        let mut c = config("https://api.push.apple.com".into(), key_pem.clone(), SendLimits::new(1));
-        let err = ApnsProvider::new(c.clone()).err().expect("h2c with https is refused");
+        let mut c = config(
+            "https://api.push.apple.com".into(),
+            key_pem.clone(),
+            SendLimits::new(1),
+        );
+        let err = ApnsProvider::new(c.clone())
+            .err()
+            .expect("h2c with https is refused");
         assert!(err.to_string().contains("base_url"), "{err}");
         c.transport = ApnsTransport::Tls;
         ApnsProvider::new(c.clone()).expect("production settings build");
-        c.key_pem = Some(Secret::new("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"));
+        c.key_pem = Some(Secret::new(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ));
         let err = ApnsProvider::new(c.clone()).err().expect("bad key");
         assert!(err.to_string().contains("signing key"), "{err}");
         c.key_pem = None;
@@ -268,14 +328,26 @@ mod fcm {
         d.expires_at = Some((support::unix_now() as i64 + 600) * 1000);
         let receipt = fcm.deliver(&d).await.expect("accepted");
         let id = receipt.provider_id.expect("message name");
-        assert!(id.starts_with(&format!("projects/{}/messages/", fake::PROJECT)), "{id}");
-        fcm.deliver(&delivery("android", TOKEN)).await.expect("accepted");
+        assert!(
+            id.starts_with(&format!("projects/{}/messages/", fake::PROJECT)),
+            "{id}"
+        );
+        fcm.deliver(&delivery("android", TOKEN))
+            .await
+            .expect("accepted");
 
-        assert_eq!(server.state.issued(), 1, "token endpoint hit once for two sends");
+        assert_eq!(
+            server.state.issued(),
+            1,
+            "token endpoint hit once for two sends"
+        );
         let sends = server.requests_to("/v1/");
         assert_eq!(sends.len(), 2);
         let r = &sends[0];
-        assert_eq!(r.path, format!("/v1/projects/{}/messages:send", fake::PROJECT));
+        assert_eq!(
+            r.path,
+            format!("/v1/projects/{}/messages:send", fake::PROJECT)
+        );
         assert_eq!(r.bearer(), Some("ya29.fake-access-token-1"));
         assert_eq!(r.bearer(), sends[1].bearer());
         let m = &r.json().expect("JSON")["message"];
@@ -286,45 +358,84 @@ mod fcm {
         assert_eq!(m["android"]["priority"], "HIGH");
         assert_eq!(m["android"]["collapse_key"], "order-1042");
         let ttl = m["android"]["ttl"].as_str().expect("ttl");
-        let secs: u64 = ttl.strip_suffix('s').and_then(|s| s.parse().ok()).expect("ttl like 599s");
+        let secs: u64 = ttl
+            .strip_suffix('s')
+            .and_then(|s| s.parse().ok())
+            .expect("ttl like 599s");
         assert!((590..=600).contains(&secs), "{ttl}");
     }
 
     #[tokio::test]
     async fn unregistered_and_invalid_tokens_are_invalid_targets() {
         let (server, fcm) = setup(SendLimits::new(10)).await;
-        server.state.unregistered.lock().expect("lock").insert(TOKEN.into());
+        server
+            .state
+            .unregistered
+            .lock()
+            .expect("lock")
+            .insert(TOKEN.into());
         let why = assert_invalid_target(fcm.deliver(&delivery("android", TOKEN)).await);
         assert!(why.contains("UNREGISTERED"), "{why}");
         // The fake, like FCM, calls a malformed token INVALID_ARGUMENT.
         assert_invalid_target(fcm.deliver(&delivery("android", "short")).await);
         // An INVALID_ARGUMENT about the message is the message's fault.
-        server.script([fake::google_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", Some("INVALID_ARGUMENT"))]);
-        assert_rejected(fcm.deliver(&delivery("android", "another-valid-token")).await);
+        server.script([fake::google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid value at 'message.android.ttl'",
+            Some("INVALID_ARGUMENT"),
+        )]);
+        assert_rejected(
+            fcm.deliver(&delivery("android", "another-valid-token"))
+                .await,
+        );
     }
 
     #[tokio::test]
     async fn quota_and_outages_are_transient() {
         let (server, fcm) = setup(SendLimits::new(10)).await;
-        server.script([fake::google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded", Some("QUOTA_EXCEEDED")).header("retry-after", "7")]);
-        assert_transient(fcm.deliver(&delivery("android", TOKEN)).await, Some(Duration::from_secs(7)));
-        server.script([fake::google_error(503, "UNAVAILABLE", "The service is currently unavailable.", Some("UNAVAILABLE"))]);
+        server.script([fake::google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded",
+            Some("QUOTA_EXCEEDED"),
+        )
+        .header("retry-after", "7")]);
+        assert_transient(
+            fcm.deliver(&delivery("android", TOKEN)).await,
+            Some(Duration::from_secs(7)),
+        );
+        server.script([fake::google_error(
+            503,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            Some("UNAVAILABLE"),
+        )]);
         assert_transient(fcm.deliver(&delivery("android", TOKEN)).await, None);
     }
 
     #[tokio::test]
     async fn a_401_refreshes_the_token_once() {
         let (server, fcm) = setup(SendLimits::new(10)).await;
-        fcm.deliver(&delivery("android", TOKEN)).await.expect("accepted");
+        fcm.deliver(&delivery("android", TOKEN))
+            .await
+            .expect("accepted");
         server.state.revoke_all();
-        fcm.deliver(&delivery("android", TOKEN)).await.expect("accepted after a refresh");
+        fcm.deliver(&delivery("android", TOKEN))
+            .await
+            .expect("accepted after a refresh");
         assert_eq!(server.state.issued(), 2);
         let sends = server.requests_to("/v1/");
         assert_eq!(sends.len(), 3, "the 401, then the retry with the new token");
         assert_eq!(sends[2].bearer(), Some("ya29.fake-access-token-2"));
 
         // Still 401 with a fresh token: give up for now, no loop.
-        let unauthorized = fake::google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", None);
+        let unauthorized = fake::google_error(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            None,
+        );
         server.state.revoke_all();
         server.script([unauthorized]);
         assert_transient(fcm.deliver(&delivery("android", TOKEN)).await, None);
@@ -348,7 +459,9 @@ mod fcm {
         .expect("builds");
         let r = fcm.deliver(&delivery("android", TOKEN)).await;
         match r {
-            Err(ProviderError::Transient { reason, .. }) => assert!(reason.contains("token endpoint"), "{reason}"),
+            Err(ProviderError::Transient { reason, .. }) => {
+                assert!(reason.contains("token endpoint"), "{reason}")
+            }
             other => panic!("expected transient, got {other:?}"),
         }
     }
@@ -359,16 +472,25 @@ mod fcm {
         server.delay(Duration::from_millis(100));
         send_concurrently(Arc::new(fcm), |_| delivery("android", TOKEN), 12).await;
         assert_eq!(server.max_in_flight(), 4);
-        assert_eq!(server.state.issued(), 1, "concurrent sends share one token fetch");
+        assert_eq!(
+            server.state.issued(),
+            1,
+            "concurrent sends share one token fetch"
+        );
     }
 
     #[tokio::test]
     async fn setup_reads_the_service_account() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("sa.json");
-        std::fs::write(&path, fake::service_account("https://oauth2.googleapis.com/token")).expect("write");
+        std::fs::write(
+            &path,
+            fake::service_account("https://oauth2.googleapis.com/token"),
+        )
+        .expect("write");
         let parsed: FcmConfig =
-            serde_json::from_value(serde_json::json!({ "service_account_path": path })).expect("minimal config parses");
+            serde_json::from_value(serde_json::json!({ "service_account_path": path }))
+                .expect("minimal config parses");
         assert_eq!(parsed.base_url, "https://fcm.googleapis.com");
         FcmProvider::new(parsed.clone()).expect("builds from a file");
         let mut bad = parsed;
@@ -411,11 +533,17 @@ mod twilio {
     #[tokio::test]
     async fn sends_an_sms_and_returns_the_message_sid() {
         let (server, twilio) = setup(SendLimits::new(4)).await;
-        let receipt = twilio.deliver(&delivery("sms", TO)).await.expect("accepted");
+        let receipt = twilio
+            .deliver(&delivery("sms", TO))
+            .await
+            .expect("accepted");
         let sid = receipt.provider_id.expect("sid");
         assert!(sid.starts_with("SM") && sid.len() == 34, "{sid}");
         let r = &server.requests()[0];
-        assert_eq!(r.path, format!("/2010-04-01/Accounts/{}/Messages.json", fake::ACCOUNT_SID));
+        assert_eq!(
+            r.path,
+            format!("/2010-04-01/Accounts/{}/Messages.json", fake::ACCOUNT_SID)
+        );
         let form = r.form();
         assert_eq!(form["To"], TO);
         assert_eq!(form["From"], fake::FROM);
@@ -427,10 +555,18 @@ mod twilio {
         let (server, twilio) = setup(SendLimits::new(4)).await;
         let why = assert_invalid_target(twilio.deliver(&delivery("sms", "555-0123")).await);
         assert!(why.contains("21211"), "{why}");
-        server.script([fake::error(400, 21614, "'To' number is not a valid mobile number")]);
+        server.script([fake::error(
+            400,
+            21614,
+            "'To' number is not a valid mobile number",
+        )]);
         assert_invalid_target(twilio.deliver(&delivery("sms", TO)).await);
         // Other 400s are the message's fault.
-        server.script([fake::error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")]);
+        server.script([fake::error(
+            400,
+            21617,
+            "The concatenated message body exceeds the 1600 character limit.",
+        )]);
         assert_rejected(twilio.deliver(&delivery("sms", TO)).await);
     }
 
@@ -438,7 +574,10 @@ mod twilio {
     async fn throttling_and_outages_are_transient() {
         let (server, twilio) = setup(SendLimits::new(4)).await;
         server.script([fake::error(429, 20429, "Too Many Requests").header("Retry-After", "7")]);
-        assert_transient(twilio.deliver(&delivery("sms", TO)).await, Some(Duration::from_secs(7)));
+        assert_transient(
+            twilio.deliver(&delivery("sms", TO)).await,
+            Some(Duration::from_secs(7)),
+        );
         server.script([fake::error(503, 20503, "Service unavailable")]);
         assert_transient(twilio.deliver(&delivery("sms", TO)).await, None);
     }
@@ -448,7 +587,11 @@ mod twilio {
         let server = FakeServer::start_tls(|_| fake::Twilio, fake::handle).await;
         let mut c = config(server.url(), SendLimits::new(1));
         c.http.extra_root_ca_path = Some(support::test_ca_path());
-        TwilioProvider::new(c).expect("builds").deliver(&delivery("sms", TO)).await.expect("accepted over TLS");
+        TwilioProvider::new(c)
+            .expect("builds")
+            .deliver(&delivery("sms", TO))
+            .await
+            .expect("accepted over TLS");
         // ALPN offers h2 first, and the server takes it.
         assert_eq!(server.requests()[0].version, axum::http::Version::HTTP_2);
     }
@@ -460,7 +603,10 @@ mod twilio {
         c.auth_token = Secret::new("wrong");
         let twilio = TwilioProvider::new(c).expect("builds");
         let why = assert_rejected(twilio.deliver(&delivery("sms", TO)).await);
-        assert!(why.contains("20003") && why.contains("config problem"), "{why}");
+        assert!(
+            why.contains("20003") && why.contains("config problem"),
+            "{why}"
+        );
     }
 
     #[tokio::test]
@@ -469,9 +615,16 @@ mod twilio {
         let mut c = config(server.url(), SendLimits::new(1));
         c.from = None;
         c.messaging_service_sid = Some("MG0123456789abcdef0123456789abcdef".into());
-        TwilioProvider::new(c).expect("builds").deliver(&delivery("sms", TO)).await.expect("accepted");
+        TwilioProvider::new(c)
+            .expect("builds")
+            .deliver(&delivery("sms", TO))
+            .await
+            .expect("accepted");
         let form = server.requests()[0].form();
-        assert_eq!(form.get("MessagingServiceSid").map(String::as_str), Some("MG0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            form.get("MessagingServiceSid").map(String::as_str),
+            Some("MG0123456789abcdef0123456789abcdef")
+        );
         assert!(!form.contains_key("From"));
     }
 
@@ -485,9 +638,19 @@ mod twilio {
         // 10/s with a one-second burst: 15 sends need about half a second
         // more than the burst covers.
         let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
-        let twilio = TwilioProvider::new(config(server.url(), SendLimits { max_in_flight: 50, rate_per_sec: Some(10.0) })).expect("builds");
+        let twilio = TwilioProvider::new(config(
+            server.url(),
+            SendLimits {
+                max_in_flight: 50,
+                rate_per_sec: Some(10.0),
+            },
+        ))
+        .expect("builds");
         let took = send_concurrently(Arc::new(twilio), |_| delivery("sms", TO), 15).await;
-        assert!(took >= Duration::from_millis(400), "15 sends at 10/s took only {took:?}");
+        assert!(
+            took >= Duration::from_millis(400),
+            "15 sends at 10/s took only {took:?}"
+        );
         assert_eq!(server.requests().len(), 15);
     }
 }
@@ -518,7 +681,8 @@ mod sendgrid {
 
     async fn setup(limits: SendLimits) -> (FakeServer<fake::SendGrid>, SendGridProvider) {
         let server = FakeServer::start(|_| fake::SendGrid, fake::handle).await;
-        let provider = SendGridProvider::new(config(server.url(), limits)).expect("provider builds");
+        let provider =
+            SendGridProvider::new(config(server.url(), limits)).expect("provider builds");
         (server, provider)
     }
 
@@ -527,17 +691,28 @@ mod sendgrid {
         let (server, sg) = setup(SendLimits::new(4)).await;
         let d = delivery("email", TO);
         let receipt = sg.deliver(&d).await.expect("accepted");
-        assert!(receipt.provider_id.expect("X-Message-Id").starts_with("sg-"));
+        assert!(
+            receipt
+                .provider_id
+                .expect("X-Message-Id")
+                .starts_with("sg-")
+        );
         let mail = server.requests()[0].json().expect("JSON");
         assert_eq!(mail["personalizations"][0]["to"][0]["email"], TO);
-        assert_eq!(mail["personalizations"][0]["custom_args"]["delivery_id"], d.delivery_id.as_str());
+        assert_eq!(
+            mail["personalizations"][0]["custom_args"]["delivery_id"],
+            d.delivery_id.as_str()
+        );
         assert_eq!(mail["from"]["email"], fake::FROM);
         assert_eq!(mail["from"]["name"], "Tidings");
         assert_eq!(mail["subject"], "Order 1042 shipped");
         assert_eq!(mail["content"][0]["type"], "text/plain");
         assert_eq!(mail["content"][0]["value"], "It arrives on Tuesday.");
         assert_eq!(mail["content"][1]["type"], "text/html");
-        assert_eq!(mail["content"][1]["value"], "<p>It arrives on <b>Tuesday</b>.</p>");
+        assert_eq!(
+            mail["content"][1]["value"],
+            "<p>It arrives on <b>Tuesday</b>.</p>"
+        );
     }
 
     #[tokio::test]
@@ -546,13 +721,24 @@ mod sendgrid {
         // The address is what SendGrid blames.
         let why = assert_invalid_target(sg.deliver(&delivery("email", "ada@nowhere")).await);
         assert!(why.contains("personalizations.0.to.0.email"), "{why}");
-        server.script([fake::error(400, "The content value must be a string at least one character in length.", Some("content.0.value"))]);
+        server.script([fake::error(
+            400,
+            "The content value must be a string at least one character in length.",
+            Some("content.0.value"),
+        )]);
         assert_rejected(sg.deliver(&delivery("email", TO)).await);
         server.script([fake::error(429, "too many requests", None).header("Retry-After", "7")]);
-        assert_transient(sg.deliver(&delivery("email", TO)).await, Some(Duration::from_secs(7)));
+        assert_transient(
+            sg.deliver(&delivery("email", TO)).await,
+            Some(Duration::from_secs(7)),
+        );
         server.script([fake::error(503, "unavailable", None)]);
         assert_transient(sg.deliver(&delivery("email", TO)).await, None);
-        server.script([fake::error(403, "The from address does not match a verified Sender Identity.", Some("from"))]);
+        server.script([fake::error(
+            403,
+            "The from address does not match a verified Sender Identity.",
+            Some("from"),
+        )]);
         let why = assert_rejected(sg.deliver(&delivery("email", TO)).await);
         assert!(why.contains("config problem"), "{why}");
     }
@@ -562,8 +748,16 @@ mod sendgrid {
         let server = FakeServer::start(|_| fake::SendGrid, fake::handle).await;
         let mut c = config(server.url(), SendLimits::new(1));
         c.api_key = Secret::new("SG.revoked");
-        let why = assert_rejected(SendGridProvider::new(c).expect("builds").deliver(&delivery("email", TO)).await);
-        assert!(why.contains("401") && why.contains("config problem"), "{why}");
+        let why = assert_rejected(
+            SendGridProvider::new(c)
+                .expect("builds")
+                .deliver(&delivery("email", TO))
+                .await,
+        );
+        assert!(
+            why.contains("401") && why.contains("config problem"),
+            "{why}"
+        );
     }
 
     #[tokio::test]
@@ -617,7 +811,10 @@ mod smtp {
         let data = got[0]["data"].as_str().expect("data");
         assert!(data.contains("Subject: Order 1042 shipped"), "{data}");
         assert!(data.contains("To: ada@example.org"), "{data}");
-        assert!(data.contains(&format!("Message-ID: <{}@example.com>", d.delivery_id)), "{data}");
+        assert!(
+            data.contains(&format!("Message-ID: <{}@example.com>", d.delivery_id)),
+            "{data}"
+        );
         assert!(data.contains("multipart/alternative"), "{data}");
         assert!(data.contains("Content-Type: text/plain"), "{data}");
         assert!(data.contains("Content-Type: text/html"), "{data}");
@@ -626,14 +823,25 @@ mod smtp {
 
     #[tokio::test]
     async fn a_rejected_mailbox_is_an_invalid_target_and_4xx_is_transient() {
-        let server = SmtpServer::start(&["--reject", "gone@example.org", "--tempfail", "busy@example.org"]).await;
+        let server = SmtpServer::start(&[
+            "--reject",
+            "gone@example.org",
+            "--tempfail",
+            "busy@example.org",
+        ])
+        .await;
         let smtp = SmtpProvider::new(config(server.port)).expect("builds");
         let why = assert_invalid_target(smtp.deliver(&delivery("email", "gone@example.org")).await);
         assert!(why.contains("550"), "{why}");
-        assert_transient(smtp.deliver(&delivery("email", "busy@example.org")).await, None);
+        assert_transient(
+            smtp.deliver(&delivery("email", "busy@example.org")).await,
+            None,
+        );
         assert_invalid_target(smtp.deliver(&delivery("email", "not an address")).await);
         // The pooled connection still works after the failures.
-        smtp.deliver(&delivery("email", TO)).await.expect("accepted");
+        smtp.deliver(&delivery("email", TO))
+            .await
+            .expect("accepted");
         assert_eq!(server.received().len(), 1);
     }
 
@@ -643,16 +851,29 @@ mod smtp {
         let mut c = config(server.port);
         c.username = Some("sender".into());
         c.password = Some(Secret::new("s3cret"));
-        SmtpProvider::new(c.clone()).expect("builds").deliver(&delivery("email", TO)).await.expect("accepted");
+        SmtpProvider::new(c.clone())
+            .expect("builds")
+            .deliver(&delivery("email", TO))
+            .await
+            .expect("accepted");
         c.password = Some(Secret::new("wrong"));
-        let why = assert_rejected(SmtpProvider::new(c).expect("builds").deliver(&delivery("email", TO)).await);
+        let why = assert_rejected(
+            SmtpProvider::new(c)
+                .expect("builds")
+                .deliver(&delivery("email", TO))
+                .await,
+        );
         assert!(why.contains("config problem"), "{why}");
         assert_eq!(server.received().len(), 1);
     }
 
     #[tokio::test]
     async fn no_server_is_transient() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         // The listener is dropped: nothing listens there now.
         let smtp = SmtpProvider::new(config(port)).expect("builds");
         assert_transient(smtp.deliver(&delivery("email", TO)).await, None);
@@ -661,7 +882,9 @@ mod smtp {
     #[tokio::test]
     async fn a_server_that_stops_answering_is_transient() {
         // Accepts connections and never sends the greeting.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let hold = tokio::spawn(async move {
             let mut open = Vec::new();
@@ -674,7 +897,11 @@ mod smtp {
         let smtp = SmtpProvider::new(c).expect("builds");
         let start = Instant::now();
         assert_transient(smtp.deliver(&delivery("email", TO)).await, None);
-        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
         hold.abort();
     }
 

@@ -43,7 +43,11 @@ macro_rules! entry {
 /// Every schema, in local-id order. Ids are never reused: a new record type
 /// takes the next number.
 pub static CATALOG: &[CatalogEntry] = &[
-    entry!("tidings.v1.NotificationRequest", "notification_request.avsc", 1),
+    entry!(
+        "tidings.v1.NotificationRequest",
+        "notification_request.avsc",
+        1
+    ),
     entry!("tidings.v1.Delivery", "delivery.avsc", 2),
     entry!("tidings.v1.DeadLetter", "dead_letter.avsc", 3),
     entry!("tidings.v1.TrackingEvent", "tracking_event.avsc", 4),
@@ -94,7 +98,10 @@ pub fn parsed() -> &'static [ParsedEntry] {
                 let schema = Schema::parse_str(entry.source).unwrap_or_else(|e| {
                     panic!("compiled-in schema {} does not parse: {e}", entry.file)
                 });
-                ParsedEntry { entry, schema: Box::leak(Box::new(schema)) }
+                ParsedEntry {
+                    entry,
+                    schema: Box::leak(Box::new(schema)),
+                }
             })
             .collect()
     })

@@ -14,9 +14,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use apache_avro::{
-    Schema, reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter,
-};
+use apache_avro::{Schema, reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
 
 use crate::{
     catalog::{self, AvroRecord},
@@ -41,13 +39,27 @@ pub enum CodecError {
     #[error("{full_name} is not in the schema catalog")]
     NotInCatalog { full_name: &'static str },
     #[error("writer schema id {id} is a {found}, not the expected {expected}")]
-    WrongRecordType { id: u32, found: String, expected: &'static str },
+    WrongRecordType {
+        id: u32,
+        found: String,
+        expected: &'static str,
+    },
     #[error("cannot encode {full_name}: {source}")]
-    Encode { full_name: &'static str, source: Box<apache_avro::Error> },
+    Encode {
+        full_name: &'static str,
+        source: Box<apache_avro::Error>,
+    },
     #[error("cannot decode {full_name} written with schema id {id}: {source}")]
-    Decode { full_name: &'static str, id: u32, source: Box<apache_avro::Error> },
+    Decode {
+        full_name: &'static str,
+        id: u32,
+        source: Box<apache_avro::Error>,
+    },
     #[error("invalid writer schema for id {id}: {source}")]
-    BadWriterSchema { id: u32, source: Box<apache_avro::Error> },
+    BadWriterSchema {
+        id: u32,
+        source: Box<apache_avro::Error>,
+    },
     /// The writer schema id is not known locally and asking the registry
     /// for it failed.
     #[error("cannot get writer schema id {id} from the schema registry: {source}")]
@@ -140,7 +152,10 @@ impl AvroCodec {
         self.inner.registry.as_ref()
     }
 
-    fn build(id_of: impl Fn(&catalog::CatalogEntry) -> u32, registry: Option<SchemaRegistry>) -> Self {
+    fn build(
+        id_of: impl Fn(&catalog::CatalogEntry) -> u32,
+        registry: Option<SchemaRegistry>,
+    ) -> Self {
         let mut write = HashMap::new();
         let mut by_id = HashMap::new();
         for parsed in catalog::parsed() {
@@ -148,7 +163,14 @@ impl AvroCodec {
             let writer = GenericDatumWriter::builder(parsed.schema)
                 .build()
                 .unwrap_or_else(|e| panic!("catalog schema {} rejected: {e}", parsed.entry.file));
-            write.insert(parsed.entry.full_name, WriteSide { id, schema: parsed.schema, writer });
+            write.insert(
+                parsed.entry.full_name,
+                WriteSide {
+                    id,
+                    schema: parsed.schema,
+                    writer,
+                },
+            );
             by_id.insert(id, parsed.schema);
         }
         Self {
@@ -164,11 +186,17 @@ impl AvroCodec {
     /// Teaches the codec a writer schema it did not write itself, e.g. an older
     /// version fetched from a registry.
     pub fn add_writer_schema(&self, id: u32, schema_json: &str) -> Result<(), CodecError> {
-        let schema = Schema::parse_str(schema_json)
-            .map_err(|e| CodecError::BadWriterSchema { id, source: Box::new(e) })?;
+        let schema = Schema::parse_str(schema_json).map_err(|e| CodecError::BadWriterSchema {
+            id,
+            source: Box::new(e),
+        })?;
         // Writer schemas are few and live as long as the process.
         let schema: &'static Schema = Box::leak(Box::new(schema));
-        self.inner.by_id.write().unwrap_or_else(|p| p.into_inner()).insert(id, schema);
+        self.inner
+            .by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, schema);
         Ok(())
     }
 
@@ -184,7 +212,10 @@ impl AvroCodec {
         out.extend_from_slice(&side.id.to_be_bytes());
         side.writer
             .write_ser(&mut out, record)
-            .map_err(|e| CodecError::Encode { full_name: T::FULL_NAME, source: Box::new(e) })?;
+            .map_err(|e| CodecError::Encode {
+                full_name: T::FULL_NAME,
+                source: Box::new(e),
+            })?;
         Ok(out)
     }
 
@@ -192,10 +223,16 @@ impl AvroCodec {
         let id = schema_id_of(bytes)?;
         let mut body = &bytes[HEADER_LEN..];
         let ours = self.write_side::<T>()?;
-        let decode_err = |e| CodecError::Decode { full_name: T::FULL_NAME, id, source: Box::new(e) };
+        let decode_err = |e| CodecError::Decode {
+            full_name: T::FULL_NAME,
+            id,
+            source: Box::new(e),
+        };
         if id == ours.id {
             // Same schema on both sides: decode straight into T.
-            let reader = GenericDatumReader::builder(ours.schema).build().map_err(decode_err)?;
+            let reader = GenericDatumReader::builder(ours.schema)
+                .build()
+                .map_err(decode_err)?;
             return reader.read_deser(&mut body).map_err(decode_err);
         }
         let writer_schema = self.writer_schema(id)?;
@@ -222,9 +259,17 @@ impl AvroCodec {
         self.decode(bytes)
     }
 
-    async fn fetch_writer_schema(&self, registry: &SchemaRegistry, id: u32) -> Result<(), CodecError> {
+    async fn fetch_writer_schema(
+        &self,
+        registry: &SchemaRegistry,
+        id: u32,
+    ) -> Result<(), CodecError> {
         let cell = {
-            let mut fetching = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            let mut fetching = self
+                .inner
+                .fetching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             fetching.entry(id).or_default().clone()
         };
         let result = cell
@@ -238,7 +283,10 @@ impl AvroCodec {
                 let text = registry
                     .schema_by_id(id)
                     .await
-                    .map_err(|e| CodecError::Registry { id, source: Box::new(e) })?;
+                    .map_err(|e| CodecError::Registry {
+                        id,
+                        source: Box::new(e),
+                    })?;
                 self.add_writer_schema(id, &text)
             })
             .await
@@ -246,7 +294,11 @@ impl AvroCodec {
         // Done either way: a success is in `by_id`, and a failure is not
         // remembered, so the next record with this id asks again (the
         // registry may have been down, or a replica behind).
-        let mut fetching = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fetching = self
+            .inner
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if fetching.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             fetching.remove(&id);
         }
@@ -254,7 +306,11 @@ impl AvroCodec {
     }
 
     fn knows(&self, id: u32) -> bool {
-        self.inner.by_id.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+        self.inner
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     fn writer_schema(&self, id: u32) -> Result<&'static Schema, CodecError> {
@@ -271,7 +327,9 @@ impl AvroCodec {
         self.inner
             .write
             .get(T::FULL_NAME)
-            .ok_or(CodecError::NotInCatalog { full_name: T::FULL_NAME })
+            .ok_or(CodecError::NotInCatalog {
+                full_name: T::FULL_NAME,
+            })
     }
 }
 
@@ -289,10 +347,16 @@ pub fn schema_id_of(bytes: &[u8]) -> Result<u32, CodecError> {
 fn check_same_record(id: u32, writer: &Schema, expected: &'static str) -> Result<(), CodecError> {
     match writer {
         Schema::Record(r) if r.name.fullname(None) == expected => Ok(()),
-        Schema::Record(r) => {
-            Err(CodecError::WrongRecordType { id, found: r.name.fullname(None), expected })
-        }
-        other => Err(CodecError::WrongRecordType { id, found: format!("{other:?}"), expected }),
+        Schema::Record(r) => Err(CodecError::WrongRecordType {
+            id,
+            found: r.name.fullname(None),
+            expected,
+        }),
+        other => Err(CodecError::WrongRecordType {
+            id,
+            found: format!("{other:?}"),
+            expected,
+        }),
     }
 }
 
@@ -358,9 +422,19 @@ mod tests {
     fn every_record_type_round_trips() {
         let codec = AvroCodec::local();
         let r = request();
-        assert_eq!(codec.decode::<NotificationRequest>(&codec.encode(&r).unwrap()).unwrap(), r);
+        assert_eq!(
+            codec
+                .decode::<NotificationRequest>(&codec.encode(&r).unwrap())
+                .unwrap(),
+            r
+        );
         let d = delivery();
-        assert_eq!(codec.decode::<Delivery>(&codec.encode(&d).unwrap()).unwrap(), d);
+        assert_eq!(
+            codec
+                .decode::<Delivery>(&codec.encode(&d).unwrap())
+                .unwrap(),
+            d
+        );
         let dl = DeadLetter {
             source_topic: "tidings.notify.requests".into(),
             source_partition: 3,
@@ -373,7 +447,12 @@ mod tests {
             attempts: 1,
             failed_at: 9,
         };
-        assert_eq!(codec.decode::<DeadLetter>(&codec.encode(&dl).unwrap()).unwrap(), dl);
+        assert_eq!(
+            codec
+                .decode::<DeadLetter>(&codec.encode(&dl).unwrap())
+                .unwrap(),
+            dl
+        );
         let t = TrackingEvent {
             event_id: "t-1".into(),
             notification_id: "n-1".into(),
@@ -386,7 +465,12 @@ mod tests {
             detail: None,
             at: 7,
         };
-        assert_eq!(codec.decode::<TrackingEvent>(&codec.encode(&t).unwrap()).unwrap(), t);
+        assert_eq!(
+            codec
+                .decode::<TrackingEvent>(&codec.encode(&t).unwrap())
+                .unwrap(),
+            t
+        );
         let p = PostPublished {
             post_id: "p".into(),
             author_id: "a".into(),
@@ -395,7 +479,12 @@ mod tests {
             audience: Some(vec!["b".into()]),
             created_at: 1,
         };
-        assert_eq!(codec.decode::<PostPublished>(&codec.encode(&p).unwrap()).unwrap(), p);
+        assert_eq!(
+            codec
+                .decode::<PostPublished>(&codec.encode(&p).unwrap())
+                .unwrap(),
+            p
+        );
         let f = FanoutBatch {
             post_id: "p".into(),
             author_id: "a".into(),
@@ -403,7 +492,12 @@ mod tests {
             recipients: vec!["b".into(), "c".into()],
             batch_index: 0,
         };
-        assert_eq!(codec.decode::<FanoutBatch>(&codec.encode(&f).unwrap()).unwrap(), f);
+        assert_eq!(
+            codec
+                .decode::<FanoutBatch>(&codec.encode(&f).unwrap())
+                .unwrap(),
+            f
+        );
     }
 
     #[test]
@@ -417,8 +511,14 @@ mod tests {
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         let codec = AvroCodec::local();
-        assert!(matches!(codec.decode::<Delivery>(&[0, 0]), Err(CodecError::TooShort { .. })));
-        assert!(matches!(codec.decode::<Delivery>(&[1, 0, 0, 0, 2, 0]), Err(CodecError::BadMagic(1))));
+        assert!(matches!(
+            codec.decode::<Delivery>(&[0, 0]),
+            Err(CodecError::TooShort { .. })
+        ));
+        assert!(matches!(
+            codec.decode::<Delivery>(&[1, 0, 0, 0, 2, 0]),
+            Err(CodecError::BadMagic(1))
+        ));
         assert!(matches!(
             codec.decode::<Delivery>(&[0, 0, 0, 0, 99, 0]),
             Err(CodecError::UnknownSchemaId(99))
@@ -453,7 +553,14 @@ mod tests {
         codec.add_writer_schema(1002, old).unwrap();
         let old_schema = Schema::parse_str(old).unwrap();
         let mut rec = apache_avro::types::Record::new(&old_schema).unwrap();
-        for f in ["delivery_id", "notification_id", "event_id", "user_id", "channel", "target"] {
+        for f in [
+            "delivery_id",
+            "notification_id",
+            "event_id",
+            "user_id",
+            "channel",
+            "target",
+        ] {
             rec.put(f, format!("{f}-v"));
         }
         rec.put("accepted_at", 11i64);

@@ -6,8 +6,8 @@ pub mod catalog;
 pub mod channel;
 pub mod codec;
 pub mod records;
-pub mod tracking_link;
 pub mod registry;
+pub mod tracking_link;
 
 pub use catalog::{AvroRecord, CATALOG};
 pub use channel::Channel;

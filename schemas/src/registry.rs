@@ -46,8 +46,7 @@ use crate::catalog::CatalogEntry;
 /// The content type the registry's v1 API speaks.
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// What we accept, in the order the Confluent docs recommend clients ask.
-const ACCEPT: &str =
-    "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json; qs=0.9, application/json; qs=0.5";
+const ACCEPT: &str = "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json; qs=0.9, application/json; qs=0.5";
 /// One whole request. Registration happens at startup and fetches on the
 /// first record with an unknown id; neither should hang a consumer.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,17 +87,38 @@ pub enum RegistryError {
     Client { reason: String },
     /// No HTTP answer: refused, reset, timed out, TLS failure.
     #[error("{op} at {url}: {}: {reason}", if *.timed_out { "timed out" } else if *.connect { "cannot connect" } else { "request failed" })]
-    Transport { op: Operation, url: String, connect: bool, timed_out: bool, reason: String },
+    Transport {
+        op: Operation,
+        url: String,
+        connect: bool,
+        timed_out: bool,
+        reason: String,
+    },
     /// The registry answered with an error status.
     #[error("{op} at {url}: HTTP {status}{}: {message}", .error_code.map(|c| format!(" (error_code {c})")).unwrap_or_default())]
-    Rejected { op: Operation, url: String, status: StatusCode, error_code: Option<i64>, message: String },
+    Rejected {
+        op: Operation,
+        url: String,
+        status: StatusCode,
+        error_code: Option<i64>,
+        message: String,
+    },
     /// A success status with a body that is not the registry's JSON (a proxy,
     /// a wrong base URL).
     #[error("{op} at {url}: unexpected answer: {reason}")]
-    BadResponse { op: Operation, url: String, reason: String },
+    BadResponse {
+        op: Operation,
+        url: String,
+        reason: String,
+    },
     /// The id names a Protobuf or JSON Schema schema; our topics are Avro.
     #[error("{op} at {url}: schema id {id} is a {schema_type} schema, not Avro")]
-    NotAvro { op: Operation, url: String, id: u32, schema_type: String },
+    NotAvro {
+        op: Operation,
+        url: String,
+        id: u32,
+        schema_type: String,
+    },
 }
 
 impl RegistryError {
@@ -164,7 +184,10 @@ impl fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SchemaRegistry")
             .field("url", &self.inner.base.as_str())
-            .field("basic_auth", &self.inner.auth.as_ref().map(|(user, _)| user))
+            .field(
+                "basic_auth",
+                &self.inner.auth.as_ref().map(|(user, _)| user),
+            )
             .finish()
     }
 }
@@ -226,7 +249,9 @@ impl SchemaRegistry {
             base.set_path(&path);
         }
         let http = build_client()?;
-        Ok(Self { inner: Arc::new(Client { http, base, auth }) })
+        Ok(Self {
+            inner: Arc::new(Client { http, base, auth }),
+        })
     }
 
     /// The base URL, without credentials.
@@ -238,7 +263,9 @@ impl SchemaRegistry {
     /// the subject already has this schema, the registry returns the existing
     /// id and adds no version, so calling this at every startup is safe.
     pub async fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
-        let op = Operation::Register { subject: subject.to_owned() };
+        let op = Operation::Register {
+            subject: subject.to_owned(),
+        };
         let url = self.url_for(&op, &["subjects", subject, "versions"])?;
         let body = serde_json::json!({ "schema": schema_json }).to_string();
         let request = self
@@ -303,22 +330,37 @@ impl SchemaRegistry {
         })?;
         let status = response.status();
         // A body cut off mid-way is a transport failure like any other.
-        let body = response.bytes().await.map_err(|e| RegistryError::Transport {
-            op: op.clone(),
-            url: url_text.clone(),
-            connect: false,
-            timed_out: e.is_timeout(),
-            reason: format!("reading the answer: {}", chain(&e)),
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| RegistryError::Transport {
+                op: op.clone(),
+                url: url_text.clone(),
+                connect: false,
+                timed_out: e.is_timeout(),
+                reason: format!("reading the answer: {}", chain(&e)),
+            })?;
         if !status.is_success() {
             let (error_code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(ErrorBody { error_code, message: Some(message) }) => (error_code, message),
-                Ok(ErrorBody { error_code, message: None }) => (error_code, String::new()),
+                Ok(ErrorBody {
+                    error_code,
+                    message: Some(message),
+                }) => (error_code, message),
+                Ok(ErrorBody {
+                    error_code,
+                    message: None,
+                }) => (error_code, String::new()),
                 // Not the registry talking (a proxy, a load balancer): show
                 // what it said.
                 Err(_) => (None, bounded(&body)),
             };
-            return Err(RegistryError::Rejected { op, url: url_text, status, error_code, message });
+            return Err(RegistryError::Rejected {
+                op,
+                url: url_text,
+                status,
+                error_code,
+                message,
+            });
         }
         serde_json::from_slice(&body).map_err(|e| RegistryError::BadResponse {
             op,
@@ -336,13 +378,16 @@ impl SchemaRegistry {
 /// the binary may set differently.
 fn build_client() -> Result<reqwest::Client, RegistryError> {
     let crypto = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(Vec::new(), crypto.clone())
-        .map_err(|e| RegistryError::Client {
-            reason: format!("cannot load the system's root certificates: {e}"),
-        })?;
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(Vec::new(), crypto.clone())
+            .map_err(|e| RegistryError::Client {
+                reason: format!("cannot load the system's root certificates: {e}"),
+            })?;
     let mut tls = rustls::ClientConfig::builder_with_provider(crypto)
         .with_safe_default_protocol_versions()
-        .map_err(|e| RegistryError::Client { reason: format!("TLS setup: {e}") })?
+        .map_err(|e| RegistryError::Client {
+            reason: format!("TLS setup: {e}"),
+        })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -373,7 +418,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn bounded(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).into_owned();
-    if body.len() > MAX_ERROR_BODY { format!("{text}...") } else { text }
+    if body.len() > MAX_ERROR_BODY {
+        format!("{text}...")
+    } else {
+        text
+    }
 }
 
 /// A URL as it may appear in an error: without its password. Used on input
@@ -404,20 +453,33 @@ mod tests {
         assert_eq!(r.url(), "https://registry.example:8081/prefix/");
         assert_eq!(r.inner.auth, Some(("key".into(), "s@cr:t".into())));
         let shown = format!("{r:?}");
-        assert!(!shown.contains("s%40cr") && !shown.contains("s@cr"), "{shown}");
+        assert!(
+            !shown.contains("s%40cr") && !shown.contains("s@cr"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn subjects_are_one_path_segment() {
         let r = SchemaRegistry::new("http://localhost:8081").unwrap();
-        let op = Operation::Register { subject: "a/b?c".into() };
+        let op = Operation::Register {
+            subject: "a/b?c".into(),
+        };
         let url = r.url_for(&op, &["subjects", "a/b?c", "versions"]).unwrap();
-        assert_eq!(url.as_str(), "http://localhost:8081/subjects/a%2Fb%3Fc/versions");
+        assert_eq!(
+            url.as_str(),
+            "http://localhost:8081/subjects/a%2Fb%3Fc/versions"
+        );
     }
 
     #[test]
     fn bad_urls_are_errors_without_the_password() {
-        for url in ["localhost:8081", "ftp://h", "http://u:pw@h/?x=1", "http://u:pw@[::1"] {
+        for url in [
+            "localhost:8081",
+            "ftp://h",
+            "http://u:pw@h/?x=1",
+            "http://u:pw@[::1",
+        ] {
             let e = SchemaRegistry::new(url).unwrap_err();
             assert!(matches!(e, RegistryError::InvalidUrl { .. }), "{url}: {e}");
             assert!(!e.to_string().contains("pw"), "{e}");

@@ -40,7 +40,9 @@ pub struct LinkSigner {
 
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSigner").field("public_url", &self.public_url).finish_non_exhaustive()
+        f.debug_struct("LinkSigner")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +58,11 @@ impl LinkSigner {
         // Serialising a struct of strings cannot fail.
         let json = serde_json::to_vec(target).unwrap_or_default();
         let tag = hmac::sign(&self.key, &json);
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&json), URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&json),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
     }
 
     pub fn verify(&self, token: &str) -> Result<TrackedTarget, InvalidToken> {
@@ -97,13 +103,23 @@ mod tests {
         let signer = LinkSigner::new("secret", "https://t.example.com/");
         let token = signer.token(&target());
         assert_eq!(signer.verify(&token).unwrap(), target());
-        assert!(signer.click_url(&target()).starts_with("https://t.example.com/t/c/"));
+        assert!(
+            signer
+                .click_url(&target())
+                .starts_with("https://t.example.com/t/c/")
+        );
         let mut forged = target();
         forged.url = Some("https://evil.example".into());
         let forged_body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
         let tag = token.split_once('.').unwrap().1;
-        assert_eq!(signer.verify(&format!("{forged_body}.{tag}")), Err(InvalidToken));
-        assert_eq!(LinkSigner::new("other", "x").verify(&token), Err(InvalidToken));
+        assert_eq!(
+            signer.verify(&format!("{forged_body}.{tag}")),
+            Err(InvalidToken)
+        );
+        assert_eq!(
+            LinkSigner::new("other", "x").verify(&token),
+            Err(InvalidToken)
+        );
         assert_eq!(signer.verify("garbage"), Err(InvalidToken));
     }
 }

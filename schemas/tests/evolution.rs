@@ -39,7 +39,11 @@ fn current_schemas_read_every_earlier_version() {
     for entry in CATALOG {
         let current = Schema::parse_str(entry.source).expect("catalog schema parses");
         let history = history_of(entry.file);
-        assert!(!history.is_empty(), "{} has no recorded versions", entry.file);
+        assert!(
+            !history.is_empty(),
+            "{} has no recorded versions",
+            entry.file
+        );
         for (path, old) in history {
             SchemaCompatibility::can_read(&old, &current).unwrap_or_else(|e| {
                 panic!("{} cannot read data written with {path}: {e}", entry.file)

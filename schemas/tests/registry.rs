@@ -82,10 +82,15 @@ impl Fake {
             .route("/subjects/{subject}/versions", post(register))
             .route("/schemas/ids/{id}", get(schema_by_id))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        Fake { state, url: format!("http://{addr}") }
+        Fake {
+            state,
+            url: format!("http://{addr}"),
+        }
     }
 
     /// A registry already used by other teams, so ids we get are not small.
@@ -96,7 +101,10 @@ impl Fake {
             let schema = format!(
                 r#"{{"type":"record","name":"Thing{i}","namespace":"com.example.other","fields":[{{"name":"x","type":"int"}}]}}"#
             );
-            client.register(&format!("other-topic-{i}-value"), &schema).await.expect("seed");
+            client
+                .register(&format!("other-topic-{i}-value"), &schema)
+                .await
+                .expect("seed");
         }
         fake
     }
@@ -111,7 +119,14 @@ impl Fake {
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json")], body.to_string())
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.schemaregistry.v1+json",
+        )],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -120,7 +135,10 @@ fn error(status: StatusCode, code: u32, message: String) -> Response {
 }
 
 fn record_auth(r: &mut Registry, headers: &HeaderMap) {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     r.authorization.push(auth);
 }
 
@@ -132,40 +150,62 @@ async fn register(
 ) -> Response {
     let mut r = state.lock().expect("registry state");
     record_auth(&mut r, &headers);
-    let content_type =
-        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     r.content_types.push(content_type);
     if r.failing {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend datastore".into());
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend datastore".into(),
+        );
     }
     let Some(text) = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| v.get("schema").and_then(Value::as_str).map(str::to_owned))
     else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 422, "Unrecognized field or missing schema".into());
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            422,
+            "Unrecognized field or missing schema".into(),
+        );
     };
     let schema = match Schema::parse_str(&text) {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42201,
+                format!("Invalid schema {e}"),
+            );
+        }
     };
     let normalized = serde_json::to_string(&schema).expect("a parsed schema serialises");
     let versions = r.subjects.get(&subject).cloned().unwrap_or_default();
     // Already a version of this subject: same id, no new version, no check.
-    if let Some(&id) = versions.iter().find(|&&id| r.normalized[id as usize - 1] == normalized) {
+    if let Some(&id) = versions
+        .iter()
+        .find(|&&id| r.normalized[id as usize - 1] == normalized)
+    {
         return answer(StatusCode::OK, json!({ "id": id }));
     }
     let incompatible = |detail: String| {
         error(
             StatusCode::CONFLICT,
             409,
-            format!("Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: {detail}"),
+            format!(
+                "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: {detail}"
+            ),
         )
     };
     if let Some(&latest) = versions.last() {
         if r.refuse_subject.as_deref() == Some(subject.as_str()) {
             return incompatible("refused by the test".into());
         }
-        let latest = Schema::parse_str(&r.schemas[latest as usize - 1]).expect("stored schemas parse");
+        let latest =
+            Schema::parse_str(&r.schemas[latest as usize - 1]).expect("stored schemas parse");
         if let Err(e) = SchemaCompatibility::can_read(&latest, &schema) {
             return incompatible(e.to_string());
         }
@@ -191,11 +231,19 @@ async fn schema_by_id(
     record_auth(&mut r, &headers);
     *r.gets.entry(id).or_default() += 1;
     if r.failing {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend datastore".into());
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend datastore".into(),
+        );
     }
     match (id as usize).checked_sub(1).and_then(|i| r.schemas.get(i)) {
         Some(text) => answer(StatusCode::OK, json!({ "schema": text })),
-        None => error(StatusCode::NOT_FOUND, 40403, format!("Schema {id} not found")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            40403,
+            format!("Schema {id} not found"),
+        ),
     }
 }
 
@@ -243,7 +291,13 @@ const OLD_DELIVERY: &str = r#"{"type":"record","name":"Delivery","namespace":"ti
 fn old_delivery_bytes(id: u32, n: usize) -> Vec<u8> {
     let schema = Schema::parse_str(OLD_DELIVERY).expect("old schema parses");
     let mut rec = Record::new(&schema).expect("a record schema");
-    for f in ["delivery_id", "notification_id", "event_id", "user_id", "channel"] {
+    for f in [
+        "delivery_id",
+        "notification_id",
+        "event_id",
+        "user_id",
+        "channel",
+    ] {
         rec.put(f, format!("{f}-{n}"));
     }
     rec.put("target", "t".repeat(12));
@@ -262,7 +316,9 @@ fn old_delivery_bytes(id: u32, n: usize) -> Vec<u8> {
 /// The ids `codec` writes, in catalog order.
 fn write_ids(codec: &AvroCodec) -> Vec<u32> {
     vec![
-        codec.schema_id::<NotificationRequest>().expect("in catalog"),
+        codec
+            .schema_id::<NotificationRequest>()
+            .expect("in catalog"),
         codec.schema_id::<Delivery>().expect("in catalog"),
         codec.schema_id::<DeadLetter>().expect("in catalog"),
         codec.schema_id::<TrackingEvent>().expect("in catalog"),
@@ -277,39 +333,87 @@ fn write_ids(codec: &AvroCodec) -> Vec<u32> {
 #[tokio::test]
 async fn the_catalog_is_registered_under_record_names_and_written_with_registry_ids() {
     let fake = Fake::start_shared().await;
-    let codec = AvroCodec::with_registry(&fake.url).await.expect("registry codec");
+    let codec = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect("registry codec");
 
     let ids = write_ids(&codec);
-    assert_eq!(CATALOG[1].full_name, "tidings.v1.Delivery", "write_ids follows catalog order");
+    assert_eq!(
+        CATALOG[1].full_name, "tidings.v1.Delivery",
+        "write_ids follows catalog order"
+    );
     for (entry, &id) in CATALOG.iter().zip(&ids) {
         // RecordNameStrategy: one subject per record type, named after it.
-        assert_eq!(fake.versions(entry.full_name), vec![id], "{}", entry.full_name);
-        assert!(id > 10, "{} got id {id}, from before the seeded schemas", entry.full_name);
-        assert_ne!(id, entry.local_id, "{} is written with its local id", entry.full_name);
+        assert_eq!(
+            fake.versions(entry.full_name),
+            vec![id],
+            "{}",
+            entry.full_name
+        );
+        assert!(
+            id > 10,
+            "{} got id {id}, from before the seeded schemas",
+            entry.full_name
+        );
+        assert_ne!(
+            id, entry.local_id,
+            "{} is written with its local id",
+            entry.full_name
+        );
         fake.with(|r| assert_eq!(r.schemas[id as usize - 1], entry.source));
     }
 
     let d = delivery();
     let bytes = codec.encode(&d).expect("encodes");
     assert_eq!(bytes[0], 0, "magic byte");
-    assert_eq!(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]), ids[1]);
+    assert_eq!(
+        u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
+        ids[1]
+    );
     assert_eq!(codec.decode::<Delivery>(&bytes).expect("decodes"), d);
-    assert_eq!(codec.decode_async::<Delivery>(&bytes).await.expect("decodes"), d);
+    assert_eq!(
+        codec
+            .decode_async::<Delivery>(&bytes)
+            .await
+            .expect("decodes"),
+        d
+    );
 
     // Another service on the same build (or this one, restarted): the same
     // schemas get the same ids and no new versions, so it reads the first
     // one's records without asking the registry anything.
-    let other = AvroCodec::with_registry(&fake.url).await.expect("second codec");
+    let other = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect("second codec");
     assert_eq!(write_ids(&other), ids);
     for entry in CATALOG {
-        assert_eq!(fake.versions(entry.full_name).len(), 1, "{}", entry.full_name);
+        assert_eq!(
+            fake.versions(entry.full_name).len(),
+            1,
+            "{}",
+            entry.full_name
+        );
     }
-    assert_eq!(other.decode_async::<Delivery>(&bytes).await.expect("decodes"), d);
+    assert_eq!(
+        other
+            .decode_async::<Delivery>(&bytes)
+            .await
+            .expect("decodes"),
+        d
+    );
     fake.with(|r| {
-        assert_eq!(r.schemas.len(), 10 + CATALOG.len(), "no schema registered twice");
+        assert_eq!(
+            r.schemas.len(),
+            10 + CATALOG.len(),
+            "no schema registered twice"
+        );
         assert!(r.gets.is_empty(), "nothing to fetch: {:?}", r.gets);
         let vnd = Some("application/vnd.schemaregistry.v1+json".to_owned());
-        assert!(r.content_types.iter().all(|c| *c == vnd), "{:?}", r.content_types);
+        assert!(
+            r.content_types.iter().all(|c| *c == vnd),
+            "{:?}",
+            r.content_types
+        );
     });
 }
 
@@ -325,7 +429,9 @@ async fn records_written_with_an_older_registered_schema_are_fetched_once_and_re
 
     // Our build registers its Delivery as the subject's next version: it
     // adds only fields with defaults, so BACKWARD compatibility holds.
-    let codec = AvroCodec::with_registry(&fake.url).await.expect("registry codec");
+    let codec = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect("registry codec");
     let new_id = codec.schema_id::<Delivery>().expect("in catalog");
     assert_ne!(new_id, old_id);
     assert_eq!(fake.versions("tidings.v1.Delivery"), vec![old_id, new_id]);
@@ -350,7 +456,9 @@ async fn records_written_with_an_older_registered_schema_are_fetched_once_and_re
         assert!(d.data.is_empty());
     }
     // Cached: the sync decode knows the id now too.
-    let d: Delivery = codec.decode(&old_delivery_bytes(old_id, 99)).expect("cached schema");
+    let d: Delivery = codec
+        .decode(&old_delivery_bytes(old_id, 99))
+        .expect("cached schema");
     assert_eq!(d.accepted_at, 99);
     fake.with(|r| assert_eq!(r.gets, BTreeMap::from([(old_id, 1)]), "one fetch per id"));
 }
@@ -360,17 +468,32 @@ async fn an_incompatible_schema_is_refused_at_startup_naming_the_subject() {
     let fake = Fake::start().await;
     // Someone registered a Delivery whose `target` is an int; ours, a
     // string, cannot read that data.
-    let theirs = OLD_DELIVERY.replace(r#"{"name":"target","type":"string"}"#, r#"{"name":"target","type":"int"}"#);
-    SchemaRegistry::new(&fake.url).expect("client").register("tidings.v1.Delivery", &theirs).await.expect("seed");
+    let theirs = OLD_DELIVERY.replace(
+        r#"{"name":"target","type":"string"}"#,
+        r#"{"name":"target","type":"int"}"#,
+    );
+    SchemaRegistry::new(&fake.url)
+        .expect("client")
+        .register("tidings.v1.Delivery", &theirs)
+        .await
+        .expect("seed");
 
-    let e = AvroCodec::with_registry(&fake.url).await.expect_err("refused");
+    let e = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect_err("refused");
     assert!(e.is_incompatible(), "{e}");
     assert_eq!(e.error_code(), Some(409));
     assert!(!e.is_retriable(), "{e}");
     let text = e.to_string();
-    assert!(text.contains("registering subject tidings.v1.Delivery"), "{text}");
+    assert!(
+        text.contains("registering subject tidings.v1.Delivery"),
+        "{text}"
+    );
     assert!(text.contains(&fake.url), "{text}");
-    assert!(text.contains("incompatible with an earlier schema"), "{text}");
+    assert!(
+        text.contains("incompatible with an earlier schema"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -380,9 +503,15 @@ async fn a_refusal_forced_by_the_registry_names_the_subject() {
     // to check; the registry refuses it whatever the schemas say (as it
     // would under a stricter compatibility level than ours assumes).
     let earlier = r#"{"type":"record","name":"TrackingEvent","namespace":"tidings.v1","fields":[{"name":"event_id","type":"string"}]}"#;
-    SchemaRegistry::new(&fake.url).expect("client").register("tidings.v1.TrackingEvent", earlier).await.expect("seed");
+    SchemaRegistry::new(&fake.url)
+        .expect("client")
+        .register("tidings.v1.TrackingEvent", earlier)
+        .await
+        .expect("seed");
     fake.with(|r| r.refuse_subject = Some("tidings.v1.TrackingEvent".into()));
-    let e = AvroCodec::with_registry(&fake.url).await.expect_err("refused");
+    let e = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect_err("refused");
     let text = e.to_string();
     assert!(
         text.contains("registering subject tidings.v1.TrackingEvent")
@@ -395,9 +524,14 @@ async fn a_refusal_forced_by_the_registry_names_the_subject() {
 #[tokio::test]
 async fn unknown_ids_are_permanent_errors_and_a_failing_registry_is_retriable() {
     let fake = Fake::start_shared().await;
-    let codec = AvroCodec::with_registry(&fake.url).await.expect("registry codec");
+    let codec = AvroCodec::with_registry(&fake.url)
+        .await
+        .expect("registry codec");
 
-    let e = codec.decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0F, 0]).await.expect_err("unknown id");
+    let e = codec
+        .decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0F, 0])
+        .await
+        .expect_err("unknown id");
     match &e {
         CodecError::Registry { id: 9999, source } => {
             assert_eq!(source.status(), Some(StatusCode::NOT_FOUND));
@@ -410,16 +544,34 @@ async fn unknown_ids_are_permanent_errors_and_a_failing_registry_is_retriable() 
 
     // An id registered by someone else for another record type: fetched,
     // then refused as the wrong type rather than misread.
-    let e = codec.decode_async::<Delivery>(&[0, 0, 0, 0, 1, 0]).await.expect_err("wrong type");
-    assert!(matches!(e, CodecError::WrongRecordType { id: 1, .. }), "{e}");
+    let e = codec
+        .decode_async::<Delivery>(&[0, 0, 0, 0, 1, 0])
+        .await
+        .expect_err("wrong type");
+    assert!(
+        matches!(e, CodecError::WrongRecordType { id: 1, .. }),
+        "{e}"
+    );
 
     fake.with(|r| r.failing = true);
-    let e = codec.decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0E, 0]).await.expect_err("500");
+    let e = codec
+        .decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0E, 0])
+        .await
+        .expect_err("500");
     assert!(e.is_retriable(), "{e}");
-    assert!(matches!(&e, CodecError::Registry { source, .. } if source.error_code() == Some(50001)), "{e}");
+    assert!(
+        matches!(&e, CodecError::Registry { source, .. } if source.error_code() == Some(50001)),
+        "{e}"
+    );
     // Records this codec knows still decode while the registry is down.
     let d = delivery();
-    assert_eq!(codec.decode_async::<Delivery>(&codec.encode(&d).expect("encodes")).await.expect("known id"), d);
+    assert_eq!(
+        codec
+            .decode_async::<Delivery>(&codec.encode(&d).expect("encodes"))
+            .await
+            .expect("known id"),
+        d
+    );
 }
 
 #[tokio::test]
@@ -427,25 +579,44 @@ async fn decode_async_on_a_local_codec_is_decode() {
     let codec = AvroCodec::local();
     let d = delivery();
     let bytes = codec.encode(&d).expect("encodes");
-    assert_eq!(codec.decode_async::<Delivery>(&bytes).await.expect("decodes"), d);
+    assert_eq!(
+        codec
+            .decode_async::<Delivery>(&bytes)
+            .await
+            .expect("decodes"),
+        d
+    );
     assert!(matches!(
         codec.decode_async::<Delivery>(&[0, 0, 0, 0, 99, 0]).await,
         Err(CodecError::UnknownSchemaId(99))
     ));
-    assert!(matches!(codec.decode_async::<Delivery>(&[0, 0]).await, Err(CodecError::TooShort { .. })));
+    assert!(matches!(
+        codec.decode_async::<Delivery>(&[0, 0]).await,
+        Err(CodecError::TooShort { .. })
+    ));
 }
 
 #[tokio::test]
 async fn an_unreachable_registry_is_a_retriable_error_naming_the_url() {
-    let e = AvroCodec::with_registry("http://127.0.0.1:1").await.expect_err("nothing listens on port 1");
+    let e = AvroCodec::with_registry("http://127.0.0.1:1")
+        .await
+        .expect_err("nothing listens on port 1");
     assert!(matches!(e, RegistryError::Transport { .. }), "{e}");
     assert!(e.is_retriable(), "{e}");
     let text = e.to_string();
-    assert!(text.contains("http://127.0.0.1:1/subjects/tidings.v1.NotificationRequest/versions"), "{text}");
+    assert!(
+        text.contains("http://127.0.0.1:1/subjects/tidings.v1.NotificationRequest/versions"),
+        "{text}"
+    );
 
     // Credentials never reach the message.
-    let e = AvroCodec::with_registry("http://svc:hunter2@127.0.0.1:1").await.expect_err("unreachable");
-    assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("svc:"), "{e}");
+    let e = AvroCodec::with_registry("http://svc:hunter2@127.0.0.1:1")
+        .await
+        .expect_err("unreachable");
+    assert!(
+        !e.to_string().contains("hunter2") && !e.to_string().contains("svc:"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -454,17 +625,37 @@ async fn credentials_in_the_url_are_sent_as_basic_auth() {
     let port = fake.url.rsplit(':').next().expect("a port");
     // `s@cr:t`, percent-encoded as userinfo requires.
     let with_auth = format!("http://alice:s%40cr%3At@127.0.0.1:{port}");
-    let codec = AvroCodec::with_registry(&with_auth).await.expect("registry codec");
-    codec.decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0F, 0]).await.expect_err("no schema 9999");
+    let codec = AvroCodec::with_registry(&with_auth)
+        .await
+        .expect("registry codec");
+    codec
+        .decode_async::<Delivery>(&[0, 0, 0, 0x27, 0x0F, 0])
+        .await
+        .expect_err("no schema 9999");
     fake.with(|r| {
         // base64("alice:s@cr:t")
         let expected = Some("Basic YWxpY2U6c0Bjcjp0".to_owned());
         assert_eq!(r.authorization.len(), CATALOG.len() + 1);
-        assert!(r.authorization.iter().all(|a| *a == expected), "{:?}", r.authorization);
+        assert!(
+            r.authorization.iter().all(|a| *a == expected),
+            "{:?}",
+            r.authorization
+        );
         r.authorization.clear();
     });
-    assert_eq!(codec.registry().expect("has a registry").url(), format!("http://127.0.0.1:{port}/"));
+    assert_eq!(
+        codec.registry().expect("has a registry").url(),
+        format!("http://127.0.0.1:{port}/")
+    );
 
-    AvroCodec::with_registry(&fake.url).await.expect("without credentials");
-    fake.with(|r| assert!(r.authorization.iter().all(Option::is_none), "{:?}", r.authorization));
+    AvroCodec::with_registry(&fake.url)
+        .await
+        .expect("without credentials");
+    fake.with(|r| {
+        assert!(
+            r.authorization.iter().all(Option::is_none),
+            "{:?}",
+            r.authorization
+        )
+    });
 }

@@ -30,8 +30,12 @@ pub struct ApnsServer {
 impl ApnsServer {
     pub async fn start() -> (Self, SocketAddr) {
         let server = ApnsServer::default();
-        let app = Router::new().route("/3/device/{token}", post(push)).with_state(server.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = Router::new()
+            .route("/3/device/{token}", post(push))
+            .with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (server, addr)
@@ -52,10 +56,18 @@ impl ApnsServer {
     /// `[providers.ios]` pointing at this server, with a fresh ES256 key.
     pub fn config(addr: SocketAddr) -> serde_json::Value {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("P-256 key");
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("P-256 key");
         let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        );
         serde_json::json!({
             "kind": "apns",
             "base_url": format!("http://{addr}"),
@@ -68,13 +80,21 @@ impl ApnsServer {
     }
 }
 
-async fn push(State(server): State<ApnsServer>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+async fn push(
+    State(server): State<ApnsServer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let authorized = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.to_ascii_lowercase().starts_with("bearer "));
     if !authorized {
-        return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({"reason": "MissingProviderToken"}))).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({"reason": "MissingProviderToken"})),
+        )
+            .into_response();
     }
     if server.uninstalled.lock().unwrap().contains(&token) {
         let body = serde_json::json!({"reason": "Unregistered", "timestamp": 1_700_000_000_000u64});

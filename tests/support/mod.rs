@@ -74,7 +74,9 @@ impl TestPipeline {
         config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.enricher.schedule_poll_ms = 200;
         match backend {
-            Backend::Embedded => config.store.url = format!("sqlite://{}/tidings.db", dir.path().display()),
+            Backend::Embedded => {
+                config.store.url = format!("sqlite://{}/tidings.db", dir.path().display())
+            }
             Backend::Servers => {
                 config.kafka.bootstrap_servers = kafka_address();
                 config.store.url = format!("scylla://{}/tidings_e2e", cql_address());
@@ -82,10 +84,21 @@ impl TestPipeline {
         }
         tweak(&mut config);
         let pipeline = Self::launch(backend, config.clone()).await;
-        let app = create_app(&pipeline.runtime.store, "tests", vec!["*".into()], None).await.expect("test app");
+        let app = create_app(&pipeline.runtime.store, "tests", vec!["*".into()], None)
+            .await
+            .expect("test app");
         let client = connect(&pipeline, &app).await;
         let bootstrap = pipeline.runtime.cluster.bootstrap_servers().to_owned();
-        Self { pipeline: Some(pipeline), backend, client, bootstrap, prefix, config, app, dir }
+        Self {
+            pipeline: Some(pipeline),
+            backend,
+            client,
+            bootstrap,
+            prefix,
+            config,
+            app,
+            dir,
+        }
     }
 
     async fn launch(backend: Backend, config: Config) -> Pipeline {
@@ -118,7 +131,9 @@ impl TestPipeline {
 
     /// A client with other credentials.
     pub async fn client_as(&self, key: &str, secret: &str) -> Client {
-        Client::connect(&self.grpc_endpoint(), Some(key.into()), Some(secret.into())).await.expect("gateway answers")
+        Client::connect(&self.grpc_endpoint(), Some(key.into()), Some(secret.into()))
+            .await
+            .expect("gateway answers")
     }
 
     pub fn topic(&self, suffix: &str) -> String {
@@ -126,7 +141,10 @@ impl TestPipeline {
     }
 
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.pipeline.as_ref().expect("running").gateway.grpc)
+        format!(
+            "http://{}",
+            self.pipeline.as_ref().expect("running").gateway.grpc
+        )
     }
 
     /// Stops every task; a task that failed fails the test.
@@ -164,10 +182,18 @@ impl TestPipeline {
         let (mut raw, mut records) = (Vec::new(), Vec::new());
         while !done(&records) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out on {topic}; read {} records so far", records.len());
+            assert!(
+                !left.is_zero(),
+                "timed out on {topic}; read {} records so far",
+                records.len()
+            );
             if let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await {
                 let payload = m.payload().unwrap_or_default().to_vec();
-                records.push(codec.decode::<T>(&payload).expect("valid Avro in the Confluent wire format"));
+                records.push(
+                    codec
+                        .decode::<T>(&payload)
+                        .expect("valid Avro in the Confluent wire format"),
+                );
                 raw.push(payload);
             }
         }
@@ -177,9 +203,13 @@ impl TestPipeline {
 }
 
 async fn connect(pipeline: &Pipeline, app: &(String, String)) -> Client {
-    Client::connect(&format!("http://{}", pipeline.gateway.grpc), Some(app.0.clone()), Some(app.1.clone()))
-        .await
-        .expect("gateway answers")
+    Client::connect(
+        &format!("http://{}", pipeline.gateway.grpc),
+        Some(app.0.clone()),
+        Some(app.1.clone()),
+    )
+    .await
+    .expect("gateway answers")
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout`.

@@ -43,7 +43,9 @@ impl SmsProvider {
         let app = Router::new()
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
             .with_state(provider.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (provider, addr)
@@ -51,12 +53,25 @@ impl SmsProvider {
 
     /// Answers for the next requests to `to`, in order.
     pub fn script(&self, to: &str, answers: &[Answer]) {
-        self.0.lock().unwrap().scripts.entry(to.to_owned()).or_default().extend(answers.iter().copied());
+        self.0
+            .lock()
+            .unwrap()
+            .scripts
+            .entry(to.to_owned())
+            .or_default()
+            .extend(answers.iter().copied());
     }
 
     /// The statuses answered to requests for `to`, in order.
     pub fn answered(&self, to: &str) -> Vec<u16> {
-        self.0.lock().unwrap().seen.iter().filter(|(t, _, _)| t == to).map(|(_, _, s)| *s).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|(t, _, _)| t == to)
+            .map(|(_, _, s)| *s)
+            .collect()
     }
 
     /// The `[providers.sms]` settings pointing at this server.
@@ -81,7 +96,9 @@ async fn messages(
     let answer = {
         let mut inner = provider.0.lock().unwrap();
         let answer = inner.scripts.get_mut(&to).and_then(VecDeque::pop_front);
-        inner.seen.push((to.clone(), body, answer.map_or(201, |a| a.status)));
+        inner
+            .seen
+            .push((to.clone(), body, answer.map_or(201, |a| a.status)));
         answer
     };
     if sid != ACCOUNT_SID {

@@ -67,7 +67,11 @@ pub struct TrackingConfig {
 
 impl Default for TrackingConfig {
     fn default() -> Self {
-        Self { public_url: "http://127.0.0.1:8080".into(), link_secret: DEV_LINK_SECRET.into(), open_pixel: true }
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            link_secret: DEV_LINK_SECRET.into(),
+            open_pixel: true,
+        }
     }
 }
 
@@ -297,12 +301,16 @@ impl Config {
         }
         // Only `TIDINGS_<SECTION>__<KEY>` names are configuration; others such
         // as TIDINGS_CONFIG or TIDINGS_APP_KEY belong to the CLI.
-        let env = Env::prefixed("TIDINGS_").filter(|key| key.as_str().contains("__")).split("__");
+        let env = Env::prefixed("TIDINGS_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
         Self::from_figment(figment.merge(env))
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -311,11 +319,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
         if k.bootstrap_servers.trim().is_empty() {
-            return semantic("kafka.bootstrap_servers", "is empty; use `embedded` or host:port[,host:port]");
+            return semantic(
+                "kafka.bootstrap_servers",
+                "is empty; use `embedded` or host:port[,host:port]",
+            );
         }
         if !k.is_embedded() {
             for broker in k.bootstrap_servers.split(',') {
-                if broker.trim().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                if broker
+                    .trim()
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
                     return semantic(
                         "kafka.bootstrap_servers",
                         format!("has `{broker}`, which is not host:port"),
@@ -330,13 +346,22 @@ impl Config {
             return semantic("kafka.replication_factor", "must be at least 1");
         }
         if k.topic_prefix.is_empty()
-            || !k.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            || !k
+                .topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         {
-            return semantic("kafka.topic_prefix", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
+            return semantic(
+                "kafka.topic_prefix",
+                "must be non-empty ASCII letters, digits, '.', '_' or '-'",
+            );
         }
         let url = &self.store.url;
         if !(url.starts_with("sqlite://") || url.starts_with("scylla://")) {
-            return semantic("store.url", format!("`{url}` must start with sqlite:// or scylla://"));
+            return semantic(
+                "store.url",
+                format!("`{url}` must start with sqlite:// or scylla://"),
+            );
         }
         for (i, limit) in self.enricher.rate_limits.iter().enumerate() {
             if limit.max == 0 || limit.per_secs == 0 {
@@ -352,14 +377,24 @@ impl Config {
                 "is the development default; set a secret of your own (TIDINGS_TRACKING__LINK_SECRET) on a shared cluster",
             );
         }
-        if let Some(channel) = self.providers.keys().find(|c| !["ios", "android", "sms", "email"].contains(&c.as_str())) {
-            return semantic("providers", format!("has `{channel}`; channels are ios, android, sms and email"));
+        if let Some(channel) = self
+            .providers
+            .keys()
+            .find(|c| !["ios", "android", "sms", "email"].contains(&c.as_str()))
+        {
+            return semantic(
+                "providers",
+                format!("has `{channel}`; channels are ios, android, sms and email"),
+            );
         }
         if self.senders.max_attempts == 0 {
             return semantic("senders.max_attempts", "must be at least 1");
         }
         if self.senders.retry_delays_ms.windows(2).any(|w| w[0] > w[1]) {
-            return semantic("senders.retry_delays_ms", "must not decrease from one tier to the next");
+            return semantic(
+                "senders.retry_delays_ms",
+                "must not decrease from one tier to the next",
+            );
         }
         if self.gateway.max_batch == 0 {
             return semantic("gateway.max_batch", "must be at least 1");
@@ -369,7 +404,10 @@ impl Config {
 }
 
 fn semantic(key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    Err(ConfigError::Semantic { key, problem: problem.into() })
+    Err(ConfigError::Semantic {
+        key,
+        problem: problem.into(),
+    })
 }
 
 #[cfg(test)]
@@ -412,13 +450,22 @@ mod tests {
             jail.set_env("TIDINGS_KAFKA__PARTITIONS", "many");
             let err = Config::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("kafka.partitions"), "{err}");
-            assert!(err.contains("tidings_") && err.contains("environment"), "{err}");
+            assert!(
+                err.contains("tidings_") && err.contains("environment"),
+                "{err}"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {
-            jail.create_file("tidings.toml", "[kafka]\nbootstrap_servers = \"nohostport\"\n")?;
+            jail.create_file(
+                "tidings.toml",
+                "[kafka]\nbootstrap_servers = \"nohostport\"\n",
+            )?;
             let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("kafka.bootstrap_servers") && err.contains("nohostport"), "{err}");
+            assert!(
+                err.contains("kafka.bootstrap_servers") && err.contains("nohostport"),
+                "{err}"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {
@@ -427,7 +474,9 @@ mod tests {
             assert!(err.contains("brokers"), "unknown keys are rejected: {err}");
             Ok(())
         });
-        let err = Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err().to_string();
+        let err = Config::load(Some(Path::new("/nonexistent/t.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/t.toml"), "{err}");
     }
 }

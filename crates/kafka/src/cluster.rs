@@ -37,7 +37,11 @@ struct EmbeddedBrokers {
 /// Work for the mock cluster's thread. Topics are created through the mock
 /// API: the mock brokers do not implement the CreateTopics admin request.
 enum MockCommand {
-    CreateTopic { name: String, partitions: i32, done: mpsc::Sender<Result<(), String>> },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        done: mpsc::Sender<Result<(), String>>,
+    },
     Stop,
 }
 
@@ -48,8 +52,13 @@ impl KafkaCluster {
         if config.is_embedded() {
             return Self::start_embedded();
         }
-        let cluster = Self { bootstrap_servers: config.bootstrap_servers.clone(), embedded: None };
-        cluster.check_reachable(config, Duration::from_secs(10)).await?;
+        let cluster = Self {
+            bootstrap_servers: config.bootstrap_servers.clone(),
+            embedded: None,
+        };
+        cluster
+            .check_reachable(config, Duration::from_secs(10))
+            .await?;
         Ok(cluster)
     }
 
@@ -63,8 +72,16 @@ impl KafkaCluster {
                 Ok(mock) => {
                     let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
                     // Serves commands until stopped or its owner is gone.
-                    while let Ok(MockCommand::CreateTopic { name, partitions, done }) = command_rx.recv() {
-                        let _ = done.send(mock.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
+                    while let Ok(MockCommand::CreateTopic {
+                        name,
+                        partitions,
+                        done,
+                    }) = command_rx.recv()
+                    {
+                        let _ = done.send(
+                            mock.create_topic(&name, partitions, 1)
+                                .map_err(|e| e.to_string()),
+                        );
                     }
                     drop(mock);
                 }
@@ -80,7 +97,10 @@ impl KafkaCluster {
         info!(%bootstrap_servers, "started embedded Kafka (librdkafka mock cluster)");
         Ok(Self {
             bootstrap_servers,
-            embedded: Some(EmbeddedBrokers { commands, thread: Some(thread) }),
+            embedded: Some(EmbeddedBrokers {
+                commands,
+                thread: Some(thread),
+            }),
         })
     }
 
@@ -102,7 +122,11 @@ impl KafkaCluster {
         c
     }
 
-    async fn check_reachable(&self, config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
+    async fn check_reachable(
+        &self,
+        config: &KafkaConfig,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
         let consumer: BaseConsumer = self
             .client_config(config)
             .create()
@@ -111,7 +135,11 @@ impl KafkaCluster {
         tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
             .await
             .map_err(|e| KafkaError::Embedded(e.to_string()))?
-            .map_err(|e| KafkaError::Unreachable { servers, timeout, reason: e.to_string() })
+            .map_err(|e| KafkaError::Unreachable {
+                servers,
+                timeout,
+                reason: e.to_string(),
+            })
     }
 
     /// Creates the topics that do not exist yet; existing ones are left alone.
@@ -123,12 +151,21 @@ impl KafkaCluster {
         if let Some(embedded) = &self.embedded {
             for spec in specs {
                 let (done, result) = mpsc::channel();
-                let command = MockCommand::CreateTopic { name: spec.name.clone(), partitions: spec.partitions, done };
-                embedded.commands.send(command).map_err(|_| KafkaError::Embedded("mock cluster stopped".into()))?;
+                let command = MockCommand::CreateTopic {
+                    name: spec.name.clone(),
+                    partitions: spec.partitions,
+                    done,
+                };
+                embedded
+                    .commands
+                    .send(command)
+                    .map_err(|_| KafkaError::Embedded("mock cluster stopped".into()))?;
                 result
                     .recv()
                     .map_err(|_| KafkaError::Embedded("mock cluster stopped".into()))?
-                    .map_err(|e| KafkaError::Embedded(format!("creating topic {}: {e}", spec.name)))?;
+                    .map_err(|e| {
+                        KafkaError::Embedded(format!("creating topic {}: {e}", spec.name))
+                    })?;
             }
             return Ok(());
         }
@@ -137,7 +174,11 @@ impl KafkaCluster {
             .create()
             .map_err(|e| KafkaError::client("admin client", e))?;
         let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
-        let replication = if self.is_embedded() { 1 } else { config.replication_factor };
+        let replication = if self.is_embedded() {
+            1
+        } else {
+            config.replication_factor
+        };
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .zip(&retention)

@@ -6,15 +6,28 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("Kafka at {servers} did not answer within {timeout:?}: {reason}")]
-    Unreachable { servers: String, timeout: Duration, reason: String },
+    Unreachable {
+        servers: String,
+        timeout: Duration,
+        reason: String,
+    },
     #[error("cannot create Kafka {what}: {source}")]
-    Client { what: &'static str, source: RdKafkaError },
+    Client {
+        what: &'static str,
+        source: RdKafkaError,
+    },
     #[error("cannot create topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("producing to {topic} failed: {source}")]
     Produce { topic: String, source: RdKafkaError },
     #[error("encoding a record for {topic} failed: {source}")]
-    Encode { topic: String, source: tidings_schemas::CodecError },
+    Encode {
+        topic: String,
+        source: tidings_schemas::CodecError,
+    },
     #[error("consuming failed: {0}")]
     Consume(RdKafkaError),
     #[error("embedded Kafka: {0}")]

@@ -37,7 +37,11 @@ pub struct AvroProducer {
 }
 
 impl AvroProducer {
-    pub fn new(cluster: &KafkaCluster, config: &KafkaConfig, codec: AvroCodec) -> Result<Self, KafkaError> {
+    pub fn new(
+        cluster: &KafkaCluster,
+        config: &KafkaConfig,
+        codec: AvroCodec,
+    ) -> Result<Self, KafkaError> {
         let mut c = cluster.client_config(config);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -46,7 +50,11 @@ impl AvroProducer {
             .set("queue.buffering.max.messages", "1000000")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string());
         let producer = c.create().map_err(|e| KafkaError::client("producer", e))?;
-        Ok(Self { producer, codec, timeout: Duration::from_millis(config.produce_timeout_ms) })
+        Ok(Self {
+            producer,
+            codec,
+            timeout: Duration::from_millis(config.produce_timeout_ms),
+        })
     }
 
     pub fn codec(&self) -> &AvroCodec {
@@ -54,16 +62,33 @@ impl AvroProducer {
     }
 
     /// Encodes a record for `topic`.
-    pub fn encode<T: AvroRecord>(&self, topic: &str, key: &str, record: &T) -> Result<OutRecord, KafkaError> {
+    pub fn encode<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &T,
+    ) -> Result<OutRecord, KafkaError> {
         let payload = self
             .codec
             .encode(record)
-            .map_err(|source| KafkaError::Encode { topic: topic.to_owned(), source })?;
-        Ok(OutRecord { topic: topic.to_owned(), key: key.to_owned(), payload })
+            .map_err(|source| KafkaError::Encode {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        Ok(OutRecord {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            payload,
+        })
     }
 
     /// Produces one record and waits until every in-sync replica has it.
-    pub async fn send<T: AvroRecord>(&self, topic: &str, key: &str, record: &T) -> Result<Delivered, KafkaError> {
+    pub async fn send<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &T,
+    ) -> Result<Delivered, KafkaError> {
         let out = self.encode(topic, key, record)?;
         self.send_raw(&out).await
     }
@@ -75,10 +100,22 @@ impl AvroProducer {
     }
 
     pub async fn send_raw(&self, record: &OutRecord) -> Result<Delivered, KafkaError> {
-        let future = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload);
-        match self.producer.send(future, Timeout::After(self.timeout)).await {
-            Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
-            Err((source, _)) => Err(KafkaError::Produce { topic: record.topic.clone(), source }),
+        let future = FutureRecord::to(&record.topic)
+            .key(&record.key)
+            .payload(&record.payload);
+        match self
+            .producer
+            .send(future, Timeout::After(self.timeout))
+            .await
+        {
+            Ok(d) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((source, _)) => Err(KafkaError::Produce {
+                topic: record.topic.clone(),
+                source,
+            }),
         }
     }
 

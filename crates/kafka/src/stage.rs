@@ -53,18 +53,30 @@ pub struct ProcessError {
 impl ProcessError {
     /// The record itself is at fault; it goes to the dead-letter topic.
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retriable: false, not_due_for: None }
+        Self {
+            reason: reason.into(),
+            retriable: false,
+            not_due_for: None,
+        }
     }
 
     /// The record must wait; the runner sleeps (waking for shutdown) and
     /// hands it over again, holding back its partition meanwhile.
     pub fn not_due(wait: Duration) -> Self {
-        Self { reason: format!("not due for {wait:?}"), retriable: true, not_due_for: Some(wait) }
+        Self {
+            reason: format!("not due for {wait:?}"),
+            retriable: true,
+            not_due_for: Some(wait),
+        }
     }
 
     /// A dependency failed; the record is retried in place.
     pub fn retriable(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), retriable: true, not_due_for: None }
+        Self {
+            reason: reason.into(),
+            retriable: true,
+            not_due_for: None,
+        }
     }
 }
 
@@ -89,7 +101,12 @@ pub struct Emitter<'a> {
 impl Emitter<'_> {
     /// Queues `record` for `topic`; it is produced with the rest of the batch
     /// before the input's offset is committed.
-    pub fn emit<T: AvroRecord>(&mut self, topic: &str, key: &str, record: &T) -> Result<(), ProcessError> {
+    pub fn emit<T: AvroRecord>(
+        &mut self,
+        topic: &str,
+        key: &str,
+        record: &T,
+    ) -> Result<(), ProcessError> {
         let out = self.producer.encode(topic, key, record).map_err(|e| {
             error!(stage = self.stage, %topic, error = %e, "cannot encode an output record");
             ProcessError::permanent(e.to_string())
@@ -158,7 +175,9 @@ impl ClientContext for LagReporter {
             for (partition, p) in &t.partitions {
                 // -1 is the internal unassigned partition, or unknown lag.
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    gauge.with_label_values(&[self.stage, topic, &partition.to_string()]).set(p.consumer_lag);
+                    gauge
+                        .with_label_values(&[self.stage, topic, &partition.to_string()])
+                        .set(p.consumer_lag);
                 }
             }
         }
@@ -217,14 +236,27 @@ impl<P: Processor> Stage<P> {
             // answer fetches quickly rather than wait for a fuller batch.
             .set("fetch.wait.max.ms", "20")
             .set("statistics.interval.ms", "10000")
-            .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
+            .set(
+                "max.poll.interval.ms",
+                options.max_poll_interval.as_millis().to_string(),
+            );
         let consumer: StreamConsumer<LagReporter> = c
-            .create_with_context(LagReporter { stage: processor.name() })
+            .create_with_context(LagReporter {
+                stage: processor.name(),
+            })
             .map_err(|e| KafkaError::client("consumer", e))?;
         let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(|e| KafkaError::client("subscription", e))?;
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| KafkaError::client("subscription", e))?;
         info!(stage = processor.name(), %group, topics = ?input_topics, "stage subscribed");
-        Ok(Self { processor: Arc::new(processor), consumer, producer, dead_letter_topic, options })
+        Ok(Self {
+            processor: Arc::new(processor),
+            consumer,
+            producer,
+            dead_letter_topic,
+            options,
+        })
     }
 
     /// Runs until `shutdown` is cancelled, then commits what was handled and
@@ -285,8 +317,16 @@ impl<P: Processor> Stage<P> {
                 let _ = self.consumer.store_offset(&tp.0, tp.1, offset);
                 committed.insert(tp, offset);
             }
-            metrics().stage_batch_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
-            debug!(stage, size, elapsed_ms = started.elapsed().as_millis() as u64, "batch done");
+            metrics()
+                .stage_batch_seconds
+                .with_label_values(&[stage])
+                .observe(started.elapsed().as_secs_f64());
+            debug!(
+                stage,
+                size,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch done"
+            );
         }
     }
 
@@ -299,20 +339,32 @@ impl<P: Processor> Stage<P> {
     ) -> Result<Vec<((String, i32), i64)>, KafkaError> {
         let mut by_partition: BTreeMap<(String, i32), Vec<OwnedMessage>> = BTreeMap::new();
         for m in batch {
-            by_partition.entry((m.topic().to_owned(), m.partition())).or_default().push(m);
+            by_partition
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_default()
+                .push(m);
         }
         let outcomes = join_all(
-            by_partition.into_values().map(|messages| self.handle_partition(messages, shutdown)),
+            by_partition
+                .into_values()
+                .map(|messages| self.handle_partition(messages, shutdown)),
         )
         .await;
         let stage = self.processor.name();
-        let outputs: Vec<OutRecord> = outcomes.iter().flat_map(|o| o.outputs.iter().cloned()).collect();
+        let outputs: Vec<OutRecord> = outcomes
+            .iter()
+            .flat_map(|o| o.outputs.iter().cloned())
+            .collect();
         self.produce_all(outputs, shutdown).await?;
         let m = metrics();
         let mut done = Vec::new();
         for o in outcomes {
-            m.stage_records.with_label_values(&[stage, "processed"]).inc_by(o.processed);
-            m.stage_records.with_label_values(&[stage, "dead_lettered"]).inc_by(o.dead_lettered);
+            m.stage_records
+                .with_label_values(&[stage, "processed"])
+                .inc_by(o.processed);
+            m.stage_records
+                .with_label_values(&[stage, "dead_lettered"])
+                .inc_by(o.dead_lettered);
             for r in &o.outputs {
                 m.stage_outputs.with_label_values(&[stage, &r.topic]).inc();
             }
@@ -326,9 +378,16 @@ impl<P: Processor> Stage<P> {
     /// Handles one partition's records: records with the same key (user) in
     /// order, different keys concurrently. The partition's offset advances
     /// to the end of the longest run of handled records.
-    async fn handle_partition(&self, messages: Vec<OwnedMessage>, shutdown: &CancellationToken) -> PartitionOutcome {
+    async fn handle_partition(
+        &self,
+        messages: Vec<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> PartitionOutcome {
         let mut outcome = PartitionOutcome {
-            topic: messages.first().map(|m| m.topic().to_owned()).unwrap_or_default(),
+            topic: messages
+                .first()
+                .map(|m| m.topic().to_owned())
+                .unwrap_or_default(),
             partition: messages.first().map(|m| m.partition()).unwrap_or_default(),
             outputs: Vec::new(),
             last_done: None,
@@ -338,7 +397,10 @@ impl<P: Processor> Stage<P> {
         let offsets: Vec<i64> = messages.iter().map(|m| m.offset()).collect();
         let mut lanes: BTreeMap<Option<Vec<u8>>, Vec<OwnedMessage>> = BTreeMap::new();
         for m in messages {
-            lanes.entry(m.key().map(<[u8]>::to_vec)).or_default().push(m);
+            lanes
+                .entry(m.key().map(<[u8]>::to_vec))
+                .or_default()
+                .push(m);
         }
         let results: Vec<Vec<(i64, RecordOutcome)>> = futures::stream::iter(lanes.into_values())
             .map(|lane| async move {
@@ -372,23 +434,38 @@ impl<P: Processor> Stage<P> {
                 RecordOutcome::Interrupted => {}
             }
         }
-        outcome.last_done = offsets.iter().take_while(|o| handled.contains(o)).last().copied();
+        outcome.last_done = offsets
+            .iter()
+            .take_while(|o| handled.contains(o))
+            .last()
+            .copied();
         outcome
     }
 
-    async fn handle_record(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> RecordOutcome {
+    async fn handle_record(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> RecordOutcome {
         let stage = self.processor.name();
         let meta = RecordMeta {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             timestamp: message.timestamp().to_millis(),
         };
         let payload = message.payload().unwrap_or_default();
         let mut backoff = self.options.min_backoff;
         let decoded = loop {
-            match self.producer.codec().decode_async::<P::Input>(payload).await {
+            match self
+                .producer
+                .codec()
+                .decode_async::<P::Input>(payload)
+                .await
+            {
                 // The schema registry is unreachable: wait for it rather
                 // than dead-letter records that are fine.
                 Err(e) if e.is_retriable() => {
@@ -406,28 +483,48 @@ impl<P: Processor> Stage<P> {
             Ok(input) => input,
             Err(e) => {
                 warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
-                return RecordOutcome::DeadLettered(self.dead_letter(message, &e.to_string(), false, 1));
+                return RecordOutcome::DeadLettered(self.dead_letter(
+                    message,
+                    &e.to_string(),
+                    false,
+                    1,
+                ));
             }
         };
         let mut backoff = self.options.min_backoff;
         let mut attempts = 1;
         loop {
-            let mut out = Emitter { producer: &self.producer, stage, records: Vec::new() };
+            let mut out = Emitter {
+                producer: &self.producer,
+                stage,
+                records: Vec::new(),
+            };
             match self.processor.process(&input, &meta, &mut out).await {
                 Ok(()) => return RecordOutcome::Processed(out.records),
-                Err(ProcessError { not_due_for: Some(wait), .. }) => {
+                Err(ProcessError {
+                    not_due_for: Some(wait),
+                    ..
+                }) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
                         _ = tokio::time::sleep(wait.min(self.options.max_backoff)) => {}
                     }
                 }
                 Err(e) if !e.retriable => {
-                    metrics().stage_errors.with_label_values(&[stage, "false"]).inc();
+                    metrics()
+                        .stage_errors
+                        .with_label_values(&[stage, "false"])
+                        .inc();
                     warn!(stage, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
-                    return RecordOutcome::DeadLettered(self.dead_letter(message, &e.reason, false, attempts));
+                    return RecordOutcome::DeadLettered(
+                        self.dead_letter(message, &e.reason, false, attempts),
+                    );
                 }
                 Err(e) => {
-                    metrics().stage_errors.with_label_values(&[stage, "true"]).inc();
+                    metrics()
+                        .stage_errors
+                        .with_label_values(&[stage, "true"])
+                        .inc();
                     warn!(stage, offset = meta.offset, attempt = attempts, reason = %e, ?backoff, "retriable failure; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
@@ -442,7 +539,11 @@ impl<P: Processor> Stage<P> {
 
     /// Produces every output, retrying only those that failed for a reason
     /// that can pass.
-    async fn produce_all(&self, mut pending: Vec<OutRecord>, shutdown: &CancellationToken) -> Result<(), KafkaError> {
+    async fn produce_all(
+        &self,
+        mut pending: Vec<OutRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), KafkaError> {
         let stage = self.processor.name();
         let mut backoff = self.options.min_backoff;
         while !pending.is_empty() {
@@ -471,7 +572,13 @@ impl<P: Processor> Stage<P> {
         Ok(())
     }
 
-    fn dead_letter(&self, message: &OwnedMessage, reason: &str, retriable: bool, attempts: i32) -> OutRecord {
+    fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        retriable: bool,
+        attempts: i32,
+    ) -> OutRecord {
         let record = DeadLetter {
             source_topic: message.topic().to_owned(),
             source_partition: message.partition(),
@@ -484,7 +591,10 @@ impl<P: Processor> Stage<P> {
             attempts,
             failed_at: now_millis(),
         };
-        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
         match self.producer.encode(&self.dead_letter_topic, &key, &record) {
             Ok(out) => out,
             // DeadLetter is in the catalog and its fields are plain; encoding
@@ -495,5 +605,8 @@ impl<P: Processor> Stage<P> {
 }
 
 pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }

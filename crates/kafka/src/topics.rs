@@ -32,7 +32,9 @@ pub struct TopicSpec {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// Accepted notification requests, one per user (key: user id).
@@ -73,20 +75,50 @@ impl Topics {
 
     /// Every topic with its layout; `partitions` is the configured default.
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
-        let spec = |name: String, retention_ms: i64, record: &'static str, key: &'static str| {
-            TopicSpec { name, partitions, retention_ms, record, key }
-        };
-        let mut specs = vec![spec(self.requests(), 7 * DAY_MS, "NotificationRequest", "user id")];
+        let spec =
+            |name: String, retention_ms: i64, record: &'static str, key: &'static str| TopicSpec {
+                name,
+                partitions,
+                retention_ms,
+                record,
+                key,
+            };
+        let mut specs = vec![spec(
+            self.requests(),
+            7 * DAY_MS,
+            "NotificationRequest",
+            "user id",
+        )];
         for channel in Channel::ALL {
-            specs.push(spec(self.deliver(channel), 3 * DAY_MS, "Delivery", "user id"));
+            specs.push(spec(
+                self.deliver(channel),
+                3 * DAY_MS,
+                "Delivery",
+                "user id",
+            ));
         }
         for tier in 0..RETRY_TIERS {
             specs.push(spec(self.retry(tier), 3 * DAY_MS, "Delivery", "user id"));
         }
-        specs.push(spec(self.dead_letter(), 30 * DAY_MS, "DeadLetter", "original key"));
-        specs.push(spec(self.tracking(), 30 * DAY_MS, "TrackingEvent", "notification id"));
+        specs.push(spec(
+            self.dead_letter(),
+            30 * DAY_MS,
+            "DeadLetter",
+            "original key",
+        ));
+        specs.push(spec(
+            self.tracking(),
+            30 * DAY_MS,
+            "TrackingEvent",
+            "notification id",
+        ));
         specs.push(spec(self.posts(), 7 * DAY_MS, "PostPublished", "author id"));
-        specs.push(spec(self.fanout(), DAY_MS, "FanoutBatch", "post id + slice"));
+        specs.push(spec(
+            self.fanout(),
+            DAY_MS,
+            "FanoutBatch",
+            "post id + slice",
+        ));
         specs
     }
 }

@@ -382,7 +382,10 @@ async fn dedupe_sees_a_key_once_until_its_ttl_expires(store: &Store) {
     );
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!d.seen(&scope, &key).await.unwrap(), "expired keys are not seen");
+    assert!(
+        !d.seen(&scope, &key).await.unwrap(),
+        "expired keys are not seen"
+    );
     assert!(
         d.first_seen(&scope, &key, ttl).await.unwrap(),
         "expired key is new again"

@@ -54,27 +54,44 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let registry = Registry::new_custom(Some("tidings".into()), None)
-            .unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("tidings".into()), None).unwrap_or_else(|_| Registry::new());
         let stage_records = IntCounterVec::new(
-            Opts::new("stage_records_total", "Records consumed by a stage, by outcome"),
+            Opts::new(
+                "stage_records_total",
+                "Records consumed by a stage, by outcome",
+            ),
             &["stage", "outcome"],
         );
         let stage_outputs = IntCounterVec::new(
-            Opts::new("stage_outputs_total", "Records produced by a stage, by topic"),
+            Opts::new(
+                "stage_outputs_total",
+                "Records produced by a stage, by topic",
+            ),
             &["stage", "topic"],
         );
         let stage_errors = IntCounterVec::new(
-            Opts::new("stage_errors_total", "Processing failures, by whether a retry could help"),
+            Opts::new(
+                "stage_errors_total",
+                "Processing failures, by whether a retry could help",
+            ),
             &["stage", "retriable"],
         );
         let stage_batch_seconds = HistogramVec::new(
-            HistogramOpts::new("stage_batch_seconds", "Time to process and commit one batch")
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "stage_batch_seconds",
+                "Time to process and commit one batch",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["stage"],
         );
         let gateway_requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Gateway calls, by method and status code"),
+            Opts::new(
+                "gateway_requests_total",
+                "Gateway calls, by method and status code",
+            ),
             &["method", "code"],
         );
         let consumer_lag = IntGaugeVec::new(
@@ -87,13 +104,23 @@ impl Metrics {
         )
         .expect("valid metric");
         let provider_failing = IntGaugeVec::new(
-            Opts::new("provider_failing", "1 while a provider fails repeatedly (developer alert)"),
+            Opts::new(
+                "provider_failing",
+                "1 while a provider fails repeatedly (developer alert)",
+            ),
             &["provider"],
         )
         .expect("valid metric");
         // The names and labels above are constants; failing here is a defect
         // caught by the test below, not a runtime condition.
-        let (stage_records, stage_outputs, stage_errors, stage_batch_seconds, gateway_requests, consumer_lag) = (
+        let (
+            stage_records,
+            stage_outputs,
+            stage_errors,
+            stage_batch_seconds,
+            gateway_requests,
+            consumer_lag,
+        ) = (
             stage_records.expect("valid metric"),
             stage_outputs.expect("valid metric"),
             stage_errors.expect("valid metric"),
@@ -147,8 +174,15 @@ mod tests {
     #[test]
     fn metrics_register_and_render() {
         let m = metrics();
-        m.stage_records.with_label_values(&["enricher", "processed"]).inc_by(3);
+        m.stage_records
+            .with_label_values(&["enricher", "processed"])
+            .inc_by(3);
         let text = m.render();
-        assert!(text.contains("tidings_stage_records_total{outcome=\"processed\",stage=\"enricher\"} 3"), "{text}");
+        assert!(
+            text.contains(
+                "tidings_stage_records_total{outcome=\"processed\",stage=\"enricher\"} 3"
+            ),
+            "{text}"
+        );
     }
 }

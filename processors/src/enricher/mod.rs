@@ -48,13 +48,32 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(store: Store, topics: Topics, codec: AvroCodec, config: EnricherConfig, tracking: &TrackingConfig) -> Self {
+    pub fn new(
+        store: Store,
+        topics: Topics,
+        codec: AvroCodec,
+        config: EnricherConfig,
+        tracking: &TrackingConfig,
+    ) -> Self {
         let limiter = RateLimiter::new(config.rate_limits.clone());
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
-        Self { store, topics, codec, config, limiter, links, open_pixel: tracking.open_pixel }
+        Self {
+            store,
+            topics,
+            codec,
+            config,
+            limiter,
+            links,
+            open_pixel: tracking.open_pixel,
+        }
     }
 
-    fn tracked(&self, req: &NotificationRequest, channel: Option<Channel>, url: Option<&str>) -> TrackedTarget {
+    fn tracked(
+        &self,
+        req: &NotificationRequest,
+        channel: Option<Channel>,
+        url: Option<&str>,
+    ) -> TrackedTarget {
         TrackedTarget {
             notification_id: req.notification_id.clone(),
             user_id: req.user_id.clone(),
@@ -72,7 +91,8 @@ impl Enricher {
         }
         let pixel = format!(
             "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\">",
-            self.links.open_pixel_url(&self.tracked(req, Some(Channel::Email), None))
+            self.links
+                .open_pixel_url(&self.tracked(req, Some(Channel::Email), None))
         );
         Some(match html.rfind("</body>") {
             Some(i) => format!("{}{pixel}{}", &html[..i], &html[i..]),
@@ -89,8 +109,15 @@ impl Enricher {
     async fn hold(&self, req: &NotificationRequest, due_at: i64) -> Result<(), ProcessError> {
         let mut held = req.clone();
         held.send_at = Some(due_at);
-        let payload = self.codec.encode(&held).map_err(|e| ProcessError::permanent(e.to_string()))?;
-        let item = ScheduledItem { item_id: event_key(&held), due_at, payload };
+        let payload = self
+            .codec
+            .encode(&held)
+            .map_err(|e| ProcessError::permanent(e.to_string()))?;
+        let item = ScheduledItem {
+            item_id: event_key(&held),
+            due_at,
+            payload,
+        };
         self.store.schedule.put(&item).await.map_err(store_failure)
     }
 }
@@ -106,7 +133,11 @@ fn event_key(req: &NotificationRequest) -> String {
 }
 
 pub(crate) fn store_failure(e: StoreError) -> ProcessError {
-    if e.is_retriable() { ProcessError::retriable(e.to_string()) } else { ProcessError::permanent(e.to_string()) }
+    if e.is_retriable() {
+        ProcessError::retriable(e.to_string())
+    } else {
+        ProcessError::permanent(e.to_string())
+    }
 }
 
 /// Whether `user` receives `category` on `channel`: the most specific
@@ -115,16 +146,28 @@ pub(crate) fn store_failure(e: StoreError) -> ProcessError {
 pub fn opted_in(preferences: &[Preference], channel: Channel, category: Option<&str>) -> bool {
     let on_channel = |p: &&Preference| p.channel == channel.as_str();
     let specific = category.and_then(|c| {
-        preferences.iter().filter(on_channel).find(|p| p.category.as_deref() == Some(c))
+        preferences
+            .iter()
+            .filter(on_channel)
+            .find(|p| p.category.as_deref() == Some(c))
     });
-    let general = || preferences.iter().filter(on_channel).find(|p| p.category.is_none());
+    let general = || {
+        preferences
+            .iter()
+            .filter(on_channel)
+            .find(|p| p.category.is_none())
+    };
     specific.or_else(general).is_none_or(|p| p.opt_in)
 }
 
 /// Where a channel reaches this user.
 fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<String> {
     let tokens = |platform: Platform| {
-        devices.iter().filter(|d| d.platform == platform).map(|d| d.token.clone()).collect()
+        devices
+            .iter()
+            .filter(|d| d.platform == platform)
+            .map(|d| d.token.clone())
+            .collect()
     };
     match channel {
         Channel::Ios => tokens(Platform::Ios),
@@ -142,7 +185,12 @@ impl Processor for Enricher {
         "enricher"
     }
 
-    async fn process(&self, req: &NotificationRequest, meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &self,
+        req: &NotificationRequest,
+        meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
         let now = now_millis();
         if req.expires_at.is_some_and(|e| e <= now) {
             return self.track(out, req, TrackingKind::Expired, None, None, None);
@@ -153,10 +201,20 @@ impl Processor for Enricher {
             return self.track(out, req, TrackingKind::Scheduled, None, None, Some(&detail));
         }
         let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
-        match dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl).await.map_err(store_failure)? {
+        match dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl)
+            .await
+            .map_err(store_failure)?
+        {
             Verdict::New | Verdict::Replay => {}
             Verdict::Duplicate => {
-                return self.track(out, req, TrackingKind::Deduplicated, None, None, Some("event already handled"));
+                return self.track(
+                    out,
+                    req,
+                    TrackingKind::Deduplicated,
+                    None,
+                    None,
+                    Some("event already handled"),
+                );
             }
         }
         let contacts = &self.store.contacts;
@@ -178,13 +236,24 @@ impl Processor for Enricher {
         let mut emitted = 0;
         for channel in wanted {
             if !critical && !opted_in(&preferences, channel, req.category.as_deref()) {
-                self.track(out, req, TrackingKind::Suppressed, Some(channel), None, Some("opted out"))?;
+                self.track(
+                    out,
+                    req,
+                    TrackingKind::Suppressed,
+                    Some(channel),
+                    None,
+                    Some("opted out"),
+                )?;
                 continue;
             }
             if !critical {
-                if let Decision::Over { free_at } =
-                    self.limiter.admit(&req.user_id, channel, req.category.as_deref(), &req.notification_id, now)
-                {
+                if let Decision::Over { free_at } = self.limiter.admit(
+                    &req.user_id,
+                    channel,
+                    req.category.as_deref(),
+                    &req.notification_id,
+                    now,
+                ) {
                     let detail = match self.config.over_limit {
                         OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
                         OverLimit::Defer => {
@@ -194,7 +263,14 @@ impl Processor for Enricher {
                             format!("over the rate limit; deferred until {free_at}")
                         }
                     };
-                    self.track(out, req, TrackingKind::RateLimited, Some(channel), None, Some(&detail))?;
+                    self.track(
+                        out,
+                        req,
+                        TrackingKind::RateLimited,
+                        Some(channel),
+                        None,
+                        Some(&detail),
+                    )?;
                     continue;
                 }
             }
@@ -208,7 +284,14 @@ impl Processor for Enricher {
             }
         }
         if emitted == 0 {
-            self.track(out, req, TrackingKind::Suppressed, None, None, Some("nothing to deliver on the requested channels"))?;
+            self.track(
+                out,
+                req,
+                TrackingKind::Suppressed,
+                None,
+                None,
+                Some("nothing to deliver on the requested channels"),
+            )?;
         } else {
             self.track(out, req, TrackingKind::Rendered, None, None, None)?;
         }
@@ -218,7 +301,11 @@ impl Processor for Enricher {
 }
 
 impl Enricher {
-    async fn content(&self, req: &NotificationRequest, user: Option<&User>) -> Result<(Rendered, Option<i32>), ProcessError> {
+    async fn content(
+        &self,
+        req: &NotificationRequest,
+        user: Option<&User>,
+    ) -> Result<(Rendered, Option<i32>), ProcessError> {
         if let Some(t) = &req.template {
             let version = t.version.and_then(|v| u32::try_from(v).ok());
             let template = self
@@ -227,11 +314,16 @@ impl Enricher {
                 .get(&t.name, version)
                 .await
                 .map_err(store_failure)?
-                .ok_or_else(|| ProcessError::permanent(format!("template {} (version {:?}) does not exist", t.name, t.version)))?;
+                .ok_or_else(|| {
+                    ProcessError::permanent(format!(
+                        "template {} (version {:?}) does not exist",
+                        t.name, t.version
+                    ))
+                })?;
             let locale = user.and_then(|u| u.locale.as_deref());
             let track = |url: &str| self.links.click_url(&self.tracked(req, None, Some(url)));
-            let rendered =
-                render(&template, locale, &t.params, &track).map_err(|e| ProcessError::permanent(e.to_string()))?;
+            let rendered = render(&template, locale, &t.params, &track)
+                .map_err(|e| ProcessError::permanent(e.to_string()))?;
             return Ok((rendered, i32::try_from(template.version).ok()));
         }
         let raw = req.content.clone().unwrap_or_default();
@@ -263,7 +355,12 @@ impl Enricher {
             // the same event id and analytics can drop the repeat.
             event_id: Uuid::new_v5(
                 &DELIVERY_ID_NAMESPACE,
-                format!("{}\u{0}{kind:?}\u{0}{}", req.notification_id, channel.map(Channel::as_str).unwrap_or("")).as_bytes(),
+                format!(
+                    "{}\u{0}{kind:?}\u{0}{}",
+                    req.notification_id,
+                    channel.map(Channel::as_str).unwrap_or("")
+                )
+                .as_bytes(),
             )
             .to_string(),
             notification_id: req.notification_id.clone(),
@@ -280,10 +377,21 @@ impl Enricher {
     }
 }
 
-fn delivery(req: &NotificationRequest, channel: Channel, target: String, r: &Rendered, template_version: Option<i32>) -> Delivery {
+fn delivery(
+    req: &NotificationRequest,
+    channel: Channel,
+    target: String,
+    r: &Rendered,
+    template_version: Option<i32>,
+) -> Delivery {
     let delivery_id = Uuid::new_v5(
         &DELIVERY_ID_NAMESPACE,
-        format!("{}\u{0}{}\u{0}{target}", req.notification_id, channel.as_str()).as_bytes(),
+        format!(
+            "{}\u{0}{}\u{0}{target}",
+            req.notification_id,
+            channel.as_str()
+        )
+        .as_bytes(),
     )
     .to_string();
     // SMS carries its own text, falling back to the push body.
@@ -334,10 +442,16 @@ mod tests {
 
     #[test]
     fn most_specific_preference_wins() {
-        let prefs = vec![pref("email", None, false), pref("email", Some("security"), true)];
+        let prefs = vec![
+            pref("email", None, false),
+            pref("email", Some("security"), true),
+        ];
         assert!(!opted_in(&prefs, Channel::Email, Some("marketing")));
         assert!(opted_in(&prefs, Channel::Email, Some("security")));
         assert!(!opted_in(&prefs, Channel::Email, None));
-        assert!(opted_in(&prefs, Channel::Sms, Some("marketing")), "no preference means opted in");
+        assert!(
+            opted_in(&prefs, Channel::Sms, Some("marketing")),
+            "no preference means opted in"
+        );
     }
 }

@@ -21,7 +21,9 @@ type Millis = i64;
 pub enum Decision {
     Allow,
     /// Over a limit; the window has room again at this time.
-    Over { free_at: Millis },
+    Over {
+        free_at: Millis,
+    },
 }
 
 #[derive(Default)]
@@ -32,12 +34,22 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rules: Vec<RateLimit>) -> Self {
-        Self { rules, windows: Mutex::default() }
+        Self {
+            rules,
+            windows: Mutex::default(),
+        }
     }
 
     /// Admits `notification_id` for `user` on `channel` if every matching
     /// rule has room, counting it in each; otherwise counts nothing.
-    pub fn admit(&self, user: &str, channel: Channel, category: Option<&str>, notification_id: &str, now: Millis) -> Decision {
+    pub fn admit(
+        &self,
+        user: &str,
+        channel: Channel,
+        category: Option<&str>,
+        notification_id: &str,
+        now: Millis,
+    ) -> Decision {
         let matching: Vec<(usize, &RateLimit)> = self
             .rules
             .iter()
@@ -52,7 +64,9 @@ impl RateLimiter {
         let mut free_at = None;
         for &(i, rule) in &matching {
             let window_ms = i64::try_from(rule.per_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            let window = windows.entry((format!("{user}\u{0}{}", channel.as_str()), i)).or_default();
+            let window = windows
+                .entry((format!("{user}\u{0}{}", channel.as_str()), i))
+                .or_default();
             while window.front().is_some_and(|(at, _)| *at <= now - window_ms) {
                 window.pop_front();
             }
@@ -68,7 +82,9 @@ impl RateLimiter {
             return Decision::Over { free_at };
         }
         for &(i, _) in &matching {
-            let window = windows.entry((format!("{user}\u{0}{}", channel.as_str()), i)).or_default();
+            let window = windows
+                .entry((format!("{user}\u{0}{}", channel.as_str()), i))
+                .or_default();
             if !window.iter().any(|(_, id)| id == notification_id) {
                 window.push_back((now, notification_id.to_owned()));
             }
@@ -82,16 +98,31 @@ mod tests {
     use super::*;
 
     fn limiter() -> RateLimiter {
-        RateLimiter::new(vec![RateLimit { channel: Some("sms".into()), category: None, max: 2, per_secs: 60 }])
+        RateLimiter::new(vec![RateLimit {
+            channel: Some("sms".into()),
+            category: None,
+            max: 2,
+            per_secs: 60,
+        }])
     }
 
     #[test]
     fn at_most_max_per_window() {
         let l = limiter();
         assert_eq!(l.admit("u", Channel::Sms, None, "n1", 0), Decision::Allow);
-        assert_eq!(l.admit("u", Channel::Sms, None, "n2", 1_000), Decision::Allow);
-        assert_eq!(l.admit("u", Channel::Sms, None, "n3", 2_000), Decision::Over { free_at: 60_000 });
-        assert_eq!(l.admit("u", Channel::Sms, None, "n3", 60_001), Decision::Allow, "window moved on");
+        assert_eq!(
+            l.admit("u", Channel::Sms, None, "n2", 1_000),
+            Decision::Allow
+        );
+        assert_eq!(
+            l.admit("u", Channel::Sms, None, "n3", 2_000),
+            Decision::Over { free_at: 60_000 }
+        );
+        assert_eq!(
+            l.admit("u", Channel::Sms, None, "n3", 60_001),
+            Decision::Allow,
+            "window moved on"
+        );
     }
 
     #[test]
@@ -101,7 +132,15 @@ mod tests {
             assert_eq!(l.admit("u", Channel::Sms, None, "n1", 0), Decision::Allow);
         }
         assert_eq!(l.admit("u", Channel::Sms, None, "n2", 0), Decision::Allow);
-        assert_eq!(l.admit("v", Channel::Sms, None, "n9", 0), Decision::Allow, "other users");
-        assert_eq!(l.admit("u", Channel::Email, None, "n9", 0), Decision::Allow, "other channels");
+        assert_eq!(
+            l.admit("v", Channel::Sms, None, "n9", 0),
+            Decision::Allow,
+            "other users"
+        );
+        assert_eq!(
+            l.admit("u", Channel::Email, None, "n9", 0),
+            Decision::Allow,
+            "other channels"
+        );
     }
 }

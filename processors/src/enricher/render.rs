@@ -10,7 +10,10 @@ pub enum RenderError {
     #[error("template {template} needs parameter `{param}`, which the send did not give")]
     MissingParam { template: String, param: String },
     #[error("template {template} has an unclosed `{{{{` in {field}")]
-    Unclosed { template: String, field: &'static str },
+    Unclosed {
+        template: String,
+        field: &'static str,
+    },
 }
 
 /// The rendered content of one notification.
@@ -27,7 +30,10 @@ pub struct Rendered {
 
 /// Picks the variant for `locale`: exact tag, then its language
 /// (`fr-CA` -> `fr`), then the template's default locale.
-pub fn pick_variant<'t>(template: &'t TemplateVersion, locale: Option<&str>) -> Option<(&'t str, &'t TemplateContent)> {
+pub fn pick_variant<'t>(
+    template: &'t TemplateVersion,
+    locale: Option<&str>,
+) -> Option<(&'t str, &'t TemplateContent)> {
     let lookup = |tag: &str| {
         template
             .variants
@@ -38,7 +44,13 @@ pub fn pick_variant<'t>(template: &'t TemplateVersion, locale: Option<&str>) -> 
     locale
         .and_then(|l| lookup(l).or_else(|| l.split('-').next().and_then(lookup)))
         .or_else(|| lookup(&template.default_locale))
-        .or_else(|| template.variants.iter().next().map(|(k, v)| (k.as_str(), v)))
+        .or_else(|| {
+            template
+                .variants
+                .iter()
+                .next()
+                .map(|(k, v)| (k.as_str(), v))
+        })
 }
 
 /// Renders `template`; `track` turns each `{{link.name}}` destination into
@@ -53,8 +65,23 @@ pub fn render(
         return Ok(Rendered::default());
     };
     let name = format!("{}@{}", template.name, template.version);
-    let fill = |field: &'static str, text: &Option<String>, html: bool| -> Result<Option<String>, RenderError> {
-        text.as_deref().map(|t| substitute(&name, field, t, params, &content.tracking_links, track, html)).transpose()
+    let fill = |field: &'static str,
+                text: &Option<String>,
+                html: bool|
+     -> Result<Option<String>, RenderError> {
+        text.as_deref()
+            .map(|t| {
+                substitute(
+                    &name,
+                    field,
+                    t,
+                    params,
+                    &content.tracking_links,
+                    track,
+                    html,
+                )
+            })
+            .transpose()
     };
     Ok(Rendered {
         locale: locale.to_owned(),
@@ -81,14 +108,24 @@ fn substitute(
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| RenderError::Unclosed { template: template.to_owned(), field })?;
+        let end = after.find("}}").ok_or_else(|| RenderError::Unclosed {
+            template: template.to_owned(),
+            field,
+        })?;
         let name = after[..end].trim();
-        let missing = || RenderError::MissingParam { template: template.to_owned(), param: name.to_owned() };
+        let missing = || RenderError::MissingParam {
+            template: template.to_owned(),
+            param: name.to_owned(),
+        };
         let value = match name.strip_prefix("link.") {
             Some(link) => track(links.get(link).ok_or_else(missing)?),
             None => params.get(name).ok_or_else(missing)?.clone(),
         };
-        if html { escape_html(&value, &mut out) } else { out.push_str(&value) }
+        if html {
+            escape_html(&value, &mut out)
+        } else {
+            out.push_str(&value)
+        }
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -121,7 +158,10 @@ mod tests {
             tracking_links: BTreeMap::from([("invoice".into(), "https://x/i".into())]),
             ..Default::default()
         };
-        let fr = TemplateContent { push_title: Some("Bonjour {{name}}".into()), ..Default::default() };
+        let fr = TemplateContent {
+            push_title: Some("Bonjour {{name}}".into()),
+            ..Default::default()
+        };
         TemplateVersion {
             name: "invoice".into(),
             version: 2,
@@ -138,14 +178,26 @@ mod tests {
     }
 
     fn params() -> BTreeMap<String, String> {
-        BTreeMap::from([("name".into(), "<Ann>".into()), ("amount".into(), "$3".into())])
+        BTreeMap::from([
+            ("name".into(), "<Ann>".into()),
+            ("amount".into(), "$3".into()),
+        ])
     }
 
     #[test]
     fn renders_the_users_locale_with_fallbacks() {
         let t = template();
-        assert_eq!(render(&t, Some("fr-CA"), &params(), &same).unwrap().title.as_deref(), Some("Bonjour <Ann>"));
-        assert_eq!(render(&t, Some("FR"), &params(), &same).unwrap().locale, "fr");
+        assert_eq!(
+            render(&t, Some("fr-CA"), &params(), &same)
+                .unwrap()
+                .title
+                .as_deref(),
+            Some("Bonjour <Ann>")
+        );
+        assert_eq!(
+            render(&t, Some("FR"), &params(), &same).unwrap().locale,
+            "fr"
+        );
         let en = render(&t, Some("de-DE"), &params(), &same).unwrap();
         assert_eq!(en.locale, "en");
         assert_eq!(en.body.as_deref(), Some("You owe $3"));
@@ -154,13 +206,22 @@ mod tests {
 
     #[test]
     fn html_escapes_parameters_and_fills_links() {
-        let r = render(&template(), Some("en"), &params(), &|url| format!("https://t/c?to={url}")).unwrap();
-        assert_eq!(r.email_html.as_deref(), Some("<p>&lt;Ann&gt;</p><a href=\"https://t/c?to=https://x/i\">pay</a>"));
+        let r = render(&template(), Some("en"), &params(), &|url| {
+            format!("https://t/c?to={url}")
+        })
+        .unwrap();
+        assert_eq!(
+            r.email_html.as_deref(),
+            Some("<p>&lt;Ann&gt;</p><a href=\"https://t/c?to=https://x/i\">pay</a>")
+        );
     }
 
     #[test]
     fn missing_parameters_are_errors() {
         let err = render(&template(), Some("en"), &BTreeMap::new(), &same).unwrap_err();
-        assert!(matches!(err, RenderError::MissingParam { ref param, .. } if param == "name"), "{err}");
+        assert!(
+            matches!(err, RenderError::MissingParam { ref param, .. } if param == "name"),
+            "{err}"
+        );
     }
 }

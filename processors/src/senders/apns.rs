@@ -111,16 +111,29 @@ impl ApnsProvider {
         let pem = match (&config.key_path, &config.key_pem) {
             (Some(path), None) => SetupError::read(NAME, "key_path", path)?,
             (None, Some(pem)) => pem.expose().as_bytes().to_vec(),
-            _ => return Err(SetupError::new(NAME, "set exactly one of `key_path` and `key_pem`")),
+            _ => {
+                return Err(SetupError::new(
+                    NAME,
+                    "set exactly one of `key_path` and `key_pem`",
+                ));
+            }
         };
-        let signer = JwtSigner::es256_from_pem(&pem).map_err(|e| SetupError::new(NAME, format!("signing key: {e}")))?;
-        for (key, value) in [("team_id", &config.team_id), ("key_id", &config.key_id), ("topic", &config.topic)] {
+        let signer = JwtSigner::es256_from_pem(&pem)
+            .map_err(|e| SetupError::new(NAME, format!("signing key: {e}")))?;
+        for (key, value) in [
+            ("team_id", &config.team_id),
+            ("key_id", &config.key_id),
+            ("topic", &config.topic),
+        ] {
             if value.trim().is_empty() {
                 return Err(SetupError::new(NAME, format!("`{key}` is empty")));
             }
         }
         if config.token_refresh_ms == 0 || config.token_refresh_ms >= 60 * 60 * 1000 {
-            return Err(SetupError::new(NAME, "`token_refresh_ms` must be above 0 and below one hour"));
+            return Err(SetupError::new(
+                NAME,
+                "`token_refresh_ms` must be above 0 and below one hour",
+            ));
         }
         let base_url = config.base_url.trim_end_matches('/').to_string();
         match (config.transport, base_url.split_once("://").map(|(s, _)| s)) {
@@ -128,7 +141,9 @@ impl ApnsProvider {
             (t, _) => {
                 return Err(SetupError::new(
                     NAME,
-                    format!("`base_url` {base_url} does not fit transport {t:?} (tls needs https://, h2c needs http://)"),
+                    format!(
+                        "`base_url` {base_url} does not fit transport {t:?} (tls needs https://, h2c needs http://)"
+                    ),
                 ));
             }
         }
@@ -150,15 +165,23 @@ impl ApnsProvider {
     /// cheaper than letting concurrent sends each sign their own.
     fn bearer(&self) -> Result<String, ProviderError> {
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = cached.as_ref().filter(|t| t.issued.elapsed() < self.token_refresh) {
+        if let Some(t) = cached
+            .as_ref()
+            .filter(|t| t.issued.elapsed() < self.token_refresh)
+        {
             return Ok(t.jwt.clone());
         }
         let claims = json!({ "iss": self.team_id, "iat": unix_now() });
-        let jwt = self
-            .signer
-            .sign(Some(&self.key_id), &claims)
-            .map_err(|e| ProviderError::Transient { reason: format!("{NAME}: provider token: {e}"), retry_after: None })?;
-        *cached = Some(ProviderToken { jwt: jwt.clone(), issued: Instant::now() });
+        let jwt = self.signer.sign(Some(&self.key_id), &claims).map_err(|e| {
+            ProviderError::Transient {
+                reason: format!("{NAME}: provider token: {e}"),
+                retry_after: None,
+            }
+        })?;
+        *cached = Some(ProviderToken {
+            jwt: jwt.clone(),
+            issued: Instant::now(),
+        });
         Ok(jwt)
     }
 
@@ -178,7 +201,14 @@ impl ApnsProvider {
             .bearer_auth(jwt)
             .header("apns-topic", &self.topic)
             .header("apns-push-type", "alert")
-            .header("apns-priority", if d.priority == Priority::High { "10" } else { "5" })
+            .header(
+                "apns-priority",
+                if d.priority == Priority::High {
+                    "10"
+                } else {
+                    "5"
+                },
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(payload);
         // APNs answers 400 BadMessageId to anything but a UUID; our ids are
@@ -202,7 +232,10 @@ impl ApnsProvider {
 /// the URL path.
 fn check_device_token(token: &str) -> Result<(), ProviderError> {
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ProviderError::InvalidTarget(format!("{NAME}: `{}` is not a hex device token", http::short(token))));
+        return Err(ProviderError::InvalidTarget(format!(
+            "{NAME}: `{}` is not a hex device token",
+            http::short(token)
+        )));
     }
     Ok(())
 }
@@ -218,13 +251,25 @@ fn payload(d: &Delivery) -> Result<Vec<u8>, ProviderError> {
         alert.insert("body".into(), b.clone().into());
     }
     if alert.is_empty() {
-        return Err(ProviderError::Rejected(format!("{NAME}: delivery {} has neither title nor body to show", d.delivery_id)));
+        return Err(ProviderError::Rejected(format!(
+            "{NAME}: delivery {} has neither title nor body to show",
+            d.delivery_id
+        )));
     }
-    let mut root: Map<String, Value> = d.data.iter().filter(|(k, _)| *k != "aps").map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    let mut root: Map<String, Value> = d
+        .data
+        .iter()
+        .filter(|(k, _)| *k != "aps")
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
     root.insert("aps".into(), json!({ "alert": alert }));
-    let bytes = serde_json::to_vec(&root).map_err(|e| ProviderError::Rejected(format!("{NAME}: payload: {e}")))?;
+    let bytes = serde_json::to_vec(&root)
+        .map_err(|e| ProviderError::Rejected(format!("{NAME}: payload: {e}")))?;
     if bytes.len() > MAX_PAYLOAD {
-        return Err(ProviderError::Rejected(format!("{NAME}: payload is {} bytes, APNs takes at most {MAX_PAYLOAD}", bytes.len())));
+        return Err(ProviderError::Rejected(format!(
+            "{NAME}: payload is {} bytes, APNs takes at most {MAX_PAYLOAD}",
+            bytes.len()
+        )));
     }
     Ok(bytes)
 }
@@ -248,24 +293,42 @@ impl Provider for ApnsProvider {
         let body = payload(d)?;
         let _slot = self.limiter.acquire().await?;
         let jwt = self.bearer()?;
-        let resp = self.request(d, &jwt, body).send().await.map_err(|e| http::send_failed(NAME, &e))?;
+        let resp = self
+            .request(d, &jwt, body)
+            .send()
+            .await
+            .map_err(|e| http::send_failed(NAME, &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         if status.is_success() {
-            let id = headers.get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-            return Ok(Receipt { provider_id: id.or_else(|| Some(d.delivery_id.clone())) });
+            let id = headers
+                .get("apns-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Ok(Receipt {
+                provider_id: id.or_else(|| Some(d.delivery_id.clone())),
+            });
         }
         let text = http::body_text(resp).await;
         let err: ApnsError = serde_json::from_str(&text).unwrap_or_default();
-        let reason = if err.reason.is_empty() { text.as_str() } else { err.reason.as_str() };
+        let reason = if err.reason.is_empty() {
+            text.as_str()
+        } else {
+            err.reason.as_str()
+        };
         let token = http::short(&d.target);
         Err(match (status.as_u16(), reason) {
             (410, _) => ProviderError::InvalidTarget(match err.timestamp {
-                Some(ts) => format!("{NAME}: device token {token} is no longer active ({reason} since {ts} ms)"),
+                Some(ts) => format!(
+                    "{NAME}: device token {token} is no longer active ({reason} since {ts} ms)"
+                ),
                 None => format!("{NAME}: device token {token} is no longer active ({reason})"),
             }),
             (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
-                ProviderError::InvalidTarget(format!("{NAME}: device token {token}: {reason} (topic {})", self.topic))
+                ProviderError::InvalidTarget(format!(
+                    "{NAME}: device token {token}: {reason} (topic {})",
+                    self.topic
+                ))
             }
             (403, "ExpiredProviderToken") => {
                 // Our clock or cache let the token age past an hour; a retry
@@ -278,7 +341,9 @@ impl Provider for ApnsProvider {
                 self.topic
             )),
             (429, _) | (500..=599, _) => http::transient_status(NAME, status, &headers, reason),
-            _ => ProviderError::Rejected(format!("{NAME}: {status} {reason} for device token {token}")),
+            _ => ProviderError::Rejected(format!(
+                "{NAME}: {status} {reason} for device token {token}"
+            )),
         })
     }
 }
@@ -290,7 +355,13 @@ mod tests {
     #[test]
     fn device_tokens_must_be_hex() {
         assert!(check_device_token("00aaFF").is_ok());
-        assert!(matches!(check_device_token(""), Err(ProviderError::InvalidTarget(_))));
-        assert!(matches!(check_device_token("ab/../x"), Err(ProviderError::InvalidTarget(_))));
+        assert!(matches!(
+            check_device_token(""),
+            Err(ProviderError::InvalidTarget(_))
+        ));
+        assert!(matches!(
+            check_device_token("ab/../x"),
+            Err(ProviderError::InvalidTarget(_))
+        ));
     }
 }

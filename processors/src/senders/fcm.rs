@@ -91,23 +91,39 @@ impl FcmProvider {
         let raw = match (&config.service_account_path, &config.service_account_json) {
             (Some(path), None) => SetupError::read(NAME, "service_account_path", path)?,
             (None, Some(json)) => json.expose().as_bytes().to_vec(),
-            _ => return Err(SetupError::new(NAME, "set exactly one of `service_account_path` and `service_account_json`")),
+            _ => {
+                return Err(SetupError::new(
+                    NAME,
+                    "set exactly one of `service_account_path` and `service_account_json`",
+                ));
+            }
         };
-        let sa: ServiceAccount =
-            serde_json::from_slice(&raw).map_err(|e| SetupError::new(NAME, format!("service account JSON: {e}")))?;
-        let signer =
-            JwtSigner::rs256_from_pem(sa.private_key.as_bytes()).map_err(|e| SetupError::new(NAME, format!("service account private_key: {e}")))?;
+        let sa: ServiceAccount = serde_json::from_slice(&raw)
+            .map_err(|e| SetupError::new(NAME, format!("service account JSON: {e}")))?;
+        let signer = JwtSigner::rs256_from_pem(sa.private_key.as_bytes())
+            .map_err(|e| SetupError::new(NAME, format!("service account private_key: {e}")))?;
         let project = config
             .project_id
             .or(sa.project_id)
             .filter(|p| !p.trim().is_empty())
-            .ok_or_else(|| SetupError::new(NAME, "no `project_id` in the config or the service account"))?;
-        if !project.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':') {
-            return Err(SetupError::new(NAME, format!("`project_id` {project:?} is not a project id")));
+            .ok_or_else(|| {
+                SetupError::new(NAME, "no `project_id` in the config or the service account")
+            })?;
+        if !project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+        {
+            return Err(SetupError::new(
+                NAME,
+                format!("`project_id` {project:?} is not a project id"),
+            ));
         }
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
-            send_url: format!("{}/v1/projects/{project}/messages:send", config.base_url.trim_end_matches('/')),
+            send_url: format!(
+                "{}/v1/projects/{project}/messages:send",
+                config.base_url.trim_end_matches('/')
+            ),
             token_uri: sa.token_uri,
             client_email: sa.client_email,
             key_id: sa.private_key_id,
@@ -140,7 +156,10 @@ impl FcmProvider {
 
     /// RFC 7523 JWT bearer grant, as Google's service accounts use it.
     async fn fetch_token(&self) -> Result<AccessToken, ProviderError> {
-        let transient = |reason: String, retry_after| ProviderError::Transient { reason, retry_after };
+        let transient = |reason: String, retry_after| ProviderError::Transient {
+            reason,
+            retry_after,
+        };
         let iat = unix_now();
         let claims = json!({
             "iss": self.client_email,
@@ -149,11 +168,17 @@ impl FcmProvider {
             "iat": iat,
             "exp": iat + 3600,
         });
-        let assertion = self.signer.sign(self.key_id.as_deref(), &claims).map_err(|e| transient(format!("{NAME}: token grant: {e}"), None))?;
+        let assertion = self
+            .signer
+            .sign(self.key_id.as_deref(), &claims)
+            .map_err(|e| transient(format!("{NAME}: token grant: {e}"), None))?;
         let resp = self
             .client
             .post(&self.token_uri)
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
             .send()
             .await
             .map_err(|e| http::send_failed("fcm token endpoint", &e))?;
@@ -165,7 +190,10 @@ impl FcmProvider {
             // should wait in the retry topics until the key is fixed.
             let text = http::body_text(resp).await;
             return Err(transient(
-                format!("{NAME}: token endpoint {} answered {status} for {}: {text}", self.token_uri, self.client_email),
+                format!(
+                    "{NAME}: token endpoint {} answered {status} for {}: {text}",
+                    self.token_uri, self.client_email
+                ),
                 retry_after,
             ));
         }
@@ -174,16 +202,31 @@ impl FcmProvider {
             access_token: String,
             expires_in: u64,
         }
-        let grant: Grant = resp
-            .json()
-            .await
-            .map_err(|e| transient(format!("{NAME}: token endpoint {} answer unreadable: {}", self.token_uri, http::chain(&e)), None))?;
+        let grant: Grant = resp.json().await.map_err(|e| {
+            transient(
+                format!(
+                    "{NAME}: token endpoint {} answer unreadable: {}",
+                    self.token_uri,
+                    http::chain(&e)
+                ),
+                None,
+            )
+        })?;
         let lifetime = Duration::from_secs(grant.expires_in).saturating_sub(EXPIRY_MARGIN);
-        Ok(AccessToken { value: grant.access_token, until: Instant::now() + lifetime })
+        Ok(AccessToken {
+            value: grant.access_token,
+            until: Instant::now() + lifetime,
+        })
     }
 
     async fn send(&self, message: &Value, token: &str) -> Result<reqwest::Response, ProviderError> {
-        self.client.post(&self.send_url).bearer_auth(token).json(message).send().await.map_err(|e| http::send_failed(NAME, &e))
+        self.client
+            .post(&self.send_url)
+            .bearer_auth(token)
+            .json(message)
+            .send()
+            .await
+            .map_err(|e| http::send_failed(NAME, &e))
     }
 }
 
@@ -192,7 +235,10 @@ fn message(d: &Delivery) -> Result<Value, ProviderError> {
     // Tokens are opaque but never blank or spaced; catching that here saves
     // a round trip and names the real problem.
     if d.target.trim().is_empty() || d.target.contains(char::is_whitespace) {
-        return Err(ProviderError::InvalidTarget(format!("{NAME}: `{}` is not a registration token", http::short(&d.target))));
+        return Err(ProviderError::InvalidTarget(format!(
+            "{NAME}: `{}` is not a registration token",
+            http::short(&d.target)
+        )));
     }
     let mut msg = Map::new();
     msg.insert("token".into(), d.target.clone().into());
@@ -211,13 +257,23 @@ fn message(d: &Delivery) -> Result<Value, ProviderError> {
         msg.insert("data".into(), json!(d.data));
     }
     let mut android = Map::new();
-    android.insert("priority".into(), if d.priority == Priority::High { "HIGH" } else { "NORMAL" }.into());
+    android.insert(
+        "priority".into(),
+        if d.priority == Priority::High {
+            "HIGH"
+        } else {
+            "NORMAL"
+        }
+        .into(),
+    );
     if let Some(c) = &d.collapse_id {
         android.insert("collapse_key".into(), c.clone().into());
     }
     if let Some(expires_at) = d.expires_at {
         // FCM keeps the message for an offline device this long.
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX).saturating_mul(1000);
+        let now = i64::try_from(unix_now())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         let secs = (expires_at - now).max(0) / 1000;
         android.insert("ttl".into(), format!("{secs}s").into());
     }
@@ -246,7 +302,9 @@ struct GoogleErrorBody {
 
 impl GoogleErrorBody {
     fn fcm_error_code(&self) -> Option<&str> {
-        self.details.iter().find_map(|d| d.get("errorCode").and_then(Value::as_str))
+        self.details
+            .iter()
+            .find_map(|d| d.get("errorCode").and_then(Value::as_str))
     }
 
     /// Whether an INVALID_ARGUMENT is about the registration token rather
@@ -255,16 +313,34 @@ impl GoogleErrorBody {
         let field_is_token = self.details.iter().any(|d| {
             d.get("fieldViolations")
                 .and_then(Value::as_array)
-                .is_some_and(|v| v.iter().any(|f| f.get("field").and_then(Value::as_str) == Some("message.token")))
+                .is_some_and(|v| {
+                    v.iter()
+                        .any(|f| f.get("field").and_then(Value::as_str) == Some("message.token"))
+                })
         });
-        field_is_token || self.message.to_ascii_lowercase().contains("registration token")
+        field_is_token
+            || self
+                .message
+                .to_ascii_lowercase()
+                .contains("registration token")
     }
 }
 
-fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap, text: &str, target: &str) -> ProviderError {
-    let body = serde_json::from_str::<GoogleError>(text).map(|e| e.error).unwrap_or_default();
+fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    text: &str,
+    target: &str,
+) -> ProviderError {
+    let body = serde_json::from_str::<GoogleError>(text)
+        .map(|e| e.error)
+        .unwrap_or_default();
     let code = body.fcm_error_code().unwrap_or(&body.status);
-    let detail = if body.message.is_empty() { text.to_string() } else { format!("{code}: {}", body.message) };
+    let detail = if body.message.is_empty() {
+        text.to_string()
+    } else {
+        format!("{code}: {}", body.message)
+    };
     let token = http::short(target);
     match (status.as_u16(), code) {
         (_, "UNREGISTERED") | (_, "SENDER_ID_MISMATCH") => {
@@ -274,7 +350,9 @@ fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap, t
             ProviderError::InvalidTarget(format!("{NAME}: registration token {token}: {detail}"))
         }
         (429, _) | (500..=599, _) => http::transient_status(NAME, status, headers, &detail),
-        (403, _) => ProviderError::Rejected(format!("{NAME}: {status} {detail}: config problem (service account lacks FCM rights?)")),
+        (403, _) => ProviderError::Rejected(format!(
+            "{NAME}: {status} {detail}: config problem (service account lacks FCM rights?)"
+        )),
         _ => ProviderError::Rejected(format!("{NAME}: {status} {detail}")),
     }
 }
@@ -331,9 +409,18 @@ mod tests {
     fn invalid_argument_is_about_the_token_only_when_it_says_so() {
         let h = HeaderMap::new();
         let token = r#"{"error":{"code":400,"message":"The registration token is not a valid FCM registration token","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"INVALID_ARGUMENT"}]}}"#;
-        assert!(matches!(classify(StatusCode::BAD_REQUEST, &h, token, "t"), ProviderError::InvalidTarget(_)));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, &h, token, "t"),
+            ProviderError::InvalidTarget(_)
+        ));
         let field = r#"{"error":{"code":400,"message":"Invalid value","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"message.data[0].key","description":"reserved"}]}]}}"#;
-        assert!(matches!(classify(StatusCode::BAD_REQUEST, &h, field, "t"), ProviderError::Rejected(_)));
-        assert!(matches!(classify(StatusCode::BAD_GATEWAY, &h, "<html>", "t"), ProviderError::Transient { .. }));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, &h, field, "t"),
+            ProviderError::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, &h, "<html>", "t"),
+            ProviderError::Transient { .. }
+        ));
     }
 }

@@ -28,7 +28,11 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { timeout_ms: 10_000, connect_timeout_ms: 5_000, extra_root_ca_path: None }
+        Self {
+            timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            extra_root_ca_path: None,
+        }
     }
 }
 
@@ -52,7 +56,11 @@ pub(crate) enum Protocol {
 /// `install_default()`: a library should not set process-global state that
 /// the binary or another crate may set differently, and this way every
 /// provider's TLS is explicit and the same in tests and production.
-pub(crate) fn build_client(provider: &'static str, settings: &HttpSettings, protocol: Protocol) -> Result<reqwest::Client, SetupError> {
+pub(crate) fn build_client(
+    provider: &'static str,
+    settings: &HttpSettings,
+    protocol: Protocol,
+) -> Result<reqwest::Client, SetupError> {
     let tls = tls_config(provider, settings, protocol)?;
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -68,10 +76,16 @@ pub(crate) fn build_client(provider: &'static str, settings: &HttpSettings, prot
             .http2_keep_alive_timeout(Duration::from_secs(20))
             .http2_keep_alive_while_idle(true);
     }
-    builder.build().map_err(|e| SetupError::new(provider, format!("cannot build HTTP client: {}", chain(&e))))
+    builder
+        .build()
+        .map_err(|e| SetupError::new(provider, format!("cannot build HTTP client: {}", chain(&e))))
 }
 
-fn tls_config(provider: &'static str, settings: &HttpSettings, protocol: Protocol) -> Result<rustls::ClientConfig, SetupError> {
+fn tls_config(
+    provider: &'static str,
+    settings: &HttpSettings,
+    protocol: Protocol,
+) -> Result<rustls::ClientConfig, SetupError> {
     let crypto = Arc::new(rustls::crypto::ring::default_provider());
     let extra_roots = match &settings.extra_root_ca_path {
         None => Vec::new(),
@@ -79,15 +93,32 @@ fn tls_config(provider: &'static str, settings: &HttpSettings, protocol: Protoco
             let pem = SetupError::read(provider, "http.extra_root_ca_path", path)?;
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SetupError::new(provider, format!("`http.extra_root_ca_path` {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    SetupError::new(
+                        provider,
+                        format!("`http.extra_root_ca_path` {}: {e}", path.display()),
+                    )
+                })?;
             if certs.is_empty() {
-                return Err(SetupError::new(provider, format!("`http.extra_root_ca_path` {} holds no certificate", path.display())));
+                return Err(SetupError::new(
+                    provider,
+                    format!(
+                        "`http.extra_root_ca_path` {} holds no certificate",
+                        path.display()
+                    ),
+                ));
             }
             certs
         }
     };
-    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, crypto.clone())
-        .map_err(|e| SetupError::new(provider, format!("cannot load the system's root certificates: {e}")))?;
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, crypto.clone())
+            .map_err(|e| {
+                SetupError::new(
+                    provider,
+                    format!("cannot load the system's root certificates: {e}"),
+                )
+            })?;
     let mut config = rustls::ClientConfig::builder_with_provider(crypto)
         .with_safe_default_protocol_versions()
         .map_err(|e| SetupError::new(provider, format!("TLS setup: {e}")))?
@@ -110,7 +141,10 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// A request that never got an HTTP answer. Only a request we could not
@@ -118,7 +152,10 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// connections may pass.
 pub(crate) fn send_failed(provider: &str, e: &reqwest::Error) -> ProviderError {
     if e.is_builder() {
-        return ProviderError::Rejected(format!("{provider}: cannot build the request: {}", chain(e)));
+        return ProviderError::Rejected(format!(
+            "{provider}: cannot build the request: {}",
+            chain(e)
+        ));
     }
     let what = if e.is_timeout() {
         "timed out"
@@ -127,7 +164,10 @@ pub(crate) fn send_failed(provider: &str, e: &reqwest::Error) -> ProviderError {
     } else {
         "request failed"
     };
-    ProviderError::Transient { reason: format!("{provider}: {what}: {}", chain(e)), retry_after: None }
+    ProviderError::Transient {
+        reason: format!("{provider}: {what}: {}", chain(e)),
+        retry_after: None,
+    }
 }
 
 /// Reads an answer's body for error reporting. Error bodies are small JSON;
@@ -137,15 +177,27 @@ pub(crate) async fn body_text(resp: reqwest::Response) -> String {
     match resp.bytes().await {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
-            if bytes.len() > MAX { format!("{text}...") } else { text }
+            if bytes.len() > MAX {
+                format!("{text}...")
+            } else {
+                text
+            }
         }
         Err(e) => format!("<body unreadable: {}>", chain(&e)),
     }
 }
 
 /// A 429 or 5xx: the provider is busy or broken, try later.
-pub(crate) fn transient_status(provider: &str, status: reqwest::StatusCode, headers: &HeaderMap, detail: &str) -> ProviderError {
-    ProviderError::Transient { reason: format!("{provider}: {status}: {detail}"), retry_after: retry_after(headers) }
+pub(crate) fn transient_status(
+    provider: &str,
+    status: reqwest::StatusCode,
+    headers: &HeaderMap,
+    detail: &str,
+) -> ProviderError {
+    ProviderError::Transient {
+        reason: format!("{provider}: {status}: {detail}"),
+        retry_after: retry_after(headers),
+    }
 }
 
 /// reqwest's Display names only the outermost error ("error sending
@@ -184,10 +236,19 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
-        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("date is ASCII"));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&later).expect("date is ASCII"),
+        );
         let got = retry_after(&h).expect("a date parses");
-        assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert!(
+            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
+            "{got:?}"
+        );
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);

@@ -42,6 +42,8 @@ impl Provider for LogSink {
             notification_id = %d.notification_id,
             "would send #{n}"
         );
-        Ok(Receipt { provider_id: Some(format!("log-{n}")) })
+        Ok(Receipt {
+            provider_id: Some(format!("log-{n}")),
+        })
     }
 }

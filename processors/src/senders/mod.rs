@@ -62,7 +62,10 @@ pub enum ProviderError {
     Rejected(String),
     /// Try again later (429, 5xx, timeout), after `retry_after` if given.
     #[error("transient failure: {reason}")]
-    Transient { reason: String, retry_after: Option<std::time::Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 /// A way to reach users on one channel (APNs, FCM, Twilio, SMTP, ... or the
@@ -95,7 +98,15 @@ impl ChannelSender {
         codec: AvroCodec,
         config: SendersConfig,
     ) -> Self {
-        Self { channel, provider, store, topics, codec, config, failures_in_a_row: AtomicU32::new(0) }
+        Self {
+            channel,
+            provider,
+            store,
+            topics,
+            codec,
+            config,
+            failures_in_a_row: AtomicU32::new(0),
+        }
     }
 
     /// The stage name for a channel, e.g. `sender.ios`.
@@ -108,7 +119,13 @@ impl ChannelSender {
         }
     }
 
-    fn track(&self, out: &mut Emitter<'_>, d: &Delivery, kind: TrackingKind, detail: Option<String>) -> Result<(), ProcessError> {
+    fn track(
+        &self,
+        out: &mut Emitter<'_>,
+        d: &Delivery,
+        kind: TrackingKind,
+        detail: Option<String>,
+    ) -> Result<(), ProcessError> {
         let event = TrackingEvent {
             event_id: Uuid::now_v7().to_string(),
             notification_id: d.notification_id.clone(),
@@ -124,7 +141,12 @@ impl ChannelSender {
         out.emit(&self.topics.tracking(), &d.notification_id, &event)
     }
 
-    async fn log_status(&self, d: &Delivery, state: &str, detail: Option<String>) -> Result<(), ProcessError> {
+    async fn log_status(
+        &self,
+        d: &Delivery,
+        state: &str,
+        detail: Option<String>,
+    ) -> Result<(), ProcessError> {
         let entry = StatusEntry {
             notification_id: d.notification_id.clone(),
             user_id: d.user_id.clone(),
@@ -135,11 +157,18 @@ impl ChannelSender {
             attempt: u32::try_from(d.attempt).unwrap_or_default(),
             at: now_millis(),
         };
-        self.store.notification_log.record(&entry).await.map_err(store_failure)
+        self.store
+            .notification_log
+            .record(&entry)
+            .await
+            .map_err(store_failure)
     }
 
     fn count(&self, outcome: &str) {
-        metrics().provider_results.with_label_values(&[self.provider.name(), outcome]).inc();
+        metrics()
+            .provider_results
+            .with_label_values(&[self.provider.name(), outcome])
+            .inc();
     }
 
     /// Tracks provider health: repeated transient failures raise the
@@ -147,17 +176,28 @@ impl ChannelSender {
     fn record_health(&self, ok: bool) {
         let provider = self.provider.name();
         if ok {
-            if self.failures_in_a_row.swap(0, Ordering::Relaxed) >= self.config.alert_after_failures {
+            if self.failures_in_a_row.swap(0, Ordering::Relaxed) >= self.config.alert_after_failures
+            {
                 info!(provider, "provider recovered");
             }
-            metrics().provider_failing.with_label_values(&[provider]).set(0);
+            metrics()
+                .provider_failing
+                .with_label_values(&[provider])
+                .set(0);
             return;
         }
         let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.config.alert_after_failures {
-            metrics().provider_failing.with_label_values(&[provider]).set(1);
+            metrics()
+                .provider_failing
+                .with_label_values(&[provider])
+                .set(1);
             if n == self.config.alert_after_failures || n % 100 == 0 {
-                error!(provider, failures_in_a_row = n, "ALERT: provider keeps failing; deliveries are going to retry topics");
+                error!(
+                    provider,
+                    failures_in_a_row = n,
+                    "ALERT: provider keeps failing; deliveries are going to retry topics"
+                );
             }
         }
     }
@@ -173,14 +213,22 @@ impl ChannelSender {
     ) -> Result<Option<(String, i64)>, ProcessError> {
         let attempts = u32::try_from(d.attempt).unwrap_or(0) + 1;
         if attempts >= self.config.max_attempts {
-            self.dead_letter(d, &format!("gave up after {attempts} attempts: {reason}"), true, out)?;
+            self.dead_letter(
+                d,
+                &format!("gave up after {attempts} attempts: {reason}"),
+                true,
+                out,
+            )?;
             return Ok(None);
         }
         let delays = &self.config.retry_delays_ms;
         let wanted_tier = (attempts as usize - 1).min(delays.len() - 1);
-        let retry_after_ms = retry_after.map_or(0, |r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+        let retry_after_ms =
+            retry_after.map_or(0, |r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
         // The first tier at least as long as the provider asked for.
-        let tier = (wanted_tier..delays.len()).find(|&t| delays[t] >= retry_after_ms).unwrap_or(delays.len() - 1);
+        let tier = (wanted_tier..delays.len())
+            .find(|&t| delays[t] >= retry_after_ms)
+            .unwrap_or(delays.len() - 1);
         // Jitter spreads the tier's delay, but never undercuts the provider's
         // Retry-After.
         let delay = jittered(delays[tier], &d.delivery_id, attempts).max(retry_after_ms);
@@ -193,8 +241,17 @@ impl ChannelSender {
         Ok(Some((self.topics.retry(tier), not_before)))
     }
 
-    fn dead_letter(&self, d: &Delivery, reason: &str, retriable: bool, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
-        let payload = self.codec.encode(d).map_err(|e| ProcessError::permanent(e.to_string()))?;
+    fn dead_letter(
+        &self,
+        d: &Delivery,
+        reason: &str,
+        retriable: bool,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        let payload = self
+            .codec
+            .encode(d)
+            .map_err(|e| ProcessError::permanent(e.to_string()))?;
         let record = DeadLetter {
             source_topic: self.topics.deliver(self.channel),
             source_partition: -1,
@@ -215,10 +272,14 @@ impl ChannelSender {
 /// attempt (so a replay schedules the same time) but spread across
 /// deliveries, so a provider outage does not end in a thundering herd.
 fn jittered(delay_ms: u64, delivery_id: &str, attempt: u32) -> u64 {
-    let seed = delivery_id.bytes().fold(u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15), |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-    });
-    delay_ms - (delay_ms / 5).checked_mul(seed % 1000).map_or(0, |x| x / 1000)
+    let seed = delivery_id.bytes().fold(
+        u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3),
+    );
+    delay_ms
+        - (delay_ms / 5)
+            .checked_mul(seed % 1000)
+            .map_or(0, |x| x / 1000)
 }
 
 #[async_trait::async_trait]
@@ -229,23 +290,46 @@ impl Processor for ChannelSender {
         Self::stage_name(self.channel)
     }
 
-    async fn process(&self, d: &Delivery, _meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &self,
+        d: &Delivery,
+        _meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
         if d.expires_at.is_some_and(|e| e <= now_millis()) {
             self.log_status(d, "expired", None).await?;
             return self.track(out, d, TrackingKind::Expired, None);
         }
         let ledger = &self.store.dedupe;
-        if ledger.seen(SENT, &d.delivery_id).await.map_err(store_failure)? {
-            return self.track(out, d, TrackingKind::Deduplicated, Some("already sent".into()));
+        if ledger
+            .seen(SENT, &d.delivery_id)
+            .await
+            .map_err(store_failure)?
+        {
+            return self.track(
+                out,
+                d,
+                TrackingKind::Deduplicated,
+                Some("already sent".into()),
+            );
         }
-        self.track(out, d, TrackingKind::Dispatched, Some(self.provider.name().into()))?;
+        self.track(
+            out,
+            d,
+            TrackingKind::Dispatched,
+            Some(self.provider.name().into()),
+        )?;
         match self.provider.deliver(d).await {
             Ok(receipt) => {
                 self.count("sent");
                 self.record_health(true);
                 let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
-                ledger.first_seen(SENT, &d.delivery_id, ttl).await.map_err(store_failure)?;
-                self.log_status(d, "sent", receipt.provider_id.clone()).await?;
+                ledger
+                    .first_seen(SENT, &d.delivery_id, ttl)
+                    .await
+                    .map_err(store_failure)?;
+                self.log_status(d, "sent", receipt.provider_id.clone())
+                    .await?;
                 self.track(out, d, TrackingKind::Sent, receipt.provider_id)
             }
             Err(ProviderError::InvalidTarget(reason)) => {
@@ -259,27 +343,43 @@ impl Processor for ChannelSender {
                         .await
                         .map_err(store_failure)?;
                 }
-                self.log_status(d, "invalid_target", Some(reason.clone())).await?;
+                self.log_status(d, "invalid_target", Some(reason.clone()))
+                    .await?;
                 self.track(out, d, TrackingKind::InvalidToken, Some(reason))
             }
             Err(ProviderError::Rejected(reason)) => {
                 self.count("rejected");
                 self.record_health(true);
-                self.dead_letter(d, &format!("{} rejected it: {reason}", self.provider.name()), false, out)?;
-                self.log_status(d, "dead_lettered", Some(reason.clone())).await?;
+                self.dead_letter(
+                    d,
+                    &format!("{} rejected it: {reason}", self.provider.name()),
+                    false,
+                    out,
+                )?;
+                self.log_status(d, "dead_lettered", Some(reason.clone()))
+                    .await?;
                 self.track(out, d, TrackingKind::DeadLettered, Some(reason))
             }
-            Err(ProviderError::Transient { reason, retry_after }) => {
+            Err(ProviderError::Transient {
+                reason,
+                retry_after,
+            }) => {
                 self.count("transient");
                 self.record_health(false);
                 warn!(provider = self.provider.name(), delivery = %d.delivery_id, attempt = d.attempt, %reason, "transient provider failure");
                 match self.retry_or_give_up(d, &reason, retry_after, out)? {
                     Some((topic, not_before)) => {
                         self.log_status(d, "retrying", Some(reason.clone())).await?;
-                        self.track(out, d, TrackingKind::Retried, Some(format!("{reason}; via {topic} at {not_before}")))
+                        self.track(
+                            out,
+                            d,
+                            TrackingKind::Retried,
+                            Some(format!("{reason}; via {topic} at {not_before}")),
+                        )
                     }
                     None => {
-                        self.log_status(d, "dead_lettered", Some(reason.clone())).await?;
+                        self.log_status(d, "dead_lettered", Some(reason.clone()))
+                            .await?;
                         self.track(out, d, TrackingKind::DeadLettered, Some(reason))
                     }
                 }

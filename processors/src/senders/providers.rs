@@ -42,7 +42,10 @@ pub enum ProviderConfig {
 
 impl ProviderConfig {
     /// Reads `[providers.<channel>]`; absent means the log sink.
-    pub fn for_channel(channel: Channel, value: Option<&serde_json::Value>) -> Result<Self, SetupError> {
+    pub fn for_channel(
+        channel: Channel,
+        value: Option<&serde_json::Value>,
+    ) -> Result<Self, SetupError> {
         let Some(value) = value else {
             return Ok(ProviderConfig::Log);
         };
@@ -62,9 +65,16 @@ impl ProviderConfig {
     }
 
     /// Builds the provider; `log` reuses the process's shared log sink.
-    pub fn build(self, channel: Channel, log_sink: Arc<LogSink>) -> Result<Arc<dyn Provider>, SetupError> {
+    pub fn build(
+        self,
+        channel: Channel,
+        log_sink: Arc<LogSink>,
+    ) -> Result<Arc<dyn Provider>, SetupError> {
         if !self.serves(channel) {
-            return Err(SetupError::new("config", format!("[providers.{channel}] names a provider for another channel")));
+            return Err(SetupError::new(
+                "config",
+                format!("[providers.{channel}] names a provider for another channel"),
+            ));
         }
         Ok(match self {
             ProviderConfig::Log => log_sink,
@@ -83,14 +93,26 @@ mod tests {
 
     #[test]
     fn absent_means_the_log_sink_and_kinds_must_fit_the_channel() {
-        assert!(matches!(ProviderConfig::for_channel(Channel::Sms, None).unwrap(), ProviderConfig::Log));
+        assert!(matches!(
+            ProviderConfig::for_channel(Channel::Sms, None).unwrap(),
+            ProviderConfig::Log
+        ));
         let twilio = serde_json::json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+14155550100"});
         let config = ProviderConfig::for_channel(Channel::Sms, Some(&twilio)).unwrap();
         assert!(config.clone().build(Channel::Sms, Arc::default()).is_ok());
-        let err = config.build(Channel::Email, Arc::default()).err().unwrap().to_string();
+        let err = config
+            .build(Channel::Email, Arc::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("[providers.email]"), "{err}");
         let bad = serde_json::json!({"kind": "pigeon"});
-        let err = ProviderConfig::for_channel(Channel::Sms, Some(&bad)).unwrap_err().to_string();
-        assert!(err.contains("[providers.sms]") && err.contains("pigeon"), "{err}");
+        let err = ProviderConfig::for_channel(Channel::Sms, Some(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[providers.sms]") && err.contains("pigeon"),
+            "{err}"
+        );
     }
 }

@@ -33,15 +33,24 @@ impl Processor for RetryRelay {
         self.name
     }
 
-    async fn process(&self, d: &Delivery, _meta: &RecordMeta, out: &mut Emitter<'_>) -> Result<(), ProcessError> {
+    async fn process(
+        &self,
+        d: &Delivery,
+        _meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
         let wait = d.not_before.unwrap_or(0) - now_millis();
         if wait > 0 {
-            return Err(ProcessError::not_due(std::time::Duration::from_millis(wait.unsigned_abs())));
+            return Err(ProcessError::not_due(std::time::Duration::from_millis(
+                wait.unsigned_abs(),
+            )));
         }
-        let channel: Channel = d
-            .channel
-            .parse()
-            .map_err(|e: tidings_schemas::channel::UnknownChannel| ProcessError::permanent(e.to_string()))?;
+        let channel: Channel =
+            d.channel
+                .parse()
+                .map_err(|e: tidings_schemas::channel::UnknownChannel| {
+                    ProcessError::permanent(e.to_string())
+                })?;
         let mut next = d.clone();
         next.not_before = None;
         out.emit(&self.topics.deliver(channel), &d.user_id, &next)

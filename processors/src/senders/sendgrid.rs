@@ -58,7 +58,10 @@ pub struct SendGridProvider {
 impl SendGridProvider {
     pub fn new(config: SendGridConfig) -> Result<Self, SetupError> {
         if !config.from_email.contains('@') {
-            return Err(SetupError::new(NAME, format!("`from_email` {:?} is not an address", config.from_email)));
+            return Err(SetupError::new(
+                NAME,
+                format!("`from_email` {:?} is not an address", config.from_email),
+            ));
         }
         let mut from = json!({ "email": config.from_email });
         if let Some(name) = config.from_name {
@@ -81,18 +84,30 @@ impl SendGridProvider {
             .as_deref()
             .or(d.title.as_deref())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::Rejected(format!("{NAME}: delivery {} has no subject", d.delivery_id)))?;
+            .ok_or_else(|| {
+                ProviderError::Rejected(format!(
+                    "{NAME}: delivery {} has no subject",
+                    d.delivery_id
+                ))
+            })?;
         // SendGrid wants text/plain before text/html. With neither, the
         // push body is the best text we have.
         let mut content = Vec::new();
-        if let Some(text) = d.email_text.as_deref().or(if d.email_html.is_none() { d.body.as_deref() } else { None }) {
+        if let Some(text) = d.email_text.as_deref().or(if d.email_html.is_none() {
+            d.body.as_deref()
+        } else {
+            None
+        }) {
             content.push(json!({ "type": "text/plain", "value": text }));
         }
         if let Some(html) = &d.email_html {
             content.push(json!({ "type": "text/html", "value": html }));
         }
         if content.is_empty() {
-            return Err(ProviderError::Rejected(format!("{NAME}: delivery {} has no content", d.delivery_id)));
+            return Err(ProviderError::Rejected(format!(
+                "{NAME}: delivery {} has no content",
+                d.delivery_id
+            )));
         }
         let mut mail = json!({
             "personalizations": [{
@@ -137,7 +152,10 @@ impl Provider for SendGridProvider {
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
         if !d.target.contains('@') {
-            return Err(ProviderError::InvalidTarget(format!("{NAME}: `{}` is not an email address", http::short(&d.target))));
+            return Err(ProviderError::InvalidTarget(format!(
+                "{NAME}: `{}` is not an email address",
+                http::short(&d.target)
+            )));
         }
         let mail = self.mail(d)?;
         let _slot = self.limiter.acquire().await?;
@@ -152,7 +170,10 @@ impl Provider for SendGridProvider {
         let status = resp.status();
         let headers = resp.headers().clone();
         if status.is_success() {
-            let id = headers.get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let id = headers
+                .get("x-message-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             return Ok(Receipt { provider_id: id });
         }
         let text = http::body_text(resp).await;
@@ -173,19 +194,28 @@ impl Provider for SendGridProvider {
         // target; any other 400 is about the message.
         let blames_recipient = !errs.errors.is_empty()
             && errs.errors.iter().all(|e| {
-                e.field.as_deref().is_some_and(|f| f.starts_with("personalizations") && f.contains(".to") && f.ends_with(".email"))
+                e.field.as_deref().is_some_and(|f| {
+                    f.starts_with("personalizations") && f.contains(".to") && f.ends_with(".email")
+                })
             });
         Err(match status.as_u16() {
-            400 if blames_recipient => ProviderError::InvalidTarget(format!("{NAME}: recipient {}: {detail}", http::short(&d.target))),
+            400 if blames_recipient => ProviderError::InvalidTarget(format!(
+                "{NAME}: recipient {}: {detail}",
+                http::short(&d.target)
+            )),
             401 | 403 => ProviderError::Rejected(format!(
                 "{NAME}: {status} {detail}: config problem (api_key invalid or without mail.send, or from_email not a verified sender)"
             )),
             429 | 500..=599 => match http::transient_status(NAME, status, &headers, &detail) {
                 // SendGrid's 429 names the end of the rate-limit window in
                 // X-RateLimit-Reset (epoch seconds) rather than Retry-After.
-                ProviderError::Transient { reason, retry_after: None } => {
-                    ProviderError::Transient { reason, retry_after: rate_limit_reset(&headers) }
-                }
+                ProviderError::Transient {
+                    reason,
+                    retry_after: None,
+                } => ProviderError::Transient {
+                    reason,
+                    retry_after: rate_limit_reset(&headers),
+                },
                 other => other,
             },
             _ => ProviderError::Rejected(format!("{NAME}: {status} {detail}")),
@@ -194,6 +224,14 @@ impl Provider for SendGridProvider {
 }
 
 fn rate_limit_reset(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    let reset: u64 = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse().ok()?;
-    Some(std::time::Duration::from_secs(reset.saturating_sub(super::jwt::unix_now())))
+    let reset: u64 = headers
+        .get("x-ratelimit-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(
+        reset.saturating_sub(super::jwt::unix_now()),
+    ))
 }

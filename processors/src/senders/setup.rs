@@ -25,12 +25,20 @@ pub struct SetupError {
 
 impl SetupError {
     pub(crate) fn new(provider: &'static str, problem: impl Into<String>) -> Self {
-        Self { provider, problem: problem.into() }
+        Self {
+            provider,
+            problem: problem.into(),
+        }
     }
 
     /// Reads a file named in the config, saying which setting named it.
     pub(crate) fn read(provider: &'static str, key: &str, path: &Path) -> Result<Vec<u8>, Self> {
-        std::fs::read(path).map_err(|e| Self::new(provider, format!("cannot read `{key}` {}: {e}", path.display())))
+        std::fs::read(path).map_err(|e| {
+            Self::new(
+                provider,
+                format!("cannot read `{key}` {}: {e}", path.display()),
+            )
+        })
     }
 }
 
@@ -80,7 +88,10 @@ pub struct SendLimits {
 
 impl SendLimits {
     pub const fn new(max_in_flight: usize) -> Self {
-        Self { max_in_flight, rate_per_sec: None }
+        Self {
+            max_in_flight,
+            rate_per_sec: None,
+        }
     }
 }
 
@@ -122,7 +133,10 @@ impl Bucket {
 impl Limiter {
     pub(crate) fn new(provider: &'static str, limits: &SendLimits) -> Result<Self, SetupError> {
         if limits.max_in_flight == 0 {
-            return Err(SetupError::new(provider, "`limits.max_in_flight` must be at least 1"));
+            return Err(SetupError::new(
+                provider,
+                "`limits.max_in_flight` must be at least 1",
+            ));
         }
         let bucket = match limits.rate_per_sec {
             None => None,
@@ -134,9 +148,17 @@ impl Limiter {
                 tokens: r.max(1.0),
                 refilled: Instant::now(),
             })),
-            Some(r) => return Err(SetupError::new(provider, format!("`limits.rate_per_sec` must be a positive number, got {r}"))),
+            Some(r) => {
+                return Err(SetupError::new(
+                    provider,
+                    format!("`limits.rate_per_sec` must be a positive number, got {r}"),
+                ));
+            }
         };
-        Ok(Self { in_flight: Semaphore::new(limits.max_in_flight), bucket })
+        Ok(Self {
+            in_flight: Semaphore::new(limits.max_in_flight),
+            bucket,
+        })
     }
 
     /// Waits for a rate token, then for a slot. The rate comes first so a
@@ -147,7 +169,10 @@ impl Limiter {
             loop {
                 // A poisoned lock only means another task panicked while
                 // refilling; the bucket's numbers are still usable.
-                let wait = bucket.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now());
+                let wait = bucket
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(Instant::now());
                 match wait {
                     None => break,
                     Some(d) => tokio::time::sleep(d).await,
@@ -158,7 +183,10 @@ impl Limiter {
         self.in_flight
             .acquire()
             .await
-            .map_err(|_| ProviderError::Transient { reason: "provider is shutting down".into(), retry_after: None })
+            .map_err(|_| ProviderError::Transient {
+                reason: "provider is shutting down".into(),
+                retry_after: None,
+            })
     }
 }
 
@@ -169,7 +197,12 @@ mod tests {
     #[test]
     fn bucket_allows_a_burst_then_paces() {
         let start = Instant::now();
-        let mut b = Bucket { per_sec: 2.0, capacity: 2.0, tokens: 2.0, refilled: start };
+        let mut b = Bucket {
+            per_sec: 2.0,
+            capacity: 2.0,
+            tokens: 2.0,
+            refilled: start,
+        };
         assert_eq!(b.take(start), None);
         assert_eq!(b.take(start), None);
         let wait = b.take(start).expect("bucket is empty");
@@ -179,10 +212,46 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        assert!(Limiter::new("t", &SendLimits { max_in_flight: 0, rate_per_sec: None }).is_err());
-        assert!(Limiter::new("t", &SendLimits { max_in_flight: 1, rate_per_sec: Some(0.0) }).is_err());
-        assert!(Limiter::new("t", &SendLimits { max_in_flight: 1, rate_per_sec: Some(f64::NAN) }).is_err());
-        assert!(Limiter::new("t", &SendLimits { max_in_flight: 1, rate_per_sec: Some(0.5) }).is_ok());
+        assert!(
+            Limiter::new(
+                "t",
+                &SendLimits {
+                    max_in_flight: 0,
+                    rate_per_sec: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Limiter::new(
+                "t",
+                &SendLimits {
+                    max_in_flight: 1,
+                    rate_per_sec: Some(0.0)
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Limiter::new(
+                "t",
+                &SendLimits {
+                    max_in_flight: 1,
+                    rate_per_sec: Some(f64::NAN)
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Limiter::new(
+                "t",
+                &SendLimits {
+                    max_in_flight: 1,
+                    rate_per_sec: Some(0.5)
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -95,12 +95,21 @@ impl SmtpProvider {
     /// reaper task here.
     pub fn new(config: SmtpConfig) -> Result<Self, SetupError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(SetupError::new(NAME, "must be built inside a tokio runtime (the connection pool spawns a task)"));
+            return Err(SetupError::new(
+                NAME,
+                "must be built inside a tokio runtime (the connection pool spawns a task)",
+            ));
         }
-        let from: Mailbox = config.from.parse().map_err(|e| SetupError::new(NAME, format!("`from` {:?}: {e}", config.from)))?;
+        let from: Mailbox = config
+            .from
+            .parse()
+            .map_err(|e| SetupError::new(NAME, format!("`from` {:?}: {e}", config.from)))?;
         let reply_to = match &config.reply_to {
             None => None,
-            Some(r) => Some(r.parse::<Mailbox>().map_err(|e| SetupError::new(NAME, format!("`reply_to` {r:?}: {e}")))?),
+            Some(r) => Some(
+                r.parse::<Mailbox>()
+                    .map_err(|e| SetupError::new(NAME, format!("`reply_to` {r:?}: {e}")))?,
+            ),
         };
         let tls = match config.security {
             SmtpSecurity::None => Tls::None,
@@ -114,20 +123,34 @@ impl SmtpProvider {
         });
         let limiter = Limiter::new(NAME, &config.limits)?;
         let pool_size = u32::try_from(config.limits.max_in_flight).unwrap_or(u32::MAX);
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
-            .port(port)
-            .tls(tls)
-            .timeout(Some(Duration::from_millis(config.timeout_ms)))
-            .pool_config(PoolConfig::new().max_size(pool_size));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
+                .port(port)
+                .tls(tls)
+                .timeout(Some(Duration::from_millis(config.timeout_ms)))
+                .pool_config(PoolConfig::new().max_size(pool_size));
         match (config.username, config.password) {
-            (Some(user), Some(password)) => builder = builder.credentials(Credentials::new(user, password.expose().to_string())),
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(user, password.expose().to_string()))
+            }
             (None, None) => {}
-            _ => return Err(SetupError::new(NAME, "set both `username` and `password`, or neither")),
+            _ => {
+                return Err(SetupError::new(
+                    NAME,
+                    "set both `username` and `password`, or neither",
+                ));
+            }
         }
         if let Some(name) = config.hello_name {
             builder = builder.hello_name(ClientId::Domain(name));
         }
-        Ok(Self { transport: builder.build(), timeout: Duration::from_millis(config.timeout_ms), from, reply_to, limiter })
+        Ok(Self {
+            transport: builder.build(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            from,
+            reply_to,
+            limiter,
+        })
     }
 
     fn message(&self, d: &Delivery, to: Address) -> Result<Message, ProviderError> {
@@ -135,25 +158,52 @@ impl SmtpProvider {
             .email_subject
             .as_deref()
             .or(d.title.as_deref())
-            .ok_or_else(|| ProviderError::Rejected(format!("{NAME}: delivery {} has no subject", d.delivery_id)))?;
+            .ok_or_else(|| {
+                ProviderError::Rejected(format!(
+                    "{NAME}: delivery {} has no subject",
+                    d.delivery_id
+                ))
+            })?;
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to))
             .subject(subject)
             // A Message-ID of our own makes a resent delivery recognisable
             // as the same mail in the recipient's headers and relay logs.
-            .message_id(Some(format!("<{}@{}>", d.delivery_id, self.from.email.domain())));
+            .message_id(Some(format!(
+                "<{}@{}>",
+                d.delivery_id,
+                self.from.email.domain()
+            )));
         if let Some(r) = &self.reply_to {
             builder = builder.reply_to(r.clone());
         }
-        let text = d.email_text.clone().or_else(|| if d.email_html.is_none() { d.body.clone() } else { None });
+        let text = d.email_text.clone().or_else(|| {
+            if d.email_html.is_none() {
+                d.body.clone()
+            } else {
+                None
+            }
+        });
         let built = match (text, d.email_html.clone()) {
-            (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(text, html)),
+            (Some(text), Some(html)) => {
+                builder.multipart(MultiPart::alternative_plain_html(text, html))
+            }
             (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
             (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
-            (None, None) => return Err(ProviderError::Rejected(format!("{NAME}: delivery {} has no content", d.delivery_id))),
+            (None, None) => {
+                return Err(ProviderError::Rejected(format!(
+                    "{NAME}: delivery {} has no content",
+                    d.delivery_id
+                )));
+            }
         };
-        built.map_err(|e| ProviderError::Rejected(format!("{NAME}: cannot build the message for delivery {}: {e}", d.delivery_id)))
+        built.map_err(|e| {
+            ProviderError::Rejected(format!(
+                "{NAME}: cannot build the message for delivery {}: {e}",
+                d.delivery_id
+            ))
+        })
     }
 }
 
@@ -161,12 +211,18 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, SetupError> {
     let mut tls = TlsParameters::builder(config.host.clone());
     if let Some(path) = &config.extra_root_ca_path {
         let pem = SetupError::read(NAME, "extra_root_ca_path", path)?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| SetupError::new(NAME, format!("`extra_root_ca_path` {}: {e}", path.display())))?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| {
+            SetupError::new(
+                NAME,
+                format!("`extra_root_ca_path` {}: {e}", path.display()),
+            )
+        })?;
         tls = tls.add_root_certificate(cert);
     }
     // lettre's `ring` feature builds this config with ring, like our HTTP
     // clients, and its platform verifier trusts the same system roots.
-    tls.build_rustls().map_err(|e| SetupError::new(NAME, format!("TLS setup: {}", chain(&e))))
+    tls.build_rustls()
+        .map_err(|e| SetupError::new(NAME, format!("TLS setup: {}", chain(&e))))
 }
 
 /// Reads an SMTP failure. The reply text of a rejection carries an enhanced
@@ -177,7 +233,9 @@ fn classify(e: &lettre::transport::smtp::Error, target: &str) -> ProviderError {
     let text = chain(e);
     if e.is_permanent() {
         let code = e.status().map(|c| c.to_string()).unwrap_or_default();
-        let reply = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+        let reply = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let enhanced = reply.split_whitespace().next().unwrap_or("");
         let bad_mailbox = if enhanced.starts_with("5.1.") {
             true
@@ -187,14 +245,21 @@ fn classify(e: &lettre::transport::smtp::Error, target: &str) -> ProviderError {
             matches!(code.as_str(), "550" | "551" | "553")
         };
         return match code.as_str() {
-            "530" | "534" | "535" | "538" => ProviderError::Rejected(format!("{NAME}: {text}: config problem (username/password or TLS)")),
-            _ if bad_mailbox => ProviderError::InvalidTarget(format!("{NAME}: mailbox {}: {text}", short(target))),
+            "530" | "534" | "535" | "538" => ProviderError::Rejected(format!(
+                "{NAME}: {text}: config problem (username/password or TLS)"
+            )),
+            _ if bad_mailbox => {
+                ProviderError::InvalidTarget(format!("{NAME}: mailbox {}: {text}", short(target)))
+            }
             _ => ProviderError::Rejected(format!("{NAME}: {text}")),
         };
     }
     // 4xx replies, and every failure to talk to the server at all
     // (connect, TLS, timeout, a broken connection): the next try may pass.
-    ProviderError::Transient { reason: format!("{NAME}: {text}"), retry_after: None }
+    ProviderError::Transient {
+        reason: format!("{NAME}: {text}"),
+        retry_after: None,
+    }
 }
 
 #[async_trait::async_trait]
@@ -204,23 +269,29 @@ impl Provider for SmtpProvider {
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
-        let to: Address = d
-            .target
-            .trim()
-            .parse()
-            .map_err(|e| ProviderError::InvalidTarget(format!("{NAME}: `{}` is not an email address: {e}", short(&d.target))))?;
+        let to: Address = d.target.trim().parse().map_err(|e| {
+            ProviderError::InvalidTarget(format!(
+                "{NAME}: `{}` is not an email address: {e}",
+                short(&d.target)
+            ))
+        })?;
         let message = self.message(d, to)?;
         let _slot = self.limiter.acquire().await?;
         let response = tokio::time::timeout(self.timeout, self.transport.send(message))
             .await
             .map_err(|_| ProviderError::Transient {
-                reason: format!("{NAME}: no final reply within {} ms", self.timeout.as_millis()),
+                reason: format!(
+                    "{NAME}: no final reply within {} ms",
+                    self.timeout.as_millis()
+                ),
                 retry_after: None,
             })?
             .map_err(|e| classify(&e, &d.target))?;
         // The final reply usually names the relay's queue id ("2.0.0 Ok:
         // queued as 4F2A1"), which is how the relay's logs find the mail.
         let reply = response.message().collect::<Vec<_>>().join(" ");
-        Ok(Receipt { provider_id: Some(reply).filter(|r| !r.is_empty()) })
+        Ok(Receipt {
+            provider_id: Some(reply).filter(|r| !r.is_empty()),
+        })
     }
 }

@@ -63,17 +63,37 @@ pub struct TwilioProvider {
 impl TwilioProvider {
     pub fn new(config: TwilioConfig) -> Result<Self, SetupError> {
         // The sid goes into the URL path.
-        if config.account_sid.is_empty() || !config.account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(SetupError::new(NAME, format!("`account_sid` {:?} is not an account sid", config.account_sid)));
+        if config.account_sid.is_empty()
+            || !config
+                .account_sid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(SetupError::new(
+                NAME,
+                format!(
+                    "`account_sid` {:?} is not an account sid",
+                    config.account_sid
+                ),
+            ));
         }
         let sender = match (config.from, config.messaging_service_sid) {
             (Some(from), None) => ("From", from),
             (None, Some(sid)) => ("MessagingServiceSid", sid),
-            _ => return Err(SetupError::new(NAME, "set exactly one of `from` and `messaging_service_sid`")),
+            _ => {
+                return Err(SetupError::new(
+                    NAME,
+                    "set exactly one of `from` and `messaging_service_sid`",
+                ));
+            }
         };
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
-            url: format!("{}/2010-04-01/Accounts/{}/Messages.json", config.base_url.trim_end_matches('/'), config.account_sid),
+            url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                config.base_url.trim_end_matches('/'),
+                config.account_sid
+            ),
             account_sid: config.account_sid,
             auth_token: config.auth_token,
             sender,
@@ -98,15 +118,19 @@ impl Provider for TwilioProvider {
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
-        let body = d
-            .body
-            .as_deref()
-            .filter(|b| !b.is_empty())
-            .ok_or_else(|| ProviderError::Rejected(format!("{NAME}: delivery {} has no text", d.delivery_id)))?;
+        let body = d.body.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
+            ProviderError::Rejected(format!("{NAME}: delivery {} has no text", d.delivery_id))
+        })?;
         if d.target.trim().is_empty() {
-            return Err(ProviderError::InvalidTarget(format!("{NAME}: empty phone number")));
+            return Err(ProviderError::InvalidTarget(format!(
+                "{NAME}: empty phone number"
+            )));
         }
-        let mut form = vec![("To", d.target.as_str()), ("Body", body), (self.sender.0, self.sender.1.as_str())];
+        let mut form = vec![
+            ("To", d.target.as_str()),
+            ("Body", body),
+            (self.sender.0, self.sender.1.as_str()),
+        ];
         if let Some(cb) = &self.status_callback {
             form.push(("StatusCallback", cb));
         }
@@ -131,7 +155,9 @@ impl Provider for TwilioProvider {
                 // Twilio took the message; without its sid we still must not
                 // send it twice, so this is a receipt without an id.
                 .unwrap_or(Created { sid: String::new() });
-            return Ok(Receipt { provider_id: Some(created.sid).filter(|s| !s.is_empty()) });
+            return Ok(Receipt {
+                provider_id: Some(created.sid).filter(|s| !s.is_empty()),
+            });
         }
         let headers = resp.headers().clone();
         let text = http::body_text(resp).await;
@@ -145,7 +171,9 @@ impl Provider for TwilioProvider {
             400 if err.code.is_some_and(|c| BAD_NUMBER_CODES.contains(&c)) => {
                 ProviderError::InvalidTarget(format!("{NAME}: number {number}: {detail}"))
             }
-            401 | 403 => ProviderError::Rejected(format!("{NAME}: {status} {detail}: config problem (account_sid / auth_token)")),
+            401 | 403 => ProviderError::Rejected(format!(
+                "{NAME}: {status} {detail}: config problem (account_sid / auth_token)"
+            )),
             429 | 500..=599 => http::transient_status(NAME, status, &headers, &detail),
             _ => ProviderError::Rejected(format!("{NAME}: {status} {detail} (to {number})")),
         })

@@ -47,12 +47,31 @@ impl Processor for TemplateStats {
         "template-stats"
     }
 
-    async fn process(&self, event: &TrackingEvent, _meta: &RecordMeta, _out: &mut Emitter<'_>) -> Result<(), ProcessError> {
-        let Some(key) = event.template_name.as_deref().and_then(|name| counter_key(name, event.kind)) else {
+    async fn process(
+        &self,
+        event: &TrackingEvent,
+        _meta: &RecordMeta,
+        _out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        let Some(key) = event
+            .template_name
+            .as_deref()
+            .and_then(|name| counter_key(name, event.kind))
+        else {
             return Ok(());
         };
-        if self.store.dedupe.first_seen(COUNTED, &event.event_id, COUNTED_TTL).await.map_err(store_failure)? {
-            self.store.counters.add(TEMPLATE_COUNTERS, &key, 1).await.map_err(store_failure)?;
+        if self
+            .store
+            .dedupe
+            .first_seen(COUNTED, &event.event_id, COUNTED_TTL)
+            .await
+            .map_err(store_failure)?
+        {
+            self.store
+                .counters
+                .add(TEMPLATE_COUNTERS, &key, 1)
+                .await
+                .map_err(store_failure)?;
         }
         Ok(())
     }

@@ -7,7 +7,10 @@ use std::{collections::HashSet, sync::Mutex};
 use axum::http::{Method, Version};
 use ring::{
     rand::SystemRandom,
-    signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey},
+    signature::{
+        ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+        UnparsedPublicKey,
+    },
 };
 use serde_json::json;
 
@@ -21,9 +24,14 @@ pub const TOPIC: &str = "com.example.tidings";
 /// public half for the server.
 pub fn signing_key() -> (String, Vec<u8>) {
     let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("P-256 keygen");
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("parse own key");
-    (pem("PRIVATE KEY", pkcs8.as_ref()), pair.public_key().as_ref().to_vec())
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("P-256 keygen");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("parse own key");
+    (
+        pem("PRIVATE KEY", pkcs8.as_ref()),
+        pair.public_key().as_ref().to_vec(),
+    )
 }
 
 pub struct Apns {
@@ -34,7 +42,10 @@ pub struct Apns {
 
 impl Apns {
     pub fn new(public_key: Vec<u8>) -> Self {
-        Self { public_key, unregistered: Mutex::default() }
+        Self {
+            public_key,
+            unregistered: Mutex::default(),
+        }
     }
 
     fn check_token(&self, r: &Recorded) -> Result<(), &'static str> {
@@ -79,16 +90,23 @@ pub fn handle(r: &Recorded, s: &Apns, shared: &Shared) -> Reply {
         Some(t) if t != TOPIC => return reason(400, "TopicDisallowed"),
         Some(_) => {}
     }
-    if !matches!(r.header("apns-push-type"), Some("alert" | "background" | "voip" | "location")) {
+    if !matches!(
+        r.header("apns-push-type"),
+        Some("alert" | "background" | "voip" | "location")
+    ) {
         return reason(400, "InvalidPushType");
     }
     if !matches!(r.header("apns-priority"), None | Some("5" | "10" | "1")) {
         return reason(400, "BadPriority");
     }
-    if r.header("apns-id").is_some_and(|id| uuid::Uuid::parse_str(id).is_err()) {
+    if r.header("apns-id")
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_err())
+    {
         return reason(400, "BadMessageId");
     }
-    if r.header("apns-expiration").is_some_and(|e| e.parse::<u64>().is_err()) {
+    if r.header("apns-expiration")
+        .is_some_and(|e| e.parse::<u64>().is_err())
+    {
         return reason(400, "BadExpirationDate");
     }
     if r.header("apns-collapse-id").is_some_and(|c| c.len() > 64) {
@@ -101,12 +119,22 @@ pub fn handle(r: &Recorded, s: &Apns, shared: &Shared) -> Reply {
         Some(v) if v["aps"].is_object() => {}
         _ => return reason(400, "PayloadEmpty"),
     }
-    if s.unregistered.lock().unwrap_or_else(|p| p.into_inner()).contains(token) {
-        return Reply::json(410, json!({ "reason": "Unregistered", "timestamp": unix_now() * 1000 }));
+    if s.unregistered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(token)
+    {
+        return Reply::json(
+            410,
+            json!({ "reason": "Unregistered", "timestamp": unix_now() * 1000 }),
+        );
     }
     if let Some(scripted) = shared.next_scripted() {
         return scripted;
     }
-    let id = r.header("apns-id").map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_uppercase());
+    let id = r
+        .header("apns-id")
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_uppercase());
     Reply::empty(200).header("apns-id", id)
 }

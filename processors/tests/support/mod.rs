@@ -26,9 +26,9 @@ use axum::{
     Router,
     body::{Body, Bytes},
     extract::{ConnectInfo, Request, State},
-    serve::Listener,
     http::{HeaderMap, HeaderValue, Method, StatusCode, Version},
     response::Response,
+    serve::Listener,
 };
 use base64::Engine;
 use serde_json::Value;
@@ -74,11 +74,18 @@ impl Recorded {
 
     pub fn bearer(&self) -> Option<&str> {
         let auth = self.header("authorization")?;
-        auth.strip_prefix("bearer ").or_else(|| auth.strip_prefix("Bearer "))
+        auth.strip_prefix("bearer ")
+            .or_else(|| auth.strip_prefix("Bearer "))
     }
 
     pub fn content_type_is(&self, expected: &str) -> bool {
-        self.header("content-type").is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected))
+        self.header("content-type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(expected)
+        })
     }
 }
 
@@ -92,7 +99,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn empty(status: u16) -> Self {
-        Self { status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), headers: Vec::new(), body: Vec::new() }
+        Self {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn json(status: u16, body: Value) -> Self {
@@ -122,7 +133,10 @@ impl Shared {
     /// this after their own checks pass, as a real server fails for load or
     /// state only on requests it understood.
     pub fn next_scripted(&self) -> Option<Reply> {
-        self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        self.script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 }
 
@@ -144,7 +158,11 @@ struct App<S> {
 
 impl<S> Clone for App<S> {
     fn clone(&self) -> Self {
-        Self { state: self.state.clone(), shared: self.shared.clone(), handler: self.handler }
+        Self {
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+            handler: self.handler,
+        }
     }
 }
 
@@ -153,55 +171,103 @@ impl<S: Send + Sync + 'static> FakeServer<S> {
     /// free port. `state` gets the address, for protocols whose messages
     /// name the server (a token endpoint's own URL).
     pub async fn start(state: impl FnOnce(SocketAddr) -> S, handler: Handler<S>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
-        let app = App { state: Arc::new(state(addr)), shared: Arc::new(Shared::default()), handler };
+        let app = App {
+            state: Arc::new(state(addr)),
+            shared: Arc::new(Shared::default()),
+            handler,
+        };
         let (state, shared) = (app.state.clone(), app.shared.clone());
         let router = Router::new().fallback(serve::<S>).with_state(app);
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+            let _ = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
-        Self { addr, state, shared, task, tls: false }
+        Self {
+            addr,
+            state,
+            shared,
+            task,
+            tls: false,
+        }
     }
 
     /// Like [`Self::start`], behind TLS with a certificate for 127.0.0.1
     /// from the test CA (`tests/support/tls/ca.pem`), offering ALPN h2 and
     /// http/1.1 as real provider endpoints do.
     pub async fn start_tls(state: impl FnOnce(SocketAddr) -> S, handler: Handler<S>) -> Self {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let tcp = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
         let addr = tcp.local_addr().expect("bound address");
-        let app = App { state: Arc::new(state(addr)), shared: Arc::new(Shared::default()), handler };
+        let app = App {
+            state: Arc::new(state(addr)),
+            shared: Arc::new(Shared::default()),
+            handler,
+        };
         let (state, shared) = (app.state.clone(), app.shared.clone());
         let router = Router::new().fallback(serve::<S>).with_state(app);
-        let listener = TlsListener { tcp, acceptor: TlsAcceptor::from(Arc::new(server_tls_config())) };
+        let listener = TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(server_tls_config())),
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router.into_make_service()).await;
         });
-        Self { addr, state, shared, task, tls: true }
+        Self {
+            addr,
+            state,
+            shared,
+            task,
+            tls: true,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Requests whose path starts with `prefix`.
     pub fn requests_to(&self, prefix: &str) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
     }
 
     /// Queues answers for the next requests that pass the protocol checks.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.shared.script.lock().unwrap_or_else(|p| p.into_inner()).extend(replies);
+        self.shared
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(replies);
     }
 
     /// Holds every request this long before answering, so concurrent
     /// requests overlap.
     pub fn delay(&self, d: Duration) {
-        self.shared.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.shared
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -216,31 +282,47 @@ impl<S> Drop for FakeServer<S> {
 }
 
 async fn serve<S: Send + Sync + 'static>(State(app): State<App<S>>, req: Request) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let shared = &app.shared;
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let rec = Recorded {
         method: parts.method,
-        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: parts.version,
         headers: parts.headers,
         body,
         peer,
     };
     let reply = (app.handler)(&rec, &app.state, shared);
-    shared.requests.lock().unwrap_or_else(|p| p.into_inner()).push(rec);
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(rec);
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut resp = Response::new(Body::from(reply.body));
     *resp.status_mut() = reply.status;
     for (name, value) in reply.headers {
-        if let (Ok(n), Ok(v)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::try_from(name),
+            HeaderValue::from_str(&value),
+        ) {
             resp.headers_mut().append(n, v);
         }
     }
@@ -259,12 +341,14 @@ fn server_tls_config() -> rustls::ServerConfig {
         .collect::<Result<Vec<_>, _>>()
         .expect("certificates");
     let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("certificate and key match");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key match");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
@@ -283,7 +367,9 @@ impl Listener for TlsListener {
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
         loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
             if let Ok(tls) = self.acceptor.accept(tcp).await {
                 return (tls, addr);
             }
@@ -338,12 +424,22 @@ pub fn jwt_parts(jwt: &str) -> Option<(Value, Value, Vec<u8>, String)> {
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// PEM-armours DER bytes.
 pub fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }

@@ -13,7 +13,10 @@ pub const FROM: &str = "notifications@example.com";
 pub struct SendGrid;
 
 pub fn error(status: u16, message: &str, field: Option<&str>) -> Reply {
-    Reply::json(status, json!({ "errors": [{ "message": message, "field": field, "help": null }] }))
+    Reply::json(
+        status,
+        json!({ "errors": [{ "message": message, "field": field, "help": null }] }),
+    )
 }
 
 fn valid_address(a: &str) -> bool {
@@ -31,7 +34,11 @@ pub fn handle(r: &Recorded, _: &SendGrid, shared: &Shared) -> Reply {
         return error(405, "Method not allowed", None);
     }
     if r.bearer() != Some(API_KEY) {
-        return error(401, "The provided authorization grant is invalid, expired, or revoked", None);
+        return error(
+            401,
+            "The provided authorization grant is invalid, expired, or revoked",
+            None,
+        );
     }
     if !r.content_type_is("application/json") {
         return error(415, "Content-Type should be application/json.", None);
@@ -40,27 +47,57 @@ pub fn handle(r: &Recorded, _: &SendGrid, shared: &Shared) -> Reply {
         return error(400, "Bad Request", None);
     };
     let Some(to) = mail["personalizations"][0]["to"][0]["email"].as_str() else {
-        return error(400, "The personalizations field is required and must have at least one personalization.", Some("personalizations"));
+        return error(
+            400,
+            "The personalizations field is required and must have at least one personalization.",
+            Some("personalizations"),
+        );
     };
     if !valid_address(to) {
-        return error(400, "Does not contain a valid address.", Some("personalizations.0.to.0.email"));
+        return error(
+            400,
+            "Does not contain a valid address.",
+            Some("personalizations.0.to.0.email"),
+        );
     }
     if !mail["from"]["email"].as_str().is_some_and(valid_address) {
-        return error(400, "The from object must be provided for every email send.", Some("from"));
+        return error(
+            400,
+            "The from object must be provided for every email send.",
+            Some("from"),
+        );
     }
     if mail["subject"].as_str().is_none_or(str::is_empty) {
         return error(400, "The subject is required.", Some("subject"));
     }
     let content = mail["content"].as_array().cloned().unwrap_or_default();
-    if content.is_empty() || content.iter().any(|c| c["value"].as_str().is_none_or(str::is_empty)) {
-        return error(400, "The content value must be a string at least one character in length.", Some("content.0.value"));
+    if content.is_empty()
+        || content
+            .iter()
+            .any(|c| c["value"].as_str().is_none_or(str::is_empty))
+    {
+        return error(
+            400,
+            "The content value must be a string at least one character in length.",
+            Some("content.0.value"),
+        );
     }
-    let types: Vec<&str> = content.iter().filter_map(|c: &Value| c["type"].as_str()).collect();
+    let types: Vec<&str> = content
+        .iter()
+        .filter_map(|c: &Value| c["type"].as_str())
+        .collect();
     if types.contains(&"text/plain") && types.first() != Some(&"text/plain") {
-        return error(400, "If present, text/plain must be first, followed by any other content.", Some("content"));
+        return error(
+            400,
+            "If present, text/plain must be first, followed by any other content.",
+            Some("content"),
+        );
     }
     if let Some(scripted) = shared.next_scripted() {
         return scripted;
     }
-    Reply::empty(202).header("X-Message-Id", format!("sg-{}", uuid::Uuid::new_v4().simple()))
+    Reply::empty(202).header(
+        "X-Message-Id",
+        format!("sg-{}", uuid::Uuid::new_v4().simple()),
+    )
 }

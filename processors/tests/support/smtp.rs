@@ -35,7 +35,11 @@ impl SmtpServer {
             .unwrap_or_else(|e| panic!("cannot run {python} {}: {e}", script.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(20), BufReader::new(stdout).read_line(&mut line)).await;
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
         let port = match read {
             Ok(Ok(_)) => line.trim().parse::<u16>().ok(),
             _ => None,
@@ -46,7 +50,11 @@ impl SmtpServer {
                  is aiosmtpd installed? run scripts/test-deps.sh"
             );
         };
-        Self { port, out, _child: child }
+        Self {
+            port,
+            out,
+            _child: child,
+        }
     }
 
     /// Every message accepted so far: `{"mail_from", "rcpt_tos", "data"}`.
@@ -58,6 +66,12 @@ impl SmtpServer {
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
         files.sort();
-        files.iter().map(|p| serde_json::from_slice(&std::fs::read(p).expect("read message")).expect("message JSON")).collect()
+        files
+            .iter()
+            .map(|p| {
+                serde_json::from_slice(&std::fs::read(p).expect("read message"))
+                    .expect("message JSON")
+            })
+            .collect()
     }
 }

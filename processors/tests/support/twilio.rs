@@ -23,12 +23,19 @@ pub fn error(status: u16, code: u32, message: &str) -> Reply {
 }
 
 fn authorized(r: &Recorded) -> bool {
-    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"));
-    r.header("authorization").and_then(|a| a.strip_prefix("Basic ")) == Some(expected.as_str())
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"));
+    r.header("authorization")
+        .and_then(|a| a.strip_prefix("Basic "))
+        == Some(expected.as_str())
 }
 
 pub fn handle(r: &Recorded, _: &Twilio, shared: &Shared) -> Reply {
-    let Some(sid) = r.path.strip_prefix("/2010-04-01/Accounts/").and_then(|p| p.strip_suffix("/Messages.json")) else {
+    let Some(sid) = r
+        .path
+        .strip_prefix("/2010-04-01/Accounts/")
+        .and_then(|p| p.strip_suffix("/Messages.json"))
+    else {
         return error(404, 20404, "The requested resource was not found");
     };
     if !authorized(r) || sid != ACCOUNT_SID {
@@ -45,12 +52,18 @@ pub fn handle(r: &Recorded, _: &Twilio, shared: &Shared) -> Reply {
         return error(400, 21604, "A 'To' phone number is required.");
     };
     if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
-        return error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message.");
+        return error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required to send a message.",
+        );
     }
     let Some(body) = form.get("Body").filter(|b| !b.is_empty()) else {
         return error(400, 21602, "Message body is required.");
     };
-    let e164 = to.strip_prefix('+').is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
+    let e164 = to
+        .strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
     if !e164 {
         return error(400, 21211, &format!("Invalid 'To' Phone Number: {to}"));
     }

@@ -144,13 +144,19 @@ impl Db {
                 let _ = tx.send(answer);
             })
         });
-        self.jobs.send(job).map_err(|_| Failure::Broken("the connection thread is gone".into()))?;
-        rx.await.map_err(|_| Failure::Broken("the connection thread is gone".into()))?
+        self.jobs
+            .send(job)
+            .map_err(|_| Failure::Broken("the connection thread is gone".into()))?;
+        rx.await
+            .map_err(|_| Failure::Broken("the connection thread is gone".into()))?
     }
 }
 
 /// Runs `f` in a savepoint: its writes are kept only if it succeeds.
-fn in_savepoint<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+fn in_savepoint<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     conn.execute_batch("SAVEPOINT call")?;
     match f(conn) {
         Ok(v) => {
@@ -175,9 +181,12 @@ fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+        let began = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string());
         let reports: Vec<Report> = group.into_iter().map(|job| job(&mut conn)).collect();
-        let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        let committed =
+            began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
