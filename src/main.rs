@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = CancellationToken::new();
             let mut tasks = JoinSet::new();
             runtime.spawn_gateway(&mut tasks, &shutdown).await?;
-            run_tasks(tasks, shutdown).await
+            tidings::runtime::run_until_signal(&mut tasks, &shutdown).await
         }
         Command::Process { stages } => {
             let config = load()?;
@@ -232,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &shutdown,
             )
             .await?;
-            run_tasks(tasks, shutdown).await
+            tidings::runtime::run_until_signal(&mut tasks, &shutdown).await
         }
         Command::Init => {
             let config = load()?;
@@ -394,28 +394,6 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Runs role tasks until Ctrl-C or the first failure.
-async fn run_tasks(mut tasks: JoinSet<Result<()>>, shutdown: CancellationToken) -> Result<()> {
-    let early = tokio::select! {
-        _ = tidings::runtime::shutdown_signal() => None,
-        Some(done) = tasks.join_next() => Some(done),
-    };
-    shutdown.cancel();
-    let mut result = match early {
-        None | Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(e),
-        Some(Err(e)) => Err(e.into()),
-    };
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-    }
-    result
 }
 
 /// A user with every kind of contact, and one notification to them, so the

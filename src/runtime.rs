@@ -318,33 +318,52 @@ impl Pipeline {
     /// Runs until Ctrl-C or SIGTERM (or until a task stops, which is a
     /// failure), then shuts down cleanly.
     pub async fn run_until_signal(mut self) -> Result<()> {
-        let early = tokio::select! {
-            _ = shutdown_signal() => None,
-            Some(done) = self.tasks.join_next() => Some(done),
-        };
-        let stopped = self.stop().await;
-        match early {
-            None => stopped,
-            Some(Ok(Ok(()))) => stopped.and(Err(anyhow::anyhow!("a task stopped unexpectedly"))),
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(e)) => Err(e.into()),
-        }
+        let result = run_until_signal(&mut self.tasks, &self.shutdown).await;
+        self.runtime.producer.flush(Duration::from_secs(5));
+        result
     }
 
     /// Cancels every task and waits for them to finish.
     pub async fn stop(mut self) -> Result<()> {
-        self.shutdown.cancel();
-        let mut first_error = None;
-        while let Some(done) = self.tasks.join_next().await {
-            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
-            if let Err(e) = result {
-                error!(error = %format!("{e:#}"), "task failed");
-                first_error.get_or_insert(e);
-            }
-        }
+        let result = stop_tasks(&mut self.tasks, &self.shutdown).await;
         self.runtime.producer.flush(Duration::from_secs(5));
-        first_error.map_or(Ok(()), Err)
+        result
     }
+}
+
+/// Runs `tasks` until Ctrl-C or SIGTERM, or until one of them stops: they
+/// all run until shutdown, so that is a failure. Then stops the rest.
+pub async fn run_until_signal(
+    tasks: &mut JoinSet<Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        Some(done) = tasks.join_next() => Some(done),
+    };
+    let stopped = stop_tasks(tasks, shutdown).await;
+    match early {
+        None => stopped,
+        Some(Ok(Ok(()))) => stopped.and(Err(anyhow::anyhow!("a task stopped unexpectedly"))),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+/// Cancels `tasks` and waits for them; returns the first failure.
+pub async fn stop_tasks(
+    tasks: &mut JoinSet<Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    shutdown.cancel();
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done.map_err(anyhow::Error::from).and_then(|r| r) {
+            error!(error = %format!("{e:#}"), "task failed");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes and `docker stop` send).
