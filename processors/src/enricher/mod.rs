@@ -15,7 +15,11 @@ pub mod dedupe;
 pub mod rate_limit;
 pub mod render;
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tidings_config::{EnricherConfig, OverLimit, TrackingConfig};
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
@@ -24,7 +28,9 @@ use tidings_schemas::{
     records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
     tracking_link::{LinkSigner, TrackedTarget},
 };
-use tidings_store::{Device, Platform, Preference, ScheduledItem, Store, StoreError, User};
+use tidings_store::{
+    Device, Platform, Preference, ScheduledItem, Store, StoreError, TemplateVersion, User,
+};
 use tracing::debug;
 use uuid::Uuid;
 
@@ -45,7 +51,11 @@ pub struct Enricher {
     limiter: RateLimiter,
     links: LinkSigner,
     open_pixel: bool,
+    templates: Mutex<HashMap<(String, u32), Arc<TemplateVersion>>>,
 }
+
+/// Template versions kept in memory; the cache starts over when full.
+const TEMPLATE_CACHE_SIZE: usize = 1_024;
 
 impl Enricher {
     pub fn new(
@@ -65,6 +75,7 @@ impl Enricher {
             limiter,
             links,
             open_pixel: tracking.open_pixel,
+            templates: Mutex::default(),
         }
     }
 
@@ -301,6 +312,43 @@ impl Processor for Enricher {
 }
 
 impl Enricher {
+    /// A template version. Versions never change once written (and the
+    /// gateway pins the version of every send), so they are cached; "latest"
+    /// is always read from the store.
+    async fn template(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<TemplateVersion>>, ProcessError> {
+        if let Some(v) = version {
+            let cached = self
+                .templates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(name.to_owned(), v))
+                .cloned();
+            if cached.is_some() {
+                return Ok(cached);
+            }
+        }
+        let Some(template) = self
+            .store
+            .templates
+            .get(name, version)
+            .await
+            .map_err(store_failure)?
+        else {
+            return Ok(None);
+        };
+        let template = Arc::new(template);
+        let mut cache = self.templates.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= TEMPLATE_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert((name.to_owned(), template.version), template.clone());
+        Ok(Some(template))
+    }
+
     async fn content(
         &self,
         req: &NotificationRequest,
@@ -308,18 +356,12 @@ impl Enricher {
     ) -> Result<(Rendered, Option<i32>), ProcessError> {
         if let Some(t) = &req.template {
             let version = t.version.and_then(|v| u32::try_from(v).ok());
-            let template = self
-                .store
-                .templates
-                .get(&t.name, version)
-                .await
-                .map_err(store_failure)?
-                .ok_or_else(|| {
-                    ProcessError::permanent(format!(
-                        "template {} (version {:?}) does not exist",
-                        t.name, t.version
-                    ))
-                })?;
+            let template = self.template(&t.name, version).await?.ok_or_else(|| {
+                ProcessError::permanent(format!(
+                    "template {} (version {:?}) does not exist",
+                    t.name, t.version
+                ))
+            })?;
             let locale = user.and_then(|u| u.locale.as_deref());
             let track = |url: &str| self.links.click_url(&self.tracked(req, None, Some(url)));
             let rendered = render(&template, locale, &t.params, &track)
