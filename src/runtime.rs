@@ -13,7 +13,7 @@ use tidings_processors::{
     ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats,
     senders::providers::ProviderConfig,
 };
-use tidings_schemas::{AvroCodec, Channel};
+use tidings_schemas::{AvroCodec, Channel, tracking_link::LinkSigner};
 use tidings_store::{App, Replication, Store, StoreOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -127,10 +127,14 @@ impl Runtime {
     }
 
     /// The configured provider of a channel (`[providers.<channel>]`).
+    /// Providers with delivery receipts sign a token per delivery with the
+    /// tracking secret, which the gateway's webhooks verify.
     fn provider(&self, channel: Channel) -> Result<Arc<dyn Provider>> {
         let config =
             ProviderConfig::for_channel(channel, self.config.providers.get(channel.as_str()))?;
-        Ok(config.build(channel, self.log_sink.clone())?)
+        let tracking = &self.config.tracking;
+        let receipts = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
+        Ok(config.build(channel, self.log_sink.clone(), &receipts)?)
     }
 
     /// Starts one stage on `tasks`.
@@ -258,14 +262,13 @@ impl Runtime {
 
 async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
     let url = &config.store.url;
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if let Some(dir) = Path::new(path)
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {} for the embedded store", dir.display()))?;
-        }
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the embedded store", dir.display()))?;
     }
     let replication = if config.store.datacenters.is_empty() {
         Replication::Simple {

@@ -3,11 +3,17 @@
 //! on real Kafka and Cassandra: transient failures (429 with Retry-After,
 //! 5xx) are retried through the retry tiers and then delivered; permanent
 //! rejections and deliveries that use up their attempts are dead-lettered.
+//! Delivery receipts: Twilio's status callbacks and SendGrid's event webhook,
+//! posted to the gateway as the providers would, become DELIVERED and FAILED
+//! tracking events and the templates' delivered counts.
 
+#[path = "support/email_provider.rs"]
+mod email_provider;
 mod support;
 
 use std::time::Duration;
 
+use email_provider::EmailProvider;
 use support::{
     Backend, TestPipeline,
     apns_provider::ApnsServer,
@@ -164,10 +170,15 @@ async fn transient_failures_are_retried_then_delivered_and_permanent_ones_dead_l
 
     let (_, events) = t
         .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |e| {
-            e.iter()
-                .filter(|e| e.kind == TrackingKind::DeadLettered)
-                .count()
-                >= 2
+            // Partitions are read side by side: wait for the retries of
+            // `id` too, not only for the dead letters on other partitions.
+            let count = |kind: TrackingKind, of: Option<&str>| {
+                e.iter()
+                    .filter(|e| e.kind == kind && of.is_none_or(|id| e.notification_id == id))
+                    .count()
+            };
+            count(TrackingKind::DeadLettered, None) >= 2
+                && count(TrackingKind::Retried, Some(&id)) >= 2
         })
         .await;
     let kinds = |id: &str| {
@@ -298,7 +309,428 @@ async fn an_unregistered_device_is_tombstoned_until_registered_again(backend: Ba
     t.stop().await;
 }
 
+/// A raw HTTP/1.1 POST to the gateway: the status code and the body.
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("gateway HTTP");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// A form-encoded body, escaped as Twilio does.
+fn form(fields: &[(&str, &str)]) -> String {
+    let escape = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn put_template(t: &TestPipeline, content: pb::TemplateContent) -> String {
+    let name = format!("receipts-{}", Uuid::new_v4().simple());
+    t.client
+        .put_template(pb::Template {
+            name: name.clone(),
+            params: vec!["order".into()],
+            default_locale: "en".into(),
+            variants: [("en".to_owned(), content)].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put template");
+    name
+}
+
+fn templated(user: &str, channel: pb::Channel, template: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        user_ids: vec![user.into()],
+        channels: vec![channel as i32],
+        content: Some(pb::send_request::Content::Template(pb::TemplateRef {
+            name: template.into(),
+            version: 0,
+            params: [("order".to_owned(), "1042".to_owned())].into(),
+        })),
+        ..Default::default()
+    }
+}
+
+async fn template_stats(t: &TestPipeline, name: &str) -> Option<pb::GetTemplateStatsResponse> {
+    let request = t
+        .client
+        .request(pb::GetTemplateStatsRequest { name: name.into() })
+        .ok()?;
+    Some(
+        t.client
+            .templates()
+            .get_template_stats(request)
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// Waits for the template's counts to reach `sent` and `delivered`, then
+/// checks that `delivered` stays there (repeated receipts count once).
+async fn assert_counts(t: &TestPipeline, name: &str, sent: i64, delivered: i64) {
+    eventually("the template's sent and delivered counts", WAIT, || async {
+        let s = template_stats(t, name).await?;
+        (s.sent == sent && s.delivered >= delivered).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = template_stats(t, name).await.expect("stats");
+    assert_eq!(
+        (stats.sent, stats.delivered),
+        (sent, delivered),
+        "a delivery counts as delivered once, however many receipts say so"
+    );
+}
+
+/// Reads the tracking topic until `done`; returns every event read.
+async fn tracking_until(
+    t: &TestPipeline,
+    done: impl Fn(&[TrackingEvent]) -> bool,
+) -> Vec<TrackingEvent> {
+    t.read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, done)
+        .await
+        .1
+}
+
+fn events_of<'a>(
+    events: &'a [TrackingEvent],
+    id: &str,
+    kind: TrackingKind,
+) -> Vec<&'a TrackingEvent> {
+    events
+        .iter()
+        .filter(|e| e.notification_id == id && e.kind == kind)
+        .collect()
+}
+
+/// Where the SMS sender tells Twilio to post status updates: the gateway's
+/// public address, which a proxy would forward to its HTTP listener.
+const STATUS_HOOK: &str = "https://hooks.tidings.test/webhooks/twilio/status";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
+    let (provider, addr) = SmsProvider::start().await;
+    let t = TestPipeline::start_with(backend, |c| {
+        c.providers.insert(
+            "sms".into(),
+            SmsProvider::config_with_status_callback(addr, STATUS_HOOK),
+        );
+    })
+    .await;
+    let template = put_template(
+        &t,
+        pb::TemplateContent {
+            sms_text: "Order {{order}} shipped".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (reached, unreachable) = ("+14155550021", "+14155550022");
+    let mut ids = Vec::new();
+    for phone in [reached, unreachable] {
+        let user = sms_user(&t, phone).await;
+        let sent = t
+            .client
+            .send(templated(&user, pb::Channel::Sms, &template))
+            .await
+            .expect("send");
+        ids.push(sent.notification_ids[0].clone());
+    }
+    let accepted = |phone: &'static str| {
+        let provider = provider.clone();
+        async move {
+            eventually("the SMS at Twilio", WAIT, || async {
+                provider.accepted(phone).into_iter().next()
+            })
+            .await
+        }
+    };
+    // The path and query Twilio would request: the gateway's public URL is
+    // the test's HTTP listener.
+    let callback_path = |(_, callback): &(String, Option<String>)| {
+        let callback = callback.clone().expect("a StatusCallback on the message");
+        callback
+            .strip_prefix("https://hooks.tidings.test")
+            .unwrap_or_else(|| panic!("{callback} is not under {STATUS_HOOK}"))
+            .to_owned()
+    };
+    let (sid, path) = {
+        let a = accepted(reached).await;
+        (a.0.clone(), callback_path(&a))
+    };
+    assert!(
+        path.starts_with("/webhooks/twilio/status?d="),
+        "the callback carries the receipt token: {path}"
+    );
+    let (failed_sid, failed_path) = {
+        let a = accepted(unreachable).await;
+        (a.0.clone(), callback_path(&a))
+    };
+    assert_ne!(path, failed_path, "one token per delivery");
+    let http = t.pipeline.as_ref().unwrap().gateway.http;
+    let status = |sid: &str, status: &str| {
+        form(&[
+            ("SmsSid", sid),
+            ("SmsStatus", status),
+            ("MessageStatus", status),
+            ("To", reached),
+            ("MessageSid", sid),
+            ("AccountSid", "ACe2e"),
+            ("From", "+15005550006"),
+            ("ApiVersion", "2010-04-01"),
+        ])
+    };
+
+    // Steps on the way record nothing.
+    for step in ["queued", "sending", "sent"] {
+        let (code, _) = http_post(http, &path, FORM, &status(&sid, step)).await;
+        assert_eq!(code, 204, "{step}");
+    }
+    // Delivered, then Twilio's retry of it, then `read`: one delivery.
+    for done in ["delivered", "delivered", "read"] {
+        let (code, body) = http_post(http, &path, FORM, &status(&sid, done)).await;
+        assert_eq!(code, 204, "{done}: {body}");
+    }
+
+    // Forged, altered and missing tokens are refused; nothing is recorded.
+    let altered = format!("{}x", path);
+    let (code, _) = http_post(http, &altered, FORM, &status(&sid, "failed")).await;
+    assert_eq!(code, 403, "an altered token");
+    let forged = "/webhooks/twilio/status?d=eyJuIjoieCJ9.AAAA";
+    let (code, _) = http_post(http, forged, FORM, &status(&sid, "delivered")).await;
+    assert_eq!(code, 403, "a forged token");
+    let (code, _) = http_post(
+        http,
+        "/webhooks/twilio/status",
+        FORM,
+        &status(&sid, "failed"),
+    )
+    .await;
+    assert_eq!(code, 403, "no token");
+    // A body that is not Twilio's names what is wrong.
+    let (code, body) = http_post(http, &path, FORM, &form(&[("MessageSid", &sid)])).await;
+    assert_eq!(code, 400);
+    assert!(body.contains("MessageStatus"), "{body}");
+    let bad_code = form(&[("MessageStatus", "failed"), ("ErrorCode", "oops")]);
+    let (code, body) = http_post(http, &path, FORM, &bad_code).await;
+    assert_eq!(code, 400);
+    assert!(body.contains("ErrorCode"), "{body}");
+
+    // The other message never reached the handset.
+    let mut failed = status(&failed_sid, "undelivered");
+    failed.push_str("&ErrorCode=30003");
+    let (code, _) = http_post(http, &failed_path, FORM, &failed).await;
+    assert_eq!(code, 204);
+
+    let events = tracking_until(&t, |e| {
+        events_of(e, &ids[0], TrackingKind::Delivered).len() >= 3
+            && !events_of(e, &ids[1], TrackingKind::Failed).is_empty()
+    })
+    .await;
+    let delivered = events_of(&events, &ids[0], TrackingKind::Delivered);
+    let first = delivered[0];
+    assert_eq!(first.template_name.as_deref(), Some(template.as_str()));
+    assert_eq!(first.channel.as_deref(), Some("sms"));
+    assert_eq!(first.target.as_deref(), Some(reached));
+    assert_eq!(first.stage, "gateway.twilio");
+    assert_eq!(first.detail.as_deref(), Some(sid.as_str()));
+    assert!(
+        delivered.iter().all(|e| e.event_id == first.event_id),
+        "receipts of one delivery share an event id"
+    );
+    assert!(events_of(&events, &ids[0], TrackingKind::Failed).is_empty());
+    let failure = events_of(&events, &ids[1], TrackingKind::Failed)[0];
+    let detail = failure.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("undelivered") && detail.contains("30003"),
+        "{detail}"
+    );
+    assert_eq!(failure.target.as_deref(), Some(unreachable));
+    assert!(events_of(&events, &ids[1], TrackingKind::Delivered).is_empty());
+
+    assert_counts(&t, &template, 2, 1).await;
+    t.stop().await;
+}
+
+async fn email_user(t: &TestPipeline, email: &str) -> String {
+    let user = format!("u-{}", Uuid::new_v4());
+    t.client
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: user.clone(),
+            email: email.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert user");
+    user
+}
+
+async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
+    let (provider, addr) = EmailProvider::start().await;
+    let t = TestPipeline::start_with(backend, |c| {
+        c.providers
+            .insert("email".into(), EmailProvider::config(addr));
+    })
+    .await;
+    let template = put_template(
+        &t,
+        pb::TemplateContent {
+            email_subject: "Order {{order}} shipped".into(),
+            email_text: "It arrives on Tuesday.".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (reached, bounced) = ("ada@example.org", "nobody@example.org");
+    let mut ids = Vec::new();
+    for email in [reached, bounced] {
+        let user = email_user(&t, email).await;
+        let sent = t
+            .client
+            .send(templated(&user, pb::Channel::Email, &template))
+            .await
+            .expect("send");
+        ids.push(sent.notification_ids[0].clone());
+    }
+    let mail = |email: &'static str| {
+        let provider = provider.clone();
+        async move {
+            eventually("the mail at SendGrid", WAIT, || async {
+                provider.accepted(email).into_iter().next()
+            })
+            .await
+        }
+    };
+    let (message_id, sent_mail) = mail(reached).await;
+    let (_, bounced_mail) = mail(bounced).await;
+    let args = |mail: &serde_json::Value| mail["personalizations"][0]["custom_args"].clone();
+    let token = |mail: &serde_json::Value| {
+        args(mail)["tidings_receipt"]
+            .as_str()
+            .expect("a receipt token in custom_args")
+            .to_owned()
+    };
+    // SendGrid repeats custom_args as top-level fields of every event.
+    let event = |email: &str, mail: &serde_json::Value, fields: serde_json::Value| {
+        let mut event = serde_json::json!({
+            "email": email,
+            "timestamp": 1_700_000_000,
+            "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+            "sg_event_id": Uuid::new_v4().to_string(),
+            "sg_message_id": format!("{message_id}.filter0001"),
+        });
+        for (k, v) in args(mail).as_object().unwrap() {
+            event[k] = v.clone();
+        }
+        for (k, v) in fields.as_object().unwrap() {
+            event[k] = v.clone();
+        }
+        event
+    };
+    let mut forged = event(
+        reached,
+        &sent_mail,
+        serde_json::json!({"event": "delivered"}),
+    );
+    forged["tidings_receipt"] = format!("{}x", token(&sent_mail)).into();
+    let batch = serde_json::json!([
+        event(reached, &sent_mail, serde_json::json!({"event": "processed"})),
+        forged,
+        "not an event",
+        {"email": "someone@example.net", "event": "delivered", "timestamp": 1_700_000_001},
+        event(reached, &sent_mail, serde_json::json!({"event": "delivered", "response": "250 OK"})),
+        event(reached, &sent_mail, serde_json::json!({"event": "open", "useragent": "Mozilla/5.0"})),
+        event(bounced, &bounced_mail, serde_json::json!({
+            "event": "bounce", "type": "bounce", "status": "5.1.1",
+            "reason": "550 5.1.1 The email account that you tried to reach does not exist",
+        })),
+    ]);
+    let http = t.pipeline.as_ref().unwrap().gateway.http;
+    let path = "/webhooks/sendgrid/events";
+    let json = "application/json";
+    let (code, body) = http_post(http, path, json, &batch.to_string()).await;
+    assert!(
+        code == 204 || code == 200,
+        "one bad event does not spoil the batch: {code} {body}"
+    );
+    // SendGrid retries a batch it thinks failed: the same delivery again.
+    let retry = serde_json::json!([event(
+        reached,
+        &sent_mail,
+        serde_json::json!({"event": "delivered"})
+    )]);
+    let (code, _) = http_post(http, path, json, &retry.to_string()).await;
+    assert_eq!(code, 204);
+    let (code, body) = http_post(http, path, json, "{\"event\": \"delivered\"}").await;
+    assert_eq!(code, 400, "not an array: {body}");
+
+    let events = tracking_until(&t, |e| {
+        events_of(e, &ids[0], TrackingKind::Delivered).len() >= 2
+            && !events_of(e, &ids[1], TrackingKind::Failed).is_empty()
+    })
+    .await;
+    let delivered = events_of(&events, &ids[0], TrackingKind::Delivered);
+    assert_eq!(
+        delivered[0].template_name.as_deref(),
+        Some(template.as_str())
+    );
+    assert_eq!(delivered[0].channel.as_deref(), Some("email"));
+    assert_eq!(delivered[0].target.as_deref(), Some(reached));
+    assert_eq!(delivered[0].stage, "gateway.sendgrid");
+    assert_eq!(delivered[0].event_id, delivered[1].event_id);
+    let failure = events_of(&events, &ids[1], TrackingKind::Failed)[0];
+    let detail = failure.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("bounce") && detail.contains("does not exist"),
+        "{detail}"
+    );
+    assert!(events_of(&events, &ids[1], TrackingKind::Delivered).is_empty());
+    assert!(events_of(&events, &ids[0], TrackingKind::Failed).is_empty());
+
+    assert_counts(&t, &template, 2, 1).await;
+    t.stop().await;
+}
+
 on_every_backend!(
     transient_failures_are_retried_then_delivered_and_permanent_ones_dead_lettered,
     an_unregistered_device_is_tombstoned_until_registered_again,
+    twilio_status_callbacks_record_delivered_and_failed,
+    sendgrid_events_record_delivered_and_failed,
 );

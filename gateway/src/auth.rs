@@ -92,10 +92,9 @@ impl Authenticator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
+            && at.elapsed() < CACHE_TTL
         {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(app.clone());
-            }
+            return Ok(app.clone());
         }
         let app = store.apps.get(key).await.map_err(crate::store_status)?;
         self.cache

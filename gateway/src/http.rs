@@ -1,5 +1,5 @@
-//! The gateway's HTTP side: tracking links and open pixels, health and
-//! Prometheus metrics.
+//! The gateway's HTTP side: tracking links and open pixels, the providers'
+//! delivery-receipt webhooks (`webhooks.rs`), health and Prometheus metrics.
 
 use axum::{
     Router,
@@ -17,7 +17,7 @@ use tidings_telemetry::metrics;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::Gateway;
+use crate::{Gateway, webhooks};
 
 /// A transparent 1x1 GIF.
 const PIXEL: &[u8] = &[
@@ -32,6 +32,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/t/c/{token}", get(click))
         .route("/t/o/{token}", get(open))
+        .merge(webhooks::routes())
         .with_state(gateway)
 }
 

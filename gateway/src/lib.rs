@@ -12,6 +12,7 @@ mod notifications;
 mod preferences;
 pub mod templates;
 pub mod validate;
+mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc};
 

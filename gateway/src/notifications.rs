@@ -352,13 +352,13 @@ pub fn to_requests(
     }
     let send_at = (send.send_at_ms > now).then_some(send.send_at_ms);
     let expires_at = (send.expires_at_ms > 0).then_some(send.expires_at_ms);
-    if let Some(expiry) = expires_at {
-        if expiry <= send_at.unwrap_or(now) {
-            return Err(validate::invalid(
-                field("expires_at_ms"),
-                "is before the notification would be sent",
-            ));
-        }
+    if let Some(expiry) = expires_at
+        && expiry <= send_at.unwrap_or(now)
+    {
+        return Err(validate::invalid(
+            field("expires_at_ms"),
+            "is before the notification would be sent",
+        ));
     }
     let priority = match pb::Priority::try_from(send.priority) {
         Ok(pb::Priority::High) => Priority::High,

@@ -11,6 +11,26 @@ use std::{
 
 use support::{FakeServer, Reply, delivery};
 use tidings_processors::{Provider, ProviderError};
+use tidings_schemas::tracking_link::{DeliveryRef, LinkSigner};
+
+/// The `tracking.link_secret` the providers sign receipt tokens with.
+const RECEIPT_SECRET: &str = "provider-tests-link-secret";
+
+/// The signer the providers get, and the gateway would verify with.
+fn receipts() -> LinkSigner {
+    LinkSigner::new(RECEIPT_SECRET, "https://t.example.com")
+}
+
+/// The delivery a receipt token should name.
+fn delivery_ref(d: &tidings_schemas::records::Delivery) -> DeliveryRef {
+    DeliveryRef {
+        notification_id: d.notification_id.clone(),
+        user_id: d.user_id.clone(),
+        template_name: d.template_name.clone(),
+        channel: d.channel.clone(),
+        target: d.target.clone(),
+    }
+}
 
 fn assert_transient(
     r: Result<tidings_processors::Receipt, ProviderError>,
@@ -526,7 +546,8 @@ mod twilio {
 
     async fn setup(limits: SendLimits) -> (FakeServer<fake::Twilio>, TwilioProvider) {
         let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
-        let provider = TwilioProvider::new(config(server.url(), limits)).expect("provider builds");
+        let provider =
+            TwilioProvider::new(config(server.url(), limits), receipts()).expect("provider builds");
         (server, provider)
     }
 
@@ -548,6 +569,84 @@ mod twilio {
         assert_eq!(form["To"], TO);
         assert_eq!(form["From"], fake::FROM);
         assert_eq!(form["Body"], "It arrives on Tuesday.");
+        assert!(
+            !form.contains_key("StatusCallback"),
+            "no status_callback configured, no StatusCallback sent"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_status_callback_carries_a_token_naming_its_delivery() {
+        const HOOK: &str = "https://hooks.example.com/webhooks/twilio/status";
+        let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
+        let mut c = config(server.url(), SendLimits::new(2));
+        c.status_callback = Some(HOOK.into());
+        let twilio = TwilioProvider::new(c, receipts()).expect("builds");
+        let mut first = delivery("sms", TO);
+        first.template_name = Some("order-shipped".into());
+        let mut second = delivery("sms", "+14155550199");
+        second.notification_id = "n-2".into();
+        twilio.deliver(&first).await.expect("accepted");
+        twilio.deliver(&second).await.expect("accepted");
+
+        let callbacks: Vec<String> = server
+            .requests()
+            .iter()
+            .map(|r| r.form()["StatusCallback"].clone())
+            .collect();
+        let token = |cb: &str| {
+            cb.strip_prefix(HOOK)
+                .and_then(|q| q.strip_prefix("?d="))
+                .unwrap_or_else(|| panic!("{cb} is not {HOOK}?d=<token>"))
+                .to_owned()
+        };
+        let (t1, t2) = (token(&callbacks[0]), token(&callbacks[1]));
+        assert_eq!(
+            receipts().verify_receipt(&t1),
+            Ok(delivery_ref(&first)),
+            "the token names the first delivery"
+        );
+        assert_eq!(receipts().verify_receipt(&t1).unwrap().channel, "sms");
+        assert_eq!(
+            receipts()
+                .verify_receipt(&t1)
+                .unwrap()
+                .template_name
+                .as_deref(),
+            Some("order-shipped")
+        );
+        assert_eq!(receipts().verify_receipt(&t2), Ok(delivery_ref(&second)));
+        // Signed with the tracking secret: another secret refuses it, and it
+        // is no click or open token.
+        assert!(
+            LinkSigner::new("another-secret", "https://t.example.com")
+                .verify_receipt(&t1)
+                .is_err()
+        );
+        assert!(receipts().verify(&t1).is_err());
+
+        // A callback URL with a query of its own keeps it.
+        let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
+        let mut c = config(server.url(), SendLimits::new(1));
+        c.status_callback = Some(format!("{HOOK}?region=eu"));
+        TwilioProvider::new(c, receipts())
+            .expect("builds")
+            .deliver(&first)
+            .await
+            .expect("accepted");
+        let cb = server.requests()[0].form()["StatusCallback"].clone();
+        let t = cb
+            .strip_prefix(&format!("{HOOK}?region=eu&d="))
+            .unwrap_or_else(|| panic!("{cb}"));
+        assert_eq!(receipts().verify_receipt(t), Ok(delivery_ref(&first)));
+
+        // A callback Twilio could not post to is refused at start.
+        let mut c = config(server.url(), SendLimits::new(1));
+        c.status_callback = Some("/webhooks/twilio/status".into());
+        let err = TwilioProvider::new(c, receipts())
+            .err()
+            .expect("a relative status_callback is refused");
+        assert!(err.to_string().contains("status_callback"), "{err}");
     }
 
     #[tokio::test]
@@ -587,7 +686,7 @@ mod twilio {
         let server = FakeServer::start_tls(|_| fake::Twilio, fake::handle).await;
         let mut c = config(server.url(), SendLimits::new(1));
         c.http.extra_root_ca_path = Some(support::test_ca_path());
-        TwilioProvider::new(c)
+        TwilioProvider::new(c, receipts())
             .expect("builds")
             .deliver(&delivery("sms", TO))
             .await
@@ -601,7 +700,7 @@ mod twilio {
         let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
         let mut c = config(server.url(), SendLimits::new(1));
         c.auth_token = Secret::new("wrong");
-        let twilio = TwilioProvider::new(c).expect("builds");
+        let twilio = TwilioProvider::new(c, receipts()).expect("builds");
         let why = assert_rejected(twilio.deliver(&delivery("sms", TO)).await);
         assert!(
             why.contains("20003") && why.contains("config problem"),
@@ -615,7 +714,7 @@ mod twilio {
         let mut c = config(server.url(), SendLimits::new(1));
         c.from = None;
         c.messaging_service_sid = Some("MG0123456789abcdef0123456789abcdef".into());
-        TwilioProvider::new(c)
+        TwilioProvider::new(c, receipts())
             .expect("builds")
             .deliver(&delivery("sms", TO))
             .await
@@ -638,13 +737,16 @@ mod twilio {
         // 10/s with a one-second burst: 15 sends need about half a second
         // more than the burst covers.
         let server = FakeServer::start(|_| fake::Twilio, fake::handle).await;
-        let twilio = TwilioProvider::new(config(
-            server.url(),
-            SendLimits {
-                max_in_flight: 50,
-                rate_per_sec: Some(10.0),
-            },
-        ))
+        let twilio = TwilioProvider::new(
+            config(
+                server.url(),
+                SendLimits {
+                    max_in_flight: 50,
+                    rate_per_sec: Some(10.0),
+                },
+            ),
+            receipts(),
+        )
         .expect("builds");
         let took = send_concurrently(Arc::new(twilio), |_| delivery("sms", TO), 15).await;
         assert!(
@@ -681,8 +783,8 @@ mod sendgrid {
 
     async fn setup(limits: SendLimits) -> (FakeServer<fake::SendGrid>, SendGridProvider) {
         let server = FakeServer::start(|_| fake::SendGrid, fake::handle).await;
-        let provider =
-            SendGridProvider::new(config(server.url(), limits)).expect("provider builds");
+        let provider = SendGridProvider::new(config(server.url(), limits), receipts())
+            .expect("provider builds");
         (server, provider)
     }
 
@@ -699,9 +801,16 @@ mod sendgrid {
         );
         let mail = server.requests()[0].json().expect("JSON");
         assert_eq!(mail["personalizations"][0]["to"][0]["email"], TO);
-        assert_eq!(
-            mail["personalizations"][0]["custom_args"]["delivery_id"],
-            d.delivery_id.as_str()
+        let custom_args = &mail["personalizations"][0]["custom_args"];
+        assert_eq!(custom_args["delivery_id"], d.delivery_id.as_str());
+        let token = custom_args["tidings_receipt"]
+            .as_str()
+            .expect("a receipt token in custom_args");
+        assert_eq!(receipts().verify_receipt(token), Ok(delivery_ref(&d)));
+        assert!(
+            LinkSigner::new("another-secret", "x")
+                .verify_receipt(token)
+                .is_err()
         );
         assert_eq!(mail["from"]["email"], fake::FROM);
         assert_eq!(mail["from"]["name"], "Tidings");
@@ -749,7 +858,7 @@ mod sendgrid {
         let mut c = config(server.url(), SendLimits::new(1));
         c.api_key = Secret::new("SG.revoked");
         let why = assert_rejected(
-            SendGridProvider::new(c)
+            SendGridProvider::new(c, receipts())
                 .expect("builds")
                 .deliver(&delivery("email", TO))
                 .await,

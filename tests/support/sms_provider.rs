@@ -1,6 +1,8 @@
 //! A local Twilio-compatible Messages API for end-to-end tests: form POSTs to
 //! `/2010-04-01/Accounts/<sid>/Messages.json`, answering from a script
-//! (status, headers, Twilio error body) and then 201 with a message sid.
+//! (status, headers, Twilio error body) and then 201 with a message sid. It
+//! keeps each message's `StatusCallback`, where Twilio would post status
+//! updates.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -32,6 +34,8 @@ struct Inner {
     scripts: HashMap<String, VecDeque<Answer>>,
     /// Every request: (To, Body, answered status).
     seen: Vec<(String, String, u16)>,
+    /// Every accepted message: (To, MessageSid, StatusCallback).
+    accepted: Vec<(String, String, Option<String>)>,
 }
 
 #[derive(Clone, Default)]
@@ -74,6 +78,18 @@ impl SmsProvider {
             .collect()
     }
 
+    /// The accepted messages to `to`: (MessageSid, StatusCallback), in order.
+    pub fn accepted(&self, to: &str) -> Vec<(String, Option<String>)> {
+        self.0
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .filter(|(t, _, _)| t == to)
+            .map(|(_, sid, cb)| (sid.clone(), cb.clone()))
+            .collect()
+    }
+
     /// The `[providers.sms]` settings pointing at this server.
     pub fn config(addr: SocketAddr) -> serde_json::Value {
         serde_json::json!({
@@ -83,6 +99,16 @@ impl SmsProvider {
             "from": "+15005550006",
             "base_url": format!("http://{addr}"),
         })
+    }
+
+    /// The same, with Twilio told to post status updates to `status_callback`.
+    pub fn config_with_status_callback(
+        addr: SocketAddr,
+        status_callback: &str,
+    ) -> serde_json::Value {
+        let mut config = Self::config(addr);
+        config["status_callback"] = status_callback.into();
+        config
     }
 }
 
@@ -105,13 +131,22 @@ async fn messages(
         return (StatusCode::UNAUTHORIZED, "bad account").into_response();
     }
     match answer {
-        None => (
-            StatusCode::CREATED,
-            axum::Json(serde_json::json!({"sid": format!("SM{}", uuid::Uuid::new_v4().simple()), "status": "queued", "to": to})),
-        )
-            .into_response(),
+        None => {
+            let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+            provider.0.lock().unwrap().accepted.push((
+                to.clone(),
+                sid.clone(),
+                form.get("StatusCallback").cloned(),
+            ));
+            (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({"sid": sid, "status": "queued", "to": to})),
+            )
+                .into_response()
+        }
         Some(a) => {
-            let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut headers = HeaderMap::new();
             if let Some(secs) = a.retry_after_secs {
                 headers.insert("retry-after", HeaderValue::from(secs));

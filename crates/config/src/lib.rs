@@ -32,7 +32,7 @@ pub enum ConfigError {
     Semantic { key: &'static str, problem: String },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -273,21 +273,6 @@ impl Default for TelemetryConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            kafka: KafkaConfig::default(),
-            store: StoreConfig::default(),
-            gateway: GatewayConfig::default(),
-            enricher: EnricherConfig::default(),
-            senders: SendersConfig::default(),
-            tracking: TrackingConfig::default(),
-            providers: BTreeMap::new(),
-            telemetry: TelemetryConfig::default(),
-        }
-    }
-}
-
 impl Config {
     /// Loads defaults, then `file` (which must exist when given; otherwise
     /// `tidings.toml` in the working directory if present), then the
@@ -411,6 +396,8 @@ fn semantic(key: &'static str, problem: impl Into<String>) -> Result<(), ConfigE
 }
 
 #[cfg(test)]
+// figment's `Jail` API fixes the closures' error type to its (large) `figment::Error`.
+#[allow(clippy::result_large_err)]
 mod tests {
     use figment::Jail;
 

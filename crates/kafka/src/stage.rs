@@ -120,17 +120,36 @@ impl Emitter<'_> {
 #[async_trait]
 pub trait Processor: Send + Sync + 'static {
     type Input: AvroRecord;
+    /// What the stage looks up once per batch for all of its records (the
+    /// contacts of every user in it, say), handed to each `process` call.
+    /// `()` for stages that look nothing up.
+    type Prefetched: Send + Sync;
 
     /// The stage's name: consumer group suffix, metric label, dead-letter
     /// `stage` field.
     fn name(&self) -> &'static str;
 
+    /// Looks up in a few store calls what `process` would otherwise look up
+    /// record by record: one round trip per batch instead of one per record.
+    /// It is only a head start: `process` must look up itself whatever is
+    /// missing, so a failed prefetch costs speed, never correctness.
+    async fn prefetch(&self, batch: &[(&Self::Input, &RecordMeta)]) -> Self::Prefetched;
+
     async fn process(
         &self,
         input: &Self::Input,
+        prefetched: &Self::Prefetched,
         meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError>;
+
+    /// Runs once every record of the batch was processed, before the
+    /// batch's outputs are produced and its offsets committed: the place to
+    /// write in a few calls what `process` collected in `prefetched` (the
+    /// senders' ledger marks and status log). A failure is retried in place
+    /// (with backoff) if retriable; otherwise the stage stops, and the batch
+    /// is consumed again after a restart.
+    async fn finish(&self, prefetched: &Self::Prefetched) -> Result<(), ProcessError>;
 }
 
 /// Batching and retry knobs of a stage.
@@ -193,6 +212,13 @@ pub struct Stage<P: Processor> {
     producer: AvroProducer,
     dead_letter_topic: String,
     options: StageOptions,
+}
+
+/// A consumed record, decoded or already judged.
+struct Item<I> {
+    message: OwnedMessage,
+    meta: RecordMeta,
+    input: Result<I, RecordOutcome>,
 }
 
 enum RecordOutcome {
@@ -337,27 +363,48 @@ impl<P: Processor> Stage<P> {
         batch: Vec<OwnedMessage>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<((String, i32), i64)>, KafkaError> {
-        let mut by_partition: BTreeMap<(String, i32), Vec<OwnedMessage>> = BTreeMap::new();
-        for m in batch {
+        let started = Instant::now();
+        // Decode the whole batch first, so the processor can look up what
+        // all of it needs at once.
+        let items: Vec<Item<P::Input>> =
+            join_all(batch.into_iter().map(|m| self.decode(m, shutdown))).await;
+        let prefetched = {
+            let inputs: Vec<(&P::Input, &RecordMeta)> = items
+                .iter()
+                .filter_map(|item| item.input.as_ref().ok().map(|input| (input, &item.meta)))
+                .collect();
+            let decoded = started.elapsed();
+            let prefetched = self.processor.prefetch(&inputs).await;
+            (decoded, prefetched)
+        };
+        let (decoded, prefetched) = prefetched;
+        let fetched = started.elapsed();
+        let mut by_partition: BTreeMap<(String, i32), Vec<Item<P::Input>>> = BTreeMap::new();
+        for item in items {
             by_partition
-                .entry((m.topic().to_owned(), m.partition()))
+                .entry((item.meta.topic.clone(), item.meta.partition))
                 .or_default()
-                .push(m);
+                .push(item);
         }
         let outcomes = join_all(
             by_partition
                 .into_values()
-                .map(|messages| self.handle_partition(messages, shutdown)),
+                .map(|items| self.handle_partition(items, &prefetched, shutdown)),
         )
         .await;
         let stage = self.processor.name();
-        let outputs: Vec<OutRecord> = outcomes
-            .iter()
-            .flat_map(|o| o.outputs.iter().cloned())
-            .collect();
-        self.produce_all(outputs, shutdown).await?;
         let m = metrics();
         let mut done = Vec::new();
+        let mut outputs: Vec<OutRecord> = Vec::new();
+        let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+        for o in &outcomes {
+            for r in &o.outputs {
+                *per_topic.entry(&r.topic).or_default() += 1;
+            }
+        }
+        for (topic, n) in per_topic {
+            m.stage_outputs.with_label_values(&[stage, topic]).inc_by(n);
+        }
         for o in outcomes {
             m.stage_records
                 .with_label_values(&[stage, "processed"])
@@ -365,13 +412,22 @@ impl<P: Processor> Stage<P> {
             m.stage_records
                 .with_label_values(&[stage, "dead_lettered"])
                 .inc_by(o.dead_lettered);
-            for r in &o.outputs {
-                m.stage_outputs.with_label_values(&[stage, &r.topic]).inc();
-            }
             if let Some(offset) = o.last_done {
                 done.push(((o.topic, o.partition), offset));
             }
+            outputs.extend(o.outputs);
         }
+        self.finish(&prefetched, shutdown).await?;
+        let processed = started.elapsed();
+        self.produce_all(outputs, shutdown).await?;
+        debug!(
+            stage,
+            decode_ms = decoded.as_millis() as u64,
+            prefetch_ms = (fetched - decoded).as_millis() as u64,
+            process_ms = (processed - fetched).as_millis() as u64,
+            produce_ms = (started.elapsed() - processed).as_millis() as u64,
+            "batch phases"
+        );
         Ok(done)
     }
 
@@ -380,35 +436,49 @@ impl<P: Processor> Stage<P> {
     /// to the end of the longest run of handled records.
     async fn handle_partition(
         &self,
-        messages: Vec<OwnedMessage>,
+        items: Vec<Item<P::Input>>,
+        prefetched: &P::Prefetched,
         shutdown: &CancellationToken,
     ) -> PartitionOutcome {
         let mut outcome = PartitionOutcome {
-            topic: messages
+            topic: items
                 .first()
-                .map(|m| m.topic().to_owned())
+                .map(|i| i.meta.topic.clone())
                 .unwrap_or_default(),
-            partition: messages.first().map(|m| m.partition()).unwrap_or_default(),
+            partition: items.first().map(|i| i.meta.partition).unwrap_or_default(),
             outputs: Vec::new(),
             last_done: None,
             dead_lettered: 0,
             processed: 0,
         };
-        let offsets: Vec<i64> = messages.iter().map(|m| m.offset()).collect();
-        let mut lanes: BTreeMap<Option<Vec<u8>>, Vec<OwnedMessage>> = BTreeMap::new();
-        for m in messages {
+        let offsets: Vec<i64> = items.iter().map(|i| i.meta.offset).collect();
+        let mut lanes: BTreeMap<Option<Vec<u8>>, Vec<Item<P::Input>>> = BTreeMap::new();
+        for item in items {
             lanes
-                .entry(m.key().map(<[u8]>::to_vec))
+                .entry(item.message.key().map(<[u8]>::to_vec))
                 .or_default()
-                .push(m);
+                .push(item);
         }
         let results: Vec<Vec<(i64, RecordOutcome)>> = futures::stream::iter(lanes.into_values())
             .map(|lane| async move {
                 let mut done = Vec::with_capacity(lane.len());
-                for message in &lane {
-                    let result = self.handle_record(message, shutdown).await;
+                for item in lane {
+                    let offset = item.meta.offset;
+                    let result = match item.input {
+                        Err(outcome) => outcome,
+                        Ok(input) => {
+                            self.handle_record(
+                                &item.message,
+                                &item.meta,
+                                &input,
+                                prefetched,
+                                shutdown,
+                            )
+                            .await
+                        }
+                    };
                     let interrupted = matches!(result, RecordOutcome::Interrupted);
-                    done.push((message.offset(), result));
+                    done.push((offset, result));
                     if interrupted {
                         break;
                     }
@@ -442,11 +512,8 @@ impl<P: Processor> Stage<P> {
         outcome
     }
 
-    async fn handle_record(
-        &self,
-        message: &OwnedMessage,
-        shutdown: &CancellationToken,
-    ) -> RecordOutcome {
+    /// Decodes a record; one that cannot be decoded is dead-lettered.
+    async fn decode(&self, message: OwnedMessage, shutdown: &CancellationToken) -> Item<P::Input> {
         let stage = self.processor.name();
         let meta = RecordMeta {
             topic: message.topic().to_owned(),
@@ -471,26 +538,39 @@ impl<P: Processor> Stage<P> {
                 Err(e) if e.is_retriable() => {
                     warn!(stage, error = %e, ?backoff, "cannot decode yet; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
+                        _ = shutdown.cancelled() => break Err(RecordOutcome::Interrupted),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(self.options.max_backoff);
                 }
-                other => break other,
+                Ok(input) => break Ok(input),
+                Err(e) => {
+                    warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
+                    break Err(RecordOutcome::DeadLettered(self.dead_letter(
+                        &message,
+                        &e.to_string(),
+                        false,
+                        1,
+                    )));
+                }
             }
         };
-        let input = match decoded {
-            Ok(input) => input,
-            Err(e) => {
-                warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
-                return RecordOutcome::DeadLettered(self.dead_letter(
-                    message,
-                    &e.to_string(),
-                    false,
-                    1,
-                ));
-            }
-        };
+        Item {
+            message,
+            meta,
+            input: decoded,
+        }
+    }
+
+    async fn handle_record(
+        &self,
+        message: &OwnedMessage,
+        meta: &RecordMeta,
+        input: &P::Input,
+        prefetched: &P::Prefetched,
+        shutdown: &CancellationToken,
+    ) -> RecordOutcome {
+        let stage = self.processor.name();
         let mut backoff = self.options.min_backoff;
         let mut attempts = 1;
         loop {
@@ -499,7 +579,11 @@ impl<P: Processor> Stage<P> {
                 stage,
                 records: Vec::new(),
             };
-            match self.processor.process(&input, &meta, &mut out).await {
+            match self
+                .processor
+                .process(input, prefetched, meta, &mut out)
+                .await
+            {
                 Ok(()) => return RecordOutcome::Processed(out.records),
                 Err(ProcessError {
                     not_due_for: Some(wait),
@@ -532,6 +616,43 @@ impl<P: Processor> Stage<P> {
                     }
                     backoff = (backoff * 2).min(self.options.max_backoff);
                     attempts += 1;
+                }
+            }
+        }
+    }
+
+    /// Hands the batch's state to the processor's `finish`, retrying while
+    /// it fails for a reason that can pass.
+    async fn finish(
+        &self,
+        prefetched: &P::Prefetched,
+        shutdown: &CancellationToken,
+    ) -> Result<(), KafkaError> {
+        let stage = self.processor.name();
+        let mut backoff = self.options.min_backoff;
+        loop {
+            match self.processor.finish(prefetched).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.retriable => {
+                    metrics()
+                        .stage_errors
+                        .with_label_values(&[stage, "true"])
+                        .inc();
+                    warn!(stage, reason = %e, ?backoff, "finishing the batch failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            return Err(KafkaError::Finish { stage, reason: e.reason });
+                        }
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+                Err(e) => {
+                    error!(stage, reason = %e, "finishing the batch failed; stopping the stage");
+                    return Err(KafkaError::Finish {
+                        stage,
+                        reason: e.reason,
+                    });
                 }
             }
         }

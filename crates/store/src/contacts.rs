@@ -100,4 +100,10 @@ pub trait ContactStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The devices for which [`Device::is_live`] holds.
     async fn live_devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+    /// [`live_devices`](Self::live_devices) of every user in `user_ids`, in
+    /// one call: each [`Device`] carries its `user_id`, and the list is
+    /// ordered by user id, then token (byte order). A user asked twice is
+    /// answered once; unknown users and users without a live device add
+    /// nothing. An empty `user_ids` is answered without a round trip.
+    async fn live_devices_many(&self, user_ids: &[String]) -> Result<Vec<Device>, StoreError>;
 }

@@ -23,4 +23,9 @@ pub trait DedupeLedger: Send + Sync + 'static {
     /// for ledgers that must only be written once the work is done (the
     /// senders mark a delivery after the provider accepted it).
     async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError>;
+    /// [`seen`](Self::seen) for many keys of one scope, in one call: the
+    /// answer for `keys[i]` is at position `i` (a repeated key gets the same
+    /// answer at each of its positions). Marks nothing. An empty `keys` is
+    /// answered without a round trip.
+    async fn seen_many(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>, StoreError>;
 }

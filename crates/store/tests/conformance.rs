@@ -103,10 +103,12 @@ conformance! {
     users_round_trip_and_contact_points_update_in_place,
     get_users_skips_missing_ids_and_keeps_order,
     device_tombstones_and_registrations_resolve_by_time,
+    live_devices_many_spans_users_in_user_then_token_order,
     preferences_per_channel_and_category,
     template_versions_latest_and_conflicts,
     dedupe_sees_a_key_once_until_its_ttl_expires,
     dedupe_many_answers_per_position,
+    dedupe_seen_many_answers_per_position_without_marking,
     notification_log_keeps_the_newest_status,
     posts_hydrate_and_page_by_author,
     followers_paginate_and_count_once,
@@ -258,6 +260,82 @@ async fn device_tombstones_and_registrations_resolve_by_time(store: &Store) {
     c.remove_device(&user, "b-android").await.unwrap();
     assert_eq!(live_tokens().await.0, ["a-ios", "c-web"]);
     assert!(c.live_devices(&id("nobody")).await.unwrap().is_empty());
+}
+
+async fn live_devices_many_spans_users_in_user_then_token_order(store: &Store) {
+    let c = &store.contacts;
+    let device = |user: &str, token: &str, platform, registered_at| Device {
+        user_id: user.to_owned(),
+        token: token.to_owned(),
+        platform,
+        registered_at,
+        invalidated_at: None,
+    };
+    // Two live devices, registered out of token order.
+    let two = id("two");
+    let two_b = device(&two, "b-android", Platform::Android, 100);
+    let two_a = device(&two, "a-ios", Platform::Ios, 110);
+    // One device invalidated after its registration, one re-registered after
+    // its invalidation (live, tombstone kept), one late older registration.
+    let churn = id("churn");
+    let dead = device(&churn, "dead", Platform::Ios, 100);
+    let back = device(&churn, "back", Platform::Web, 100);
+    let late = device(&churn, "late", Platform::Android, 400);
+    // Only tombstones.
+    let gone = id("gone");
+    // Never heard of.
+    let unknown = id("unknown");
+
+    for d in [&two_b, &two_a, &dead, &back] {
+        c.register_device(d).await.unwrap();
+    }
+    c.invalidate_device(&churn, "dead", 200).await.unwrap();
+    c.invalidate_device(&churn, "back", 200).await.unwrap();
+    let back = Device {
+        registered_at: 300,
+        invalidated_at: Some(200),
+        ..back
+    };
+    c.register_device(&back).await.unwrap();
+    c.invalidate_device(&churn, "late", 500).await.unwrap();
+    c.register_device(&late).await.unwrap();
+    c.invalidate_device(&gone, "only-tombstone", 100)
+        .await
+        .unwrap();
+
+    let mut expected = vec![two_a, two_b, back];
+    expected.sort_by(|a, b| (&a.user_id, &a.token).cmp(&(&b.user_id, &b.token)));
+
+    // Asked with repeats, unknown and device-less users, and with `two`
+    // first although "two-" > "churn-": an answer in the order asked would
+    // not pass for the sorted one.
+    let asked = [
+        unknown.clone(),
+        two.clone(),
+        gone.clone(),
+        churn.clone(),
+        two.clone(),
+        churn.clone(),
+    ];
+    let many = c.live_devices_many(&asked).await.unwrap();
+    assert_eq!(many, expected, "live devices, user then token, each once");
+
+    // The same answer as one `live_devices` per user, in user order.
+    let mut users = vec![two.clone(), churn.clone(), gone.clone(), unknown.clone()];
+    users.sort();
+    let mut one_by_one = Vec::new();
+    for user in &users {
+        one_by_one.extend(c.live_devices(user).await.unwrap());
+    }
+    assert_eq!(many, one_by_one);
+
+    assert!(
+        c.live_devices_many(&[gone, unknown])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(c.live_devices_many(&[]).await.unwrap().is_empty());
 }
 
 async fn preferences_per_channel_and_category(store: &Store) {
@@ -423,6 +501,68 @@ async fn dedupe_many_answers_per_position(store: &Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn dedupe_seen_many_answers_per_position_without_marking(store: &Store) {
+    let d = &store.dedupe;
+    let scope = id("sent");
+    let (kept, brief, never, elsewhere) = (id("kept"), id("brief"), id("never"), id("elsewhere"));
+    assert!(
+        d.first_seen(&scope, &kept, Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(
+        d.first_seen(&scope, &brief, Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        d.first_seen(&id("other-scope"), &elsewhere, Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+
+    let asked = [
+        kept.clone(),
+        never.clone(),
+        brief.clone(),
+        kept.clone(),
+        elsewhere.clone(),
+        never.clone(),
+    ];
+    assert_eq!(
+        d.seen_many(&scope, &asked).await.unwrap(),
+        vec![true, false, true, true, false, false]
+    );
+    assert!(
+        d.first_seen(&scope, &never, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        "seen_many does not mark"
+    );
+    assert!(d.seen_many(&scope, &[]).await.unwrap().is_empty());
+
+    // CQL TTLs count whole seconds from the second of the write, so a 2 s
+    // key lives between 1 and 2 s there.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        d.seen_many(
+            &scope,
+            &[brief.clone(), kept.clone(), brief.clone(), never.clone()]
+        )
+        .await
+        .unwrap(),
+        vec![false, true, false, true],
+        "expired keys are not seen"
+    );
+
+    d.forget(&scope, &kept).await.unwrap();
+    assert_eq!(
+        d.seen_many(&scope, &[kept, never]).await.unwrap(),
+        vec![false, true],
+        "forgotten keys are not seen"
     );
 }
 

@@ -16,7 +16,7 @@ pub mod rate_limit;
 pub mod render;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -31,7 +31,7 @@ use tidings_schemas::{
 use tidings_store::{
     Device, Platform, Preference, ScheduledItem, Store, StoreError, TemplateVersion, User,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use self::{
@@ -188,17 +188,139 @@ fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<Str
     }
 }
 
+/// What the enricher looks up once per batch: the dedupe verdicts of its
+/// records and the contacts and preferences of its users.
+#[derive(Default)]
+pub struct BatchLookups {
+    /// Verdicts by (topic, partition, offset).
+    verdicts: HashMap<(String, i32, i64), Verdict>,
+    /// Users whose contacts were looked up, whether they exist or not.
+    looked_up: HashSet<String>,
+    users: HashMap<String, User>,
+    devices: HashMap<String, Vec<Device>>,
+    preferences: HashMap<String, Vec<Preference>>,
+}
+
+/// A user's contact points, live devices and preferences.
+type Contacts = (Option<User>, Vec<Device>, Vec<Preference>);
+
+impl BatchLookups {
+    fn verdict(&self, meta: &RecordMeta) -> Option<Verdict> {
+        self.verdicts
+            .get(&(meta.topic.clone(), meta.partition, meta.offset))
+            .copied()
+    }
+
+    fn contacts(&self, user_id: &str) -> Option<(Option<&User>, &[Device], &[Preference])> {
+        self.looked_up.contains(user_id).then(|| {
+            (
+                self.users.get(user_id),
+                self.devices.get(user_id).map_or(&[][..], Vec::as_slice),
+                self.preferences.get(user_id).map_or(&[][..], Vec::as_slice),
+            )
+        })
+    }
+}
+
+impl Enricher {
+    /// Dedupe verdicts for the records that will reach the dedupe check.
+    async fn prefetch_verdicts(
+        &self,
+        batch: &[(&NotificationRequest, &RecordMeta)],
+        now: i64,
+    ) -> Result<HashMap<(String, i32, i64), Verdict>, StoreError> {
+        let due: Vec<(String, &RecordMeta)> = batch
+            .iter()
+            .filter(|(req, _)| {
+                req.expires_at.is_none_or(|e| e > now) && req.send_at.is_none_or(|at| at <= now)
+            })
+            .map(|(req, meta)| (event_key(req), *meta))
+            .collect();
+        let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
+        let verdicts = dedupe::check_many(self.store.dedupe.as_ref(), &due, ttl).await?;
+        Ok(due
+            .iter()
+            .zip(verdicts)
+            .map(|((_, meta), v)| ((meta.topic.clone(), meta.partition, meta.offset), v))
+            .collect())
+    }
+
+    /// Contacts and preferences of every user in the batch.
+    async fn prefetch_contacts(
+        &self,
+        batch: &[(&NotificationRequest, &RecordMeta)],
+    ) -> Result<BatchLookups, StoreError> {
+        let user_ids: Vec<String> = batch
+            .iter()
+            .map(|(req, _)| req.user_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let contacts = &self.store.contacts;
+        let (users, devices, preferences) = tokio::try_join!(
+            contacts.get_users(&user_ids),
+            contacts.live_devices_many(&user_ids),
+            self.store.preferences.list_many(&user_ids),
+        )?;
+        let mut lookups = BatchLookups {
+            users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
+            preferences,
+            looked_up: user_ids.into_iter().collect(),
+            ..BatchLookups::default()
+        };
+        for d in devices {
+            lookups
+                .devices
+                .entry(d.user_id.clone())
+                .or_default()
+                .push(d);
+        }
+        Ok(lookups)
+    }
+
+    async fn load_contacts(&self, user_id: &str) -> Result<Contacts, ProcessError> {
+        let contacts = &self.store.contacts;
+        tokio::try_join!(
+            contacts.get_user(user_id),
+            contacts.live_devices(user_id),
+            self.store.preferences.list(user_id),
+        )
+        .map_err(store_failure)
+    }
+}
+
 #[async_trait::async_trait]
 impl Processor for Enricher {
     type Input = NotificationRequest;
+    type Prefetched = BatchLookups;
 
     fn name(&self) -> &'static str {
         "enricher"
     }
 
+    /// Two dedupe-ledger calls and three reads for the whole batch instead
+    /// of five calls per record.
+    async fn prefetch(&self, batch: &[(&NotificationRequest, &RecordMeta)]) -> BatchLookups {
+        let now = now_millis();
+        let (verdicts, contacts) = tokio::join!(
+            self.prefetch_verdicts(batch, now),
+            self.prefetch_contacts(batch),
+        );
+        let mut lookups = contacts.unwrap_or_else(|e| {
+            warn!(error = %e, "batch contact lookup failed; looking up record by record");
+            BatchLookups::default()
+        });
+        match verdicts {
+            Ok(verdicts) => lookups.verdicts = verdicts,
+            Err(e) => warn!(error = %e, "batch dedupe check failed; checking record by record"),
+        }
+        lookups
+    }
+
     async fn process(
         &self,
         req: &NotificationRequest,
+        lookups: &BatchLookups,
         meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
@@ -211,11 +333,16 @@ impl Processor for Enricher {
             let detail = format!("until {send_at}");
             return self.track(out, req, TrackingKind::Scheduled, None, None, Some(&detail));
         }
-        let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
-        match dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl)
-            .await
-            .map_err(store_failure)?
-        {
+        let verdict = match lookups.verdict(meta) {
+            Some(v) => v,
+            None => {
+                let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
+                dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl)
+                    .await
+                    .map_err(store_failure)?
+            }
+        };
+        match verdict {
             Verdict::New | Verdict::Replay => {}
             Verdict::Duplicate => {
                 return self.track(
@@ -228,15 +355,16 @@ impl Processor for Enricher {
                 );
             }
         }
-        let contacts = &self.store.contacts;
-        let (user, devices, preferences) = tokio::try_join!(
-            contacts.get_user(&req.user_id),
-            contacts.live_devices(&req.user_id),
-            self.store.preferences.list(&req.user_id),
-        )
-        .map_err(store_failure)?;
+        let loaded: Contacts;
+        let (user, devices, preferences) = match lookups.contacts(&req.user_id) {
+            Some(found) => found,
+            None => {
+                loaded = self.load_contacts(&req.user_id).await?;
+                (loaded.0.as_ref(), loaded.1.as_slice(), loaded.2.as_slice())
+            }
+        };
 
-        let (rendered, template_version) = self.content(req, user.as_ref()).await?;
+        let (rendered, template_version) = self.content(req, user).await?;
         let wanted: Vec<Channel> = if req.channels.is_empty() {
             Channel::ALL.to_vec()
         } else {
@@ -246,7 +374,7 @@ impl Processor for Enricher {
         let critical = self.is_critical(req.category.as_deref());
         let mut emitted = 0;
         for channel in wanted {
-            if !critical && !opted_in(&preferences, channel, req.category.as_deref()) {
+            if !critical && !opted_in(preferences, channel, req.category.as_deref()) {
                 self.track(
                     out,
                     req,
@@ -257,35 +385,35 @@ impl Processor for Enricher {
                 )?;
                 continue;
             }
-            if !critical {
-                if let Decision::Over { free_at } = self.limiter.admit(
+            if !critical
+                && let Decision::Over { free_at } = self.limiter.admit(
                     &req.user_id,
                     channel,
                     req.category.as_deref(),
                     &req.notification_id,
                     now,
-                ) {
-                    let detail = match self.config.over_limit {
-                        OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
-                        OverLimit::Defer => {
-                            let mut later = req.clone();
-                            later.channels = vec![channel.as_str().to_owned()];
-                            self.hold(&later, free_at).await?;
-                            format!("over the rate limit; deferred until {free_at}")
-                        }
-                    };
-                    self.track(
-                        out,
-                        req,
-                        TrackingKind::RateLimited,
-                        Some(channel),
-                        None,
-                        Some(&detail),
-                    )?;
-                    continue;
-                }
+                )
+            {
+                let detail = match self.config.over_limit {
+                    OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
+                    OverLimit::Defer => {
+                        let mut later = req.clone();
+                        later.channels = vec![channel.as_str().to_owned()];
+                        self.hold(&later, free_at).await?;
+                        format!("over the rate limit; deferred until {free_at}")
+                    }
+                };
+                self.track(
+                    out,
+                    req,
+                    TrackingKind::RateLimited,
+                    Some(channel),
+                    None,
+                    Some(&detail),
+                )?;
+                continue;
             }
-            for target in targets(channel, user.as_ref(), &devices) {
+            for target in targets(channel, user, devices) {
                 let mut delivery = delivery(req, channel, target, &rendered, template_version);
                 if channel == Channel::Email {
                     delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
@@ -307,6 +435,10 @@ impl Processor for Enricher {
             self.track(out, req, TrackingKind::Rendered, None, None, None)?;
         }
         debug!(notification_id = %req.notification_id, emitted, "enriched");
+        Ok(())
+    }
+
+    async fn finish(&self, _batch: &BatchLookups) -> Result<(), ProcessError> {
         Ok(())
     }
 }

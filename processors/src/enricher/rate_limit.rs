@@ -17,6 +17,10 @@ use tidings_schemas::Channel;
 
 type Millis = i64;
 
+/// Admitted `(at, notification id)` pairs per `("{user}\0{channel}", rule
+/// index)`, oldest first.
+type Windows = HashMap<(String, usize), VecDeque<(Millis, String)>>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
@@ -29,7 +33,7 @@ pub enum Decision {
 #[derive(Default)]
 pub struct RateLimiter {
     rules: Vec<RateLimit>,
-    windows: Mutex<HashMap<(String, usize), VecDeque<(Millis, String)>>>,
+    windows: Mutex<Windows>,
 }
 
 impl RateLimiter {

@@ -21,8 +21,9 @@ pub mod smtp;
 pub mod twilio;
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
@@ -141,12 +142,8 @@ impl ChannelSender {
         out.emit(&self.topics.tracking(), &d.notification_id, &event)
     }
 
-    async fn log_status(
-        &self,
-        d: &Delivery,
-        state: &str,
-        detail: Option<String>,
-    ) -> Result<(), ProcessError> {
+    /// Adds a status-log entry; `finish` writes the batch's entries.
+    fn log_status(&self, batch: &SenderBatch, d: &Delivery, state: &str, detail: Option<String>) {
         let entry = StatusEntry {
             notification_id: d.notification_id.clone(),
             user_id: d.user_id.clone(),
@@ -157,11 +154,7 @@ impl ChannelSender {
             attempt: u32::try_from(d.attempt).unwrap_or_default(),
             at: now_millis(),
         };
-        self.store
-            .notification_log
-            .record(&entry)
-            .await
-            .map_err(store_failure)
+        lock(&batch.statuses).push(entry);
     }
 
     fn count(&self, outcome: &str) {
@@ -192,7 +185,7 @@ impl ChannelSender {
                 .provider_failing
                 .with_label_values(&[provider])
                 .set(1);
-            if n == self.config.alert_after_failures || n % 100 == 0 {
+            if n == self.config.alert_after_failures || n.is_multiple_of(100) {
                 error!(
                     provider,
                     failures_in_a_row = n,
@@ -282,30 +275,97 @@ fn jittered(delay_ms: u64, delivery_id: &str, attempt: u32) -> u64 {
             .map_or(0, |x| x / 1000)
 }
 
+/// A sender's batch: the sent-ledger entries of its deliveries, read in one
+/// call before any is sent, and the ledger marks and status-log entries its
+/// records leave, written in two calls once all are through. A crash before
+/// those writes sends the batch's deliveries again on replay, the same
+/// at-least-once window a per-record mark has between the provider call and
+/// the mark, only a batch long.
+#[derive(Default)]
+pub struct SenderBatch {
+    sent_before: HashMap<String, bool>,
+    /// Deliveries the provider accepted in this batch.
+    sent_now: Mutex<HashSet<String>>,
+    statuses: Mutex<Vec<StatusEntry>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[async_trait::async_trait]
 impl Processor for ChannelSender {
     type Input = Delivery;
+    type Prefetched = SenderBatch;
 
     fn name(&self) -> &'static str {
         Self::stage_name(self.channel)
     }
 
+    async fn prefetch(&self, batch: &[(&Delivery, &RecordMeta)]) -> SenderBatch {
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|(d, _)| d.delivery_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let sent_before = match self.store.dedupe.seen_many(SENT, &ids).await {
+            Ok(seen) => ids.into_iter().zip(seen).collect(),
+            Err(e) => {
+                warn!(stage = self.name(), error = %e, "batch sent-ledger read failed; reading record by record");
+                HashMap::new()
+            }
+        };
+        SenderBatch {
+            sent_before,
+            ..SenderBatch::default()
+        }
+    }
+
+    async fn finish(&self, batch: &SenderBatch) -> Result<(), ProcessError> {
+        let sent: Vec<String> = lock(&batch.sent_now).iter().cloned().collect();
+        let statuses = lock(&batch.statuses).clone();
+        let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
+        let mark = async {
+            if !sent.is_empty() {
+                self.store.dedupe.first_seen_many(SENT, &sent, ttl).await?;
+            }
+            Ok(())
+        };
+        let log = async {
+            if !statuses.is_empty() {
+                self.store.notification_log.record_many(&statuses).await?;
+            }
+            Ok(())
+        };
+        tokio::try_join!(mark, log).map_err(store_failure)?;
+        Ok(())
+    }
+
     async fn process(
         &self,
         d: &Delivery,
+        batch: &SenderBatch,
         _meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
         if d.expires_at.is_some_and(|e| e <= now_millis()) {
-            self.log_status(d, "expired", None).await?;
+            self.log_status(batch, d, "expired", None);
             return self.track(out, d, TrackingKind::Expired, None);
         }
-        let ledger = &self.store.dedupe;
-        if ledger
-            .seen(SENT, &d.delivery_id)
-            .await
-            .map_err(store_failure)?
-        {
+        // Sent earlier in this batch (a replayed record twice in it), sent
+        // before it, or, if the batch read failed, ask the ledger.
+        let already_sent = lock(&batch.sent_now).contains(&d.delivery_id)
+            || match batch.sent_before.get(&d.delivery_id) {
+                Some(seen) => *seen,
+                None => self
+                    .store
+                    .dedupe
+                    .seen(SENT, &d.delivery_id)
+                    .await
+                    .map_err(store_failure)?,
+            };
+        if already_sent {
             return self.track(
                 out,
                 d,
@@ -323,13 +383,8 @@ impl Processor for ChannelSender {
             Ok(receipt) => {
                 self.count("sent");
                 self.record_health(true);
-                let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
-                ledger
-                    .first_seen(SENT, &d.delivery_id, ttl)
-                    .await
-                    .map_err(store_failure)?;
-                self.log_status(d, "sent", receipt.provider_id.clone())
-                    .await?;
+                lock(&batch.sent_now).insert(d.delivery_id.clone());
+                self.log_status(batch, d, "sent", receipt.provider_id.clone());
                 self.track(out, d, TrackingKind::Sent, receipt.provider_id)
             }
             Err(ProviderError::InvalidTarget(reason)) => {
@@ -343,8 +398,7 @@ impl Processor for ChannelSender {
                         .await
                         .map_err(store_failure)?;
                 }
-                self.log_status(d, "invalid_target", Some(reason.clone()))
-                    .await?;
+                self.log_status(batch, d, "invalid_target", Some(reason.clone()));
                 self.track(out, d, TrackingKind::InvalidToken, Some(reason))
             }
             Err(ProviderError::Rejected(reason)) => {
@@ -356,8 +410,7 @@ impl Processor for ChannelSender {
                     false,
                     out,
                 )?;
-                self.log_status(d, "dead_lettered", Some(reason.clone()))
-                    .await?;
+                self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
                 self.track(out, d, TrackingKind::DeadLettered, Some(reason))
             }
             Err(ProviderError::Transient {
@@ -369,7 +422,7 @@ impl Processor for ChannelSender {
                 warn!(provider = self.provider.name(), delivery = %d.delivery_id, attempt = d.attempt, %reason, "transient provider failure");
                 match self.retry_or_give_up(d, &reason, retry_after, out)? {
                     Some((topic, not_before)) => {
-                        self.log_status(d, "retrying", Some(reason.clone())).await?;
+                        self.log_status(batch, d, "retrying", Some(reason.clone()));
                         self.track(
                             out,
                             d,
@@ -378,8 +431,7 @@ impl Processor for ChannelSender {
                         )
                     }
                     None => {
-                        self.log_status(d, "dead_lettered", Some(reason.clone()))
-                            .await?;
+                        self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
                         self.track(out, d, TrackingKind::DeadLettered, Some(reason))
                     }
                 }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tidings_schemas::Channel;
+use tidings_schemas::{Channel, tracking_link::LinkSigner};
 
 use super::{
     Provider,
@@ -65,10 +65,13 @@ impl ProviderConfig {
     }
 
     /// Builds the provider; `log` reuses the process's shared log sink.
+    /// `receipts` (from `[tracking]`) signs the delivery-receipt tokens of the
+    /// providers that report delivery (Twilio, SendGrid).
     pub fn build(
         self,
         channel: Channel,
         log_sink: Arc<LogSink>,
+        receipts: &LinkSigner,
     ) -> Result<Arc<dyn Provider>, SetupError> {
         if !self.serves(channel) {
             return Err(SetupError::new(
@@ -80,8 +83,8 @@ impl ProviderConfig {
             ProviderConfig::Log => log_sink,
             ProviderConfig::Apns(c) => Arc::new(ApnsProvider::new(c)?),
             ProviderConfig::Fcm(c) => Arc::new(FcmProvider::new(c)?),
-            ProviderConfig::Twilio(c) => Arc::new(TwilioProvider::new(c)?),
-            ProviderConfig::SendGrid(c) => Arc::new(SendGridProvider::new(c)?),
+            ProviderConfig::Twilio(c) => Arc::new(TwilioProvider::new(c, receipts.clone())?),
+            ProviderConfig::SendGrid(c) => Arc::new(SendGridProvider::new(c, receipts.clone())?),
             ProviderConfig::Smtp(c) => Arc::new(SmtpProvider::new(c)?),
         })
     }
@@ -99,9 +102,15 @@ mod tests {
         ));
         let twilio = serde_json::json!({"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+14155550100"});
         let config = ProviderConfig::for_channel(Channel::Sms, Some(&twilio)).unwrap();
-        assert!(config.clone().build(Channel::Sms, Arc::default()).is_ok());
+        let receipts = LinkSigner::new("secret", "http://t");
+        assert!(
+            config
+                .clone()
+                .build(Channel::Sms, Arc::default(), &receipts)
+                .is_ok()
+        );
         let err = config
-            .build(Channel::Email, Arc::default())
+            .build(Channel::Email, Arc::default(), &receipts)
             .err()
             .unwrap()
             .to_string();

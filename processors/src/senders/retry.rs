@@ -28,14 +28,18 @@ impl RetryRelay {
 #[async_trait::async_trait]
 impl Processor for RetryRelay {
     type Input = Delivery;
+    type Prefetched = ();
 
     fn name(&self) -> &'static str {
         self.name
     }
 
+    async fn prefetch(&self, _batch: &[(&Delivery, &RecordMeta)]) {}
+
     async fn process(
         &self,
         d: &Delivery,
+        _prefetched: &(),
         _meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
@@ -54,5 +58,9 @@ impl Processor for RetryRelay {
         let mut next = d.clone();
         next.not_before = None;
         out.emit(&self.topics.deliver(channel), &d.user_id, &next)
+    }
+
+    async fn finish(&self, _batch: &()) -> Result<(), ProcessError> {
+        Ok(())
     }
 }

@@ -1,10 +1,18 @@
 //! Email through SendGrid's v3 Mail Send API: `POST {base_url}/v3/mail/send`
 //! with a Bearer API key; 202 means accepted, and the `X-Message-Id` header
 //! is what SendGrid's event webhooks will name the message by.
+//!
+//! Each personalization carries the delivery's signed receipt token in
+//! `custom_args` (key `tidings_receipt`); SendGrid's Event Webhook echoes it
+//! in every event, and the gateway (`POST /webhooks/sendgrid/events`) records
+//! DELIVERED, or FAILED for a bounce or drop.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tidings_schemas::records::Delivery;
+use tidings_schemas::{
+    records::Delivery,
+    tracking_link::{DeliveryRef, LinkSigner, RECEIPT_CUSTOM_ARG},
+};
 
 use super::{
     Provider, ProviderError, Receipt,
@@ -52,11 +60,15 @@ pub struct SendGridProvider {
     from: Value,
     reply_to: Option<Value>,
     sandbox_mode: bool,
+    /// Signs the receipt token of each delivery (`tracking.link_secret`).
+    receipts: LinkSigner,
     limiter: Limiter,
 }
 
 impl SendGridProvider {
-    pub fn new(config: SendGridConfig) -> Result<Self, SetupError> {
+    /// `receipts` signs the token put into `custom_args`; the gateway
+    /// verifies it with the same `tracking.link_secret`.
+    pub fn new(config: SendGridConfig, receipts: LinkSigner) -> Result<Self, SetupError> {
         if !config.from_email.contains('@') {
             return Err(SetupError::new(
                 NAME,
@@ -74,6 +86,7 @@ impl SendGridProvider {
             from,
             reply_to: config.reply_to.map(|r| json!({ "email": r })),
             sandbox_mode: config.sandbox_mode,
+            receipts,
             limiter: Limiter::new(NAME, &config.limits)?,
         })
     }
@@ -112,8 +125,13 @@ impl SendGridProvider {
         let mut mail = json!({
             "personalizations": [{
                 "to": [{ "email": d.target }],
-                // Echoed back in event webhooks, tying events to our ids.
-                "custom_args": { "delivery_id": d.delivery_id, "notification_id": d.notification_id },
+                // Echoed back in event webhooks, tying events to our ids;
+                // the signed receipt token is what the gateway trusts.
+                "custom_args": {
+                    "delivery_id": d.delivery_id,
+                    "notification_id": d.notification_id,
+                    RECEIPT_CUSTOM_ARG: self.receipts.receipt_token(&DeliveryRef::of(d)),
+                },
             }],
             "from": self.from,
             "subject": subject,

@@ -1,9 +1,17 @@
 //! SMS through Twilio's Messages API (or any service that speaks it):
 //! form-encoded `POST {base_url}/2010-04-01/Accounts/{sid}/Messages.json`
 //! with basic auth.
+//!
+//! With `status_callback` set, each message's `StatusCallback` is that URL
+//! plus the delivery's signed receipt token (`?d=<token>`), so Twilio's status
+//! updates name the delivery and the gateway
+//! (`POST /webhooks/twilio/status`) records DELIVERED or FAILED.
 
 use serde::{Deserialize, Serialize};
-use tidings_schemas::records::Delivery;
+use tidings_schemas::{
+    records::Delivery,
+    tracking_link::{DeliveryRef, LinkSigner, with_receipt_token},
+};
 
 use super::{
     Provider, ProviderError, Receipt,
@@ -30,7 +38,9 @@ pub struct TwilioConfig {
     pub from: Option<String>,
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
-    /// Where Twilio posts delivery status updates, if anywhere.
+    /// Where Twilio posts delivery status updates, if anywhere: the
+    /// gateway's `https://<public host>/webhooks/twilio/status`. Each message
+    /// gets this URL plus its own signed receipt token (`?d=<token>`).
     #[serde(default)]
     pub status_callback: Option<String>,
     #[serde(default = "TwilioConfig::default_base_url")]
@@ -57,11 +67,15 @@ pub struct TwilioProvider {
     auth_token: Secret,
     sender: (&'static str, String),
     status_callback: Option<String>,
+    /// Signs the receipt token of each delivery (`tracking.link_secret`).
+    receipts: LinkSigner,
     limiter: Limiter,
 }
 
 impl TwilioProvider {
-    pub fn new(config: TwilioConfig) -> Result<Self, SetupError> {
+    /// `receipts` signs the token added to `status_callback`; the gateway
+    /// verifies it with the same `tracking.link_secret`.
+    pub fn new(config: TwilioConfig, receipts: LinkSigner) -> Result<Self, SetupError> {
         // The sid goes into the URL path.
         if config.account_sid.is_empty()
             || !config
@@ -87,6 +101,17 @@ impl TwilioProvider {
                 ));
             }
         };
+        if let Some(cb) = &config.status_callback {
+            let absolute = cb.starts_with("https://") || cb.starts_with("http://");
+            if !absolute || cb.contains(char::is_whitespace) {
+                return Err(SetupError::new(
+                    NAME,
+                    format!(
+                        "`status_callback` {cb:?} is not an absolute http(s) URL (the gateway's https://<public host>/webhooks/twilio/status)"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
             url: format!(
@@ -98,6 +123,7 @@ impl TwilioProvider {
             auth_token: config.auth_token,
             sender,
             status_callback: config.status_callback,
+            receipts,
             limiter: Limiter::new(NAME, &config.limits)?,
         })
     }
@@ -126,12 +152,16 @@ impl Provider for TwilioProvider {
                 "{NAME}: empty phone number"
             )));
         }
+        let status_callback = self
+            .status_callback
+            .as_deref()
+            .map(|url| with_receipt_token(url, &self.receipts.receipt_token(&DeliveryRef::of(d))));
         let mut form = vec![
             ("To", d.target.as_str()),
             ("Body", body),
             (self.sender.0, self.sender.1.as_str()),
         ];
-        if let Some(cb) = &self.status_callback {
+        if let Some(cb) = &status_callback {
             form.push(("StatusCallback", cb));
         }
         let _slot = self.limiter.acquire().await?;

@@ -53,6 +53,20 @@ pub fn handle(r: &Recorded, _: &SendGrid, shared: &Shared) -> Reply {
             Some("personalizations"),
         );
     };
+    // custom_args: string values only, at most 10,000 bytes in all.
+    let custom_args = &mail["personalizations"][0]["custom_args"];
+    if !custom_args.is_null() {
+        let all_strings = custom_args
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string));
+        if !all_strings || custom_args.to_string().len() > 10_000 {
+            return error(
+                400,
+                "custom_args must be an object of strings, at most 10,000 bytes",
+                Some("personalizations.0.custom_args"),
+            );
+        }
+    }
     if !valid_address(to) {
         return error(
             400,

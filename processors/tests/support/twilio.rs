@@ -61,6 +61,12 @@ pub fn handle(r: &Recorded, _: &Twilio, shared: &Shared) -> Reply {
     let Some(body) = form.get("Body").filter(|b| !b.is_empty()) else {
         return error(400, 21602, "Message body is required.");
     };
+    if let Some(cb) = form.get("StatusCallback") {
+        let absolute = cb.starts_with("https://") || cb.starts_with("http://");
+        if !absolute || cb.contains(char::is_whitespace) {
+            return error(400, 21609, &format!("Invalid StatusCallback url: {cb}"));
+        }
+    }
     let e164 = to
         .strip_prefix('+')
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));

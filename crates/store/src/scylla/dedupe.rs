@@ -1,6 +1,6 @@
 //! [`DedupeLedger`](crate::DedupeLedger) on CQL: the `dedupe` table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use scylla::statement::prepared::PreparedStatement;
@@ -104,6 +104,24 @@ impl DedupeLedger for ScyllaDedupe {
             .await
             .ctx("dedupe.seen", key)?;
         Ok(row.is_some())
+    }
+
+    async fn seen_many(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        // One single-partition read per distinct key; repeats share it.
+        let unique: Vec<&String> = keys.iter().collect::<HashSet<_>>().into_iter().collect();
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answers = self
+            .cql
+            .concurrently(unique.iter().copied(), |key| self.seen(scope, key))
+            .await?;
+        let seen: HashSet<&String> = unique
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(key, seen)| seen.then_some(key))
+            .collect();
+        Ok(keys.iter().map(|key| seen.contains(key)).collect())
     }
 
     async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {

@@ -1,6 +1,8 @@
 //! [`ContactStore`](crate::ContactStore) on SQLite: the `users` and `devices` tables.
 
-use rusqlite::{OptionalExtension, Row, params};
+use std::collections::BTreeSet;
+
+use rusqlite::{OptionalExtension, Row, Statement, params};
 
 use super::{Context, Db};
 use crate::contacts::{ContactStore, Device, User};
@@ -9,6 +11,40 @@ use crate::{Millis, StoreError, now_millis};
 pub(crate) struct SqliteContacts(pub(crate) Db);
 
 const SELECT_USER: &str = "SELECT user_id, display_name, avatar_url, locale, email, phone, updated_at FROM users WHERE user_id = ?1";
+
+/// Ordered by token, so that a loop over sorted user ids yields the order
+/// `live_devices_many` promises.
+pub(super) const SELECT_LIVE_DEVICES: &str =
+    "SELECT token, platform, registered_at, invalidated_at FROM devices
+     WHERE user_id = ?1 AND registered_at IS NOT NULL
+       AND (invalidated_at IS NULL OR invalidated_at < registered_at)
+     ORDER BY token";
+
+/// token, platform, registered_at, invalidated_at
+type DeviceRow = (String, String, Millis, Option<Millis>);
+
+fn live_device_rows(stmt: &mut Statement<'_>, user_id: &str) -> rusqlite::Result<Vec<DeviceRow>> {
+    stmt.query_map([user_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?
+    .collect()
+}
+
+fn device(
+    op: &'static str,
+    user_id: &str,
+    (token, platform, registered_at, invalidated_at): DeviceRow,
+) -> Result<Device, StoreError> {
+    Ok(Device {
+        user_id: user_id.to_owned(),
+        token,
+        platform: platform
+            .parse()
+            .map_err(|e| StoreError::invalid_data(op, user_id, e))?,
+        registered_at,
+        invalidated_at,
+    })
+}
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -150,40 +186,54 @@ impl ContactStore for SqliteContacts {
     }
 
     async fn live_devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        const OP: &str = "contacts.live_devices";
         let id = user_id.to_owned();
         let rows = self
             .0
             .call(move |c| {
-                c.prepare_cached(
-                    "SELECT token, platform, registered_at, invalidated_at FROM devices
-                     WHERE user_id = ?1 AND registered_at IS NOT NULL
-                       AND (invalidated_at IS NULL OR invalidated_at < registered_at)
-                     ORDER BY token",
-                )?
-                .query_map([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                let mut stmt = c.prepare_cached(SELECT_LIVE_DEVICES)?;
+                live_device_rows(&mut stmt, &id)
             })
             .await
-            .ctx("contacts.live_devices", user_id)?;
+            .ctx(OP, user_id)?;
         rows.into_iter()
-            .map(|(token, platform, registered_at, invalidated_at)| {
-                Ok(Device {
-                    user_id: user_id.to_owned(),
-                    token,
-                    platform: platform.parse().map_err(|e| {
-                        StoreError::invalid_data("contacts.live_devices", user_id, e)
-                    })?,
-                    registered_at,
-                    invalidated_at,
-                })
-            })
+            .map(|row| device(OP, user_id, row))
             .collect()
+    }
+
+    async fn live_devices_many(&self, user_ids: &[String]) -> Result<Vec<Device>, StoreError> {
+        const OP: &str = "contacts.live_devices_many";
+        // Sorted and without repeats: the promised order, each user once.
+        let ids: Vec<String> = user_ids
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows_by_user = self
+            .0
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(SELECT_LIVE_DEVICES)?;
+                let mut rows_by_user = Vec::new();
+                for id in ids {
+                    let rows = live_device_rows(&mut stmt, &id)?;
+                    if !rows.is_empty() {
+                        rows_by_user.push((id, rows));
+                    }
+                }
+                Ok(rows_by_user)
+            })
+            .await
+            .ctx(OP, &format!("{} users", user_ids.len()))?;
+        let mut devices = Vec::new();
+        for (user_id, rows) in rows_by_user {
+            for row in rows {
+                devices.push(device(OP, &user_id, row)?);
+            }
+        }
+        Ok(devices)
     }
 }

@@ -52,6 +52,9 @@ fn mark(
     Ok(changed == 1)
 }
 
+const SELECT_SEEN: &str =
+    "SELECT EXISTS (SELECT 1 FROM dedupe WHERE scope = ?1 AND key = ?2 AND expires_at > ?3)";
+
 fn purge(c: &Connection, now: Millis) -> rusqlite::Result<usize> {
     c.prepare_cached("DELETE FROM dedupe WHERE expires_at <= ?1")?
         .execute([now])
@@ -100,11 +103,32 @@ impl DedupeLedger for SqliteDedupe {
         let (owned_scope, owned_key) = (scope.to_owned(), key.to_owned());
         self.db
             .call(move |c| {
-                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM dedupe WHERE scope = ?1 AND key = ?2 AND expires_at > ?3)")?
-                    .query_row(params![owned_scope, owned_key, now_millis()], |row| row.get::<_, bool>(0))
+                c.prepare_cached(SELECT_SEEN)?
+                    .query_row(params![owned_scope, owned_key, now_millis()], |row| {
+                        row.get::<_, bool>(0)
+                    })
             })
             .await
             .ctx("dedupe.seen", &format!("{scope}/{key}"))
+    }
+
+    async fn seen_many(&self, scope: &str, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (owned_scope, keys) = (scope.to_owned(), keys.to_vec());
+        self.db
+            .call(move |c| {
+                let now = now_millis();
+                let mut stmt = c.prepare_cached(SELECT_SEEN)?;
+                keys.iter()
+                    .map(|key| {
+                        stmt.query_row(params![owned_scope, key, now], |row| row.get::<_, bool>(0))
+                    })
+                    .collect()
+            })
+            .await
+            .ctx("dedupe.seen_many", scope)
     }
 
     async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use crate::preferences::{Preference, PreferenceStore, category_from_key, categor
 
 pub(crate) struct SqlitePreferences(pub(crate) Db);
 
-const SELECT_BY_USER: &str = "SELECT category, channel, opt_in, updated_at FROM preferences WHERE user_id = ?1 ORDER BY category, channel";
+pub(super) const SELECT_BY_USER: &str = "SELECT category, channel, opt_in, updated_at FROM preferences WHERE user_id = ?1 ORDER BY category, channel";
 
 type PreferenceRow = (String, String, bool, i64);
 
