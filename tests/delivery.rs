@@ -5,7 +5,8 @@
 //! rejections and deliveries that use up their attempts are dead-lettered.
 //! Delivery receipts: Twilio's status callbacks and SendGrid's event webhook,
 //! posted to the gateway as the providers would, become DELIVERED and FAILED
-//! tracking events and the templates' delivered counts.
+//! tracking events, the templates' delivered counts and the notification
+//! log's `delivered` and `failed` (`GetStatus`).
 
 #[path = "support/email_provider.rs"]
 mod email_provider;
@@ -52,6 +53,17 @@ fn sms(user: &str, text: &str) -> pb::SendRequest {
         })),
         ..Default::default()
     }
+}
+
+/// The notification log's entry of a single-delivery notification.
+async fn log_entry(t: &TestPipeline, id: &str) -> Option<pb::DeliveryStatus> {
+    t.client
+        .status(id)
+        .await
+        .ok()?
+        .deliveries
+        .into_iter()
+        .next()
 }
 
 async fn state_of(t: &TestPipeline, id: &str) -> Option<(String, u32)> {
@@ -419,6 +431,26 @@ async fn assert_counts(t: &TestPipeline, name: &str, sent: i64, delivered: i64) 
     );
 }
 
+/// Waits for the senders' `sent` in the notification log. Providers report
+/// on a message only after accepting it; waiting makes the order of the two
+/// writes certain here (the log keeps the newest entry whatever the order,
+/// but entries of the same millisecond would leave it to the engine).
+async fn sent_in_log(t: &TestPipeline, ids: &[String]) {
+    for id in ids {
+        eventually("the sender's `sent` in the log", WAIT, || async {
+            state_of(t, id).await.filter(|(s, _)| s == "sent")
+        })
+        .await;
+    }
+}
+
+/// Asserts the notification log's state of `id`; returns its entry.
+async fn assert_logged(t: &TestPipeline, id: &str, state: &str) -> pb::DeliveryStatus {
+    let entry = log_entry(t, id).await.expect("a log entry");
+    assert_eq!(entry.state, state, "{entry:?}");
+    entry
+}
+
 /// Reads the tracking topic until `done`; returns every event read.
 async fn tracking_until(
     t: &TestPipeline,
@@ -518,15 +550,23 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
         ])
     };
 
+    sent_in_log(&t, &ids).await;
     // Steps on the way record nothing.
     for step in ["queued", "sending", "sent"] {
         let (code, _) = http_post(http, &path, FORM, &status(&sid, step)).await;
         assert_eq!(code, 204, "{step}");
     }
+    assert_logged(&t, &ids[0], "sent").await;
     // Delivered, then Twilio's retry of it, then `read`: one delivery.
     for done in ["delivered", "delivered", "read"] {
         let (code, body) = http_post(http, &path, FORM, &status(&sid, done)).await;
         assert_eq!(code, 204, "{done}: {body}");
+        // 204 once the log has it too.
+        let entry = assert_logged(&t, &ids[0], "delivered").await;
+        assert_eq!(
+            (entry.target.as_str(), entry.detail.as_str()),
+            (reached, sid.as_str())
+        );
     }
 
     // Forged, altered and missing tokens are refused; nothing is recorded.
@@ -558,6 +598,12 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
     failed.push_str("&ErrorCode=30003");
     let (code, _) = http_post(http, &failed_path, FORM, &failed).await;
     assert_eq!(code, 204);
+    let entry = assert_logged(&t, &ids[1], "failed").await;
+    assert!(
+        entry.detail.contains("undelivered") && entry.detail.contains("30003"),
+        "{entry:?}"
+    );
+    assert_eq!(entry.target, unreachable);
 
     let events = tracking_until(&t, |e| {
         events_of(e, &ids[0], TrackingKind::Delivered).len() >= 3
@@ -586,6 +632,9 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
     assert!(events_of(&events, &ids[1], TrackingKind::Delivered).is_empty());
 
     assert_counts(&t, &template, 2, 1).await;
+    // The refused callbacks changed nothing, and the receipts stay newest.
+    assert_logged(&t, &ids[0], "delivered").await;
+    assert_logged(&t, &ids[1], "failed").await;
     t.stop().await;
 }
 
@@ -685,11 +734,22 @@ async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
     let http = t.pipeline.as_ref().unwrap().gateway.http;
     let path = "/webhooks/sendgrid/events";
     let json = "application/json";
+    sent_in_log(&t, &ids).await;
     let (code, body) = http_post(http, path, json, &batch.to_string()).await;
     assert!(
         code == 204 || code == 200,
         "one bad event does not spoil the batch: {code} {body}"
     );
+    // Answered once the log has them too.
+    let entry = assert_logged(&t, &ids[0], "delivered").await;
+    assert_eq!(entry.target, reached);
+    assert_eq!(entry.detail, format!("{message_id}.filter0001"));
+    let entry = assert_logged(&t, &ids[1], "failed").await;
+    assert!(
+        entry.detail.contains("bounce") && entry.detail.contains("does not exist"),
+        "{entry:?}"
+    );
+    assert_eq!(entry.target, bounced);
     // SendGrid retries a batch it thinks failed: the same delivery again.
     let retry = serde_json::json!([event(
         reached,
@@ -725,6 +785,8 @@ async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
     assert!(events_of(&events, &ids[0], TrackingKind::Failed).is_empty());
 
     assert_counts(&t, &template, 2, 1).await;
+    assert_logged(&t, &ids[0], "delivered").await;
+    assert_logged(&t, &ids[1], "failed").await;
     t.stop().await;
 }
 

@@ -27,9 +27,23 @@
 //! DELIVERED of one delivery carries the same id and the template-stats stage
 //! counts it once.
 //!
-//! **Answers.** 204 once the events are on the tracking topic; 503 when
-//! Kafka did not take them in time, so the provider retries (the ids make
-//! the retry harmless); 4xx for requests that will never work.
+//! **The notification log too.** Each receipt also sets the delivery's entry
+//! in the notification log (`delivered`, or `failed` with the detail), so
+//! `GetStatus` shows it: one `record_many` per callback, beside the tracking
+//! events. The entry's `at` is the time the callback arrived, and the log
+//! keeps the newest `at`, so the sender's earlier `sent` does not replace it
+//! even when the sender writes it later. Its `attempt` is 0: the token does
+//! not say which attempt the provider accepted.
+//!
+//! **Answers.** 204 once the events are on the tracking topic and the
+//! entries in the log; 503 when Kafka or the store did not take them in
+//! time, so the provider retries (both writes are idempotent: the event ids
+//! are stable and the log entry is an upsert); 4xx for requests that will
+//! never work.
+//!
+//! **Decoding.** Bodies are decoded here with serde: Twilio's form with
+//! `serde_urlencoded`, SendGrid's array with `serde_json`, one element at a
+//! time, so one bad event is skipped without losing the others.
 
 use std::time::Duration;
 
@@ -41,14 +55,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use serde::{Deserialize, Deserializer};
 use tidings_kafka::now_millis;
 use tidings_schemas::{
     records::{TrackingEvent, TrackingKind},
-    tracking_link::{
-        CallbackFields, DeliveryRef, RECEIPT_CUSTOM_ARG, RECEIPT_QUERY_PARAM, decode_event_array,
-        decode_form,
-    },
+    tracking_link::DeliveryRef,
 };
+use tidings_store::StatusEntry;
 use tidings_telemetry::metrics;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -58,8 +71,8 @@ use crate::Gateway;
 /// Namespace of receipt event ids: stable per (delivery, kind).
 const RECEIPT_EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0000_0000_0010);
 
-/// How long a callback waits for its events to be acknowledged before it
-/// answers 503 and lets the provider retry.
+/// How long a callback waits for its events to be acknowledged and its log
+/// entries written before it answers 503 and lets the provider retry.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Router<Gateway> {
@@ -90,17 +103,64 @@ async fn twilio_status(
     response
 }
 
+/// The query of Twilio's callback URL: `?d=<receipt token>`
+/// ([`tidings_schemas::tracking_link::RECEIPT_QUERY_PARAM`]).
+#[derive(Debug, Default, Deserialize)]
+struct ReceiptQuery {
+    d: Option<String>,
+}
+
+/// The fields of Twilio's status callback that tidings reads; the others
+/// (`To`, `From`, `AccountSid`, ...) are ignored. Empty counts as absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TwilioStatus {
+    #[serde(rename = "MessageSid")]
+    message_sid: Option<String>,
+    #[serde(rename = "MessageStatus")]
+    message_status: Option<String>,
+    #[serde(rename = "ErrorCode")]
+    error_code: Option<String>,
+}
+
+/// The receipt token in a callback's query string, if there is one.
+fn receipt_token(query: Option<&str>) -> Option<String> {
+    serde_urlencoded::from_str::<ReceiptQuery>(query?)
+        .ok()?
+        .d
+        .filter(|d| !d.is_empty())
+}
+
+/// Reads Twilio's form: the status, or a 400 message naming the field.
+fn decode_twilio(body: &[u8]) -> Result<TwilioStatus, String> {
+    let form: TwilioStatus =
+        serde_urlencoded::from_bytes(body).map_err(|e| format!("the form cannot be read: {e}"))?;
+    let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let form = TwilioStatus {
+        message_sid: nonempty(form.message_sid),
+        message_status: nonempty(form.message_status),
+        error_code: nonempty(form.error_code),
+    };
+    if form.message_status.is_none() {
+        return Err("missing field `MessageStatus`".into());
+    }
+    if let Some(code) = form
+        .error_code
+        .as_deref()
+        .filter(|c| !c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("field `ErrorCode` is not a number: {code:?}"));
+    }
+    Ok(form)
+}
+
 async fn twilio_receipt(
     gateway: &Gateway,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let token = query
-        .and_then(|q| decode_form(q.as_bytes()).ok())
-        .and_then(|q| q.into_iter().find(|(k, _)| k == RECEIPT_QUERY_PARAM))
-        .map(|(_, v)| v);
-    let Some(token) = token else {
+    let Some(token) = receipt_token(query) else {
         return (
             StatusCode::FORBIDDEN,
             "no receipt token: the URL must be the StatusCallback tidings sent, with its `d` parameter",
@@ -121,39 +181,26 @@ async fn twilio_receipt(
     if !is_form {
         return bad_request("the body must be application/x-www-form-urlencoded");
     }
-    let form = match decode_form(body) {
+    let form = match decode_twilio(body) {
         Ok(form) => form,
-        Err(e) => return bad_request(&format!("the form cannot be read: {e}")),
+        Err(why) => return bad_request(&why),
     };
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
-    let Some(status) = field("MessageStatus") else {
-        return bad_request("missing field `MessageStatus`");
-    };
-    let error_code = field("ErrorCode");
-    if let Some(code) = error_code.filter(|c| !c.bytes().all(|b| b.is_ascii_digit())) {
-        return bad_request(&format!("field `ErrorCode` is not a number: {code:?}"));
-    }
+    let status = form.message_status.as_deref().unwrap_or_default();
     let Some(kind) = twilio_kind(status) else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    let sid = field("MessageSid");
     let detail = match kind {
         TrackingKind::Failed => {
             let mut detail = format!("twilio {status}");
-            if let Some(code) = error_code {
+            if let Some(code) = &form.error_code {
                 detail.push_str(&format!(": error {code}"));
             }
-            if let Some(sid) = sid {
+            if let Some(sid) = &form.message_sid {
                 detail.push_str(&format!(" (message {sid})"));
             }
             Some(detail)
         }
-        _ => sid.map(str::to_owned),
+        _ => form.message_sid,
     };
     let event = receipt_event(delivery, kind, "twilio", detail);
     gateway.write_receipts(vec![event]).await
@@ -165,25 +212,76 @@ async fn sendgrid_events(State(gateway): State<Gateway>, body: Bytes) -> Respons
     response
 }
 
+/// The fields of one SendGrid event that tidings reads; the others are
+/// ignored. Values are read as text whatever their JSON type (a number as
+/// its digits, `null` as absent), so an odd type does not lose the event.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SendGridEvent {
+    #[serde(deserialize_with = "text")]
+    event: Option<String>,
+    /// The receipt token ([`tidings_schemas::tracking_link::RECEIPT_CUSTOM_ARG`]),
+    /// echoed from the message's `custom_args`.
+    #[serde(rename = "tidings_receipt", deserialize_with = "text")]
+    receipt: Option<String>,
+    #[serde(deserialize_with = "text")]
+    status: Option<String>,
+    #[serde(deserialize_with = "text")]
+    reason: Option<String>,
+    #[serde(deserialize_with = "text")]
+    sg_message_id: Option<String>,
+    /// Unix seconds: orders the events of one delivery within a batch.
+    #[serde(deserialize_with = "text")]
+    timestamp: Option<String>,
+}
+
+/// Any JSON value as text: strings as they are, `null` as absent, anything
+/// else as its JSON text.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    })
+}
+
+/// Reads SendGrid's body: one result per element of the array, so a bad
+/// event is skipped and the others kept; `Err` when the body is not a JSON
+/// array at all.
+fn decode_sendgrid(body: &[u8]) -> Result<Vec<Result<SendGridEvent, String>>, String> {
+    let events: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not a JSON array of events: {e}"))?;
+    Ok(events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| match event {
+            serde_json::Value::Object(_) => {
+                serde_json::from_value(event).map_err(|e| format!("event {i}: {e}"))
+            }
+            _ => Err(format!("event {i} is not an object")),
+        })
+        .collect())
+}
+
 async fn sendgrid_receipts(gateway: &Gateway, body: &[u8]) -> Response {
-    let events = match decode_event_array(body) {
+    let events = match decode_sendgrid(body) {
         Ok(events) => events,
-        Err(e) => return bad_request(&e.to_string()),
+        Err(why) => return bad_request(&why),
     };
     let total = events.len();
     let mut receipts = Vec::new();
     let mut refused = 0;
     for (i, event) in events.into_iter().enumerate() {
-        let fields = match event {
-            Ok(fields) => fields,
-            Err(e) => {
+        let event = match event {
+            Ok(event) => event,
+            Err(why) => {
                 refused += 1;
-                warn!(error = %e, "sendgrid webhook: skipped an event");
+                warn!(why, "sendgrid webhook: skipped an event");
                 continue;
             }
         };
-        match sendgrid_receipt(gateway, &fields) {
-            Ok(Some(event)) => receipts.push(event),
+        match sendgrid_receipt(gateway, event) {
+            Ok(Some(receipt)) => receipts.push(receipt),
             Ok(None) => {}
             Err(why) => {
                 refused += 1;
@@ -197,15 +295,21 @@ async fn sendgrid_receipts(gateway: &Gateway, body: &[u8]) -> Response {
         refused,
         "sendgrid webhook"
     );
-    gateway.write_receipts(receipts).await
+    // SendGrid does not promise order within a batch: the log entry of a
+    // delivery is its latest event by SendGrid's timestamp.
+    receipts.sort_by_key(|(_, timestamp)| *timestamp);
+    gateway
+        .write_receipts(receipts.into_iter().map(|(event, _)| event).collect())
+        .await
 }
 
-/// One SendGrid event: a receipt, nothing to record, or why it was refused.
+/// One SendGrid event: a receipt (with SendGrid's timestamp), nothing to
+/// record, or why it was refused.
 fn sendgrid_receipt(
     gateway: &Gateway,
-    fields: &CallbackFields,
-) -> Result<Option<TrackingEvent>, &'static str> {
-    let Some(name) = fields.get("event") else {
+    fields: SendGridEvent,
+) -> Result<Option<(TrackingEvent, i64)>, &'static str> {
+    let Some(name) = fields.event else {
         return Err("no `event` field");
     };
     let kind = match name.as_str() {
@@ -215,27 +319,34 @@ fn sendgrid_receipt(
         _ => return Ok(None),
     };
     // Mail tidings did not send (or sent before receipts) has no token.
-    let Some(token) = fields.get(RECEIPT_CUSTOM_ARG) else {
+    let Some(token) = fields.receipt else {
         return Ok(None);
     };
     let delivery = gateway
         .links
-        .verify_receipt(token)
+        .verify_receipt(&token)
         .map_err(|_| "invalid receipt token")?;
     let detail = match kind {
         TrackingKind::Failed => {
             let mut detail = format!("sendgrid {name}");
-            if let Some(status) = fields.get("status") {
+            if let Some(status) = &fields.status {
                 detail.push_str(&format!(" ({status})"));
             }
-            if let Some(reason) = fields.get("reason") {
+            if let Some(reason) = &fields.reason {
                 detail.push_str(&format!(": {reason}"));
             }
             Some(detail)
         }
-        _ => fields.get("sg_message_id").cloned(),
+        _ => fields.sg_message_id,
     };
-    Ok(Some(receipt_event(delivery, kind, "sendgrid", detail)))
+    let timestamp = fields
+        .timestamp
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default();
+    Ok(Some((
+        receipt_event(delivery, kind, "sendgrid", detail),
+        timestamp,
+    )))
 }
 
 /// The tracking event of a receipt, like the sender's own events for the
@@ -275,24 +386,87 @@ fn count(method: &str, response: &Response) {
         .inc();
 }
 
+/// The notification-log entries of receipts: one per (notification,
+/// channel, target), the last receipt of each in `events`' order, with the
+/// time the receipt arrived (newer than the sender's `sent`, so it wins).
+fn status_entries(events: &[TrackingEvent]) -> Vec<StatusEntry> {
+    let mut entries: Vec<StatusEntry> = Vec::with_capacity(events.len());
+    for e in events {
+        let state = match e.kind {
+            TrackingKind::Delivered => "delivered",
+            TrackingKind::Failed => "failed",
+            _ => continue,
+        };
+        let entry = StatusEntry {
+            notification_id: e.notification_id.clone(),
+            user_id: e.user_id.clone(),
+            channel: e.channel.clone().unwrap_or_default(),
+            target: e.target.clone().unwrap_or_default(),
+            state: state.into(),
+            detail: e.detail.clone(),
+            // The token does not say which attempt the provider accepted.
+            attempt: 0,
+            at: e.at,
+        };
+        let same = |o: &StatusEntry| {
+            o.notification_id == entry.notification_id
+                && o.channel == entry.channel
+                && o.target == entry.target
+        };
+        match entries.iter_mut().find(|o| same(o)) {
+            // One write per key: equal times would leave the winner to the
+            // engine (CQL breaks ties by value), not to the order here.
+            Some(earlier) => {
+                let at = earlier.at.max(entry.at);
+                *earlier = StatusEntry { at, ..entry };
+            }
+            None => entries.push(entry),
+        }
+    }
+    entries
+}
+
 impl Gateway {
-    /// Writes receipt events to the tracking topic and answers the provider:
-    /// 204 once all are acknowledged, 503 (retry) otherwise.
+    /// Writes receipt events to the tracking topic and their entries to the
+    /// notification log, side by side, and answers the provider: 204 once
+    /// both are done, 503 (retry) when either failed or took longer than
+    /// [`WRITE_TIMEOUT`]. Both writes are idempotent, so a retry after a
+    /// partial success only repeats what is already there.
     async fn write_receipts(&self, events: Vec<TrackingEvent>) -> Response {
         if events.is_empty() {
             return StatusCode::NO_CONTENT.into_response();
         }
+        let entries = status_entries(&events);
         let topic = self.topics.tracking();
         let sends = events
             .iter()
             .map(|e| self.producer.send(&topic, &e.notification_id, e));
-        let written = tokio::time::timeout(WRITE_TIMEOUT, futures::future::join_all(sends)).await;
-        let failure = match written {
-            Err(_) => Some("timed out".to_owned()),
-            Ok(results) => results
+        let produce = async {
+            futures::future::join_all(sends)
+                .await
                 .into_iter()
                 .find_map(Result::err)
-                .map(|e| e.to_string()),
+                .map(|e| format!("tracking topic: {e}"))
+        };
+        let log = async {
+            if entries.is_empty() {
+                return None;
+            }
+            self.store
+                .notification_log
+                .record_many(&entries)
+                .await
+                .err()
+                .map(|e| format!("notification log: {e}"))
+        };
+        let written =
+            tokio::time::timeout(WRITE_TIMEOUT, async { tokio::join!(produce, log) }).await;
+        let failure = match written {
+            Err(_) => Some("timed out".to_owned()),
+            Ok((produced, logged)) => {
+                let errors: Vec<String> = [produced, logged].into_iter().flatten().collect();
+                (!errors.is_empty()).then(|| errors.join("; "))
+            }
         };
         match failure {
             None => StatusCode::NO_CONTENT.into_response(),
@@ -355,5 +529,108 @@ mod tests {
         assert_ne!(delivered.event_id, other.event_id);
         assert_eq!(delivered.template_name.as_deref(), Some("t"));
         assert_eq!(delivered.stage, "gateway.twilio");
+    }
+
+    #[test]
+    fn field_names_are_the_ones_the_senders_use() {
+        use tidings_schemas::tracking_link::{RECEIPT_CUSTOM_ARG, RECEIPT_QUERY_PARAM};
+        let token = receipt_token(Some(&format!("x=1&{RECEIPT_QUERY_PARAM}=a.b")));
+        assert_eq!(token.as_deref(), Some("a.b"));
+        assert_eq!(receipt_token(Some("x=1")), None);
+        assert_eq!(receipt_token(Some("d=")), None);
+        assert_eq!(receipt_token(None), None);
+        let event: SendGridEvent =
+            serde_json::from_value(serde_json::json!({ RECEIPT_CUSTOM_ARG: "t" })).unwrap();
+        assert_eq!(event.receipt.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn twilio_forms_decode_and_name_what_is_wrong() {
+        let form = decode_twilio(
+            b"MessageSid=SM1&MessageStatus=delivered&Body=a+b%26c&Empty=&Flag&ErrorCode=",
+        )
+        .unwrap();
+        assert_eq!(form.message_sid.as_deref(), Some("SM1"));
+        assert_eq!(form.message_status.as_deref(), Some("delivered"));
+        assert_eq!(form.error_code, None, "empty is absent");
+        let form = decode_twilio(b"MessageStatus=undelivered&ErrorCode=30003").unwrap();
+        assert_eq!(form.error_code.as_deref(), Some("30003"));
+        for (body, field) in [
+            (&b"MessageSid=SM1"[..], "MessageStatus"),
+            (b"MessageSid=SM1&MessageStatus=", "MessageStatus"),
+            (b"", "MessageStatus"),
+            (b"MessageStatus=failed&ErrorCode=oops", "ErrorCode"),
+        ] {
+            let why = decode_twilio(body).unwrap_err();
+            assert!(why.contains(field), "{why}");
+        }
+    }
+
+    #[test]
+    fn sendgrid_events_decode_one_by_one() {
+        let events = decode_sendgrid(
+            br#"[{"event":"delivered","timestamp":1700000000,"x":null,"sg_message_id":7,
+                  "reason":["a"],"status":null},
+                 7,
+                 {"event":"bounce"},
+                 {"email":"a@example.org"}]"#,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 4);
+        let first = events[0].as_ref().unwrap();
+        assert_eq!(first.event.as_deref(), Some("delivered"));
+        assert_eq!(first.timestamp.as_deref(), Some("1700000000"));
+        assert_eq!(first.sg_message_id.as_deref(), Some("7"));
+        assert_eq!(first.reason.as_deref(), Some(r#"["a"]"#));
+        assert_eq!(first.status, None);
+        assert!(events[1].as_ref().unwrap_err().contains("event 1"));
+        assert_eq!(events[2].as_ref().unwrap().event.as_deref(), Some("bounce"));
+        assert_eq!(events[3].as_ref().unwrap().event, None);
+        assert!(decode_sendgrid(b"{}").is_err());
+        assert!(decode_sendgrid(b"not json").is_err());
+        assert!(decode_sendgrid(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn receipts_become_one_log_entry_per_delivery() {
+        let d = |target: &str| DeliveryRef {
+            notification_id: "n".into(),
+            user_id: "u".into(),
+            template_name: None,
+            channel: "email".into(),
+            target: target.into(),
+        };
+        let mut delivered = receipt_event(d("a"), TrackingKind::Delivered, "sendgrid", None);
+        delivered.at = 10;
+        let mut bounced = receipt_event(
+            d("a"),
+            TrackingKind::Failed,
+            "sendgrid",
+            Some("sendgrid bounce".into()),
+        );
+        bounced.at = 9;
+        let other = receipt_event(
+            d("b"),
+            TrackingKind::Delivered,
+            "sendgrid",
+            Some("m".into()),
+        );
+        let entries = status_entries(&[delivered, bounced, other.clone()]);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (entries[0].target.as_str(), entries[0].state.as_str()),
+            ("a", "failed"),
+            "the last receipt of a delivery wins"
+        );
+        assert_eq!(entries[0].detail.as_deref(), Some("sendgrid bounce"));
+        assert_eq!(entries[0].at, 10, "and is not older than the others");
+        assert_eq!(entries[1].state, "delivered");
+        assert_eq!(entries[1].detail.as_deref(), Some("m"));
+        assert_eq!(entries[1].attempt, 0);
+        assert_eq!(entries[1].at, other.at);
+        assert_eq!(
+            (entries[1].channel.as_str(), entries[1].user_id.as_str()),
+            ("email", "u")
+        );
     }
 }

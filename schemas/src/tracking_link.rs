@@ -13,10 +13,8 @@
 //! `custom_args`), the provider echoes it in its callback, and the gateway
 //! verifies it and records DELIVERED or FAILED with no look-up. The token is
 //! what authenticates a callback: only the provider ever sees it, it names
-//! one delivery, and it cannot be forged. [`decode_form`] and
-//! [`decode_event_array`] read the callback bodies that carry it.
-
-use std::collections::BTreeMap;
+//! one delivery, and it cannot be forged. Reading the callbacks' bodies is
+//! the gateway's business (`gateway/src/webhooks.rs`).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::hmac;
@@ -186,68 +184,6 @@ pub fn with_receipt_token(url: &str, token: &str) -> String {
     out
 }
 
-/// A callback body or query string that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct MalformedCallback(pub String);
-
-/// Decodes an `application/x-www-form-urlencoded` body or a query string
-/// into its fields, in order (`+` is a space; `%XX` escapes are decoded).
-pub fn decode_form(input: &[u8]) -> Result<Vec<(String, String)>, MalformedCallback> {
-    let decode = |part: &[u8]| {
-        let spaced: Vec<u8> = part
-            .iter()
-            .map(|&b| if b == b'+' { b' ' } else { b })
-            .collect();
-        let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        String::from_utf8(bytes).map_err(|_| MalformedCallback("a field is not UTF-8".into()))
-    };
-    input
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
-            Ok((decode(name)?, decode(value)?))
-        })
-        .collect()
-}
-
-/// The fields of one event in a callback, by name.
-pub type CallbackFields = BTreeMap<String, String>;
-
-/// Decodes a JSON array of objects (an event webhook's body) into one field
-/// map per element: strings as they are, numbers and booleans as text,
-/// nested values as JSON text. An element that is not an object is an
-/// `Err` naming its index, so one bad event does not spoil the others; a body
-/// that is not a JSON array at all is an `Err`.
-pub fn decode_event_array(
-    body: &[u8],
-) -> Result<Vec<Result<CallbackFields, MalformedCallback>>, MalformedCallback> {
-    let events: Vec<serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|e| MalformedCallback(format!("the body is not a JSON array of events: {e}")))?;
-    Ok(events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| match event {
-            serde_json::Value::Object(fields) => Ok(fields
-                .into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| {
-                    let v = match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (k, v)
-                })
-                .collect()),
-            _ => Err(MalformedCallback(format!("event {i} is not an object"))),
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,39 +280,5 @@ mod tests {
             with_receipt_token("https://h.example/s#rc=5", "T"),
             "https://h.example/s?d=T#rc=5"
         );
-    }
-
-    #[test]
-    fn forms_and_event_arrays_decode() {
-        let form = decode_form(b"MessageSid=SM1&MessageStatus=delivered&Body=a+b%26c&Empty=&Flag")
-            .unwrap();
-        assert_eq!(
-            form,
-            [
-                ("MessageSid", "SM1"),
-                ("MessageStatus", "delivered"),
-                ("Body", "a b&c"),
-                ("Empty", ""),
-                ("Flag", ""),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        );
-        assert!(decode_form(b"a=%ff").is_err());
-        assert_eq!(decode_form(b"").unwrap(), []);
-
-        let events = decode_event_array(
-            br#"[{"event":"delivered","n":1,"x":null,"tags":["a"]}, 7, {"event":"bounce"}]"#,
-        )
-        .unwrap();
-        assert_eq!(events.len(), 3);
-        let first = events[0].as_ref().unwrap();
-        assert_eq!(first["event"], "delivered");
-        assert_eq!(first["n"], "1");
-        assert_eq!(first["tags"], r#"["a"]"#);
-        assert!(!first.contains_key("x"));
-        assert!(events[1].as_ref().unwrap_err().0.contains("event 1"));
-        assert!(events[2].is_ok());
-        assert!(decode_event_array(b"{}").is_err());
-        assert!(decode_event_array(b"not json").is_err());
     }
 }
