@@ -7,15 +7,19 @@
 #   down [kafka|cassandra]    stop (SIGTERM, then SIGKILL after a timeout); data is kept
 #   status [kafka|cassandra]  running/stopped with addresses (exit 1 if any is not running)
 #   logs [kafka|cassandra]    last ~200 lines of the server logs (call this when a test fails)
-#   env                       export lines for TIDINGS_TEST_KAFKA / TIDINGS_TEST_CQL
+#   env                       export lines for TIDINGS_TEST_KAFKA, TIDINGS_TEST_KAFKA_TLS,
+#                             TIDINGS_TEST_KAFKA_CA and TIDINGS_TEST_CQL
 #   install [kafka|cassandra] only download the jars (no start)
 #   check [kafka|cassandra]   run the full readiness checks against running servers
 #   wipe                      stop both and delete their data (keeps the downloaded jars)
 #
-# Addresses: Kafka 127.0.0.1:39092 (controller 39093), Cassandra CQL 127.0.0.1:39042
-# (storage 37000, JMX 127.0.0.1:37199). Files: scripts/servers/* are the templates,
+# Addresses: Kafka 127.0.0.1:39092 (PLAINTEXT), 127.0.0.1:39094 (SSL, with a test CA in
+# .servers/kafka/tls/ca.pem), controller 39093; Cassandra CQL 127.0.0.1:39042 (storage 37000,
+# JMX 127.0.0.1:37199). Files: scripts/servers/* are the templates,
 # .servers/{kafka,cassandra}/{lib,conf,data,logs} the state. `up` and `down` take a lock
-# (.servers/.lock), so concurrent callers are safe.
+# (.servers/.lock), so concurrent callers are safe. `up` restarts a running Kafka whose
+# rendered configuration (server.properties, TLS keystore, heap) differs from the one it was
+# started with, and reuses it otherwise.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +30,7 @@ STATE="$ROOT/.servers"
 HOST=127.0.0.1
 KAFKA_PORT=39092
 KAFKA_CONTROLLER_PORT=39093
+KAFKA_TLS_PORT=39094
 CQL_PORT=39042
 CASSANDRA_STORAGE_PORT=37000
 CASSANDRA_SSL_STORAGE_PORT=37001
@@ -38,10 +43,19 @@ LOCK_TIMEOUT=900
 
 KAFKA_HEAP="-Xms256m -Xmx512m"
 
+# The Kafka SSL listener's test PKI, generated once into .servers/kafka/tls with keytool (part
+# of every JDK, which this script needs anyway): a CA (ca.pem, for clients) and a broker key and
+# certificate signed by it for 127.0.0.1 and localhost (broker.p12, the broker's keystore).
+# Change TLS_RECIPE to make the next `up` generate new ones (and restart Kafka).
+TLS_SAN="ip:127.0.0.1,dns:localhost"
+TLS_DAYS=3650
+TLS_PASSWORD=tidings-test-only
+TLS_RECIPE="keytool RSA-2048 CA + broker san=$TLS_SAN days=$TLS_DAYS v1"
+
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
-  JAVA="$JAVA_HOME/bin/java"; JAVAC="$JAVA_HOME/bin/javac"
+  JAVA="$JAVA_HOME/bin/java"; JAVAC="$JAVA_HOME/bin/javac"; KEYTOOL="$JAVA_HOME/bin/keytool"
 else
-  JAVA=java; JAVAC=javac
+  JAVA=java; JAVAC=javac; KEYTOOL=keytool
 fi
 PYTHON=${PYTHON:-python3}
 
@@ -182,11 +196,85 @@ install_one() { # name
 # ---------------------------------------------------------------------------------------------
 # Kafka
 
+tls_dir() { printf '%s' "$STATE/kafka/tls"; }
+
+kt() { # keytool args... (small heap, quick start)
+  "$KEYTOOL" -J-Xmx128m -J-XX:TieredStopAtLevel=1 "$@" 9>&-
+}
+
+# Generate the SSL listener's CA and broker certificate unless those of TLS_RECIPE exist.
+kafka_tls_generate() {
+  local tls tmp logf t0; tls=$(tls_dir)
+  if [[ -f "$tls/.generated" && "$(cat "$tls/.generated")" == "$TLS_RECIPE" \
+        && -s "$tls/ca.pem" && -s "$tls/broker.pem" && -s "$tls/broker.p12" ]]; then
+    return 0
+  fi
+  command -v "$KEYTOOL" >/dev/null 2>&1 \
+    || die "keytool not found (part of every JDK; needed for the Kafka TLS listener's test certificates)"
+  mkdir -p "$(dir_of kafka)/logs"
+  logf="$(dir_of kafka)/logs/tls.log"
+  tmp="$tls.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  say "generating a test CA and a broker certificate ($TLS_SAN) into $(rel "$tls")"
+  t0=$(now)
+  local pass=(-storetype PKCS12 -storepass "$TLS_PASSWORD")
+  if ! {
+    # the CA: self-signed, BasicConstraints CA:true
+    kt -genkeypair -alias ca -keyalg RSA -keysize 2048 -validity "$TLS_DAYS" \
+      -dname "CN=tidings test CA $(date -u +%Y%m%dT%H%M%SZ)" -ext bc:c -ext ku:c=keyCertSign,cRLSign \
+      -keystore "$tmp/ca.p12" "${pass[@]}" \
+    && kt -exportcert -rfc -alias ca -keystore "$tmp/ca.p12" "${pass[@]}" -file "$tmp/ca.pem" \
+    && kt -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity "$TLS_DAYS" \
+      -dname "CN=127.0.0.1" -keystore "$tmp/broker.p12" "${pass[@]}" \
+    && kt -certreq -alias broker -keystore "$tmp/broker.p12" "${pass[@]}" -file "$tmp/broker.csr" \
+    && kt -gencert -rfc -alias ca -keystore "$tmp/ca.p12" "${pass[@]}" -validity "$TLS_DAYS" \
+      -infile "$tmp/broker.csr" -outfile "$tmp/broker.pem" \
+      -ext "san=$TLS_SAN" -ext ku:c=digitalSignature,keyEncipherment -ext eku=serverAuth \
+    && kt -importcert -noprompt -alias ca -file "$tmp/ca.pem" -keystore "$tmp/broker.p12" "${pass[@]}" \
+    && kt -importcert -alias broker -file "$tmp/broker.pem" -keystore "$tmp/broker.p12" "${pass[@]}" \
+    && kt -delete -alias ca -keystore "$tmp/broker.p12" "${pass[@]}"
+  } >"$logf" 2>&1; then
+    rm -rf "$tmp"
+    die_log "keytool could not generate the Kafka test certificates (see $(rel "$logf"))" "$logf"
+  fi
+  rm -f "$tmp/broker.csr"
+  echo "$TLS_RECIPE" >"$tmp/.generated"
+  rm -rf "$tls"
+  mv "$tmp" "$tls"
+  say "generated $(rel "$tls")/ca.pem and broker.p12 in $(( $(now) - t0 ))s"
+}
+
+# Does the SSL listener serve our current broker certificate? (TLS handshake with keytool)
+kafka_tls_serves() { # [quiet]
+  local tls want got; tls=$(tls_dir)
+  want=$(kt -printcert -file "$tls/broker.pem" 2>/dev/null | sed -n 's/^[[:space:]]*SHA256: //p' | head -n 1)
+  got=$(timeout 20 "$KEYTOOL" -J-Xmx128m -J-XX:TieredStopAtLevel=1 \
+          -printcert -sslserver "$HOST:$KAFKA_TLS_PORT" 2>&1 9>&- || true)
+  if [[ -n "$want" ]] && printf '%s\n' "$got" | sed -n 's/^[[:space:]]*SHA256: //p' | head -n 1 | grep -qxF -- "$want"; then
+    return 0
+  fi
+  [[ -n "${1:-}" ]] || printf 'the SSL listener %s:%s does not serve %s (SHA256 %s): %s\n' \
+    "$HOST" "$KAFKA_TLS_PORT" "$(rel "$tls/broker.pem")" "${want:-?}" \
+    "$(printf '%s' "$got" | grep -v '^[[:space:]]*$' | head -n 3 | tr '\n' ' ')" >&2
+  return 1
+}
+
+# What a running broker was started with: its rendered config, TLS keystore and heap.
+kafka_stamp() {
+  local d; d=$(dir_of kafka)
+  { cat "$d/conf/server.properties" "$d/conf/log4j2.properties" "$(tls_dir)/broker.p12" 2>/dev/null
+    printf '%s\n' "$KAFKA_HEAP"; } | sha256sum | cut -c1-16
+}
+launched_stamp_file() { printf '%s' "$(dir_of kafka)/conf/.launched"; }
+
 kafka_render() {
   local d; d=$(dir_of kafka)
   mkdir -p "$d/conf" "$d/data" "$d/logs"
+  kafka_tls_generate
   sed -e "s|@KAFKA_DIR@|$d|g" -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
       -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+      -e "s|@KAFKA_TLS_PORT@|$KAFKA_TLS_PORT|g" -e "s|@TLS_DIR@|$(tls_dir)|g" \
+      -e "s|@TLS_PASSWORD@|$TLS_PASSWORD|g" \
       "$SRC/kafka-server.properties" >"$d/conf/server.properties.tmp"
   mv "$d/conf/server.properties.tmp" "$d/conf/server.properties"
   cp "$SRC/kafka-log4j2.properties" "$d/conf/log4j2.properties"
@@ -247,6 +335,25 @@ kafka_launch() {
     -cp "$d/lib/*" kafka.Kafka "$d/conf/server.properties" \
     </dev/null >>"$(out_log kafka)" 2>&1 9>&- &
   echo $! >"$(pidfile kafka)"
+  kafka_stamp >"$(launched_stamp_file)"
+}
+
+# Restart our running broker if it was started with another configuration (e.g. before the
+# SSL listener existed, or with an older certificate): `up` brings it to the current one.
+kafka_restart_if_stale() {
+  local pid launched current
+  pid=$(our_pid kafka)
+  [[ -n "$pid" ]] || return 0
+  kafka_render
+  current=$(kafka_stamp)
+  launched=$(cat "$(launched_stamp_file)" 2>/dev/null || true)
+  [[ "$launched" == "$current" ]] && return 0
+  if [[ -z "$launched" ]]; then
+    say "kafka (pid $pid) was started without a record of its configuration (before the SSL listener on $HOST:$KAFKA_TLS_PORT); restarting it with $(rel "$(dir_of kafka)/conf/server.properties")"
+  else
+    say "kafka's configuration changed since it started (server.properties, TLS keystore or heap); restarting it"
+  fi
+  stop_one kafka
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +407,12 @@ answers() { # name
   esac
 }
 
+# answers, and for our kafka also its SSL listener is open (quick: no TLS handshake)
+answers_fully() { # name
+  answers "$1" || return 1
+  [[ $1 != kafka || -z "$(our_pid kafka)" ]] || port_open "$HOST" "$KAFKA_TLS_PORT"
+}
+
 # Launch one server unless it already runs. Sets STARTED_<name>=1 if launched.
 start_one() { # name
   local name=$1 pid port
@@ -314,12 +427,15 @@ start_one() { # name
     if [[ $name == kafka ]]; then kafka_compile_check; fi
     if answers "$name"; then
       say "WARNING: $name port $HOST:$port is served by $(port_owner "$port"), not started from $(rel "$STATE"); reusing it"
+      if [[ $name == kafka ]] && ! port_open "$HOST" "$KAFKA_TLS_PORT"; then
+        say "WARNING: that kafka has no SSL listener on $HOST:$KAFKA_TLS_PORT; the TLS tests will fail (stop it and run 'scripts/servers.sh up')"
+      fi
       return 0
     fi
     die "cannot start $name: port $HOST:$port is already in use by $(port_owner "$port") and it does not answer as $name"
   fi
   local other
-  for other in $([[ $name == kafka ]] && echo "$KAFKA_CONTROLLER_PORT" || echo "$CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT"); do
+  for other in $([[ $name == kafka ]] && echo "$KAFKA_TLS_PORT $KAFKA_CONTROLLER_PORT" || echo "$CASSANDRA_STORAGE_PORT $CASSANDRA_JMX_PORT"); do
     if port_open "$HOST" "$other"; then
       die "cannot start $name: port $HOST:$other is already in use by $(port_owner "$other")"
     fi
@@ -329,7 +445,7 @@ start_one() { # name
       kafka_render
       kafka_format
       kafka_compile_check
-      say "starting kafka $KAFKA_VERSION on $HOST:$KAFKA_PORT (heap $KAFKA_HEAP)"
+      say "starting kafka $KAFKA_VERSION on $HOST:$KAFKA_PORT, SSL $HOST:$KAFKA_TLS_PORT (heap $KAFKA_HEAP)"
       kafka_launch
       ;;
     cassandra)
@@ -377,6 +493,14 @@ wait_one() { # name
     sleep 1
   done
   if [[ $name == kafka ]]; then
+    # the SSL listener serves the current broker certificate (opens with the plaintext one)
+    while ! err=$(kafka_tls_serves 2>&1); do
+      if (( $(now) - t0 >= timeout )); then
+        die_log "kafka answered on $HOST:$port but not over TLS within ${timeout}s: $err; see $(rel "$(main_log kafka)")" \
+          "$(main_log kafka)" "$(out_log kafka)"
+      fi
+      sleep 1
+    done
     # one committed transaction + a consumer-group read: proves the transaction coordinator,
     # __transaction_state and __consumer_offsets work with replication factor 1
     local left=$(( timeout - ($(now) - t0) )); (( left < 30 )) && left=30
@@ -385,7 +509,7 @@ wait_one() { # name
         "$(main_log kafka)" "$(out_log kafka)"
     fi
   fi
-  say "$name ready on $HOST:$port after $(( $(now) - t0 ))s"
+  say "$name ready on $HOST:$port$([[ $name == kafka ]] && echo " and $HOST:$KAFKA_TLS_PORT (SSL)") after $(( $(now) - t0 ))s"
 }
 
 stop_one() { # name
@@ -457,13 +581,14 @@ cmd_up() {
       stop_one "$n"
     fi
     install_one "$n"
+    [[ $n == kafka ]] && kafka_restart_if_stale
     start_one "$n"
   done
   for n in $names; do
     local started="STARTED_$n"
     if [[ -n "${!started:-}" ]]; then
       wait_one "$n"
-    elif ! answers "$n"; then
+    elif ! answers_fully "$n"; then
       # running but not answering yet (e.g. another `up` was killed while waiting): wait for it
       wait_one "$n"
     fi
@@ -471,6 +596,9 @@ cmd_up() {
   for n in $names; do
     pid=$(our_pid "$n")
     printf '%-9s %s%s\n' "$n" "$(addr_of "$n")" "${pid:+  (pid $pid)}"
+    if [[ $n == kafka ]]; then
+      printf '%-9s %s  (SSL, CA %s)\n' kafka-tls "$HOST:$KAFKA_TLS_PORT" "$(rel "$(tls_dir)/ca.pem")"
+    fi
   done
   say "up in $(( $(now) - t0 ))s"
 }
@@ -493,6 +621,16 @@ cmd_status() {
       state="stopped"; rc=1
     fi
     printf '%-9s %-16s %s\n' "$n" "$(addr_of "$n")" "$state"
+    if [[ $n == kafka ]]; then
+      if port_open "$HOST" "$KAFKA_TLS_PORT"; then
+        state="open (SSL, CA $(rel "$(tls_dir)/ca.pem"))"
+      elif [[ -n "$pid" ]] && port_open "$HOST" "$KAFKA_PORT"; then
+        state="NOT open: this broker was started without the SSL listener; 'scripts/servers.sh up' restarts it"; rc=1
+      else
+        state="closed"
+      fi
+      printf '%-9s %-16s %s\n' kafka-tls "$HOST:$KAFKA_TLS_PORT" "$state"
+    fi
   done
   return $rc
 }
@@ -508,6 +646,8 @@ cmd_check() {
         err=$(kafka_check ping 10000 2>&1) || die "$err"
         err=$(kafka_check txn 60000 2>&1) || die "$err"
         echo "kafka     $(addr_of kafka)  ok (admin + transactional produce/consume)"
+        err=$(kafka_tls_serves 2>&1) || die "$err"
+        echo "kafka-tls $HOST:$KAFKA_TLS_PORT  ok (serves $(rel "$(tls_dir)/broker.pem"), signed by $(rel "$(tls_dir)/ca.pem"))"
         ;;
       cassandra)
         err=$(cql_ping 5 2>&1) || die "$err"
@@ -534,6 +674,8 @@ cmd_logs() {
 
 cmd_env() {
   echo "export TIDINGS_TEST_KAFKA=$(addr_of kafka)"
+  echo "export TIDINGS_TEST_KAFKA_TLS=$HOST:$KAFKA_TLS_PORT"
+  printf 'export TIDINGS_TEST_KAFKA_CA=%q\n' "$(tls_dir)/ca.pem"
   echo "export TIDINGS_TEST_CQL=$(addr_of cassandra)"
 }
 

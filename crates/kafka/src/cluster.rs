@@ -9,10 +9,11 @@ use std::{
 };
 
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
     error::RDKafkaErrorCode,
     mocking::MockCluster,
 };
@@ -127,19 +128,37 @@ impl KafkaCluster {
         config: &KafkaConfig,
         timeout: Duration,
     ) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<LastError> = self
             .client_config(config)
-            .create()
+            .create_with_context(LastError::default())
             .map_err(|e| KafkaError::client("metadata client", e))?;
         let servers = self.bootstrap_servers.clone();
-        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-            .await
-            .map_err(|e| KafkaError::Embedded(e.to_string()))?
-            .map_err(|e| KafkaError::Unreachable {
-                servers,
-                timeout,
-                reason: e.to_string(),
-            })
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| {
+                    // The metadata error only says the transport failed; the
+                    // cause (refused, TLS verification, SASL) comes as an error
+                    // event, which waits in the client's queue until polled.
+                    for _ in 0..10 {
+                        if consumer.poll(Duration::from_millis(10)).is_some() {
+                            break;
+                        }
+                    }
+                    match consumer.context().take() {
+                        Some(cause) => format!("{e}; {cause}"),
+                        None => e.to_string(),
+                    }
+                })
+        })
+        .await
+        .map_err(|e| KafkaError::Embedded(e.to_string()))?
+        .map_err(|reason| KafkaError::Unreachable {
+            servers,
+            timeout,
+            reason,
+        })
     }
 
     /// Creates the topics that do not exist yet; existing ones are left alone.
@@ -202,6 +221,44 @@ impl KafkaCluster {
         Ok(())
     }
 }
+
+/// Keeps the last error librdkafka reported, so a failed reachability check
+/// can say why (e.g. "certificate verify failed") and not only that the
+/// transport failed.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn keep(&self, cause: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+    }
+}
+
+impl ClientContext for LastError {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        ) {
+            self.keep(log_message.to_owned());
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.keep(reason.to_owned());
+        DefaultClientContext.error(error, reason);
+    }
+}
+
+impl ConsumerContext for LastError {}
 
 impl Drop for KafkaCluster {
     fn drop(&mut self) {
