@@ -1,7 +1,8 @@
 //! Notification scenarios end to end through the public gRPC API, on the
 //! embedded default and on real Kafka and Cassandra: dedupe, opt-out and
-//! critical categories, rate limits, scheduling across a restart, templates
-//! in the user's locale, and the gateway's auth.
+//! critical categories, rate limits (their windows across a restart),
+//! scheduling across a restart, templates in the user's locale, and the
+//! gateway's auth.
 
 mod support;
 
@@ -222,6 +223,57 @@ async fn the_rate_limit_is_enforced(backend: Backend) {
     t.stop().await;
 }
 
+/// The windows are durable: a restart (like a rebalance, a new owner of the
+/// user's partition) does not give the user a fresh allowance.
+async fn the_rate_limit_window_survives_a_restart(backend: Backend) {
+    let limit = |c: &mut tidings_config::Config| {
+        c.enricher.rate_limits = vec![RateLimit {
+            channel: Some("sms".into()),
+            category: None,
+            max: 2,
+            per_secs: 3600,
+        }];
+    };
+    let t = TestPipeline::start_with(backend, limit).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    for _ in 0..2 {
+        let id = t
+            .client
+            .send(send(&user, "", &[pb::Channel::Sms], ""))
+            .await
+            .unwrap()
+            .notification_ids[0]
+            .clone();
+        // Sent, so the enricher's batch that admitted it has finished.
+        eventually("an SMS within the limit", WAIT, || async {
+            (sent_count(&t, &id).await == 1).then_some(())
+        })
+        .await;
+    }
+
+    let t = t.restart().await;
+    let third = t
+        .client
+        .send(send(&user, "", &[pb::Channel::Sms], ""))
+        .await
+        .unwrap()
+        .notification_ids[0]
+        .clone();
+    let events = tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) == 1).await;
+    let limited = events
+        .iter()
+        .find(|e| e.kind == TrackingKind::RateLimited)
+        .expect("a RATE_LIMITED event");
+    assert_eq!(limited.channel.as_deref(), Some("sms"));
+    assert_eq!(
+        limited.detail.as_deref(),
+        Some("over the rate limit; suppressed")
+    );
+    assert_eq!(count(&events, TrackingKind::Sent), 0);
+    assert_eq!(sent_count(&t, &third).await, 0);
+    t.stop().await;
+}
+
 async fn a_scheduled_send_fires_at_its_time_and_survives_a_restart(backend: Backend) {
     let t = TestPipeline::start(backend).await;
     let user = user_with_email_and_phone(&t, "en").await;
@@ -403,6 +455,7 @@ on_every_backend!(
     duplicates_are_dropped,
     opt_out_is_respected_and_critical_categories_still_arrive,
     the_rate_limit_is_enforced,
+    the_rate_limit_window_survives_a_restart,
     a_scheduled_send_fires_at_its_time_and_survives_a_restart,
     templates_render_in_the_users_locale,
     the_gateway_authenticates_authorizes_and_limits_callers,

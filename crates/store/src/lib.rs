@@ -1,8 +1,8 @@
 //! Durable state of tidings: one storage trait per aggregate, two engines.
 //!
-//! Every aggregate (contacts, preferences, templates, feeds, ...) has a trait
-//! in its own module, together with its model types. Two backends implement
-//! all of them:
+//! Every aggregate (contacts, preferences, templates, feeds, rate-limit
+//! windows, ...) has a trait in its own module, together with its model
+//! types. Two backends implement all of them:
 //!
 //! - `scylla://host1:9042,host2:9042/keyspace`: ScyllaDB (or Apache Cassandra,
 //!   the CQL we use is portable), the production store;
@@ -23,6 +23,7 @@ pub mod feed;
 pub mod notification_log;
 pub mod posts;
 pub mod preferences;
+pub mod rate_limits;
 pub mod schedule;
 mod scylla;
 pub mod social_graph;
@@ -43,6 +44,7 @@ pub use feed::{FeedEntry, FeedStore};
 pub use notification_log::{NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore};
 pub use preferences::{Preference, PreferenceStore};
+pub use rate_limits::{NewAdmission, RateLimitLedger};
 pub use schedule::{ScheduleStore, ScheduledItem};
 pub use social_graph::SocialGraph;
 pub use templates::{TemplateContent, TemplateStore, TemplateVersion};
@@ -126,6 +128,7 @@ pub struct Store {
     pub counters: Arc<dyn CounterStore>,
     pub schedule: Arc<dyn ScheduleStore>,
     pub apps: Arc<dyn AppStore>,
+    pub rate_limits: Arc<dyn RateLimitLedger>,
     backend: Arc<dyn Backend>,
 }
 

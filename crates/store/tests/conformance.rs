@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tidings_store::{
-    App, Device, FeedEntry, Millis, Platform, Post, Preference, ScheduledItem, StatusEntry, Store,
-    StoreError, StoreOptions, TemplateContent, TemplateVersion, User, now_millis,
+    App, Device, FeedEntry, Millis, NewAdmission, Platform, Post, Preference, ScheduledItem,
+    StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion, User,
+    now_millis,
 };
 use uuid::Uuid;
 
@@ -118,6 +119,9 @@ conformance! {
     counters_sum_and_default_to_zero,
     schedule_returns_due_items_oldest_first,
     apps_put_revoke_and_list,
+    rate_limit_admissions_of_many_keys_oldest_first,
+    rate_limit_admissions_expire_with_their_ttl,
+    rate_limit_readmission_is_idempotent,
 }
 
 fn id(prefix: &str) -> String {
@@ -924,6 +928,162 @@ async fn apps_put_revoke_and_list(store: &Store) {
         ..billing
     };
     assert_eq!(ours, vec![cron, revoked_billing], "ordered by key");
+}
+
+fn admission(key: &str, at: Millis, notification_id: &str, ttl: Duration) -> NewAdmission {
+    (key.to_owned(), at, notification_id.to_owned(), ttl)
+}
+
+async fn rate_limit_admissions_of_many_keys_oldest_first(store: &Store) {
+    let r = &store.rate_limits;
+    let hour = Duration::from_secs(3600);
+    let (sms, email, unknown) = (id("u sms"), id("u email"), id("u ios"));
+    let now = now_millis();
+    r.admit_many(&[
+        admission(&sms, now - 2_000, "n2", hour),
+        admission(&email, now - 5_000, "n1", hour),
+        admission(&sms, now - 3_000, "n1", hour),
+        admission(&sms, now - 2_000, "n0", hour),
+    ])
+    .await
+    .unwrap();
+    r.admit_many(&[admission(&sms, now - 1_000, "n3", hour)])
+        .await
+        .unwrap();
+
+    let found = r
+        .admissions_many(&[sms.clone(), unknown.clone(), email.clone(), sms.clone()])
+        .await
+        .unwrap();
+    let expected: HashMap<String, Vec<(Millis, String)>> = HashMap::from([
+        (
+            sms.clone(),
+            vec![
+                (now - 3_000, "n1".to_owned()),
+                (now - 2_000, "n0".to_owned()),
+                (now - 2_000, "n2".to_owned()),
+                (now - 1_000, "n3".to_owned()),
+            ],
+        ),
+        (email.clone(), vec![(now - 5_000, "n1".to_owned())]),
+    ]);
+    assert_eq!(
+        found, expected,
+        "oldest first, ties by id; unknown keys absent"
+    );
+    assert_eq!(
+        r.admissions_many(std::slice::from_ref(&unknown))
+            .await
+            .unwrap(),
+        HashMap::new(),
+        "only unknown keys"
+    );
+    assert!(r.admissions_many(&[]).await.unwrap().is_empty());
+    r.admit_many(&[]).await.unwrap();
+    assert_eq!(
+        r.admissions_many(std::slice::from_ref(&email))
+            .await
+            .unwrap()[&email]
+            .len(),
+        1,
+        "keys are independent"
+    );
+}
+
+async fn rate_limit_admissions_expire_with_their_ttl(store: &Store) {
+    let r = &store.rate_limits;
+    let (mixed, brief_only) = (id("u sms"), id("u email"));
+    let now = now_millis();
+    r.admit_many(&[
+        admission(&mixed, now, "brief", Duration::from_secs(1)),
+        admission(&mixed, now, "kept", Duration::from_secs(600)),
+        admission(&brief_only, now, "brief", Duration::from_millis(500)),
+    ])
+    .await
+    .unwrap();
+    let both = [mixed.clone(), brief_only.clone()];
+    let found = r.admissions_many(&both).await.unwrap();
+    assert_eq!(found[&mixed].len(), 2);
+    assert_eq!(found[&brief_only].len(), 1);
+
+    // CQL TTLs count whole seconds from the second of the write (rounded
+    // up), so a 1 s admission lives at most 1 s there.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let found = r.admissions_many(&both).await.unwrap();
+    assert_eq!(
+        found,
+        HashMap::from([(mixed.clone(), vec![(now, "kept".to_owned())])]),
+        "expired admissions are gone, and a key with none left is absent"
+    );
+
+    // An expired pair can be admitted again.
+    r.admit_many(&[admission(
+        &brief_only,
+        now + 3_000,
+        "brief",
+        Duration::from_secs(600),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        r.admissions_many(std::slice::from_ref(&brief_only))
+            .await
+            .unwrap()[&brief_only],
+        vec![(now + 3_000, "brief".to_owned())]
+    );
+}
+
+async fn rate_limit_readmission_is_idempotent(store: &Store) {
+    let r = &store.rate_limits;
+    let key = id("u sms");
+    let hour = Duration::from_secs(3600);
+    let now = now_millis();
+    let batch = [
+        admission(&key, now, "n1", hour),
+        admission(&key, now + 10, "n2", hour),
+    ];
+    // A batch written again (its `finish` retried, or a replay).
+    for _ in 0..3 {
+        r.admit_many(&batch).await.unwrap();
+    }
+    let read = || async {
+        r.admissions_many(std::slice::from_ref(&key))
+            .await
+            .unwrap()
+            .remove(&key)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        read().await,
+        vec![(now, "n1".to_owned()), (now + 10, "n2".to_owned())],
+        "each pair once"
+    );
+
+    r.admit_many(&[admission(&key, now + 20, "n1", hour)])
+        .await
+        .unwrap();
+    assert_eq!(
+        read().await,
+        vec![(now + 10, "n2".to_owned()), (now + 20, "n1".to_owned())],
+        "admitting a pair again replaces its time"
+    );
+
+    r.admit_many(&[
+        admission(&key, now + 30, "n3", hour),
+        admission(&key, now + 40, "n3", hour),
+        admission(&key, now + 35, "n3", hour),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        read().await,
+        vec![
+            (now + 10, "n2".to_owned()),
+            (now + 20, "n1".to_owned()),
+            (now + 35, "n3".to_owned()),
+        ],
+        "a pair given twice in one call counts as its last occurrence"
+    );
 }
 
 // ---------------------------------------------------------------- engine-specific

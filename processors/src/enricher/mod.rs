@@ -10,6 +10,13 @@
 //! derived deterministically from the request (delivery ids included), so a
 //! replay after a crash produces the same records and the senders' ledger
 //! drops the repeats.
+//!
+//! Store round trips are per batch, not per record: `prefetch` marks the
+//! batch's dedupe claims and events, reads its users' contacts and
+//! preferences and, when rate limits are configured, reads the rate-limit
+//! windows its records can touch and merges them into the windows in memory;
+//! `finish` writes the rate-limit admissions the batch made, in one call,
+//! before its outputs are produced (see [`rate_limit`]).
 
 pub mod dedupe;
 pub mod rate_limit;
@@ -29,7 +36,8 @@ use tidings_schemas::{
     tracking_link::{LinkSigner, TrackedTarget},
 };
 use tidings_store::{
-    Device, Platform, Preference, ScheduledItem, Store, StoreError, TemplateVersion, User,
+    Device, Millis, NewAdmission, Platform, Preference, ScheduledItem, Store, StoreError,
+    TemplateVersion, User,
 };
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -171,6 +179,19 @@ pub fn opted_in(preferences: &[Preference], channel: Channel, category: Option<&
     specific.or_else(general).is_none_or(|p| p.opt_in)
 }
 
+/// The channels a request names, or all of them when it names none.
+fn wanted_channels(req: &NotificationRequest) -> Vec<Channel> {
+    if req.channels.is_empty() {
+        Channel::ALL.to_vec()
+    } else {
+        req.channels.iter().filter_map(|c| c.parse().ok()).collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where a channel reaches this user.
 fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<String> {
     let tokens = |platform: Platform| {
@@ -189,7 +210,8 @@ fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<Str
 }
 
 /// What the enricher looks up once per batch: the dedupe verdicts of its
-/// records and the contacts and preferences of its users.
+/// records and the contacts and preferences of its users; and what it
+/// collects for the batch's `finish`: the rate-limit admissions it made.
 #[derive(Default)]
 pub struct BatchLookups {
     /// Verdicts by (topic, partition, offset).
@@ -199,6 +221,10 @@ pub struct BatchLookups {
     users: HashMap<String, User>,
     devices: HashMap<String, Vec<Device>>,
     preferences: HashMap<String, Vec<Preference>>,
+    /// Rate-limit admissions made by the batch's records, written to the
+    /// store by `finish`. Kept (not drained) by `finish`, which the stage
+    /// runner retries in place.
+    admitted: Mutex<Vec<NewAdmission>>,
 }
 
 /// A user's contact points, live devices and preferences.
@@ -278,6 +304,36 @@ impl Enricher {
         Ok(lookups)
     }
 
+    /// Reads every rate-limit window the batch's records can touch (each
+    /// record's user, on the channels it names or all of them, under the
+    /// rules matching its category) in one call and merges them into the
+    /// windows in memory. Nothing to do without rules.
+    async fn prefetch_rate_limits(
+        &self,
+        batch: &[(&NotificationRequest, &RecordMeta)],
+    ) -> Result<(), StoreError> {
+        if self.limiter.is_empty() {
+            return Ok(());
+        }
+        let mut keys = HashSet::new();
+        for (req, _) in batch {
+            let category = req.category.as_deref();
+            if self.is_critical(category) {
+                continue;
+            }
+            for channel in wanted_channels(req) {
+                keys.extend(self.limiter.window_keys(&req.user_id, channel, category));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let stored = self.store.rate_limits.admissions_many(&keys).await?;
+        self.limiter.merge(stored);
+        Ok(())
+    }
+
     async fn load_contacts(&self, user_id: &str) -> Result<Contacts, ProcessError> {
         let contacts = &self.store.contacts;
         tokio::try_join!(
@@ -298,13 +354,15 @@ impl Processor for Enricher {
         "enricher"
     }
 
-    /// Two dedupe-ledger calls and three reads for the whole batch instead
-    /// of five calls per record.
+    /// Two dedupe-ledger calls, three reads and, with rate limits, one
+    /// read of the rate-limit windows for the whole batch, instead of five
+    /// or more calls per record.
     async fn prefetch(&self, batch: &[(&NotificationRequest, &RecordMeta)]) -> BatchLookups {
         let now = now_millis();
-        let (verdicts, contacts) = tokio::join!(
+        let (verdicts, contacts, windows) = tokio::join!(
             self.prefetch_verdicts(batch, now),
             self.prefetch_contacts(batch),
+            self.prefetch_rate_limits(batch),
         );
         let mut lookups = contacts.unwrap_or_else(|e| {
             warn!(error = %e, "batch contact lookup failed; looking up record by record");
@@ -313,6 +371,12 @@ impl Processor for Enricher {
         match verdicts {
             Ok(verdicts) => lookups.verdicts = verdicts,
             Err(e) => warn!(error = %e, "batch dedupe check failed; checking record by record"),
+        }
+        if let Err(e) = windows {
+            warn!(
+                error = %e,
+                "reading the rate-limit windows failed; going on with the windows in memory"
+            );
         }
         lookups
     }
@@ -365,11 +429,7 @@ impl Processor for Enricher {
         };
 
         let (rendered, template_version) = self.content(req, user).await?;
-        let wanted: Vec<Channel> = if req.channels.is_empty() {
-            Channel::ALL.to_vec()
-        } else {
-            req.channels.iter().filter_map(|c| c.parse().ok()).collect()
-        };
+        let wanted = wanted_channels(req);
 
         let critical = self.is_critical(req.category.as_deref());
         let mut emitted = 0;
@@ -386,13 +446,7 @@ impl Processor for Enricher {
                 continue;
             }
             if !critical
-                && let Decision::Over { free_at } = self.limiter.admit(
-                    &req.user_id,
-                    channel,
-                    req.category.as_deref(),
-                    &req.notification_id,
-                    now,
-                )
+                && let Decision::Over { free_at } = self.rate_limit(lookups, req, channel, now)
             {
                 let detail = match self.config.over_limit {
                     OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
@@ -438,12 +492,47 @@ impl Processor for Enricher {
         Ok(())
     }
 
-    async fn finish(&self, _batch: &BatchLookups) -> Result<(), ProcessError> {
-        Ok(())
+    /// Writes the batch's new rate-limit admissions in one call. Retried in
+    /// place on a retriable failure, so the batch state is read, not taken.
+    async fn finish(&self, lookups: &BatchLookups) -> Result<(), ProcessError> {
+        let admitted = lock(&lookups.admitted).clone();
+        if admitted.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .rate_limits
+            .admit_many(&admitted)
+            .await
+            .map_err(store_failure)
     }
 }
 
 impl Enricher {
+    /// Admits `req` on `channel` under the rate limits, from the windows in
+    /// memory, and adds what it counted to the batch's admissions for
+    /// `finish` to write.
+    fn rate_limit(
+        &self,
+        lookups: &BatchLookups,
+        req: &NotificationRequest,
+        channel: Channel,
+        now: Millis,
+    ) -> Decision {
+        let mut new = Vec::new();
+        let decision = self.limiter.admit_recording(
+            &req.user_id,
+            channel,
+            req.category.as_deref(),
+            &req.notification_id,
+            now,
+            &mut new,
+        );
+        if !new.is_empty() {
+            lock(&lookups.admitted).extend(new);
+        }
+        decision
+    }
+
     /// A template version. Versions never change once written (and the
     /// gateway pins the version of every send), so they are cached; "latest"
     /// is always read from the store.

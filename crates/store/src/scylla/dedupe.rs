@@ -26,7 +26,7 @@ pub(crate) struct ScyllaDedupe {
 }
 
 /// TTLs are whole seconds in CQL: round up so a key is never forgotten early.
-fn ttl_secs(ttl: Duration) -> i32 {
+pub(super) fn ttl_secs(ttl: Duration) -> i32 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i32::try_from(secs.clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
 }

@@ -14,6 +14,7 @@ mod feed;
 mod notification_log;
 mod posts;
 mod preferences;
+mod rate_limits;
 mod schedule;
 mod social_graph;
 mod templates;
@@ -38,10 +39,17 @@ use crate::url::is_cql_identifier;
 use crate::{Backend, Replication, Store, StoreError, StoreOptions};
 
 const KEYSPACE_MIGRATION: &str = include_str!("../../migrations/cql/0000_keyspace.cql");
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.cql",
-    include_str!("../../migrations/cql/0001_init.cql"),
-)];
+/// Applied in order by every migrate; each file is idempotent.
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.cql",
+        include_str!("../../migrations/cql/0001_init.cql"),
+    ),
+    (
+        "0002_rate_limits.cql",
+        include_str!("../../migrations/cql/0002_rate_limits.cql"),
+    ),
+];
 
 pub(crate) async fn connect(
     nodes: &[String],
@@ -95,6 +103,7 @@ pub(crate) async fn connect(
         counters: Arc::new(counters::ScyllaCounters::prepare(&cql).await?),
         schedule: Arc::new(schedule::ScyllaSchedule::prepare(&cql, opts.schedule_lookback).await?),
         apps: Arc::new(apps::ScyllaApps::prepare(&cql).await?),
+        rate_limits: Arc::new(rate_limits::ScyllaRateLimits::prepare(&cql).await?),
         backend: Arc::new(cql),
     })
 }
@@ -422,11 +431,16 @@ mod tests {
     #[test]
     fn shipped_migrations_parse() {
         assert_eq!(statements(KEYSPACE_MIGRATION).len(), 1);
-        assert!(
-            statements(MIGRATIONS[0].1)
-                .iter()
-                .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS"))
-        );
+        for (name, script) in MIGRATIONS {
+            let statements = statements(script);
+            assert!(!statements.is_empty(), "{name}");
+            assert!(
+                statements
+                    .iter()
+                    .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod feed;
 mod notification_log;
 mod posts;
 mod preferences;
+mod rate_limits;
 mod schedule;
 mod social_graph;
 mod templates;
@@ -28,10 +29,17 @@ use rusqlite::{Connection, ErrorCode};
 
 use crate::{Backend, Store, StoreError, StoreOptions};
 
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+/// Applied in order on every migrate; each file is idempotent.
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "0002_rate_limits.sql",
+        include_str!("../../migrations/sqlite/0002_rate_limits.sql"),
+    ),
+];
 
 pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
     let db = Db::open(path).await?;
@@ -50,6 +58,7 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
         counters: Arc::new(counters::SqliteCounters(db.clone())),
         schedule: Arc::new(schedule::SqliteSchedule(db.clone())),
         apps: Arc::new(apps::SqliteApps(db.clone())),
+        rate_limits: Arc::new(rate_limits::SqliteRateLimits::new(db.clone())),
         backend: Arc::new(db),
     })
 }
