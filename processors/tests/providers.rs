@@ -928,6 +928,7 @@ mod smtp {
         assert!(data.contains("Content-Type: text/plain"), "{data}");
         assert!(data.contains("Content-Type: text/html"), "{data}");
         assert!(data.contains("It arrives on Tuesday."), "{data}");
+        assert_eq!(got[0]["tls"], serde_json::Value::Null, "plaintext");
     }
 
     #[tokio::test]
@@ -972,6 +973,171 @@ mod smtp {
                 .deliver(&delivery("email", TO))
                 .await,
         );
+        assert!(why.contains("config problem"), "{why}");
+        assert_eq!(server.received().len(), 1);
+    }
+
+    /// The production settings: `security` with the test CA trusted, as
+    /// `extra_root_ca_path` trusts a private relay's CA.
+    fn tls_config(port: u16, security: SmtpSecurity) -> SmtpConfig {
+        SmtpConfig {
+            security,
+            extra_root_ca_path: Some(support::test_ca_path()),
+            ..config(port)
+        }
+    }
+
+    fn transient_reason(r: Result<tidings_processors::Receipt, ProviderError>) -> String {
+        match r {
+            Err(ProviderError::Transient {
+                reason,
+                retry_after: None,
+            }) => reason,
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+    }
+
+    /// The TLS version a received message came over, from the server's side.
+    fn tls_version(message: &serde_json::Value) -> &str {
+        let v = message["tls"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the server got this message in plaintext: {message}"));
+        assert!(v.starts_with("TLSv1."), "{v}");
+        v
+    }
+
+    #[tokio::test]
+    async fn starttls_sends_over_tls_to_a_server_that_requires_it() {
+        let server = SmtpServer::start(&["--tls", "starttls"]).await;
+        let smtp =
+            SmtpProvider::new(tls_config(server.port, SmtpSecurity::Starttls)).expect("builds");
+        let receipt = smtp
+            .deliver(&delivery("email", TO))
+            .await
+            .expect("accepted");
+        assert!(
+            receipt
+                .provider_id
+                .as_deref()
+                .is_some_and(|r| r.contains("queued as TEST0001")),
+            "{receipt:?}"
+        );
+        // The second one rides the pooled, already upgraded connection.
+        smtp.deliver(&delivery("email", "bob@example.org"))
+            .await
+            .expect("accepted");
+
+        let got = server.received();
+        assert_eq!(got.len(), 2);
+        for m in &got {
+            tls_version(m);
+        }
+        assert_eq!(got[0]["rcpt_tos"][0], TO);
+        assert_eq!(got[1]["rcpt_tos"][0], "bob@example.org");
+        let data = got[0]["data"].as_str().expect("data");
+        assert!(data.contains("Subject: Order 1042 shipped"), "{data}");
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_sends_over_tls() {
+        let server = SmtpServer::start(&["--tls", "implicit"]).await;
+        let smtp = SmtpProvider::new(tls_config(server.port, SmtpSecurity::Tls)).expect("builds");
+        smtp.deliver(&delivery("email", TO))
+            .await
+            .expect("accepted");
+        smtp.deliver(&delivery("email", TO))
+            .await
+            .expect("accepted over the pooled connection");
+
+        let got = server.received();
+        assert_eq!(got.len(), 2);
+        for m in &got {
+            tls_version(m);
+        }
+        assert_eq!(got[0]["mail_from"], "notifications@example.com");
+        assert_eq!(got[0]["rcpt_tos"][0], TO);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_fails_the_send_and_delivers_nothing() {
+        for (mode, security) in [
+            ("starttls", SmtpSecurity::Starttls),
+            ("implicit", SmtpSecurity::Tls),
+        ] {
+            let server = SmtpServer::start(&["--tls", mode]).await;
+            // Only the system's roots: the test CA is unknown.
+            let untrusting = SmtpConfig {
+                extra_root_ca_path: None,
+                ..tls_config(server.port, security)
+            };
+            let smtp = SmtpProvider::new(untrusting).expect("builds");
+            // A handshake failure is classified like every failure to talk
+            // to the server (the fix is on the relay's side or in
+            // `extra_root_ca_path`; the provider retries meanwhile).
+            let why = transient_reason(smtp.deliver(&delivery("email", TO)).await);
+            assert!(why.contains("certificate"), "{mode}: {why}");
+            // Once: lettre's errors print their sources themselves.
+            assert_eq!(why.matches("UnknownIssuer").count(), 1, "{mode}: {why}");
+            assert!(server.received().is_empty(), "{mode}: delivered anyway");
+
+            // The same server, with its CA trusted: the failure above was
+            // the certificate and nothing else.
+            SmtpProvider::new(tls_config(server.port, security))
+                .expect("builds")
+                .deliver(&delivery("email", TO))
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: {e:?}"));
+            assert_eq!(server.received().len(), 1, "{mode}");
+        }
+    }
+
+    #[tokio::test]
+    async fn starttls_never_falls_back_to_plaintext() {
+        // A server that offers no STARTTLS (or a man in the middle that
+        // strips it from the EHLO reply): the mail must not go in clear.
+        let server = SmtpServer::start(&[]).await;
+        let smtp =
+            SmtpProvider::new(tls_config(server.port, SmtpSecurity::Starttls)).expect("builds");
+        let why = transient_reason(smtp.deliver(&delivery("email", TO)).await);
+        assert_eq!(why.matches("STARTTLS is not supported").count(), 1, "{why}");
+        assert!(server.received().is_empty(), "sent in plaintext");
+
+        // And the other way round: plaintext to a server that requires
+        // STARTTLS is refused by the server (530), a config problem.
+        let server = SmtpServer::start(&["--tls", "starttls"]).await;
+        let smtp = SmtpProvider::new(config(server.port)).expect("builds");
+        let why = assert_rejected(smtp.deliver(&delivery("email", TO)).await);
+        assert!(why.contains("530"), "{why}");
+        assert!(why.contains("config problem"), "{why}");
+        assert!(server.received().is_empty());
+    }
+
+    #[tokio::test]
+    async fn authenticates_over_starttls_and_reports_a_wrong_password_as_config() {
+        // The server offers AUTH only once TLS is up, as real relays do.
+        let server = SmtpServer::start(&["--tls", "starttls", "--auth", "sender:s3cret"]).await;
+        let mut c = tls_config(server.port, SmtpSecurity::Starttls);
+        c.username = Some("sender".into());
+        c.password = Some(Secret::new("s3cret"));
+        SmtpProvider::new(c.clone())
+            .expect("builds")
+            .deliver(&delivery("email", TO))
+            .await
+            .expect("accepted");
+        let got = server.received();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["auth"], "sender");
+        tls_version(&got[0]);
+
+        c.password = Some(Secret::new("wrong"));
+        let why = assert_rejected(
+            SmtpProvider::new(c)
+                .expect("builds")
+                .deliver(&delivery("email", TO))
+                .await,
+        );
+        assert!(why.contains("535"), "{why}");
+        assert_eq!(why.matches("credentials invalid").count(), 1, "{why}");
         assert!(why.contains("config problem"), "{why}");
         assert_eq!(server.received().len(), 1);
     }

@@ -19,7 +19,7 @@ use tidings_schemas::records::Delivery;
 
 use super::{
     Provider, ProviderError, Receipt,
-    http::{chain, short},
+    http::short,
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
 
@@ -222,7 +222,26 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, SetupError> {
     // lettre's `ring` feature builds this config with ring, like our HTTP
     // clients, and its platform verifier trusts the same system roots.
     tls.build_rustls()
-        .map_err(|e| SetupError::new(NAME, format!("TLS setup: {}", chain(&e))))
+        .map_err(|e| SetupError::new(NAME, format!("TLS setup: {}", describe(&e))))
+}
+
+/// An error and its sources, each once. lettre's errors already print their
+/// source after their own text (`Connection error: invalid peer
+/// certificate: UnknownIssuer`), nested ones recursively, so listing every
+/// source after it as `http::chain` does would repeat the same words three
+/// times; a source only adds what the text so far does not end with.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Reads an SMTP failure. The reply text of a rejection carries an enhanced
@@ -230,7 +249,7 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, SetupError> {
 /// address, `5.7.x` about policy (spam, auth), which the basic code alone
 /// (550 for both) cannot tell apart.
 fn classify(e: &lettre::transport::smtp::Error, target: &str) -> ProviderError {
-    let text = chain(e);
+    let text = describe(e);
     if e.is_permanent() {
         let code = e.status().map(|c| c.to_string()).unwrap_or_default();
         let reply = std::error::Error::source(e)

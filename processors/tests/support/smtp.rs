@@ -18,7 +18,10 @@ pub struct SmtpServer {
 }
 
 impl SmtpServer {
-    /// `args`: `--reject ADDR`, `--tempfail ADDR`, `--auth USER:PASS`.
+    /// `args`: `--reject ADDR`, `--tempfail ADDR`, `--auth USER:PASS`,
+    /// `--tls starttls|implicit` (with `tls/server.pem`, for 127.0.0.1 and
+    /// signed by [`super::test_ca_path`]; `starttls` also makes STARTTLS
+    /// required, and AUTH only over TLS).
     pub async fn start(args: &[&str]) -> Self {
         let out = tempfile::tempdir().expect("temp dir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
@@ -57,7 +60,9 @@ impl SmtpServer {
         }
     }
 
-    /// Every message accepted so far: `{"mail_from", "rcpt_tos", "data"}`.
+    /// Every message accepted so far: `{"mail_from", "rcpt_tos", "data",
+    /// "tls", "auth"}`, `tls` the TLS version it came over (`"TLSv1.3"`) or
+    /// null, `auth` the login it authenticated as or null.
     pub fn received(&self) -> Vec<Value> {
         let mut files: Vec<_> = std::fs::read_dir(self.out.path())
             .expect("read out dir")
