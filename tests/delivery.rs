@@ -8,13 +8,11 @@
 //! tracking events, the templates' delivered counts and the notification
 //! log's `delivered` and `failed` (`GetStatus`).
 
-#[path = "support/email_provider.rs"]
-mod email_provider;
 mod support;
 
 use std::time::Duration;
 
-use email_provider::EmailProvider;
+use support::email_provider::EmailProvider;
 use support::{
     Backend, TestPipeline,
     apns_provider::ApnsServer,

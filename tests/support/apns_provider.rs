@@ -33,11 +33,7 @@ impl ApnsServer {
         let app = Router::new()
             .route("/3/device/{token}", post(push))
             .with_state(server.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = super::serve_on_loopback(app).await;
         (server, addr)
     }
 

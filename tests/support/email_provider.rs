@@ -29,11 +29,7 @@ impl EmailProvider {
         let app = Router::new()
             .route("/v3/mail/send", post(send))
             .with_state(provider.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = super::serve_on_loopback(app).await;
         (provider, addr)
     }
 

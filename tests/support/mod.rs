@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apns_provider;
+pub mod email_provider;
 pub mod sms_provider;
 
 use std::{
@@ -23,6 +24,16 @@ use tidings::{
 use tidings_config::Config;
 use tidings_schemas::{AvroCodec, AvroRecord};
 use uuid::Uuid;
+
+/// Serves a local provider stand-in on a free loopback port.
+pub async fn serve_on_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

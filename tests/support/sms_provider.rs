@@ -47,11 +47,7 @@ impl SmsProvider {
         let app = Router::new()
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
             .with_state(provider.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = super::serve_on_loopback(app).await;
         (provider, addr)
     }
 
