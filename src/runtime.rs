@@ -7,7 +7,7 @@ use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::auth::{PERMISSIONS, hash_secret};
-use tidings_gateway::{Gateway, GatewayAddrs};
+use tidings_gateway::{Gateway, GatewayAddrs, webhooks::TwilioSignatures};
 use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
 use tidings_processors::{
     ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats,
@@ -240,13 +240,25 @@ impl Runtime {
         tasks: &mut JoinSet<Result<()>>,
         shutdown: &CancellationToken,
     ) -> Result<GatewayAddrs> {
-        let gateway = Gateway::new(
+        let mut gateway = Gateway::new(
             self.producer.clone(),
             self.store.clone(),
             self.topics.clone(),
             self.config.gateway.clone(),
             &self.config.tracking,
         );
+        // Twilio signs its status callbacks with the account's auth token:
+        // when the SMS provider is Twilio with a status callback, the
+        // gateway checks that signature too.
+        if let Ok(ProviderConfig::Twilio(twilio)) =
+            ProviderConfig::for_channel(Channel::Sms, self.config.providers.get("sms"))
+            && let Some(callback) = &twilio.status_callback
+        {
+            gateway = gateway.verify_twilio_signatures(TwilioSignatures::new(
+                twilio.auth_token.expose(),
+                callback,
+            ));
+        }
         let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
         tasks.spawn(async move { Ok(serve.await?) });
         Ok(addrs)

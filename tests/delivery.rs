@@ -17,7 +17,7 @@ use support::{
     Backend, TestPipeline,
     apns_provider::ApnsServer,
     eventually,
-    sms_provider::{Answer, SmsProvider},
+    sms_provider::{self, Answer, SmsProvider},
 };
 use tidings_schemas::{
     AvroCodec,
@@ -326,12 +326,26 @@ async fn http_post(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
+    http_post_with(addr, path, content_type, &[], body).await
+}
+
+async fn http_post_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("gateway HTTP");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("request");
@@ -347,6 +361,63 @@ async fn http_post(
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
     (status, body)
+}
+
+/// Twilio's `X-Twilio-Signature` for a form posted to `url`: base64 of
+/// HMAC-SHA1 (keyed by the auth token) over the URL and every parameter's
+/// name and value, sorted by name.
+fn twilio_signature(auth_token: &str, url: &str, form: &str) -> String {
+    use base64::Engine;
+    let unescape = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                out.push(u8::from_str_radix(hex, 16).expect("escape"));
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).expect("utf-8")
+    };
+    let mut params: Vec<(String, String)> = form
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect();
+    params.sort();
+    let mut text = url.to_owned();
+    for (k, v) in params {
+        text.push_str(&k);
+        text.push_str(&v);
+    }
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        auth_token.as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, text.as_bytes()))
+}
+
+/// Posts a status callback as Twilio does: to the message's StatusCallback,
+/// signed.
+async fn twilio_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let url = format!("https://hooks.tidings.test{path}");
+    let signature = twilio_signature(sms_provider::AUTH_TOKEN, &url, body);
+    http_post_with(
+        addr,
+        path,
+        FORM,
+        &[("X-Twilio-Signature", &signature)],
+        body,
+    )
+    .await
 }
 
 /// A form-encoded body, escaped as Twilio does.
@@ -551,13 +622,13 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
     sent_in_log(&t, &ids).await;
     // Steps on the way record nothing.
     for step in ["queued", "sending", "sent"] {
-        let (code, _) = http_post(http, &path, FORM, &status(&sid, step)).await;
+        let (code, _) = twilio_post(http, &path, &status(&sid, step)).await;
         assert_eq!(code, 204, "{step}");
     }
     assert_logged(&t, &ids[0], "sent").await;
     // Delivered, then Twilio's retry of it, then `read`: one delivery.
     for done in ["delivered", "delivered", "read"] {
-        let (code, body) = http_post(http, &path, FORM, &status(&sid, done)).await;
+        let (code, body) = twilio_post(http, &path, &status(&sid, done)).await;
         assert_eq!(code, 204, "{done}: {body}");
         // 204 once the log has it too.
         let entry = assert_logged(&t, &ids[0], "delivered").await;
@@ -569,10 +640,10 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
 
     // Forged, altered and missing tokens are refused; nothing is recorded.
     let altered = format!("{}x", path);
-    let (code, _) = http_post(http, &altered, FORM, &status(&sid, "failed")).await;
+    let (code, _) = twilio_post(http, &altered, &status(&sid, "failed")).await;
     assert_eq!(code, 403, "an altered token");
     let forged = "/webhooks/twilio/status?d=eyJuIjoieCJ9.AAAA";
-    let (code, _) = http_post(http, forged, FORM, &status(&sid, "delivered")).await;
+    let (code, _) = twilio_post(http, forged, &status(&sid, "delivered")).await;
     assert_eq!(code, 403, "a forged token");
     let (code, _) = http_post(
         http,
@@ -582,19 +653,39 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
     )
     .await;
     assert_eq!(code, 403, "no token");
+    // A callback Twilio did not sign, or signed for other parameters, is
+    // refused even with a valid receipt token.
+    let (code, body) = http_post(http, &path, FORM, &status(&sid, "failed")).await;
+    assert_eq!(code, 403, "no X-Twilio-Signature: {body}");
+    assert!(body.contains("X-Twilio-Signature"), "{body}");
+    let signed_for_delivered = twilio_signature(
+        sms_provider::AUTH_TOKEN,
+        &format!("https://hooks.tidings.test{path}"),
+        &status(&sid, "delivered"),
+    );
+    let (code, _) = http_post_with(
+        http,
+        &path,
+        FORM,
+        &[("X-Twilio-Signature", &signed_for_delivered)],
+        &status(&sid, "failed"),
+    )
+    .await;
+    assert_eq!(code, 403, "a signature over other parameters");
+    assert_logged(&t, &ids[0], "delivered").await;
     // A body that is not Twilio's names what is wrong.
-    let (code, body) = http_post(http, &path, FORM, &form(&[("MessageSid", &sid)])).await;
+    let (code, body) = twilio_post(http, &path, &form(&[("MessageSid", &sid)])).await;
     assert_eq!(code, 400);
     assert!(body.contains("MessageStatus"), "{body}");
     let bad_code = form(&[("MessageStatus", "failed"), ("ErrorCode", "oops")]);
-    let (code, body) = http_post(http, &path, FORM, &bad_code).await;
+    let (code, body) = twilio_post(http, &path, &bad_code).await;
     assert_eq!(code, 400);
     assert!(body.contains("ErrorCode"), "{body}");
 
     // The other message never reached the handset.
     let mut failed = status(&failed_sid, "undelivered");
     failed.push_str("&ErrorCode=30003");
-    let (code, _) = http_post(http, &failed_path, FORM, &failed).await;
+    let (code, _) = twilio_post(http, &failed_path, &failed).await;
     assert_eq!(code, 204);
     let entry = assert_logged(&t, &ids[1], "failed").await;
     assert!(

@@ -12,7 +12,7 @@ mod notifications;
 mod preferences;
 pub mod templates;
 pub mod validate;
-mod webhooks;
+pub mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -44,6 +44,9 @@ pub struct Gateway {
     config: GatewayConfig,
     auth: Arc<auth::Authenticator>,
     links: LinkSigner,
+    /// Verifies `X-Twilio-Signature` on status callbacks, when the SMS
+    /// provider is Twilio with a status callback.
+    twilio_signatures: Option<webhooks::TwilioSignatures>,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -82,7 +85,15 @@ impl Gateway {
             config,
             auth: Arc::default(),
             links,
+            twilio_signatures: None,
         }
+    }
+
+    /// Checks Twilio's request signature on status callbacks besides the
+    /// receipt token.
+    pub fn verify_twilio_signatures(mut self, signatures: webhooks::TwilioSignatures) -> Self {
+        self.twilio_signatures = Some(signatures);
+        self
     }
 
     /// Binds both listeners, so a port in use fails here with its address,

@@ -16,10 +16,11 @@
 //! provider ever sees a token (over TLS, in the request that sent the
 //! message), and a token names a single delivery: whoever held one could at
 //! most report that one message as delivered or failed, and repeats are
-//! harmless (below). The providers' own request signatures (Twilio's
-//! `X-Twilio-Signature`, SendGrid's signed Event Webhook) are not checked:
-//! their keys (the Twilio auth token, SendGrid's verification key) are sender
-//! settings the gateway is not given.
+//! harmless (below). Twilio's own request signature (`X-Twilio-Signature`)
+//! is checked too when the gateway's configuration has the SMS provider's
+//! settings (`[providers.sms]`, kind twilio, with `status_callback`): a
+//! callback must then carry both. SendGrid's signed Event Webhook (ECDSA) is
+//! not checked.
 //!
 //! **Repeats count once.** Providers retry callbacks and send several per
 //! message (Twilio: `sent`, then `delivered`, then for some channels `read`).
@@ -55,11 +56,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use base64::{Engine, engine::general_purpose::STANDARD};
+use ring::hmac;
 use serde::{Deserialize, Deserializer};
 use tidings_kafka::now_millis;
 use tidings_schemas::{
     records::{TrackingEvent, TrackingKind},
-    tracking_link::DeliveryRef,
+    tracking_link::{DeliveryRef, with_receipt_token},
 };
 use tidings_store::StatusEntry;
 use tidings_telemetry::metrics;
@@ -154,6 +157,54 @@ fn decode_twilio(body: &[u8]) -> Result<TwilioStatus, String> {
     Ok(form)
 }
 
+/// Twilio's request signature (`X-Twilio-Signature`): base64 of HMAC-SHA1,
+/// keyed by the account's auth token, over the URL Twilio requested followed
+/// by every POST parameter's name and value, sorted by name. The URL is the
+/// status callback the SMS sender gave Twilio for this delivery, rebuilt from
+/// the configured `status_callback` and the receipt token, so a proxy in
+/// front of the gateway does not change what is signed.
+#[derive(Clone)]
+pub struct TwilioSignatures {
+    key: hmac::Key,
+    status_callback: String,
+}
+
+impl TwilioSignatures {
+    pub fn new(auth_token: &str, status_callback: &str) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_token.as_bytes()),
+            status_callback: status_callback.to_owned(),
+        }
+    }
+
+    /// The URL followed by each parameter's name and value, sorted.
+    fn signed_text(url: &str, params: &[(String, String)]) -> String {
+        let mut text = url.to_owned();
+        let mut sorted: Vec<&(String, String)> = params.iter().collect();
+        sorted.sort();
+        for (name, value) in sorted {
+            text.push_str(name);
+            text.push_str(value);
+        }
+        text
+    }
+
+    /// Whether `signature` is Twilio's for this callback (constant time).
+    fn verify(
+        &self,
+        receipt_token: &str,
+        params: &[(String, String)],
+        signature: Option<&str>,
+    ) -> bool {
+        let Some(tag) = signature.and_then(|s| STANDARD.decode(s.trim()).ok()) else {
+            return false;
+        };
+        let url = with_receipt_token(&self.status_callback, receipt_token);
+        let text = Self::signed_text(&url, params);
+        hmac::verify(&self.key, text.as_bytes(), &tag).is_ok()
+    }
+}
+
 async fn twilio_receipt(
     gateway: &Gateway,
     query: Option<&str>,
@@ -180,6 +231,22 @@ async fn twilio_receipt(
         });
     if !is_form {
         return bad_request("the body must be application/x-www-form-urlencoded");
+    }
+    if let Some(signatures) = &gateway.twilio_signatures {
+        let params: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
+            Ok(params) => params,
+            Err(e) => return bad_request(&format!("the form cannot be read: {e}")),
+        };
+        let signature = headers
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok());
+        if !signatures.verify(&token, &params, signature) {
+            return (
+                StatusCode::FORBIDDEN,
+                "X-Twilio-Signature is missing or does not match",
+            )
+                .into_response();
+        }
     }
     let form = match decode_twilio(body) {
         Ok(form) => form,
@@ -485,6 +552,53 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
+
+    /// The example in Twilio's webhook-security documentation.
+    #[test]
+    fn twilio_signatures_follow_twilios_documented_example() {
+        let params: Vec<(String, String)> = [
+            ("To", "+18005551212"),
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675310"),
+            ("From", "+14158675310"),
+            ("Digits", "1234"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let text =
+            TwilioSignatures::signed_text("https://mycompany.com/myapp.php?foo=1&bar=2", &params);
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"12345");
+        assert_eq!(
+            STANDARD.encode(hmac::sign(&key, text.as_bytes())),
+            "GvWf1cFY/Q7PnoempGyD5oXAezc="
+        );
+    }
+
+    #[test]
+    fn twilio_signatures_cover_the_receipt_url_and_every_parameter() {
+        let signatures =
+            TwilioSignatures::new("secret", "https://hooks.example.com/webhooks/twilio/status");
+        let params = vec![("MessageStatus".to_owned(), "delivered".to_owned())];
+        let url = "https://hooks.example.com/webhooks/twilio/status?d=tok";
+        let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"secret");
+        let good = STANDARD.encode(hmac::sign(
+            &key,
+            TwilioSignatures::signed_text(url, &params).as_bytes(),
+        ));
+        assert!(signatures.verify("tok", &params, Some(&good)));
+        assert!(
+            !signatures.verify("other", &params, Some(&good)),
+            "another delivery"
+        );
+        let changed = vec![("MessageStatus".to_owned(), "failed".to_owned())];
+        assert!(
+            !signatures.verify("tok", &changed, Some(&good)),
+            "another status"
+        );
+        assert!(!signatures.verify("tok", &params, None), "no header");
+        assert!(!signatures.verify("tok", &params, Some("not base64!")));
+    }
     use super::*;
 
     #[test]

@@ -19,6 +19,9 @@ use axum::{
 };
 
 pub const ACCOUNT_SID: &str = "ACe2e";
+/// The account's auth token: basic auth to the API, and the key of the
+/// `X-Twilio-Signature` on status callbacks.
+pub const AUTH_TOKEN: &str = "e2e-token";
 
 /// One scripted answer: status, optional Retry-After, Twilio error code.
 #[derive(Debug, Clone, Copy)]
@@ -87,11 +90,12 @@ impl SmsProvider {
     }
 
     /// The `[providers.sms]` settings pointing at this server.
+    /// Twilio signs its callbacks with the account's auth token, `AUTH_TOKEN`.
     pub fn config(addr: SocketAddr) -> serde_json::Value {
         serde_json::json!({
             "kind": "twilio",
             "account_sid": ACCOUNT_SID,
-            "auth_token": "e2e-token",
+            "auth_token": AUTH_TOKEN,
             "from": "+15005550006",
             "base_url": format!("http://{addr}"),
         })
