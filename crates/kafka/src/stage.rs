@@ -368,16 +368,13 @@ impl<P: Processor> Stage<P> {
         // all of it needs at once.
         let items: Vec<Item<P::Input>> =
             join_all(batch.into_iter().map(|m| self.decode(m, shutdown))).await;
-        let prefetched = {
-            let inputs: Vec<(&P::Input, &RecordMeta)> = items
-                .iter()
-                .filter_map(|item| item.input.as_ref().ok().map(|input| (input, &item.meta)))
-                .collect();
-            let decoded = started.elapsed();
-            let prefetched = self.processor.prefetch(&inputs).await;
-            (decoded, prefetched)
-        };
-        let (decoded, prefetched) = prefetched;
+        let decoded = started.elapsed();
+        let inputs: Vec<(&P::Input, &RecordMeta)> = items
+            .iter()
+            .filter_map(|item| item.input.as_ref().ok().map(|input| (input, &item.meta)))
+            .collect();
+        let prefetched = self.processor.prefetch(&inputs).await;
+        drop(inputs);
         let fetched = started.elapsed();
         let mut by_partition: BTreeMap<(String, i32), Vec<Item<P::Input>>> = BTreeMap::new();
         for item in items {

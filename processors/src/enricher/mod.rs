@@ -214,8 +214,8 @@ fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<Str
 /// collects for the batch's `finish`: the rate-limit admissions it made.
 #[derive(Default)]
 pub struct BatchLookups {
-    /// Verdicts by (topic, partition, offset).
-    verdicts: HashMap<(String, i32, i64), Verdict>,
+    /// Verdicts by (partition, offset): the enricher reads one topic.
+    verdicts: HashMap<(i32, i64), Verdict>,
     /// Users whose contacts were looked up, whether they exist or not.
     looked_up: HashSet<String>,
     users: HashMap<String, User>,
@@ -232,9 +232,7 @@ type Contacts = (Option<User>, Vec<Device>, Vec<Preference>);
 
 impl BatchLookups {
     fn verdict(&self, meta: &RecordMeta) -> Option<Verdict> {
-        self.verdicts
-            .get(&(meta.topic.clone(), meta.partition, meta.offset))
-            .copied()
+        self.verdicts.get(&(meta.partition, meta.offset)).copied()
     }
 
     fn contacts(&self, user_id: &str) -> Option<(Option<&User>, &[Device], &[Preference])> {
@@ -254,7 +252,7 @@ impl Enricher {
         &self,
         batch: &[(&NotificationRequest, &RecordMeta)],
         now: i64,
-    ) -> Result<HashMap<(String, i32, i64), Verdict>, StoreError> {
+    ) -> Result<HashMap<(i32, i64), Verdict>, StoreError> {
         let due: Vec<(String, &RecordMeta)> = batch
             .iter()
             .filter(|(req, _)| {
@@ -267,7 +265,7 @@ impl Enricher {
         Ok(due
             .iter()
             .zip(verdicts)
-            .map(|((_, meta), v)| ((meta.topic.clone(), meta.partition, meta.offset), v))
+            .map(|((_, meta), v)| ((meta.partition, meta.offset), v))
             .collect())
     }
 

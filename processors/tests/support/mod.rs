@@ -171,6 +171,39 @@ impl<S: Send + Sync + 'static> FakeServer<S> {
     /// free port. `state` gets the address, for protocols whose messages
     /// name the server (a token endpoint's own URL).
     pub async fn start(state: impl FnOnce(SocketAddr) -> S, handler: Handler<S>) -> Self {
+        let (listener, mut server, router) = Self::bind(state, handler, false).await;
+        server.task = tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        server
+    }
+
+    /// Like [`Self::start`], behind TLS with a certificate for 127.0.0.1
+    /// from the test CA (`tests/support/tls/ca.pem`), offering ALPN h2 and
+    /// http/1.1 as real provider endpoints do.
+    pub async fn start_tls(state: impl FnOnce(SocketAddr) -> S, handler: Handler<S>) -> Self {
+        let (tcp, mut server, router) = Self::bind(state, handler, true).await;
+        let listener = TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(server_tls_config())),
+        };
+        server.task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router.into_make_service()).await;
+        });
+        server
+    }
+
+    /// A loopback listener, the server's handle (its task not started yet)
+    /// and the router that serves it.
+    async fn bind(
+        state: impl FnOnce(SocketAddr) -> S,
+        handler: Handler<S>,
+        tls: bool,
+    ) -> (TcpListener, Self, Router) {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -180,53 +213,15 @@ impl<S: Send + Sync + 'static> FakeServer<S> {
             shared: Arc::new(Shared::default()),
             handler,
         };
-        let (state, shared) = (app.state.clone(), app.shared.clone());
-        let router = Router::new().fallback(serve::<S>).with_state(app);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await;
-        });
-        Self {
+        let server = Self {
             addr,
-            state,
-            shared,
-            task,
-            tls: false,
-        }
-    }
-
-    /// Like [`Self::start`], behind TLS with a certificate for 127.0.0.1
-    /// from the test CA (`tests/support/tls/ca.pem`), offering ALPN h2 and
-    /// http/1.1 as real provider endpoints do.
-    pub async fn start_tls(state: impl FnOnce(SocketAddr) -> S, handler: Handler<S>) -> Self {
-        let tcp = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let addr = tcp.local_addr().expect("bound address");
-        let app = App {
-            state: Arc::new(state(addr)),
-            shared: Arc::new(Shared::default()),
-            handler,
+            state: app.state.clone(),
+            shared: app.shared.clone(),
+            task: tokio::spawn(async {}),
+            tls,
         };
-        let (state, shared) = (app.state.clone(), app.shared.clone());
         let router = Router::new().fallback(serve::<S>).with_state(app);
-        let listener = TlsListener {
-            tcp,
-            acceptor: TlsAcceptor::from(Arc::new(server_tls_config())),
-        };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router.into_make_service()).await;
-        });
-        Self {
-            addr,
-            state,
-            shared,
-            task,
-            tls: true,
-        }
+        (listener, server, router)
     }
 
     pub fn url(&self) -> String {
