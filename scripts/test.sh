@@ -17,8 +17,19 @@ if [[ -x scripts/test-deps.sh ]]; then
     scripts/test-deps.sh
 fi
 
-echo "==> cargo test --workspace --no-fail-fast $*"
-if ! cargo test --workspace --locked --no-fail-fast "$@"; then
+echo "==> building the tests"
+cargo test --workspace --locked --no-run "$@"
+
+# A hang must end the run with the servers' logs, not run out CI's clock:
+# the whole suite takes about 4 minutes once built.
+limit="${TIDINGS_TEST_TIMEOUT_S:-1800}"
+echo "==> cargo test --workspace --no-fail-fast $* (at most ${limit}s)"
+status=0
+timeout --kill-after=30 "$limit" cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+if [[ $status -ne 0 ]]; then
+    if [[ $status -eq 124 || $status -eq 137 ]]; then
+        echo "==> tests did not finish within ${limit}s (TIDINGS_TEST_TIMEOUT_S)" >&2
+    fi
     echo "==> tests failed; server logs follow" >&2
     scripts/servers.sh logs >&2 || true
     exit 1

@@ -463,15 +463,9 @@ on_every_backend!(
 
 /// A raw HTTP/1.1 GET against the gateway: the status line and headers.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    support::http::request(addr, "GET", path, &[], None)
         .await
-        .expect("gateway HTTP");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response");
-    String::from_utf8_lossy(&response).into_owned()
+        .head
 }
 
 /// The path of the first `/t/<kind>/<token>` URL in `html`.

@@ -5,6 +5,7 @@
 
 pub mod apns_provider;
 pub mod email_provider;
+pub mod http;
 pub mod sms_provider;
 
 use std::{
@@ -13,7 +14,7 @@ use std::{
 };
 
 use rdkafka::{
-    ClientConfig, Message,
+    ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
 };
 use tempfile::TempDir;
@@ -117,7 +118,10 @@ impl TestPipeline {
             Backend::Servers => Some(SCHEMA_LOCK.lock().await),
             Backend::Embedded => None,
         };
-        Pipeline::start(config, true).await.unwrap_or_else(|e| {
+        tokio::time::timeout(START_LIMIT, Pipeline::start(config, true))
+            .await
+            .unwrap_or_else(|_| panic!("the pipeline did not start within {START_LIMIT:?} on {backend:?}"))
+            .unwrap_or_else(|e| {
             panic!("pipeline did not start on {backend:?}: {e:#}\n(for Servers, run `scripts/servers.sh up`; `scripts/servers.sh logs` shows the servers' logs)")
         })
     }
@@ -127,7 +131,7 @@ impl TestPipeline {
     /// a real restart of `tidings dev`).
     pub async fn restart(mut self) -> Self {
         if let Some(p) = self.pipeline.take() {
-            p.stop().await.expect("clean shutdown");
+            stop_within_limit(p).await;
         }
         let pipeline = Self::launch(self.backend, self.config.clone()).await;
         self.client = connect(&pipeline, &self.app).await;
@@ -158,23 +162,37 @@ impl TestPipeline {
         )
     }
 
-    /// Stops every task; a task that failed fails the test.
+    /// Stops every task; a task that failed, or a pipeline that does not
+    /// stop within [`STOP_LIMIT`], fails the test.
     pub async fn stop(mut self) {
         if let Some(p) = self.pipeline.take() {
-            p.stop().await.expect("clean shutdown");
+            stop_within_limit(p).await;
         }
     }
 
-    /// A consumer that reads `topic` from the beginning.
+    /// A consumer that reads every partition of `topic` from the beginning.
+    /// It is assigned the partitions rather than subscribing: no group join
+    /// to wait for, and no membership to leave when it is dropped (rdkafka's
+    /// drop of a group member waits for the close with no limit). librdkafka
+    /// still wants a group id, which it never joins.
     pub fn reader(&self, topic: &str) -> StreamConsumer {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", format!("reader-{}", Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
             .expect("test consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let mut partitions = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            partitions
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition offset");
+        }
+        assert!(partitions.count() > 0, "{topic} has no partitions");
+        consumer.assign(&partitions).expect("assign");
         consumer
     }
 
@@ -208,9 +226,21 @@ impl TestPipeline {
                 raw.push(payload);
             }
         }
-        consumer.unsubscribe();
         (raw, records)
     }
+}
+
+/// How long a pipeline may take to stop before the test fails: a hang here
+/// must fail one test, not stall the whole run.
+pub const STOP_LIMIT: Duration = Duration::from_secs(60);
+/// Start-up waits for the schema lock other tests hold while they migrate.
+pub const START_LIMIT: Duration = Duration::from_secs(180);
+
+async fn stop_within_limit(pipeline: Pipeline) {
+    tokio::time::timeout(STOP_LIMIT, pipeline.stop())
+        .await
+        .unwrap_or_else(|_| panic!("the pipeline did not stop within {STOP_LIMIT:?}"))
+        .expect("clean shutdown");
 }
 
 async fn connect(pipeline: &Pipeline, app: &(String, String)) -> Client {

@@ -165,6 +165,10 @@ pub struct StageOptions {
     pub batch_window: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a stopping stage waits for its final commit and for leaving
+    /// its group before it gives up on them (the group's session timeout
+    /// then frees its partitions).
+    pub close_timeout: Duration,
 }
 
 impl Default for StageOptions {
@@ -176,6 +180,7 @@ impl Default for StageOptions {
             batch_window: Duration::from_millis(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -204,6 +209,47 @@ impl ClientContext for LagReporter {
 }
 
 impl ConsumerContext for LagReporter {}
+
+/// Commits `offsets` and closes `consumer` on a thread of its own, waiting at
+/// most `limit`. Both block inside librdkafka with no bound of their own: a
+/// sync commit waits for the coordinator, and rdkafka's `Drop` polls until
+/// the consumer reports closed (fede1024/rust-rdkafka#509). A stage stopped
+/// while its group was still joining once hung a whole test run there; past
+/// the limit the close is left to finish (or not) on its thread and the
+/// broker expires the membership after `session.timeout.ms`.
+async fn leave_group(
+    consumer: StreamConsumer<LagReporter>,
+    offsets: TopicPartitionList,
+    stage: &'static str,
+    limit: Duration,
+) {
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let close = move || {
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+        {
+            warn!(stage, error = %e, "final offset commit failed; the last records will be replayed");
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = closed_tx.send(());
+    };
+    // A failed spawn drops the closure, and with it the consumer, right here.
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("close-{stage}"))
+        .spawn(close)
+    {
+        warn!(stage, error = %e, "no thread to close the consumer on; closed inline");
+        return;
+    }
+    if tokio::time::timeout(limit, closed_rx).await.is_err() {
+        warn!(
+            stage,
+            limit_s = limit.as_secs(),
+            "the consumer did not leave its group in time; its partitions are freed when its session expires"
+        );
+    }
+}
 
 /// A running stage: a consumer group member with its processor.
 pub struct Stage<P: Processor> {
@@ -291,16 +337,18 @@ impl<P: Processor> Stage<P> {
         let stage = self.processor.name();
         let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let result = self.poll_loop(&shutdown, &mut committed).await;
-        if !committed.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), offset) in &committed {
-                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
-            }
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-                warn!(stage, error = %e, "final offset commit failed; the last records will be replayed");
-            }
+        let mut final_offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &committed {
+            let _ =
+                final_offsets.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
         }
-        self.consumer.unsubscribe();
+        leave_group(
+            self.consumer,
+            final_offsets,
+            stage,
+            self.options.close_timeout,
+        )
+        .await;
         info!(stage, "stage stopped");
         result
     }
