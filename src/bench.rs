@@ -75,7 +75,7 @@ async fn start_provider(receipts: Receipts) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result, bail};
 use tidings_schemas::proto::v1::{
     self as pb, contact_service_client::ContactServiceClient,
-    notification_service_client::NotificationServiceClient,
+    feed_service_client::FeedServiceClient, notification_service_client::NotificationServiceClient,
     preference_service_client::PreferenceServiceClient, send_request::Content,
     template_service_client::TemplateServiceClient,
 };
@@ -150,6 +150,106 @@ impl Client {
             .await
             .map_err(status)?
             .into_inner())
+    }
+}
+
+/// The news feed as one user: every call carries the user's bearer token.
+/// Errors are the gateway's statuses as they came, for callers that act on
+/// the code.
+pub struct FeedClient {
+    feed: FeedServiceClient<GrpcChannel>,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl FeedClient {
+    pub async fn connect(endpoint: &str, user_token: &str) -> Result<Self> {
+        let channel = GrpcChannel::from_shared(endpoint.to_owned())
+            .with_context(|| format!("invalid gateway address {endpoint}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {endpoint}; is `tidings dev` or `tidings gateway` running?"))?;
+        Ok(Self {
+            feed: FeedServiceClient::new(channel),
+            authorization: format!("Bearer {user_token}")
+                .parse()
+                .context("the user token is not valid metadata")?,
+        })
+    }
+
+    /// The same connection, acting for the user of `user_token`.
+    pub fn with_token(&self, user_token: &str) -> Result<Self> {
+        Ok(Self {
+            feed: self.feed.clone(),
+            authorization: format!("Bearer {user_token}")
+                .parse()
+                .context("the user token is not valid metadata")?,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request
+    }
+
+    pub async fn publish(
+        &self,
+        body: &str,
+        media_urls: Vec<String>,
+    ) -> Result<pb::PublishResponse, tonic::Status> {
+        let request = pb::PublishRequest {
+            body: body.into(),
+            media_urls,
+            audience: Vec::new(),
+        };
+        Ok(self
+            .feed
+            .clone()
+            .publish(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    /// One page, newest first; `cursor` is "" for the newest page.
+    pub async fn page(
+        &self,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::GetFeedResponse, tonic::Status> {
+        let request = pb::GetFeedRequest {
+            cursor: cursor.into(),
+            limit,
+        };
+        Ok(self
+            .feed
+            .clone()
+            .get_feed(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn follow(&self, user_id: &str, follow: bool) -> Result<(), tonic::Status> {
+        let request = self.request(pb::FollowRequest {
+            user_id: user_id.into(),
+        });
+        let mut feed = self.feed.clone();
+        if follow {
+            feed.follow(request).await?;
+        } else {
+            feed.unfollow(request).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn mute(&self, user_id: &str, muted: bool) -> Result<(), tonic::Status> {
+        let request = self.request(pb::MuteRequest {
+            user_id: user_id.into(),
+            muted,
+        });
+        self.feed.clone().mute(request).await?;
+        Ok(())
     }
 }
 

@@ -6,5 +6,6 @@
 //! gateway and the stages; the `tidings` binary puts a CLI on top.
 
 pub mod bench;
+pub mod bench_feed;
 pub mod client;
 pub mod runtime;

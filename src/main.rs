@@ -45,7 +45,7 @@ enum Command {
     Gateway,
     /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
     /// sender-sms, sender-email, retry-1, retry-2, retry-3, template-stats,
-    /// or all.
+    /// feed-planner, feed-writer, or all.
     Process {
         #[arg(required = true)]
         stages: Vec<String>,
@@ -71,6 +71,30 @@ enum Command {
         /// Offered load in notifications/s (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+    },
+    /// Load-test the news feed in this process through the gRPC API: build a
+    /// social graph, publish posts and measure fan-out, then read feeds and
+    /// measure pages/s and latency.
+    BenchFeed {
+        #[arg(long, default_value_t = 2_000)]
+        users: usize,
+        /// Authors each user follows (besides the stars).
+        #[arg(long, default_value_t = 100)]
+        follows: usize,
+        /// Authors everyone follows, pulled at read time.
+        #[arg(long, default_value_t = 2)]
+        stars: usize,
+        #[arg(long, default_value_t = 2_000)]
+        posts: usize,
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        #[arg(long, default_value_t = 5_000)]
+        reads: usize,
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+        /// Also send "new post" notifications while fanning out.
+        #[arg(long)]
+        notify: bool,
     },
     /// Manage the applications allowed to call the gateway (admin; talks to
     /// the store directly).
@@ -131,6 +155,60 @@ enum Command {
         notification_id: String,
         #[command(flatten)]
         gateway: GatewayArgs,
+    },
+    /// Print a bearer token for a user of the feed API (signed with
+    /// feed.user_token_secret; your auth service mints these in production).
+    UserToken {
+        user: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Use the news feed as one user (client; the user's token is minted
+    /// with feed.user_token_secret).
+    Feed {
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        user: String,
+        #[arg(
+            long,
+            env = "TIDINGS_GATEWAY_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        gateway: String,
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedCommand {
+    /// Publish a post to your followers.
+    Post {
+        body: String,
+        /// A media URL (CDN); repeatable.
+        #[arg(long = "media")]
+        media_urls: Vec<String>,
+    },
+    /// Print a page of your feed, newest first.
+    Read {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The cursor a previous page printed.
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
+    Follow {
+        user: String,
+    },
+    Unfollow {
+        user: String,
+    },
+    Mute {
+        user: String,
+    },
+    Unmute {
+        user: String,
     },
 }
 
@@ -197,7 +275,9 @@ async fn run(cli: Cli) -> Result<()> {
                 pipeline.gateway.http
             );
             if !no_demo {
-                demo(&format!("http://{grpc}")).await?;
+                let endpoint = format!("http://{grpc}");
+                demo(&endpoint).await?;
+                feed_demo(&pipeline.runtime.config, &endpoint, pipeline.gateway.http).await?;
             }
             pipeline.run_until_signal().await
         }
@@ -252,17 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             callers,
             rate,
         } => {
-            let mut config = load()?;
-            // The bench measures the pipeline, not the terminal: keep logs quiet.
-            config.telemetry.log = "warn".into();
-            tidings_telemetry::init_logging(&config.telemetry);
-            if config.kafka.is_embedded()
-                && config.store.url == tidings_config::StoreConfig::default().url
-            {
-                let dir =
-                    std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
-                config.store.url = format!("sqlite://{}/tidings.db", dir.display());
-            }
+            let config = bench_config(load()?);
             let options = tidings::bench::BenchOptions {
                 notifications,
                 users,
@@ -271,6 +341,29 @@ async fn run(cli: Cli) -> Result<()> {
                 rate,
             };
             tidings::bench::run(config, options).await
+        }
+        Command::BenchFeed {
+            users,
+            follows,
+            stars,
+            posts,
+            publishers,
+            reads,
+            readers,
+            notify,
+        } => {
+            let config = bench_config(load()?);
+            let options = tidings::bench_feed::FeedBenchOptions {
+                users,
+                follows,
+                stars,
+                posts,
+                publishers,
+                reads,
+                readers,
+                notify,
+            };
+            tidings::bench_feed::run(config, options).await
         }
         Command::Config => {
             let config = load()?;
@@ -396,7 +489,81 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::UserToken { user, ttl } => {
+            println!("{}", user_token(&load()?, &user, ttl));
+            Ok(())
+        }
+        Command::Feed {
+            user,
+            gateway,
+            command,
+        } => feed_command(&load()?, &user, &gateway, command).await,
     }
+}
+
+/// The configuration a benchmark runs with: quiet logs, and on the embedded
+/// default a fresh store of its own.
+fn bench_config(mut config: Config) -> Config {
+    // The bench measures the pipeline, not the terminal: keep logs quiet.
+    config.telemetry.log = "warn".into();
+    tidings_telemetry::init_logging(&config.telemetry);
+    if config.kafka.is_embedded() && config.store.url == tidings_config::StoreConfig::default().url
+    {
+        let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
+        config.store.url = format!("sqlite://{}/tidings.db", dir.display());
+    }
+    config
+}
+
+/// A user token for `user`, minted with the configured secret.
+fn user_token(config: &Config, user: &str, ttl: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    tidings_gateway::user_token::UserTokens::new(&config.feed.user_token_secret).mint(
+        user,
+        now,
+        std::time::Duration::from_secs(ttl),
+    )
+}
+
+async fn feed_command(
+    config: &Config,
+    user: &str,
+    gateway: &str,
+    command: FeedCommand,
+) -> Result<()> {
+    let feed = client::FeedClient::connect(gateway, &user_token(config, user, 600)).await?;
+    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match command {
+        FeedCommand::Post { body, media_urls } => {
+            let post = feed.publish(&body, media_urls).await.map_err(status)?;
+            println!("posted {}", post.post_id);
+        }
+        FeedCommand::Read { limit, cursor } => {
+            let page = feed.page(&cursor, limit).await.map_err(status)?;
+            for item in &page.items {
+                let author = item
+                    .author
+                    .as_ref()
+                    .map_or("?", |a| a.display_name.as_str());
+                println!("{}  {:<20} {}", item.created_at_ms, author, item.body);
+            }
+            if page.items.is_empty() {
+                println!("(nothing in this feed yet)");
+            }
+            if !page.next_cursor.is_empty() {
+                println!("older: --cursor {}", page.next_cursor);
+            }
+        }
+        FeedCommand::Follow { user: other } => feed.follow(&other, true).await.map_err(status)?,
+        FeedCommand::Unfollow { user: other } => {
+            feed.follow(&other, false).await.map_err(status)?
+        }
+        FeedCommand::Mute { user: other } => feed.mute(&other, true).await.map_err(status)?,
+        FeedCommand::Unmute { user: other } => feed.mute(&other, false).await.map_err(status)?,
+    }
+    Ok(())
 }
 
 /// A user with every kind of contact, and one notification to them, so the
@@ -450,6 +617,43 @@ async fn demo(endpoint: &str) -> Result<()> {
         "demo: sent notification {} to demo-user on every channel; watch the `tidings::delivered` lines. \
          Try: tidings send --user demo-user --body hello",
         response.notification_ids.join(", ")
+    );
+    Ok(())
+}
+
+/// A friend of the demo user posts, so the demo user's feed has a story and
+/// a "new post" push shows in the log.
+async fn feed_demo(config: &Config, endpoint: &str, http: std::net::SocketAddr) -> Result<()> {
+    let client = Client::connect(
+        endpoint,
+        Some(tidings::runtime::DEV_APP_KEY.into()),
+        Some(tidings::runtime::DEV_APP_SECRET.into()),
+    )
+    .await?;
+    client
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: "demo-friend".into(),
+            display_name: "Demo Friend".into(),
+            ..Default::default()
+        })
+        .await
+        .context("creating the demo friend")?;
+    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    client::FeedClient::connect(endpoint, &user_token(config, "demo-user", 600))
+        .await?
+        .follow("demo-friend", true)
+        .await
+        .map_err(status)?;
+    let post = client::FeedClient::connect(endpoint, &user_token(config, "demo-friend", 600))
+        .await?
+        .publish("Hello from the news feed!", vec![])
+        .await
+        .map_err(status)?;
+    println!(
+        "demo: demo-friend posted {} to demo-user's feed. Read it with \
+         `tidings feed --as demo-user read` or \
+         `curl -H \"Authorization: Bearer $(tidings user-token demo-user)\" http://{http}/v1/me/feed`",
+        post.post_id
     );
     Ok(())
 }

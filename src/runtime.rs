@@ -10,8 +10,8 @@ use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_gateway::{Gateway, GatewayAddrs, webhooks::TwilioSignatures};
 use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
 use tidings_processors::{
-    ChannelSender, Enricher, LogSink, Provider, RetryRelay, Scheduler, TemplateStats,
-    senders::providers::ProviderConfig,
+    ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
+    TemplateStats, senders::providers::ProviderConfig,
 };
 use tidings_schemas::{AvroCodec, Channel, tracking_link::LinkSigner};
 use tidings_store::{App, Replication, Store, StoreOptions};
@@ -29,6 +29,8 @@ pub enum StageName {
     /// Retry tier 0..RETRY_TIERS.
     Retry(usize),
     TemplateStats,
+    FeedPlanner,
+    FeedWriter,
 }
 
 impl StageName {
@@ -37,6 +39,7 @@ impl StageName {
         all.extend(Channel::ALL.map(StageName::Sender));
         all.extend((0..RETRY_TIERS).map(StageName::Retry));
         all.push(StageName::TemplateStats);
+        all.extend([StageName::FeedPlanner, StageName::FeedWriter]);
         all
     }
 }
@@ -49,6 +52,8 @@ impl fmt::Display for StageName {
             StageName::Sender(c) => write!(f, "sender-{c}"),
             StageName::Retry(tier) => write!(f, "retry-{}", tier + 1),
             StageName::TemplateStats => f.write_str("template-stats"),
+            StageName::FeedPlanner => f.write_str("feed-planner"),
+            StageName::FeedWriter => f.write_str("feed-writer"),
         }
     }
 }
@@ -189,6 +194,30 @@ impl Runtime {
                 )?;
                 tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
             }
+            StageName::FeedPlanner => {
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    FanoutPlanner::new(self.store.clone(), self.topics.clone(), &self.config.feed),
+                    &[self.topics.posts()],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
+            StageName::FeedWriter => {
+                let stage = Stage::new(
+                    &self.cluster,
+                    kafka,
+                    self.producer.clone(),
+                    FeedWriter::new(self.store.clone(), self.topics.clone(), &self.config.feed),
+                    &[self.topics.fanout()],
+                    dead_letter,
+                    options,
+                )?;
+                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+            }
             StageName::Retry(tier) => {
                 // A tier holds records until due: let a member wait that long
                 // between polls without being evicted from its group.
@@ -246,6 +275,7 @@ impl Runtime {
             self.topics.clone(),
             self.config.gateway.clone(),
             &self.config.tracking,
+            &self.config.feed,
         );
         // Twilio signs its status callbacks with the account's auth token:
         // when the SMS provider is Twilio with a status callback, the

@@ -55,12 +55,20 @@ fn bad_configuration_names_the_key_and_its_source() {
 }
 
 #[test]
-fn the_development_link_secret_is_refused_on_a_shared_cluster() {
+fn the_development_secrets_are_refused_on_a_shared_cluster() {
     let line = error_line(&tidings(
         &["config"],
         &[("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "k1:9092")],
     ));
     assert!(line.contains("tracking.link_secret"), "{line}");
+    let line = error_line(&tidings(
+        &["config"],
+        &[
+            ("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "k1:9092"),
+            ("TIDINGS_TRACKING__LINK_SECRET", "s3cret"),
+        ],
+    ));
+    assert!(line.contains("feed.user_token_secret"), "{line}");
 }
 
 #[test]
@@ -77,6 +85,7 @@ fn unreachable_servers_are_named() {
     let env = [
         ("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1"),
         ("TIDINGS_TRACKING__LINK_SECRET", "s3cret"),
+        ("TIDINGS_FEED__USER_TOKEN_SECRET", "s3cret"),
     ];
     let line = error_line(&tidings(&["init"], &env));
     assert!(
@@ -90,6 +99,7 @@ fn unknown_stages_list_the_known_ones() {
     let env = [
         ("TIDINGS_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1"),
         ("TIDINGS_TRACKING__LINK_SECRET", "s3cret"),
+        ("TIDINGS_FEED__USER_TOKEN_SECRET", "s3cret"),
     ];
     let out = tidings(&["process", "mailer"], &env);
     let line = error_line(&out);

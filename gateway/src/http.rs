@@ -1,4 +1,4 @@
-//! The gateway's HTTP side: tracking links and open pixels, the providers'
+//! The gateway's HTTP side: the news feed (`feed_http.rs`), tracking links and open pixels, the providers'
 //! delivery-receipt webhooks (`webhooks.rs`), health and Prometheus metrics.
 
 use axum::{
@@ -17,7 +17,7 @@ use tidings_telemetry::metrics;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::{Gateway, webhooks};
+use crate::{Gateway, feed_http, webhooks};
 
 /// A transparent 1x1 GIF.
 const PIXEL: &[u8] = &[
@@ -33,6 +33,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/t/c/{token}", get(click))
         .route("/t/o/{token}", get(open))
         .merge(webhooks::routes())
+        .merge(feed_http::routes())
         .with_state(gateway)
 }
 

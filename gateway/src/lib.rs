@@ -7,19 +7,22 @@
 
 pub mod auth;
 mod contacts;
+pub mod feed;
+mod feed_http;
 mod http;
 mod notifications;
 mod preferences;
 pub mod templates;
+pub mod user_token;
 pub mod validate;
 pub mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tidings_config::{GatewayConfig, TrackingConfig};
+use tidings_config::{FeedConfig, GatewayConfig, TrackingConfig};
 use tidings_kafka::{AvroProducer, Topics};
 use tidings_schemas::proto::v1::{
-    contact_service_server::ContactServiceServer,
+    contact_service_server::ContactServiceServer, feed_service_server::FeedServiceServer,
     notification_service_server::NotificationServiceServer,
     preference_service_server::PreferenceServiceServer,
     template_service_server::TemplateServiceServer,
@@ -47,6 +50,9 @@ pub struct Gateway {
     /// Verifies `X-Twilio-Signature` on status callbacks, when the SMS
     /// provider is Twilio with a status callback.
     twilio_signatures: Option<webhooks::TwilioSignatures>,
+    feed: Arc<FeedConfig>,
+    user_tokens: user_token::UserTokens,
+    pulled: Arc<feed::PulledAuthors>,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -76,9 +82,13 @@ impl Gateway {
         topics: Topics,
         config: GatewayConfig,
         tracking: &TrackingConfig,
+        feed: &FeedConfig,
     ) -> Self {
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
         Self {
+            user_tokens: user_token::UserTokens::new(&feed.user_token_secret),
+            feed: Arc::new(feed.clone()),
+            pulled: Arc::default(),
             producer,
             store,
             topics,
@@ -129,6 +139,7 @@ impl Gateway {
             .add_service(ContactServiceServer::new(self.clone()))
             .add_service(PreferenceServiceServer::new(self.clone()))
             .add_service(TemplateServiceServer::new(self.clone()))
+            .add_service(FeedServiceServer::new(self.clone()))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 shutdown.clone().cancelled_owned(),

@@ -119,6 +119,24 @@ pub fn device_token(field: &str, platform: &str, token: &str) -> Result<(), Stat
     }
 }
 
+/// An absolute http(s) URL without spaces (media on a CDN, avatars).
+pub fn http_url(field: &str, value: &str) -> Result<(), Status> {
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(|| invalid(field, "must be an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid(field, "has no host"));
+    }
+    if value.len() > 2048 {
+        return Err(invalid(field, "is longer than 2048 bytes"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(field, "contains spaces or control characters"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +199,25 @@ mod tests {
         assert!(device_token("token", "android", "short").is_err());
         assert!(device_token("token", "web", "https://fcm.googleapis.com/fcm/send/abc").is_ok());
         assert!(device_token("token", "web", "http://insecure").is_err());
+    }
+
+    #[test]
+    fn http_urls_need_a_scheme_and_a_host() {
+        assert!(http_url("m", "https://cdn.example.com/a.jpg").is_ok());
+        for bad in [
+            "cdn.example.com/a.jpg",
+            "https://",
+            "https:///x",
+            "https://a b",
+            "ftp://x",
+        ] {
+            let err = http_url("media_urls[0]", bad).unwrap_err();
+            assert!(
+                err.message().starts_with("media_urls[0]:"),
+                "{bad}: {}",
+                err.message()
+            );
+        }
     }
 
     #[test]

@@ -5,14 +5,20 @@
 //! 2. [`senders`]: `tidings.deliver.<channel>` -> provider (APNs, FCM, SMS,
 //!    email; the log sink on the embedded default) -> tracking.
 //!
+//! and for the news feed, [`feed`]: `tidings.feed.posts` -> fan-out plan ->
+//! `tidings.feed.fanout` -> feed tables, and "new post" notifications back
+//! into `tidings.notify.requests`.
+//!
 //! Each is a [`tidings_kafka::Processor`] run by the shared stage runner.
 
 pub mod enricher;
+pub mod feed;
 pub mod scheduler;
 pub mod senders;
 pub mod tracking;
 
 pub use enricher::Enricher;
+pub use feed::{FanoutPlanner, FeedWriter};
 pub use scheduler::Scheduler;
 pub use senders::{
     ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay,

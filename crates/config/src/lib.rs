@@ -41,6 +41,7 @@ pub struct Config {
     pub enricher: EnricherConfig,
     pub senders: SendersConfig,
     pub tracking: TrackingConfig,
+    pub feed: FeedConfig,
     /// The provider of each channel (`ios`, `android`, `sms`, `email`), as
     /// `{ kind = "...", ...settings }`; a channel without one prints to the
     /// log. The settings are read by the sender of that kind
@@ -71,6 +72,54 @@ impl Default for TrackingConfig {
             public_url: "http://127.0.0.1:8080".into(),
             link_secret: DEV_LINK_SECRET.into(),
             open_pixel: true,
+        }
+    }
+}
+
+/// The default user-token secret; fine on the embedded default, refused on
+/// a shared cluster (see [`Config::validate`]).
+pub const DEV_USER_TOKEN_SECRET: &str = "tidings-dev-user-token-secret";
+
+/// The news feed: who may act as a user, and how posts reach feeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// HS256 key of the user bearer tokens (JWTs, `sub` = user id) that
+    /// `/v1/me/...` and `FeedService` take. The company's auth service mints
+    /// them with any JWT library; `tidings user token` mints one too.
+    pub user_token_secret: String,
+    /// Authors with more followers than this are not fanned out to: their
+    /// followers pull their posts at read time (the hybrid model).
+    pub pull_threshold: u64,
+    /// Recipients per fan-out slice: one `FanoutBatch` record, one feed
+    /// write batch.
+    pub slice_size: usize,
+    /// Entries kept per materialised feed; older ones are trimmed, since
+    /// almost everyone reads only the newest stories.
+    pub max_entries: usize,
+    /// Posts one user may publish per `post_window_secs` (against spam).
+    pub max_posts: u32,
+    pub post_window_secs: u64,
+    /// Longest post body, in characters.
+    pub max_body_chars: usize,
+    /// Tell followers of a new post through the notification pipeline (push,
+    /// category `notify_category`, which users can opt out of).
+    pub notify_followers: bool,
+    pub notify_category: String,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            user_token_secret: DEV_USER_TOKEN_SECRET.into(),
+            pull_threshold: 10_000,
+            slice_size: 500,
+            max_entries: 800,
+            max_posts: 30,
+            post_window_secs: 3_600,
+            max_body_chars: 5_000,
+            notify_followers: true,
+            notify_category: "feed.new_post".into(),
         }
     }
 }
@@ -362,6 +411,19 @@ impl Config {
                 "is the development default; set a secret of your own (TIDINGS_TRACKING__LINK_SECRET) on a shared cluster",
             );
         }
+        if !k.is_embedded() && self.feed.user_token_secret == DEV_USER_TOKEN_SECRET {
+            return semantic(
+                "feed.user_token_secret",
+                "is the development default; set a secret of your own (TIDINGS_FEED__USER_TOKEN_SECRET) on a shared cluster",
+            );
+        }
+        let f = &self.feed;
+        if f.slice_size == 0 || f.max_entries == 0 || f.max_posts == 0 || f.post_window_secs == 0 {
+            return semantic(
+                "feed",
+                "slice_size, max_entries, max_posts and post_window_secs must be at least 1",
+            );
+        }
         if let Some(channel) = self
             .providers
             .keys()
@@ -416,7 +478,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file(
                 "t.toml",
-                "[kafka]\nbootstrap_servers = \"k1:9092\"\npartitions = 12\n[store]\nurl = \"scylla://db:9042/t\"\n[tracking]\nlink_secret = \"s3cret\"\n",
+                "[kafka]\nbootstrap_servers = \"k1:9092\"\npartitions = 12\n[store]\nurl = \"scylla://db:9042/t\"\n[tracking]\nlink_secret = \"s3cret\"\n[feed]\nuser_token_secret = \"t0ken\"\n",
             )?;
             jail.set_env("TIDINGS_KAFKA__PARTITIONS", "24");
             jail.set_env("TIDINGS_GATEWAY__GRPC_ADDR", "0.0.0.0:6000");

@@ -1,6 +1,8 @@
 //! Materialised news feeds: per owner, the ids of the posts fanned out to
 //! them, newest first. Content is hydrated from the post and contact stores.
 
+use std::collections::HashSet;
+
 use crate::{Millis, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,4 +25,15 @@ pub trait FeedStore: Send + Sync + 'static {
     ) -> Result<Vec<FeedEntry>, StoreError>;
     /// Deletes everything but the newest `keep` entries.
     async fn trim(&self, owner: &str, keep: usize) -> Result<(), StoreError>;
+    /// Marks `author` as pulled at read time (too many followers to push
+    /// every post to) or, with `pulled` false, as pushed again. Idempotent.
+    async fn set_pulled_author(
+        &self,
+        author: &str,
+        pulled: bool,
+        at: Millis,
+    ) -> Result<(), StoreError>;
+    /// Every pulled author. A small set: only authors above the fan-out
+    /// threshold.
+    async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError>;
 }

@@ -116,6 +116,7 @@ conformance! {
     mutes_toggle,
     feed_reads_newest_first_with_a_cursor,
     feed_trim_keeps_the_newest,
+    pulled_authors_are_marked_and_unmarked,
     counters_sum_and_default_to_zero,
     schedule_returns_due_items_oldest_first,
     apps_put_revoke_and_list,
@@ -785,6 +786,23 @@ async fn feed_reads_newest_first_with_a_cursor(store: &Store) {
     let ids: Vec<&str> = after.iter().map(|e| e.post_id.as_str()).collect();
     assert_eq!(ids, ["p004", "p003"]);
     assert!(f.read(&id("empty"), None, 10).await.unwrap().is_empty());
+}
+
+async fn pulled_authors_are_marked_and_unmarked(store: &Store) {
+    let f = &store.feed;
+    let (star, other) = (id("star"), id("other"));
+    assert!(!f.pulled_authors().await.unwrap().contains(&star));
+    f.set_pulled_author(&star, true, 1_000).await.unwrap();
+    f.set_pulled_author(&star, true, 2_000).await.unwrap();
+    f.set_pulled_author(&other, false, 2_000).await.unwrap();
+    let pulled = f.pulled_authors().await.unwrap();
+    assert!(pulled.contains(&star), "marked twice, present once");
+    assert!(
+        !pulled.contains(&other),
+        "unmarking an unmarked author is a no-op"
+    );
+    f.set_pulled_author(&star, false, 3_000).await.unwrap();
+    assert!(!f.pulled_authors().await.unwrap().contains(&star));
 }
 
 async fn feed_trim_keeps_the_newest(store: &Store) {

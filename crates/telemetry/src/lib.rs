@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tidings_config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::EnvFilter;
@@ -50,6 +51,11 @@ pub struct Metrics {
     pub provider_results: IntCounterVec,
     /// 1 while a provider is failing (the developer alert), else 0.
     pub provider_failing: IntGaugeVec,
+    /// Seconds to answer one feed page (the design's feed-refresh latency).
+    pub feed_read_seconds: Histogram,
+    /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
+    /// at read time, by outcome (pushed, pulled_post).
+    pub feed_fanout: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +117,20 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
+        let feed_read_seconds = Histogram::with_opts(
+            HistogramOpts::new("feed_read_seconds", "Time to answer one feed page").buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let feed_fanout = IntCounterVec::new(
+            Opts::new(
+                "feed_fanout_total",
+                "Feed entries pushed, and posts left to be pulled at read time",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         // The names and labels above are constants; failing here is a defect
         // caught by the test below, not a runtime condition.
         let (
@@ -137,6 +157,8 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(provider_results.clone()),
             Box::new(provider_failing.clone()),
+            Box::new(feed_read_seconds.clone()),
+            Box::new(feed_fanout.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -150,6 +172,8 @@ impl Metrics {
             consumer_lag,
             provider_results,
             provider_failing,
+            feed_read_seconds,
+            feed_fanout,
         }
     }
 

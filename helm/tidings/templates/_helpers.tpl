@@ -134,6 +134,12 @@ max_batch = {{ $c.gateway.max_batch | int }}
 {{- end }}
 {{- include "tidings.tomlTable" $c.tracking }}
 
+[feed]
+{{- if hasKey $c.feed "user_token_secret" }}
+{{- fail "config.feed.user_token_secret would land in a ConfigMap; give a Secret in userTokenSecret instead" }}
+{{- end }}
+{{- include "tidings.tomlTable" $c.feed }}
+
 [providers]
 {{- include "tidings.tomlTable" $c.providers }}
 
@@ -170,9 +176,9 @@ affinity:
 {{- end -}}
 
 {{/*
-Environment every tidings container gets, as list items: the link secret
-(every role validates the configuration, which refuses the development
-default on a shared Kafka), then extraEnv.
+Environment every tidings container gets, as list items: the link secret and
+the user-token secret (every role validates the configuration, which refuses
+the development defaults on a shared Kafka), then extraEnv.
 */}}
 {{- define "tidings.env" -}}
 {{- $secret := required "linkSecret.secretName is required: a Secret holding tracking.link_secret (kubectl create secret generic tidings-tracking --from-literal=link_secret=$(openssl rand -hex 32))" .Values.linkSecret.secretName -}}
@@ -181,6 +187,12 @@ default on a shared Kafka), then extraEnv.
     secretKeyRef:
       name: {{ $secret }}
       key: {{ .Values.linkSecret.key }}
+{{- $tokens := required "userTokenSecret.secretName is required: a Secret holding feed.user_token_secret (kubectl create secret generic tidings-feed --from-literal=user_token_secret=$(openssl rand -hex 32))" .Values.userTokenSecret.secretName }}
+- name: TIDINGS_FEED__USER_TOKEN_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $tokens }}
+      key: {{ .Values.userTokenSecret.key }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

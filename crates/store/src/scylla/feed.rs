@@ -1,5 +1,7 @@
 //! [`FeedStore`](crate::FeedStore) on CQL: the `feed_entries` table.
 
+use std::collections::HashSet;
+
 use futures::TryStreamExt;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -14,7 +16,13 @@ pub(crate) struct ScyllaFeed {
     older: PreparedStatement,
     keys: PreparedStatement,
     delete_from: PreparedStatement,
+    pull: PreparedStatement,
+    push: PreparedStatement,
+    pulled: PreparedStatement,
 }
+
+/// The one partition of `pulled_authors`.
+const PULLED_BUCKET: i32 = 0;
 
 type EntryRow = (String, Option<String>, Millis);
 
@@ -37,6 +45,15 @@ impl ScyllaFeed {
             // One range tombstone instead of a tombstone per trimmed entry.
             delete_from: cql
                 .prepare("DELETE FROM feed_entries WHERE owner_id = ? AND (created_at, post_id) <= (?, ?)")
+                .await?,
+            pull: cql
+                .prepare("INSERT INTO pulled_authors (bucket, author_id, since) VALUES (?, ?, ?)")
+                .await?,
+            push: cql
+                .prepare("DELETE FROM pulled_authors WHERE bucket = ? AND author_id = ?")
+                .await?,
+            pulled: cql
+                .prepare("SELECT author_id FROM pulled_authors WHERE bucket = ?")
                 .await?,
             cql: cql.clone(),
         })
@@ -114,5 +131,35 @@ impl FeedStore for ScyllaFeed {
             .await
             .ctx(OP, owner)?;
         Ok(())
+    }
+
+    async fn set_pulled_author(
+        &self,
+        author: &str,
+        pulled: bool,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "feed.set_pulled_author";
+        if pulled {
+            self.cql
+                .execute(&self.pull, (PULLED_BUCKET, author, at))
+                .await
+                .ctx(OP, author)?;
+        } else {
+            self.cql
+                .execute(&self.push, (PULLED_BUCKET, author))
+                .await
+                .ctx(OP, author)?;
+        }
+        Ok(())
+    }
+
+    async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError> {
+        let rows = self
+            .cql
+            .rows::<(String,)>(&self.pulled, (PULLED_BUCKET,))
+            .await
+            .ctx("feed.pulled_authors", "all")?;
+        Ok(rows.into_iter().map(|(author,)| author).collect())
     }
 }

@@ -49,6 +49,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_rate_limits.cql",
         include_str!("../../migrations/cql/0002_rate_limits.cql"),
     ),
+    (
+        "0003_pulled_authors.cql",
+        include_str!("../../migrations/cql/0003_pulled_authors.cql"),
+    ),
 ];
 
 pub(crate) async fn connect(

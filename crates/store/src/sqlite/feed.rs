@@ -1,5 +1,7 @@
 //! [`FeedStore`](crate::FeedStore) on SQLite: the `feed_entries` table.
 
+use std::collections::HashSet;
+
 use rusqlite::params;
 
 use super::{Context, Db};
@@ -76,5 +78,40 @@ impl FeedStore for SqliteFeed {
             .await
             .ctx("feed.trim", owner)?;
         Ok(())
+    }
+
+    async fn set_pulled_author(
+        &self,
+        author: &str,
+        pulled: bool,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        let id = author.to_owned();
+        self.0
+            .call(move |c| {
+                if pulled {
+                    c.prepare_cached(
+                        "INSERT OR REPLACE INTO pulled_authors (author_id, since) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![id, at])
+                } else {
+                    c.prepare_cached("DELETE FROM pulled_authors WHERE author_id = ?1")?
+                        .execute(params![id])
+                }
+            })
+            .await
+            .ctx("feed.set_pulled_author", author)?;
+        Ok(())
+    }
+
+    async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError> {
+        self.0
+            .call(|c| {
+                c.prepare_cached("SELECT author_id FROM pulled_authors")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .ctx("feed.pulled_authors", "all")
     }
 }

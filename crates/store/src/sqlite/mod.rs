@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_rate_limits.sql",
         include_str!("../../migrations/sqlite/0002_rate_limits.sql"),
     ),
+    (
+        "0003_pulled_authors.sql",
+        include_str!("../../migrations/sqlite/0003_pulled_authors.sql"),
+    ),
 ];
 
 pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, StoreError> {

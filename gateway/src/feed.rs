@@ -1,0 +1,608 @@
+//! The news feed's front door: `tidings.v1.FeedService` over gRPC and
+//! `/v1/me/...` over HTTP (`feed_http.rs`), for the user a bearer token names
+//! (`user_token.rs`).
+//!
+//! Publishing stores the post, then writes `PostPublished` to
+//! `tidings.feed.posts`; the fan-out processors put its id into followers'
+//! feeds and tell them. Reading merges the user's materialised feed (posts
+//! pushed to it) with the newest posts of the authors they follow that are
+//! too big to push to (pulled at read time: the hybrid model), drops muted
+//! authors, and hydrates posts and authors. Pages are cut by an opaque
+//! cursor on (created_at, post_id), so a page never repeats or skips a post
+//! as new ones arrive.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::{StreamExt, TryStreamExt, stream};
+use tidings_kafka::now_millis;
+use tidings_schemas::{
+    proto::v1::{
+        self as pb, FollowRequest, FollowResponse, GetFeedRequest, GetFeedResponse, MuteRequest,
+        MuteResponse, PublishRequest, PublishResponse, feed_service_server::FeedService,
+    },
+    records::PostPublished,
+};
+use tidings_store::{Millis, Post, User};
+use tidings_telemetry::metrics;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use uuid::Uuid;
+
+use crate::{Gateway, store_status, validate};
+
+/// Items per page when the caller does not say.
+pub const DEFAULT_PAGE: u32 = 20;
+/// Most items one page may ask for.
+pub const MAX_PAGE: u32 = 100;
+/// The friend cap of the design: nobody follows more users than this.
+pub const MAX_FOLLOWING: usize = 5_000;
+/// Most media URLs one post may carry.
+pub const MAX_MEDIA: usize = 10;
+/// How long the set of pulled authors is reused before it is read again: a
+/// newly pulled author shows in feeds within this long.
+const PULLED_TTL: Duration = Duration::from_secs(5);
+/// Pulled authors read at once for one feed page.
+const PULL_CONCURRENCY: usize = 16;
+
+/// The set of pulled authors, as last read from the store.
+#[derive(Default)]
+pub(crate) struct PulledAuthors {
+    cached: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+}
+
+/// A post to publish, as both APIs take it.
+pub struct NewPost {
+    pub body: String,
+    pub media_urls: Vec<String>,
+    pub audience: Vec<String>,
+}
+
+/// One page of a feed, hydrated.
+pub struct FeedPage {
+    pub items: Vec<FeedItem>,
+    /// `None` when there is nothing older.
+    pub next_cursor: Option<String>,
+}
+
+pub struct FeedItem {
+    pub post: Post,
+    pub author: User,
+}
+
+/// A position in a feed: the (created_at, post_id) of the last item shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: Millis,
+    pub post_id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}", self.at, self.post_id))
+    }
+
+    /// The empty string is the newest page.
+    pub fn decode(raw: &str) -> Result<Option<Cursor>, Status> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let bad = || validate::invalid("cursor", "is not a cursor this API returned");
+        let text = URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(bad)?;
+        let mut parts = text.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("v1"), Some(at), Some(post_id)) if !post_id.is_empty() => Ok(Some(Cursor {
+                at: at.parse().map_err(|_| bad())?,
+                post_id: post_id.to_owned(),
+            })),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether a post at (`at`, `post_id`) comes after this cursor, i.e. is
+    /// older than the last item shown.
+    fn is_before(&self, at: Millis, post_id: &str) -> bool {
+        (at, post_id) < (self.at, self.post_id.as_str())
+    }
+}
+
+/// A page limit as asked (0 = the default).
+pub fn page_limit(asked: u32) -> Result<u32, Status> {
+    match asked {
+        0 => Ok(DEFAULT_PAGE),
+        n if n > MAX_PAGE => Err(validate::invalid(
+            "limit",
+            format!("is more than {MAX_PAGE}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// A post in the making: where it came from, pushed or pulled.
+struct Candidate {
+    post_id: String,
+    author_id: String,
+    at: Millis,
+    /// Pulled posts come whole; pushed ones are ids to hydrate.
+    post: Option<Post>,
+}
+
+impl Gateway {
+    /// The user a request acts for, from `authorization: Bearer <token>`.
+    pub(crate) fn feed_user(&self, authorization: Option<&str>) -> Result<String, Status> {
+        let token = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated(crate::user_token::TokenError::Missing.to_string())
+            })?;
+        let user = self
+            .user_tokens
+            .verify(token, now_millis() / 1000)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        validate::id("sub", &user).map_err(|s| Status::unauthenticated(s.message().to_owned()))?;
+        Ok(user)
+    }
+
+    fn grpc_feed_user(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        self.feed_user(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+    }
+
+    /// Validates, rate-limits, stores and announces a post.
+    pub(crate) async fn publish_post(&self, author: &str, new: NewPost) -> Result<Post, Status> {
+        let config = &self.feed;
+        if new.body.trim().is_empty() && new.media_urls.is_empty() {
+            return Err(validate::invalid(
+                "body",
+                "is empty (a post needs a body or media)",
+            ));
+        }
+        let chars = new.body.chars().count();
+        if chars > config.max_body_chars {
+            return Err(validate::invalid(
+                "body",
+                format!(
+                    "has {chars} characters, more than {}",
+                    config.max_body_chars
+                ),
+            ));
+        }
+        if new.media_urls.len() > MAX_MEDIA {
+            return Err(validate::invalid(
+                "media_urls",
+                format!("has more than {MAX_MEDIA} entries"),
+            ));
+        }
+        for (i, url) in new.media_urls.iter().enumerate() {
+            validate::http_url(&format!("media_urls[{i}]"), url)?;
+        }
+        if !new.audience.is_empty() {
+            return Err(validate::invalid(
+                "audience",
+                "restricted audiences are not supported yet; leave it empty to post to every follower",
+            ));
+        }
+        let now = now_millis();
+        let post = Post {
+            post_id: Uuid::now_v7().to_string(),
+            author_id: author.to_owned(),
+            body: new.body,
+            media_urls: new.media_urls,
+            created_at: now,
+        };
+        self.admit_post(author, &post.post_id, now).await?;
+        self.store.posts.put(&post).await.map_err(store_status)?;
+        let record = PostPublished {
+            post_id: post.post_id.clone(),
+            author_id: post.author_id.clone(),
+            body: post.body.clone(),
+            media_urls: post.media_urls.clone(),
+            audience: None,
+            created_at: post.created_at,
+        };
+        // Stored but not announced, the post reaches no feed: the caller is
+        // told to publish again (a new post; the stored one stays unlisted
+        // except to followers of a pulled author).
+        self.producer
+            .send(&self.topics.posts(), &post.author_id, &record)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the post could not be queued for fan-out: {e}; publish again"
+                ))
+            })?;
+        Ok(post)
+    }
+
+    /// The per-user post limit against spam: at most `max_posts` in
+    /// `post_window_secs`, counted in the store so every gateway agrees.
+    async fn admit_post(&self, author: &str, post_id: &str, now: Millis) -> Result<(), Status> {
+        let config = &self.feed;
+        let window = Duration::from_secs(config.post_window_secs);
+        let key = format!("feed.posts:{author}");
+        let recent = self
+            .store
+            .rate_limits
+            .admissions_many(std::slice::from_ref(&key))
+            .await
+            .map_err(store_status)?;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let in_window = recent.get(&key).map_or(0, |a| {
+            a.iter().filter(|(at, _)| now - at < window_ms).count()
+        });
+        if in_window >= config.max_posts as usize {
+            return Err(Status::resource_exhausted(format!(
+                "posting too often: at most {} posts per {} s",
+                config.max_posts, config.post_window_secs
+            )));
+        }
+        self.store
+            .rate_limits
+            .admit_many(&[(key, now, post_id.to_owned(), window)])
+            .await
+            .map_err(store_status)
+    }
+
+    /// The authors whose posts are pulled at read time, cached briefly.
+    async fn pulled_authors(&self) -> Result<Arc<HashSet<String>>, Status> {
+        if let Some((at, set)) = self.pulled.cached.lock().expect("not poisoned").as_ref()
+            && at.elapsed() < PULLED_TTL
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(
+            self.store
+                .feed
+                .pulled_authors()
+                .await
+                .map_err(store_status)?,
+        );
+        *self.pulled.cached.lock().expect("not poisoned") = Some((Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    /// One page of `user`'s feed, newest first, after `cursor`.
+    pub(crate) async fn read_feed(
+        &self,
+        user: &str,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<FeedPage, Status> {
+        let started = Instant::now();
+        let store = &self.store;
+        // One more than the page, to know whether there is an older page.
+        let fetch = limit + 1;
+        let before = cursor.as_ref().map(|c| (c.at, c.post_id.clone()));
+        let (pushed, following, muted, pulled) = tokio::try_join!(
+            async {
+                store
+                    .feed
+                    .read(user, before, fetch)
+                    .await
+                    .map_err(store_status)
+            },
+            async {
+                store
+                    .social_graph
+                    .following(user)
+                    .await
+                    .map_err(store_status)
+            },
+            async { store.social_graph.muted(user).await.map_err(store_status) },
+            self.pulled_authors(),
+        )?;
+        let mut pull_from: Vec<&String> =
+            following.iter().filter(|a| pulled.contains(*a)).collect();
+        // A pulled author sees their own posts too.
+        let me = user.to_owned();
+        if pulled.contains(&me) {
+            pull_from.push(&me);
+        }
+        // `by_author` is strictly older than a millisecond: ask from the
+        // cursor's millisecond on and cut at the cursor below.
+        let pulled_before = cursor.as_ref().map(|c| c.at + 1);
+        let posts = store.posts.clone();
+        let pulled_posts: Vec<Vec<Post>> = stream::iter(pull_from.into_iter().cloned())
+            .map(|author| {
+                let posts = posts.clone();
+                async move { posts.by_author(&author, pulled_before, fetch).await }
+            })
+            .buffer_unordered(PULL_CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(store_status)?;
+
+        let mut candidates: Vec<Candidate> = pushed
+            .into_iter()
+            .map(|e| Candidate {
+                post_id: e.post_id,
+                author_id: e.author_id,
+                at: e.created_at,
+                post: None,
+            })
+            .chain(pulled_posts.into_iter().flatten().map(|p| Candidate {
+                post_id: p.post_id.clone(),
+                author_id: p.author_id.clone(),
+                at: p.created_at,
+                post: Some(p),
+            }))
+            .filter(|c| {
+                cursor
+                    .as_ref()
+                    .is_none_or(|k| k.is_before(c.at, &c.post_id))
+            })
+            .collect();
+        candidates.sort_by(|a, b| (b.at, &b.post_id).cmp(&(a.at, &a.post_id)));
+        // A post pushed before its author became pulled comes both ways.
+        candidates.dedup_by(|a, b| a.post_id == b.post_id);
+        let more = candidates.len() > limit as usize;
+        candidates.truncate(limit as usize);
+        // The cursor follows the page as cut, muted authors included, so the
+        // next page starts after them.
+        let next_cursor = more.then(|| {
+            let last = candidates.last().expect("a full page");
+            Cursor {
+                at: last.at,
+                post_id: last.post_id.clone(),
+            }
+            .encode()
+        });
+        candidates.retain(|c| !muted.contains(&c.author_id));
+
+        let items = self.hydrate(candidates).await?;
+        metrics()
+            .feed_read_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(FeedPage { items, next_cursor })
+    }
+
+    /// Fills in posts and authors; a post deleted since it was fanned out is
+    /// left out.
+    async fn hydrate(&self, candidates: Vec<Candidate>) -> Result<Vec<FeedItem>, Status> {
+        let missing: Vec<String> = candidates
+            .iter()
+            .filter(|c| c.post.is_none())
+            .map(|c| c.post_id.clone())
+            .collect();
+        let mut authors: Vec<String> = candidates.iter().map(|c| c.author_id.clone()).collect();
+        authors.sort();
+        authors.dedup();
+        let (posts, users) = tokio::try_join!(
+            async {
+                self.store
+                    .posts
+                    .get_many(&missing)
+                    .await
+                    .map_err(store_status)
+            },
+            async {
+                self.store
+                    .contacts
+                    .get_users(&authors)
+                    .await
+                    .map_err(store_status)
+            },
+        )?;
+        let mut posts: HashMap<String, Post> =
+            posts.into_iter().map(|p| (p.post_id.clone(), p)).collect();
+        let users: HashMap<String, User> =
+            users.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        Ok(candidates
+            .into_iter()
+            .filter_map(|c| {
+                let post = c.post.or_else(|| posts.remove(&c.post_id))?;
+                let author = users.get(&c.author_id).cloned().unwrap_or_else(|| User {
+                    user_id: c.author_id.clone(),
+                    display_name: c.author_id.clone(),
+                    avatar_url: None,
+                    locale: None,
+                    email: None,
+                    phone: None,
+                    updated_at: 0,
+                });
+                Some(FeedItem { post, author })
+            })
+            .collect())
+    }
+
+    /// Follows (or unfollows) `other` as `user`.
+    pub(crate) async fn set_following(
+        &self,
+        user: &str,
+        other: &str,
+        follow: bool,
+    ) -> Result<(), Status> {
+        validate::id("user_id", other)?;
+        if other == user {
+            return Err(validate::invalid("user_id", "is the caller"));
+        }
+        let graph = &self.store.social_graph;
+        if !follow {
+            return graph.unfollow(user, other).await.map_err(store_status);
+        }
+        let following = graph.following(user).await.map_err(store_status)?;
+        if following.len() >= MAX_FOLLOWING && !following.iter().any(|f| f == other) {
+            return Err(Status::failed_precondition(format!(
+                "user_id: already following {MAX_FOLLOWING} users, the most allowed"
+            )));
+        }
+        graph
+            .follow(user, other, now_millis())
+            .await
+            .map_err(store_status)
+    }
+
+    /// Mutes (or unmutes) `other` in `user`'s feed.
+    pub(crate) async fn set_muted(
+        &self,
+        user: &str,
+        other: &str,
+        muted: bool,
+    ) -> Result<(), Status> {
+        validate::id("user_id", other)?;
+        if other == user {
+            return Err(validate::invalid("user_id", "is the caller"));
+        }
+        self.store
+            .social_graph
+            .set_muted(user, other, muted)
+            .await
+            .map_err(store_status)
+    }
+}
+
+pub(crate) fn to_pb_item(item: FeedItem) -> pb::FeedItem {
+    pb::FeedItem {
+        post_id: item.post.post_id,
+        author: Some(pb::Author {
+            user_id: item.author.user_id,
+            display_name: item.author.display_name,
+            avatar_url: item.author.avatar_url.unwrap_or_default(),
+        }),
+        body: item.post.body,
+        media_urls: item.post.media_urls,
+        created_at_ms: item.post.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl FeedService for Gateway {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            let post = self
+                .publish_post(
+                    &user,
+                    NewPost {
+                        body: r.body,
+                        media_urls: r.media_urls,
+                        audience: r.audience,
+                    },
+                )
+                .await?;
+            Ok(Response::new(PublishResponse {
+                post_id: post.post_id,
+                created_at_ms: post.created_at,
+            }))
+        }
+        .await;
+        self.count("FeedService/Publish", &result);
+        result
+    }
+
+    async fn get_feed(
+        &self,
+        request: Request<GetFeedRequest>,
+    ) -> Result<Response<GetFeedResponse>, Status> {
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            let page = self
+                .read_feed(&user, Cursor::decode(&r.cursor)?, page_limit(r.limit)?)
+                .await?;
+            Ok(Response::new(GetFeedResponse {
+                items: page.items.into_iter().map(to_pb_item).collect(),
+                next_cursor: page.next_cursor.unwrap_or_default(),
+            }))
+        }
+        .await;
+        self.count("FeedService/GetFeed", &result);
+        result
+    }
+
+    async fn follow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<FollowResponse>, Status> {
+        let user = self.grpc_feed_user(request.metadata())?;
+        let result = self
+            .set_following(&user, &request.into_inner().user_id, true)
+            .await
+            .map(|()| Response::new(FollowResponse {}));
+        self.count("FeedService/Follow", &result);
+        result
+    }
+
+    async fn unfollow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<FollowResponse>, Status> {
+        let user = self.grpc_feed_user(request.metadata())?;
+        let result = self
+            .set_following(&user, &request.into_inner().user_id, false)
+            .await
+            .map(|()| Response::new(FollowResponse {}));
+        self.count("FeedService/Unfollow", &result);
+        result
+    }
+
+    async fn mute(&self, request: Request<MuteRequest>) -> Result<Response<MuteResponse>, Status> {
+        let user = self.grpc_feed_user(request.metadata())?;
+        let r = request.into_inner();
+        let result = self
+            .set_muted(&user, &r.user_id, r.muted)
+            .await
+            .map(|()| Response::new(MuteResponse {}));
+        self.count("FeedService/Mute", &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_named() {
+        let c = Cursor {
+            at: 1_780_000_000_123,
+            post_id: "0193-abc".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), Some(c));
+        assert_eq!(Cursor::decode("").unwrap(), None);
+        for bad in ["!!", "djE6eDp5", &URL_SAFE_NO_PAD.encode("v2:1:p")] {
+            let err = Cursor::decode(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().starts_with("cursor:"), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn a_cursor_orders_by_time_then_post_id() {
+        let c = Cursor {
+            at: 100,
+            post_id: "p5".into(),
+        };
+        assert!(c.is_before(99, "p9"));
+        assert!(c.is_before(100, "p4"));
+        assert!(!c.is_before(100, "p5"));
+        assert!(!c.is_before(101, "p0"));
+    }
+
+    #[test]
+    fn page_limits_default_and_cap() {
+        assert_eq!(page_limit(0).unwrap(), DEFAULT_PAGE);
+        assert_eq!(page_limit(7).unwrap(), 7);
+        assert!(
+            page_limit(MAX_PAGE + 1)
+                .unwrap_err()
+                .message()
+                .starts_with("limit:")
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The news feed over HTTP, as the design names it, for mobile and web
+//! clients: `POST /v1/me/feed` publishes, `GET /v1/me/feed` reads a page;
+//! `PUT`/`DELETE /v1/me/following/{user_id}` and `/v1/me/muted/{user_id}`
+//! edit the social graph. Every call carries `Authorization: Bearer <user
+//! token>`. The logic is `feed.rs`'s, shared with gRPC; errors are the same
+//! statuses, as HTTP codes with a JSON body naming the field.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, put},
+};
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+use crate::{
+    Gateway,
+    feed::{Cursor, FeedItem, NewPost, page_limit},
+};
+
+pub fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/v1/me/feed", get(read).post(publish))
+        .route("/v1/me/following/{user_id}", put(follow).delete(unfollow))
+        .route("/v1/me/muted/{user_id}", put(mute).delete(unmute))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    media_urls: Vec<String>,
+    #[serde(default)]
+    audience: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Published {
+    post_id: String,
+    created_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct Page {
+    items: Vec<Item>,
+    /// Absent when there is nothing older.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Item {
+    post_id: String,
+    author: Author,
+    body: String,
+    media_urls: Vec<String>,
+    created_at_ms: i64,
+}
+
+#[derive(Serialize)]
+struct Author {
+    user_id: String,
+    display_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar_url: Option<String>,
+}
+
+impl From<FeedItem> for Item {
+    fn from(i: FeedItem) -> Self {
+        Item {
+            post_id: i.post.post_id,
+            author: Author {
+                user_id: i.author.user_id,
+                display_name: i.author.display_name,
+                avatar_url: i.author.avatar_url,
+            },
+            body: i.post.body,
+            media_urls: i.post.media_urls,
+            created_at_ms: i.post.created_at,
+        }
+    }
+}
+
+/// A failed call: the gRPC status both APIs share, answered over HTTP by
+/// [`status_response`].
+pub(crate) struct ApiError(Box<Status>);
+
+impl From<Status> for ApiError {
+    fn from(status: Status) -> Self {
+        ApiError(Box::new(status))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        status_response(*self.0)
+    }
+}
+
+/// A gRPC status as the HTTP answer a client expects, with the message
+/// (which names the field) in `{"error": ..., "code": ...}`.
+pub(crate) fn status_response(status: Status) -> Response {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = serde_json::json!({
+        "error": status.message(),
+        "code": format!("{:?}", status.code()),
+    });
+    let mut response = (http, Json(body)).into_response();
+    if http == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+    }
+    response
+}
+
+fn bearer(gateway: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
+    Ok(gateway.feed_user(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )?)
+}
+
+/// Answers `result` and counts it under `method`, like the gRPC calls.
+fn answer<T>(gateway: &Gateway, method: &str, result: Result<T, Status>) -> Result<T, ApiError> {
+    gateway.count(method, &result);
+    Ok(result?)
+}
+
+async fn publish(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    // serde names the field at fault (`unknown field`, `invalid type ... at
+    // line 1 column 12`).
+    let Json(body) =
+        body.map_err(|e| Status::invalid_argument(format!("body: {}", e.body_text())))?;
+    let post = gateway
+        .publish_post(
+            &user,
+            NewPost {
+                body: body.body,
+                media_urls: body.media_urls,
+                audience: body.audience,
+            },
+        )
+        .await;
+    let post = answer(&gateway, "http POST /v1/me/feed", post)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Published {
+            post_id: post.post_id,
+            created_at_ms: post.created_at,
+        }),
+    ))
+}
+
+async fn read(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    let Query(q) =
+        query.map_err(|e| Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    let page = async {
+        let cursor = Cursor::decode(&q.cursor)?;
+        gateway.read_feed(&user, cursor, page_limit(q.limit)?).await
+    }
+    .await;
+    let page = answer(&gateway, "http GET /v1/me/feed", page)?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(Item::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn follow(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(other): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    let result = gateway.set_following(&user, &other, true).await;
+    answer(&gateway, "http PUT /v1/me/following", result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unfollow(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(other): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    let result = gateway.set_following(&user, &other, false).await;
+    answer(&gateway, "http DELETE /v1/me/following", result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn mute(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(other): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    let result = gateway.set_muted(&user, &other, true).await;
+    answer(&gateway, "http PUT /v1/me/muted", result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unmute(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(other): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = bearer(&gateway, &headers)?;
+    let result = gateway.set_muted(&user, &other, false).await;
+    answer(&gateway, "http DELETE /v1/me/muted", result)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,21 @@
+//! The news feed's fan-out, in two stages (the hybrid model of the design):
+//!
+//! 1. [`planner`]: `tidings.feed.posts` -> for an author with at most
+//!    `feed.pull_threshold` followers, slices of the follower list as
+//!    `FanoutBatch` records on `tidings.feed.fanout`; for a bigger author,
+//!    nothing but a mark that followers pull their posts at read time.
+//! 2. [`writer`]: `tidings.feed.fanout` -> `<post_id, user_id>` rows in the
+//!    feed tables, and a "new post" notification per follower on
+//!    `tidings.notify.requests`, so friends are told through the same
+//!    pipeline (preferences, rate limits, dedupe) as any notification.
+//!
+//! Slicing spreads one post's fan-out over the fan-out topic's partitions and
+//! so over every writer, instead of one hot worker per popular author; both
+//! stages are idempotent under replay (feed rows are upserts, notification
+//! ids are derived from post and user).
+
+pub mod planner;
+pub mod writer;
+
+pub use planner::FanoutPlanner;
+pub use writer::FeedWriter;
