@@ -203,7 +203,7 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= posts {
-                    return Ok::<_, anyhow::Error>(());
+                    return Ok::<_, anyhow::Error>(Instant::now());
                 }
                 let author = format!("fb-{run_id}-{}", n % users);
                 let client =
@@ -235,14 +235,10 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
             }
         }));
     }
-    let mut accepted_in = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rows = pushed_rows() - rows_before;
         let published = next.load(Ordering::Relaxed).min(o.posts);
-        if accepted_in.is_none() && publishers.iter().all(|p| p.is_finished()) {
-            accepted_in = Some(started.elapsed());
-        }
         let secs = started.elapsed().as_secs_f64();
         println!(
             "bench-feed: {secs:>5.1}s posts {published:>7} feed rows {rows:>9} ({:.0}/s)",
@@ -252,11 +248,11 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
             break;
         }
     }
-    for p in publishers {
-        p.await??;
-    }
     let fanned_out = started.elapsed();
-    let accepted_in = accepted_in.unwrap_or(fanned_out);
+    let mut accepted_in = Duration::ZERO;
+    for p in publishers {
+        accepted_in = accepted_in.max(p.await??.duration_since(started));
+    }
     let rows = pushed_rows() - rows_before;
     // Let the sampled watchers finish.
     tokio::time::sleep(Duration::from_millis(200)).await;

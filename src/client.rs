@@ -199,10 +199,20 @@ impl FeedClient {
         body: &str,
         media_urls: Vec<String>,
     ) -> Result<pb::PublishResponse, tonic::Status> {
+        self.publish_to(body, media_urls, Vec::new()).await
+    }
+
+    /// Publishes to the followers among `audience` only (empty: everyone).
+    pub async fn publish_to(
+        &self,
+        body: &str,
+        media_urls: Vec<String>,
+        audience: Vec<String>,
+    ) -> Result<pb::PublishResponse, tonic::Status> {
         let request = pb::PublishRequest {
             body: body.into(),
             media_urls,
-            audience: Vec::new(),
+            audience,
         };
         Ok(self
             .feed

@@ -189,6 +189,9 @@ enum FeedCommand {
         /// A media URL (CDN); repeatable.
         #[arg(long = "media")]
         media_urls: Vec<String>,
+        /// Only these followers see it; repeatable (default: every follower).
+        #[arg(long = "to")]
+        audience: Vec<String>,
     },
     /// Print a page of your feed, newest first.
     Read {
@@ -536,8 +539,15 @@ async fn feed_command(
     let feed = client::FeedClient::connect(gateway, &user_token(config, user, 600)).await?;
     let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
     match command {
-        FeedCommand::Post { body, media_urls } => {
-            let post = feed.publish(&body, media_urls).await.map_err(status)?;
+        FeedCommand::Post {
+            body,
+            media_urls,
+            audience,
+        } => {
+            let post = feed
+                .publish_to(&body, media_urls, audience)
+                .await
+                .map_err(status)?;
             println!("posted {}", post.post_id);
         }
         FeedCommand::Read { limit, cursor } => {

@@ -336,6 +336,70 @@ async fn followers_are_notified_of_new_posts(backend: Backend) {
     t.stop().await;
 }
 
+async fn a_post_for_some_followers_reaches_only_them(backend: Backend) {
+    // A threshold of 2: the author, with 3 followers, is pulled at read
+    // time, and a restricted post must still never be pulled.
+    let t = TestPipeline::start_with(backend, |c| c.feed.pull_threshold = 2).await;
+    let (author, chosen, other, third, stranger) = (
+        user("author"),
+        user("chosen"),
+        user("other"),
+        user("third"),
+        user("stranger"),
+    );
+    for follower in [&chosen, &other, &third] {
+        as_user(&t, follower)
+            .await
+            .follow(&author, true)
+            .await
+            .expect("follow");
+    }
+    let author_feed = as_user(&t, &author).await;
+    // A public post first makes the author pulled.
+    author_feed
+        .publish("for everyone", vec![])
+        .await
+        .expect("post");
+    eventually("the author marked as pulled", WAIT, || async {
+        t.store()
+            .feed
+            .pulled_authors()
+            .await
+            .ok()?
+            .contains(&author)
+            .then_some(())
+    })
+    .await;
+    let r = http_publish(
+        &t,
+        &author,
+        &serde_json::json!({"body": "only for you", "audience": [chosen, stranger]}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let chosen_feed = as_user(&t, &chosen).await;
+    assert_eq!(
+        bodies(&feed_of(&chosen_feed, 2).await),
+        ["only for you", "for everyone"]
+    );
+    assert_eq!(
+        bodies(&feed_of(&author_feed, 2).await),
+        ["only for you", "for everyone"]
+    );
+    // Followers outside the audience, and a non-follower inside it, never
+    // see it, neither pushed nor pulled.
+    for reader in [&other, &third, &stranger] {
+        let page = as_user(&t, reader).await.page("", 10).await.expect("page");
+        assert!(!bodies(&page).contains(&"only for you"), "{reader} sees it");
+    }
+    assert_eq!(
+        bodies(&as_user(&t, &other).await.page("", 10).await.expect("page")),
+        ["for everyone"]
+    );
+    t.stop().await;
+}
+
 async fn bad_feed_requests_are_refused_with_the_reason(backend: Backend) {
     let t = TestPipeline::start_with(backend, |c| c.feed.max_posts = 2).await;
     let ann = user("ann");
@@ -388,8 +452,8 @@ async fn bad_feed_requests_are_refused_with_the_reason(backend: Backend) {
             "media_urls[0]:",
         ),
         (
-            serde_json::json!({"body": "hi", "audience": ["someone"]}),
-            "audience:",
+            serde_json::json!({"body": "hi", "audience": ["ok", "not ok"]}),
+            "audience[1]:",
         ),
         (serde_json::json!({"body": "hi", "colour": "red"}), "colour"),
         (serde_json::json!({"body": 7}), "body:"),
@@ -453,5 +517,6 @@ on_every_backend!(
     the_feed_merges_followed_authors_newest_first_and_pages_with_cursors,
     authors_with_huge_audiences_are_pulled_at_read_time,
     followers_are_notified_of_new_posts,
+    a_post_for_some_followers_reaches_only_them,
     bad_feed_requests_are_refused_with_the_reason,
 );

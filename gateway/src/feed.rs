@@ -58,6 +58,7 @@ pub(crate) struct PulledAuthors {
 pub struct NewPost {
     pub body: String,
     pub media_urls: Vec<String>,
+    /// Empty: every follower; otherwise the followers among these users.
     pub audience: Vec<String>,
 }
 
@@ -187,12 +188,18 @@ impl Gateway {
         for (i, url) in new.media_urls.iter().enumerate() {
             validate::http_url(&format!("media_urls[{i}]"), url)?;
         }
-        if !new.audience.is_empty() {
+        if new.audience.len() > MAX_FOLLOWING {
             return Err(validate::invalid(
                 "audience",
-                "restricted audiences are not supported yet; leave it empty to post to every follower",
+                format!("has more than {MAX_FOLLOWING} users"),
             ));
         }
+        for (i, user) in new.audience.iter().enumerate() {
+            validate::id(&format!("audience[{i}]"), user)?;
+        }
+        let mut audience = new.audience;
+        audience.sort();
+        audience.dedup();
         let now = now_millis();
         let post = Post {
             post_id: Uuid::now_v7().to_string(),
@@ -202,13 +209,20 @@ impl Gateway {
             created_at: now,
         };
         self.admit_post(author, &post.post_id, now).await?;
-        self.store.posts.put(&post).await.map_err(store_status)?;
+        let posts = &self.store.posts;
+        if audience.is_empty() {
+            posts.put(&post).await
+        } else {
+            // Never listed by author, so never pulled by other followers.
+            posts.put_restricted(&post).await
+        }
+        .map_err(store_status)?;
         let record = PostPublished {
             post_id: post.post_id.clone(),
             author_id: post.author_id.clone(),
             body: post.body.clone(),
             media_urls: post.media_urls.clone(),
-            audience: None,
+            audience: (!audience.is_empty()).then_some(audience),
             created_at: post.created_at,
         };
         // Stored but not announced, the post reaches no feed: the caller is

@@ -16,10 +16,16 @@ pub struct Post {
 #[async_trait::async_trait]
 pub trait PostStore: Send + Sync + 'static {
     async fn put(&self, post: &Post) -> Result<(), StoreError>;
+    /// Stores a post shared with only part of the author's followers: it is
+    /// hydrated by `get_many` like any post but never listed by
+    /// `by_author`, so it cannot be pulled into the feed of a follower
+    /// outside its audience.
+    async fn put_restricted(&self, post: &Post) -> Result<(), StoreError>;
     /// The posts that exist among `post_ids`, in the order asked.
     async fn get_many(&self, post_ids: &[String]) -> Result<Vec<Post>, StoreError>;
-    /// Newest first, strictly older than `before`. Feeds pull the posts of
-    /// authors with very many followers through this at read time.
+    /// Newest first, strictly older than `before`, restricted posts left
+    /// out. Feeds pull the posts of authors with very many followers through
+    /// this at read time.
     async fn by_author(
         &self,
         author_id: &str,

@@ -18,6 +18,13 @@ pub trait SocialGraph: Send + Sync + 'static {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
+    /// Which of `candidates` follow `user`, without reading all of `user`'s
+    /// followers (an author may have millions).
+    async fn followers_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError>;
     /// Everyone `user` follows, ordered by id (bounded by the friend cap).
     async fn following(&self, user: &str) -> Result<Vec<String>, StoreError>;
     async fn follower_count(&self, user: &str) -> Result<u64, StoreError>;

@@ -112,6 +112,8 @@ conformance! {
     dedupe_seen_many_answers_per_position_without_marking,
     notification_log_keeps_the_newest_status,
     posts_hydrate_and_page_by_author,
+    restricted_posts_hydrate_but_are_never_listed_by_author,
+    followers_among_answers_only_followers,
     followers_paginate_and_count_once,
     mutes_toggle,
     feed_reads_newest_first_with_a_cursor,
@@ -669,6 +671,48 @@ async fn posts_hydrate_and_page_by_author(store: &Store) {
         vec![posts[1].clone(), posts[0].clone()],
         "strictly before the cursor"
     );
+}
+
+async fn restricted_posts_hydrate_but_are_never_listed_by_author(store: &Store) {
+    let p = &store.posts;
+    let author = id("author");
+    let post = |i: i64| Post {
+        post_id: Uuid::now_v7().to_string(),
+        author_id: author.clone(),
+        body: format!("post {i}"),
+        media_urls: Vec::new(),
+        created_at: 1_700_000_000_000 + i,
+    };
+    let (public, restricted) = (post(1), post(2));
+    p.put(&public).await.unwrap();
+    p.put_restricted(&restricted).await.unwrap();
+    p.put_restricted(&restricted).await.unwrap(); // idempotent
+    assert_eq!(
+        p.get_many(&[restricted.post_id.clone(), public.post_id.clone()])
+            .await
+            .unwrap(),
+        vec![restricted.clone(), public.clone()]
+    );
+    assert_eq!(p.by_author(&author, None, 10).await.unwrap(), vec![public]);
+}
+
+async fn followers_among_answers_only_followers(store: &Store) {
+    let g = &store.social_graph;
+    let (author, fan, stranger, gone) = (id("author"), id("fan"), id("stranger"), id("gone"));
+    g.follow(&fan, &author, 1).await.unwrap();
+    g.follow(&gone, &author, 1).await.unwrap();
+    g.unfollow(&gone, &author).await.unwrap();
+    // The reverse edge does not count.
+    g.follow(&author, &stranger, 1).await.unwrap();
+    let among = g
+        .followers_among(
+            &author,
+            &[fan.clone(), stranger.clone(), gone.clone(), fan.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(among, HashSet::from([fan]));
+    assert!(g.followers_among(&author, &[]).await.unwrap().is_empty());
 }
 
 async fn followers_paginate_and_count_once(store: &Store) {

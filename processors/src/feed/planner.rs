@@ -27,6 +27,36 @@ impl FanoutPlanner {
     }
 }
 
+impl FanoutPlanner {
+    /// Emits `recipients` as slices numbered from `first`; answers the next
+    /// slice number.
+    fn emit_slices(
+        &self,
+        post: &PostPublished,
+        recipients: Vec<String>,
+        first: i32,
+        out: &mut Emitter<'_>,
+    ) -> Result<i32, ProcessError> {
+        let topic = self.topics.fanout();
+        let mut index = first;
+        for slice in recipients.chunks(self.slice_size) {
+            out.emit(
+                &topic,
+                &slice_key(&post.post_id, index),
+                &FanoutBatch {
+                    post_id: post.post_id.clone(),
+                    author_id: post.author_id.clone(),
+                    created_at: post.created_at,
+                    recipients: slice.to_vec(),
+                    batch_index: index,
+                },
+            )?;
+            index += 1;
+        }
+        Ok(index)
+    }
+}
+
 /// The key of slice `index` of a post: slices of one post land on different
 /// partitions, and a replayed slice on the same one.
 pub fn slice_key(post_id: &str, index: i32) -> String {
@@ -51,14 +81,21 @@ impl Processor for FanoutPlanner {
         _meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
-        if post.audience.is_some() {
-            // The gateway refuses restricted audiences; a record that has one
-            // came from elsewhere and must not be shown to every follower.
-            return Err(ProcessError::permanent(
-                "restricted audiences are not supported: the post is not fanned out",
-            ));
-        }
         let graph = &self.store.social_graph;
+        if let Some(audience) = &post.audience {
+            // Shared with some followers only: pushed to those, whatever
+            // the author's size (the gateway caps an audience at the friend
+            // cap); the store never lists it for pulling.
+            let chosen = graph
+                .followers_among(&post.author_id, audience)
+                .await
+                .map_err(store_failure)?;
+            let mut recipients = vec![post.author_id.clone()];
+            recipients.extend(audience.iter().filter(|u| chosen.contains(*u)).cloned());
+            let slices = self.emit_slices(post, recipients, 0, out)?;
+            debug!(post_id = %post.post_id, audience = audience.len(), recipients = chosen.len(), slices, "restricted fan-out planned");
+            return Ok(());
+        }
         let followers = graph
             .follower_count(&post.author_id)
             .await
@@ -79,12 +116,11 @@ impl Processor for FanoutPlanner {
             info!(author = %post.author_id, followers, post_id = %post.post_id, "author pulled at read time");
             return Ok(());
         }
-        let topic = self.topics.fanout();
         let page = u32::try_from(self.slice_size).unwrap_or(u32::MAX);
         // The author sees their own post, in the first slice.
         let mut recipients = vec![post.author_id.clone()];
         let mut after: Option<String> = None;
-        let mut index = 0;
+        let mut slices = 0;
         loop {
             let ids = graph
                 .followers(&post.author_id, after.clone(), page)
@@ -93,27 +129,17 @@ impl Processor for FanoutPlanner {
             let last_page = ids.len() < self.slice_size;
             after = ids.last().cloned();
             recipients.extend(ids);
-            while recipients.len() >= self.slice_size || (last_page && !recipients.is_empty()) {
-                let rest = recipients.split_off(self.slice_size.min(recipients.len()));
-                let slice = std::mem::replace(&mut recipients, rest);
-                out.emit(
-                    &topic,
-                    &slice_key(&post.post_id, index),
-                    &FanoutBatch {
-                        post_id: post.post_id.clone(),
-                        author_id: post.author_id.clone(),
-                        created_at: post.created_at,
-                        recipients: slice,
-                        batch_index: index,
-                    },
-                )?;
-                index += 1;
-            }
             if last_page {
+                slices = self.emit_slices(post, recipients, slices, out)?;
                 break;
             }
+            // Full slices now; the remainder waits for the next page.
+            let whole = recipients.len() - recipients.len() % self.slice_size;
+            let rest = recipients.split_off(whole);
+            slices = self.emit_slices(post, recipients, slices, out)?;
+            recipients = rest;
         }
-        debug!(post_id = %post.post_id, followers, slices = index, "fan-out planned");
+        debug!(post_id = %post.post_id, followers, slices, "fan-out planned");
         Ok(())
     }
 

@@ -12,6 +12,8 @@ pub(crate) struct ScyllaPosts {
     /// Logged batch: the post and its by-author copy land together or not at
     /// all, even if this process dies in between.
     put: Batch,
+    /// Only the `posts` row: a restricted post is never listed by author.
+    put_restricted: PreparedStatement,
     get: PreparedStatement,
     by_author: PreparedStatement,
 }
@@ -19,10 +21,10 @@ pub(crate) struct ScyllaPosts {
 impl ScyllaPosts {
     pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
         let mut put = Batch::new(BatchType::Logged);
-        put.append_statement(
-            cql.prepare("INSERT INTO posts (post_id, author_id, body, media_urls, created_at) VALUES (?, ?, ?, ?, ?)")
-                .await?,
-        );
+        let insert_post = cql
+            .prepare("INSERT INTO posts (post_id, author_id, body, media_urls, created_at) VALUES (?, ?, ?, ?, ?)")
+            .await?;
+        put.append_statement(insert_post.clone());
         put.append_statement(
             cql.prepare(
                 "INSERT INTO posts_by_author (author_id, created_at, post_id, body, media_urls) VALUES (?, ?, ?, ?, ?)",
@@ -32,6 +34,7 @@ impl ScyllaPosts {
         put.set_is_idempotent(true);
         Ok(ScyllaPosts {
             put,
+            put_restricted: insert_post,
             get: cql
                 .prepare("SELECT post_id, author_id, body, media_urls, created_at FROM posts WHERE post_id = ?")
                 .await?,
@@ -91,6 +94,23 @@ impl PostStore for ScyllaPosts {
             .batch(&self.put, values)
             .await
             .ctx("posts.put", &p.post_id)?;
+        Ok(())
+    }
+
+    async fn put_restricted(&self, p: &Post) -> Result<(), StoreError> {
+        self.cql
+            .execute(
+                &self.put_restricted,
+                (
+                    &p.post_id,
+                    &p.author_id,
+                    &p.body,
+                    &p.media_urls,
+                    p.created_at,
+                ),
+            )
+            .await
+            .ctx("posts.put_restricted", &p.post_id)?;
         Ok(())
     }
 

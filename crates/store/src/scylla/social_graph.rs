@@ -142,6 +142,25 @@ impl SocialGraph for ScyllaSocialGraph {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    async fn followers_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        // One single-row read per candidate, concurrently: each is a point
+        // read in `user`'s partition.
+        let follows = self
+            .cql
+            .concurrently(candidates, |c| async move {
+                let yes = self
+                    .has_edge("social_graph.followers_among", user, c, user)
+                    .await?;
+                Ok(yes.then(|| c.clone()))
+            })
+            .await?;
+        Ok(follows.into_iter().flatten().collect())
+    }
+
     async fn following(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let rows = self
             .cql

@@ -28,22 +28,46 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PostRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-#[async_trait::async_trait]
-impl PostStore for SqlitePosts {
-    async fn put(&self, post: &Post) -> Result<(), StoreError> {
-        let media = to_json("posts.put", &post.post_id, &post.media_urls)?;
+impl SqlitePosts {
+    /// The post, and whether it is restricted, in one transaction.
+    async fn insert(
+        &self,
+        op: &'static str,
+        post: &Post,
+        restricted: bool,
+    ) -> Result<(), StoreError> {
+        let media = to_json(op, &post.post_id, &post.media_urls)?;
         let p = post.clone();
         self.0
             .call(move |c| {
-                c.prepare_cached(
+                let tx = c.savepoint()?;
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO posts (post_id, author_id, body, media_urls, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![p.post_id, p.author_id, p.body, media, p.created_at])
+                .execute(params![p.post_id, p.author_id, p.body, media, p.created_at])?;
+                if restricted {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO restricted_posts (post_id) VALUES (?1)",
+                    )?
+                    .execute([&p.post_id])?;
+                }
+                tx.commit()
             })
             .await
-            .ctx("posts.put", &post.post_id)?;
+            .ctx(op, &post.post_id)?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl PostStore for SqlitePosts {
+    async fn put(&self, post: &Post) -> Result<(), StoreError> {
+        self.insert("posts.put", post, false).await
+    }
+
+    async fn put_restricted(&self, post: &Post) -> Result<(), StoreError> {
+        self.insert("posts.put_restricted", post, true).await
     }
 
     async fn get_many(&self, post_ids: &[String]) -> Result<Vec<Post>, StoreError> {
@@ -80,7 +104,9 @@ impl PostStore for SqlitePosts {
             .call(move |c| {
                 c.prepare_cached(
                     "SELECT post_id, author_id, body, media_urls, created_at FROM posts
-                     WHERE author_id = ?1 AND created_at < ?2 ORDER BY created_at DESC, post_id DESC LIMIT ?3",
+                     WHERE author_id = ?1 AND created_at < ?2
+                       AND post_id NOT IN (SELECT post_id FROM restricted_posts)
+                     ORDER BY created_at DESC, post_id DESC LIMIT ?3",
                 )?
                 .query_map(params![author, before, limit], read_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()

@@ -78,6 +78,29 @@ impl SocialGraph for SqliteSocialGraph {
             .ctx("social_graph.followers", user)
     }
 
+    async fn followers_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let (id, candidates) = (user.to_owned(), candidates.to_vec());
+        self.0
+            .call(move |c| {
+                let mut edge = c.prepare_cached(
+                    "SELECT 1 FROM follows WHERE followee_id = ?1 AND follower_id = ?2",
+                )?;
+                let mut found = HashSet::new();
+                for candidate in candidates {
+                    if edge.exists(params![id, candidate])? {
+                        found.insert(candidate);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+            .ctx("social_graph.followers_among", user)
+    }
+
     async fn following(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let id = user.to_owned();
         self.0
