@@ -25,14 +25,21 @@ use crate::{
     runtime::{Pipeline, create_app},
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    #[arg(long, default_value_t = 50_000)]
     pub notifications: usize,
+    #[arg(long, default_value_t = 10_000)]
     pub users: usize,
+    /// Notifications per SendBatch call.
+    #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 4)]
     pub callers: usize,
-    /// Offered load in notifications/s; none means as fast as accepted.
+    /// Offered load in notifications/s (default: as fast as possible).
     /// Latency is meaningful below saturation, so measure it at a rate.
+    #[arg(long)]
     pub rate: Option<f64>,
 }
 

@@ -33,19 +33,30 @@ use tidings_telemetry::metrics;
 
 use crate::{bench::percentile, client::FeedClient, runtime::Pipeline};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct FeedBenchOptions {
+    #[arg(long, default_value_t = 2_000)]
     pub users: usize,
     /// Authors each user follows (besides the stars).
+    #[arg(long, default_value_t = 100)]
     pub follows: usize,
     /// Authors everyone follows, pulled at read time.
+    #[arg(long, default_value_t = 2)]
     pub stars: usize,
+    #[arg(long, default_value_t = 2_000)]
     pub posts: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// Feed pages read after the fan-out.
+    #[arg(long, default_value_t = 5_000)]
     pub reads: usize,
+    /// Concurrent readers.
+    #[arg(long, default_value_t = 4)]
     pub readers: usize,
     /// Also send "new post" notifications (through the whole notification
     /// pipeline) while fanning out.
+    #[arg(long)]
     pub notify: bool,
 }
 

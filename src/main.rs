@@ -57,45 +57,11 @@ enum Command {
     /// Load-test the whole pipeline in this process through the batch send
     /// API, against a local Twilio-compatible server, and print
     /// notifications/s and accept-to-provider latency.
-    Bench {
-        #[arg(long, default_value_t = 50_000)]
-        notifications: usize,
-        #[arg(long, default_value_t = 10_000)]
-        users: usize,
-        /// Notifications per SendBatch call.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-        /// Concurrent callers.
-        #[arg(long, default_value_t = 4)]
-        callers: usize,
-        /// Offered load in notifications/s (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    Bench(tidings::bench::BenchOptions),
     /// Load-test the news feed in this process through the gRPC API: build a
     /// social graph, publish posts and measure fan-out, then read feeds and
     /// measure pages/s and latency.
-    BenchFeed {
-        #[arg(long, default_value_t = 2_000)]
-        users: usize,
-        /// Authors each user follows (besides the stars).
-        #[arg(long, default_value_t = 100)]
-        follows: usize,
-        /// Authors everyone follows, pulled at read time.
-        #[arg(long, default_value_t = 2)]
-        stars: usize,
-        #[arg(long, default_value_t = 2_000)]
-        posts: usize,
-        #[arg(long, default_value_t = 4)]
-        publishers: usize,
-        #[arg(long, default_value_t = 5_000)]
-        reads: usize,
-        #[arg(long, default_value_t = 4)]
-        readers: usize,
-        /// Also send "new post" notifications while fanning out.
-        #[arg(long)]
-        notify: bool,
-    },
+    BenchFeed(tidings::bench_feed::FeedBenchOptions),
     /// Manage the applications allowed to call the gateway (admin; talks to
     /// the store directly).
     Apps {
@@ -328,45 +294,9 @@ async fn run(cli: Cli) -> Result<()> {
             println!("topics and tables are ready");
             Ok(())
         }
-        Command::Bench {
-            notifications,
-            users,
-            batch,
-            callers,
-            rate,
-        } => {
-            let config = bench_config(load()?);
-            let options = tidings::bench::BenchOptions {
-                notifications,
-                users,
-                batch,
-                callers,
-                rate,
-            };
-            tidings::bench::run(config, options).await
-        }
-        Command::BenchFeed {
-            users,
-            follows,
-            stars,
-            posts,
-            publishers,
-            reads,
-            readers,
-            notify,
-        } => {
-            let config = bench_config(load()?);
-            let options = tidings::bench_feed::FeedBenchOptions {
-                users,
-                follows,
-                stars,
-                posts,
-                publishers,
-                reads,
-                readers,
-                notify,
-            };
-            tidings::bench_feed::run(config, options).await
+        Command::Bench(options) => tidings::bench::run(bench_config(load()?), options).await,
+        Command::BenchFeed(options) => {
+            tidings::bench_feed::run(bench_config(load()?), options).await
         }
         Command::Config => {
             let config = load()?;

@@ -543,11 +543,7 @@ impl FeedService for Gateway {
         &self,
         request: Request<FollowRequest>,
     ) -> Result<Response<FollowResponse>, Status> {
-        let user = self.grpc_feed_user(request.metadata())?;
-        let result = self
-            .set_following(&user, &request.into_inner().user_id, true)
-            .await
-            .map(|()| Response::new(FollowResponse {}));
+        let result = self.follow_as_caller(request, true).await;
         self.count("FeedService/Follow", &result);
         result
     }
@@ -556,24 +552,34 @@ impl FeedService for Gateway {
         &self,
         request: Request<FollowRequest>,
     ) -> Result<Response<FollowResponse>, Status> {
-        let user = self.grpc_feed_user(request.metadata())?;
-        let result = self
-            .set_following(&user, &request.into_inner().user_id, false)
-            .await
-            .map(|()| Response::new(FollowResponse {}));
+        let result = self.follow_as_caller(request, false).await;
         self.count("FeedService/Unfollow", &result);
         result
     }
 
     async fn mute(&self, request: Request<MuteRequest>) -> Result<Response<MuteResponse>, Status> {
-        let user = self.grpc_feed_user(request.metadata())?;
-        let r = request.into_inner();
-        let result = self
-            .set_muted(&user, &r.user_id, r.muted)
-            .await
-            .map(|()| Response::new(MuteResponse {}));
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            self.set_muted(&user, &r.user_id, r.muted).await?;
+            Ok(Response::new(MuteResponse {}))
+        }
+        .await;
         self.count("FeedService/Mute", &result);
         result
+    }
+}
+
+impl Gateway {
+    async fn follow_as_caller(
+        &self,
+        request: Request<FollowRequest>,
+        follow: bool,
+    ) -> Result<Response<FollowResponse>, Status> {
+        let user = self.grpc_feed_user(request.metadata())?;
+        self.set_following(&user, &request.into_inner().user_id, follow)
+            .await?;
+        Ok(Response::new(FollowResponse {}))
     }
 }
 

@@ -138,12 +138,23 @@ pub(crate) fn status_response(status: Status) -> Response {
     response
 }
 
-fn bearer(gateway: &Gateway, headers: &HeaderMap) -> Result<String, ApiError> {
-    Ok(gateway.feed_user(
+/// The user a call acts for; a refused token is counted under `method`.
+fn bearer(gateway: &Gateway, method: &str, headers: &HeaderMap) -> Result<String, ApiError> {
+    let user = gateway.feed_user(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
-    )?)
+    );
+    refused(gateway, method, user)
+}
+
+/// Passes `result` on, counting it under `method` only when it refuses the
+/// call: a call that goes on is counted once, by [`answer`], at its end.
+fn refused<T>(gateway: &Gateway, method: &str, result: Result<T, Status>) -> Result<T, ApiError> {
+    if result.is_err() {
+        gateway.count(method, &result);
+    }
+    Ok(result?)
 }
 
 /// Answers `result` and counts it under `method`, like the gRPC calls.
@@ -157,11 +168,14 @@ async fn publish(
     headers: HeaderMap,
     body: Result<Json<PublishBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
-    let user = bearer(&gateway, &headers)?;
+    let user = bearer(&gateway, "http POST /v1/me/feed", &headers)?;
     // serde names the field at fault (`unknown field`, `invalid type ... at
     // line 1 column 12`).
-    let Json(body) =
-        body.map_err(|e| Status::invalid_argument(format!("body: {}", e.body_text())))?;
+    let Json(body) = refused(
+        &gateway,
+        "http POST /v1/me/feed",
+        body.map_err(|e| Status::invalid_argument(format!("body: {}", e.body_text()))),
+    )?;
     let post = gateway
         .publish_post(
             &user,
@@ -187,9 +201,12 @@ async fn read(
     headers: HeaderMap,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
-    let user = bearer(&gateway, &headers)?;
-    let Query(q) =
-        query.map_err(|e| Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    let user = bearer(&gateway, "http GET /v1/me/feed", &headers)?;
+    let Query(q) = refused(
+        &gateway,
+        "http GET /v1/me/feed",
+        query.map_err(|e| Status::invalid_argument(format!("query: {}", e.body_text()))),
+    )?;
     let page = async {
         let cursor = Cursor::decode(&q.cursor)?;
         gateway.read_feed(&user, cursor, page_limit(q.limit)?).await
@@ -207,7 +224,7 @@ async fn follow(
     headers: HeaderMap,
     Path(other): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, &headers)?;
+    let user = bearer(&gateway, "http PUT /v1/me/following", &headers)?;
     let result = gateway.set_following(&user, &other, true).await;
     answer(&gateway, "http PUT /v1/me/following", result)?;
     Ok(StatusCode::NO_CONTENT)
@@ -218,7 +235,7 @@ async fn unfollow(
     headers: HeaderMap,
     Path(other): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, &headers)?;
+    let user = bearer(&gateway, "http DELETE /v1/me/following", &headers)?;
     let result = gateway.set_following(&user, &other, false).await;
     answer(&gateway, "http DELETE /v1/me/following", result)?;
     Ok(StatusCode::NO_CONTENT)
@@ -229,7 +246,7 @@ async fn mute(
     headers: HeaderMap,
     Path(other): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, &headers)?;
+    let user = bearer(&gateway, "http PUT /v1/me/muted", &headers)?;
     let result = gateway.set_muted(&user, &other, true).await;
     answer(&gateway, "http PUT /v1/me/muted", result)?;
     Ok(StatusCode::NO_CONTENT)
@@ -240,7 +257,7 @@ async fn unmute(
     headers: HeaderMap,
     Path(other): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, &headers)?;
+    let user = bearer(&gateway, "http DELETE /v1/me/muted", &headers)?;
     let result = gateway.set_muted(&user, &other, false).await;
     answer(&gateway, "http DELETE /v1/me/muted", result)?;
     Ok(StatusCode::NO_CONTENT)
