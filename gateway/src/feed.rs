@@ -13,7 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,7 +32,11 @@ use tidings_telemetry::metrics;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use uuid::Uuid;
 
-use crate::{Gateway, store_status, validate};
+use crate::{
+    Gateway,
+    feed_cache::{AUTHOR_TTL, FeedCaches, NEWEST_KEPT, NEWEST_TTL, PULLED_TTL},
+    store_status, validate,
+};
 
 /// Items per page when the caller does not say.
 pub const DEFAULT_PAGE: u32 = 20;
@@ -42,17 +46,8 @@ pub const MAX_PAGE: u32 = 100;
 pub const MAX_FOLLOWING: usize = 5_000;
 /// Most media URLs one post may carry.
 pub const MAX_MEDIA: usize = 10;
-/// How long the set of pulled authors is reused before it is read again: a
-/// newly pulled author shows in feeds within this long.
-const PULLED_TTL: Duration = Duration::from_secs(5);
 /// Pulled authors read at once for one feed page.
 const PULL_CONCURRENCY: usize = 16;
-
-/// The set of pulled authors, as last read from the store.
-#[derive(Default)]
-pub(crate) struct PulledAuthors {
-    cached: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
-}
 
 /// A post to publish, as both APIs take it.
 pub struct NewPost {
@@ -270,7 +265,7 @@ impl Gateway {
 
     /// The authors whose posts are pulled at read time, cached briefly.
     async fn pulled_authors(&self) -> Result<Arc<HashSet<String>>, Status> {
-        if let Some((at, set)) = self.pulled.cached.lock().expect("not poisoned").as_ref()
+        if let Some((at, set)) = self.caches.pulled.lock().expect("not poisoned").as_ref()
             && at.elapsed() < PULLED_TTL
         {
             return Ok(set.clone());
@@ -282,7 +277,7 @@ impl Gateway {
                 .await
                 .map_err(store_status)?,
         );
-        *self.pulled.cached.lock().expect("not poisoned") = Some((Instant::now(), set.clone()));
+        *self.caches.pulled.lock().expect("not poisoned") = Some((Instant::now(), set.clone()));
         Ok(set)
     }
 
@@ -323,19 +318,11 @@ impl Gateway {
         if pulled.contains(&me) {
             pull_from.push(&me);
         }
-        // `by_author` is strictly older than a millisecond: ask from the
-        // cursor's millisecond on and cut at the cursor below.
-        let pulled_before = cursor.as_ref().map(|c| c.at + 1);
-        let posts = store.posts.clone();
-        let pulled_posts: Vec<Vec<Post>> = stream::iter(pull_from.into_iter().cloned())
-            .map(|author| {
-                let posts = posts.clone();
-                async move { posts.by_author(&author, pulled_before, fetch).await }
-            })
+        let pulled_posts: Vec<Arc<Vec<Post>>> = stream::iter(pull_from.into_iter().cloned())
+            .map(|author| self.pulled_posts(author, cursor.as_ref(), fetch))
             .buffer_unordered(PULL_CONCURRENCY)
             .try_collect()
-            .await
-            .map_err(store_status)?;
+            .await?;
 
         let mut candidates: Vec<Candidate> = pushed
             .into_iter()
@@ -345,12 +332,17 @@ impl Gateway {
                 at: e.created_at,
                 post: None,
             })
-            .chain(pulled_posts.into_iter().flatten().map(|p| Candidate {
-                post_id: p.post_id.clone(),
-                author_id: p.author_id.clone(),
-                at: p.created_at,
-                post: Some(p),
-            }))
+            .chain(
+                pulled_posts
+                    .iter()
+                    .flat_map(|page| page.iter())
+                    .map(|p| Candidate {
+                        post_id: p.post_id.clone(),
+                        author_id: p.author_id.clone(),
+                        at: p.created_at,
+                        post: Some(p.clone()),
+                    }),
+            )
             .filter(|c| {
                 cursor
                     .as_ref()
@@ -381,18 +373,68 @@ impl Gateway {
         Ok(FeedPage { items, next_cursor })
     }
 
-    /// Fills in posts and authors; a post deleted since it was fanned out is
-    /// left out.
+    /// The newest `fetch` posts of a pulled author older than `cursor`. The
+    /// first page comes from the cache of newest posts, so a star's
+    /// partition is not read by every follower who opens the app.
+    async fn pulled_posts(
+        &self,
+        author: String,
+        cursor: Option<&Cursor>,
+        fetch: u32,
+    ) -> Result<Arc<Vec<Post>>, Status> {
+        let posts = &self.store.posts;
+        let Some(cursor) = cursor else {
+            if let Some(newest) = FeedCaches::fresh(&self.caches.newest, &author, NEWEST_TTL) {
+                return Ok(newest);
+            }
+            let newest = Arc::new(
+                posts
+                    .by_author(&author, None, fetch.max(NEWEST_KEPT))
+                    .await
+                    .map_err(store_status)?,
+            );
+            self.caches
+                .newest
+                .insert(author, (Instant::now(), newest.clone()));
+            return Ok(newest);
+        };
+        // `by_author` is strictly older than a millisecond: ask from the
+        // cursor's millisecond on; the merge cuts at the cursor.
+        Ok(Arc::new(
+            posts
+                .by_author(&author, Some(cursor.at + 1), fetch)
+                .await
+                .map_err(store_status)?,
+        ))
+    }
+
+    /// Fills in posts and authors, from the caches first; a post deleted
+    /// since it was fanned out is left out.
     async fn hydrate(&self, candidates: Vec<Candidate>) -> Result<Vec<FeedItem>, Status> {
+        let caches = &self.caches;
+        let mut candidates = candidates;
+        for c in candidates.iter_mut().filter(|c| c.post.is_none()) {
+            c.post = caches.posts.get(&c.post_id);
+        }
         let missing: Vec<String> = candidates
             .iter()
             .filter(|c| c.post.is_none())
             .map(|c| c.post_id.clone())
             .collect();
-        let mut authors: Vec<String> = candidates.iter().map(|c| c.author_id.clone()).collect();
-        authors.sort();
-        authors.dedup();
-        let (posts, users) = tokio::try_join!(
+        let mut known: HashMap<String, User> = HashMap::new();
+        let mut authors: Vec<String> = Vec::new();
+        for c in &candidates {
+            if known.contains_key(&c.author_id) || authors.contains(&c.author_id) {
+                continue;
+            }
+            match FeedCaches::fresh(&caches.authors, &c.author_id, AUTHOR_TTL) {
+                Some(user) => {
+                    known.insert(c.author_id.clone(), user);
+                }
+                None => authors.push(c.author_id.clone()),
+            }
+        }
+        let (posts, users_read) = tokio::try_join!(
             async {
                 self.store
                     .posts
@@ -408,10 +450,19 @@ impl Gateway {
                     .map_err(store_status)
             },
         )?;
-        let mut posts: HashMap<String, Post> =
-            posts.into_iter().map(|p| (p.post_id.clone(), p)).collect();
-        let users: HashMap<String, User> =
-            users.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        let mut posts: HashMap<String, Post> = posts
+            .into_iter()
+            .map(|p| {
+                caches.posts.insert(p.post_id.clone(), p.clone());
+                (p.post_id.clone(), p)
+            })
+            .collect();
+        let now = Instant::now();
+        let mut users = known;
+        for u in users_read {
+            caches.authors.insert(u.user_id.clone(), (now, u.clone()));
+            users.insert(u.user_id.clone(), u);
+        }
         Ok(candidates
             .into_iter()
             .filter_map(|c| {

@@ -8,6 +8,7 @@
 pub mod auth;
 mod contacts;
 pub mod feed;
+mod feed_cache;
 mod feed_http;
 mod http;
 mod notifications;
@@ -31,7 +32,6 @@ use tidings_schemas::tracking_link::LinkSigner;
 use tidings_store::{Store, StoreError};
 use tidings_telemetry::metrics;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tracing::info;
@@ -52,7 +52,7 @@ pub struct Gateway {
     twilio_signatures: Option<webhooks::TwilioSignatures>,
     feed: Arc<FeedConfig>,
     user_tokens: user_token::UserTokens,
-    pulled: Arc<feed::PulledAuthors>,
+    caches: Arc<feed_cache::FeedCaches>,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -88,7 +88,7 @@ impl Gateway {
         Self {
             user_tokens: user_token::UserTokens::new(&feed.user_token_secret),
             feed: Arc::new(feed.clone()),
-            pulled: Arc::default(),
+            caches: Arc::new(feed_cache::FeedCaches::new(feed.post_cache_entries)),
             producer,
             store,
             topics,
@@ -141,7 +141,9 @@ impl Gateway {
             .add_service(TemplateServiceServer::new(self.clone()))
             .add_service(FeedServiceServer::new(self.clone()))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                // No Nagle: a small answer must not wait for the client's
+                // delayed ACK (40 ms per call otherwise).
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
         let http = axum::serve(

@@ -106,6 +106,9 @@ pub struct FeedConfig {
     /// category `notify_category`, which users can opt out of).
     pub notify_followers: bool,
     pub notify_category: String,
+    /// Posts each gateway keeps in memory for feed reads (posts are
+    /// immutable, so never stale); authors and pulled pages get a share.
+    pub post_cache_entries: usize,
 }
 
 impl Default for FeedConfig {
@@ -120,6 +123,7 @@ impl Default for FeedConfig {
             max_body_chars: 5_000,
             notify_followers: true,
             notify_category: "feed.new_post".into(),
+            post_cache_entries: 100_000,
         }
     }
 }
