@@ -506,15 +506,20 @@ async fn feed_command(
     Ok(())
 }
 
-/// A user with every kind of contact, and one notification to them, so the
-/// log sink shows a delivery per channel right after start.
-async fn demo(endpoint: &str) -> Result<()> {
-    let client = Client::connect(
+/// A client with the app `tidings dev` creates.
+async fn dev_client(endpoint: &str) -> Result<Client> {
+    Client::connect(
         endpoint,
         Some(tidings::runtime::DEV_APP_KEY.into()),
         Some(tidings::runtime::DEV_APP_SECRET.into()),
     )
-    .await?;
+    .await
+}
+
+/// A user with every kind of contact, and one notification to them, so the
+/// log sink shows a delivery per channel right after start.
+async fn demo(endpoint: &str) -> Result<()> {
+    let client = dev_client(endpoint).await?;
     client
         .upsert_user(pb::UpsertUserRequest {
             user_id: "demo-user".into(),
@@ -564,12 +569,7 @@ async fn demo(endpoint: &str) -> Result<()> {
 /// A friend of the demo user posts, so the demo user's feed has a story and
 /// a "new post" push shows in the log.
 async fn feed_demo(config: &Config, endpoint: &str, http: std::net::SocketAddr) -> Result<()> {
-    let client = Client::connect(
-        endpoint,
-        Some(tidings::runtime::DEV_APP_KEY.into()),
-        Some(tidings::runtime::DEV_APP_SECRET.into()),
-    )
-    .await?;
+    let client = dev_client(endpoint).await?;
     client
         .upsert_user(pb::UpsertUserRequest {
             user_id: "demo-friend".into(),

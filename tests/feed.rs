@@ -14,7 +14,7 @@ use tidings_gateway::user_token::UserTokens;
 use tidings_processors::feed::writer::new_post_notification_id;
 use tidings_schemas::{
     proto::v1 as pb,
-    records::{TrackingEvent, TrackingKind},
+    records::{NotificationRequest, TrackingEvent, TrackingKind},
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -269,9 +269,9 @@ async fn authors_with_huge_audiences_are_pulled_at_read_time(backend: Backend) {
 
 async fn followers_are_notified_of_new_posts(backend: Backend) {
     let t = TestPipeline::start(backend).await;
-    let (ann, bob, quiet) = (user("ann"), user("bob"), user("quiet"));
+    let (ann, bob, quiet, muter) = (user("ann"), user("bob"), user("quiet"), user("muter"));
     name_user(&t, &ann, "Ann").await;
-    for follower in [&bob, &quiet] {
+    for follower in [&bob, &quiet, &muter] {
         name_user(&t, follower, "Follower").await;
         t.client
             .register_device(follower, pb::Platform::Ios, &"ab".repeat(32))
@@ -283,7 +283,13 @@ async fn followers_are_notified_of_new_posts(backend: Backend) {
             .await
             .expect("follow");
     }
-    // `quiet` opted out of new-post notifications, on iOS.
+    // `muter` muted the author; `quiet` opted out of new-post
+    // notifications, on iOS.
+    as_user(&t, &muter)
+        .await
+        .mute(&ann, true)
+        .await
+        .expect("mute");
     t.client
         .set_preference(
             &quiet,
@@ -319,6 +325,14 @@ async fn followers_are_notified_of_new_posts(backend: Backend) {
         .iter()
         .find(|i| i.post_id == post.post_id)
         .expect("the post is in the quiet follower's feed");
+    // Nor does one who muted the author: the writer wrote no notification
+    // for them (it wrote bob's, and with it all of the slice's, before bob's
+    // was sent).
+    let requests = t
+        .read_all::<NotificationRequest>(&t.topic("notify.requests"))
+        .await;
+    let told: HashSet<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(told, HashSet::from([bob.as_str(), quiet.as_str()]));
     let quiet_id = new_post_notification_id(&post.post_id, &quiet);
     let (_, events) = t
         .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |events| {

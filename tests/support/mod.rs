@@ -196,6 +196,42 @@ impl TestPipeline {
         consumer
     }
 
+    /// Every record of `topic` written before this call: reads each
+    /// partition up to its high watermark as of now.
+    pub async fn read_all<T: AvroRecord>(&self, topic: &str) -> Vec<T> {
+        let consumer = self.reader(topic);
+        let codec = AvroCodec::local();
+        let mut left: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            if high > low {
+                left.insert(p.id(), high);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut records = Vec::new();
+        while !left.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            assert!(!wait.is_zero(), "timed out reading all of {topic}");
+            if let Ok(Ok(m)) = tokio::time::timeout(wait, consumer.recv()).await {
+                if m.offset() + 1 >= left.get(&m.partition()).copied().unwrap_or(0) {
+                    left.remove(&m.partition());
+                }
+                records.push(
+                    codec
+                        .decode::<T>(m.payload().unwrap_or_default())
+                        .expect("valid Avro in the Confluent wire format"),
+                );
+            }
+        }
+        records
+    }
+
     /// Reads records of `topic` until `done` holds for what was read, or
     /// fails the test after `timeout`. Returns the raw payloads and the
     /// decoded records.

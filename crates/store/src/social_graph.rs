@@ -30,4 +30,11 @@ pub trait SocialGraph: Send + Sync + 'static {
     async fn follower_count(&self, user: &str) -> Result<u64, StoreError>;
     async fn set_muted(&self, user: &str, muted_user: &str, muted: bool) -> Result<(), StoreError>;
     async fn muted(&self, user: &str) -> Result<HashSet<String>, StoreError>;
+    /// Which of `candidates` muted `user`: the fan-out skips telling them of
+    /// `user`'s posts. Point reads, one per candidate.
+    async fn muted_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError>;
 }

@@ -114,6 +114,7 @@ conformance! {
     posts_hydrate_and_page_by_author,
     restricted_posts_hydrate_but_are_never_listed_by_author,
     followers_among_answers_only_followers,
+    muted_among_answers_who_muted_the_user,
     followers_paginate_and_count_once,
     mutes_toggle,
     feed_reads_newest_first_with_a_cursor,
@@ -713,6 +714,22 @@ async fn followers_among_answers_only_followers(store: &Store) {
         .unwrap();
     assert_eq!(among, HashSet::from([fan]));
     assert!(g.followers_among(&author, &[]).await.unwrap().is_empty());
+}
+
+async fn muted_among_answers_who_muted_the_user(store: &Store) {
+    let g = &store.social_graph;
+    let (author, muter, fan, unmuted) = (id("author"), id("muter"), id("fan"), id("unmuted"));
+    g.set_muted(&muter, &author, true).await.unwrap();
+    g.set_muted(&unmuted, &author, true).await.unwrap();
+    g.set_muted(&unmuted, &author, false).await.unwrap();
+    // The author muting someone is the other direction.
+    g.set_muted(&author, &fan, true).await.unwrap();
+    let among = g
+        .muted_among(&author, &[fan.clone(), muter.clone(), unmuted])
+        .await
+        .unwrap();
+    assert_eq!(among, HashSet::from([muter]));
+    assert!(g.muted_among(&author, &[]).await.unwrap().is_empty());
 }
 
 async fn followers_paginate_and_count_once(store: &Store) {

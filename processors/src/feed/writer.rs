@@ -197,11 +197,23 @@ impl Processor for FeedWriter {
                 .map_err(store_failure)?;
         }
         if let Some(category) = &self.notify {
+            // Whoever muted the author is not told (the row is still
+            // written: reads hide it, and unmuting shows it again).
+            let muters = self
+                .store
+                .social_graph
+                .muted_among(&slice.author_id, &slice.recipients)
+                .await
+                .map_err(store_failure)?;
             let now = now_millis();
             let topic = self.topics.requests();
             let author = hydrated.authors.get(&slice.author_id);
             let post = hydrated.posts.get(&slice.post_id);
-            for user in slice.recipients.iter().filter(|u| **u != slice.author_id) {
+            for user in slice
+                .recipients
+                .iter()
+                .filter(|u| **u != slice.author_id && !muters.contains(*u))
+            {
                 let request = new_post_notification(slice, user, author, post, category, now);
                 out.emit(&topic, user, &request)?;
             }

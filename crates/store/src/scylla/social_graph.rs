@@ -27,6 +27,7 @@ pub(crate) struct ScyllaSocialGraph {
     mute: PreparedStatement,
     unmute: PreparedStatement,
     muted: PreparedStatement,
+    mute_edge: PreparedStatement,
 }
 
 impl ScyllaSocialGraph {
@@ -67,6 +68,9 @@ impl ScyllaSocialGraph {
             mute: cql.prepare("INSERT INTO mutes (user_id, muted_user_id) VALUES (?, ?)").await?,
             unmute: cql.prepare("DELETE FROM mutes WHERE user_id = ? AND muted_user_id = ?").await?,
             muted: cql.prepare("SELECT muted_user_id FROM mutes WHERE user_id = ?").await?,
+            mute_edge: cql
+                .prepare("SELECT muted_user_id FROM mutes WHERE user_id = ? AND muted_user_id = ?")
+                .await?,
             cql: cql.clone(),
         })
     }
@@ -197,5 +201,24 @@ impl SocialGraph for ScyllaSocialGraph {
             .await
             .ctx("social_graph.muted", user)?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn muted_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let muters = self
+            .cql
+            .concurrently(candidates, |c| async move {
+                let row = self
+                    .cql
+                    .maybe_row::<(String,)>(&self.mute_edge, (c, user))
+                    .await
+                    .ctx("social_graph.muted_among", user)?;
+                Ok(row.map(|_| c.clone()))
+            })
+            .await?;
+        Ok(muters.into_iter().flatten().collect())
     }
 }

@@ -78,6 +78,29 @@ impl SocialGraph for SqliteSocialGraph {
             .ctx("social_graph.followers", user)
     }
 
+    async fn muted_among(
+        &self,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let (id, candidates) = (user.to_owned(), candidates.to_vec());
+        self.0
+            .call(move |c| {
+                let mut muted = c.prepare_cached(
+                    "SELECT 1 FROM mutes WHERE user_id = ?1 AND muted_user_id = ?2",
+                )?;
+                let mut found = HashSet::new();
+                for candidate in candidates {
+                    if muted.exists(params![candidate, id])? {
+                        found.insert(candidate);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+            .ctx("social_graph.muted_among", user)
+    }
+
     async fn followers_among(
         &self,
         user: &str,
