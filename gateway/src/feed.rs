@@ -364,7 +364,13 @@ impl Gateway {
             }
             .encode()
         });
-        candidates.retain(|c| !muted.contains(&c.author_id));
+        // Rows stay in a feed after an unfollow; showing only authors still
+        // followed (and the user) makes an unfollow take effect at once.
+        let followed: HashSet<&str> = following.iter().map(String::as_str).collect();
+        candidates.retain(|c| {
+            (c.author_id == user || followed.contains(c.author_id.as_str()))
+                && !muted.contains(&c.author_id)
+        });
 
         let items = self.hydrate(candidates).await?;
         metrics()
