@@ -7,7 +7,10 @@ use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::auth::{PERMISSIONS, hash_secret};
-use tidings_gateway::{Gateway, GatewayAddrs, webhooks::TwilioSignatures};
+use tidings_gateway::{
+    Gateway, GatewayAddrs,
+    webhooks::{SendGridSignatures, TwilioSignatures},
+};
 use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
@@ -288,6 +291,16 @@ impl Runtime {
                 twilio.auth_token.expose(),
                 callback,
             ));
+        }
+        // SendGrid signs its Event Webhook when asked to (ECDSA): with the
+        // verification key, unsigned batches are refused.
+        if let Ok(ProviderConfig::SendGrid(sendgrid)) =
+            ProviderConfig::for_channel(Channel::Email, self.config.providers.get("email"))
+            && let Some(key) = &sendgrid.webhook_verification_key
+        {
+            let signatures = SendGridSignatures::new(key)
+                .map_err(|e| anyhow::anyhow!("providers.email.webhook_verification_key: {e}"))?;
+            gateway = gateway.verify_sendgrid_signatures(signatures);
         }
         let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
         tasks.spawn(async move { Ok(serve.await?) });

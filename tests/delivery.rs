@@ -717,11 +717,61 @@ async fn email_user(t: &TestPipeline, email: &str) -> String {
     user
 }
 
+/// What SendGrid holds for a signed Event Webhook: a P-256 key pair; the
+/// account shows the public half, base64 SubjectPublicKeyInfo DER.
+struct SendGridWebhookKey {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+impl SendGridWebhookKey {
+    fn generate() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Self { key, rng }
+    }
+
+    fn verification_key(&self) -> String {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        const SPKI_PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        let spki = [&SPKI_PREFIX[..], self.key.public_key().as_ref()].concat();
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    }
+
+    /// The two headers SendGrid adds: the signature over timestamp + body.
+    fn sign(&self, timestamp: &str, body: &str) -> [(&'static str, String); 2] {
+        use base64::Engine;
+        let signature = self
+            .key
+            .sign(&self.rng, format!("{timestamp}{body}").as_bytes())
+            .unwrap();
+        [
+            (
+                "X-Twilio-Email-Event-Webhook-Signature",
+                base64::engine::general_purpose::STANDARD.encode(signature.as_ref()),
+            ),
+            (
+                "X-Twilio-Email-Event-Webhook-Timestamp",
+                timestamp.to_owned(),
+            ),
+        ]
+    }
+}
+
 async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
     let (provider, addr) = EmailProvider::start().await;
+    let webhook_key = SendGridWebhookKey::generate();
+    let mut email = EmailProvider::config(addr);
+    email["webhook_verification_key"] = webhook_key.verification_key().into();
     let t = TestPipeline::start_with(backend, |c| {
-        c.providers
-            .insert("email".into(), EmailProvider::config(addr));
+        c.providers.insert("email".into(), email);
     })
     .await;
     let template = put_template(
@@ -800,8 +850,25 @@ async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
     let http = t.pipeline.as_ref().unwrap().gateway.http;
     let path = "/webhooks/sendgrid/events";
     let json = "application/json";
+    // Posted as SendGrid does: signed with the account's webhook key.
+    let post = |body: String| {
+        let headers = webhook_key.sign("1700000000", &body);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            http_post_with(http, path, json, &headers, &body).await
+        }
+    };
     sent_in_log(&t, &ids).await;
+    // Unsigned, or signed by another key: refused as a whole.
     let (code, body) = http_post(http, path, json, &batch.to_string()).await;
+    assert_eq!(code, 403, "unsigned: {body}");
+    let other = SendGridWebhookKey::generate().sign("1700000000", &batch.to_string());
+    let other: Vec<(&str, &str)> = other.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (code, _) = http_post_with(http, path, json, &other, &batch.to_string()).await;
+    assert_eq!(code, 403, "signed by another key");
+    assert_logged(&t, &ids[0], "sent").await;
+    let (code, body) = post(batch.to_string()).await;
     assert!(
         code == 204 || code == 200,
         "one bad event does not spoil the batch: {code} {body}"
@@ -822,9 +889,9 @@ async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
         &sent_mail,
         serde_json::json!({"event": "delivered"})
     )]);
-    let (code, _) = http_post(http, path, json, &retry.to_string()).await;
+    let (code, _) = post(retry.to_string()).await;
     assert_eq!(code, 204);
-    let (code, body) = http_post(http, path, json, "{\"event\": \"delivered\"}").await;
+    let (code, body) = post("{\"event\": \"delivered\"}".into()).await;
     assert_eq!(code, 400, "not an array: {body}");
 
     let events = tracking_until(&t, |e| {

@@ -50,6 +50,9 @@ pub struct Gateway {
     /// Verifies `X-Twilio-Signature` on status callbacks, when the SMS
     /// provider is Twilio with a status callback.
     twilio_signatures: Option<webhooks::TwilioSignatures>,
+    /// Verifies SendGrid's signed Event Webhook, when the email provider is
+    /// SendGrid with a verification key.
+    sendgrid_signatures: Option<webhooks::SendGridSignatures>,
     feed: Arc<FeedConfig>,
     user_tokens: user_token::UserTokens,
     caches: Arc<feed_cache::FeedCaches>,
@@ -96,6 +99,7 @@ impl Gateway {
             auth: Arc::default(),
             links,
             twilio_signatures: None,
+            sendgrid_signatures: None,
         }
     }
 
@@ -103,6 +107,12 @@ impl Gateway {
     /// receipt token.
     pub fn verify_twilio_signatures(mut self, signatures: webhooks::TwilioSignatures) -> Self {
         self.twilio_signatures = Some(signatures);
+        self
+    }
+
+    /// Checks SendGrid's Event Webhook signature besides the receipt tokens.
+    pub fn verify_sendgrid_signatures(mut self, signatures: webhooks::SendGridSignatures) -> Self {
+        self.sendgrid_signatures = Some(signatures);
         self
     }
 

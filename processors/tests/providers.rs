@@ -778,6 +778,7 @@ mod sendgrid {
             base_url: url,
             http: HttpSettings::default(),
             limits,
+            webhook_verification_key: None,
         }
     }
 

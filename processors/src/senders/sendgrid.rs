@@ -42,6 +42,11 @@ pub struct SendGridConfig {
     pub http: HttpSettings,
     #[serde(default = "SendGridConfig::default_limits")]
     pub limits: SendLimits,
+    /// The Event Webhook's verification key (Mail Settings, Signed Event
+    /// Webhook; base64): the gateway then refuses event batches that SendGrid
+    /// did not sign.
+    #[serde(default)]
+    pub webhook_verification_key: Option<String>,
 }
 
 impl SendGridConfig {
