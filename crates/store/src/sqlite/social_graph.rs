@@ -20,6 +20,33 @@ fn bump_followers(c: &rusqlite::Connection, user: &str, delta: i64) -> rusqlite:
     .execute(params![user, delta])
 }
 
+impl SqliteSocialGraph {
+    /// The `candidates` for which `exists` (`?1` the candidate, `?2` the
+    /// user) finds a row, in one call.
+    async fn candidates_with(
+        &self,
+        op: &'static str,
+        exists: &'static str,
+        user: &str,
+        candidates: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let (id, candidates) = (user.to_owned(), candidates.to_vec());
+        self.0
+            .call(move |c| {
+                let mut row = c.prepare_cached(exists)?;
+                let mut found = HashSet::new();
+                for candidate in candidates {
+                    if row.exists(params![candidate, id])? {
+                        found.insert(candidate);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+            .ctx(op, user)
+    }
+}
+
 #[async_trait::async_trait]
 impl SocialGraph for SqliteSocialGraph {
     async fn follow(&self, follower: &str, followee: &str, at: Millis) -> Result<(), StoreError> {
@@ -83,22 +110,13 @@ impl SocialGraph for SqliteSocialGraph {
         user: &str,
         candidates: &[String],
     ) -> Result<HashSet<String>, StoreError> {
-        let (id, candidates) = (user.to_owned(), candidates.to_vec());
-        self.0
-            .call(move |c| {
-                let mut muted = c.prepare_cached(
-                    "SELECT 1 FROM mutes WHERE user_id = ?1 AND muted_user_id = ?2",
-                )?;
-                let mut found = HashSet::new();
-                for candidate in candidates {
-                    if muted.exists(params![candidate, id])? {
-                        found.insert(candidate);
-                    }
-                }
-                Ok(found)
-            })
-            .await
-            .ctx("social_graph.muted_among", user)
+        self.candidates_with(
+            "social_graph.muted_among",
+            "SELECT 1 FROM mutes WHERE user_id = ?1 AND muted_user_id = ?2",
+            user,
+            candidates,
+        )
+        .await
     }
 
     async fn followers_among(
@@ -106,22 +124,13 @@ impl SocialGraph for SqliteSocialGraph {
         user: &str,
         candidates: &[String],
     ) -> Result<HashSet<String>, StoreError> {
-        let (id, candidates) = (user.to_owned(), candidates.to_vec());
-        self.0
-            .call(move |c| {
-                let mut edge = c.prepare_cached(
-                    "SELECT 1 FROM follows WHERE followee_id = ?1 AND follower_id = ?2",
-                )?;
-                let mut found = HashSet::new();
-                for candidate in candidates {
-                    if edge.exists(params![id, candidate])? {
-                        found.insert(candidate);
-                    }
-                }
-                Ok(found)
-            })
-            .await
-            .ctx("social_graph.followers_among", user)
+        self.candidates_with(
+            "social_graph.followers_among",
+            "SELECT 1 FROM follows WHERE follower_id = ?1 AND followee_id = ?2",
+            user,
+            candidates,
+        )
+        .await
     }
 
     async fn following(&self, user: &str) -> Result<Vec<String>, StoreError> {
