@@ -63,6 +63,11 @@ pub struct FeedBenchOptions {
 /// Every `SAMPLE_EVERY`th post is watched until it shows in a feed.
 const SAMPLE_EVERY: usize = 25;
 
+/// The id of bench user `i` of run `run_id`.
+fn bench_user(run_id: &str, i: usize) -> String {
+    format!("fb-{run_id}-{i}")
+}
+
 fn pushed_rows() -> u64 {
     metrics().feed_fanout.with_label_values(&["pushed"]).get()
 }
@@ -90,7 +95,7 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
     let store = pipeline.runtime.store.clone();
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let user = |i: usize| format!("fb-{run_id}-{i}");
+    let user = |i: usize| bench_user(&run_id, i);
     let star = |i: usize| format!("fb-{run_id}-star{i}");
     println!(
         "bench-feed: pipeline up (kafka {kafka}, store {store_url}); {} users following {} each, plus {} stars everyone follows",
@@ -216,7 +221,7 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
                 if n >= posts {
                     return Ok::<_, anyhow::Error>(Instant::now());
                 }
-                let author = format!("fb-{run_id}-{}", n % users);
+                let author = bench_user(&run_id, n % users);
                 let client =
                     base.with_token(&tokens.mint(&author, now(), Duration::from_secs(3600)))?;
                 let post = client
@@ -226,7 +231,7 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
                 let accepted = Instant::now();
                 if n % SAMPLE_EVERY == 0 {
                     // The post's last follower in the graph: user n-1.
-                    let follower = format!("fb-{run_id}-{}", (n % users + users - 1) % users);
+                    let follower = bench_user(&run_id, (n % users + users - 1) % users);
                     let (store, visible) = (store.clone(), visible.clone());
                     tokio::spawn(async move {
                         while accepted.elapsed() < Duration::from_secs(120) {
@@ -289,7 +294,7 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
                     return Ok::<_, anyhow::Error>(());
                 }
                 // A spread of users, not a hot few.
-                let who = format!("fb-{run_id}-{}", n.wrapping_mul(7919) % users);
+                let who = bench_user(&run_id, n.wrapping_mul(7919) % users);
                 let client =
                     reader.with_token(&tokens.mint(&who, now(), Duration::from_secs(3600)))?;
                 let at = Instant::now();

@@ -11,7 +11,9 @@ use tidings_gateway::{
     Gateway, GatewayAddrs,
     webhooks::{SendGridSignatures, TwilioSignatures},
 };
-use tidings_kafka::{AvroProducer, KafkaCluster, RETRY_TIERS, Stage, StageOptions, Topics};
+use tidings_kafka::{
+    AvroProducer, KafkaCluster, Processor, RETRY_TIERS, Stage, StageOptions, Topics,
+};
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
     TemplateStats, senders::providers::ProviderConfig,
@@ -152,75 +154,51 @@ impl Runtime {
         tasks: &mut JoinSet<Result<()>>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let kafka = &self.config.kafka;
-        let dead_letter = self.topics.dead_letter();
         let options = StageOptions::default();
-        let shutdown = shutdown.clone();
+        let (store, topics) = (&self.store, &self.topics);
         match name {
-            StageName::Enricher => {
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    Enricher::new(
-                        self.store.clone(),
-                        self.topics.clone(),
-                        self.producer.codec().clone(),
-                        self.config.enricher.clone(),
-                        &self.config.tracking,
-                    ),
-                    &[self.topics.requests()],
-                    dead_letter,
-                    options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
-            }
+            StageName::Enricher => self.spawn_consumer(
+                Enricher::new(
+                    store.clone(),
+                    topics.clone(),
+                    self.producer.codec().clone(),
+                    self.config.enricher.clone(),
+                    &self.config.tracking,
+                ),
+                topics.requests(),
+                options,
+                tasks,
+                shutdown,
+            ),
             StageName::Scheduler => {
                 let poll = Duration::from_millis(self.config.enricher.schedule_poll_ms);
-                let scheduler = Scheduler::new(
-                    self.store.clone(),
-                    self.producer.clone(),
-                    self.topics.clone(),
-                    poll,
-                );
+                let scheduler =
+                    Scheduler::new(store.clone(), self.producer.clone(), topics.clone(), poll);
+                let shutdown = shutdown.clone();
                 tasks.spawn(async move { Ok(scheduler.run(shutdown).await?) });
+                Ok(())
             }
-            StageName::TemplateStats => {
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    TemplateStats::new(self.store.clone()),
-                    &[self.topics.tracking()],
-                    dead_letter,
-                    options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
-            }
-            StageName::FeedPlanner => {
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    FanoutPlanner::new(self.store.clone(), self.topics.clone(), &self.config.feed),
-                    &[self.topics.posts()],
-                    dead_letter,
-                    options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
-            }
-            StageName::FeedWriter => {
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    FeedWriter::new(self.store.clone(), self.topics.clone(), &self.config.feed),
-                    &[self.topics.fanout()],
-                    dead_letter,
-                    options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
-            }
+            StageName::TemplateStats => self.spawn_consumer(
+                TemplateStats::new(store.clone()),
+                topics.tracking(),
+                options,
+                tasks,
+                shutdown,
+            ),
+            StageName::FeedPlanner => self.spawn_consumer(
+                FanoutPlanner::new(store.clone(), topics.clone(), &self.config.feed),
+                topics.posts(),
+                options,
+                tasks,
+                shutdown,
+            ),
+            StageName::FeedWriter => self.spawn_consumer(
+                FeedWriter::new(store.clone(), topics.clone(), &self.config.feed),
+                topics.fanout(),
+                options,
+                tasks,
+                shutdown,
+            ),
             StageName::Retry(tier) => {
                 // A tier holds records until due: let a member wait that long
                 // between polls without being evicted from its group.
@@ -231,38 +209,51 @@ impl Runtime {
                     max_poll_interval: delay + Duration::from_secs(300),
                     ..options
                 };
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    RetryRelay::new(tier, self.topics.clone()),
-                    &[self.topics.retry(tier)],
-                    dead_letter,
+                self.spawn_consumer(
+                    RetryRelay::new(tier, topics.clone()),
+                    topics.retry(tier),
                     options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+                    tasks,
+                    shutdown,
+                )
             }
-            StageName::Sender(channel) => {
-                let sender = ChannelSender::new(
+            StageName::Sender(channel) => self.spawn_consumer(
+                ChannelSender::new(
                     channel,
                     self.provider(channel)?,
-                    self.store.clone(),
-                    self.topics.clone(),
+                    store.clone(),
+                    topics.clone(),
                     self.producer.codec().clone(),
                     self.config.senders.clone(),
-                );
-                let stage = Stage::new(
-                    &self.cluster,
-                    kafka,
-                    self.producer.clone(),
-                    sender,
-                    &[self.topics.deliver(channel)],
-                    dead_letter,
-                    options,
-                )?;
-                tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
-            }
+                ),
+                topics.deliver(channel),
+                options,
+                tasks,
+                shutdown,
+            ),
         }
+    }
+
+    /// Runs `processor` on `input` in the shared stage runner, on `tasks`.
+    fn spawn_consumer<P: Processor>(
+        &self,
+        processor: P,
+        input: String,
+        options: StageOptions,
+        tasks: &mut JoinSet<Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let stage = Stage::new(
+            &self.cluster,
+            &self.config.kafka,
+            self.producer.clone(),
+            processor,
+            &[input],
+            self.topics.dead_letter(),
+            options,
+        )?;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
         Ok(())
     }
 

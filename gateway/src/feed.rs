@@ -315,7 +315,7 @@ impl Gateway {
             following.iter().filter(|a| pulled.contains(*a)).collect();
         // A pulled author sees their own posts too.
         let me = user.to_owned();
-        if pulled.contains(&me) {
+        if pulled.contains(user) {
             pull_from.push(&me);
         }
         let pulled_posts: Vec<Arc<Vec<Post>>> = stream::iter(pull_from.into_iter().cloned())
@@ -427,17 +427,15 @@ impl Gateway {
             .filter(|c| c.post.is_none())
             .map(|c| c.post_id.clone())
             .collect();
+        let author_ids: HashSet<&String> = candidates.iter().map(|c| &c.author_id).collect();
         let mut known: HashMap<String, User> = HashMap::new();
         let mut authors: Vec<String> = Vec::new();
-        for c in &candidates {
-            if known.contains_key(&c.author_id) || authors.contains(&c.author_id) {
-                continue;
-            }
-            match FeedCaches::fresh(&caches.authors, &c.author_id, AUTHOR_TTL) {
+        for id in author_ids {
+            match FeedCaches::fresh(&caches.authors, id, AUTHOR_TTL) {
                 Some(user) => {
-                    known.insert(c.author_id.clone(), user);
+                    known.insert(id.clone(), user);
                 }
-                None => authors.push(c.author_id.clone()),
+                None => authors.push(id.clone()),
             }
         }
         let (posts, users_read) = tokio::try_join!(

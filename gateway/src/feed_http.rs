@@ -23,8 +23,24 @@ use crate::{
 pub fn routes() -> Router<Gateway> {
     Router::new()
         .route("/v1/me/feed", get(read).post(publish))
-        .route("/v1/me/following/{user_id}", put(follow).delete(unfollow))
-        .route("/v1/me/muted/{user_id}", put(mute).delete(unmute))
+        .route(
+            "/v1/me/following/{user_id}",
+            put(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
+                edit_graph(s.0, h, id, GraphEdit::Follow)
+            })
+            .delete(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
+                edit_graph(s.0, h, id, GraphEdit::Unfollow)
+            }),
+        )
+        .route(
+            "/v1/me/muted/{user_id}",
+            put(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
+                edit_graph(s.0, h, id, GraphEdit::Mute)
+            })
+            .delete(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
+                edit_graph(s.0, h, id, GraphEdit::Unmute)
+            }),
+        )
 }
 
 #[derive(Deserialize)]
@@ -219,46 +235,39 @@ async fn read(
     }))
 }
 
-async fn follow(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    Path(other): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, "http PUT /v1/me/following", &headers)?;
-    let result = gateway.set_following(&user, &other, true).await;
-    answer(&gateway, "http PUT /v1/me/following", result)?;
-    Ok(StatusCode::NO_CONTENT)
+/// One edit of the caller's social graph, as the four routes name it.
+#[derive(Clone, Copy)]
+enum GraphEdit {
+    Follow,
+    Unfollow,
+    Mute,
+    Unmute,
 }
 
-async fn unfollow(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    Path(other): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, "http DELETE /v1/me/following", &headers)?;
-    let result = gateway.set_following(&user, &other, false).await;
-    answer(&gateway, "http DELETE /v1/me/following", result)?;
-    Ok(StatusCode::NO_CONTENT)
+impl GraphEdit {
+    fn method(self) -> &'static str {
+        match self {
+            GraphEdit::Follow => "http PUT /v1/me/following",
+            GraphEdit::Unfollow => "http DELETE /v1/me/following",
+            GraphEdit::Mute => "http PUT /v1/me/muted",
+            GraphEdit::Unmute => "http DELETE /v1/me/muted",
+        }
+    }
 }
 
-async fn mute(
-    State(gateway): State<Gateway>,
+async fn edit_graph(
+    gateway: Gateway,
     headers: HeaderMap,
-    Path(other): Path<String>,
+    other: String,
+    edit: GraphEdit,
 ) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, "http PUT /v1/me/muted", &headers)?;
-    let result = gateway.set_muted(&user, &other, true).await;
-    answer(&gateway, "http PUT /v1/me/muted", result)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn unmute(
-    State(gateway): State<Gateway>,
-    headers: HeaderMap,
-    Path(other): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let user = bearer(&gateway, "http DELETE /v1/me/muted", &headers)?;
-    let result = gateway.set_muted(&user, &other, false).await;
-    answer(&gateway, "http DELETE /v1/me/muted", result)?;
+    let user = bearer(&gateway, edit.method(), &headers)?;
+    let result = match edit {
+        GraphEdit::Follow => gateway.set_following(&user, &other, true).await,
+        GraphEdit::Unfollow => gateway.set_following(&user, &other, false).await,
+        GraphEdit::Mute => gateway.set_muted(&user, &other, true).await,
+        GraphEdit::Unmute => gateway.set_muted(&user, &other, false).await,
+    };
+    answer(&gateway, edit.method(), result)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -100,7 +100,7 @@ impl UserTokens {
         else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
-        let header: Header = decode_json(header, "the header")?;
+        let header: Header = decode_json(header, "the header is not base64url JSON with `alg`")?;
         if header.alg != "HS256" {
             return Err(TokenError::Algorithm(header.alg));
         }
@@ -110,7 +110,7 @@ impl UserTokens {
         let (signing_input, _) = token.rsplit_once('.').expect("three parts");
         hmac::verify(&self.key, signing_input.as_bytes(), &signature)
             .map_err(|_| TokenError::Signature)?;
-        let claims: Claims = decode_json(claims, "the claims")?;
+        let claims: Claims = decode_json(claims, "the claims are not a base64url JSON object")?;
         match claims.exp {
             None => return Err(TokenError::Malformed("no expiry (`exp`)")),
             Some(exp) if exp + LEEWAY_SECS <= now_secs => return Err(TokenError::Expired),
@@ -126,22 +126,15 @@ impl UserTokens {
     }
 }
 
+/// A token part: base64url JSON; `malformed` says which part failed.
 fn decode_json<T: for<'de> Deserialize<'de>>(
     part: &str,
-    what: &'static str,
+    malformed: &'static str,
 ) -> Result<T, TokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| {
-        TokenError::Malformed(match what {
-            "the header" => "the header is not base64url",
-            _ => "the claims are not base64url",
-        })
-    })?;
-    serde_json::from_slice(&bytes).map_err(|_| {
-        TokenError::Malformed(match what {
-            "the header" => "the header is not a JSON object with `alg`",
-            _ => "the claims are not a JSON object",
-        })
-    })
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed(malformed))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(malformed))
 }
 
 fn base64_json(part: &impl Serialize) -> String {

@@ -182,13 +182,10 @@ impl TestPipeline {
             .set("enable.auto.commit", "false")
             .create()
             .expect("test consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
         let mut partitions = TopicPartitionList::new();
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        for p in partitions_of(&consumer, topic) {
             partitions
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .add_partition_offset(topic, p, Offset::Beginning)
                 .expect("partition offset");
         }
         assert!(partitions.count() > 0, "{topic} has no partitions");
@@ -202,15 +199,12 @@ impl TestPipeline {
         let consumer = self.reader(topic);
         let codec = AvroCodec::local();
         let mut left: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        for p in partitions_of(&consumer, topic) {
             let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .expect("watermarks");
             if high > low {
-                left.insert(p.id(), high);
+                left.insert(p, high);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -264,6 +258,17 @@ impl TestPipeline {
         }
         (raw, records)
     }
+}
+
+/// The partition ids of `topic`.
+fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Vec<i32> {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata")
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
 }
 
 /// How long a pipeline may take to stop before the test fails: a hang here
