@@ -105,8 +105,12 @@ async fn duplicates_are_dropped(backend: Backend) {
         "a retried send returns the same ids"
     );
     let id = &first.notification_ids[0];
+    // The gateway writes ACCEPTED after answering, so the second may land
+    // after the enricher's DEDUPLICATED: wait for all of them.
     let events = tracking_of(&t, id, |e| {
-        count(e, TrackingKind::Deduplicated) == 1 && count(e, TrackingKind::Sent) == 1
+        count(e, TrackingKind::Deduplicated) == 1
+            && count(e, TrackingKind::Sent) == 1
+            && count(e, TrackingKind::Accepted) >= 2
     })
     .await;
     assert_eq!(count(&events, TrackingKind::Accepted), 2);
