@@ -174,6 +174,11 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// How long a produce may wait for acks=all before it fails.
     pub produce_timeout_ms: u64,
+    /// Largest record tidings produces, in bytes: the producer's
+    /// `message.max.bytes` and the `max.message.bytes` of the topics
+    /// `tidings init` creates. The gateway refuses requests whose records
+    /// could exceed it; a stage dead-letters an output that would.
+    pub max_message_bytes: usize,
     /// A Confluent-compatible schema registry; none means the schema ids
     /// compiled in from `schemas/avro`.
     pub schema_registry_url: Option<String>,
@@ -196,6 +201,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             group_prefix: "tidings".into(),
             produce_timeout_ms: 30_000,
+            max_message_bytes: 1_000_000,
             schema_registry_url: None,
             client: BTreeMap::new(),
         }
