@@ -27,6 +27,17 @@ pub enum StoreError {
         source: BoxError,
     },
 
+    /// The store was migrated by a newer build than this one: its schema may
+    /// not fit this build's statements, and migrations are never undone.
+    #[error(
+        "the {backend} store is at schema version {store_version}, newer than this build knows (up to {known_version}): it was migrated by a newer release of tidings; run that release or a newer one (schema downgrades are not supported, see docs/operations.md#schema-migrations)"
+    )]
+    SchemaTooNew {
+        backend: &'static str,
+        store_version: u32,
+        known_version: u32,
+    },
+
     /// The write would overwrite something that must stay immutable, e.g. an
     /// existing template version.
     #[error("{op} `{key}`: already exists")]
@@ -60,6 +71,7 @@ impl StoreError {
             StoreError::Backend { retriable, .. } => *retriable,
             StoreError::InvalidUrl { .. }
             | StoreError::Migration { .. }
+            | StoreError::SchemaTooNew { .. }
             | StoreError::Conflict { .. }
             | StoreError::InvalidData { .. } => false,
         }

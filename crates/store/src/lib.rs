@@ -20,11 +20,13 @@ pub mod counters;
 pub mod dedupe;
 mod error;
 pub mod feed;
+mod migrations;
 pub mod notification_log;
 pub mod posts;
 pub mod preferences;
 pub mod rate_limits;
 pub mod schedule;
+mod script;
 mod scylla;
 pub mod social_graph;
 mod sqlite;
@@ -41,6 +43,7 @@ pub use counters::CounterStore;
 pub use dedupe::DedupeLedger;
 pub use error::StoreError;
 pub use feed::{FeedEntry, FeedStore};
+pub use migrations::{AppliedMigration, MigrationStatus, SchemaStatus, State as MigrationState};
 pub use notification_log::{NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore};
 pub use preferences::{Preference, PreferenceStore};
@@ -82,7 +85,9 @@ impl Default for Replication {
 /// development.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Apply the (idempotent) schema migrations while connecting.
+    /// Apply the schema migrations the store has not recorded yet while
+    /// connecting. Without it the store's recorded version is still checked:
+    /// a store migrated by a newer build is refused.
     pub migrate: bool,
     /// Replication of the keyspace when migrations create it (Scylla only).
     pub replication: Replication,
@@ -111,7 +116,13 @@ impl Default for StoreOptions {
 #[async_trait::async_trait]
 trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    async fn migrate(&self) -> Result<(), StoreError>;
+    /// This build's migrations for the engine, in version order.
+    fn migrations(&self) -> &'static [migrations::Migration];
+    /// What the store's `schema_migrations` table says; changes nothing.
+    async fn recorded(&self) -> Result<migrations::Recorded, StoreError>;
+    /// Applies the migrations the store has not recorded, in order, recording
+    /// each; answers the versions this call applied.
+    async fn migrate(&self) -> Result<Vec<u32>, StoreError>;
 }
 
 /// Handle to every aggregate store of one engine. Cloning is cheap (`Arc`s).
@@ -145,15 +156,35 @@ impl Store {
         }
     }
 
-    /// Applies the schema migrations again. They are idempotent, so this is
-    /// safe on a live store, e.g. after deploying a build with a new table.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// Applies the schema migrations the store has not recorded yet, in
+    /// order, and answers their versions (none when it is up to date). Safe
+    /// on a live store and from several processes at once. Refuses a store
+    /// migrated by a newer build ([`StoreError::SchemaTooNew`]).
+    pub async fn migrate(&self) -> Result<Vec<u32>, StoreError> {
         self.backend.migrate().await
+    }
+
+    /// Where this store's schema stands against this build's migrations.
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let recorded = self.backend.recorded().await?;
+        SchemaStatus::new(self.backend.name(), self.backend.migrations(), &recorded)
     }
 
     /// `"scylla"` or `"sqlite"`, for logs and metrics labels.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+}
+
+/// Where the schema of the store at `url` stands, without creating or
+/// changing anything and without needing its tables: `tidings migrate
+/// --status` (a store that does not exist yet shows every migration pending).
+pub async fn schema_status(url: &str, opts: &StoreOptions) -> Result<SchemaStatus, StoreError> {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Sqlite { path } => sqlite::schema_status(&path).await,
+        StoreUrl::Scylla { nodes, keyspace } => {
+            scylla::schema_status(&nodes, &keyspace, opts).await
+        }
     }
 }
 

@@ -20,6 +20,8 @@ mod social_graph;
 mod templates;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::session::Session;
@@ -33,27 +35,56 @@ use scylla::errors::{
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use crate::error::BoxError;
+use crate::migrations::{self, AppliedMigration, Migration, Recorded, SchemaStatus};
+use crate::script;
 use crate::url::is_cql_identifier;
 use crate::{Backend, Replication, Store, StoreError, StoreOptions};
 
+/// Creates the keyspace; run before every migrate, outside the versions
+/// (the version table lives in the keyspace). Idempotent.
 const KEYSPACE_MIGRATION: &str = include_str!("../../migrations/cql/0000_keyspace.cql");
-/// Applied in order by every migrate; each file is idempotent.
-const MIGRATIONS: &[(&str, &str)] = &[
-    (
+
+/// This build's migrations, versions 1..N (see `crate::migrations`).
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
         "0001_init.cql",
         include_str!("../../migrations/cql/0001_init.cql"),
     ),
-    (
+    Migration::new(
         "0002_rate_limits.cql",
         include_str!("../../migrations/cql/0002_rate_limits.cql"),
     ),
-    (
+    Migration::new(
         "0003_pulled_authors.cql",
         include_str!("../../migrations/cql/0003_pulled_authors.cql"),
     ),
 ];
+
+/// Where applied migrations are recorded, and the lease one migrator holds
+/// while it applies them.
+const MIGRATION_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    int PRIMARY KEY,
+    name       text,
+    checksum   text,
+    applied_at timestamp
+);
+CREATE TABLE IF NOT EXISTS schema_migration_lock (
+    id          text PRIMARY KEY,
+    owner       text,
+    acquired_at timestamp
+);";
+
+/// How long the migration lease lives without renewal: a migrator that dies
+/// holding it delays the next one by at most this. Renewed after each
+/// migration, so it bounds one migration, not all of them.
+const LOCK_TTL: Duration = Duration::from_secs(120);
+/// How long a migrator waits for another one's lease before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(180);
+const LOCK_POLL: Duration = Duration::from_millis(500);
 
 pub(crate) async fn connect(
     nodes: &[String],
@@ -66,22 +97,7 @@ pub(crate) async fn connect(
         address: address.clone(),
         reason,
     };
-    let builder = SessionBuilder::new()
-        .known_nodes(nodes)
-        .connection_timeout(opts.connect_timeout);
-    // The driver bounds each connection attempt, but not the whole start-up
-    // (metadata fetch included); this makes "unreachable" a bounded wait.
-    let session = tokio::time::timeout(opts.connect_timeout * 2, builder.build())
-        .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", opts.connect_timeout * 2)))?
-        .map_err(|e| unreachable(e.to_string()))?;
-
-    let cql = Cql {
-        session: Arc::new(session),
-        keyspace: keyspace.to_owned(),
-        replication: opts.replication.clone(),
-        concurrency: opts.concurrency.max(1),
-    };
+    let cql = session(nodes, keyspace, opts).await?;
     if opts.migrate {
         cql.migrate().await?;
     } else {
@@ -93,6 +109,7 @@ pub(crate) async fn connect(
                     "keyspace `{keyspace}` unusable (not migrated yet?): {e}"
                 ))
             })?;
+        migrations::check("scylla", MIGRATIONS, &cql.recorded().await?)?;
     }
 
     Ok(Store {
@@ -110,6 +127,45 @@ pub(crate) async fn connect(
         rate_limits: Arc::new(rate_limits::ScyllaRateLimits::prepare(&cql).await?),
         backend: Arc::new(cql),
     })
+}
+
+/// A session to the cluster, keyspace not chosen yet.
+async fn session(nodes: &[String], keyspace: &str, opts: &StoreOptions) -> Result<Cql, StoreError> {
+    let address = nodes.join(",");
+    let unreachable = |reason: String| StoreError::Connect {
+        backend: "scylla",
+        address: address.clone(),
+        reason,
+    };
+    // Schema agreement is awaited after every DDL statement (the driver's
+    // default, spelled out because migrations depend on it): the next
+    // statement, or another node's prepare, must see the new table.
+    let builder = SessionBuilder::new()
+        .known_nodes(nodes)
+        .connection_timeout(opts.connect_timeout)
+        .auto_await_schema_agreement(true);
+    // The driver bounds each connection attempt, but not the whole start-up
+    // (metadata fetch included); this makes "unreachable" a bounded wait.
+    let session = tokio::time::timeout(opts.connect_timeout * 2, builder.build())
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", opts.connect_timeout * 2)))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(Cql {
+        session: Arc::new(session),
+        keyspace: keyspace.to_owned(),
+        replication: opts.replication.clone(),
+        concurrency: opts.concurrency.max(1),
+    })
+}
+
+/// `tidings migrate --status`: reads the schema tables only.
+pub(crate) async fn schema_status(
+    nodes: &[String],
+    keyspace: &str,
+    opts: &StoreOptions,
+) -> Result<SchemaStatus, StoreError> {
+    let cql = session(nodes, keyspace, opts).await?;
+    SchemaStatus::new("scylla", MIGRATIONS, &cql.recorded().await?)
 }
 
 /// The session and what every aggregate needs alongside it.
@@ -207,9 +263,69 @@ impl Backend for Cql {
         "scylla"
     }
 
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    /// Reads the keyspace's tables from `system_schema`, then the recorded
+    /// migrations: works before the keyspace exists and needs no
+    /// `use_keyspace`.
+    async fn recorded(&self) -> Result<Recorded, StoreError> {
+        let op = "schema_migrations.read";
+        let pager = self
+            .session
+            .query_iter(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+                (self.keyspace.as_str(),),
+            )
+            .await
+            .ctx(op, &self.keyspace)?;
+        let tables: Vec<(String,)> = pager
+            .rows_stream::<(String,)>()
+            .ctx(op, &self.keyspace)?
+            .try_collect()
+            .await
+            .ctx(op, &self.keyspace)?;
+        let versioned = tables.iter().any(|(t,)| t == "schema_migrations");
+        let mut applied = Vec::new();
+        if versioned {
+            // The keyspace name was checked to be a plain identifier.
+            let select = format!(
+                "SELECT version, name, checksum, applied_at FROM {}.schema_migrations",
+                self.keyspace
+            );
+            let pager = self
+                .session
+                .query_iter(select, ())
+                .await
+                .ctx(op, &self.keyspace)?;
+            let rows: Vec<(i32, Option<String>, Option<String>, Option<CqlTimestamp>)> = pager
+                .rows_stream()
+                .ctx(op, &self.keyspace)?
+                .try_collect()
+                .await
+                .ctx(op, &self.keyspace)?;
+            for (version, name, checksum, applied_at) in rows {
+                applied.push(AppliedMigration {
+                    version: from_int(op, &self.keyspace, version)?,
+                    name: name.unwrap_or_default(),
+                    checksum: checksum.unwrap_or_default(),
+                    applied_at: applied_at.map_or(0, |t| t.0),
+                });
+            }
+            applied.sort_by_key(|a| a.version);
+        }
+        Ok(Recorded {
+            versioned,
+            has_tables: tables.iter().any(|(t,)| t == "users"),
+            applied,
+        })
+    }
+
     /// Creates the keyspace, makes it the session's keyspace (the scripts
-    /// name tables unqualified) and applies every table script.
-    async fn migrate(&self) -> Result<(), StoreError> {
+    /// name tables unqualified), then, holding the migration lease, applies
+    /// the migrations the keyspace has not recorded.
+    async fn migrate(&self) -> Result<Vec<u32>, StoreError> {
         if !is_cql_identifier(&self.keyspace) {
             return Err(migration_error(
                 "0000_keyspace.cql",
@@ -228,24 +344,167 @@ impl Backend for Cql {
             .use_keyspace(&self.keyspace, false)
             .await
             .map_err(|e| migration_error("0000_keyspace.cql", e))?;
-        for (name, script) in MIGRATIONS {
-            self.run_script(name, script).await?;
-        }
-        Ok(())
+        // Refuse a newer store before touching it, and say when this is the
+        // first migrate of a store from before versioned migrations.
+        migrations::pending("scylla", MIGRATIONS, &self.recorded().await?)?;
+        self.run_script("schema_migrations", MIGRATION_TABLES)
+            .await?;
+
+        let lease = self.acquire_lease().await?;
+        let applied = self.apply_pending(&lease).await;
+        // Released even when a migration failed, so that the next attempt
+        // need not wait for the lease to expire.
+        let released = self.release_lease(&lease).await;
+        let applied = applied?;
+        released?;
+        Ok(applied)
     }
 }
 
+/// Distinguishes two migrators of one process in the lease owner.
+static MIGRATOR: AtomicU64 = AtomicU64::new(0);
+
 impl Cql {
-    /// Runs the `;`-separated statements of a migration file in order. The
-    /// driver waits for schema agreement after each DDL statement.
+    /// Runs the statements of a migration file in order. The driver waits for
+    /// schema agreement after each DDL statement.
     async fn run_script(&self, name: &str, script: &str) -> Result<(), StoreError> {
-        for statement in statements(script) {
+        let statements = script::statements(script).map_err(|e| migration_error(name, e))?;
+        for statement in statements {
             self.session
                 .query_unpaged(statement.as_str(), ())
                 .await
                 .map_err(|e| migration_error(name, format!("{e} in `{statement}`")))?;
         }
         Ok(())
+    }
+
+    /// Applies, in order, the migrations not recorded (read again under the
+    /// lease: another migrator may have applied them meanwhile).
+    async fn apply_pending(&self, lease: &str) -> Result<Vec<u32>, StoreError> {
+        let recorded = self.recorded().await?;
+        SchemaStatus::new("scylla", MIGRATIONS, &recorded)?.refuse_if_too_new()?;
+        let mut applied = Vec::new();
+        for m in migrations::unrecorded(MIGRATIONS, &recorded) {
+            let checksum = m.checksum().map_err(|e| migration_error(m.file, e))?;
+            self.run_script(m.file, m.script).await?;
+            // Every node must have the new tables before the version says
+            // they exist: a process that reads the version next may prepare
+            // statements on them through any node.
+            self.session
+                .await_schema_agreement()
+                .await
+                .map_err(|e| migration_error(m.file, format!("schema agreement: {e}")))?;
+            let recorded = self
+                .lwt(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                    (
+                        to_int("schema_migrations.insert", m.file, m.version)?,
+                        m.name,
+                        checksum.as_str(),
+                        CqlTimestamp(crate::now_millis()),
+                    ),
+                )
+                .await
+                .ctx("schema_migrations.insert", m.file)?;
+            if recorded {
+                tracing::info!(version = m.version, name = m.name, keyspace = %self.keyspace, "scylla schema migration applied");
+                applied.push(m.version);
+            } else {
+                // Only when a lease expired under a slow migrator: the
+                // statements are idempotent DDL, and the first record stands.
+                tracing::warn!(
+                    version = m.version,
+                    "schema migration was recorded by another migrator meanwhile"
+                );
+            }
+            self.renew_lease(lease).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Takes the migration lease (a lightweight transaction on one row),
+    /// waiting a bounded time for another migrator to finish.
+    async fn acquire_lease(&self) -> Result<String, StoreError> {
+        let owner = format!(
+            "pid-{}-{}-{}",
+            std::process::id(),
+            crate::now_millis(),
+            MIGRATOR.fetch_add(1, Ordering::Relaxed)
+        );
+        let insert = format!(
+            "INSERT INTO schema_migration_lock (id, owner, acquired_at) VALUES ('migrate', ?, ?) IF NOT EXISTS USING TTL {}",
+            LOCK_TTL.as_secs()
+        );
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match self
+                .lwt(&insert, (owner.as_str(), CqlTimestamp(crate::now_millis())))
+                .await
+            {
+                Ok(true) => return Ok(owner),
+                Ok(false) => {}
+                // Paxos contention with the other migrator: try again.
+                Err(f) if f.retriable => {}
+                Err(f) => return Err(migration_error("schema_migration_lock", f.source)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(migration_error(
+                    "schema_migration_lock",
+                    format!(
+                        "another migrator held the migration lock of keyspace `{}` for over {LOCK_WAIT:?}; if it died, its lock expires {LOCK_TTL:?} after its last renewal",
+                        self.keyspace
+                    ),
+                ));
+            }
+            tracing::info!(keyspace = %self.keyspace, "waiting for another schema migrator to finish");
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    async fn renew_lease(&self, owner: &str) -> Result<(), StoreError> {
+        let update = format!(
+            "UPDATE schema_migration_lock USING TTL {} SET owner = ?, acquired_at = ? WHERE id = 'migrate' IF owner = ?",
+            LOCK_TTL.as_secs()
+        );
+        let renewed = self
+            .lwt(&update, (owner, CqlTimestamp(crate::now_millis()), owner))
+            .await
+            .map_err(|f| migration_error("schema_migration_lock", f.source))?;
+        if !renewed {
+            // The lease expired and another migrator may be applying the
+            // same migrations: stop rather than interleave with it.
+            return Err(migration_error(
+                "schema_migration_lock",
+                format!(
+                    "the migration lock expired (a migration took over {LOCK_TTL:?}); run the migration again"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn release_lease(&self, owner: &str) -> Result<(), StoreError> {
+        self.lwt(
+            "DELETE FROM schema_migration_lock WHERE id = 'migrate' IF owner = ?",
+            (owner,),
+        )
+        .await
+        .map_err(|f| migration_error("schema_migration_lock", f.source))?;
+        Ok(())
+    }
+
+    /// Runs a lightweight transaction; answers whether it applied.
+    async fn lwt(&self, cql: &str, values: impl SerializeRow) -> Result<bool, Failure> {
+        let result = self
+            .session
+            .query_unpaged(cql, values)
+            .await?
+            .into_rows_result()?;
+        let row = result.maybe_first_row::<Row>()?;
+        Ok(matches!(
+            row.and_then(|r| r.columns.into_iter().next()).flatten(),
+            Some(CqlValue::Boolean(true))
+        ))
     }
 }
 
@@ -255,20 +514,6 @@ fn migration_error(migration: &str, source: impl Into<BoxError>) -> StoreError {
         migration: migration.to_owned(),
         source: source.into(),
     }
-}
-
-/// The statements of a CQL script: `--` comment lines dropped, split on `;`.
-fn statements(script: &str) -> Vec<String> {
-    let code: String = script
-        .lines()
-        .map(|line| line.split_once("--").map_or(line, |(code, _comment)| code))
-        .collect::<Vec<_>>()
-        .join("\n");
-    code.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The CQL map literal of a replication setting. Data-centre names are
@@ -421,30 +666,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scripts_split_into_statements_without_comments() {
-        let script = "-- header; with a semicolon\nCREATE TABLE a (x int PRIMARY KEY);\n\n-- b\nCREATE TABLE b (y int PRIMARY KEY); -- tail\n";
+    fn shipped_migrations_are_versioned_and_re_runnable() {
         assert_eq!(
-            statements(script),
-            vec![
-                "CREATE TABLE a (x int PRIMARY KEY)",
-                "CREATE TABLE b (y int PRIMARY KEY)"
-            ]
+            script::statements(KEYSPACE_MIGRATION).map(|s| s.len()),
+            Ok(1)
         );
-    }
-
-    #[test]
-    fn shipped_migrations_parse() {
-        assert_eq!(statements(KEYSPACE_MIGRATION).len(), 1);
-        for (name, script) in MIGRATIONS {
-            let statements = statements(script);
-            assert!(!statements.is_empty(), "{name}");
-            assert!(
-                statements
-                    .iter()
-                    .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")),
-                "{name}"
-            );
-        }
+        assert_eq!(script::statements(MIGRATION_TABLES).map(|s| s.len()), Ok(2));
+        crate::migrations::tests::check_shipped(MIGRATIONS);
     }
 
     #[test]

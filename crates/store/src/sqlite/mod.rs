@@ -27,28 +27,39 @@ use std::sync::{Arc, mpsc};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode};
 
+use crate::migrations::{self, AppliedMigration, Migration, Recorded, SchemaStatus};
 use crate::{Backend, Store, StoreError, StoreOptions};
 
-/// Applied in order on every migrate; each file is idempotent.
-const MIGRATIONS: &[(&str, &str)] = &[
-    (
+/// This build's migrations, versions 1..N (see `crate::migrations`).
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration::new(
         "0001_init.sql",
         include_str!("../../migrations/sqlite/0001_init.sql"),
     ),
-    (
+    Migration::new(
         "0002_rate_limits.sql",
         include_str!("../../migrations/sqlite/0002_rate_limits.sql"),
     ),
-    (
+    Migration::new(
         "0003_pulled_authors.sql",
         include_str!("../../migrations/sqlite/0003_pulled_authors.sql"),
     ),
 ];
 
+/// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
+const MIGRATION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+)";
+
 pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
     let db = Db::open(path).await?;
     if opts.migrate {
         db.migrate().await?;
+    } else {
+        migrations::check("sqlite", MIGRATIONS, &db.recorded().await?)?;
     }
     Ok(Store {
         contacts: Arc::new(contacts::SqliteContacts(db.clone())),
@@ -248,21 +259,121 @@ impl Backend for Db {
         "sqlite"
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        for (name, sql) in MIGRATIONS {
-            self.call(move |conn| conn.execute_batch(sql))
-                .await
-                .map_err(|failure| StoreError::Migration {
-                    backend: "sqlite",
-                    migration: (*name).to_owned(),
-                    source: match failure {
-                        Failure::Sql(e) => e.into(),
-                        Failure::Broken(e) | Failure::Commit(e) => e.into(),
-                    },
-                })?;
-        }
-        Ok(())
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
     }
+
+    async fn recorded(&self) -> Result<Recorded, StoreError> {
+        self.call(read_recorded)
+            .await
+            .map_err(|f| migration_error("schema_migrations", f))
+    }
+
+    /// Each migration runs in a transaction of its own together with its
+    /// record: SQLite's DDL is transactional, so a migration is applied
+    /// whole or not at all. Another process migrating the same file waits
+    /// for SQLite's write lock, and then finds the version recorded.
+    async fn migrate(&self) -> Result<Vec<u32>, StoreError> {
+        let recorded = self
+            .call(|conn| {
+                let recorded = read_recorded(conn)?;
+                conn.execute_batch(MIGRATION_TABLE)?;
+                Ok(recorded)
+            })
+            .await
+            .map_err(|f| migration_error("schema_migrations", f))?;
+        let mut applied = Vec::new();
+        for m in migrations::pending("sqlite", MIGRATIONS, &recorded)? {
+            let migration = *m;
+            let checksum = m.checksum().map_err(|e| StoreError::Migration {
+                backend: "sqlite",
+                migration: m.file.to_owned(),
+                source: e.into(),
+            })?;
+            let ran = self
+                .call(move |conn| {
+                    let done: bool = conn.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                        [migration.version],
+                        |row| row.get(0),
+                    )?;
+                    if done {
+                        return Ok(false);
+                    }
+                    // SQLite's own parser: it knows every statement form.
+                    conn.execute_batch(migration.script)?;
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
+                        rusqlite::params![migration.version, migration.name, checksum, crate::now_millis()],
+                    )?;
+                    Ok(true)
+                })
+                .await
+                .map_err(|f| migration_error(m.file, f))?;
+            if ran {
+                tracing::info!(
+                    version = m.version,
+                    name = m.name,
+                    "sqlite schema migration applied"
+                );
+                applied.push(m.version);
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// Reads `schema_migrations` (absent on a store that predates it).
+fn read_recorded(conn: &mut Connection) -> rusqlite::Result<Recorded> {
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('schema_migrations', 'users')",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let versioned = tables.iter().any(|t| t == "schema_migrations");
+    let applied = if versioned {
+        conn.prepare(
+            "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version",
+        )?
+        .query_map([], |row| {
+            Ok(AppliedMigration {
+                version: row.get(0)?,
+                name: row.get(1)?,
+                checksum: row.get(2)?,
+                applied_at: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(Recorded {
+        versioned,
+        has_tables: tables.iter().any(|t| t == "users"),
+        applied,
+    })
+}
+
+fn migration_error(migration: &str, failure: Failure) -> StoreError {
+    StoreError::Migration {
+        backend: "sqlite",
+        migration: migration.to_owned(),
+        source: match failure {
+            Failure::Sql(e) => e.into(),
+            Failure::Broken(e) | Failure::Commit(e) => e.into(),
+        },
+    }
+}
+
+/// `tidings migrate --status`: reads the file without creating it.
+pub(crate) async fn schema_status(path: &str) -> Result<SchemaStatus, StoreError> {
+    let recorded = if Path::new(path).exists() {
+        Db::open(path).await?.recorded().await?
+    } else {
+        Recorded::default()
+    };
+    SchemaStatus::new("sqlite", MIGRATIONS, &recorded)
 }
 
 /// Adds the operation and key to a failed call.
@@ -326,6 +437,11 @@ mod tests {
 
     use super::*;
     use crate::{ContactStore, Device, Platform, Preference, PreferenceStore};
+
+    #[test]
+    fn shipped_migrations_are_versioned_and_re_runnable() {
+        crate::migrations::tests::check_shipped(MIGRATIONS);
+    }
 
     /// A cached statement must be reused as compiled. Both statements below
     /// used to be re-prepared at every step (see `Db::open`), which cost a
