@@ -75,6 +75,27 @@ async fn tracking_of(
         .collect()
 }
 
+/// Every tracking event of one notification written so far (read to the
+/// topic's high watermarks).
+async fn all_tracking_of(t: &TestPipeline, notification_id: &str) -> Vec<TrackingEvent> {
+    t.read_all::<TrackingEvent>(&t.topic("tracking"))
+        .await
+        .into_iter()
+        .filter(|e| e.notification_id == notification_id)
+        .collect()
+}
+
+/// The deliveries of one notification on `channel`'s topic, read to its
+/// high watermarks once the enricher has handled every request so far.
+async fn deliveries_of(t: &TestPipeline, channel: &str, notification_id: &str) -> Vec<Delivery> {
+    t.caught_up("enricher", &t.topic("notify.requests")).await;
+    t.read_all::<Delivery>(&t.topic(&format!("deliver.{channel}")))
+        .await
+        .into_iter()
+        .filter(|d| d.notification_id == notification_id)
+        .collect()
+}
+
 fn count(events: &[TrackingEvent], kind: TrackingKind) -> usize {
     events.iter().filter(|e| e.kind == kind).count()
 }
@@ -114,12 +135,15 @@ async fn duplicates_are_dropped(backend: Backend) {
     })
     .await;
     assert_eq!(count(&events, TrackingKind::Accepted), 2);
-    // Nothing more arrives: exactly one email went out.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, emails) = t
-        .read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| !d.is_empty())
-        .await;
-    assert_eq!(emails.len(), 1);
+    // Once the enricher has handled both requests and the sender every
+    // email: exactly one email went out, and was sent once.
+    t.caught_up("enricher", &t.topic("notify.requests")).await;
+    let emails = t.read_all::<Delivery>(&t.topic("deliver.email")).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    t.caught_up("sender.email", &t.topic("deliver.email")).await;
+    let events = all_tracking_of(&t, id).await;
+    assert_eq!(count(&events, TrackingKind::Sent), 1);
+    assert_eq!(count(&events, TrackingKind::Deduplicated), 1);
     assert_eq!(sent_count(&t, id).await, 1);
     t.stop().await;
 }
@@ -146,9 +170,8 @@ async fn opt_out_is_respected_and_critical_categories_still_arrive(backend: Back
         ))
         .await
         .unwrap();
-    let id = &marketing.notification_ids[0];
-    let events = tracking_of(&t, id, |e| count(e, TrackingKind::Suppressed) >= 2).await;
-    assert_eq!(count(&events, TrackingKind::Sent), 0);
+    let marketing = &marketing.notification_ids[0];
+    tracking_of(&t, marketing, |e| count(e, TrackingKind::Suppressed) >= 2).await;
 
     let social = t
         .client
@@ -160,27 +183,46 @@ async fn opt_out_is_respected_and_critical_categories_still_arrive(backend: Back
         ))
         .await
         .unwrap();
-    let id = &social.notification_ids[0];
+    let social = &social.notification_ids[0];
     eventually("the social SMS", WAIT, || async {
-        (sent_count(&t, id).await == 1).then_some(())
+        (sent_count(&t, social).await == 1).then_some(())
     })
     .await;
-    let status = t.client.status(id).await.unwrap();
-    assert_eq!(
-        status.deliveries[0].channel, "sms",
-        "email is opted out on every category"
-    );
 
     let security = t
         .client
         .send(send(&user, "", &[pb::Channel::Email], "security"))
         .await
         .unwrap();
-    let id = &security.notification_ids[0];
+    let security = &security.notification_ids[0];
     eventually("the critical email despite opt-out", WAIT, || async {
-        (sent_count(&t, id).await == 1).then_some(())
+        (sent_count(&t, security).await == 1).then_some(())
     })
     .await;
+
+    // Everything the enricher wrote, read to the end: the opted-out
+    // channels got no delivery at all.
+    for (id, channel, expected) in [
+        (marketing, "email", 0),
+        (marketing, "sms", 0),
+        (social, "email", 0),
+        (social, "sms", 1),
+        (security, "email", 1),
+    ] {
+        assert_eq!(
+            deliveries_of(&t, channel, id).await.len(),
+            expected,
+            "{channel} deliveries of {id}"
+        );
+    }
+    let status = t.client.status(social).await.unwrap();
+    let sent: Vec<&str> = status
+        .deliveries
+        .iter()
+        .filter(|d| d.state == "sent")
+        .map(|d| d.channel.as_str())
+        .collect();
+    assert_eq!(sent, ["sms"], "email is opted out on every category");
     t.stop().await;
 }
 
@@ -212,8 +254,7 @@ async fn the_rate_limit_is_enforced(backend: Backend) {
         .unwrap()
         .notification_ids;
     let third = ids[2].clone();
-    let events = tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) == 1).await;
-    assert_eq!(count(&events, TrackingKind::Sent), 0);
+    tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) >= 1).await;
     for id in &ids[..2] {
         eventually("the first two SMS", WAIT, || async {
             (sent_count(&t, id).await == 1).then_some(())
@@ -224,6 +265,12 @@ async fn the_rate_limit_is_enforced(backend: Backend) {
         (sent_count(&t, &critical[0]).await == 1).then_some(())
     })
     .await;
+    // Read to the end: the third got no SMS, and one RATE_LIMITED.
+    assert!(deliveries_of(&t, "sms", &third).await.is_empty());
+    let events = all_tracking_of(&t, &third).await;
+    assert_eq!(count(&events, TrackingKind::RateLimited), 1);
+    assert_eq!(count(&events, TrackingKind::Sent), 0);
+    assert_eq!(sent_count(&t, &third).await, 0);
     t.stop().await;
 }
 
@@ -263,7 +310,12 @@ async fn the_rate_limit_window_survives_a_restart(backend: Backend) {
         .unwrap()
         .notification_ids[0]
         .clone();
-    let events = tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) == 1).await;
+    tracking_of(&t, &third, |e| count(e, TrackingKind::RateLimited) >= 1).await;
+    // Read to the end once the enricher has handled it: limited once, and
+    // no SMS written.
+    assert!(deliveries_of(&t, "sms", &third).await.is_empty());
+    let events = all_tracking_of(&t, &third).await;
+    assert_eq!(count(&events, TrackingKind::RateLimited), 1);
     let limited = events
         .iter()
         .find(|e| e.kind == TrackingKind::RateLimited)
@@ -353,9 +405,12 @@ async fn templates_render_in_the_users_locale(backend: Backend) {
     request.content = template(&[("item", "vélo")]);
     t.client.send(request.clone()).await.unwrap();
 
-    let (_, emails) = t
-        .read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| d.len() >= 2)
+    t.read_until::<Delivery>(&t.topic("deliver.email"), WAIT, |d| d.len() >= 2)
         .await;
+    // Read to the end once the enricher is done: one email per user.
+    t.caught_up("enricher", &t.topic("notify.requests")).await;
+    let emails = t.read_all::<Delivery>(&t.topic("deliver.email")).await;
+    assert_eq!(emails.len(), 2, "{emails:?}");
     let of = |u: &str| {
         emails
             .iter()
@@ -578,5 +633,194 @@ mod tracking {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn servers() {
         clicks_and_opens_are_tracked_and_counted_per_template(Backend::Servers).await
+    }
+}
+
+/// With `over_limit = "defer"` and a rule for every channel, a notification
+/// over the limit on two channels is held once per channel, and each is
+/// delivered once the window has room (both used to share one schedule key
+/// and one dedupe key, so one channel was lost).
+async fn deferred_sends_reach_every_channel_once_the_window_has_room(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| {
+        c.enricher.rate_limits = vec![RateLimit {
+            channel: None,
+            category: None,
+            max: 1,
+            per_secs: 4,
+        }];
+        c.enricher.over_limit = tidings_config::OverLimit::Defer;
+    })
+    .await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let both = [pb::Channel::Email, pb::Channel::Sms];
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.extend(
+            t.client
+                .send(send(&user, "", &both, ""))
+                .await
+                .unwrap()
+                .notification_ids,
+        );
+    }
+    let (first, second) = (&ids[0], &ids[1]);
+    let events = tracking_of(&t, second, |e| count(e, TrackingKind::RateLimited) == 2).await;
+    for e in events.iter().filter(|e| e.kind == TrackingKind::RateLimited) {
+        assert!(
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("over the rate limit; deferred until")),
+            "{e:?}"
+        );
+    }
+    for id in [first, second] {
+        eventually("an email and an SMS", WAIT, || async {
+            (sent_count(&t, id).await == 2).then_some(())
+        })
+        .await;
+    }
+    let status = t.client.status(second).await.unwrap();
+    let mut sent: Vec<&str> = status
+        .deliveries
+        .iter()
+        .filter(|d| d.state == "sent")
+        .map(|d| d.channel.as_str())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, ["email", "sms"], "{status:?}");
+    // Each channel got exactly one delivery of the deferred notification.
+    for channel in ["email", "sms"] {
+        let deliveries = t
+            .read_all::<Delivery>(&t.topic(&format!("deliver.{channel}")))
+            .await;
+        let of_second = deliveries
+            .iter()
+            .filter(|d| &d.notification_id == second)
+            .count();
+        assert_eq!(of_second, 1, "{channel}");
+    }
+    t.stop().await;
+}
+
+/// GetStatus answers for every accepted notification, with each channel's
+/// outcome: an opted-out channel is `suppressed`, a notification wholly over
+/// its rate limit is `rate_limited` (it used to be NOT_FOUND), a channel the
+/// user has no address for is `no_contact`.
+async fn get_status_tells_each_channels_outcome(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| {
+        c.enricher.rate_limits = vec![RateLimit {
+            channel: Some("sms".into()),
+            category: None,
+            max: 1,
+            per_secs: 3600,
+        }];
+    })
+    .await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    t.client
+        .set_preference(&user, pb::Channel::Email, "", false)
+        .await
+        .unwrap();
+    let states = |id: String| {
+        let t = &t;
+        async move {
+            let status = t.client.status(&id).await.ok()?;
+            let mut states: Vec<(String, String, String)> = status
+                .deliveries
+                .into_iter()
+                .map(|d| (d.channel, d.target, d.state))
+                .collect();
+            states.sort();
+            Some(states)
+        }
+    };
+
+    let both = [pb::Channel::Email, pb::Channel::Sms];
+    let first = t.client.send(send(&user, "", &both, "")).await.unwrap();
+    let first = first.notification_ids[0].clone();
+    let rows = eventually("the first notification's status", WAIT, || async {
+        states(first.clone())
+            .await
+            .filter(|s| s.iter().any(|(_, _, state)| state == "sent"))
+    })
+    .await;
+    let email = rows
+        .iter()
+        .find(|(channel, _, _)| channel == "email")
+        .unwrap_or_else(|| panic!("no email row: {rows:?}"));
+    assert_eq!(email.2, "suppressed", "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|(c, target, state)| c == "sms" && target == "+14155550100" && state == "sent"),
+        "{rows:?}"
+    );
+
+    let second = t
+        .client
+        .send(send(&user, "", &[pb::Channel::Sms], ""))
+        .await
+        .unwrap();
+    let second = second.notification_ids[0].clone();
+    tracking_of(&t, &second, |e| count(e, TrackingKind::RateLimited) == 1).await;
+    let rows = eventually("the rate-limited notification's status", WAIT, || async {
+        states(second.clone()).await
+    })
+    .await;
+    assert_eq!(
+        rows,
+        [("sms".to_owned(), String::new(), "rate_limited".to_owned())]
+    );
+
+    let no_phone = format!("u-{}", Uuid::new_v4());
+    t.client
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: no_phone.clone(),
+            email: format!("{no_phone}@example.com"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let third = t
+        .client
+        .send(send(&no_phone, "", &[pb::Channel::Sms], ""))
+        .await
+        .unwrap();
+    let third = third.notification_ids[0].clone();
+    let rows = eventually("the status of a send with no phone number", WAIT, || async {
+        states(third.clone()).await
+    })
+    .await;
+    assert_eq!(
+        rows,
+        [("sms".to_owned(), String::new(), "no_contact".to_owned())]
+    );
+    t.stop().await;
+}
+
+mod deferred {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        deferred_sends_reach_every_channel_once_the_window_has_room(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        deferred_sends_reach_every_channel_once_the_window_has_room(Backend::Servers).await
+    }
+}
+
+mod status {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        get_status_tells_each_channels_outcome(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        get_status_tells_each_channels_outcome(Backend::Servers).await
     }
 }

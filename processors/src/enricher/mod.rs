@@ -11,12 +11,24 @@
 //! replay after a crash produces the same records and the senders' ledger
 //! drops the repeats.
 //!
+//! Every decision is also written to the notification log, so `GetStatus`
+//! answers for every notification the enricher handled: one row per channel
+//! with an empty target (`expired`, `scheduled`, `suppressed` for an
+//! opt-out, `rate_limited`, `deferred`, `no_contact`, `failed` when the
+//! template cannot be rendered) for each channel that ends there. A channel
+//! whose deliveries are on its topic has its sender's rows, one per target,
+//! and an enricher row `queued` only when the request was held before (so
+//! the row says `queued`, no longer `scheduled` or `deferred`). A duplicate
+//! record writes no row: it carries the same notification id as the record
+//! it repeats, whose rows are the notification's status.
+//!
 //! Store round trips are per batch, not per record: `prefetch` marks the
 //! batch's dedupe claims and events, reads its users' contacts and
 //! preferences and, when rate limits are configured, reads the rate-limit
 //! windows its records can touch and merges them into the windows in memory;
-//! `finish` writes the rate-limit admissions the batch made, in one call,
-//! before its outputs are produced (see [`rate_limit`]).
+//! `finish` writes the rate-limit admissions and the status rows the batch
+//! made, one call each, before its outputs are produced (see
+//! [`rate_limit`]).
 
 pub mod dedupe;
 pub mod rate_limit;
@@ -36,8 +48,8 @@ use tidings_schemas::{
     tracking_link::{LinkSigner, TrackedTarget},
 };
 use tidings_store::{
-    Device, Millis, NewAdmission, Platform, Preference, ScheduledItem, Store, StoreError,
-    TemplateVersion, User,
+    Device, Millis, NewAdmission, Platform, Preference, ScheduledItem, StatusEntry, Store,
+    StoreError, TemplateVersion, User,
 };
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -73,7 +85,7 @@ impl Enricher {
         config: EnricherConfig,
         tracking: &TrackingConfig,
     ) -> Self {
-        let limiter = RateLimiter::new(config.rate_limits.clone());
+        let limiter = RateLimiter::bounded(config.rate_limits.clone(), config.rate_limit_windows);
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
         Self {
             store,
@@ -141,12 +153,20 @@ impl Enricher {
     }
 }
 
-/// The dedupe key of a request: its notification id, plus its send time when
-/// it has one, so a notification deferred to a later time is a new event
-/// while a caller retrying the same scheduled send is not.
+/// The dedupe key of a request, and the schedule key it is held under: its
+/// notification id, plus its send time and channels when it has a send time.
+/// So a notification deferred to a later time is a new event, and so is
+/// each channel of it deferred separately (a rate limit defers channel by
+/// channel, often to the same time), while a caller retrying the same
+/// scheduled send is not.
 fn event_key(req: &NotificationRequest) -> String {
     match req.send_at {
-        Some(at) => format!("{}:{at}", req.notification_id),
+        Some(at) if req.channels.is_empty() => format!("{}:{at}", req.notification_id),
+        Some(at) => {
+            let mut channels: Vec<&str> = req.channels.iter().map(String::as_str).collect();
+            channels.sort_unstable();
+            format!("{}:{at}:{}", req.notification_id, channels.join(","))
+        }
         None => req.notification_id.clone(),
     }
 }
@@ -225,6 +245,9 @@ pub struct BatchLookups {
     /// store by `finish`. Kept (not drained) by `finish`, which the stage
     /// runner retries in place.
     admitted: Mutex<Vec<NewAdmission>>,
+    /// The notification-log rows of the batch's decisions, written by
+    /// `finish` like the admissions.
+    statuses: Mutex<Vec<StatusEntry>>,
 }
 
 /// A user's contact points, live devices and preferences.
@@ -386,93 +409,214 @@ impl Processor for Enricher {
         meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
-        let now = now_millis();
+        let job = Job {
+            req,
+            lookups,
+            now: now_millis(),
+        };
+        let mut rows = Vec::new();
+        self.enrich(&job, meta, out, &mut rows).await?;
+        // Only a record that went through adds its rows: a retried one
+        // decides again.
+        lock(&lookups.statuses).extend(rows);
+        Ok(())
+    }
+
+    /// Writes the batch's new rate-limit admissions and its status rows, one
+    /// call each. Retried in place on a retriable failure, so the batch state
+    /// is read, not taken; both writes are idempotent.
+    async fn finish(&self, lookups: &BatchLookups) -> Result<(), ProcessError> {
+        let admitted = lock(&lookups.admitted).clone();
+        let statuses = lock(&lookups.statuses).clone();
+        let admit = async {
+            if admitted.is_empty() {
+                return Ok(());
+            }
+            self.store.rate_limits.admit_many(&admitted).await
+        };
+        let log = async {
+            if statuses.is_empty() {
+                return Ok(());
+            }
+            self.store.notification_log.record_many(&statuses).await
+        };
+        tokio::try_join!(admit, log).map_err(store_failure)?;
+        Ok(())
+    }
+}
+
+/// One request being enriched, with what its batch looked up.
+struct Job<'a> {
+    req: &'a NotificationRequest,
+    lookups: &'a BatchLookups,
+    now: Millis,
+}
+
+/// Where a user can be reached and what they want.
+struct Recipient<'a> {
+    user: Option<&'a User>,
+    devices: &'a [Device],
+    preferences: &'a [Preference],
+}
+
+/// What the enricher decided for one channel of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelOutcome {
+    /// This many deliveries are on the channel's topic.
+    Queued(usize),
+    /// The user opted out of the channel, or of the category on it.
+    OptedOut,
+    /// Over a rate limit and dropped (`over_limit = "suppress"`).
+    RateLimited,
+    /// Over a rate limit and held until the window has room
+    /// (`over_limit = "defer"`).
+    Deferred { until: Millis },
+    /// The user has no device, number or address for the channel.
+    NoContact,
+}
+
+impl ChannelOutcome {
+    /// The channel's state in the notification log.
+    fn state(self) -> &'static str {
+        match self {
+            Self::Queued(_) => "queued",
+            Self::OptedOut => "suppressed",
+            Self::RateLimited => "rate_limited",
+            Self::Deferred { .. } => "deferred",
+            Self::NoContact => "no_contact",
+        }
+    }
+
+    /// The detail of its log row, and of its tracking event where it has one.
+    fn detail(self) -> String {
+        match self {
+            Self::Queued(1) => "1 delivery".to_owned(),
+            Self::Queued(n) => format!("{n} deliveries"),
+            Self::OptedOut => "opted out".to_owned(),
+            Self::RateLimited => "over the rate limit; suppressed".to_owned(),
+            Self::Deferred { until } => format!("over the rate limit; deferred until {until}"),
+            Self::NoContact => {
+                "no device, phone number or email address on this channel".to_owned()
+            }
+        }
+    }
+}
+
+/// The notification-log row of a decision about `channel` of `req`: the
+/// enricher's rows have no target (the senders' rows name theirs).
+fn status_row(
+    req: &NotificationRequest,
+    channel: Channel,
+    state: &str,
+    detail: Option<String>,
+    at: Millis,
+) -> StatusEntry {
+    StatusEntry {
+        notification_id: req.notification_id.clone(),
+        user_id: req.user_id.clone(),
+        channel: channel.as_str().to_owned(),
+        target: String::new(),
+        state: state.to_owned(),
+        detail,
+        attempt: 0,
+        at,
+    }
+}
+
+/// A row of the same decision for every channel `req` asks for.
+fn status_rows(
+    req: &NotificationRequest,
+    state: &str,
+    detail: Option<String>,
+    at: Millis,
+) -> impl Iterator<Item = StatusEntry> {
+    wanted_channels(req)
+        .into_iter()
+        .map(move |channel| status_row(req, channel, state, detail.clone(), at))
+}
+
+/// Why a notification's content could not be had.
+enum ContentError {
+    /// The store failed; retrying may help.
+    Store(StoreError),
+    /// The template is missing or cannot be rendered with these parameters:
+    /// it never will be.
+    Unrenderable(String),
+}
+
+impl Enricher {
+    /// One request, step by step; `rows` collects its status rows.
+    async fn enrich(
+        &self,
+        job: &Job<'_>,
+        meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+        rows: &mut Vec<StatusEntry>,
+    ) -> Result<(), ProcessError> {
+        let (req, now) = (job.req, job.now);
         if req.expires_at.is_some_and(|e| e <= now) {
+            rows.extend(status_rows(req, "expired", None, now));
             return self.track(out, req, TrackingKind::Expired, None, None, None);
         }
         if let Some(send_at) = req.send_at.filter(|at| *at > now) {
             self.hold(req, send_at).await?;
             let detail = format!("until {send_at}");
+            rows.extend(status_rows(req, "scheduled", Some(detail.clone()), now));
             return self.track(out, req, TrackingKind::Scheduled, None, None, Some(&detail));
         }
-        let verdict = match lookups.verdict(meta) {
-            Some(v) => v,
-            None => {
-                let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
-                dedupe::check(self.store.dedupe.as_ref(), &event_key(req), meta, ttl)
-                    .await
-                    .map_err(store_failure)?
-            }
-        };
-        match verdict {
-            Verdict::New | Verdict::Replay => {}
-            Verdict::Duplicate => {
-                return self.track(
-                    out,
-                    req,
-                    TrackingKind::Deduplicated,
-                    None,
-                    None,
-                    Some("event already handled"),
-                );
-            }
+        if self.verdict(job, meta).await? == Verdict::Duplicate {
+            return self.track(
+                out,
+                req,
+                TrackingKind::Deduplicated,
+                None,
+                None,
+                Some("event already handled"),
+            );
         }
         let loaded: Contacts;
-        let (user, devices, preferences) = match lookups.contacts(&req.user_id) {
+        let (user, devices, preferences) = match job.lookups.contacts(&req.user_id) {
             Some(found) => found,
             None => {
                 loaded = self.load_contacts(&req.user_id).await?;
                 (loaded.0.as_ref(), loaded.1.as_slice(), loaded.2.as_slice())
             }
         };
-
-        let (rendered, template_version) = self.content(req, user).await?;
-        let wanted = wanted_channels(req);
-
-        let critical = self.is_critical(req.category.as_deref());
+        let recipient = Recipient {
+            user,
+            devices,
+            preferences,
+        };
+        let content = match self.content(req, user).await {
+            Ok(content) => content,
+            Err(ContentError::Store(e)) => return Err(store_failure(e)),
+            Err(ContentError::Unrenderable(reason)) => {
+                // Dead-lettered by the stage: its rows are kept although the
+                // record fails.
+                let failed = status_rows(req, "failed", Some(reason.clone()), now);
+                lock(&job.lookups.statuses).extend(failed);
+                return Err(ProcessError::permanent(reason));
+            }
+        };
         let mut emitted = 0;
-        for channel in wanted {
-            if !critical && !opted_in(preferences, channel, req.category.as_deref()) {
-                self.track(
-                    out,
-                    req,
-                    TrackingKind::Suppressed,
-                    Some(channel),
-                    None,
-                    Some("opted out"),
-                )?;
-                continue;
-            }
-            if !critical
-                && let Decision::Over { free_at } = self.rate_limit(lookups, req, channel, now)
-            {
-                let detail = match self.config.over_limit {
-                    OverLimit::Suppress => "over the rate limit; suppressed".to_owned(),
-                    OverLimit::Defer => {
-                        let mut later = req.clone();
-                        later.channels = vec![channel.as_str().to_owned()];
-                        self.hold(&later, free_at).await?;
-                        format!("over the rate limit; deferred until {free_at}")
-                    }
-                };
-                self.track(
-                    out,
-                    req,
-                    TrackingKind::RateLimited,
-                    Some(channel),
-                    None,
-                    Some(&detail),
-                )?;
-                continue;
-            }
-            for target in targets(channel, user, devices) {
-                let mut delivery = delivery(req, channel, target, &rendered, template_version);
-                if channel == Channel::Email {
-                    delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
+        for channel in wanted_channels(req) {
+            let outcome = self.route(job, channel, &recipient, &content, out).await?;
+            if let ChannelOutcome::Queued(n) = outcome {
+                emitted += n;
+                // Its sender writes a row per target. The enricher's own row
+                // is needed only to replace the `scheduled` or `deferred` row
+                // a request held before has.
+                if req.send_at.is_none() {
+                    continue;
                 }
-                out.emit(&self.topics.deliver(channel), &req.user_id, &delivery)?;
-                emitted += 1;
             }
+            rows.push(status_row(
+                req,
+                channel,
+                outcome.state(),
+                Some(outcome.detail()),
+                now,
+            ));
         }
         if emitted == 0 {
             self.track(
@@ -490,18 +634,80 @@ impl Processor for Enricher {
         Ok(())
     }
 
-    /// Writes the batch's new rate-limit admissions in one call. Retried in
-    /// place on a retriable failure, so the batch state is read, not taken.
-    async fn finish(&self, lookups: &BatchLookups) -> Result<(), ProcessError> {
-        let admitted = lock(&lookups.admitted).clone();
-        if admitted.is_empty() {
-            return Ok(());
+    /// The dedupe verdict of the request: from the batch's, else checked
+    /// now.
+    async fn verdict(&self, job: &Job<'_>, meta: &RecordMeta) -> Result<Verdict, ProcessError> {
+        if let Some(v) = job.lookups.verdict(meta) {
+            return Ok(v);
         }
-        self.store
-            .rate_limits
-            .admit_many(&admitted)
+        let ttl = Duration::from_secs(self.config.dedupe_ttl_secs);
+        dedupe::check(self.store.dedupe.as_ref(), &event_key(job.req), meta, ttl)
             .await
             .map_err(store_failure)
+    }
+
+    /// Decides one channel of the request: opted out, over a rate limit
+    /// (suppressed or deferred), no target, or its deliveries emitted.
+    async fn route(
+        &self,
+        job: &Job<'_>,
+        channel: Channel,
+        recipient: &Recipient<'_>,
+        (rendered, template_version): &(Rendered, Option<i32>),
+        out: &mut Emitter<'_>,
+    ) -> Result<ChannelOutcome, ProcessError> {
+        let req = job.req;
+        let category = req.category.as_deref();
+        let critical = self.is_critical(category);
+        if !critical && !opted_in(recipient.preferences, channel, category) {
+            let outcome = ChannelOutcome::OptedOut;
+            let detail = outcome.detail();
+            self.track(
+                out,
+                req,
+                TrackingKind::Suppressed,
+                Some(channel),
+                None,
+                Some(&detail),
+            )?;
+            return Ok(outcome);
+        }
+        if !critical
+            && let Decision::Over { free_at } = self.rate_limit(job.lookups, req, channel, job.now)
+        {
+            let outcome = match self.config.over_limit {
+                OverLimit::Suppress => ChannelOutcome::RateLimited,
+                OverLimit::Defer => {
+                    let mut later = req.clone();
+                    later.channels = vec![channel.as_str().to_owned()];
+                    self.hold(&later, free_at).await?;
+                    ChannelOutcome::Deferred { until: free_at }
+                }
+            };
+            let detail = outcome.detail();
+            self.track(
+                out,
+                req,
+                TrackingKind::RateLimited,
+                Some(channel),
+                None,
+                Some(&detail),
+            )?;
+            return Ok(outcome);
+        }
+        let mut emitted = 0;
+        for target in targets(channel, recipient.user, recipient.devices) {
+            let mut delivery = delivery(req, channel, target, rendered, *template_version);
+            if channel == Channel::Email {
+                delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
+            }
+            out.emit(&self.topics.deliver(channel), &req.user_id, &delivery)?;
+            emitted += 1;
+        }
+        Ok(match emitted {
+            0 => ChannelOutcome::NoContact,
+            n => ChannelOutcome::Queued(n),
+        })
     }
 }
 
@@ -538,7 +744,7 @@ impl Enricher {
         &self,
         name: &str,
         version: Option<u32>,
-    ) -> Result<Option<Arc<TemplateVersion>>, ProcessError> {
+    ) -> Result<Option<Arc<TemplateVersion>>, StoreError> {
         if let Some(v) = version {
             let cached = self
                 .templates
@@ -550,13 +756,7 @@ impl Enricher {
                 return Ok(cached);
             }
         }
-        let Some(template) = self
-            .store
-            .templates
-            .get(name, version)
-            .await
-            .map_err(store_failure)?
-        else {
+        let Some(template) = self.store.templates.get(name, version).await? else {
             return Ok(None);
         };
         let template = Arc::new(template);
@@ -572,19 +772,23 @@ impl Enricher {
         &self,
         req: &NotificationRequest,
         user: Option<&User>,
-    ) -> Result<(Rendered, Option<i32>), ProcessError> {
+    ) -> Result<(Rendered, Option<i32>), ContentError> {
         if let Some(t) = &req.template {
             let version = t.version.and_then(|v| u32::try_from(v).ok());
-            let template = self.template(&t.name, version).await?.ok_or_else(|| {
-                ProcessError::permanent(format!(
-                    "template {} (version {:?}) does not exist",
-                    t.name, t.version
-                ))
-            })?;
+            let template = self
+                .template(&t.name, version)
+                .await
+                .map_err(ContentError::Store)?
+                .ok_or_else(|| {
+                    ContentError::Unrenderable(format!(
+                        "template {} (version {:?}) does not exist",
+                        t.name, t.version
+                    ))
+                })?;
             let locale = user.and_then(|u| u.locale.as_deref());
             let track = |url: &str| self.links.click_url(&self.tracked(req, None, Some(url)));
             let rendered = render(&template, locale, &t.params, &track)
-                .map_err(|e| ProcessError::permanent(e.to_string()))?;
+                .map_err(|e| ContentError::Unrenderable(e.to_string()))?;
             return Ok((rendered, i32::try_from(template.version).ok()));
         }
         let raw = req.content.clone().unwrap_or_default();
@@ -638,6 +842,37 @@ impl Enricher {
     }
 }
 
+/// The longest subject derived from a body, in characters: the line length
+/// RFC 5322 recommends, which mail clients show whole.
+const DERIVED_SUBJECT_CHARS: usize = 78;
+
+/// The subject of an email: the one given, else the title, else the first
+/// non-blank line of the text (the email text, else the body), cut to
+/// [`DERIVED_SUBJECT_CHARS`] at a word boundary with `…`. Email providers
+/// refuse a mail without one, and `tidings send --body hello` gives none.
+/// `None` only when there is no text at all (an HTML-only mail without a
+/// subject or title), which the provider then refuses.
+fn email_subject(r: &Rendered) -> Option<String> {
+    fn given(s: &Option<String>) -> Option<&str> {
+        s.as_deref().filter(|s| !s.trim().is_empty())
+    }
+    if let Some(subject) = given(&r.email_subject).or_else(|| given(&r.title)) {
+        return Some(subject.to_owned());
+    }
+    let text = given(&r.email_text).or_else(|| given(&r.body))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if line.chars().count() <= DERIVED_SUBJECT_CHARS {
+        return Some(line.to_owned());
+    }
+    // Room for the ellipsis; cut at the last space that leaves a word.
+    let head: String = line.chars().take(DERIVED_SUBJECT_CHARS - 1).collect();
+    let cut = head
+        .rfind(char::is_whitespace)
+        .filter(|&i| i > 0)
+        .map_or(head.as_str(), |i| head[..i].trim_end());
+    Some(format!("{cut}…"))
+}
+
 fn delivery(
     req: &NotificationRequest,
     channel: Channel,
@@ -673,7 +908,10 @@ fn delivery(
         locale: (!r.locale.is_empty()).then(|| r.locale.clone()),
         title: r.title.clone(),
         body,
-        email_subject: r.email_subject.clone(),
+        email_subject: match channel {
+            Channel::Email => email_subject(r),
+            _ => r.email_subject.clone(),
+        },
         email_html: r.email_html.clone(),
         email_text: r.email_text.clone(),
         data: req.data.clone(),
@@ -699,6 +937,90 @@ mod tests {
             opt_in,
             updated_at: 0,
         }
+    }
+
+    fn rendered(subject: Option<&str>, title: Option<&str>, body: Option<&str>) -> Rendered {
+        Rendered {
+            email_subject: subject.map(str::to_owned),
+            title: title.map(str::to_owned),
+            body: body.map(str::to_owned),
+            ..Rendered::default()
+        }
+    }
+
+    #[test]
+    fn an_email_without_a_subject_gets_one_from_its_title_or_text() {
+        let subject = |s, t, b| email_subject(&rendered(s, t, b));
+        assert_eq!(
+            subject(Some("Hi"), Some("T"), Some("b")).as_deref(),
+            Some("Hi")
+        );
+        assert_eq!(
+            subject(Some(" "), Some("Title"), Some("b")).as_deref(),
+            Some("Title")
+        );
+        // `tidings send --user U --body hello`
+        assert_eq!(subject(None, None, Some("hello")).as_deref(), Some("hello"));
+        assert_eq!(
+            subject(None, Some(""), Some("\n  first line  \nsecond")).as_deref(),
+            Some("first line")
+        );
+        let text = Rendered {
+            email_text: Some("from the text".into()),
+            ..rendered(None, None, Some("from the body"))
+        };
+        assert_eq!(email_subject(&text).as_deref(), Some("from the text"));
+        assert_eq!(subject(None, None, None), None);
+
+        let long = "word ".repeat(40);
+        let cut = subject(None, None, Some(&long)).unwrap();
+        assert!(cut.ends_with("word…"), "{cut}");
+        assert!(cut.chars().count() <= DERIVED_SUBJECT_CHARS, "{cut}");
+        let unbroken = "é".repeat(200);
+        let cut = subject(None, None, Some(&unbroken)).unwrap();
+        assert_eq!(cut.chars().count(), DERIVED_SUBJECT_CHARS);
+        assert!(cut.ends_with("é…"));
+    }
+
+    #[test]
+    fn deferred_channels_of_one_notification_have_keys_of_their_own() {
+        let mut req = NotificationRequest {
+            notification_id: "n-1".into(),
+            event_id: "e-1".into(),
+            app_key: "app".into(),
+            user_id: "u".into(),
+            channels: Vec::new(),
+            category: None,
+            template: None,
+            content: None,
+            send_at: None,
+            expires_at: None,
+            priority: Default::default(),
+            collapse_id: None,
+            data: Default::default(),
+            accepted_at: 0,
+        };
+        assert_eq!(event_key(&req), "n-1");
+        req.send_at = Some(5);
+        assert_eq!(
+            event_key(&req),
+            "n-1:5",
+            "a scheduled send to every channel"
+        );
+        let mut sms = req.clone();
+        sms.channels = vec!["sms".into()];
+        let mut email = req.clone();
+        email.channels = vec!["email".into()];
+        assert_ne!(event_key(&sms), event_key(&email));
+        let mut both = req.clone();
+        both.channels = vec!["sms".into(), "email".into()];
+        let mut reordered = req;
+        reordered.channels = vec!["email".into(), "sms".into()];
+        assert_eq!(
+            event_key(&both),
+            event_key(&reordered),
+            "a retried send is the same event"
+        );
     }
 
     #[test]

@@ -28,6 +28,14 @@
 //! windows in memory (a warning is logged), which may be empty in a process
 //! that just took the partition over.
 //!
+//! The windows in memory are a cache of the store's, and input (user ids)
+//! grows them, so they are bounded ([`RateLimiter::bounded`]): windows with
+//! no admission younger than the longest rule's window are empty for every
+//! rule and are dropped by a sweep at most once a minute, and past
+//! `max_windows` the least recently used windows are dropped too. A dropped
+//! window that was still live is read back from the store by the next batch
+//! that touches it, so eviction costs a read, not a limit.
+//!
 //! [`RateLimitLedger`]: tidings_store::RateLimitLedger
 //! [`merge`]: RateLimiter::merge
 
@@ -43,8 +51,68 @@ use tidings_store::NewAdmission;
 
 type Millis = i64;
 
-/// Admitted `(at, notification id)` pairs per [`window_key`], oldest first.
-type Windows = HashMap<String, VecDeque<(Millis, String)>>;
+/// The admissions one window holds, `(at, notification id)`, oldest first.
+#[derive(Default)]
+struct Window {
+    admitted: VecDeque<(Millis, String)>,
+    /// When the window was last read or written, by [`Windows::clock`]: the
+    /// least recently used windows go first when there are too many.
+    used: u64,
+}
+
+/// The windows in memory by [`window_key`].
+#[derive(Default)]
+struct Windows {
+    by_key: HashMap<String, Window>,
+    /// Counts uses, for least-recently-used eviction.
+    clock: u64,
+    /// When expired windows were last swept, by the admission clock.
+    swept_at: Millis,
+}
+
+/// How often (by the admission clock) windows that expired are dropped.
+const SWEEP_EVERY_MS: Millis = 60_000;
+
+/// The default bound on windows in memory (`enricher.rate_limit_windows`).
+pub const DEFAULT_MAX_WINDOWS: usize = 100_000;
+
+impl Windows {
+    /// The window of `key`, created empty if needed, marked as just used.
+    fn touch(&mut self, key: &str) -> &mut Window {
+        self.clock += 1;
+        let clock = self.clock;
+        let window = self.by_key.entry(key.to_owned()).or_default();
+        window.used = clock;
+        window
+    }
+
+    /// Drops the windows whose every admission is older than `longest_ms`
+    /// (the longest rule's window) at `now`: they are empty for every rule.
+    /// Runs at most once per [`SWEEP_EVERY_MS`], or when there are more than
+    /// `max` windows; then, if there still are, drops the least recently used
+    /// down to nine tenths of `max`, so a full map is not swept on every
+    /// admission. Run after each admission, which so leaves at most `max`.
+    fn bound(&mut self, now: Millis, longest_ms: Millis, max: usize) {
+        let over = self.by_key.len() > max;
+        if !over && now.saturating_sub(self.swept_at) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.swept_at = now;
+        let horizon = now.saturating_sub(longest_ms);
+        self.by_key
+            .retain(|_, w| w.admitted.back().is_some_and(|(at, _)| *at > horizon));
+        if self.by_key.len() <= max {
+            return;
+        }
+        let keep = max - max / 10;
+        let mut uses: Vec<u64> = self.by_key.values().map(|w| w.used).collect();
+        let cut = uses.len() - keep;
+        let (_, oldest_kept, _) = uses.select_nth_unstable(cut);
+        let oldest_kept = *oldest_kept;
+        // Uses are distinct (one clock tick each), so this keeps `keep`.
+        self.by_key.retain(|_, w| w.used >= oldest_kept);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -83,18 +151,39 @@ fn window_ms(rule: &RateLimit) -> Millis {
     i64::try_from(rule.per_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-#[derive(Default)]
 pub struct RateLimiter {
     rules: Vec<RateLimit>,
+    /// The longest window of any rule.
+    longest_ms: Millis,
+    max_windows: usize,
     windows: Mutex<Windows>,
 }
 
 impl RateLimiter {
+    /// A limiter keeping at most [`DEFAULT_MAX_WINDOWS`] windows in memory.
     pub fn new(rules: Vec<RateLimit>) -> Self {
+        Self::bounded(rules, DEFAULT_MAX_WINDOWS)
+    }
+
+    /// A limiter keeping at most `max_windows` windows in memory (at least
+    /// one); see the module docs for what is dropped first.
+    pub fn bounded(rules: Vec<RateLimit>, max_windows: usize) -> Self {
+        let longest_ms = rules.iter().map(window_ms).max().unwrap_or(0);
         Self {
             rules,
+            longest_ms,
+            max_windows: max_windows.max(1),
             windows: Mutex::default(),
         }
+    }
+
+    /// How many windows are in memory.
+    pub fn windows_in_memory(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether no rule is configured: nothing is ever limited.
@@ -134,9 +223,9 @@ impl RateLimiter {
         if stored.is_empty() {
             return;
         }
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = self.lock();
         for (key, admissions) in stored {
-            let window = windows.entry(key).or_default();
+            let window = &mut windows.touch(&key).admitted;
             let before = window.len();
             for (at, id) in admissions {
                 if !window.iter().any(|(_, known)| *known == id) {
@@ -188,11 +277,11 @@ impl RateLimiter {
         if matching.is_empty() {
             return Decision::Allow;
         }
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = self.lock();
         let mut free_at = None;
         for (key, rule) in &matching {
             let window_ms = window_ms(rule);
-            let window = windows.entry(key.clone()).or_default();
+            let window = &mut windows.touch(key).admitted;
             while window
                 .front()
                 .is_some_and(|(at, _)| *at <= now.saturating_sub(window_ms))
@@ -208,16 +297,18 @@ impl RateLimiter {
             }
         }
         if let Some(free_at) = free_at {
+            windows.bound(now, self.longest_ms, self.max_windows);
             return Decision::Over { free_at };
         }
         for (key, rule) in matching {
-            let window = windows.entry(key.clone()).or_default();
+            let window = &mut windows.touch(&key).admitted;
             if !window.iter().any(|(_, id)| id == notification_id) {
                 window.push_back((now, notification_id.to_owned()));
                 let ttl = Duration::from_secs(rule.per_secs);
                 new.push((key, now, notification_id.to_owned(), ttl));
             }
         }
+        windows.bound(now, self.longest_ms, self.max_windows);
         Decision::Allow
     }
 }
@@ -398,6 +489,45 @@ mod tests {
             l.admit("u", Channel::Sms, None, "n4", 61_000),
             Decision::Over { free_at: 65_000 },
             "n2 and n3 fill the window"
+        );
+    }
+
+    #[test]
+    fn expired_windows_are_dropped() {
+        let l = limiter();
+        for user in 0..100 {
+            l.admit(&format!("u{user}"), Channel::Sms, None, "n1", 0);
+        }
+        assert_eq!(l.windows_in_memory(), 100);
+        // A minute on, the windows are still live: nothing is dropped.
+        l.admit("v", Channel::Sms, None, "n1", 59_999);
+        assert_eq!(l.windows_in_memory(), 101);
+        // Once the window (60 s) has passed, the sweep drops every window
+        // without a live admission.
+        l.admit("v", Channel::Sms, None, "n2", 60_001);
+        assert_eq!(l.windows_in_memory(), 1, "only v's window is live");
+        assert_eq!(
+            l.admit("v", Channel::Sms, None, "n3", 60_002),
+            Decision::Over { free_at: 119_999 },
+            "v's window kept both of its admissions"
+        );
+    }
+
+    #[test]
+    fn windows_are_bounded_and_the_least_recently_used_go_first() {
+        let l = RateLimiter::bounded(vec![sms_rule(2)], 10);
+        assert_eq!(l.admit("hot", Channel::Sms, None, "n1", 0), Decision::Allow);
+        assert_eq!(l.admit("hot", Channel::Sms, None, "n2", 0), Decision::Allow);
+        for user in 0..1_000 {
+            l.admit(&format!("u{user}"), Channel::Sms, None, "n1", 1);
+            // The hot user is seen between others (a replay of n1).
+            l.admit("hot", Channel::Sms, None, "n1", 1);
+            assert!(l.windows_in_memory() <= 10, "{}", l.windows_in_memory());
+        }
+        assert_eq!(
+            l.admit("hot", Channel::Sms, None, "n3", 2),
+            Decision::Over { free_at: 60_000 },
+            "the window in use survived a thousand others"
         );
     }
 
