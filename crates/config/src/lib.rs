@@ -144,46 +144,6 @@ pub struct SendersConfig {
     /// How long a sent delivery id is remembered, so a redelivered record is
     /// not sent twice.
     pub sent_ledger_ttl_secs: u64,
-    /// What a replay does with a delivery whose send was started but not
-    /// confirmed before a crash (it may or may not have reached the user).
-    pub uncertain: UncertainConfig,
-}
-
-/// What to do with an uncertain delivery: one the sender recorded as about
-/// to go to the provider, with no record that the provider took it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Uncertain {
-    /// Send it again (at-least-once: a duplicate is possible).
-    #[default]
-    Resend,
-    /// Do not send it again (at-most-once: it may never have gone out).
-    Skip,
-}
-
-/// [`Uncertain`] per channel, e.g. `default = "resend"` with `sms = "skip"`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct UncertainConfig {
-    pub default: Uncertain,
-    pub ios: Option<Uncertain>,
-    pub android: Option<Uncertain>,
-    pub sms: Option<Uncertain>,
-    pub email: Option<Uncertain>,
-}
-
-impl UncertainConfig {
-    /// The choice for `channel` (`ios`, `android`, `sms`, `email`).
-    pub fn for_channel(&self, channel: &str) -> Uncertain {
-        match channel {
-            "ios" => self.ios,
-            "android" => self.android,
-            "sms" => self.sms,
-            "email" => self.email,
-            _ => None,
-        }
-        .unwrap_or(self.default)
-    }
 }
 
 impl Default for SendersConfig {
@@ -193,7 +153,6 @@ impl Default for SendersConfig {
             max_attempts: 5,
             alert_after_failures: 10,
             sent_ledger_ttl_secs: 7 * 24 * 3600,
-            uncertain: UncertainConfig::default(),
         }
     }
 }
@@ -213,10 +172,7 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group prefix; a stage's group is `<prefix>.<stage>`.
     pub group_prefix: String,
-    /// How long a produce may wait for acks=all before it fails. Keep it
-    /// below your callers' deadlines: a caller that gives up first sees
-    /// DEADLINE_EXCEEDED although the notification may still be accepted
-    /// (retrying with the same event_id is safe either way).
+    /// How long a produce may wait for acks=all before it fails.
     pub produce_timeout_ms: u64,
     /// Largest record tidings produces, in bytes: the producer's
     /// `message.max.bytes` and the `max.message.bytes` of the topics
@@ -244,7 +200,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             group_prefix: "tidings".into(),
-            produce_timeout_ms: 10_000,
+            produce_timeout_ms: 30_000,
             max_message_bytes: 1_000_000,
             schema_registry_url: None,
             client: BTreeMap::new(),
@@ -286,16 +242,6 @@ pub struct GatewayConfig {
     pub http_addr: SocketAddr,
     /// Most notifications one batch call may carry.
     pub max_batch: usize,
-    /// Most notifications (users summed over items) one `Send` or
-    /// `SendBatch` call may expand to; each is a record held in memory until
-    /// Kafka has it. More is refused with INVALID_ARGUMENT.
-    pub max_expanded_notifications: usize,
-    /// How long an app (and a template's latest version) read from the store
-    /// may still be used while the store is unreachable: the gateway keeps
-    /// accepting sends of apps it knows during a store outage, and a
-    /// revocation made meanwhile takes effect at most this long later. Unknown
-    /// apps are refused (UNAVAILABLE) until the store answers.
-    pub auth_stale_serve_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -304,8 +250,6 @@ impl Default for GatewayConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch: 1_000,
-            max_expanded_notifications: 10_000,
-            auth_stale_serve_secs: 600,
         }
     }
 }
@@ -475,9 +419,6 @@ impl Config {
                     problem: format!("entry {i} needs max and per_secs of at least 1"),
                 });
             }
-        }
-        if self.gateway.max_expanded_notifications == 0 {
-            return semantic("gateway.max_expanded_notifications", "must be at least 1");
         }
         if self.enricher.rate_limit_windows == 0 {
             return semantic("enricher.rate_limit_windows", "must be at least 1");
