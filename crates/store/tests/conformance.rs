@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tidings_store::{
-    App, Device, FeedEntry, Millis, NewAdmission, Platform, Post, Preference, ScheduledItem,
-    StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion, User,
-    now_millis,
+    App, Device, FeedEntry, MigrationState, Millis, NewAdmission, Platform, Post, Preference,
+    ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent,
+    TemplateVersion, User, now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -135,8 +135,17 @@ fn id(prefix: &str) -> String {
 // ---------------------------------------------------------------- tests
 
 async fn migrations_are_idempotent(store: &Store) {
-    store.migrate().await.expect("first re-run");
-    store.migrate().await.expect("second re-run");
+    // The fixture migrated already: nothing is left to apply.
+    assert_eq!(
+        store.migrate().await.expect("first re-run"),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        store.migrate().await.expect("second re-run"),
+        Vec::<u32>::new()
+    );
+    let status = store.schema_status().await.expect("status");
+    assert!(status.pending().is_empty(), "{status}");
 }
 
 async fn users_round_trip_and_contact_points_update_in_place(store: &Store) {
@@ -1163,6 +1172,369 @@ async fn rate_limit_readmission_is_idempotent(store: &Store) {
         ],
         "a pair given twice in one call counts as its last occurrence"
     );
+}
+
+// ---------------------------------------------------------------- schema migrations
+
+/// Each migration test runs on a store of its own (a fresh SQLite file or a
+/// fresh keyspace), since it is about what a whole schema goes through.
+macro_rules! migration_tests {
+    ($($test:ident),* $(,)?) => {
+        mod migrations_sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Fresh::new(super::Engine::Sqlite).await).await;
+                }
+            )*
+        }
+        mod migrations_scylla {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Fresh::new(super::Engine::Scylla).await).await;
+                }
+            )*
+        }
+    };
+}
+
+migration_tests! {
+    a_fresh_store_records_every_migration_once,
+    a_store_of_the_previous_release_is_upgraded_and_keeps_its_data,
+    a_store_migrated_by_a_newer_build_is_refused,
+}
+
+#[derive(Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Scylla,
+}
+
+/// A store that does not exist yet: a path in a temp dir, or an unused
+/// keyspace (dropped by `finish`).
+struct Fresh {
+    engine: Engine,
+    url: String,
+    keyspace: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The CQL server's address.
+fn cql_address() -> String {
+    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".to_owned())
+}
+
+async fn cql_session() -> ::scylla::client::session::Session {
+    ::scylla::client::session_builder::SessionBuilder::new()
+        .known_node(cql_address())
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("CQL server at {} is not usable: {e}", cql_address()))
+}
+
+/// The scripts of the release before versioned migrations (versions 1 to
+/// 3), in order, from the engine's migrations folder.
+fn previous_release_scripts(engine: &str) -> Vec<String> {
+    let dir = format!("{}/migrations/{engine}", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            ["0001_", "0002_", "0003_"]
+                .iter()
+                .any(|v| name.starts_with(v))
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{dir}");
+    files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).expect("script"))
+        .collect()
+}
+
+/// How the previous release split a CQL script: `--` comments dropped line
+/// by line, then split on every `;`.
+fn previous_release_statements(script: &str) -> Vec<String> {
+    let code: String = script
+        .lines()
+        .map(|line| line.split_once("--").map_or(line, |(code, _comment)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Fresh {
+    async fn new(engine: Engine) -> Fresh {
+        let keyspace = format!("tidings_mig_{}", Uuid::now_v7().simple());
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("tidings.db").display());
+                Fresh {
+                    engine,
+                    url,
+                    keyspace,
+                    _dir: Some(dir),
+                }
+            }
+            Engine::Scylla => Fresh {
+                engine,
+                url: format!("scylla://{}/{keyspace}", cql_address()),
+                keyspace,
+                _dir: None,
+            },
+        }
+    }
+
+    async fn connect(&self, migrate: bool) -> Result<Store, StoreError> {
+        let opts = StoreOptions {
+            migrate,
+            ..StoreOptions::default()
+        };
+        Store::connect(&self.url, &opts).await
+    }
+
+    fn sqlite_path(&self) -> &str {
+        self.url.strip_prefix("sqlite://").expect("sqlite url")
+    }
+
+    /// What `migrate` of the release before versioned migrations did: every
+    /// script run whole, nothing recorded.
+    async fn create_the_previous_way(&self) {
+        match self.engine {
+            Engine::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).expect("open");
+                conn.execute_batch("PRAGMA journal_mode = WAL;")
+                    .expect("wal");
+                for script in previous_release_scripts("sqlite") {
+                    conn.execute_batch(&script)
+                        .expect("previous release's script");
+                }
+            }
+            Engine::Scylla => {
+                let session = cql_session().await;
+                let keyspace = include_str!("../migrations/cql/0000_keyspace.cql")
+                    .replace("$keyspace", &self.keyspace)
+                    .replace(
+                        "$replication",
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+                    );
+                for statement in previous_release_statements(&keyspace) {
+                    session
+                        .query_unpaged(statement, ())
+                        .await
+                        .expect("keyspace");
+                }
+                session
+                    .use_keyspace(&self.keyspace, false)
+                    .await
+                    .expect("use keyspace");
+                for script in previous_release_scripts("cql") {
+                    for statement in previous_release_statements(&script) {
+                        session
+                            .query_unpaged(statement.as_str(), ())
+                            .await
+                            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a migration this build does not know, as a newer build would.
+    async fn record_version(&self, version: i32) {
+        match self.engine {
+            Engine::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).expect("open");
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, 'from_the_future', 'x', 0)",
+                    [version],
+                )
+                .expect("insert");
+            }
+            Engine::Scylla => {
+                let session = cql_session().await;
+                let insert = format!(
+                    "INSERT INTO {}.schema_migrations (version, name, checksum, applied_at) VALUES (?, 'from_the_future', 'x', 0)",
+                    self.keyspace
+                );
+                session
+                    .query_unpaged(insert, (version,))
+                    .await
+                    .expect("insert");
+            }
+        }
+    }
+
+    /// Drops the keyspace (a temp dir goes by itself).
+    async fn finish(self) {
+        if let Engine::Scylla = self.engine {
+            let drop = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
+            cql_session()
+                .await
+                .query_unpaged(drop, ())
+                .await
+                .expect("drop keyspace");
+        }
+    }
+}
+
+/// Every migration of this build applied, none changed since.
+fn assert_up_to_date(status: &SchemaStatus) {
+    assert!(status.pending().is_empty(), "{status}");
+    assert!(status.unknown.is_empty() && !status.unversioned, "{status}");
+    assert_eq!(status.store_version(), status.known_version(), "{status}");
+    assert!(status.known_version() >= 3, "{status}");
+    for m in &status.migrations {
+        assert!(
+            matches!(
+                m.state,
+                MigrationState::Applied {
+                    checksum_matches: true,
+                    ..
+                }
+            ),
+            "{status}"
+        );
+    }
+}
+
+async fn a_fresh_store_records_every_migration_once(fresh: Fresh) {
+    let before = schema_status(&fresh.url, &StoreOptions::default())
+        .await
+        .expect("status of a store that does not exist yet");
+    assert_eq!(before.store_version(), 0, "{before}");
+    assert_eq!(before.pending().len(), before.migrations.len(), "{before}");
+
+    // Two processes starting at once: both succeed, each version recorded
+    // once.
+    let (a, b) = tokio::join!(fresh.connect(true), fresh.connect(true));
+    let store = a.expect("first migrator");
+    b.expect("second migrator");
+    let status = store.schema_status().await.expect("status");
+    assert_up_to_date(&status);
+    assert_eq!(status.migrations.len(), before.migrations.len());
+
+    // Re-connecting, or migrating again, applies nothing.
+    assert_eq!(store.migrate().await.expect("migrate"), Vec::<u32>::new());
+    let again = fresh.connect(true).await.expect("reconnect");
+    let after = again.schema_status().await.expect("status");
+    assert_eq!(after.migrations, status.migrations, "applied_at unchanged");
+    let unmigrated = fresh
+        .connect(false)
+        .await
+        .expect("connect without migrating");
+    assert_eq!(
+        unmigrated.schema_status().await.expect("status").migrations,
+        status.migrations
+    );
+    let from_outside = schema_status(&fresh.url, &StoreOptions::default())
+        .await
+        .expect("status");
+    assert_eq!(from_outside.migrations, status.migrations);
+    assert!(
+        from_outside.to_string().contains("applied"),
+        "{from_outside}"
+    );
+    drop((store, again, unmigrated));
+    fresh.finish().await;
+}
+
+async fn a_store_of_the_previous_release_is_upgraded_and_keeps_its_data(fresh: Fresh) {
+    fresh.create_the_previous_way().await;
+    let before = schema_status(&fresh.url, &StoreOptions::default())
+        .await
+        .expect("status");
+    assert!(before.unversioned, "{before}");
+    assert_eq!(before.store_version(), 0, "{before}");
+
+    // The previous release's processes ran on it (and this build can too,
+    // before it is migrated: its tables are all there).
+    let old = fresh
+        .connect(false)
+        .await
+        .expect("connect without migrating");
+    let user = User {
+        user_id: id("old-user"),
+        display_name: "Ada".into(),
+        avatar_url: None,
+        locale: Some("en-GB".into()),
+        email: Some("ada@example.com".into()),
+        phone: None,
+        updated_at: 1,
+    };
+    old.contacts.upsert_user(&user).await.expect("user");
+    old.counters.add("likes", "p1", 7).await.expect("counter");
+    drop(old);
+
+    let upgraded = fresh.connect(true).await.expect("upgrade");
+    let status = upgraded.schema_status().await.expect("status");
+    assert_up_to_date(&status);
+    assert_eq!(
+        upgraded
+            .contacts
+            .get_user(&user.user_id)
+            .await
+            .expect("get"),
+        Some(user)
+    );
+    assert_eq!(upgraded.counters.get("likes", "p1").await.expect("get"), 7);
+    assert_eq!(
+        upgraded.migrate().await.expect("migrate"),
+        Vec::<u32>::new()
+    );
+    drop(upgraded);
+    fresh.finish().await;
+}
+
+async fn a_store_migrated_by_a_newer_build_is_refused(fresh: Fresh) {
+    let store = fresh.connect(true).await.expect("create");
+    let known = store.schema_status().await.expect("status").known_version();
+    drop(store);
+    let future = i32::try_from(known).expect("small") + 1;
+    fresh.record_version(future).await;
+
+    for migrate in [true, false] {
+        let err = fresh
+            .connect(migrate)
+            .await
+            .expect_err("a newer schema must be refused");
+        match &err {
+            StoreError::SchemaTooNew {
+                store_version,
+                known_version,
+                ..
+            } => assert_eq!(
+                (*store_version, *known_version),
+                (known + 1, known),
+                "{err}"
+            ),
+            other => panic!("migrate={migrate}: expected SchemaTooNew, got {other}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("schema version {}", known + 1))
+                && message.contains("newer release"),
+            "{message}"
+        );
+        assert!(!err.is_retriable());
+    }
+    let status = schema_status(&fresh.url, &StoreOptions::default())
+        .await
+        .expect("status still reads");
+    assert_eq!(status.unknown.len(), 1, "{status}");
+    assert!(
+        status.to_string().contains("newer than this build"),
+        "{status}"
+    );
+    fresh.finish().await;
 }
 
 // ---------------------------------------------------------------- engine-specific
