@@ -52,6 +52,14 @@ enum Command {
     },
     /// Create the Kafka topics and the store's tables (idempotent).
     Init,
+    /// Apply the store's pending schema migrations, as `init` does for the
+    /// store (no Kafka needed), then print where the schema stands.
+    Migrate {
+        /// Print each migration's version, name, state (applied or pending)
+        /// and when it was applied; change nothing.
+        #[arg(long)]
+        status: bool,
+    },
     /// Print the effective configuration as TOML.
     Config,
     /// Load-test the whole pipeline in this process through the batch send
@@ -292,6 +300,22 @@ async fn run(cli: Cli) -> Result<()> {
             tidings_telemetry::init_logging(&config.telemetry);
             Runtime::connect(config, true).await?;
             println!("topics and tables are ready");
+            Ok(())
+        }
+        Command::Migrate { status } => {
+            let config = load()?;
+            tidings_telemetry::init_logging(&config.telemetry);
+            if status {
+                print!("{}", Runtime::store_schema_status(&config).await?);
+            } else {
+                let (applied, status) = Runtime::migrate_store(&config).await?;
+                if applied.is_empty() {
+                    println!("nothing to apply");
+                } else {
+                    println!("applied migrations {applied:?}");
+                }
+                print!("{status}");
+            }
             Ok(())
         }
         Command::Bench(options) => tidings::bench::run(bench_config(load()?), options).await,

@@ -19,7 +19,7 @@ use tidings_processors::{
     TemplateStats, senders::providers::ProviderConfig,
 };
 use tidings_schemas::{AvroCodec, Channel, tracking_link::LinkSigner};
-use tidings_store::{App, Replication, Store, StoreOptions};
+use tidings_store::{App, Replication, SchemaStatus, Store, StoreOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -304,6 +304,53 @@ impl Runtime {
     pub async fn connect_store_only(config: &Config) -> Result<Store> {
         connect_store(config, false).await
     }
+
+    /// `tidings migrate`: the store's pending schema migrations applied, as
+    /// `tidings init` applies them; answers the versions this call applied
+    /// and where the schema stands now.
+    pub async fn migrate_store(config: &Config) -> Result<(Vec<u32>, SchemaStatus)> {
+        let before = Runtime::store_schema_status(config).await?;
+        let store = connect_store(config, true).await?;
+        let after = store
+            .schema_status()
+            .await
+            .context("reading the store's schema_migrations")?;
+        let before = before.pending();
+        let applied = after
+            .migrations
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| before.contains(v) && !after.pending().contains(v))
+            .collect();
+        Ok((applied, after))
+    }
+
+    /// `tidings migrate --status`: where the store's schema stands; creates
+    /// and changes nothing.
+    pub async fn store_schema_status(config: &Config) -> Result<SchemaStatus> {
+        let url = &config.store.url;
+        tidings_store::schema_status(url, &store_options(config, false))
+            .await
+            .with_context(|| format!("reading the schema version of the store (store.url = {url})"))
+    }
+}
+
+fn store_options(config: &Config, migrate: bool) -> StoreOptions {
+    let replication = if config.store.datacenters.is_empty() {
+        Replication::Simple {
+            factor: config.store.replication_factor,
+        }
+    } else {
+        Replication::NetworkTopology {
+            datacenters: config.store.datacenters.clone(),
+        }
+    };
+    StoreOptions {
+        migrate: migrate || config.store.url.starts_with("sqlite://"),
+        replication,
+        connect_timeout: Duration::from_millis(config.store.connect_timeout_ms),
+        ..StoreOptions::default()
+    }
 }
 
 async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
@@ -316,22 +363,7 @@ async fn connect_store(config: &Config, migrate: bool) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {} for the embedded store", dir.display()))?;
     }
-    let replication = if config.store.datacenters.is_empty() {
-        Replication::Simple {
-            factor: config.store.replication_factor,
-        }
-    } else {
-        Replication::NetworkTopology {
-            datacenters: config.store.datacenters.clone(),
-        }
-    };
-    let options = StoreOptions {
-        migrate: migrate || url.starts_with("sqlite://"),
-        replication,
-        connect_timeout: Duration::from_millis(config.store.connect_timeout_ms),
-        ..StoreOptions::default()
-    };
-    let store = Store::connect(url, &options)
+    let store = Store::connect(url, &store_options(config, migrate))
         .await
         .with_context(|| format!("opening the store (store.url = {url})"))?;
     info!(backend = store.backend_name(), %url, "store ready");

@@ -314,7 +314,8 @@ impl fmt::Display for SchemaStatus {
                     }
                 }
             };
-            writeln!(f, "{:<8} {:<20} {:<9} {}", m.version, m.name, state, at)?;
+            let line = format!("{:<8} {:<20} {:<9} {}", m.version, m.name, state, at);
+            writeln!(f, "{}", line.trim_end())?;
         }
         for a in &self.unknown {
             writeln!(
