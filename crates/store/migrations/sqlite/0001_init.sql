@@ -1,5 +1,6 @@
--- Initial schema of the embedded store. Every statement is idempotent: the
--- whole file is applied on each migrate.
+-- Migration 1: the initial schema of the embedded store. Applied once and
+-- recorded in schema_migrations; stays idempotent (IF NOT EXISTS) because
+-- stores from before versioned migrations re-run it.
 
 CREATE TABLE IF NOT EXISTS users (
     user_id      TEXT PRIMARY KEY,

@@ -1,6 +1,6 @@
 -- Authors with too many followers to fan out to: their posts are pulled into
--- followers' feeds at read time (the hybrid fan-out model). Idempotent,
--- applied on each migrate.
+-- followers' feeds at read time (the hybrid fan-out model). Idempotent:
+-- stores from before versioned migrations re-run it.
 
 CREATE TABLE IF NOT EXISTS pulled_authors (
     author_id TEXT PRIMARY KEY,
