@@ -168,7 +168,8 @@ impl Cluster {
     pub fn take_peak_rss(&mut self) -> BTreeMap<String, u64> {
         self.sample_rss();
         let mut peaks = BTreeMap::new();
-        for p in &mut self.procs {
+        // Replicas killed for good earlier have nothing to report.
+        for p in self.procs.iter_mut().filter(|p| p.peak_rss_kb > 0) {
             let mib = p.peak_rss_kb.div_ceil(1024);
             let e = peaks.entry(p.role.clone()).or_insert(0);
             *e = (*e).max(mib);
