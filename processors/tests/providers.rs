@@ -58,6 +58,16 @@ fn assert_rejected(r: Result<tidings_processors::Receipt, ProviderError>) -> Str
     }
 }
 
+/// A configuration failure: returns the setting it names and the reason.
+fn assert_misconfigured(
+    r: Result<tidings_processors::Receipt, ProviderError>,
+) -> (&'static str, String) {
+    match r {
+        Err(ProviderError::Misconfigured { setting, reason }) => (setting, reason),
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+}
+
 /// Sends `n` deliveries at once and returns how long they all took.
 async fn send_concurrently(
     provider: Arc<dyn Provider>,
@@ -240,11 +250,25 @@ mod apns {
         let server = FakeServer::start(|_| fake::Apns::new(public), fake::handle).await;
         let apns =
             ApnsProvider::new(config(server.url(), other_key, SendLimits::new(1))).expect("builds");
-        let why = assert_rejected(apns.deliver(&delivery("ios", DEVICE)).await);
-        assert!(
-            why.contains("InvalidProviderToken") && why.contains("config"),
-            "{why}"
-        );
+        let (setting, why) = assert_misconfigured(apns.deliver(&delivery("ios", DEVICE)).await);
+        assert!(why.contains("InvalidProviderToken"), "{why}");
+        assert!(setting.contains("providers.ios.key_id"), "{setting}");
+    }
+
+    #[tokio::test]
+    async fn a_topic_the_key_may_not_use_is_a_config_problem() {
+        let (server, apns) = setup(SendLimits::new(10)).await;
+        for reason in ["BadTopic", "TopicDisallowed"] {
+            server.script([Reply::json(400, serde_json::json!({ "reason": reason }))]);
+            let (setting, why) = assert_misconfigured(apns.deliver(&delivery("ios", DEVICE)).await);
+            assert_eq!(setting, "providers.ios.topic");
+            assert!(why.contains(reason), "{why}");
+        }
+        server.script([Reply::json(
+            403,
+            serde_json::json!({ "reason": "Forbidden" }),
+        )]);
+        assert_misconfigured(apns.deliver(&delivery("ios", DEVICE)).await);
     }
 
     #[tokio::test]
@@ -449,7 +473,7 @@ mod fcm {
         assert_eq!(sends.len(), 3, "the 401, then the retry with the new token");
         assert_eq!(sends[2].bearer(), Some("ya29.fake-access-token-2"));
 
-        // Still 401 with a fresh token: give up for now, no loop.
+        // Still 401 with a fresh token: the credentials are wrong; no loop.
         let unauthorized = fake::google_error(
             401,
             "UNAUTHENTICATED",
@@ -458,9 +482,56 @@ mod fcm {
         );
         server.state.revoke_all();
         server.script([unauthorized]);
-        assert_transient(fcm.deliver(&delivery("android", TOKEN)).await, None);
+        let (setting, why) = assert_misconfigured(fcm.deliver(&delivery("android", TOKEN)).await);
+        assert!(
+            setting.contains("providers.android.service_account"),
+            "{setting}"
+        );
+        assert!(why.contains("401"), "{why}");
         assert_eq!(server.state.issued(), 3);
         assert_eq!(server.requests_to("/v1/").len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_project_without_rights_or_a_refused_key_is_a_config_problem() {
+        let server = FakeServer::start(fake::Fcm::new, fake::handle).await;
+        let provider = |project_id: Option<&str>, sa: String| {
+            FcmProvider::new(FcmConfig {
+                service_account_path: None,
+                service_account_json: Some(Secret::new(sa)),
+                project_id: project_id.map(Into::into),
+                base_url: server.url(),
+                http: HttpSettings::default(),
+                limits: SendLimits::new(1),
+            })
+            .expect("builds")
+        };
+        // 403 PERMISSION_DENIED from the send endpoint.
+        let other_project = provider(
+            Some("someone-elses-project"),
+            fake::service_account(&server.state.token_uri),
+        );
+        let (setting, why) =
+            assert_misconfigured(other_project.deliver(&delivery("android", TOKEN)).await);
+        assert!(
+            why.contains("403") && why.contains("PERMISSION_DENIED"),
+            "{why}"
+        );
+        assert!(setting.contains("service_account"), "{setting}");
+        // 400 invalid_grant from the token endpoint: a key Google refuses.
+        let mut sa: serde_json::Value =
+            serde_json::from_str(&fake::service_account(&server.state.token_uri)).unwrap();
+        sa["client_email"] = "someone-else@example.iam.gserviceaccount.com".into();
+        let refused = provider(None, sa.to_string());
+        let (_, why) = assert_misconfigured(refused.deliver(&delivery("android", TOKEN)).await);
+        assert!(
+            why.contains("token endpoint") && why.contains("invalid_grant"),
+            "{why}"
+        );
+        assert!(
+            server.requests_to("/v1/").len() == 1,
+            "no send without a token"
+        );
     }
 
     #[tokio::test]
@@ -701,11 +772,14 @@ mod twilio {
         let mut c = config(server.url(), SendLimits::new(1));
         c.auth_token = Secret::new("wrong");
         let twilio = TwilioProvider::new(c, receipts()).expect("builds");
-        let why = assert_rejected(twilio.deliver(&delivery("sms", TO)).await);
-        assert!(
-            why.contains("20003") && why.contains("config problem"),
-            "{why}"
-        );
+        let (setting, why) = assert_misconfigured(twilio.deliver(&delivery("sms", TO)).await);
+        assert!(why.contains("401") && why.contains("20003"), "{why}");
+        assert!(setting.contains("providers.sms.auth_token"), "{setting}");
+        // 403: the account may not do this (e.g. a suspended account).
+        let (server, twilio) = setup(SendLimits::new(1)).await;
+        server.script([fake::error(403, 20005, "Account not active")]);
+        let (_, why) = assert_misconfigured(twilio.deliver(&delivery("sms", TO)).await);
+        assert!(why.contains("20005"), "{why}");
     }
 
     #[tokio::test]
@@ -849,8 +923,9 @@ mod sendgrid {
             "The from address does not match a verified Sender Identity.",
             Some("from"),
         )]);
-        let why = assert_rejected(sg.deliver(&delivery("email", TO)).await);
-        assert!(why.contains("config problem"), "{why}");
+        let (setting, why) = assert_misconfigured(sg.deliver(&delivery("email", TO)).await);
+        assert!(why.contains("verified Sender Identity"), "{why}");
+        assert!(setting.contains("providers.email.from_email"), "{setting}");
     }
 
     #[tokio::test]
@@ -858,16 +933,14 @@ mod sendgrid {
         let server = FakeServer::start(|_| fake::SendGrid, fake::handle).await;
         let mut c = config(server.url(), SendLimits::new(1));
         c.api_key = Secret::new("SG.revoked");
-        let why = assert_rejected(
+        let (setting, why) = assert_misconfigured(
             SendGridProvider::new(c, receipts())
                 .expect("builds")
                 .deliver(&delivery("email", TO))
                 .await,
         );
-        assert!(
-            why.contains("401") && why.contains("config problem"),
-            "{why}"
-        );
+        assert!(why.contains("401"), "{why}");
+        assert_eq!(setting, "providers.email.api_key");
     }
 
     #[tokio::test]
@@ -968,13 +1041,14 @@ mod smtp {
             .await
             .expect("accepted");
         c.password = Some(Secret::new("wrong"));
-        let why = assert_rejected(
+        let (setting, why) = assert_misconfigured(
             SmtpProvider::new(c)
                 .expect("builds")
                 .deliver(&delivery("email", TO))
                 .await,
         );
-        assert!(why.contains("config problem"), "{why}");
+        assert!(why.contains("535"), "{why}");
+        assert!(setting.contains("providers.email.password"), "{setting}");
         assert_eq!(server.received().len(), 1);
     }
 
@@ -1107,9 +1181,9 @@ mod smtp {
         // STARTTLS is refused by the server (530), a config problem.
         let server = SmtpServer::start(&["--tls", "starttls"]).await;
         let smtp = SmtpProvider::new(config(server.port)).expect("builds");
-        let why = assert_rejected(smtp.deliver(&delivery("email", TO)).await);
+        let (setting, why) = assert_misconfigured(smtp.deliver(&delivery("email", TO)).await);
         assert!(why.contains("530"), "{why}");
-        assert!(why.contains("config problem"), "{why}");
+        assert_eq!(setting, "providers.email.security");
         assert!(server.received().is_empty());
     }
 
@@ -1131,7 +1205,7 @@ mod smtp {
         tls_version(&got[0]);
 
         c.password = Some(Secret::new("wrong"));
-        let why = assert_rejected(
+        let (setting, why) = assert_misconfigured(
             SmtpProvider::new(c)
                 .expect("builds")
                 .deliver(&delivery("email", TO))
@@ -1139,7 +1213,7 @@ mod smtp {
         );
         assert!(why.contains("535"), "{why}");
         assert_eq!(why.matches("credentials invalid").count(), 1, "{why}");
-        assert!(why.contains("config problem"), "{why}");
+        assert!(setting.contains("providers.email.password"), "{setting}");
         assert_eq!(server.received().len(), 1);
     }
 

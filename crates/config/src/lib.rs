@@ -144,6 +144,46 @@ pub struct SendersConfig {
     /// How long a sent delivery id is remembered, so a redelivered record is
     /// not sent twice.
     pub sent_ledger_ttl_secs: u64,
+    /// What a replay does with a delivery whose send was started but not
+    /// confirmed before a crash (it may or may not have reached the user).
+    pub uncertain: UncertainConfig,
+}
+
+/// What to do with an uncertain delivery: one the sender recorded as about
+/// to go to the provider, with no record that the provider took it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Uncertain {
+    /// Send it again (at-least-once: a duplicate is possible).
+    #[default]
+    Resend,
+    /// Do not send it again (at-most-once: it may never have gone out).
+    Skip,
+}
+
+/// [`Uncertain`] per channel, e.g. `default = "resend"` with `sms = "skip"`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct UncertainConfig {
+    pub default: Uncertain,
+    pub ios: Option<Uncertain>,
+    pub android: Option<Uncertain>,
+    pub sms: Option<Uncertain>,
+    pub email: Option<Uncertain>,
+}
+
+impl UncertainConfig {
+    /// The choice for `channel` (`ios`, `android`, `sms`, `email`).
+    pub fn for_channel(&self, channel: &str) -> Uncertain {
+        match channel {
+            "ios" => self.ios,
+            "android" => self.android,
+            "sms" => self.sms,
+            "email" => self.email,
+            _ => None,
+        }
+        .unwrap_or(self.default)
+    }
 }
 
 impl Default for SendersConfig {
@@ -153,6 +193,7 @@ impl Default for SendersConfig {
             max_attempts: 5,
             alert_after_failures: 10,
             sent_ledger_ttl_secs: 7 * 24 * 3600,
+            uncertain: UncertainConfig::default(),
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub provider_results: IntCounterVec,
     /// 1 while a provider is failing (the developer alert), else 0.
     pub provider_failing: IntGaugeVec,
+    /// Deliveries a sender found in flight at a crash (intent marked, not
+    /// marked sent), by stage and decision (resent, skipped).
+    pub sender_uncertain: IntCounterVec,
     /// Seconds to answer one feed page (the design's feed-refresh latency).
     pub feed_read_seconds: Histogram,
     /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
@@ -117,6 +120,14 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
+        let sender_uncertain = IntCounterVec::new(
+            Opts::new(
+                "sender_uncertain_total",
+                "Deliveries found in flight at a sender crash, by decision",
+            ),
+            &["stage", "decision"],
+        )
+        .expect("valid metric");
         let feed_read_seconds = Histogram::with_opts(
             HistogramOpts::new("feed_read_seconds", "Time to answer one feed page").buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -157,6 +168,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(provider_results.clone()),
             Box::new(provider_failing.clone()),
+            Box::new(sender_uncertain.clone()),
             Box::new(feed_read_seconds.clone()),
             Box::new(feed_fanout.clone()),
         ] {
@@ -172,6 +184,7 @@ impl Metrics {
             consumer_lag,
             provider_results,
             provider_failing,
+            sender_uncertain,
             feed_read_seconds,
             feed_fanout,
         }

@@ -336,10 +336,18 @@ impl Provider for ApnsProvider {
                 self.forget_token(&jwt);
                 http::transient_status(NAME, status, &headers, reason)
             }
-            (403, _) => ProviderError::Rejected(format!(
-                "{NAME}: {status} {reason}: config problem (team_id, key_id, signing key or topic {})",
-                self.topic
-            )),
+            (400, "BadTopic" | "TopicDisallowed" | "MissingTopic") => {
+                ProviderError::Misconfigured {
+                    setting: "providers.ios.topic",
+                    reason: format!("{NAME}: {status} {reason} (topic {})", self.topic),
+                }
+            }
+            // InvalidProviderToken, MissingProviderToken, BadCertificate,
+            // Forbidden: our signing identity, not this notification.
+            (403, _) => ProviderError::Misconfigured {
+                setting: "providers.ios.team_id / providers.ios.key_id / providers.ios.key_path",
+                reason: format!("{NAME}: {status} {reason} (topic {})", self.topic),
+            },
             (429, _) | (500..=599, _) => http::transient_status(NAME, status, &headers, reason),
             _ => ProviderError::Rejected(format!(
                 "{NAME}: {status} {reason} for device token {token}"

@@ -21,6 +21,9 @@ use super::{
 };
 
 const NAME: &str = "fcm";
+/// The setting to fix when Google refuses our credentials.
+const SERVICE_ACCOUNT: &str =
+    "providers.android.service_account_path / providers.android.service_account_json";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// Refresh this long before Google says a token expires, so a token does
 /// not expire between our check and FCM's.
@@ -185,17 +188,21 @@ impl FcmProvider {
         let status = resp.status();
         let retry_after = http::retry_after(resp.headers());
         if !status.is_success() {
-            // A 400/401 here (invalid_grant) means the service account is
-            // wrong or disabled. Still transient: the deliveries are fine and
-            // should wait in the retry topics until the key is fixed.
             let text = http::body_text(resp).await;
-            return Err(transient(
-                format!(
-                    "{NAME}: token endpoint {} answered {status} for {}: {text}",
-                    self.token_uri, self.client_email
-                ),
-                retry_after,
-            ));
+            let reason = format!(
+                "{NAME}: token endpoint {} answered {status} for {}: {text}",
+                self.token_uri, self.client_email
+            );
+            // A 400/401/403 here (invalid_grant, unauthorized_client) means
+            // the service account is wrong or disabled: the deliveries are
+            // fine and are held until the key is fixed. 429 and 5xx pass.
+            return Err(match status.as_u16() {
+                400 | 401 | 403 => ProviderError::Misconfigured {
+                    setting: SERVICE_ACCOUNT,
+                    reason,
+                },
+                _ => transient(reason, retry_after),
+            });
         }
         #[derive(Deserialize)]
         struct Grant {
@@ -350,9 +357,12 @@ fn classify(
             ProviderError::InvalidTarget(format!("{NAME}: registration token {token}: {detail}"))
         }
         (429, _) | (500..=599, _) => http::transient_status(NAME, status, headers, &detail),
-        (403, _) => ProviderError::Rejected(format!(
-            "{NAME}: {status} {detail}: config problem (service account lacks FCM rights?)"
-        )),
+        // PERMISSION_DENIED: the service account has no FCM rights on the
+        // project, which no message can fix.
+        (401 | 403, _) => ProviderError::Misconfigured {
+            setting: SERVICE_ACCOUNT,
+            reason: format!("{NAME}: {status} {detail}"),
+        },
         _ => ProviderError::Rejected(format!("{NAME}: {status} {detail}")),
     }
 }
@@ -374,11 +384,10 @@ impl Provider for FcmProvider {
             token = self.access_token().await?;
             resp = self.send(&message, &token).await?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                let headers = resp.headers().clone();
                 let text = http::body_text(resp).await;
-                return Err(ProviderError::Transient {
+                return Err(ProviderError::Misconfigured {
+                    setting: SERVICE_ACCOUNT,
                     reason: format!("{NAME}: 401 even with a fresh access token: {text}"),
-                    retry_after: http::retry_after(&headers),
                 });
             }
         }

@@ -6,10 +6,24 @@
 //! sent twice); an invalid target (the device token is tombstoned, so later
 //! sends skip it until it is registered again); a permanent rejection or too
 //! many attempts (dead-lettered with the reason); a transient failure (the
-//! delivery moves to a retry tier, see [`retry`], and the main topic goes on).
+//! delivery moves to a retry tier, see [`retry`], and the main topic goes
+//! on); a misconfigured provider (wrong credentials: the channel is held,
+//! nothing is dead-lettered, see [`health`]).
+//!
+//! Crashes: before each provider call the sender writes an *intent* mark
+//! (`sender.intent`, per delivery and attempt), and as soon as the provider
+//! accepts, the *sent* mark (`sender.sent`) with the `sent` status, both
+//! through [`group_commit`] (one store call per few milliseconds, not per
+//! delivery). A batch replayed after a crash skips what is marked sent; a
+//! delivery with an intent but no sent mark was in flight at the crash and
+//! may or may not have reached the user: it is sent again, or skipped with
+//! the status `uncertain` (`senders.uncertain`). So a crash duplicates at
+//! most the requests in flight (the stage's concurrency), never a batch.
 
 pub mod apns;
 pub mod fcm;
+pub mod group_commit;
+pub mod health;
 pub mod http;
 pub mod jwt;
 pub mod log_sink;
@@ -22,28 +36,29 @@ pub mod twilio;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tidings_config::SendersConfig;
+use tidings_config::{SendersConfig, Uncertain};
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
     AvroCodec, Channel,
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
 };
-use tidings_store::{StatusEntry, Store};
+use tidings_store::{StatusEntry, Store, StoreError};
 use tidings_telemetry::metrics;
-use tracing::{error, info, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::enricher::store_failure;
+use group_commit::{GroupCommit, GroupOptions};
+use health::{Outcome, ProviderHealth};
 
 /// Sent-ledger scope: delivery ids are unique across channels.
 const SENT: &str = "sender.sent";
+/// Intent-ledger scope: "about to call the provider", per delivery attempt.
+const INTENT: &str = "sender.intent";
 
 /// What a provider said about one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +82,15 @@ pub enum ProviderError {
         reason: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// The provider refuses our credentials or account settings (401, 403,
+    /// SMTP 535): every delivery would fail the same way until `setting` is
+    /// fixed, so the channel is held rather than its messages given up on.
+    #[error("misconfigured: {setting}: {reason}")]
+    Misconfigured {
+        /// The config key to fix, e.g. `providers.sms.auth_token`.
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 /// A way to reach users on one channel (APNs, FCM, Twilio, SMTP, ... or the
@@ -78,6 +102,39 @@ pub trait Provider: Send + Sync + 'static {
     async fn deliver(&self, delivery: &Delivery) -> Result<Receipt, ProviderError>;
 }
 
+/// What the ledgers say to do with a delivery before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// No trace of an earlier send: send it.
+    Send,
+    /// The provider took it before: do not send it again.
+    AlreadySent,
+    /// An earlier attempt called the provider and no answer was recorded
+    /// (a crash in flight): it may have gone out. Send it again.
+    ResendUncertain,
+    /// As above, but the channel prefers a loss to a duplicate.
+    SkipUncertain,
+}
+
+impl Replay {
+    /// `sent`: the sent-ledger has the delivery; `intent`: the intent ledger
+    /// has this attempt.
+    pub fn decide(sent: bool, intent: bool, uncertain: Uncertain) -> Self {
+        match (sent, intent, uncertain) {
+            (true, _, _) => Replay::AlreadySent,
+            (false, false, _) => Replay::Send,
+            (false, true, Uncertain::Resend) => Replay::ResendUncertain,
+            (false, true, Uncertain::Skip) => Replay::SkipUncertain,
+        }
+    }
+}
+
+/// The intent-ledger key of one attempt: a retry (a later attempt) is a new
+/// send, with an intent of its own.
+fn intent_key(d: &Delivery) -> String {
+    format!("{}#{}", d.delivery_id, d.attempt)
+}
+
 /// The stage that drains one channel topic into its provider.
 pub struct ChannelSender {
     channel: Channel,
@@ -86,11 +143,17 @@ pub struct ChannelSender {
     topics: Topics,
     codec: AvroCodec,
     config: SendersConfig,
-    /// Transient failures in a row, for the developer alert.
-    failures_in_a_row: AtomicU32,
+    uncertain: Uncertain,
+    health: ProviderHealth,
+    /// Intent marks, written in groups before provider calls.
+    intents: GroupCommit<String>,
+    /// Sent marks with their `sent` status, written in groups as the
+    /// provider accepts.
+    sent: GroupCommit<(String, StatusEntry)>,
 }
 
 impl ChannelSender {
+    /// Starts the sender's ledger writers on the current Tokio runtime.
     pub fn new(
         channel: Channel,
         provider: Arc<dyn Provider>,
@@ -99,14 +162,44 @@ impl ChannelSender {
         codec: AvroCodec,
         config: SendersConfig,
     ) -> Self {
+        let ttl = Duration::from_secs(config.sent_ledger_ttl_secs);
+        let ledger = store.dedupe.clone();
+        let intents = GroupCommit::start(
+            INTENT,
+            GroupOptions::default(),
+            Box::new(move |keys: Vec<String>| {
+                let ledger = ledger.clone();
+                Box::pin(async move { ledger.first_seen_many(INTENT, &keys, ttl).await.map(drop) })
+            }),
+        );
+        let (ledger, log) = (store.dedupe.clone(), store.notification_log.clone());
+        let sent = GroupCommit::start(
+            SENT,
+            GroupOptions::default(),
+            Box::new(move |group: Vec<(String, StatusEntry)>| {
+                let (ledger, log) = (ledger.clone(), log.clone());
+                Box::pin(async move {
+                    let (ids, statuses): (Vec<String>, Vec<StatusEntry>) =
+                        group.into_iter().unzip();
+                    tokio::try_join!(
+                        ledger.first_seen_many(SENT, &ids, ttl),
+                        log.record_many(&statuses)
+                    )
+                    .map(drop)
+                })
+            }),
+        );
         Self {
             channel,
+            health: ProviderHealth::new(provider.name(), config.alert_after_failures),
+            uncertain: config.uncertain.for_channel(channel.as_str()),
             provider,
             store,
             topics,
             codec,
             config,
-            failures_in_a_row: AtomicU32::new(0),
+            intents,
+            sent,
         }
     }
 
@@ -142,9 +235,8 @@ impl ChannelSender {
         out.emit(&self.topics.tracking(), &d.notification_id, &event)
     }
 
-    /// Adds a status-log entry; `finish` writes the batch's entries.
-    fn log_status(&self, batch: &SenderBatch, d: &Delivery, state: &str, detail: Option<String>) {
-        let entry = StatusEntry {
+    fn status(d: &Delivery, state: &str, detail: Option<String>) -> StatusEntry {
+        StatusEntry {
             notification_id: d.notification_id.clone(),
             user_id: d.user_id.clone(),
             channel: d.channel.clone(),
@@ -153,46 +245,183 @@ impl ChannelSender {
             detail,
             attempt: u32::try_from(d.attempt).unwrap_or_default(),
             at: now_millis(),
-        };
-        lock(&batch.statuses).push(entry);
+        }
     }
 
-    fn count(&self, outcome: &str) {
+    /// Adds a status-log entry; `finish` writes the batch's entries.
+    fn log_status(&self, batch: &SenderBatch, d: &Delivery, state: &str, detail: Option<String>) {
+        lock(&batch.statuses).push(Self::status(d, state, detail));
+    }
+
+    /// Reads the ledgers for `d`: from the batch's prefetch, from what this
+    /// batch did itself, or (if the prefetch failed) from the store.
+    async fn replay(&self, d: &Delivery, batch: &SenderBatch) -> Result<Replay, ProcessError> {
+        // Sent earlier in this batch: a replayed record twice in it.
+        if lock(&batch.sent_now).contains(&d.delivery_id) {
+            return Ok(Replay::AlreadySent);
+        }
+        let sent = match batch.sent_before.get(&d.delivery_id) {
+            Some(seen) => *seen,
+            None => self
+                .store
+                .dedupe
+                .seen(SENT, &d.delivery_id)
+                .await
+                .map_err(store_failure)?,
+        };
+        let key = intent_key(d);
+        // An intent this batch wrote is no uncertainty: it is being retried
+        // in place after an answer that says the provider did not take it.
+        let intent = !lock(&batch.intended_now).contains(&key)
+            && match batch.intent_before.get(&key) {
+                Some(seen) => *seen,
+                None => self
+                    .store
+                    .dedupe
+                    .seen(INTENT, &key)
+                    .await
+                    .map_err(store_failure)?,
+            };
+        Ok(Replay::decide(sent, intent, self.uncertain))
+    }
+
+    fn count_uncertain(&self, decision: &str) {
         metrics()
-            .provider_results
-            .with_label_values(&[self.provider.name(), outcome])
+            .sender_uncertain
+            .with_label_values(&[Self::stage_name(self.channel), decision])
             .inc();
     }
 
-    /// Tracks provider health: repeated transient failures raise the
-    /// developer alert; a success clears it.
-    fn record_health(&self, ok: bool) {
-        let provider = self.provider.name();
-        if ok {
-            if self.failures_in_a_row.swap(0, Ordering::Relaxed) >= self.config.alert_after_failures
-            {
-                info!(provider, "provider recovered");
-            }
-            metrics()
-                .provider_failing
-                .with_label_values(&[provider])
-                .set(0);
-            return;
+    /// Calls the provider, with the intent marked first so a replay knows
+    /// this delivery may have gone out.
+    async fn dispatch(
+        &self,
+        d: &Delivery,
+        batch: &SenderBatch,
+        out: &mut Emitter<'_>,
+    ) -> Result<Result<Receipt, ProviderError>, ProcessError> {
+        let key = intent_key(d);
+        self.intents
+            .submit(key.clone())
+            .await
+            .map_err(|e| group_failure(&e))?;
+        lock(&batch.intended_now).insert(key);
+        self.track(
+            out,
+            d,
+            TrackingKind::Dispatched,
+            Some(self.provider.name().into()),
+        )?;
+        Ok(self.provider.deliver(d).await)
+    }
+
+    /// The provider took it: mark it sent now, not at the end of the batch,
+    /// so a crash later in the batch does not send it again.
+    async fn sent(
+        &self,
+        d: &Delivery,
+        receipt: Receipt,
+        batch: &SenderBatch,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.health.record(Outcome::Sent);
+        lock(&batch.sent_now).insert(d.delivery_id.clone());
+        let status = Self::status(d, "sent", receipt.provider_id.clone());
+        if let Err(e) = self
+            .sent
+            .submit((d.delivery_id.clone(), status.clone()))
+            .await
+        {
+            // Sent all the same; `finish` writes the mark (retrying while the
+            // store is away) before the batch's offsets are committed.
+            warn!(stage = self.name(), delivery = %d.delivery_id, error = %e, "sent mark failed; writing it with the batch");
+            lock(&batch.unmarked).push(d.delivery_id.clone());
+            lock(&batch.statuses).push(status);
         }
-        let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.config.alert_after_failures {
-            metrics()
-                .provider_failing
-                .with_label_values(&[provider])
-                .set(1);
-            if n == self.config.alert_after_failures || n.is_multiple_of(100) {
-                error!(
-                    provider,
-                    failures_in_a_row = n,
-                    "ALERT: provider keeps failing; deliveries are going to retry topics"
-                );
+        self.track(out, d, TrackingKind::Sent, receipt.provider_id)
+    }
+
+    async fn invalid_target(
+        &self,
+        d: &Delivery,
+        reason: String,
+        batch: &SenderBatch,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.health.record(Outcome::InvalidTarget);
+        if matches!(self.channel, Channel::Ios | Channel::Android) {
+            // A tombstone with a time: a later re-registration wins.
+            self.store
+                .contacts
+                .invalidate_device(&d.user_id, &d.target, now_millis())
+                .await
+                .map_err(store_failure)?;
+        }
+        self.log_status(batch, d, "invalid_target", Some(reason.clone()));
+        self.track(out, d, TrackingKind::InvalidToken, Some(reason))
+    }
+
+    fn rejected(
+        &self,
+        d: &Delivery,
+        reason: String,
+        batch: &SenderBatch,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.health.record(Outcome::Rejected);
+        self.dead_letter(
+            d,
+            &format!("{} rejected it: {reason}", self.provider.name()),
+            false,
+            out,
+        )?;
+        self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
+        self.track(out, d, TrackingKind::DeadLettered, Some(reason))
+    }
+
+    fn transient(
+        &self,
+        d: &Delivery,
+        reason: String,
+        retry_after: Option<Duration>,
+        batch: &SenderBatch,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.health.record(Outcome::Transient);
+        warn!(provider = self.provider.name(), delivery = %d.delivery_id, attempt = d.attempt, %reason, "transient provider failure");
+        match self.retry_or_give_up(d, &reason, retry_after, out)? {
+            Some((topic, not_before)) => {
+                self.log_status(batch, d, "retrying", Some(reason.clone()));
+                self.track(
+                    out,
+                    d,
+                    TrackingKind::Retried,
+                    Some(format!("{reason}; via {topic} at {not_before}")),
+                )
+            }
+            None => {
+                self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
+                self.track(out, d, TrackingKind::DeadLettered, Some(reason))
             }
         }
+    }
+
+    /// The provider refuses our configuration: nothing about this delivery
+    /// is wrong, so it is neither retried through a tier (which would use
+    /// up its attempts) nor dead-lettered; it is held in place, and the
+    /// stage runner tries it again with backoff.
+    async fn misconfigured(&self, d: &Delivery, setting: &str, reason: &str) -> ProcessError {
+        self.health.misconfigured(setting, reason);
+        // The provider did not take it: a replay after a crash during the
+        // hold must not count it as uncertain.
+        if let Err(e) = self.store.dedupe.forget(INTENT, &intent_key(d)).await {
+            warn!(stage = self.name(), delivery = %d.delivery_id, error = %e, "cannot clear the intent mark of a held delivery");
+        }
+        ProcessError::retriable(format!(
+            "{} is misconfigured ({setting}: {reason}); holding delivery {} until it works",
+            self.provider.name(),
+            d.delivery_id
+        ))
     }
 
     /// Moves a transiently failed delivery to its retry tier, or dead-letters
@@ -261,6 +490,15 @@ impl ChannelSender {
     }
 }
 
+/// A group write failed: retriable if the store may come back.
+fn group_failure(e: &StoreError) -> ProcessError {
+    if e.is_retriable() {
+        ProcessError::retriable(e.to_string())
+    } else {
+        ProcessError::permanent(e.to_string())
+    }
+}
+
 /// Up to 20% less than `delay_ms`, the same for the same delivery and
 /// attempt (so a replay schedules the same time) but spread across
 /// deliveries, so a provider outage does not end in a thundering herd.
@@ -275,22 +513,43 @@ fn jittered(delay_ms: u64, delivery_id: &str, attempt: u32) -> u64 {
             .map_or(0, |x| x / 1000)
 }
 
-/// A sender's batch: the sent-ledger entries of its deliveries, read in one
-/// call before any is sent, and the ledger marks and status-log entries its
-/// records leave, written in two calls once all are through. A crash before
-/// those writes sends the batch's deliveries again on replay, the same
-/// at-least-once window a per-record mark has between the provider call and
-/// the mark, only a batch long.
+/// A sender's batch: the ledger entries of its deliveries, read in two calls
+/// before any is sent, and what its records did. Sent marks are written as
+/// the provider accepts (see [`ChannelSender::sent`]); `finish` writes the
+/// other status-log entries, and any sent mark whose own write failed.
 #[derive(Default)]
 pub struct SenderBatch {
     sent_before: HashMap<String, bool>,
+    /// By [`intent_key`].
+    intent_before: HashMap<String, bool>,
     /// Deliveries the provider accepted in this batch.
     sent_now: Mutex<HashSet<String>>,
+    /// Intent keys this batch wrote.
+    intended_now: Mutex<HashSet<String>>,
+    /// Sent deliveries whose mark is still to be written.
+    unmarked: Mutex<Vec<String>>,
     statuses: Mutex<Vec<StatusEntry>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads `keys` of `scope` in one call; on failure an empty map, so
+/// `process` asks record by record.
+async fn seen_map(
+    store: &Store,
+    stage: &str,
+    scope: &str,
+    keys: Vec<String>,
+) -> HashMap<String, bool> {
+    match store.dedupe.seen_many(scope, &keys).await {
+        Ok(seen) => keys.into_iter().zip(seen).collect(),
+        Err(e) => {
+            warn!(stage, scope, error = %e, "batch ledger read failed; reading record by record");
+            HashMap::new()
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -303,32 +562,37 @@ impl Processor for ChannelSender {
     }
 
     async fn prefetch(&self, batch: &[(&Delivery, &RecordMeta)]) -> SenderBatch {
-        let ids: Vec<String> = batch
-            .iter()
-            .map(|(d, _)| d.delivery_id.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let sent_before = match self.store.dedupe.seen_many(SENT, &ids).await {
-            Ok(seen) => ids.into_iter().zip(seen).collect(),
-            Err(e) => {
-                warn!(stage = self.name(), error = %e, "batch sent-ledger read failed; reading record by record");
-                HashMap::new()
-            }
+        let unique = |key: fn(&Delivery) -> String| -> Vec<String> {
+            batch
+                .iter()
+                .map(|(d, _)| key(d))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
         };
+        let ids = unique(|d| d.delivery_id.clone());
+        let intents = unique(intent_key);
+        let (sent_before, intent_before) = tokio::join!(
+            seen_map(&self.store, self.name(), SENT, ids),
+            seen_map(&self.store, self.name(), INTENT, intents)
+        );
         SenderBatch {
             sent_before,
+            intent_before,
             ..SenderBatch::default()
         }
     }
 
     async fn finish(&self, batch: &SenderBatch) -> Result<(), ProcessError> {
-        let sent: Vec<String> = lock(&batch.sent_now).iter().cloned().collect();
+        let unmarked = lock(&batch.unmarked).clone();
         let statuses = lock(&batch.statuses).clone();
         let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
         let mark = async {
-            if !sent.is_empty() {
-                self.store.dedupe.first_seen_many(SENT, &sent, ttl).await?;
+            if !unmarked.is_empty() {
+                self.store
+                    .dedupe
+                    .first_seen_many(SENT, &unmarked, ttl)
+                    .await?;
             }
             Ok(())
         };
@@ -353,88 +617,48 @@ impl Processor for ChannelSender {
             self.log_status(batch, d, "expired", None);
             return self.track(out, d, TrackingKind::Expired, None);
         }
-        // Sent earlier in this batch (a replayed record twice in it), sent
-        // before it, or, if the batch read failed, ask the ledger.
-        let already_sent = lock(&batch.sent_now).contains(&d.delivery_id)
-            || match batch.sent_before.get(&d.delivery_id) {
-                Some(seen) => *seen,
-                None => self
-                    .store
-                    .dedupe
-                    .seen(SENT, &d.delivery_id)
-                    .await
-                    .map_err(store_failure)?,
-            };
-        if already_sent {
-            return self.track(
-                out,
-                d,
-                TrackingKind::Deduplicated,
-                Some("already sent".into()),
-            );
-        }
-        self.track(
-            out,
-            d,
-            TrackingKind::Dispatched,
-            Some(self.provider.name().into()),
-        )?;
-        match self.provider.deliver(d).await {
-            Ok(receipt) => {
-                self.count("sent");
-                self.record_health(true);
-                lock(&batch.sent_now).insert(d.delivery_id.clone());
-                self.log_status(batch, d, "sent", receipt.provider_id.clone());
-                self.track(out, d, TrackingKind::Sent, receipt.provider_id)
-            }
-            Err(ProviderError::InvalidTarget(reason)) => {
-                self.count("invalid_target");
-                self.record_health(true);
-                if matches!(self.channel, Channel::Ios | Channel::Android) {
-                    // A tombstone with a time: a later re-registration wins.
-                    self.store
-                        .contacts
-                        .invalidate_device(&d.user_id, &d.target, now_millis())
-                        .await
-                        .map_err(store_failure)?;
-                }
-                self.log_status(batch, d, "invalid_target", Some(reason.clone()));
-                self.track(out, d, TrackingKind::InvalidToken, Some(reason))
-            }
-            Err(ProviderError::Rejected(reason)) => {
-                self.count("rejected");
-                self.record_health(true);
-                self.dead_letter(
-                    d,
-                    &format!("{} rejected it: {reason}", self.provider.name()),
-                    false,
+        match self.replay(d, batch).await? {
+            Replay::Send => {}
+            Replay::AlreadySent => {
+                return self.track(
                     out,
-                )?;
-                self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
-                self.track(out, d, TrackingKind::DeadLettered, Some(reason))
+                    d,
+                    TrackingKind::Deduplicated,
+                    Some("already sent".into()),
+                );
             }
+            Replay::ResendUncertain => {
+                self.count_uncertain("resent");
+                warn!(stage = self.name(), delivery = %d.delivery_id, "delivery was in flight at a crash and may have gone out; sending it again (senders.uncertain = resend)");
+            }
+            Replay::SkipUncertain => {
+                self.count_uncertain("skipped");
+                let detail = format!(
+                    "uncertain: in flight at a crash, may or may not have gone out; not sent again (senders.uncertain.{} = skip)",
+                    self.channel.as_str()
+                );
+                self.log_status(batch, d, "uncertain", Some(detail.clone()));
+                return self.track(out, d, TrackingKind::Deduplicated, Some(detail));
+            }
+        }
+        // A misconfigured provider is probed by one delivery at a time; the
+        // others wait in place.
+        if let Some((wait, reason)) = self.health.held_for() {
+            warn!(stage = self.name(), delivery = %d.delivery_id, %reason, "delivery held");
+            return Err(ProcessError::not_due(wait));
+        }
+        match self.dispatch(d, batch, out).await? {
+            Ok(receipt) => self.sent(d, receipt, batch, out).await,
+            Err(ProviderError::InvalidTarget(reason)) => {
+                self.invalid_target(d, reason, batch, out).await
+            }
+            Err(ProviderError::Rejected(reason)) => self.rejected(d, reason, batch, out),
             Err(ProviderError::Transient {
                 reason,
                 retry_after,
-            }) => {
-                self.count("transient");
-                self.record_health(false);
-                warn!(provider = self.provider.name(), delivery = %d.delivery_id, attempt = d.attempt, %reason, "transient provider failure");
-                match self.retry_or_give_up(d, &reason, retry_after, out)? {
-                    Some((topic, not_before)) => {
-                        self.log_status(batch, d, "retrying", Some(reason.clone()));
-                        self.track(
-                            out,
-                            d,
-                            TrackingKind::Retried,
-                            Some(format!("{reason}; via {topic} at {not_before}")),
-                        )
-                    }
-                    None => {
-                        self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
-                        self.track(out, d, TrackingKind::DeadLettered, Some(reason))
-                    }
-                }
+            }) => self.transient(d, reason, retry_after, batch, out),
+            Err(ProviderError::Misconfigured { setting, reason }) => {
+                Err(self.misconfigured(d, setting, &reason).await)
             }
         }
     }
@@ -443,6 +667,20 @@ impl Processor for ChannelSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_sends_skips_sent_and_follows_the_setting_for_uncertain() {
+        use Uncertain::{Resend, Skip};
+        for setting in [Resend, Skip] {
+            // Marked sent: never again, whatever the intent says.
+            assert_eq!(Replay::decide(true, true, setting), Replay::AlreadySent);
+            assert_eq!(Replay::decide(true, false, setting), Replay::AlreadySent);
+            // No trace: a first send.
+            assert_eq!(Replay::decide(false, false, setting), Replay::Send);
+        }
+        assert_eq!(Replay::decide(false, true, Resend), Replay::ResendUncertain);
+        assert_eq!(Replay::decide(false, true, Skip), Replay::SkipUncertain);
+    }
 
     #[test]
     fn jitter_stays_within_twenty_percent_and_is_stable() {

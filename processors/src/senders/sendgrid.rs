@@ -226,9 +226,16 @@ impl Provider for SendGridProvider {
                 "{NAME}: recipient {}: {detail}",
                 http::short(&d.target)
             )),
-            401 | 403 => ProviderError::Rejected(format!(
-                "{NAME}: {status} {detail}: config problem (api_key invalid or without mail.send, or from_email not a verified sender)"
-            )),
+            401 => ProviderError::Misconfigured {
+                setting: "providers.email.api_key",
+                reason: format!("{NAME}: {status} {detail}"),
+            },
+            // A key without the mail.send permission, or a sender identity
+            // SendGrid has not verified.
+            403 => ProviderError::Misconfigured {
+                setting: "providers.email.api_key (mail.send) / providers.email.from_email (a verified sender)",
+                reason: format!("{NAME}: {status} {detail}"),
+            },
             429 | 500..=599 => match http::transient_status(NAME, status, &headers, &detail) {
                 // SendGrid's 429 names the end of the rate-limit window in
                 // X-RateLimit-Reset (epoch seconds) rather than Retry-After.

@@ -244,6 +244,16 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+const SECURITY: &str = "providers.email.security";
+const CREDENTIALS: &str = "providers.email.username / providers.email.password";
+
+fn misconfigured(setting: &'static str, text: &str) -> ProviderError {
+    ProviderError::Misconfigured {
+        setting,
+        reason: format!("{NAME}: {text}"),
+    }
+}
+
 /// Reads an SMTP failure. The reply text of a rejection carries an enhanced
 /// status code (RFC 3463) when the server has one: `5.1.x` is about the
 /// address, `5.7.x` about policy (spam, auth), which the basic code alone
@@ -264,9 +274,12 @@ fn classify(e: &lettre::transport::smtp::Error, target: &str) -> ProviderError {
             matches!(code.as_str(), "550" | "551" | "553")
         };
         return match code.as_str() {
-            "530" | "534" | "535" | "538" => ProviderError::Rejected(format!(
-                "{NAME}: {text}: config problem (username/password or TLS)"
-            )),
+            // Encryption required (538, or a 530 asking for STARTTLS), or
+            // authentication required or refused: the relay refuses us, not
+            // this mail.
+            "538" => misconfigured(SECURITY, &text),
+            "530" if reply.contains("STARTTLS") => misconfigured(SECURITY, &text),
+            "530" | "534" | "535" => misconfigured(CREDENTIALS, &text),
             _ if bad_mailbox => {
                 ProviderError::InvalidTarget(format!("{NAME}: mailbox {}: {text}", short(target)))
             }

@@ -201,9 +201,12 @@ impl Provider for TwilioProvider {
             400 if err.code.is_some_and(|c| BAD_NUMBER_CODES.contains(&c)) => {
                 ProviderError::InvalidTarget(format!("{NAME}: number {number}: {detail}"))
             }
-            401 | 403 => ProviderError::Rejected(format!(
-                "{NAME}: {status} {detail}: config problem (account_sid / auth_token)"
-            )),
+            // The account's credentials or rights, not this message: hold
+            // the channel until they are fixed.
+            401 | 403 => ProviderError::Misconfigured {
+                setting: "providers.sms.account_sid / providers.sms.auth_token",
+                reason: format!("{NAME}: {status} {detail}"),
+            },
             429 | 500..=599 => http::transient_status(NAME, status, &headers, &detail),
             _ => ProviderError::Rejected(format!("{NAME}: {status} {detail} (to {number})")),
         })

@@ -8,6 +8,7 @@
 
 pub mod apns;
 pub mod fcm;
+pub mod sender;
 pub mod sendgrid;
 pub mod smtp;
 pub mod twilio;
@@ -288,10 +289,6 @@ async fn serve<S: Send + Sync + 'static>(State(app): State<App<S>>, req: Request
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    let delay = shared.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
     let rec = Recorded {
         method: parts.method,
         path: parts
@@ -304,12 +301,19 @@ async fn serve<S: Send + Sync + 'static>(State(app): State<App<S>>, req: Request
         body,
         peer,
     };
-    let reply = (app.handler)(&rec, &app.state, shared);
+    // Recorded on arrival, before the delay: a real provider has taken a
+    // request it received even if the client goes away before the answer
+    // (what a sender crash in flight looks like from the provider's side).
     shared
         .requests
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(rec);
+        .push(rec.clone());
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let reply = (app.handler)(&rec, &app.state, shared);
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut resp = Response::new(Body::from(reply.body));
     *resp.status_mut() = reply.status;
