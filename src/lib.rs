@@ -8,4 +8,5 @@
 pub mod bench;
 pub mod bench_feed;
 pub mod client;
+pub mod dlq;
 pub mod runtime;

@@ -70,6 +70,13 @@ enum Command {
     /// social graph, publish posts and measure fan-out, then read feeds and
     /// measure pages/s and latency.
     BenchFeed(tidings::bench_feed::FeedBenchOptions),
+    /// Inspect dead-lettered records and send them back to the topics they
+    /// came from (admin; needs a shared Kafka: the embedded one lives only
+    /// inside `tidings dev`).
+    Dlq {
+        #[command(subcommand)]
+        command: tidings::dlq::DlqCommand,
+    },
     /// Manage the applications allowed to call the gateway (admin; talks to
     /// the store directly).
     Apps {
@@ -327,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", toml_of(&config)?);
             Ok(())
         }
+        Command::Dlq { command } => tidings::dlq::run(&load()?, command).await,
         Command::Apps { command } => {
             let config = load()?;
             let store = Runtime::connect_store_only(&config).await?;

@@ -98,12 +98,7 @@ impl Runtime {
             .await
             .context("connecting to Kafka (kafka.bootstrap_servers)")?;
         let store = connect_store(&config, init).await?;
-        let codec = match &config.kafka.schema_registry_url {
-            None => AvroCodec::local(),
-            Some(url) => AvroCodec::with_registry(url).await.with_context(|| {
-                format!("registering schemas (kafka.schema_registry_url = {url})")
-            })?,
-        };
+        let codec = codec(&config.kafka).await?;
         let producer = AvroProducer::new(&cluster, &config.kafka, codec)
             .context("creating the Kafka producer")?;
         let topics = Topics::new(&config.kafka.topic_prefix);
@@ -537,6 +532,17 @@ pub async fn create_app(
     };
     store.apps.put(&app).await.context("saving the app")?;
     Ok((key, secret))
+}
+
+/// The codec of `config`: the catalog's local ids, or those of the schema
+/// registry when one is configured (registering the catalog there).
+pub async fn codec(config: &tidings_config::KafkaConfig) -> Result<AvroCodec> {
+    Ok(match &config.schema_registry_url {
+        None => AvroCodec::local(),
+        Some(url) => AvroCodec::with_registry(url).await.with_context(|| {
+            format!("registering schemas (kafka.schema_registry_url = {url})")
+        })?,
+    })
 }
 
 /// Errors early for a configuration that cannot work in a role of its own.

@@ -118,9 +118,10 @@ struct ReceiptQuery {
 
 /// The fields of Twilio's status callback that tidings reads; the others
 /// (`To`, `From`, `AccountSid`, ...) are ignored. Empty counts as absent.
+#[doc(hidden)] // pub for the property tests (tests/fuzz.rs)
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct TwilioStatus {
+pub struct TwilioStatus {
     #[serde(rename = "MessageSid")]
     message_sid: Option<String>,
     #[serde(rename = "MessageStatus")]
@@ -130,7 +131,8 @@ struct TwilioStatus {
 }
 
 /// The receipt token in a callback's query string, if there is one.
-fn receipt_token(query: Option<&str>) -> Option<String> {
+#[doc(hidden)] // pub for the property tests (tests/fuzz.rs)
+pub fn receipt_token(query: Option<&str>) -> Option<String> {
     serde_urlencoded::from_str::<ReceiptQuery>(query?)
         .ok()?
         .d
@@ -138,7 +140,8 @@ fn receipt_token(query: Option<&str>) -> Option<String> {
 }
 
 /// Reads Twilio's form: the status, or a 400 message naming the field.
-fn decode_twilio(body: &[u8]) -> Result<TwilioStatus, String> {
+#[doc(hidden)] // pub for the property tests (tests/fuzz.rs)
+pub fn decode_twilio(body: &[u8]) -> Result<TwilioStatus, String> {
     let form: TwilioStatus =
         serde_urlencoded::from_bytes(body).map_err(|e| format!("the form cannot be read: {e}"))?;
     let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
@@ -361,9 +364,10 @@ async fn sendgrid_events(
 /// The fields of one SendGrid event that tidings reads; the others are
 /// ignored. Values are read as text whatever their JSON type (a number as
 /// its digits, `null` as absent), so an odd type does not lose the event.
+#[doc(hidden)] // pub for the property tests (tests/fuzz.rs)
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct SendGridEvent {
+pub struct SendGridEvent {
     #[serde(deserialize_with = "text")]
     event: Option<String>,
     /// The receipt token ([`tidings_schemas::tracking_link::RECEIPT_CUSTOM_ARG`]),
@@ -394,7 +398,8 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 /// Reads SendGrid's body: one result per element of the array, so a bad
 /// event is skipped and the others kept; `Err` when the body is not a JSON
 /// array at all.
-fn decode_sendgrid(body: &[u8]) -> Result<Vec<Result<SendGridEvent, String>>, String> {
+#[doc(hidden)] // pub for the property tests (tests/fuzz.rs)
+pub fn decode_sendgrid(body: &[u8]) -> Result<Vec<Result<SendGridEvent, String>>, String> {
     let events: Vec<serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| format!("the body is not a JSON array of events: {e}"))?;
     Ok(events

@@ -15,7 +15,7 @@ use std::{
 
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
 };
 use tempfile::TempDir;
 use tidings::{
@@ -226,6 +226,56 @@ impl TestPipeline {
         records
     }
 
+    /// Waits until the consumer group of `stage` (its name: `enricher`,
+    /// `sender.sms`, `feed-writer`, ...) has committed, on every partition
+    /// of `topic`, the high watermark as of this call: every record written
+    /// to `topic` before the call has been handled, and what the stage
+    /// produced from it is on its topics (a stage commits only after its
+    /// outputs are acknowledged). The point after which a test may read an
+    /// output topic with [`TestPipeline::read_all`] and assert what the
+    /// stage did not do.
+    pub async fn caught_up(&self, stage: &str, topic: &str) {
+        let group = format!("{}.{stage}", self.config.kafka.group_prefix);
+        // Only asks the group's coordinator for its offsets: a consumer that
+        // neither subscribes nor commits never joins the stage's group.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offsets client");
+        let mut partitions = TopicPartitionList::new();
+        let mut high_of = std::collections::HashMap::new();
+        for p in partitions_of(&consumer, topic) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            if high > low {
+                high_of.insert(p, high);
+                partitions.add_partition(topic, p);
+            }
+        }
+        if high_of.is_empty() {
+            return;
+        }
+        eventually(
+            &format!("{group} to handle {topic} up to its high watermarks {high_of:?}"),
+            Duration::from_secs(60),
+            || {
+                let committed =
+                    consumer.committed_offsets(partitions.clone(), Duration::from_secs(10));
+                let done = committed.is_ok_and(|c| {
+                    c.elements().iter().all(|e| match e.offset() {
+                        Offset::Offset(o) => o >= high_of[&e.partition()],
+                        _ => false,
+                    })
+                });
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// Reads records of `topic` until `done` holds for what was read, or
     /// fails the test after `timeout`. Returns the raw payloads and the
     /// decoded records.
@@ -261,7 +311,7 @@ impl TestPipeline {
 }
 
 /// The partition ids of `topic`.
-fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Vec<i32> {
+fn partitions_of(consumer: &impl Consumer, topic: &str) -> Vec<i32> {
     consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("topic metadata")
