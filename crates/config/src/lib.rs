@@ -139,7 +139,8 @@ pub struct SendersConfig {
     /// Attempts (the first send included) before a delivery is dead-lettered.
     pub max_attempts: u32,
     /// This many transient failures in a row of one provider raise the
-    /// developer alert (an error log and the `provider_failing` gauge).
+    /// developer alert (an error log and the `provider_failing` gauge); a
+    /// provider refusing our credentials raises it at once.
     pub alert_after_failures: u32,
     /// How long a sent delivery id is remembered, so a redelivered record is
     /// not sent twice.
