@@ -161,7 +161,9 @@ impl KafkaCluster {
         })
     }
 
-    /// Creates the topics that do not exist yet; existing ones are left alone.
+    /// Creates the topics that do not exist yet, with `max.message.bytes` at
+    /// `kafka.max_message_bytes`; existing ones are left alone. (The mock
+    /// brokers take no topic settings: there the producer's own limit holds.)
     pub async fn ensure_topics(
         &self,
         config: &KafkaConfig,
@@ -193,6 +195,9 @@ impl KafkaCluster {
             .create()
             .map_err(|e| KafkaError::client("admin client", e))?;
         let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+        // The producer's `message.max.bytes` and the topics' limit are one
+        // setting, so whatever the producer accepts the brokers store.
+        let max_message_bytes = config.max_message_bytes.to_string();
         let replication = if self.is_embedded() {
             1
         } else {
@@ -204,6 +209,7 @@ impl KafkaCluster {
             .map(|(s, r)| {
                 NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication))
                     .set("retention.ms", r)
+                    .set("max.message.bytes", &max_message_bytes)
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

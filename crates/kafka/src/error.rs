@@ -32,10 +32,6 @@ pub enum KafkaError {
     Consume(RdKafkaError),
     #[error("embedded Kafka: {0}")]
     Embedded(String),
-    /// The batch was processed but its processor could not write what it
-    /// collected; the batch is not committed and will be consumed again.
-    #[error("stage {stage} could not finish its batch: {reason}")]
-    Finish { stage: &'static str, reason: String },
 }
 
 impl KafkaError {
@@ -60,7 +56,6 @@ impl KafkaError {
             KafkaError::Client { .. }
             | KafkaError::CreateTopic { .. }
             | KafkaError::Encode { .. }
-            | KafkaError::Finish { .. }
             | KafkaError::Embedded(_) => false,
         }
     }

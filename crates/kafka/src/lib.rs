@@ -2,14 +2,18 @@
 //! brokers are (a real cluster or the embedded mock), topic layout, a durable
 //! Avro producer, and the stage runner processors are built on.
 
+pub mod backoff;
 mod cluster;
 mod error;
 pub mod producer;
 pub mod stage;
 pub mod topics;
 
+pub use backoff::Backoff;
 pub use cluster::KafkaCluster;
 pub use error::KafkaError;
-pub use producer::{AvroProducer, OutRecord};
-pub use stage::{Emitter, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis};
+pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
+pub use stage::{
+    Emitter, Failure, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis,
+};
 pub use topics::{RETRY_TIERS, TopicSpec, Topics};

@@ -1,5 +1,7 @@
 //! Producing Avro records durably: acks=all with the idempotent producer, and
-//! a send that returns only once the brokers have the record.
+//! a send that returns only once the brokers have the record. Records are
+//! bounded by `kafka.max_message_bytes`, the producer's `message.max.bytes`
+//! and the `max.message.bytes` of the topics `tidings init` creates.
 
 use std::time::Duration;
 
@@ -13,12 +15,25 @@ use tidings_schemas::{AvroCodec, AvroRecord};
 
 use crate::{KafkaCluster, KafkaError};
 
+/// Bytes of `kafka.max_message_bytes` kept for what Kafka adds around a
+/// record's key and value (record, batch and request headers), so that a
+/// record under [`AvroProducer::max_record_bytes`] fits whatever librdkafka
+/// and the broker count.
+pub const RECORD_OVERHEAD_BYTES: usize = 512;
+
 /// One encoded record, ready to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
+}
+
+impl OutRecord {
+    /// Key and value bytes, what [`AvroProducer::max_record_bytes`] bounds.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.payload.len()
+    }
 }
 
 /// Where a produced record landed.
@@ -34,6 +49,7 @@ pub struct AvroProducer {
     producer: FutureProducer,
     codec: AvroCodec,
     timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl AvroProducer {
@@ -48,13 +64,22 @@ impl AvroProducer {
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", config.produce_timeout_ms.to_string());
+            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+            .set("message.max.bytes", config.max_message_bytes.to_string());
         let producer = c.create().map_err(|e| KafkaError::client("producer", e))?;
         Ok(Self {
             producer,
             codec,
             timeout: Duration::from_millis(config.produce_timeout_ms),
+            max_message_bytes: config.max_message_bytes,
         })
+    }
+
+    /// The largest key plus value this producer sends: `kafka.max_message_bytes`
+    /// less [`RECORD_OVERHEAD_BYTES`]. A larger record can never be produced,
+    /// however often it is retried.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_sub(RECORD_OVERHEAD_BYTES)
     }
 
     pub fn codec(&self) -> &AvroCodec {

@@ -1,31 +1,47 @@
 //! The consume-process-produce loop every processor runs in.
 //!
 //! A stage reads a batch of records, hands each to its [`Processor`] (records
-//! of one partition in order, partitions concurrently), produces everything
-//! the processor emitted and waits for the brokers' acks, and only then
-//! stores the input offsets for the next commit (Vector's at-least-once
-//! scheme: `enable.auto.offset.store=false`, store after downstream acked).
-//! A crash between produce and commit replays the batch; stages are written
-//! to be idempotent under replay (dedupe ledgers keyed by event and delivery
-//! ids), which also holds on the embedded mock cluster, where transactional
-//! offset commits are not reliable.
+//! of one partition and key in order; other keys and partitions
+//! concurrently), lets the processor `finish` the batch, produces everything
+//! it emitted and waits for the brokers' acks, and only then stores the input
+//! offsets for the next commit (Vector's at-least-once scheme:
+//! `enable.auto.offset.store=false`, store after downstream acked). A crash
+//! between produce and commit replays the batch; stages are written to be
+//! idempotent under replay (dedupe ledgers keyed by event and delivery ids),
+//! which also holds on the embedded mock cluster, where transactional offset
+//! commits are not reliable.
 //!
-//! Failures: a record that cannot be decoded, or that its processor rejects
-//! permanently, goes to the dead-letter topic with the reason; a retriable
-//! failure (the store or a broker briefly unavailable) is retried in place
-//! with backoff, holding back its partition but losing nothing.
+//! No input stops a stage. A record that cannot be decoded, that its
+//! processor rejects permanently, or one of whose outputs can never be
+//! produced (too large for `kafka.max_message_bytes`, say) goes to the
+//! dead-letter topic with the reason; so does every record of a batch whose
+//! `finish` fails permanently. A dead letter always fits: a payload too large
+//! for it is cut, and the reason says so. Only a failure that a retry can fix
+//! (the store, a broker or the schema registry briefly unavailable) holds a
+//! record back, retried in place with [`Backoff`], counted in
+//! `tidings_stage_errors_total{retriable="true"}`; shutdown interrupts the
+//! wait, and what was not handled is consumed again.
+//!
+//! Rebalances: the consumer's context logs each assignment and revocation,
+//! commits the stored offsets before partitions are revoked, and tells the
+//! runner, which drops the revoked partitions' records from the batch it is
+//! collecting (their new owner reads them from the committed offset). Offsets
+//! are only ever stored for, and at shutdown committed for, partitions this
+//! member holds (librdkafka refuses to store an offset of a partition not
+//! assigned), so a member never rewinds a partition another member now owns.
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
 use futures::{StreamExt, future::join_all};
 use rdkafka::{
-    ClientContext, Message, Offset, Statistics, TopicPartitionList,
-    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    ClientContext, Message, Statistics, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
     message::OwnedMessage,
 };
 use tidings_config::KafkaConfig;
@@ -36,18 +52,32 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     KafkaCluster, KafkaError,
+    backoff::{Backoff, sleep_or_cancel},
     producer::{AvroProducer, OutRecord},
 };
 
-/// Why a processor could not handle a record.
+/// What a processor's failure means for its record: the retry hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The record itself is at fault and never will succeed: it goes to the
+    /// dead-letter topic.
+    Permanent,
+    /// A dependency failed: the record is retried in place with backoff,
+    /// holding back its key.
+    Retriable,
+    /// Not a failure: the record is not due for this long (retry tiers). The
+    /// runner waits (waking for shutdown) and hands it over again; not
+    /// counted as an error.
+    NotDue(Duration),
+}
+
+/// Why a processor could not handle a record, and whether trying again can
+/// help.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}")]
 pub struct ProcessError {
-    pub reason: String,
-    /// Whether trying the same record again later can succeed.
-    pub retriable: bool,
-    /// Not a failure: the record is not due before this long (retry tiers).
-    pub not_due_for: Option<Duration>,
+    reason: String,
+    kind: Failure,
 }
 
 impl ProcessError {
@@ -55,18 +85,7 @@ impl ProcessError {
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            retriable: false,
-            not_due_for: None,
-        }
-    }
-
-    /// The record must wait; the runner sleeps (waking for shutdown) and
-    /// hands it over again, holding back its partition meanwhile.
-    pub fn not_due(wait: Duration) -> Self {
-        Self {
-            reason: format!("not due for {wait:?}"),
-            retriable: true,
-            not_due_for: Some(wait),
+            kind: Failure::Permanent,
         }
     }
 
@@ -74,8 +93,38 @@ impl ProcessError {
     pub fn retriable(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            retriable: true,
-            not_due_for: None,
+            kind: Failure::Retriable,
+        }
+    }
+
+    /// The record must wait; the runner sleeps (waking for shutdown) and
+    /// hands it over again, holding back its key meanwhile.
+    pub fn not_due(wait: Duration) -> Self {
+        Self {
+            reason: format!("not due for {wait:?}"),
+            kind: Failure::NotDue(wait),
+        }
+    }
+
+    pub fn kind(&self) -> Failure {
+        self.kind
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether handing the same record over again later can succeed (true
+    /// for a record not due yet).
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self.kind, Failure::Permanent)
+    }
+
+    /// How long the record is not due for, if that is all this is.
+    pub fn not_due_for(&self) -> Option<Duration> {
+        match self.kind {
+            Failure::NotDue(wait) => Some(wait),
+            _ => None,
         }
     }
 }
@@ -100,7 +149,9 @@ pub struct Emitter<'a> {
 
 impl Emitter<'_> {
     /// Queues `record` for `topic`; it is produced with the rest of the batch
-    /// before the input's offset is committed.
+    /// before the input's offset is committed. A record that cannot be
+    /// encoded, or is larger than `kafka.max_message_bytes` allows, is a
+    /// permanent failure: no retry can produce it.
     pub fn emit<T: AvroRecord>(
         &mut self,
         topic: &str,
@@ -111,6 +162,15 @@ impl Emitter<'_> {
             error!(stage = self.stage, %topic, error = %e, "cannot encode an output record");
             ProcessError::permanent(e.to_string())
         })?;
+        let limit = self.producer.max_record_bytes();
+        if out.size() > limit {
+            return Err(ProcessError::permanent(format!(
+                "the {} for {topic} would be {} bytes (key and value), over the {limit} bytes \
+                 kafka.max_message_bytes allows",
+                T::FULL_NAME,
+                out.size(),
+            )));
+        }
         self.records.push(out);
         Ok(())
     }
@@ -131,8 +191,10 @@ pub trait Processor: Send + Sync + 'static {
 
     /// Looks up in a few store calls what `process` would otherwise look up
     /// record by record: one round trip per batch instead of one per record.
-    /// It is only a head start: `process` must look up itself whatever is
-    /// missing, so a failed prefetch costs speed, never correctness.
+    /// It is only a head start and must be read-only: `process` must look up
+    /// itself whatever is missing, so a failed prefetch costs speed, never
+    /// correctness, and a batch replayed after a crash finds the store as
+    /// `finish` left it.
     async fn prefetch(&self, batch: &[(&Self::Input, &RecordMeta)]) -> Self::Prefetched;
 
     async fn process(
@@ -146,10 +208,14 @@ pub trait Processor: Send + Sync + 'static {
     /// Runs once every record of the batch was processed, before the
     /// batch's outputs are produced and its offsets committed: the place to
     /// write in a few calls what `process` collected in `prefetched` (the
-    /// senders' ledger marks and status log). A failure is retried in place
-    /// (with backoff) if retriable; otherwise the stage stops, and the batch
-    /// is consumed again after a restart.
-    async fn finish(&self, prefetched: &Self::Prefetched) -> Result<(), ProcessError>;
+    /// senders' ledger marks and status log). A retriable failure is retried
+    /// in place with backoff; a permanent one dead-letters every processed
+    /// record of the batch (their outputs are not produced), and the stage
+    /// carries on. Nothing to write by default.
+    async fn finish(&self, prefetched: &Self::Prefetched) -> Result<(), ProcessError> {
+        let _ = prefetched;
+        Ok(())
+    }
 }
 
 /// Batching and retry knobs of a stage.
@@ -185,14 +251,42 @@ impl Default for StageOptions {
     }
 }
 
-/// Turns librdkafka's periodic statistics into the consumer-lag gauge: the
-/// number of records waiting per partition is the queue-depth signal that
-/// says when a stage needs more members.
-struct LagReporter {
+/// A stage's consumer callbacks, run by librdkafka inside the runner's
+/// `recv` (never while it handles a batch).
+struct StageContext {
     stage: &'static str,
+    /// Partitions revoked since the runner last looked.
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
-impl ClientContext for LagReporter {
+impl StageContext {
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Logs `what` once per topic with its partitions.
+    fn log_partitions(&self, tpl: &TopicPartitionList, what: &'static str, lost: bool) {
+        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for e in tpl.elements() {
+            by_topic
+                .entry(e.topic().to_owned())
+                .or_default()
+                .push(e.partition());
+        }
+        for (topic, partitions) in by_topic {
+            if lost {
+                warn!(stage = self.stage, %topic, ?partitions, "partitions lost (this member was evicted); their uncommitted records go to the new owner");
+            } else {
+                info!(stage = self.stage, %topic, ?partitions, "{what}");
+            }
+        }
+    }
+}
+
+impl ClientContext for StageContext {
+    /// Turns librdkafka's periodic statistics into the consumer-lag gauge:
+    /// the number of records waiting per partition is the queue-depth signal
+    /// that says when a stage needs more members.
     fn stats(&self, statistics: Statistics) {
         let gauge = &metrics().consumer_lag;
         for (topic, t) in &statistics.topics {
@@ -208,27 +302,62 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let lost = consumer.assignment_lost();
+        self.log_partitions(tpl, "partitions revoked", lost);
+        if !lost {
+            // Commit what was handled before the new owner reads the
+            // committed offsets; sync, because it must land first.
+            // (librdkafka's auto-commit on revoke would too; this makes it
+            // explicit and logged.) A lost assignment cannot commit.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => debug!(stage = self.stage, "offsets committed on revoke"),
+                Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    warn!(stage = self.stage, error = %e, "committing on revoke failed; the new owner replays the last records")
+                }
+            }
+        }
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let gauge = &metrics().consumer_lag;
+        for e in tpl.elements() {
+            // Another member reports this partition's lag now.
+            let _ = gauge.remove_label_values(&[self.stage, e.topic(), &e.partition().to_string()]);
+            revoked.push((e.topic().to_owned(), e.partition()));
+        }
+    }
 
-/// Commits `offsets` and closes `consumer` on a thread of its own, waiting at
-/// most `limit`. Both block inside librdkafka with no bound of their own: a
-/// sync commit waits for the coordinator, and rdkafka's `Drop` polls until
-/// the consumer reports closed (fede1024/rust-rdkafka#509). A stage stopped
-/// while its group was still joining once hung a whole test run there; past
-/// the limit the close is left to finish (or not) on its thread and the
-/// broker expires the membership after `session.timeout.ms`.
-async fn leave_group(
-    consumer: StreamConsumer<LagReporter>,
-    offsets: TopicPartitionList,
-    stage: &'static str,
-    limit: Duration,
-) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.log_partitions(tpl, "partitions assigned", false),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(stage = self.stage, error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// Commits the stored offsets of the partitions this member holds and
+/// closes `consumer` on a thread of its own, waiting at most `limit`. Both
+/// block inside librdkafka with no bound of their own: a sync commit waits
+/// for the coordinator, and rdkafka's `Drop` polls until the consumer reports
+/// closed (fede1024/rust-rdkafka#509). A stage stopped while its group was
+/// still joining once hung a whole test run there; past the limit the close
+/// is left to finish (or not) on its thread and the broker expires the
+/// membership after `session.timeout.ms`.
+async fn leave_group(consumer: StreamConsumer<StageContext>, stage: &'static str, limit: Duration) {
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     let close = move || {
-        if offsets.count() > 0
-            && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
-        {
-            warn!(stage, error = %e, "final offset commit failed; the last records will be replayed");
+        // Stored offsets exist only for assigned partitions: librdkafka
+        // drops them on revoke and refuses to store others.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                warn!(stage, error = %e, "final offset commit failed; the last records will be replayed")
+            }
         }
         consumer.unsubscribe();
         drop(consumer);
@@ -254,19 +383,20 @@ async fn leave_group(
 /// A running stage: a consumer group member with its processor.
 pub struct Stage<P: Processor> {
     processor: Arc<P>,
-    consumer: StreamConsumer<LagReporter>,
+    consumer: StreamConsumer<StageContext>,
     producer: AvroProducer,
     dead_letter_topic: String,
     options: StageOptions,
 }
 
-/// A consumed record, decoded or already judged.
-struct Item<I> {
+/// A consumed record and, if it decoded, its input.
+struct Record<I> {
     message: OwnedMessage,
     meta: RecordMeta,
-    input: Result<I, RecordOutcome>,
+    input: Option<I>,
 }
 
+/// What became of one record.
 enum RecordOutcome {
     Processed(Vec<OutRecord>),
     DeadLettered(OutRecord),
@@ -274,14 +404,20 @@ enum RecordOutcome {
     Interrupted,
 }
 
-struct PartitionOutcome {
-    topic: String,
-    partition: i32,
-    outputs: Vec<OutRecord>,
-    /// The offset of the last record fully handled, if any.
-    last_done: Option<i64>,
-    dead_lettered: u64,
-    processed: u64,
+/// Where a record ended up once its outputs were produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Processed,
+    DeadLettered,
+    Interrupted,
+}
+
+/// How a batch's `finish` went.
+enum Finished {
+    Done,
+    /// Permanently; the reason.
+    Failed(String),
+    Interrupted,
 }
 
 impl<P: Processor> Stage<P> {
@@ -312,9 +448,10 @@ impl<P: Processor> Stage<P> {
                 "max.poll.interval.ms",
                 options.max_poll_interval.as_millis().to_string(),
             );
-        let consumer: StreamConsumer<LagReporter> = c
-            .create_with_context(LagReporter {
+        let consumer: StreamConsumer<StageContext> = c
+            .create_with_context(StageContext {
                 stage: processor.name(),
+                revoked: Mutex::default(),
             })
             .map_err(|e| KafkaError::client("consumer", e))?;
         let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
@@ -332,64 +469,34 @@ impl<P: Processor> Stage<P> {
     }
 
     /// Runs until `shutdown` is cancelled, then commits what was handled and
-    /// leaves the group.
+    /// leaves the group. No record makes it return early or fail: records
+    /// that cannot be handled are dead-lettered, and failures a retry can
+    /// fix are retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let stage = self.processor.name();
-        let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let result = self.poll_loop(&shutdown, &mut committed).await;
-        let mut final_offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &committed {
-            let _ =
-                final_offsets.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
-        }
-        leave_group(
-            self.consumer,
-            final_offsets,
-            stage,
-            self.options.close_timeout,
-        )
-        .await;
+        self.poll_loop(&shutdown).await;
+        leave_group(self.consumer, stage, self.options.close_timeout).await;
         info!(stage, "stage stopped");
-        result
+        Ok(())
     }
 
-    async fn poll_loop(
-        &self,
-        shutdown: &CancellationToken,
-        committed: &mut BTreeMap<(String, i32), i64>,
-    ) -> Result<(), KafkaError> {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.options.min_backoff, self.options.max_backoff)
+    }
+
+    async fn poll_loop(&self, shutdown: &CancellationToken) {
         let stage = self.processor.name();
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                m = self.consumer.recv() => m,
-            };
-            let first = match first {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    warn!(stage, error = %e, "consumer error");
-                    tokio::time::sleep(self.options.min_backoff).await;
-                    continue;
-                }
-            };
+        while let Some(batch) = self.next_batch(shutdown).await {
             let started = Instant::now();
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.options.batch_window;
-            while batch.len() < self.options.max_batch {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
-                    Ok(Err(e)) => {
-                        warn!(stage, error = %e, "consumer error");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
             let size = batch.len();
-            let done = self.handle_batch(batch, shutdown).await?;
-            for (tp, offset) in done {
-                let _ = self.consumer.store_offset(&tp.0, tp.1, offset);
-                committed.insert(tp, offset);
+            if let Some(done) = self.handle_batch(batch, shutdown).await {
+                for ((topic, partition), offset) in done {
+                    // Refused for a partition no longer assigned; the new
+                    // owner handles it from the committed offset.
+                    if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
+                        debug!(stage, %topic, partition, offset, error = %e, "offset not stored");
+                    }
+                }
             }
             metrics()
                 .stage_batch_seconds
@@ -401,164 +508,197 @@ impl<P: Processor> Stage<P> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "batch done"
             );
+            // A batch cut short by shutdown must be the last: a later one
+            // would store offsets past its unhandled records.
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the next batch: the first record, then whatever else comes
+    /// within the batch window. None at shutdown.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
+        let stage = self.processor.name();
+        let mut backoff = self.backoff();
+        let mut batch = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return None,
+                m = self.consumer.recv() => m.map(|m| m.detach()),
+            };
+            match first {
+                Ok(m) => {
+                    self.drop_revoked(&mut batch);
+                    batch.push(m);
+                    break;
+                }
+                Err(e) => {
+                    warn!(stage, error = %e, "consumer error");
+                    if !backoff.sleep_or_cancel(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.options.batch_window;
+        while batch.len() < self.options.max_batch {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let m = m.detach();
+                    // Revocations seen in this recv came before `m`.
+                    self.drop_revoked(&mut batch);
+                    batch.push(m);
+                }
+                Ok(Err(e)) => {
+                    warn!(stage, error = %e, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.drop_revoked(&mut batch);
+        Some(batch)
+    }
+
+    /// Forgets the records of partitions revoked since the last look: their
+    /// new owner consumes them from the committed offset.
+    fn drop_revoked(&self, batch: &mut Vec<OwnedMessage>) {
+        let revoked = self.consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        let before = batch.len();
+        batch.retain(|m| {
+            !revoked
+                .iter()
+                .any(|(t, p)| t == m.topic() && *p == m.partition())
+        });
+        if batch.len() < before {
+            debug!(
+                stage = self.processor.name(),
+                dropped = before - batch.len(),
+                "records of revoked partitions dropped"
+            );
         }
     }
 
     /// Processes a batch, produces its outputs and returns the last handled
-    /// offset per partition.
+    /// offset per partition; None if shutdown came before its outputs were
+    /// produced (nothing of it may be committed then).
     async fn handle_batch(
         &self,
         batch: Vec<OwnedMessage>,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    ) -> Option<Vec<((String, i32), i64)>> {
         let started = Instant::now();
         // Decode the whole batch first, so the processor can look up what
         // all of it needs at once.
-        let items: Vec<Item<P::Input>> =
+        let decoded: Vec<(Record<P::Input>, Option<RecordOutcome>)> =
             join_all(batch.into_iter().map(|m| self.decode(m, shutdown))).await;
-        let decoded = started.elapsed();
-        let inputs: Vec<(&P::Input, &RecordMeta)> = items
+        let (records, judged): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+        let decoded_at = started.elapsed();
+        let inputs: Vec<(&P::Input, &RecordMeta)> = records
             .iter()
-            .filter_map(|item| item.input.as_ref().ok().map(|input| (input, &item.meta)))
+            .filter_map(|r| r.input.as_ref().map(|input| (input, &r.meta)))
             .collect();
         let prefetched = self.processor.prefetch(&inputs).await;
         drop(inputs);
-        let fetched = started.elapsed();
-        let mut by_partition: BTreeMap<(String, i32), Vec<Item<P::Input>>> = BTreeMap::new();
-        for item in items {
-            by_partition
-                .entry((item.meta.topic.clone(), item.meta.partition))
-                .or_default()
-                .push(item);
+        let fetched_at = started.elapsed();
+
+        let mut outcomes = judged;
+        let mut by_partition: BTreeMap<(&str, i32), Vec<usize>> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.input.is_some() {
+                by_partition
+                    .entry((&r.meta.topic, r.meta.partition))
+                    .or_default()
+                    .push(i);
+            }
         }
-        let outcomes = join_all(
+        let handled = join_all(
             by_partition
                 .into_values()
-                .map(|items| self.handle_partition(items, &prefetched, shutdown)),
+                .map(|indices| self.handle_partition(&records, indices, &prefetched, shutdown)),
         )
         .await;
-        let stage = self.processor.name();
-        let m = metrics();
-        let mut done = Vec::new();
-        let mut outputs: Vec<OutRecord> = Vec::new();
-        let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-        for o in &outcomes {
-            for r in &o.outputs {
-                *per_topic.entry(&r.topic).or_default() += 1;
+        for (i, outcome) in handled.into_iter().flatten() {
+            outcomes[i] = Some(outcome);
+        }
+        // Records after an interrupted one of their key were not reached.
+        let mut outcomes: Vec<RecordOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(RecordOutcome::Interrupted))
+            .collect();
+
+        match self.finish(&prefetched, shutdown).await {
+            Finished::Done => {}
+            Finished::Interrupted => return None,
+            Finished::Failed(reason) => {
+                let reason = format!("finishing the batch failed: {reason}");
+                for (record, outcome) in records.iter().zip(outcomes.iter_mut()) {
+                    if matches!(outcome, RecordOutcome::Processed(_)) {
+                        *outcome = self
+                            .dead_letter(&record.message, &reason, 1, shutdown)
+                            .await;
+                    }
+                }
             }
         }
-        for (topic, n) in per_topic {
-            m.stage_outputs.with_label_values(&[stage, topic]).inc_by(n);
-        }
-        for o in outcomes {
-            m.stage_records
-                .with_label_values(&[stage, "processed"])
-                .inc_by(o.processed);
-            m.stage_records
-                .with_label_values(&[stage, "dead_lettered"])
-                .inc_by(o.dead_lettered);
-            if let Some(offset) = o.last_done {
-                done.push(((o.topic, o.partition), offset));
-            }
-            outputs.extend(o.outputs);
-        }
-        self.finish(&prefetched, shutdown).await?;
-        let processed = started.elapsed();
-        self.produce_all(outputs, shutdown).await?;
+        let processed_at = started.elapsed();
+        let fates = self.produce(&records, outcomes, shutdown).await?;
         debug!(
-            stage,
-            decode_ms = decoded.as_millis() as u64,
-            prefetch_ms = (fetched - decoded).as_millis() as u64,
-            process_ms = (processed - fetched).as_millis() as u64,
-            produce_ms = (started.elapsed() - processed).as_millis() as u64,
+            stage = self.processor.name(),
+            decode_ms = decoded_at.as_millis() as u64,
+            prefetch_ms = (fetched_at - decoded_at).as_millis() as u64,
+            process_ms = (processed_at - fetched_at).as_millis() as u64,
+            produce_ms = (started.elapsed() - processed_at).as_millis() as u64,
             "batch phases"
         );
-        Ok(done)
+        Some(handled_offsets(&records, &fates))
     }
 
-    /// Handles one partition's records: records with the same key (user) in
-    /// order, different keys concurrently. The partition's offset advances
-    /// to the end of the longest run of handled records.
+    /// Handles one partition's records (`indices` into `records`, in offset
+    /// order): records with the same key (user) in order, different keys
+    /// concurrently. Stops a key's records at the first one interrupted.
     async fn handle_partition(
         &self,
-        items: Vec<Item<P::Input>>,
+        records: &[Record<P::Input>],
+        indices: Vec<usize>,
         prefetched: &P::Prefetched,
         shutdown: &CancellationToken,
-    ) -> PartitionOutcome {
-        let mut outcome = PartitionOutcome {
-            topic: items
-                .first()
-                .map(|i| i.meta.topic.clone())
-                .unwrap_or_default(),
-            partition: items.first().map(|i| i.meta.partition).unwrap_or_default(),
-            outputs: Vec::new(),
-            last_done: None,
-            dead_lettered: 0,
-            processed: 0,
-        };
-        let offsets: Vec<i64> = items.iter().map(|i| i.meta.offset).collect();
-        let mut lanes: BTreeMap<Option<Vec<u8>>, Vec<Item<P::Input>>> = BTreeMap::new();
-        for item in items {
-            lanes
-                .entry(item.message.key().map(<[u8]>::to_vec))
-                .or_default()
-                .push(item);
+    ) -> Vec<(usize, RecordOutcome)> {
+        let mut lanes: BTreeMap<Option<&[u8]>, Vec<usize>> = BTreeMap::new();
+        for i in indices {
+            lanes.entry(records[i].message.key()).or_default().push(i);
         }
-        let results: Vec<Vec<(i64, RecordOutcome)>> = futures::stream::iter(lanes.into_values())
+        let results: Vec<Vec<(usize, RecordOutcome)>> = futures::stream::iter(lanes.into_values())
             .map(|lane| async move {
                 let mut done = Vec::with_capacity(lane.len());
-                for item in lane {
-                    let offset = item.meta.offset;
-                    let result = match item.input {
-                        Err(outcome) => outcome,
-                        Ok(input) => {
-                            self.handle_record(
-                                &item.message,
-                                &item.meta,
-                                &input,
-                                prefetched,
-                                shutdown,
-                            )
-                            .await
-                        }
-                    };
-                    let interrupted = matches!(result, RecordOutcome::Interrupted);
-                    done.push((offset, result));
+                for i in lane {
+                    let outcome = self.handle_record(&records[i], prefetched, shutdown).await;
+                    let interrupted = matches!(outcome, RecordOutcome::Interrupted);
+                    done.push((i, outcome));
                     if interrupted {
                         break;
                     }
                 }
                 done
             })
-            .buffer_unordered(self.options.max_concurrency)
+            .buffer_unordered(self.options.max_concurrency.max(1))
             .collect()
             .await;
-        let mut handled = std::collections::HashSet::new();
-        for (offset, result) in results.into_iter().flatten() {
-            match result {
-                RecordOutcome::Processed(outputs) => {
-                    outcome.processed += 1;
-                    outcome.outputs.extend(outputs);
-                    handled.insert(offset);
-                }
-                RecordOutcome::DeadLettered(dead) => {
-                    outcome.dead_lettered += 1;
-                    outcome.outputs.push(dead);
-                    handled.insert(offset);
-                }
-                RecordOutcome::Interrupted => {}
-            }
-        }
-        outcome.last_done = offsets
-            .iter()
-            .take_while(|o| handled.contains(o))
-            .last()
-            .copied();
-        outcome
+        results.into_iter().flatten().collect()
     }
 
-    /// Decodes a record; one that cannot be decoded is dead-lettered.
-    async fn decode(&self, message: OwnedMessage, shutdown: &CancellationToken) -> Item<P::Input> {
+    /// Decodes a record; one that cannot be decoded comes with its dead
+    /// letter.
+    async fn decode(
+        &self,
+        message: OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> (Record<P::Input>, Option<RecordOutcome>) {
         let stage = self.processor.name();
         let meta = RecordMeta {
             topic: message.topic().to_owned(),
@@ -569,54 +709,59 @@ impl<P: Processor> Stage<P> {
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             timestamp: message.timestamp().to_millis(),
         };
-        let payload = message.payload().unwrap_or_default();
-        let mut backoff = self.options.min_backoff;
-        let decoded = loop {
+        let mut backoff = self.backoff();
+        let outcome = loop {
+            let payload = message.payload().unwrap_or_default();
             match self
                 .producer
                 .codec()
                 .decode_async::<P::Input>(payload)
                 .await
             {
+                Ok(input) => {
+                    let record = Record {
+                        message,
+                        meta,
+                        input: Some(input),
+                    };
+                    return (record, None);
+                }
                 // The schema registry is unreachable: wait for it rather
                 // than dead-letter records that are fine.
                 Err(e) if e.is_retriable() => {
-                    warn!(stage, error = %e, ?backoff, "cannot decode yet; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break Err(RecordOutcome::Interrupted),
-                        _ = tokio::time::sleep(backoff) => {}
+                    warn!(stage, error = %e, backoff = ?backoff.peek(), "cannot decode yet; retrying");
+                    if !backoff.sleep_or_cancel(shutdown).await {
+                        break RecordOutcome::Interrupted;
                     }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
                 }
-                Ok(input) => break Ok(input),
                 Err(e) => {
                     warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
-                    break Err(RecordOutcome::DeadLettered(self.dead_letter(
-                        &message,
-                        &e.to_string(),
-                        false,
-                        1,
-                    )));
+                    break self
+                        .dead_letter(&message, &e.to_string(), 1, shutdown)
+                        .await;
                 }
             }
         };
-        Item {
+        let record = Record {
             message,
             meta,
-            input: decoded,
-        }
+            input: None,
+        };
+        (record, Some(outcome))
     }
 
     async fn handle_record(
         &self,
-        message: &OwnedMessage,
-        meta: &RecordMeta,
-        input: &P::Input,
+        record: &Record<P::Input>,
         prefetched: &P::Prefetched,
         shutdown: &CancellationToken,
     ) -> RecordOutcome {
+        let Some(input) = &record.input else {
+            return RecordOutcome::Interrupted;
+        };
         let stage = self.processor.name();
-        let mut backoff = self.options.min_backoff;
+        let meta = &record.meta;
+        let mut backoff = self.backoff();
         let mut attempts = 1;
         loop {
             let mut out = Emitter {
@@ -624,42 +769,32 @@ impl<P: Processor> Stage<P> {
                 stage,
                 records: Vec::new(),
             };
-            match self
+            let Err(e) = self
                 .processor
                 .process(input, prefetched, meta, &mut out)
                 .await
-            {
-                Ok(()) => return RecordOutcome::Processed(out.records),
-                Err(ProcessError {
-                    not_due_for: Some(wait),
-                    ..
-                }) => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
-                        _ = tokio::time::sleep(wait.min(self.options.max_backoff)) => {}
+            else {
+                return RecordOutcome::Processed(out.records);
+            };
+            match e.kind {
+                Failure::NotDue(wait) => {
+                    if !sleep_or_cancel(wait.min(self.options.max_backoff), shutdown).await {
+                        return RecordOutcome::Interrupted;
                     }
                 }
-                Err(e) if !e.retriable => {
-                    metrics()
-                        .stage_errors
-                        .with_label_values(&[stage, "false"])
-                        .inc();
-                    warn!(stage, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
-                    return RecordOutcome::DeadLettered(
-                        self.dead_letter(message, &e.reason, false, attempts),
-                    );
+                Failure::Permanent => {
+                    count_error(stage, false);
+                    warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %e, "record rejected; dead-lettering");
+                    return self
+                        .dead_letter(&record.message, &e.reason, attempts, shutdown)
+                        .await;
                 }
-                Err(e) => {
-                    metrics()
-                        .stage_errors
-                        .with_label_values(&[stage, "true"])
-                        .inc();
-                    warn!(stage, offset = meta.offset, attempt = attempts, reason = %e, ?backoff, "retriable failure; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return RecordOutcome::Interrupted,
-                        _ = tokio::time::sleep(backoff) => {}
+                Failure::Retriable => {
+                    count_error(stage, true);
+                    warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, attempt = attempts, reason = %e, backoff = ?backoff.peek(), "retriable failure; retrying");
+                    if !backoff.sleep_or_cancel(shutdown).await {
+                        return RecordOutcome::Interrupted;
                     }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
                     attempts += 1;
                 }
             }
@@ -668,105 +803,255 @@ impl<P: Processor> Stage<P> {
 
     /// Hands the batch's state to the processor's `finish`, retrying while
     /// it fails for a reason that can pass.
-    async fn finish(
-        &self,
-        prefetched: &P::Prefetched,
-        shutdown: &CancellationToken,
-    ) -> Result<(), KafkaError> {
+    async fn finish(&self, prefetched: &P::Prefetched, shutdown: &CancellationToken) -> Finished {
         let stage = self.processor.name();
-        let mut backoff = self.options.min_backoff;
+        let mut backoff = self.backoff();
         loop {
             match self.processor.finish(prefetched).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.retriable => {
-                    metrics()
-                        .stage_errors
-                        .with_label_values(&[stage, "true"])
-                        .inc();
-                    warn!(stage, reason = %e, ?backoff, "finishing the batch failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            return Err(KafkaError::Finish { stage, reason: e.reason });
-                        }
-                        _ = tokio::time::sleep(backoff) => {}
+                Ok(()) => return Finished::Done,
+                Err(e) if e.is_retriable() => {
+                    count_error(stage, true);
+                    warn!(stage, reason = %e, backoff = ?backoff.peek(), "finishing the batch failed; retrying");
+                    if !backoff.sleep_or_cancel(shutdown).await {
+                        return Finished::Interrupted;
                     }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
                 }
                 Err(e) => {
-                    error!(stage, reason = %e, "finishing the batch failed; stopping the stage");
-                    return Err(KafkaError::Finish {
-                        stage,
-                        reason: e.reason,
-                    });
+                    count_error(stage, false);
+                    error!(stage, reason = %e, "finishing the batch failed for good; dead-lettering its records");
+                    return Finished::Failed(e.reason);
                 }
             }
         }
     }
 
-    /// Produces every output, retrying only those that failed for a reason
-    /// that can pass.
-    async fn produce_all(
+    /// Produces every record's outputs, retrying those that failed for a
+    /// reason that can pass. A record with an output that can never be
+    /// produced is dead-lettered instead (its other outputs may have gone
+    /// out); a dead letter is retried whatever its failure, since giving up
+    /// on it would lose the record. None if shutdown came first.
+    async fn produce(
         &self,
-        mut pending: Vec<OutRecord>,
+        records: &[Record<P::Input>],
+        outcomes: Vec<RecordOutcome>,
         shutdown: &CancellationToken,
-    ) -> Result<(), KafkaError> {
+    ) -> Option<Vec<Fate>> {
         let stage = self.processor.name();
-        let mut backoff = self.options.min_backoff;
-        while !pending.is_empty() {
-            let results = join_all(pending.iter().map(|r| self.producer.send_raw(r))).await;
-            let mut failed = Vec::new();
-            let mut last_error = None;
-            for (record, result) in pending.into_iter().zip(results) {
-                if let Err(e) = result {
-                    if !e.is_retriable() {
-                        return Err(e);
-                    }
-                    failed.push(record);
-                    last_error = Some(e);
+        let mut fates = Vec::with_capacity(outcomes.len());
+        // (index of the input record, output)
+        let mut pending: Vec<(usize, OutRecord)> = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                RecordOutcome::Processed(outputs) => {
+                    fates.push(Fate::Processed);
+                    pending.extend(outputs.into_iter().map(|o| (i, o)));
                 }
-            }
-            pending = failed;
-            if let Some(e) = last_error {
-                warn!(stage, failed = pending.len(), error = %e, "produce failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(e),
-                    _ = tokio::time::sleep(backoff) => {}
+                RecordOutcome::DeadLettered(letter) => {
+                    fates.push(Fate::DeadLettered);
+                    pending.push((i, letter));
                 }
-                backoff = (backoff * 2).min(self.options.max_backoff);
+                RecordOutcome::Interrupted => fates.push(Fate::Interrupted),
             }
         }
-        Ok(())
+        let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+        let mut backoff = self.backoff();
+        while !pending.is_empty() {
+            let results = join_all(pending.iter().map(|(_, r)| self.producer.send_raw(r))).await;
+            let mut retry = Vec::new();
+            let mut poisoned: BTreeMap<usize, String> = BTreeMap::new();
+            let mut last_error = None;
+            for ((i, record), result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(_) => *produced.entry(record.topic).or_default() += 1,
+                    Err(e) if e.is_retriable() || fates[i] == Fate::DeadLettered => {
+                        if !e.is_retriable() {
+                            error!(stage, error = %e, "a dead letter cannot be produced; holding its record");
+                        }
+                        retry.push((i, record));
+                        last_error = Some(e);
+                    }
+                    Err(e) => {
+                        poisoned.entry(i).or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            retry.retain(|(i, _)| !poisoned.contains_key(i));
+            for (i, reason) in poisoned {
+                let meta = &records[i].meta;
+                count_error(stage, false);
+                warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, %reason, "an output can never be produced; dead-lettering its input");
+                match self
+                    .dead_letter(&records[i].message, &reason, 1, shutdown)
+                    .await
+                {
+                    RecordOutcome::DeadLettered(letter) => {
+                        fates[i] = Fate::DeadLettered;
+                        retry.push((i, letter));
+                    }
+                    _ => return None,
+                }
+            }
+            pending = retry;
+            if let Some(e) = last_error {
+                count_error(stage, true);
+                warn!(stage, failed = pending.len(), error = %e, backoff = ?backoff.peek(), "produce failed; retrying");
+                if !backoff.sleep_or_cancel(shutdown).await {
+                    warn!(
+                        stage,
+                        "stopping before the batch's outputs were produced; it will be consumed again"
+                    );
+                    return None;
+                }
+            }
+        }
+        let m = metrics();
+        for (topic, n) in produced {
+            m.stage_outputs
+                .with_label_values(&[stage, &topic])
+                .inc_by(n);
+        }
+        for (outcome, fate) in [
+            ("processed", Fate::Processed),
+            ("dead_lettered", Fate::DeadLettered),
+        ] {
+            let n = fates.iter().filter(|f| **f == fate).count() as u64;
+            m.stage_records
+                .with_label_values(&[stage, outcome])
+                .inc_by(n);
+        }
+        Some(fates)
     }
 
-    fn dead_letter(
+    /// The dead letter for `message`, retried (holding the record) in the
+    /// one case it cannot be encoded: a build whose catalog lacks DeadLetter.
+    async fn dead_letter(
         &self,
         message: &OwnedMessage,
         reason: &str,
-        retriable: bool,
         attempts: i32,
-    ) -> OutRecord {
-        let record = DeadLetter {
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            stage: self.processor.name().to_owned(),
-            reason: reason.to_owned(),
-            retriable,
-            attempts,
-            failed_at: now_millis(),
-        };
-        let key = message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        match self.producer.encode(&self.dead_letter_topic, &key, &record) {
-            Ok(out) => out,
-            // DeadLetter is in the catalog and its fields are plain; encoding
-            // it cannot fail unless the build is broken.
-            Err(e) => panic!("cannot encode a dead letter: {e}"),
+        shutdown: &CancellationToken,
+    ) -> RecordOutcome {
+        let stage = self.processor.name();
+        let mut backoff = self.backoff();
+        loop {
+            let letter = DeadLetter {
+                source_topic: message.topic().to_owned(),
+                source_partition: message.partition(),
+                source_offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                stage: stage.to_owned(),
+                reason: reason.to_owned(),
+                retriable: false,
+                attempts,
+                failed_at: now_millis(),
+            };
+            match encode_dead_letter(&self.producer, &self.dead_letter_topic, letter) {
+                Ok(out) => return RecordOutcome::DeadLettered(out),
+                Err(e) => {
+                    count_error(stage, true);
+                    error!(stage, error = %e, "cannot encode a dead letter; holding the record");
+                    if !backoff.sleep_or_cancel(shutdown).await {
+                        return RecordOutcome::Interrupted;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The last offset per partition up to which every record was handled
+/// (processed or dead-lettered): an interrupted record holds back its
+/// partition's offset, whatever came after it.
+fn handled_offsets<I>(records: &[Record<I>], fates: &[Fate]) -> Vec<((String, i32), i64)> {
+    let mut by_partition: BTreeMap<(&str, i32), (Option<i64>, bool)> = BTreeMap::new();
+    // Records are in offset order per partition, as consumed.
+    for (record, fate) in records.iter().zip(fates) {
+        let entry = by_partition
+            .entry((&record.meta.topic, record.meta.partition))
+            .or_insert((None, false));
+        let (last, stopped) = entry;
+        if *stopped {
+            continue;
+        }
+        if *fate == Fate::Interrupted {
+            *stopped = true;
+        } else {
+            *last = Some(record.meta.offset);
+        }
+    }
+    by_partition
+        .into_iter()
+        .filter_map(|((topic, partition), (last, _))| {
+            last.map(|offset| ((topic.to_owned(), partition), offset))
+        })
+        .collect()
+}
+
+fn count_error(stage: &str, retriable: bool) {
+    metrics()
+        .stage_errors
+        .with_label_values(&[stage, if retriable { "true" } else { "false" }])
+        .inc();
+}
+
+/// The longest reason a dead letter carries; the rest is cut.
+const MAX_REASON_BYTES: usize = 4_096;
+/// The longest key a dead letter keeps as its Kafka key.
+const MAX_KEY_BYTES: usize = 1_024;
+
+/// Encodes `letter` for `topic` so that it always fits under the producer's
+/// limit: a dead letter must never fail for its size, or the record it
+/// stands for would be lost. The reason and the key are capped; a payload too
+/// large to fit is cut to a prefix, and the reason says so.
+fn encode_dead_letter(
+    producer: &AvroProducer,
+    topic: &str,
+    mut letter: DeadLetter,
+) -> Result<OutRecord, KafkaError> {
+    let limit = producer.max_record_bytes();
+    truncate_utf8(&mut letter.reason, MAX_REASON_BYTES.min(limit / 4));
+    let mut key = letter
+        .key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    truncate_utf8(&mut key, MAX_KEY_BYTES.min(limit / 8));
+    let out = producer.encode(topic, &key, &letter)?;
+    if out.size() <= limit {
+        return Ok(out);
+    }
+    // Too large: cut what can be cut, leaving room for the note and for
+    // Avro's length prefixes.
+    let original = letter.payload.len();
+    let excess = out.size() - limit;
+    let key_field = letter.key.as_ref().map_or(0, Vec::len);
+    let kept_key = key_field.min(MAX_KEY_BYTES.min(limit / 8));
+    let spare = key_field - kept_key;
+    let kept = original.saturating_sub(excess.saturating_sub(spare) + 256);
+    if let Some(k) = &mut letter.key {
+        k.truncate(kept_key);
+    }
+    letter.payload.truncate(kept);
+    letter.reason.push_str(&format!(
+        " (dead letter cut to fit kafka.max_message_bytes: payload {kept} of {original} bytes{})",
+        if spare > 0 {
+            format!(", key {kept_key} of {key_field} bytes")
+        } else {
+            String::new()
+        }
+    ));
+    producer.encode(topic, &key, &letter)
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

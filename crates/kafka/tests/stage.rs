@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 use rdkafka::{
-    Message,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
 };
@@ -260,3 +260,892 @@ async fn batches_are_prefetched_finished_then_produced_and_bad_records_dead_lett
         "an output ({earliest}) was produced before finish succeeded ({finished_at})"
     );
 }
+
+// ---------------------------------------------------------------------------
+// No input stops a stage, nothing handled is lost: poison records, `not_due`,
+// shutdown mid-batch, per-key order, a permanent `finish` failure and a
+// rebalance. Each scenario runs on the embedded brokers, and those that
+// depend on what a real broker does (topic size limits, group rebalances)
+// on the test Kafka too (`TIDINGS_TEST_KAFKA`, default 127.0.0.1:39092).
+// The rebalance runs on the test Kafka only: the mock's group coordinator
+// refuses offset commits for as long as a rebalance lasts (seconds to tens of
+// seconds there), the revoke commit included, which a real broker accepts.
+// ---------------------------------------------------------------------------
+
+/// Where a scenario runs.
+#[derive(Clone, Copy, Debug)]
+enum Brokers {
+    Embedded,
+    Kafka,
+}
+
+/// A scenario's brokers, with topic and group names of its own.
+struct Env {
+    cluster: KafkaCluster,
+    config: KafkaConfig,
+    prefix: String,
+}
+
+impl Env {
+    async fn new(brokers: Brokers, scenario: &str) -> Self {
+        // `RUST_LOG=tidings_kafka=debug` shows what the stages did.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "stage-test.{scenario}.{}.{}.{}",
+            std::process::id(),
+            now_millis(),
+            RUN.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut config = KafkaConfig {
+            group_prefix: prefix.clone(),
+            ..KafkaConfig::default()
+        };
+        let cluster = match brokers {
+            Brokers::Embedded => KafkaCluster::start_embedded().expect("embedded brokers"),
+            Brokers::Kafka => {
+                config.bootstrap_servers = std::env::var("TIDINGS_TEST_KAFKA")
+                    .unwrap_or_else(|_| "127.0.0.1:39092".into());
+                KafkaCluster::connect(&config).await.expect(
+                    "the test Kafka (start it with `scripts/servers.sh up`; \
+                     `eval \"$(scripts/servers.sh env)\"` names it)",
+                )
+            }
+        };
+        Self {
+            cluster,
+            config,
+            prefix,
+        }
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// Creates `names` with `partitions` each and `max.message.bytes` at
+    /// `max_message_bytes` (on a real broker).
+    async fn topics(&self, names: &[&str], partitions: i32, max_message_bytes: usize) {
+        let specs: Vec<TopicSpec> = names
+            .iter()
+            .map(|name| TopicSpec {
+                name: self.topic(name),
+                partitions,
+                retention_ms: 3_600_000,
+                record: "TrackingEvent",
+                key: "user id",
+            })
+            .collect();
+        let config = KafkaConfig {
+            max_message_bytes,
+            ..self.config.clone()
+        };
+        self.cluster
+            .ensure_topics(&config, &specs)
+            .await
+            .expect("topics");
+    }
+
+    /// Writes `events` to `topic` (keyed by user id) with a plain producer
+    /// that allows records of up to 10 MB.
+    fn write(&self, topic: &str, events: &[TrackingEvent]) {
+        let codec = AvroCodec::local();
+        let producer: ThreadedProducer<DefaultProducerContext> = self
+            .cluster
+            .client_config(&self.config)
+            .set("message.max.bytes", "10000000")
+            .create()
+            .expect("producer");
+        for e in events {
+            let payload = codec.encode(e).expect("encode");
+            producer
+                .send(BaseRecord::to(topic).key(&e.user_id).payload(&payload))
+                .expect("queue");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+
+    /// A stage running `processor` on `input`, dead-lettering to `dead`,
+    /// producing with a limit of `max_message_bytes`.
+    fn start<P: Processor>(
+        &self,
+        processor: P,
+        input: &str,
+        dead: &str,
+        max_message_bytes: usize,
+    ) -> Running {
+        let config = KafkaConfig {
+            max_message_bytes,
+            ..self.config.clone()
+        };
+        let producer =
+            AvroProducer::new(&self.cluster, &config, AvroCodec::local()).expect("producer");
+        let stage = Stage::new(
+            &self.cluster,
+            &config,
+            producer,
+            processor,
+            &[input.to_owned()],
+            dead.to_owned(),
+            StageOptions {
+                min_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(200),
+                ..StageOptions::default()
+            },
+        )
+        .expect("stage");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(stage.run(shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    /// Every record on `topic` up to its high watermarks as of this call,
+    /// with partition and offset.
+    async fn read_all(&self, topic: &str) -> Vec<(i32, i64, Vec<u8>)> {
+        let consumer: BaseConsumer = self
+            .cluster
+            .client_config(&self.config)
+            .set("group.id", format!("{}.reader", self.prefix))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("metadata");
+            let mut assignment = TopicPartitionList::new();
+            let mut left = HashMap::new();
+            for p in metadata.topics()[0].partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks");
+                if high > low {
+                    left.insert(p.id(), high);
+                    assignment
+                        .add_partition_offset(&topic, p.id(), Offset::Beginning)
+                        .expect("partition");
+                }
+            }
+            consumer.assign(&assignment).expect("assign");
+            let started = Instant::now();
+            let mut records = Vec::new();
+            while !left.is_empty() {
+                assert!(started.elapsed() < WAIT, "timed out reading all of {topic}");
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    if m.offset() + 1 >= left.get(&m.partition()).copied().unwrap_or(0) {
+                        left.remove(&m.partition());
+                    }
+                    records.push((
+                        m.partition(),
+                        m.offset(),
+                        m.payload().unwrap_or_default().to_vec(),
+                    ));
+                }
+            }
+            records
+        })
+        .await
+        .expect("reader thread")
+    }
+
+    /// The events on `topic` (read to its high watermarks).
+    async fn events(&self, topic: &str) -> Vec<TrackingEvent> {
+        let codec = AvroCodec::local();
+        self.read_all(topic)
+            .await
+            .iter()
+            .map(|(_, _, payload)| codec.decode(payload).expect("an event"))
+            .collect()
+    }
+
+    /// The dead letters on `topic` (read to its high watermarks).
+    async fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
+        let codec = AvroCodec::local();
+        self.read_all(topic)
+            .await
+            .iter()
+            .map(|(_, _, payload)| codec.decode(payload).expect("a dead letter"))
+            .collect()
+    }
+
+    /// Waits until `topic` holds events with every id in `ids`.
+    async fn wait_for(&self, topic: &str, ids: &[String]) -> Vec<TrackingEvent> {
+        let started = Instant::now();
+        loop {
+            let events = self.events(topic).await;
+            let have: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+            if ids.iter().all(|id| have.contains(id.as_str())) {
+                return events;
+            }
+            assert!(
+                started.elapsed() < WAIT * 2,
+                "timed out waiting for {} events on {topic}; have {}",
+                ids.len(),
+                have.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The group's committed offset per partition of `topic` (only asks
+    /// the coordinator; never joins the group).
+    async fn committed(&self, stage: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = self
+            .cluster
+            .client_config(&self.config)
+            .set("group.id", format!("{}.{stage}", self.prefix))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offsets client");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        tokio::task::spawn_blocking(move || {
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .expect("committed offsets");
+            (0..partitions)
+                .map(|p| {
+                    match committed
+                        .elements()
+                        .iter()
+                        .find(|e| e.partition() == p)
+                        .map(|e| e.offset())
+                    {
+                        Some(Offset::Offset(o)) => o,
+                        _ => -1,
+                    }
+                })
+                .collect()
+        })
+        .await
+        .expect("offsets thread")
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tidings_kafka::KafkaError>>,
+}
+
+impl Running {
+    /// Stops the stage; it must have been running until now, and stop cleanly.
+    async fn stop(self) {
+        assert!(
+            !self.task.is_finished(),
+            "the stage stopped on its own before shutdown"
+        );
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the stage stops within the wait")
+            .expect("stage task")
+            .expect("the stage ran without an error");
+    }
+}
+
+/// What a scripted processor does with one record.
+type Decide = dyn Fn(&TrackingEvent, &RecordMeta) -> Result<Option<TrackingEvent>, ProcessError>
+    + Send
+    + Sync;
+/// What its `finish` answers on its `n`th call (0-based).
+type FinishWith = dyn Fn(u32) -> Result<(), ProcessError> + Send + Sync;
+
+/// A processor whose answers a test scripts: emits what `decide` returns
+/// to `output`, keyed by user, and remembers what it processed.
+struct Scripted {
+    name: &'static str,
+    output: String,
+    decide: Box<Decide>,
+    finish: Box<FinishWith>,
+    log: Arc<Log>,
+}
+
+/// What a scripted processor did.
+#[derive(Default)]
+struct Log {
+    /// (event id, partition, offset) of every successful `process`, in order.
+    processed: Mutex<Vec<(String, i32, i64)>>,
+    /// Calls of `process`, failures included.
+    attempts: AtomicU32,
+    /// Batch sizes seen by `prefetch`.
+    batches: Mutex<Vec<usize>>,
+    finish_calls: AtomicU32,
+}
+
+impl Log {
+    fn processed_ids(&self) -> Vec<String> {
+        let processed = self.processed.lock().unwrap();
+        processed.iter().map(|(id, _, _)| id.clone()).collect()
+    }
+}
+
+impl Scripted {
+    fn new(name: &'static str, output: String, decide: Box<Decide>) -> (Self, Arc<Log>) {
+        let log = Arc::new(Log::default());
+        let processor = Self {
+            name,
+            output,
+            decide,
+            finish: Box::new(|_| Ok(())),
+            log: log.clone(),
+        };
+        (processor, log)
+    }
+
+    /// Copies every event.
+    fn copier(name: &'static str, output: String) -> (Self, Arc<Log>) {
+        Self::new(name, output, Box::new(|e, _| Ok(Some(e.clone()))))
+    }
+}
+
+#[async_trait]
+impl Processor for Scripted {
+    type Input = TrackingEvent;
+    type Prefetched = ();
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn prefetch(&self, batch: &[(&TrackingEvent, &RecordMeta)]) {
+        self.log.batches.lock().unwrap().push(batch.len());
+    }
+
+    async fn process(
+        &self,
+        input: &TrackingEvent,
+        _: &(),
+        meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.log.attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some(output) = (self.decide)(input, meta)? {
+            out.emit(&self.output, &output.user_id, &output)?;
+        }
+        self.log.processed.lock().unwrap().push((
+            input.event_id.clone(),
+            meta.partition,
+            meta.offset,
+        ));
+        Ok(())
+    }
+
+    async fn finish(&self, _: &()) -> Result<(), ProcessError> {
+        (self.finish)(self.log.finish_calls.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+fn event_for(user: &str, i: usize) -> TrackingEvent {
+    TrackingEvent {
+        event_id: format!("{user}-{i}"),
+        user_id: user.to_owned(),
+        ..event(i)
+    }
+}
+
+/// `len` characters that lz4 cannot shrink much (the producer compresses).
+fn incompressible(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 64) as usize] as char
+        })
+        .collect()
+}
+
+const LIMIT: usize = 20_000;
+
+/// A record whose output is too large for `kafka.max_message_bytes`, and a
+/// record too large for even its dead letter, are dead-lettered (the second
+/// cut to fit, saying so); the next record of the same key is processed and
+/// the stage runs on.
+async fn oversized_output_dead_letters_its_input(brokers: Brokers) {
+    let env = Env::new(brokers, "oversized").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in"], 1, 10_000_000).await;
+    env.topics(&["out", "dead"], 1, LIMIT).await;
+    let inflate = |e: &TrackingEvent| TrackingEvent {
+        detail: Some(incompressible(5 * LIMIT)),
+        ..e.clone()
+    };
+    let (processor, log) = Scripted::new(
+        "oversized",
+        output.clone(),
+        Box::new(move |e, _| {
+            Ok(Some(if e.event_id.ends_with("-1") {
+                inflate(e)
+            } else {
+                e.clone()
+            }))
+        }),
+    );
+    let mut events: Vec<TrackingEvent> = (0..4).map(|i| event_for("u", i)).collect();
+    // Its copy is too large, and so is it for a dead letter whole.
+    events[2].detail = Some(incompressible(2 * LIMIT));
+    env.write(&input, &events);
+    let stage = env.start(processor, &input, &dead, LIMIT);
+
+    let want = [events[0].event_id.clone(), events[3].event_id.clone()];
+    env.wait_for(&output, &want).await;
+    let mut letters = Vec::new();
+    let started = Instant::now();
+    while letters.len() < 2 && started.elapsed() < WAIT {
+        letters = env.dead_letters(&dead).await;
+    }
+    // The stage carries on: a record written now is processed too.
+    let later = event_for("u", 4);
+    env.write(&input, std::slice::from_ref(&later));
+    env.wait_for(&output, std::slice::from_ref(&later.event_id))
+        .await;
+    stage.stop().await;
+
+    let outputs: Vec<String> = env
+        .events(&output)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        outputs,
+        ["u-0", "u-3", "u-4"],
+        "only the good records' copies"
+    );
+    let letters = env.dead_letters(&dead).await;
+    assert_eq!(letters.len(), 2, "one dead letter per oversized record");
+    assert_eq!(letters[0].source_offset, 1);
+    assert!(
+        letters[0].reason.contains("kafka.max_message_bytes"),
+        "the reason names the limit: {}",
+        letters[0].reason
+    );
+    assert_eq!(
+        letters[0].payload,
+        AvroCodec::local().encode(&events[1]).unwrap()
+    );
+    let whole = AvroCodec::local().encode(&events[2]).unwrap();
+    assert_eq!(letters[1].source_offset, 2);
+    assert!(letters[1].payload.len() < LIMIT, "the payload was cut");
+    assert!(whole.starts_with(&letters[1].payload), "to a prefix");
+    assert!(
+        letters[1]
+            .reason
+            .contains(&format!("of {} bytes", whole.len())),
+        "the reason says it was cut: {}",
+        letters[1].reason
+    );
+    assert_eq!(letters[1].stage, "oversized");
+    assert_eq!(log.processed_ids(), ["u-0", "u-3", "u-4"]);
+}
+
+/// On a real broker, an output the topic refuses (its `max.message.bytes`
+/// below the producer's) fails to produce for good: its input is
+/// dead-lettered with the broker's reason and the stage carries on.
+async fn refused_produce_dead_letters_its_input(brokers: Brokers) {
+    let env = Env::new(brokers, "refused").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "dead"], 1, LIMIT).await;
+    env.topics(&["out"], 1, LIMIT / 2).await;
+    let (processor, _log) = Scripted::new(
+        "refused",
+        output.clone(),
+        Box::new(|e, _| {
+            Ok(Some(TrackingEvent {
+                detail: e
+                    .event_id
+                    .ends_with("-1")
+                    .then(|| incompressible(3 * LIMIT / 4)),
+                ..e.clone()
+            }))
+        }),
+    );
+    env.write(&input, &[event_for("u", 0), event_for("u", 1)]);
+    let stage = env.start(processor, &input, &dead, LIMIT);
+    let started = Instant::now();
+    let letters = loop {
+        let letters = env.dead_letters(&dead).await;
+        if !letters.is_empty() || started.elapsed() > WAIT {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        letters.iter().any(|l| l.source_offset == 1),
+        "the refused record is dead-lettered: {letters:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.to_lowercase().contains("too large")),
+        "with the broker's reason: {letters:?}"
+    );
+    env.write(&input, &[event_for("u", 2)]);
+    env.wait_for(&output, &["u-2".to_owned()]).await;
+    stage.stop().await;
+}
+
+/// A record `not_due` is held (not dead-lettered, not lost) and processed
+/// once due.
+async fn not_due_holds_a_record_then_processes_it(brokers: Brokers) {
+    let env = Env::new(brokers, "not-due").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    const HOLD_MS: i64 = 700;
+    // Due HOLD_MS after the stage first sees it (joining the group takes a
+    // while of its own).
+    let first_seen = Arc::new(Mutex::new(None::<i64>));
+    let seen = first_seen.clone();
+    let (processor, log) = Scripted::new(
+        "not-due",
+        output.clone(),
+        Box::new(move |e, _| {
+            let now = now_millis();
+            let due = *seen.lock().unwrap().get_or_insert(now) + HOLD_MS;
+            if now < due {
+                return Err(ProcessError::not_due(Duration::from_millis(
+                    (due - now) as u64 / 3 + 1,
+                )));
+            }
+            Ok(Some(e.clone()))
+        }),
+    );
+    env.write(&input, &[event_for("u", 0)]);
+    let stage = env.start(processor, &input, &dead, LIMIT);
+    env.wait_for(&output, &["u-0".to_owned()]).await;
+    stage.stop().await;
+    let outputs = env.read_all(&output).await;
+    assert_eq!(outputs.len(), 1, "processed once");
+    assert!(first_seen.lock().unwrap().is_some());
+    assert!(
+        log.attempts.load(Ordering::SeqCst) > 1,
+        "handed over again after the wait"
+    );
+    assert!(env.read_all(&dead).await.is_empty(), "not dead-lettered");
+}
+
+/// Shutdown in the middle of a batch: one key's record keeps failing
+/// retriably while the other keys' records are done. The stage stops
+/// cleanly, committing only up to the held record; a new stage of the same
+/// group starts exactly there and processes it.
+async fn shutdown_mid_batch_loses_nothing(brokers: Brokers) {
+    let env = Env::new(brokers, "shutdown").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let events: Vec<TrackingEvent> = (0..20)
+        .map(|i| event_for(&format!("u{}", i % 4), i))
+        .collect();
+    let held = events[5].event_id.clone();
+    env.write(&input, &events);
+    let held_id = held.clone();
+    let (first, first_log) = Scripted::new(
+        "shutdown",
+        output.clone(),
+        Box::new(move |e, _| {
+            if e.event_id == held_id {
+                Err(ProcessError::retriable("the store is away"))
+            } else {
+                Ok(Some(e.clone()))
+            }
+        }),
+    );
+    let stage = env.start(first, &input, &dead, LIMIT);
+    // The other keys' records are processed while the held one retries.
+    let others: Vec<String> = events
+        .iter()
+        .filter(|e| e.user_id != events[5].user_id)
+        .map(|e| e.event_id.clone())
+        .collect();
+    let started = Instant::now();
+    while !others
+        .iter()
+        .all(|id| first_log.processed_ids().contains(id))
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "the other keys were not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stage.stop().await;
+    // Per-key order: nothing of the held key after the held record.
+    let done = first_log.processed_ids();
+    assert!(!done.contains(&held));
+    for later in [9, 13, 17] {
+        assert!(
+            !done.contains(&events[later].event_id),
+            "{later} overtook its key"
+        );
+    }
+    assert_eq!(
+        env.committed("shutdown", &input, 1).await,
+        [5],
+        "committed up to the held record"
+    );
+
+    let (second, second_log) = Scripted::copier("shutdown", output.clone());
+    let stage = env.start(second, &input, &dead, LIMIT);
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    env.wait_for(&output, &ids).await;
+    stage.stop().await;
+    let again = second_log.processed.lock().unwrap().clone();
+    assert_eq!(
+        again.iter().map(|(_, _, o)| *o).min(),
+        Some(5),
+        "resumed at the held record"
+    );
+    assert!(env.read_all(&dead).await.is_empty());
+}
+
+/// Records of one key are processed and produced in offset order, across
+/// concurrency and retries; keys do not wait for each other.
+async fn records_of_a_key_keep_their_order(brokers: Brokers) {
+    let env = Env::new(brokers, "order").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let events: Vec<TrackingEvent> = (0..200)
+        .map(|i| event_for(&format!("u{}", i % 5), i))
+        .collect();
+    env.write(&input, &events);
+    let failed_once = Arc::new(Mutex::new(HashSet::new()));
+    let (processor, log) = Scripted::new(
+        "order",
+        output.clone(),
+        Box::new(move |e, meta| {
+            // Every seventh record fails once, retriably.
+            if meta.offset % 7 == 3 && failed_once.lock().unwrap().insert(meta.offset) {
+                return Err(ProcessError::retriable("briefly away"));
+            }
+            Ok(Some(e.clone()))
+        }),
+    );
+    let stage = env.start(processor, &input, &dead, LIMIT);
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    env.wait_for(&output, &ids).await;
+    stage.stop().await;
+
+    let index = |id: &str| -> usize { id.rsplit('-').next().unwrap().parse().unwrap() };
+    let processed = log.processed_ids();
+    let produced: Vec<String> = env
+        .events(&output)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    for (what, ids) in [("processed", &processed), ("produced", &produced)] {
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for id in ids.iter() {
+            let user = id.split('-').next().unwrap().to_owned();
+            let i = index(id);
+            if let Some(before) = last.insert(user.clone(), i) {
+                assert!(before < i, "{what}: {user}'s {i} after {before}");
+            }
+        }
+    }
+    assert_eq!(produced.len(), events.len(), "each record once");
+}
+
+/// A `finish` that fails for good dead-letters the records of its batch
+/// (none of their outputs are produced) and the stage carries on with the
+/// next batch.
+async fn permanent_finish_failure_dead_letters_the_batch(brokers: Brokers) {
+    let env = Env::new(brokers, "finish").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let first: Vec<TrackingEvent> = (0..10).map(|i| event_for("u", i)).collect();
+    env.write(&input, &first);
+    let (mut processor, log) = Scripted::copier("finish", output.clone());
+    processor.finish = Box::new(|call| {
+        if call == 0 {
+            Err(ProcessError::permanent("the ledger refuses this batch"))
+        } else {
+            Ok(())
+        }
+    });
+    let stage = env.start(processor, &input, &dead, LIMIT);
+    let started = Instant::now();
+    while log.finish_calls.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < WAIT, "no batch finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed_batch = log.batches.lock().unwrap()[0];
+    // The stage carries on.
+    let later = event_for("u", 10);
+    env.write(&input, std::slice::from_ref(&later));
+    let all: Vec<String> = (failed_batch..=10).map(|i| format!("u-{i}")).collect();
+    env.wait_for(&output, &all).await;
+    stage.stop().await;
+
+    let letters = env.dead_letters(&dead).await;
+    let offsets: Vec<i64> = letters.iter().map(|l| l.source_offset).collect();
+    assert_eq!(
+        offsets,
+        (0..failed_batch as i64).collect::<Vec<_>>(),
+        "the failed batch's records, each once"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.contains("the ledger refuses this batch")),
+        "{letters:?}"
+    );
+    let produced: Vec<String> = env
+        .events(&output)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(produced, all, "no output of the failed batch");
+}
+
+/// A second member joins a busy stage's group: the partitions split, both
+/// members process records, every record is processed at least once, and
+/// the group's committed offsets never go backwards.
+async fn rebalance_between_two_members(brokers: Brokers) {
+    const PARTITIONS: i32 = 4;
+    const EACH: usize = 300;
+    let env = Env::new(brokers, "rebalance").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], PARTITIONS, LIMIT).await;
+    let slow = || -> Box<Decide> {
+        Box::new(|e, _| {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(Some(e.clone()))
+        })
+    };
+    let batch = |from: usize| -> Vec<TrackingEvent> {
+        (from..from + EACH)
+            .map(|i| event_for(&format!("u{}", i % 16), i))
+            .collect()
+    };
+    env.write(&input, &batch(0));
+    let (a, a_log) = Scripted::new("rebalance", output.clone(), slow());
+    let first = env.start(a, &input, &dead, LIMIT);
+
+    // Watch the committed offsets throughout.
+    let watching = CancellationToken::new();
+    let watcher = {
+        let env = &env;
+        let input = input.clone();
+        let watching = watching.clone();
+        async move {
+            let mut history: Vec<Vec<i64>> = Vec::new();
+            while !watching.is_cancelled() {
+                history.push(env.committed("rebalance", &input, PARTITIONS).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            history
+        }
+    };
+    let scenario = async {
+        let started = Instant::now();
+        while a_log.processed.lock().unwrap().len() < 50 {
+            assert!(started.elapsed() < WAIT, "member a processed nothing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (b, b_log) = Scripted::new("rebalance", output.clone(), slow());
+        let second = env.start(b, &input, &dead, LIMIT);
+        // Records written while the group rebalances and after it, until
+        // the new member has had some.
+        let mut written = EACH;
+        let started = Instant::now();
+        while b_log.processed.lock().unwrap().is_empty() || written < 3 * EACH {
+            assert!(started.elapsed() < WAIT * 2, "member b was given nothing");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            env.write(&input, &batch(written));
+            written += EACH;
+        }
+        let ids: Vec<String> = (0..written).map(|i| format!("u{}-{i}", i % 16)).collect();
+        env.wait_for(&output, &ids).await;
+        first.stop().await;
+        second.stop().await;
+        watching.cancel();
+        b_log
+    };
+    let (history, b_log) = tokio::join!(watcher, scenario);
+    let finally = env.committed("rebalance", &input, PARTITIONS).await;
+
+    let a_parts: HashSet<i32> = a_log
+        .processed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    let b_parts: HashSet<i32> = b_log
+        .processed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert!(
+        !b_parts.is_empty() && !a_parts.is_empty(),
+        "{a_parts:?} {b_parts:?}"
+    );
+    let mut history = history;
+    history.push(finally.clone());
+    for p in 0..PARTITIONS as usize {
+        let offsets: Vec<i64> = history.iter().map(|h| h[p]).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] <= w[1]),
+            "partition {p}'s committed offset went backwards: {offsets:?}"
+        );
+    }
+    // Everything was committed in the end: the high watermarks.
+    let records = env.read_all(&input).await;
+    for p in 0..PARTITIONS {
+        let high = records
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|r| r.1 + 1)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(finally[p as usize], high, "partition {p} fully committed");
+    }
+    assert!(env.read_all(&dead).await.is_empty());
+}
+
+macro_rules! on {
+    ($module:ident, $brokers:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($brokers).await
+                }
+            )*
+        }
+    };
+}
+
+on!(
+    embedded,
+    super::Brokers::Embedded,
+    [
+        oversized_output_dead_letters_its_input,
+        not_due_holds_a_record_then_processes_it,
+        shutdown_mid_batch_loses_nothing,
+        records_of_a_key_keep_their_order,
+        permanent_finish_failure_dead_letters_the_batch,
+    ]
+);
+
+on!(
+    kafka,
+    super::Brokers::Kafka,
+    [
+        oversized_output_dead_letters_its_input,
+        refused_produce_dead_letters_its_input,
+        shutdown_mid_batch_loses_nothing,
+        rebalance_between_two_members,
+    ]
+);

@@ -142,8 +142,4 @@ impl Processor for FanoutPlanner {
         debug!(post_id = %post.post_id, followers, slices, "fan-out planned");
         Ok(())
     }
-
-    async fn finish(&self, _: &()) -> Result<(), ProcessError> {
-        Ok(())
-    }
 }

@@ -220,10 +220,6 @@ impl Processor for FeedWriter {
         }
         Ok(())
     }
-
-    async fn finish(&self, _: &Hydrated) -> Result<(), ProcessError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
