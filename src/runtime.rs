@@ -170,7 +170,8 @@ impl Runtime {
                 let scheduler =
                     Scheduler::new(store.clone(), self.producer.clone(), topics.clone(), poll);
                 let shutdown = shutdown.clone();
-                tasks.spawn(async move { Ok(scheduler.run(shutdown).await?) });
+                tasks
+                    .spawn(async move { scheduler.run(shutdown).await.context("stage scheduler") });
                 Ok(())
             }
             StageName::TemplateStats => self.spawn_consumer(
@@ -238,6 +239,7 @@ impl Runtime {
         tasks: &mut JoinSet<Result<()>>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
+        let stage_name = processor.name();
         let stage = Stage::new(
             &self.cluster,
             &self.config.kafka,
@@ -289,7 +291,7 @@ impl Runtime {
             gateway = gateway.verify_sendgrid_signatures(signatures);
         }
         let (addrs, serve) = gateway.bind(shutdown.clone()).await?;
-        tasks.spawn(async move { Ok(serve.await?) });
+        tasks.spawn(async move { serve.await.context("gateway") });
         Ok(addrs)
     }
 }
@@ -417,12 +419,20 @@ pub async fn run_until_signal(
         _ = shutdown_signal() => None,
         Some(done) = tasks.join_next() => Some(done),
     };
+    let early = match early {
+        None => None,
+        Some(Ok(Ok(()))) => Some(anyhow::anyhow!("a task stopped unexpectedly")),
+        Some(Ok(Err(e))) => Some(e),
+        Some(Err(e)) => Some(e.into()),
+    };
+    // The task that stopped first is logged here; stop_tasks logs the rest.
+    if let Some(e) = &early {
+        error!(error = %format!("{e:#}"), "task failed");
+    }
     let stopped = stop_tasks(tasks, shutdown).await;
     match early {
         None => stopped,
-        Some(Ok(Ok(()))) => stopped.and(Err(anyhow::anyhow!("a task stopped unexpectedly"))),
-        Some(Ok(Err(e))) => Err(e),
-        Some(Err(e)) => Err(e.into()),
+        Some(e) => Err(e),
     }
 }
 
