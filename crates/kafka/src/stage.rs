@@ -1061,3 +1061,57 @@ pub fn now_millis() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use tidings_schemas::AvroCodec;
+
+    use super::*;
+
+    /// A dead letter fits however large the record, its key and the reason.
+    #[test]
+    fn dead_letters_are_cut_to_fit() {
+        let cluster = KafkaCluster::start_embedded().expect("embedded brokers");
+        let config = KafkaConfig {
+            max_message_bytes: 20_000,
+            ..KafkaConfig::default()
+        };
+        let producer = AvroProducer::new(&cluster, &config, AvroCodec::local()).expect("producer");
+        let limit = producer.max_record_bytes();
+        for (key, payload, reason) in [
+            (10, 50_000, 10),
+            (30_000, 10, 10),
+            (30_000, 50_000, 100_000),
+            (10, 10, 10),
+        ] {
+            let letter = DeadLetter {
+                source_topic: "t".into(),
+                source_partition: 0,
+                source_offset: 7,
+                key: Some(vec![b'k'; key]),
+                payload: vec![7; payload],
+                stage: "s".into(),
+                reason: "r".repeat(reason),
+                retriable: false,
+                attempts: 1,
+                failed_at: 0,
+            };
+            let out = encode_dead_letter(&producer, "dead", letter).expect("encoded");
+            assert!(
+                out.size() <= limit,
+                "{key}/{payload}/{reason}: {}",
+                out.size()
+            );
+            let back: DeadLetter = AvroCodec::local().decode(&out.payload).expect("decoded");
+            assert!(vec![7; payload].starts_with(&back.payload));
+            let cut =
+                back.payload.len() < payload || back.key.as_ref().is_some_and(|k| k.len() < key);
+            assert_eq!(
+                cut,
+                back.reason.contains("dead letter cut to fit"),
+                "{}",
+                back.reason
+            );
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //! same client code path as a real cluster): what `prefetch` sees, that
 //! `process` gets what it prefetched, that a retriable `finish` failure is
 //! retried and outputs are produced only after `finish` succeeded, and that
-//! an undecodable record is dead-lettered without holding back the rest.
+//! an undecodable record is dead-lettered without holding back the rest;
+//! then that no input stops a stage and nothing handled is lost (oversized
+//! outputs, refused produces, `not_due`, shutdown mid-batch, per-key order, a
+//! permanent `finish` failure, a rebalance between two members).
 
 use std::{
     collections::{HashMap, HashSet},
