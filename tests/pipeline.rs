@@ -125,15 +125,34 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
     channels.sort();
     assert_eq!(channels, ["android", "email", "ios", "ios", "sms"]);
 
-    // Tracking saw it accepted, rendered and sent.
-    let (_, events) = t
-        .read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |e| {
-            e.iter().filter(|e| e.kind == TrackingKind::Sent).count() == 5
-                && e.iter().any(|e| e.kind == TrackingKind::Accepted)
-                && e.iter().any(|e| e.kind == TrackingKind::Rendered)
-        })
+    // Read to the end once every stage has handled what it was given: one
+    // request, one delivery per target, each sent once.
+    t.caught_up("enricher", &t.topic("notify.requests")).await;
+    let requests = t
+        .read_all::<NotificationRequest>(&t.topic("notify.requests"))
         .await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    for (channel, targets) in [("ios", 2), ("android", 1), ("sms", 1), ("email", 1)] {
+        let topic = t.topic(&format!("deliver.{channel}"));
+        assert_eq!(
+            t.read_all::<Delivery>(&topic).await.len(),
+            targets,
+            "{channel}"
+        );
+        t.caught_up(&format!("sender.{channel}"), &topic).await;
+    }
+
+    // Tracking saw it accepted, rendered and sent, each delivery once.
+    t.read_until::<TrackingEvent>(&t.topic("tracking"), WAIT, |e| {
+        e.iter().any(|e| e.kind == TrackingKind::Accepted)
+    })
+    .await;
+    let events = t.read_all::<TrackingEvent>(&t.topic("tracking")).await;
     assert!(events.iter().all(|e| e.notification_id == notification_id));
+    let count = |kind| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(TrackingKind::Sent), 5, "{events:?}");
+    assert_eq!(count(TrackingKind::Accepted), 1, "{events:?}");
+    assert!(count(TrackingKind::Rendered) >= 1, "{events:?}");
     t.stop().await;
 }
 
@@ -216,6 +235,11 @@ async fn an_undecodable_record_is_dead_lettered_and_the_stage_goes_on(backend: B
         (s.deliveries.iter().filter(|d| d.state == "sent").count() == 5).then_some(())
     })
     .await;
+    // Read to the end once the enricher has handled both records: only the
+    // bad one was dead-lettered.
+    t.caught_up("enricher", &topic).await;
+    let dead = t.read_all::<DeadLetter>(&t.topic("deadletter")).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
     t.stop().await;
 }
 
