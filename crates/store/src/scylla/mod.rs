@@ -85,6 +85,10 @@ const LOCK_TTL: Duration = Duration::from_secs(120);
 /// How long a migrator waits for another one's lease before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(180);
 const LOCK_POLL: Duration = Duration::from_millis(500);
+/// How long a table another migrator just created may be listed in
+/// `system_schema` yet refuse requests ("table ... does not exist"): seen on
+/// Cassandra 5 with two migrators starting at once.
+const SCHEMA_SETTLE: Duration = Duration::from_secs(10);
 
 pub(crate) async fn connect(
     nodes: &[String],
@@ -294,17 +298,18 @@ impl Backend for Cql {
                 "SELECT version, name, checksum, applied_at FROM {}.schema_migrations",
                 self.keyspace
             );
-            let pager = self
-                .session
-                .query_iter(select, ())
-                .await
-                .ctx(op, &self.keyspace)?;
-            let rows: Vec<(i32, Option<String>, Option<String>, Option<CqlTimestamp>)> = pager
-                .rows_stream()
-                .ctx(op, &self.keyspace)?
-                .try_collect()
-                .await
-                .ctx(op, &self.keyspace)?;
+            let settled = tokio::time::Instant::now() + SCHEMA_SETTLE;
+            let rows = loop {
+                match self.migration_rows(&select).await {
+                    Ok(rows) => break rows,
+                    // Listed in system_schema by another migrator's CREATE
+                    // a moment ago, and not yet accepting reads here.
+                    Err(_) if tokio::time::Instant::now() < settled => {
+                        tokio::time::sleep(LOCK_POLL).await;
+                    }
+                    Err(failure) => return Err(failure).ctx(op, &self.keyspace),
+                }
+            };
             for (version, name, checksum, applied_at) in rows {
                 applied.push(AppliedMigration {
                     version: from_int(op, &self.keyspace, version)?,
@@ -422,6 +427,14 @@ impl Cql {
         Ok(applied)
     }
 
+    async fn migration_rows(
+        &self,
+        select: &str,
+    ) -> Result<Vec<(i32, Option<String>, Option<String>, Option<CqlTimestamp>)>, Failure> {
+        let pager = self.session.query_iter(select, ()).await?;
+        Ok(pager.rows_stream()?.try_collect().await?)
+    }
+
     /// Takes the migration lease (a lightweight transaction on one row),
     /// waiting a bounded time for another migrator to finish.
     async fn acquire_lease(&self) -> Result<String, StoreError> {
@@ -436,6 +449,7 @@ impl Cql {
             LOCK_TTL.as_secs()
         );
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let settled = tokio::time::Instant::now() + SCHEMA_SETTLE;
         loop {
             match self
                 .lwt(&insert, (owner.as_str(), CqlTimestamp(crate::now_millis())))
@@ -445,6 +459,9 @@ impl Cql {
                 Ok(false) => {}
                 // Paxos contention with the other migrator: try again.
                 Err(f) if f.retriable => {}
+                // The lock table, created by another migrator a moment ago,
+                // may not accept requests on this node yet.
+                Err(_) if tokio::time::Instant::now() < settled => {}
                 Err(f) => return Err(migration_error("schema_migration_lock", f.source)),
             }
             if tokio::time::Instant::now() >= deadline {
