@@ -267,7 +267,8 @@ impl Runtime {
             self.config.gateway.clone(),
             &self.config.tracking,
             &self.config.feed,
-        );
+        )
+        .limit_records_to(self.config.kafka.max_message_bytes);
         // Twilio signs its status callbacks with the account's auth token:
         // when the SMS provider is Twilio with a status callback, the
         // gateway checks that signature too.
@@ -477,7 +478,12 @@ pub async fn spawn_metrics(
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr} (telemetry.metrics_addr)"))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {addr} (telemetry.metrics_addr): if another tidings process on this host uses it, give each its own, e.g. TIDINGS_TELEMETRY__METRICS_ADDR=127.0.0.1:{}",
+                addr.port().wrapping_add(1)
+            )
+        })?;
     let router = Router::new()
         .route(
             "/metrics",

@@ -575,3 +575,35 @@ on_every_backend!(
     a_post_for_some_followers_reaches_only_them,
     bad_feed_requests_are_refused_with_the_reason,
 );
+
+/// `limit=0` asks for an empty page, which nobody means: it is refused
+/// (naming `limit`) instead of silently answering the default page; leaving
+/// `limit` out still gives the default.
+async fn an_explicit_zero_limit_is_refused(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let ann = user("ann");
+    let r = http_read(&t, &ann, "?limit=0").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().starts_with("limit:"),
+        "{}",
+        r.body
+    );
+    let r = http_read(&t, &ann, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    t.stop().await;
+}
+
+mod zero_limit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        an_explicit_zero_limit_is_refused(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        an_explicit_zero_limit_is_refused(Backend::Servers).await
+    }
+}

@@ -824,3 +824,212 @@ mod status {
         get_status_tells_each_channels_outcome(Backend::Servers).await
     }
 }
+
+/// A template that repeats `{{name}}` `times` times in its email HTML.
+async fn repeating_template(t: &TestPipeline, times: usize) -> String {
+    let name = format!("repeat-{}", Uuid::new_v4().simple());
+    t.client
+        .put_template(pb::Template {
+            name: name.clone(),
+            params: vec!["name".into()],
+            default_locale: "en".into(),
+            variants: [(
+                "en".to_owned(),
+                pb::TemplateContent {
+                    email_subject: "Hello".into(),
+                    email_html: "<p>{{name}}</p>".repeat(times),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put template");
+    name
+}
+
+fn with_template(mut send: pb::SendRequest, name: &str, version: u32, value: &str) -> pb::SendRequest {
+    send.content = Some(pb::send_request::Content::Template(pb::TemplateRef {
+        name: name.into(),
+        version,
+        params: [("name".to_owned(), value.to_owned())].into(),
+    }));
+    send
+}
+
+/// Sizes are checked at the gateway, before anything is written: a 1 MiB
+/// body, a param over its limit, and a param that fits alone but not
+/// rendered 20 times are INVALID_ARGUMENT naming the field (they used to be
+/// UNAVAILABLE "retry", or accepted and then poison the pipeline), in a
+/// batch per item; and nothing refused reaches the requests topic.
+async fn sizes_are_checked_at_the_gateway(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
+    let user = user_with_email_and_phone(&t, "en").await;
+    let refused = |e: anyhow::Error, field: &str| {
+        let e = e.to_string();
+        assert!(
+            e.starts_with("InvalidArgument") && e.contains(&format!("{field}:")),
+            "expected INVALID_ARGUMENT naming {field}: {e}"
+        );
+        e
+    };
+
+    let mut huge = send(&user, "huge-body", &[pb::Channel::Email], "");
+    if let Some(pb::send_request::Content::Raw(raw)) = huge.content.as_mut() {
+        raw.body = "x".repeat(1 << 20);
+    }
+    refused(t.client.send(huge.clone()).await.unwrap_err(), "raw.body");
+
+    // The poison: the param four times, 300,000 characters.
+    let four = repeating_template(&t, 4).await;
+    let poison = with_template(
+        send(&user, "poison", &[pb::Channel::Email], ""),
+        &four,
+        0,
+        &"y".repeat(300_000),
+    );
+    refused(t.client.send(poison).await.unwrap_err(), "template.params.name");
+
+    // Under the per-param limit, but 20 occurrences render 1.2 MB.
+    let twenty = repeating_template(&t, 20).await;
+    let rendered = with_template(
+        send(&user, "rendered", &[pb::Channel::Email], ""),
+        &twenty,
+        0,
+        &"z".repeat(60_000),
+    );
+    let e = refused(t.client.send(rendered).await.unwrap_err(), "template.params.name");
+    assert!(e.contains("appears 20 times"), "{e}");
+
+    // A template version that does not exist is blamed on the version.
+    let missing = with_template(send(&user, "v9", &[pb::Channel::Email], ""), &four, 9, "ok");
+    refused(t.client.send(missing).await.unwrap_err(), "template.version");
+
+    // Email asked for by name, with nothing to make a subject of.
+    let mut html_only = send(&user, "html-only", &[pb::Channel::Email], "");
+    html_only.content = Some(pb::send_request::Content::Raw(pb::RawContent {
+        email_html: "<p>hi</p>".into(),
+        ..Default::default()
+    }));
+    refused(t.client.send(html_only).await.unwrap_err(), "raw.title");
+
+    // In a batch, each item on its own.
+    let fine = send(&user, "fine", &[pb::Channel::Email], "");
+    huge.event_id = "huge-in-batch".into();
+    let results = t
+        .client
+        .notifications()
+        .send_batch(
+            t.client
+                .request(pb::SendBatchRequest {
+                    items: vec![fine, huge],
+                })
+                .unwrap(),
+        )
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    assert!(
+        matches!(
+            results[0].outcome,
+            Some(pb::send_batch_result::Outcome::Accepted(_))
+        ),
+        "{results:?}"
+    );
+    match &results[1].outcome {
+        Some(pb::send_batch_result::Outcome::Error(e)) => {
+            assert!(e.starts_with("items[1].raw.body:"), "{e}")
+        }
+        other => panic!("the oversized item was not refused: {other:?}"),
+    }
+
+    // Only the fine one was written (seen first, so the topic's partitions
+    // are known to have leaders before their watermarks are asked).
+    let requests_topic = t.topic("notify.requests");
+    t.read_until::<tidings_schemas::records::NotificationRequest>(&requests_topic, WAIT, |r| {
+        !r.is_empty()
+    })
+    .await;
+    let requests: Vec<tidings_schemas::records::NotificationRequest> =
+        t.read_all(&requests_topic).await;
+    let events: Vec<&str> = requests.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(events, ["fine"], "refused sends must not be written");
+    t.stop().await;
+}
+
+/// One call expands to at most `gateway.max_expanded_notifications`
+/// notifications: a batch over it is refused whole, naming the limit, and
+/// writes nothing.
+async fn a_call_expands_to_a_bounded_number_of_notifications(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.gateway.max_expanded_notifications = 3).await;
+    let a = user_with_email_and_phone(&t, "en").await;
+    let b = user_with_email_and_phone(&t, "en").await;
+    let mut two = send(&a, "two", &[pb::Channel::Email], "");
+    two.user_ids.push(b.clone());
+    let err = t
+        .client
+        .notifications()
+        .send_batch(
+            t.client
+                .request(pb::SendBatchRequest {
+                    items: vec![two.clone(), two.clone()],
+                })
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("items: expand to 4 notifications")
+            && err.message().contains("gateway.max_expanded_notifications"),
+        "{}",
+        err.message()
+    );
+    let mut four = two.clone();
+    four.user_ids.extend([format!("{a}-x"), format!("{b}-y")]);
+    let err = t.client.send(four).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("InvalidArgument") && err.contains("user_ids: has 4 users; at most 3"),
+        "{err}"
+    );
+    t.client.send(two).await.expect("within the limit");
+    let requests_topic = t.topic("notify.requests");
+    t.read_until::<tidings_schemas::records::NotificationRequest>(&requests_topic, WAIT, |r| {
+        r.len() >= 2
+    })
+    .await;
+    let requests: Vec<tidings_schemas::records::NotificationRequest> =
+        t.read_all(&requests_topic).await;
+    assert_eq!(requests.len(), 2, "only the accepted send was written");
+    t.stop().await;
+}
+
+mod sizes {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        sizes_are_checked_at_the_gateway(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        sizes_are_checked_at_the_gateway(Backend::Servers).await
+    }
+}
+
+mod expansion {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        a_call_expands_to_a_bounded_number_of_notifications(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        a_call_expands_to_a_bounded_number_of_notifications(Backend::Servers).await
+    }
+}

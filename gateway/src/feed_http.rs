@@ -65,8 +65,10 @@ struct Published {
 struct PageQuery {
     #[serde(default)]
     cursor: String,
+    /// Absent means the default page; `limit=0` is refused (it asks for
+    /// nothing, which is not what anyone means).
     #[serde(default)]
-    limit: u32,
+    limit: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -225,7 +227,16 @@ async fn read(
     )?;
     let page = async {
         let cursor = Cursor::decode(&q.cursor)?;
-        gateway.read_feed(&user, cursor, page_limit(q.limit)?).await
+        let limit = match q.limit {
+            Some(0) => {
+                return Err(crate::validate::invalid(
+                    "limit",
+                    "must be at least 1 (leave it out for the default page)",
+                ));
+            }
+            asked => page_limit(asked.unwrap_or(0))?,
+        };
+        gateway.read_feed(&user, cursor, limit).await
     }
     .await;
     let page = answer(&gateway, "http GET /v1/me/feed", page)?;

@@ -11,14 +11,16 @@ pub mod feed;
 mod feed_cache;
 mod feed_http;
 mod http;
+pub mod limits;
 mod notifications;
 mod preferences;
+mod stale_cache;
 pub mod templates;
 pub mod user_token;
 pub mod validate;
 pub mod webhooks;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tidings_config::{FeedConfig, GatewayConfig, TrackingConfig};
 use tidings_kafka::{AvroProducer, Topics};
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tracing::info;
 
-pub use notifications::{MAX_USERS_PER_SEND, to_requests};
+pub use notifications::{MAX_USERS_PER_SEND, SendLimits, to_requests};
 
 /// Shared state of every gateway service. Cheap to clone.
 #[derive(Clone)]
@@ -46,6 +48,9 @@ pub struct Gateway {
     topics: Topics,
     config: GatewayConfig,
     auth: Arc<auth::Authenticator>,
+    /// Templates read on the `Send` path (versions are immutable).
+    templates: Arc<templates::TemplateCache>,
+    limits: SendLimits,
     links: LinkSigner,
     /// Verifies `X-Twilio-Signature` on status callbacks, when the SMS
     /// provider is Twilio with a status callback.
@@ -88,7 +93,14 @@ impl Gateway {
         feed: &FeedConfig,
     ) -> Self {
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
+        let stale_for = Duration::from_secs(config.auth_stale_serve_secs);
         Self {
+            auth: Arc::new(auth::Authenticator::new(stale_for)),
+            templates: Arc::new(templates::TemplateCache::new(stale_for)),
+            limits: SendLimits {
+                max_expanded: config.max_expanded_notifications,
+                ..SendLimits::default()
+            },
             user_tokens: user_token::UserTokens::new(&feed.user_token_secret),
             feed: Arc::new(feed.clone()),
             caches: Arc::new(feed_cache::FeedCaches::new(feed.post_cache_entries)),
@@ -96,11 +108,17 @@ impl Gateway {
             store,
             topics,
             config,
-            auth: Arc::default(),
             links,
             twilio_signatures: None,
             sendgrid_signatures: None,
         }
+    }
+
+    /// Refuses sends whose records could exceed `max_message_bytes`
+    /// (`kafka.max_message_bytes`; 1,000,000 unless set).
+    pub fn limit_records_to(mut self, max_message_bytes: usize) -> Self {
+        self.limits.budget = limits::MessageBudget { max_message_bytes };
+        self
     }
 
     /// Checks Twilio's request signature on status callbacks besides the
@@ -171,7 +189,9 @@ impl Gateway {
 
     /// Authenticates the caller and checks `permission`; returns the app key.
     async fn authorize<T>(&self, request: &Request<T>, permission: &str) -> Result<String, Status> {
-        self.auth.authorize(&self.store, request, permission).await
+        self.auth
+            .authorize(&*self.store.apps, request, permission)
+            .await
     }
 
     fn count<T>(&self, method: &str, result: &Result<T, Status>) {

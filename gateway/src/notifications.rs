@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
-use tidings_kafka::{OutRecord, now_millis};
+use tidings_kafka::{KafkaError, OutRecord, now_millis};
 use tidings_schemas::{
     Channel,
     proto::v1::{
@@ -19,10 +19,34 @@ use tidings_schemas::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{Gateway, validate};
+use crate::{
+    Gateway,
+    limits::{self, MessageBudget},
+    validate,
+};
 
-/// Most users one send may target.
+/// Most users one send may target (lowered by
+/// `gateway.max_expanded_notifications`).
 pub const MAX_USERS_PER_SEND: usize = 10_000;
+
+/// What one call may carry, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    /// Most notifications one call may expand to.
+    pub max_expanded: usize,
+    pub budget: MessageBudget,
+}
+
+impl Default for SendLimits {
+    fn default() -> Self {
+        Self {
+            max_expanded: MAX_USERS_PER_SEND,
+            budget: MessageBudget {
+                max_message_bytes: 1_000_000,
+            },
+        }
+    }
+}
 
 /// Namespace for notification ids derived from (app, event, user), so a
 /// caller retrying a send with the same event id gets the same ids back.
@@ -56,9 +80,21 @@ impl NotificationService for Gateway {
             return Err(validate::invalid(
                 "items",
                 format!(
-                    "has {} entries; at most {} per call",
+                    "has {} entries; at most {} per call (gateway.max_batch)",
                     items.len(),
                     self.config.max_batch
+                ),
+            ));
+        }
+        // Each user of each item becomes a record held until Kafka has it:
+        // bound the expansion before any of it is built.
+        let expanded: usize = items.iter().map(|i| i.user_ids.len()).sum();
+        let max = self.limits.max_expanded;
+        if expanded > max {
+            return Err(validate::invalid(
+                "items",
+                format!(
+                    "expand to {expanded} notifications (user_ids summed over items); at most {max} per call (gateway.max_expanded_notifications): split the batch"
                 ),
             ));
         }
@@ -126,7 +162,7 @@ impl Gateway {
         send: SendRequest,
         prefix: &str,
     ) -> Result<SendResponse, Status> {
-        let mut requests = to_requests(app_key, send, prefix, now_millis())?;
+        let mut requests = to_requests(app_key, send, prefix, now_millis(), self.limits)?;
         self.check_template(&mut requests, prefix).await?;
         let event_id = requests
             .first()
@@ -136,18 +172,30 @@ impl Gateway {
         let tracking = self.topics.tracking();
         let mut records: Vec<OutRecord> = Vec::with_capacity(requests.len() * 2);
         for r in &requests {
-            records.push(
-                self.producer
-                    .encode(&topic, &r.user_id, r)
-                    .map_err(internal)?,
-            );
+            let record = self
+                .producer
+                .encode(&topic, &r.user_id, r)
+                .map_err(internal)?;
+            // The estimates above name the field; this is the exact size,
+            // for whatever they did not foresee.
+            let size = record.key.len() + record.payload.len();
+            let max = self.limits.budget.max_message_bytes;
+            if size + RECORD_FRAMING_BYTES > max {
+                return Err(validate::invalid(
+                    format!("{prefix}content"),
+                    format!(
+                        "the notification encodes to {size} bytes; a record may be at most {max} (kafka.max_message_bytes)"
+                    ),
+                ));
+            }
+            records.push(record);
         }
         // The requests first: once they are acknowledged the notification is
         // accepted; the tracking events after that are best effort.
         self.producer
             .send_all(&records)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| produce_status(prefix, e))?;
         let events: Result<Vec<_>, _> = requests
             .iter()
             .map(|r| {
@@ -182,29 +230,33 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Rejects a send whose parameters don't fit its template, and pins the
-    /// template version, so the enricher renders exactly what was checked.
+    /// Rejects a send whose parameters don't fit its template (names and
+    /// sizes, rendered), and pins the template version, so the enricher
+    /// renders exactly what was checked.
     async fn check_template(
         &self,
         requests: &mut [NotificationRequest],
         prefix: &str,
     ) -> Result<(), Status> {
-        let Some(t) = requests.first().and_then(|r| r.template.clone()) else {
+        let Some(first) = requests.first() else {
             return Ok(());
         };
+        let Some(t) = first.template.clone() else {
+            return Ok(());
+        };
+        let data_bytes = first.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let targets_email = first.channels.iter().any(|c| c == Channel::Email.as_str());
+        let store = &*self.store.templates;
         let version = t.version.and_then(|v| u32::try_from(v).ok());
-        let template = self
-            .store
+        let template = match self
             .templates
-            .get(&t.name, version)
+            .get(store, &t.name, version)
             .await
             .map_err(crate::store_status)?
-            .ok_or_else(|| {
-                validate::invalid(
-                    format!("{prefix}template.name"),
-                    format!("no template `{}`", t.name),
-                )
-            })?;
+        {
+            Some(template) => template,
+            None => return Err(self.no_template(prefix, &t.name, version).await),
+        };
         for param in &template.params {
             if !t.params.contains_key(param) {
                 return Err(validate::invalid(
@@ -219,6 +271,22 @@ impl Gateway {
                 format!("`{extra}` is not a parameter of {}", t.name),
             ));
         }
+        limits::rendered_template(prefix, &template, &t.params, data_bytes, self.limits.budget)?;
+        if targets_email
+            && let Some((locale, _)) = template.variants.iter().find(|(_, c)| {
+                [&c.email_subject, &c.push_title, &c.email_text, &c.push_body]
+                    .iter()
+                    .all(|p| p.as_deref().is_none_or(|p| p.trim().is_empty()))
+            })
+        {
+            return Err(validate::invalid(
+                format!("{prefix}template.name"),
+                format!(
+                    "the send targets email, but the `{locale}` variant of `{}` version {} has no email_subject (nor a push_title or text to derive one from)",
+                    t.name, template.version
+                ),
+            ));
+        }
         let pinned = i32::try_from(template.version).ok();
         for r in requests.iter_mut() {
             if let Some(t) = r.template.as_mut() {
@@ -227,17 +295,64 @@ impl Gateway {
         }
         Ok(())
     }
+
+    /// Blames the version when the template exists but not that version.
+    async fn no_template(&self, prefix: &str, name: &str, version: Option<u32>) -> Status {
+        let store = &*self.store.templates;
+        let latest = match version {
+            Some(_) => self.templates.get(store, name, None).await.ok().flatten(),
+            None => None,
+        };
+        match (version, latest) {
+            (Some(v), Some(latest)) => validate::invalid(
+                format!("{prefix}template.version"),
+                format!(
+                    "template `{name}` has no version {v}; its latest is {}",
+                    latest.version
+                ),
+            ),
+            _ => validate::invalid(
+                format!("{prefix}template.name"),
+                format!("no template `{name}`"),
+            ),
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// Kafka did not take the record: the caller should retry (with the same
-/// event id, so nothing is sent twice).
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!(
-        "could not durably accept the notification, retry with the same event_id: {e}"
+/// Bytes Kafka adds around a record's key and value (record, batch and
+/// request headers) that count against `message.max.bytes`.
+const RECORD_FRAMING_BYTES: usize = 512;
+
+/// Kafka did not take the records. When a retry can succeed (brokers down,
+/// a timeout) the caller should retry with the same event id, so nothing is
+/// sent twice; when it cannot (the record is too large, the topic is
+/// missing or not ours to write), saying UNAVAILABLE would have it retry
+/// forever.
+fn produce_status(prefix: &str, e: KafkaError) -> Status {
+    if e.is_retriable() {
+        return Status::unavailable(format!(
+            "could not durably accept the notification, retry with the same event_id: {e}"
+        ));
+    }
+    let too_large = matches!(
+        &e,
+        KafkaError::Produce { source, .. }
+            if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+    );
+    if too_large {
+        return validate::invalid(
+            format!("{prefix}content"),
+            format!(
+                "is too large for one Kafka record (kafka.max_message_bytes); retrying will not help: {e}"
+            ),
+        );
+    }
+    Status::failed_precondition(format!(
+        "Kafka refused the notification and retrying will not help until the deployment is fixed (topics, ACLs): {e}"
     ))
 }
 
@@ -247,15 +362,20 @@ pub fn to_requests(
     send: SendRequest,
     prefix: &str,
     now: i64,
+    limits: SendLimits,
 ) -> Result<Vec<NotificationRequest>, Status> {
     let field = |name: &str| format!("{prefix}{name}");
     if send.user_ids.is_empty() {
         return Err(validate::invalid(field("user_ids"), "is empty"));
     }
-    if send.user_ids.len() > MAX_USERS_PER_SEND {
+    let max_users = MAX_USERS_PER_SEND.min(limits.max_expanded);
+    if send.user_ids.len() > max_users {
         return Err(validate::invalid(
             field("user_ids"),
-            format!("has more than {MAX_USERS_PER_SEND} users"),
+            format!(
+                "has {} users; at most {max_users} per call (gateway.max_expanded_notifications)",
+                send.user_ids.len()
+            ),
         ));
     }
     for (i, user) in send.user_ids.iter().enumerate() {
@@ -297,6 +417,13 @@ pub fn to_requests(
         validate::id(&field("category"), &send.category)?;
         Some(send.category.clone())
     };
+    let data: BTreeMap<String, String> = send.data.into_iter().collect();
+    let data_bytes = limits::data_bytes(&field("data"), &data)?;
+    limits::at_most(
+        &field("collapse_id"),
+        &send.collapse_id,
+        limits::MAX_COLLAPSE_ID_BYTES,
+    )?;
     let (template, content) = match send.content {
         None => {
             return Err(validate::invalid(
@@ -313,16 +440,31 @@ pub fn to_requests(
                         validate::invalid(field("template.version"), "is too large")
                     })?),
                 };
+            let params: BTreeMap<String, String> = t.params.into_iter().collect();
+            limits::params(prefix, &params, data_bytes, limits.budget)?;
             (
                 Some(TemplateRef {
                     name: t.name,
                     version,
-                    params: t.params.into_iter().collect(),
+                    params,
                 }),
                 None,
             )
         }
         Some(Content::Raw(raw)) => {
+            limits::raw(
+                prefix,
+                &[
+                    ("title", raw.title.as_str()),
+                    ("body", raw.body.as_str()),
+                    ("sms_text", raw.sms_text.as_str()),
+                    ("email_subject", raw.email_subject.as_str()),
+                    ("email_html", raw.email_html.as_str()),
+                    ("email_text", raw.email_text.as_str()),
+                ],
+                data_bytes,
+                limits.budget,
+            )?;
             let opt = |s: String| if s.is_empty() { None } else { Some(s) };
             let raw = RawContent {
                 title: opt(raw.title),
@@ -334,6 +476,21 @@ pub fn to_requests(
             };
             if raw == RawContent::default() {
                 return Err(validate::invalid(field("raw"), "every field is empty"));
+            }
+            // Email providers refuse a mail without a subject; the enricher
+            // derives one from the title or the text, so refuse only what it
+            // cannot (e.g. HTML or SMS text alone), and only when email was
+            // asked for by name.
+            let has_text = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
+            if channels.iter().any(|c| c == Channel::Email.as_str())
+                && ![&raw.email_subject, &raw.title, &raw.email_text, &raw.body]
+                    .into_iter()
+                    .any(has_text)
+            {
+                return Err(validate::invalid(
+                    field("raw.title"),
+                    "the send targets email, which needs a subject: set title or email_subject (or a body or email_text to derive one from)",
+                ));
             }
             (None, Some(raw))
         }
@@ -370,7 +527,6 @@ pub fn to_requests(
             ));
         }
     };
-    let data: BTreeMap<String, String> = send.data.into_iter().collect();
     let collapse_id = (!send.collapse_id.is_empty()).then_some(send.collapse_id);
     Ok(send
         .user_ids
@@ -417,11 +573,11 @@ mod tests {
     fn one_request_per_user_with_stable_ids() {
         let mut send = raw_send(&["a", "b"]);
         send.event_id = "e-1".into();
-        let first = to_requests("app", send.clone(), "", 10).unwrap();
+        let first = to_requests("app", send.clone(), "", 10, SendLimits::default()).unwrap();
         assert_eq!(first.len(), 2);
         assert_eq!(first[0].user_id, "a");
         assert_ne!(first[0].notification_id, first[1].notification_id);
-        let again = to_requests("app", send, "", 20).unwrap();
+        let again = to_requests("app", send, "", 20, SendLimits::default()).unwrap();
         assert_eq!(
             first[0].notification_id, again[0].notification_id,
             "same event, same ids"
@@ -430,13 +586,120 @@ mod tests {
 
     #[test]
     fn a_missing_event_id_is_generated() {
-        let r = to_requests("app", raw_send(&["a"]), "", 10).unwrap();
+        let r = to_requests("app", raw_send(&["a"]), "", 10, SendLimits::default()).unwrap();
         assert!(Uuid::parse_str(&r[0].event_id).is_ok());
     }
 
     #[test]
+    fn one_call_expands_to_at_most_the_configured_notifications() {
+        let limits = SendLimits {
+            max_expanded: 2,
+            ..Default::default()
+        };
+        assert!(to_requests("app", raw_send(&["a", "b"]), "", 10, limits).is_ok());
+        let err =
+            to_requests("app", raw_send(&["a", "b", "c"]), "items[1].", 10, limits).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message()
+                .starts_with("items[1].user_ids: has 3 users; at most 2")
+                && err.message().contains("gateway.max_expanded_notifications"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn oversized_fields_are_refused_by_name() {
+        let err = |s: SendRequest| {
+            to_requests("app", s, "items[3].", 10, SendLimits::default()).unwrap_err()
+        };
+        let mut s = raw_send(&["a"]);
+        s.content = Some(Content::Raw(pb::RawContent {
+            body: "x".repeat(1 << 20),
+            ..Default::default()
+        }));
+        let e = err(s);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("items[3].raw.body: is 1048576 bytes"),
+            "{}",
+            e.message()
+        );
+
+        let mut s = raw_send(&["a"]);
+        s.content = Some(Content::Template(pb::TemplateRef {
+            name: "t".into(),
+            version: 0,
+            params: [("name".to_owned(), "x".repeat(300_000))].into(),
+        }));
+        assert!(
+            err(s)
+                .message()
+                .starts_with("items[3].template.params.name: is 300000 bytes"),
+        );
+
+        let mut s = raw_send(&["a"]);
+        s.data = [("k".to_owned(), "v".repeat(limits::MAX_DATA_BYTES))].into();
+        assert!(err(s).message().starts_with("items[3].data:"));
+
+        let mut s = raw_send(&["a"]);
+        s.collapse_id = "c".repeat(65);
+        assert!(err(s).message().starts_with("items[3].collapse_id:"));
+    }
+
+    #[test]
+    fn email_without_anything_to_make_a_subject_of_is_refused() {
+        let mut s = raw_send(&["a"]);
+        s.channels = vec![pb::Channel::Email as i32];
+        s.content = Some(Content::Raw(pb::RawContent {
+            email_html: "<p>hi</p>".into(),
+            ..Default::default()
+        }));
+        let e = to_requests("app", s.clone(), "", 10, SendLimits::default()).unwrap_err();
+        assert!(e.message().starts_with("raw.title:"), "{}", e.message());
+        // A body is enough: the enricher derives the subject from it.
+        s.content = Some(Content::Raw(pb::RawContent {
+            body: "hello".into(),
+            ..Default::default()
+        }));
+        assert!(to_requests("app", s.clone(), "", 10, SendLimits::default()).is_ok());
+        // Without email asked for by name, the other channels may still do.
+        s.channels = vec![];
+        s.content = Some(Content::Raw(pb::RawContent {
+            sms_text: "hi".into(),
+            ..Default::default()
+        }));
+        assert!(to_requests("app", s, "", 10, SendLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn produce_failures_that_a_retry_cannot_fix_are_not_unavailable() {
+        use rdkafka::{error::KafkaError as Rd, types::RDKafkaErrorCode as Code};
+        let produce = |code| KafkaError::Produce {
+            topic: "t.notify.requests".into(),
+            source: Rd::MessageProduction(code),
+        };
+        let s = produce_status("items[2].", produce(Code::MessageSizeTooLarge));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(
+            s.message().starts_with("items[2].content:"),
+            "{}",
+            s.message()
+        );
+        let s = produce_status("", produce(Code::TopicAuthorizationFailed));
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        let s = produce_status("", produce(Code::MessageTimedOut));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("same event_id"));
+    }
+
+    #[test]
     fn errors_name_the_field() {
-        let err = |s: SendRequest| to_requests("app", s, "items[3].", 10).unwrap_err();
+        let err = |s: SendRequest| {
+            to_requests("app", s, "items[3].", 10, SendLimits::default()).unwrap_err()
+        };
         assert_eq!(err(raw_send(&[])).message(), "items[3].user_ids: is empty");
         assert!(
             err(raw_send(&["ok", ""]))

@@ -1,7 +1,13 @@
 //! `tidings.v1.TemplateService`: versioned templates. A version never
 //! changes once written; a put creates the next version.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use quick_cache::sync::Cache;
 
 use tidings_kafka::now_millis;
 use tidings_schemas::proto::v1::{
@@ -9,10 +15,109 @@ use tidings_schemas::proto::v1::{
     GetTemplateStatsResponse, PutTemplateRequest, PutTemplateResponse,
     template_service_server::TemplateService,
 };
-use tidings_store::{StoreError, TemplateContent, TemplateVersion};
+use tidings_store::{StoreError, TemplateContent, TemplateStore, TemplateVersion};
 use tonic::{Request, Response, Status};
 
-use crate::{Gateway, store_status, validate};
+use crate::{Gateway, limits, stale_cache::StaleCache, store_status, validate};
+
+/// How long a template's latest version is reused by sends that name no
+/// version: a version put through another gateway is used within this long
+/// (at once through this one).
+pub const LATEST_TTL: Duration = Duration::from_secs(1);
+
+/// Bytes of templates each of the gateway's two template caches holds.
+pub const CACHE_BYTES: u64 = 64 << 20;
+
+fn template_bytes(t: &Arc<TemplateVersion>) -> u64 {
+    let parts: usize = t
+        .variants
+        .iter()
+        .map(|(locale, c)| {
+            let text = [
+                &c.push_title,
+                &c.push_body,
+                &c.sms_text,
+                &c.email_subject,
+                &c.email_html,
+                &c.email_text,
+            ]
+            .iter()
+            .map(|p| p.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+            let links: usize = c
+                .tracking_links
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            locale.len() + text + links
+        })
+        .sum();
+    (parts + t.name.len() + 256) as u64
+}
+
+#[derive(Clone)]
+struct TemplateWeight;
+
+impl quick_cache::Weighter<(String, u32), Arc<TemplateVersion>> for TemplateWeight {
+    fn weight(&self, _: &(String, u32), t: &Arc<TemplateVersion>) -> u64 {
+        template_bytes(t)
+    }
+}
+
+/// The templates `Send` checks params against, so sends keep being accepted
+/// while the store is unreachable: versions are immutable and kept until
+/// evicted; the latest version of a name is re-read after [`LATEST_TTL`],
+/// and served stale (up to `gateway.auth_stale_serve_secs`) when the store
+/// cannot be read. Both are bounded by bytes ([`CACHE_BYTES`]).
+pub struct TemplateCache {
+    latest: StaleCache<String, Arc<TemplateVersion>>,
+    versions: Cache<(String, u32), Arc<TemplateVersion>, TemplateWeight>,
+}
+
+impl TemplateCache {
+    pub fn new(stale_for: Duration) -> Self {
+        Self {
+            latest: StaleCache::weighted(1_000, CACHE_BYTES, template_bytes, LATEST_TTL, stale_for),
+            versions: Cache::with_weighter(1_000, CACHE_BYTES, TemplateWeight),
+        }
+    }
+
+    /// `version` of `name`, or its latest version.
+    pub async fn get(
+        &self,
+        store: &dyn TemplateStore,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<TemplateVersion>>, StoreError> {
+        let found = match version {
+            Some(v) => {
+                if let Some(t) = self.versions.get(&(name.to_owned(), v)) {
+                    return Ok(Some(t));
+                }
+                // Not cached when missing: the version may be put next.
+                store.get(name, Some(v)).await?.map(Arc::new)
+            }
+            None => self
+                .latest
+                .get(&name.to_owned(), || async {
+                    Ok(store.get(name, None).await?.map(Arc::new))
+                })
+                .await?
+                .into_value(),
+        };
+        if let Some(t) = &found {
+            self.versions.insert((t.name.clone(), t.version), t.clone());
+        }
+        Ok(found)
+    }
+
+    /// A version this gateway just wrote is the latest at once.
+    pub fn put(&self, t: TemplateVersion) {
+        let t = Arc::new(t);
+        self.versions.insert((t.name.clone(), t.version), t.clone());
+        self.latest.insert(t.name.clone(), t);
+    }
+}
 
 /// Counter scope the `template-stats` stage writes (processors/src/tracking).
 const TEMPLATE_COUNTERS: &str = "template";
@@ -64,6 +169,7 @@ pub fn to_template(t: pb::Template) -> Result<TemplateVersion, Status> {
     for (locale, c) in t.variants {
         for (field, text) in content_fields(&c) {
             let path = format!("template.variants[{locale}].{field}");
+            limits::at_most(&path, text, limits::part_limit(field))?;
             for name in placeholders(text).map_err(|e| validate::invalid(&path, e))? {
                 let known = match name.strip_prefix("link.") {
                     Some(link) => c.tracking_links.contains_key(link),
@@ -156,9 +262,9 @@ impl TemplateService for Gateway {
             template.version = latest.last().copied().unwrap_or(0) + 1;
             match self.store.templates.create_version(&template).await {
                 Ok(()) => {
-                    return Ok(Response::new(PutTemplateResponse {
-                        version: template.version,
-                    }));
+                    let version = template.version;
+                    self.templates.put(template);
+                    return Ok(Response::new(PutTemplateResponse { version }));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_status(e)),
@@ -253,6 +359,17 @@ mod tests {
             err.message()
         );
         assert!(to_template(template("Hi {{name")).is_err());
+    }
+
+    #[test]
+    fn template_parts_are_bounded() {
+        let err = to_template(template(&"x".repeat(limits::MAX_BODY_BYTES + 1))).unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("template.variants[en].push_body: is 65537 bytes"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -214,7 +214,10 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group prefix; a stage's group is `<prefix>.<stage>`.
     pub group_prefix: String,
-    /// How long a produce may wait for acks=all before it fails.
+    /// How long a produce may wait for acks=all before it fails. Keep it
+    /// below your callers' deadlines: a caller that gives up first sees
+    /// DEADLINE_EXCEEDED although the notification may still be accepted
+    /// (retrying with the same event_id is safe either way).
     pub produce_timeout_ms: u64,
     /// Largest record tidings produces, in bytes: the producer's
     /// `message.max.bytes` and the `max.message.bytes` of the topics
@@ -242,7 +245,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             group_prefix: "tidings".into(),
-            produce_timeout_ms: 30_000,
+            produce_timeout_ms: 10_000,
             max_message_bytes: 1_000_000,
             schema_registry_url: None,
             client: BTreeMap::new(),
@@ -284,6 +287,16 @@ pub struct GatewayConfig {
     pub http_addr: SocketAddr,
     /// Most notifications one batch call may carry.
     pub max_batch: usize,
+    /// Most notifications (users summed over items) one `Send` or
+    /// `SendBatch` call may expand to; each is a record held in memory until
+    /// Kafka has it. More is refused with INVALID_ARGUMENT.
+    pub max_expanded_notifications: usize,
+    /// How long an app (and a template's latest version) read from the store
+    /// may still be used while the store is unreachable: the gateway keeps
+    /// accepting sends of apps it knows during a store outage, and a
+    /// revocation made meanwhile takes effect at most this long later. Unknown
+    /// apps are refused (UNAVAILABLE) until the store answers.
+    pub auth_stale_serve_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -292,6 +305,8 @@ impl Default for GatewayConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch: 1_000,
+            max_expanded_notifications: 10_000,
+            auth_stale_serve_secs: 600,
         }
     }
 }
@@ -379,6 +394,28 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// The `TIDINGS_*` environment, whose errors name the variable to fix
+/// (`TIDINGS_FEED__NO_SUCH_KEY`) besides the key, not figment's
+/// `FEED.NO_SUCH_KEY`, which is neither.
+struct Environment(Env);
+
+impl figment::Provider for Environment {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("`TIDINGS_` environment variable(s)").interpolater(
+            |_: &figment::Profile, keys: &[&str]| {
+                let upper: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+                format!("TIDINGS_{} ({})", upper.join("__"), keys.join("."))
+            },
+        )
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` (which must exist when given; otherwise
     /// `tidings.toml` in the working directory if present), then the
@@ -395,7 +432,7 @@ impl Config {
         let env = Env::prefixed("TIDINGS_")
             .filter(|key| key.as_str().contains("__"))
             .split("__");
-        Self::from_figment(figment.merge(env))
+        Self::from_figment(figment.merge(Environment(env)))
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -461,6 +498,9 @@ impl Config {
                     problem: format!("entry {i} needs max and per_secs of at least 1"),
                 });
             }
+        }
+        if self.gateway.max_expanded_notifications == 0 {
+            return semantic("gateway.max_expanded_notifications", "must be at least 1");
         }
         if self.enricher.rate_limit_windows == 0 {
             return semantic("enricher.rate_limit_windows", "must be at least 1");
@@ -549,6 +589,16 @@ mod tests {
             assert_eq!(c.store.url, "scylla://db:9042/t");
             assert_eq!(c.gateway.grpc_addr.port(), 6000);
             assert_eq!(c.telemetry.log, "info");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_environment_key_is_named_as_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TIDINGS_FEED__NO_SUCH_KEY", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("TIDINGS_FEED__NO_SUCH_KEY"), "{err}");
             Ok(())
         });
     }

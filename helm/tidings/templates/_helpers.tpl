@@ -121,6 +121,8 @@ connect_timeout_ms = {{ $c.store.connect_timeout_ms | int64 }}
 grpc_addr = {{ printf "0.0.0.0:%v" .Values.gateway.ports.grpc | toJson }}
 http_addr = {{ printf "0.0.0.0:%v" .Values.gateway.ports.http | toJson }}
 max_batch = {{ $c.gateway.max_batch | int }}
+max_expanded_notifications = {{ $c.gateway.max_expanded_notifications | default 10000 | int }}
+auth_stale_serve_secs = {{ $c.gateway.auth_stale_serve_secs | default 600 | int64 }}
 
 [enricher]
 {{- include "tidings.tomlTable" $c.enricher }}
