@@ -17,6 +17,12 @@ if [[ -x scripts/test-deps.sh ]]; then
     scripts/test-deps.sh
 fi
 
+# CONTRIBUTING's rules, enforced before anything runs.
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "==> building the tests"
 cargo test --workspace --locked --no-run "$@"
 

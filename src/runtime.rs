@@ -250,7 +250,9 @@ impl Runtime {
             options,
         )?;
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { Ok(stage.run(shutdown).await?) });
+        // The stage's name goes with any failure, for the `task failed` line.
+        let name = format!("stage {stage_name}");
+        tasks.spawn(async move { stage.run(shutdown).await.context(name) });
         Ok(())
     }
 
@@ -555,9 +557,9 @@ pub async fn create_app(
 pub async fn codec(config: &tidings_config::KafkaConfig) -> Result<AvroCodec> {
     Ok(match &config.schema_registry_url {
         None => AvroCodec::local(),
-        Some(url) => AvroCodec::with_registry(url).await.with_context(|| {
-            format!("registering schemas (kafka.schema_registry_url = {url})")
-        })?,
+        Some(url) => AvroCodec::with_registry(url)
+            .await
+            .with_context(|| format!("registering schemas (kafka.schema_registry_url = {url})"))?,
     })
 }
 

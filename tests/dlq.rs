@@ -187,10 +187,7 @@ async fn a_rejected_sms_is_listed_shown_and_replayed_once_fixed(backend: Backend
     assert_eq!((report.matched, report.replayed), (1, 1));
     eventually("the replayed SMS sent", WAIT, || async {
         let s = t.client.status(&id).await.ok()?;
-        s.deliveries
-            .iter()
-            .any(|d| d.state == "sent")
-            .then_some(())
+        s.deliveries.iter().any(|d| d.state == "sent").then_some(())
     })
     .await;
 

@@ -665,7 +665,10 @@ async fn deferred_sends_reach_every_channel_once_the_window_has_room(backend: Ba
     }
     let (first, second) = (&ids[0], &ids[1]);
     let events = tracking_of(&t, second, |e| count(e, TrackingKind::RateLimited) == 2).await;
-    for e in events.iter().filter(|e| e.kind == TrackingKind::RateLimited) {
+    for e in events
+        .iter()
+        .filter(|e| e.kind == TrackingKind::RateLimited)
+    {
         assert!(
             e.detail
                 .as_deref()
@@ -786,9 +789,11 @@ async fn get_status_tells_each_channels_outcome(backend: Backend) {
         .await
         .unwrap();
     let third = third.notification_ids[0].clone();
-    let rows = eventually("the status of a send with no phone number", WAIT, || async {
-        states(third.clone()).await
-    })
+    let rows = eventually(
+        "the status of a send with no phone number",
+        WAIT,
+        || async { states(third.clone()).await },
+    )
     .await;
     assert_eq!(
         rows,
@@ -849,7 +854,12 @@ async fn repeating_template(t: &TestPipeline, times: usize) -> String {
     name
 }
 
-fn with_template(mut send: pb::SendRequest, name: &str, version: u32, value: &str) -> pb::SendRequest {
+fn with_template(
+    mut send: pb::SendRequest,
+    name: &str,
+    version: u32,
+    value: &str,
+) -> pb::SendRequest {
     send.content = Some(pb::send_request::Content::Template(pb::TemplateRef {
         name: name.into(),
         version,
@@ -889,7 +899,10 @@ async fn sizes_are_checked_at_the_gateway(backend: Backend) {
         0,
         &"y".repeat(300_000),
     );
-    refused(t.client.send(poison).await.unwrap_err(), "template.params.name");
+    refused(
+        t.client.send(poison).await.unwrap_err(),
+        "template.params.name",
+    );
 
     // Under the per-param limit, but 20 occurrences render 1.2 MB.
     let twenty = repeating_template(&t, 20).await;
@@ -899,12 +912,18 @@ async fn sizes_are_checked_at_the_gateway(backend: Backend) {
         0,
         &"z".repeat(60_000),
     );
-    let e = refused(t.client.send(rendered).await.unwrap_err(), "template.params.name");
+    let e = refused(
+        t.client.send(rendered).await.unwrap_err(),
+        "template.params.name",
+    );
     assert!(e.contains("appears 20 times"), "{e}");
 
     // A template version that does not exist is blamed on the version.
     let missing = with_template(send(&user, "v9", &[pb::Channel::Email], ""), &four, 9, "ok");
-    refused(t.client.send(missing).await.unwrap_err(), "template.version");
+    refused(
+        t.client.send(missing).await.unwrap_err(),
+        "template.version",
+    );
 
     // Email asked for by name, with nothing to make a subject of.
     let mut html_only = send(&user, "html-only", &[pb::Channel::Email], "");
@@ -982,7 +1001,8 @@ async fn a_call_expands_to_a_bounded_number_of_notifications(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
-        err.message().starts_with("items: expand to 4 notifications")
+        err.message()
+            .starts_with("items: expand to 4 notifications")
             && err.message().contains("gateway.max_expanded_notifications"),
         "{}",
         err.message()

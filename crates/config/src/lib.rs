@@ -484,6 +484,15 @@ impl Config {
                 "must be non-empty ASCII letters, digits, '.', '_' or '-'",
             );
         }
+        // Below this a templated email or a dead letter carrying its record
+        // would not fit; the gateway keeps 16 KiB of every record for the
+        // envelope.
+        if k.max_message_bytes < 64 * 1024 {
+            return semantic(
+                "kafka.max_message_bytes",
+                format!("is {}; must be at least 65536", k.max_message_bytes),
+            );
+        }
         let url = &self.store.url;
         if !(url.starts_with("sqlite://") || url.starts_with("scylla://")) {
             return semantic(
