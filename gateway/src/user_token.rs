@@ -111,12 +111,18 @@ impl UserTokens {
         hmac::verify(&self.key, signing_input.as_bytes(), &signature)
             .map_err(|_| TokenError::Signature)?;
         let claims: Claims = decode_json(claims, "the claims are not a base64url JSON object")?;
+        // Saturating: the times are signed input, and i64::MAX/MIN must not overflow.
         match claims.exp {
             None => return Err(TokenError::Malformed("no expiry (`exp`)")),
-            Some(exp) if exp + LEEWAY_SECS <= now_secs => return Err(TokenError::Expired),
+            Some(exp) if exp.saturating_add(LEEWAY_SECS) <= now_secs => {
+                return Err(TokenError::Expired);
+            }
             Some(_) => {}
         }
-        if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_SECS > now_secs) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(LEEWAY_SECS) > now_secs)
+        {
             return Err(TokenError::NotYetValid);
         }
         if claims.sub.is_empty() {
