@@ -82,7 +82,7 @@ variables (tidings.env, processors.yaml).
 */}}
 {{- define "tidings.config" -}}
 {{- $c := .Values.config -}}
-{{- $servers := required "config.kafka.bootstrap_servers is required" $c.kafka.bootstrap_servers -}}
+{{- $servers := required "config.kafka.bootstrap_servers is required (host:port,...)" $c.kafka.bootstrap_servers -}}
 {{- if eq (trim $servers) "embedded" -}}
 {{- fail "config.kafka.bootstrap_servers: `embedded` exists only inside one process; give the brokers (host:port,...)" -}}
 {{- end -}}
@@ -90,7 +90,6 @@ variables (tidings.env, processors.yaml).
 {{- if not (hasPrefix "scylla://" $url) -}}
 {{- fail "config.store.url must be scylla://...: with sqlite:// every pod would have a store of its own" -}}
 {{- end -}}
-{{- $publicUrl := required "config.tracking.public_url is required: where users reach the gateway's HTTP port (tracked links and open pixels), e.g. https://t.example.com" $c.tracking.public_url -}}
 [kafka]
 bootstrap_servers = {{ $servers | toJson }}
 topic_prefix = {{ $c.kafka.topic_prefix | toJson }}
@@ -134,7 +133,8 @@ auth_stale_serve_secs = {{ $c.gateway.auth_stale_serve_secs | default 600 | int6
 {{- if hasKey $c.tracking "link_secret" }}
 {{- fail "config.tracking.link_secret would land in a ConfigMap; give a Secret in linkSecret instead" }}
 {{- end }}
-{{- include "tidings.tomlTable" $c.tracking }}
+{{- include "tidings.tomlTable" (omit $c.tracking "public_url") }}
+public_url = {{ include "tidings.publicUrl" . | toJson }}
 
 [feed]
 {{- if hasKey $c.feed "user_token_secret" }}
@@ -180,21 +180,21 @@ affinity:
 {{/*
 Environment every tidings container gets, as list items: the link secret and
 the user-token secret (every role validates the configuration, which refuses
-the development defaults on a shared Kafka), then extraEnv.
+the development defaults on a shared Kafka), then extraEnv. Each secret comes
+from the existing Secret named in the values, or else from the Secret the
+chart generates (secrets.yaml).
 */}}
 {{- define "tidings.env" -}}
-{{- $secret := required "linkSecret.secretName is required: a Secret holding tracking.link_secret (kubectl create secret generic tidings-tracking --from-literal=link_secret=$(openssl rand -hex 32))" .Values.linkSecret.secretName -}}
 - name: TIDINGS_TRACKING__LINK_SECRET
   valueFrom:
     secretKeyRef:
-      name: {{ $secret }}
-      key: {{ .Values.linkSecret.key }}
-{{- $tokens := required "userTokenSecret.secretName is required: a Secret holding feed.user_token_secret (kubectl create secret generic tidings-feed --from-literal=user_token_secret=$(openssl rand -hex 32))" .Values.userTokenSecret.secretName }}
+      name: {{ .Values.linkSecret.secretName | default (include "tidings.generatedSecret" .) }}
+      key: {{ if .Values.linkSecret.secretName }}{{ .Values.linkSecret.key }}{{ else }}link_secret{{ end }}
 - name: TIDINGS_FEED__USER_TOKEN_SECRET
   valueFrom:
     secretKeyRef:
-      name: {{ $tokens }}
-      key: {{ .Values.userTokenSecret.key }}
+      name: {{ .Values.userTokenSecret.secretName | default (include "tidings.generatedSecret" .) }}
+      key: {{ if .Values.userTokenSecret.secretName }}{{ .Values.userTokenSecret.key }}{{ else }}user_token_secret{{ end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -208,4 +208,91 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 securityContext:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+tracking.public_url: the configured one, or else the gateway's in-cluster
+Service, so a default install renders and works inside the cluster (tracked
+links and pixels then resolve only there; NOTES.txt says so).
+*/}}
+{{- define "tidings.publicUrl" -}}
+{{- .Values.config.tracking.public_url | default (printf "http://%s-gateway.%s.svc:%v" (include "tidings.fullname" .) .Release.Namespace .Values.gateway.ports.http) -}}
+{{- end -}}
+
+{{/* The Secret the chart generates when linkSecret or userTokenSecret names none. */}}
+{{- define "tidings.generatedSecret" -}}
+{{- printf "%s-secrets" (include "tidings.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Each stage's Kafka input: the consumer group suffix (group.id is
+<kafka.group_prefix>.<group>, crates/kafka/src/stage.rs) and the topic suffix
+(<kafka.topic_prefix>.<topic>, crates/kafka/src/topics.rs). The scheduler
+reads the store, not Kafka, and has none.
+*/}}
+{{- define "tidings.stageInputs" -}}
+enricher: {group: enricher, topic: notify.requests}
+sender-ios: {group: sender.ios, topic: deliver.ios}
+sender-android: {group: sender.android, topic: deliver.android}
+sender-sms: {group: sender.sms, topic: deliver.sms}
+sender-email: {group: sender.email, topic: deliver.email}
+retry-1: {group: retry.1, topic: retry.1}
+retry-2: {group: retry.2, topic: retry.2}
+retry-3: {group: retry.3, topic: retry.3}
+template-stats: {group: template-stats, topic: tracking}
+feed-planner: {group: feed-planner, topic: feed.posts}
+feed-writer: {group: feed-writer, topic: feed.fanout}
+{{- end -}}
+
+{{/*
+The probes of a container serving /healthz (and, later, /readyz) on the
+named port. Liveness and startup use probes.livenessPath; readiness uses
+probes.readinessPath (/healthz until the binary serves /readyz). The startup
+probe gives a process time to reach Kafka and the store before it listens.
+Call with (dict "port" <port name> "root" $).
+*/}}
+{{- define "tidings.probes" -}}
+{{- $p := .root.Values.probes -}}
+{{- with $p.startup -}}
+startupProbe:
+  httpGet: {path: {{ $p.livenessPath }}, port: {{ $.port }}}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+livenessProbe:
+  httpGet: {path: {{ $p.livenessPath }}, port: {{ .port }}}
+  {{- toYaml $p.liveness | nindent 2 }}
+readinessProbe:
+  httpGet: {path: {{ $p.readinessPath }}, port: {{ .port }}}
+  {{- toYaml $p.readiness | nindent 2 }}
+{{- end -}}
+
+{{/* Volumes every tidings pod has: the config and a small writable /tmp
+(the root filesystem is read-only). Call with (dict "config" <ConfigMap name> "root" $). */}}
+{{- define "tidings.volumes" -}}
+- name: config
+  configMap:
+    name: {{ .config }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- end -}}
+
+{{- define "tidings.volumeMounts" -}}
+- name: config
+  mountPath: /etc/tidings/config
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/*
+"true" when a KEDA ScaledObject scales this stage: keda.enabled, or the
+stage's own keda.enabled, and the stage reads Kafka (not the scheduler).
+Call with (dict "stage" <name> "spec" <stage values> "root" $).
+*/}}
+{{- define "tidings.kedaEnabled" -}}
+{{- $inputs := include "tidings.stageInputs" .root | fromYaml -}}
+{{- $own := (.spec.keda | default dict) -}}
+{{- $on := hasKey $own "enabled" | ternary $own.enabled .root.Values.keda.enabled -}}
+{{- if and $on (hasKey $inputs .stage) -}}true{{- end -}}
 {{- end -}}
