@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tracing::info;
 
-pub use notifications::{MAX_USERS_PER_SEND, SendLimits, to_requests};
+pub use notifications::{
+    EXPANSION_BUFFER_BYTES, MAX_USERS_PER_SEND, SendLimits, ValidSend, validate_send,
+};
 
 /// Shared state of every gateway service. Cheap to clone.
 #[derive(Clone)]
@@ -99,6 +101,7 @@ impl Gateway {
             templates: Arc::new(templates::TemplateCache::new(stale_for)),
             limits: SendLimits {
                 max_expanded: config.max_expanded_notifications,
+                expansion_buffer_bytes: config.expansion_buffer_bytes,
                 ..SendLimits::default()
             },
             user_tokens: user_token::UserTokens::new(&feed.user_token_secret),

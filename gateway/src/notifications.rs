@@ -29,11 +29,18 @@ use crate::{
 /// `gateway.max_expanded_notifications`).
 pub const MAX_USERS_PER_SEND: usize = 10_000;
 
+/// Bytes of expanded notifications one call holds at once, unless
+/// `gateway.expansion_buffer_bytes` says otherwise.
+pub const EXPANSION_BUFFER_BYTES: usize = 16 << 20;
+
 /// What one call may carry, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct SendLimits {
     /// Most notifications one call may expand to.
     pub max_expanded: usize,
+    /// Bytes of expanded notifications one call holds at once; the users
+    /// beyond are expanded and produced a chunk at a time.
+    pub expansion_buffer_bytes: usize,
     pub budget: MessageBudget,
 }
 
@@ -41,11 +48,21 @@ impl Default for SendLimits {
     fn default() -> Self {
         Self {
             max_expanded: MAX_USERS_PER_SEND,
+            expansion_buffer_bytes: EXPANSION_BUFFER_BYTES,
             budget: MessageBudget {
                 max_message_bytes: 1_000_000,
             },
         }
     }
+}
+
+/// How many users to expand at once when each one's record is
+/// `record_bytes` and the call may hold `buffer_bytes`: a user's request
+/// (decoded), its encoded record and the producer's copy of it live until
+/// Kafka acknowledges the record, about three times the record. At least
+/// one user, so a send always makes progress.
+fn users_per_chunk(record_bytes: usize, buffer_bytes: usize) -> usize {
+    (buffer_bytes / (3 * record_bytes.max(1))).max(1)
 }
 
 /// Namespace for notification ids derived from (app, event, user), so a
@@ -62,7 +79,10 @@ impl NotificationService for Gateway {
                 return Err(status);
             }
         };
-        let accepted = self.accept(&app_key, request.into_inner(), "").await;
+        let buffer = self.limits.expansion_buffer_bytes;
+        let accepted = self
+            .accept(&app_key, request.into_inner(), "", buffer)
+            .await;
         self.count("Send", &accepted);
         accepted.map(Response::new)
     }
@@ -99,10 +119,13 @@ impl NotificationService for Gateway {
             ));
         }
         // Items are accepted concurrently; each succeeds or fails on its own.
+        // They share the call's expansion buffer, so the call holds at most
+        // that much whatever its shape (plus one record per item).
+        let buffer = self.limits.expansion_buffer_bytes / items.len();
         let results = futures::future::join_all(items.into_iter().enumerate().map(|(i, item)| {
             let prefix = format!("items[{i}].");
             let app_key = app_key.clone();
-            async move { self.accept(&app_key, item, &prefix).await }
+            async move { self.accept(&app_key, item, &prefix, buffer).await }
         }))
         .await;
         let results = results
@@ -155,47 +178,85 @@ impl NotificationService for Gateway {
 }
 
 impl Gateway {
-    /// Validates one send and writes it to Kafka, durably.
+    /// Validates one send and writes it to Kafka, durably: answers once
+    /// every user's record is acknowledged. Each user's request carries its
+    /// own copy of the content, so the users are expanded and produced a
+    /// chunk at a time, holding at most `buffer_bytes` (and one record).
     async fn accept(
         &self,
         app_key: &str,
         send: SendRequest,
         prefix: &str,
+        buffer_bytes: usize,
     ) -> Result<SendResponse, Status> {
-        let mut requests = to_requests(app_key, send, prefix, now_millis(), self.limits)?;
-        self.check_template(&mut requests, prefix).await?;
-        let event_id = requests
-            .first()
-            .map(|r| r.event_id.clone())
-            .unwrap_or_default();
+        let mut send = validate_send(app_key, send, prefix, now_millis(), self.limits)?;
+        self.check_template(&mut send.prototype, prefix).await?;
+        let record_bytes = self.largest_record(&send, prefix)?;
         let topic = self.topics.requests();
-        let tracking = self.topics.tracking();
-        let mut records: Vec<OutRecord> = Vec::with_capacity(requests.len() * 2);
-        for r in &requests {
-            let record = self
-                .producer
-                .encode(&topic, &r.user_id, r)
+        let mut notification_ids = Vec::with_capacity(send.user_ids.len());
+        for users in send
+            .user_ids
+            .chunks(users_per_chunk(record_bytes, buffer_bytes))
+        {
+            let requests: Vec<NotificationRequest> =
+                users.iter().map(|user| send.request(user)).collect();
+            let records = requests
+                .iter()
+                .map(|r| self.producer.encode(&topic, &r.user_id, r))
+                .collect::<Result<Vec<OutRecord>, _>>()
                 .map_err(internal)?;
-            // The estimates above name the field; this is the exact size,
-            // for whatever they did not foresee.
-            let size = record.key.len() + record.payload.len();
-            let max = self.limits.budget.max_message_bytes;
-            if size + RECORD_FRAMING_BYTES > max {
-                return Err(validate::invalid(
-                    format!("{prefix}content"),
-                    format!(
-                        "the notification encodes to {size} bytes; a record may be at most {max} (kafka.max_message_bytes)"
-                    ),
-                ));
-            }
-            records.push(record);
+            // The requests first: once they are acknowledged the
+            // notifications are accepted; the tracking events after that are
+            // best effort. A failure in a later chunk answers UNAVAILABLE and
+            // the retry (same event id, same notification ids) is deduplicated.
+            self.producer
+                .send_all(&records)
+                .await
+                .map_err(|e| produce_status(prefix, e))?;
+            drop(records);
+            self.track_accepted(&requests);
+            notification_ids.extend(requests.into_iter().map(|r| r.notification_id));
         }
-        // The requests first: once they are acknowledged the notification is
-        // accepted; the tracking events after that are best effort.
-        self.producer
-            .send_all(&records)
-            .await
-            .map_err(|e| produce_status(prefix, e))?;
+        Ok(SendResponse {
+            event_id: send.prototype.event_id,
+            notification_ids,
+        })
+    }
+
+    /// The size of the send's largest record, refused by field when it
+    /// cannot fit. Records differ only in the user, so the longest user id
+    /// makes the largest; checking it before anything is produced keeps a
+    /// send from being half accepted.
+    fn largest_record(&self, send: &ValidSend, prefix: &str) -> Result<usize, Status> {
+        let longest = send
+            .user_ids
+            .iter()
+            .max_by_key(|u| u.len())
+            .map(String::as_str)
+            .unwrap_or_default();
+        let request = send.request(longest);
+        let record = self
+            .producer
+            .encode(&self.topics.requests(), &request.user_id, &request)
+            .map_err(internal)?;
+        // The estimates in `limits` name the field; this is the exact size,
+        // for whatever they did not foresee.
+        let size = record.key.len() + record.payload.len();
+        let max = self.limits.budget.max_message_bytes;
+        if size + RECORD_FRAMING_BYTES > max {
+            return Err(validate::invalid(
+                format!("{prefix}content"),
+                format!(
+                    "the notification encodes to {size} bytes; a record may be at most {max} (kafka.max_message_bytes)"
+                ),
+            ));
+        }
+        Ok(size)
+    }
+
+    /// Writes an ACCEPTED tracking event per request, in the background.
+    fn track_accepted(&self, requests: &[NotificationRequest]) {
+        let tracking = self.topics.tracking();
         let events: Result<Vec<_>, _> = requests
             .iter()
             .map(|r| {
@@ -222,10 +283,6 @@ impl Gateway {
                 }
             });
         }
-        Ok(SendResponse {
-            event_id,
-            notification_ids: requests.into_iter().map(|r| r.notification_id).collect(),
-        })
     }
 }
 
@@ -235,12 +292,9 @@ impl Gateway {
     /// renders exactly what was checked.
     async fn check_template(
         &self,
-        requests: &mut [NotificationRequest],
+        first: &mut NotificationRequest,
         prefix: &str,
     ) -> Result<(), Status> {
-        let Some(first) = requests.first() else {
-            return Ok(());
-        };
         let Some(t) = first.template.clone() else {
             return Ok(());
         };
@@ -287,11 +341,8 @@ impl Gateway {
                 ),
             ));
         }
-        let pinned = i32::try_from(template.version).ok();
-        for r in requests.iter_mut() {
-            if let Some(t) = r.template.as_mut() {
-                t.version = pinned;
-            }
+        if let Some(t) = first.template.as_mut() {
+            t.version = i32::try_from(template.version).ok();
         }
         Ok(())
     }
@@ -356,14 +407,41 @@ fn produce_status(prefix: &str, e: KafkaError) -> Status {
     ))
 }
 
-/// Validates a send and expands it into one request per user.
-pub fn to_requests(
+/// A validated send: what every user gets, once, and the users. Expanding
+/// it copies the content per user, so that is done a chunk at a time
+/// ([`ValidSend::request`]).
+#[derive(Debug, Clone)]
+pub struct ValidSend {
+    /// The request of every user, with an empty `user_id` and
+    /// `notification_id`.
+    pub prototype: NotificationRequest,
+    pub user_ids: Vec<String>,
+}
+
+impl ValidSend {
+    /// The request for one user, with its stable notification id.
+    pub fn request(&self, user_id: &str) -> NotificationRequest {
+        let p = &self.prototype;
+        NotificationRequest {
+            notification_id: Uuid::new_v5(
+                &NOTIFICATION_ID_NAMESPACE,
+                format!("{}\u{0}{}\u{0}{user_id}", p.app_key, p.event_id).as_bytes(),
+            )
+            .to_string(),
+            user_id: user_id.to_owned(),
+            ..p.clone()
+        }
+    }
+}
+
+/// Validates a send; the users are expanded later, a chunk at a time.
+pub fn validate_send(
     app_key: &str,
     send: SendRequest,
     prefix: &str,
     now: i64,
     limits: SendLimits,
-) -> Result<Vec<NotificationRequest>, Status> {
+) -> Result<ValidSend, Status> {
     let field = |name: &str| format!("{prefix}{name}");
     if send.user_ids.is_empty() {
         return Err(validate::invalid(field("user_ids"), "is empty"));
@@ -528,35 +606,57 @@ pub fn to_requests(
         }
     };
     let collapse_id = (!send.collapse_id.is_empty()).then_some(send.collapse_id);
-    Ok(send
-        .user_ids
-        .into_iter()
-        .map(|user_id| NotificationRequest {
-            notification_id: Uuid::new_v5(
-                &NOTIFICATION_ID_NAMESPACE,
-                format!("{app_key}\u{0}{event_id}\u{0}{user_id}").as_bytes(),
-            )
-            .to_string(),
-            event_id: event_id.clone(),
+    Ok(ValidSend {
+        prototype: NotificationRequest {
+            notification_id: String::new(),
+            event_id,
             app_key: app_key.to_owned(),
-            user_id,
-            channels: channels.clone(),
-            category: category.clone(),
-            template: template.clone(),
-            content: content.clone(),
+            user_id: String::new(),
+            channels,
+            category,
+            template,
+            content,
             send_at,
             expires_at,
             priority,
-            collapse_id: collapse_id.clone(),
-            data: data.clone(),
+            collapse_id,
+            data,
             accepted_at: now,
-        })
-        .collect())
+        },
+        user_ids: send.user_ids,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn to_requests(
+        app_key: &str,
+        send: SendRequest,
+        prefix: &str,
+        now: i64,
+        limits: SendLimits,
+    ) -> Result<Vec<NotificationRequest>, Status> {
+        let send = validate_send(app_key, send, prefix, now, limits)?;
+        Ok(send.user_ids.iter().map(|u| send.request(u)).collect())
+    }
+
+    #[test]
+    fn a_call_holds_at_most_its_expansion_buffer() {
+        let buffer = EXPANSION_BUFFER_BYTES;
+        // 10,000 users of 500 KiB each: 5 GB if expanded at once.
+        let per_chunk = users_per_chunk(500 << 10, buffer);
+        assert_eq!(per_chunk, 10);
+        assert!(per_chunk * 3 * (500 << 10) <= buffer);
+        // Small records go in few chunks; a record over the buffer alone
+        // still goes, one at a time.
+        assert_eq!(users_per_chunk(300, buffer), buffer / 900);
+        assert_eq!(users_per_chunk(1 << 20, 1 << 20), 1);
+        assert_eq!(users_per_chunk(0, 0), 1);
+        // A batch shares the buffer between its items.
+        assert_eq!(users_per_chunk(10 << 10, buffer / 1_000), 1);
+    }
 
     fn raw_send(users: &[&str]) -> SendRequest {
         SendRequest {

@@ -291,6 +291,10 @@ pub struct GatewayConfig {
     /// `SendBatch` call may expand to; each is a record held in memory until
     /// Kafka has it. More is refused with INVALID_ARGUMENT.
     pub max_expanded_notifications: usize,
+    /// Bytes of expanded notifications one call holds at once: each user's
+    /// record carries its own copy of the content, so a call with more is
+    /// expanded and produced a chunk at a time (a batch's items share it).
+    pub expansion_buffer_bytes: usize,
     /// How long an app (and a template's latest version) read from the store
     /// may still be used while the store is unreachable: the gateway keeps
     /// accepting sends of apps it knows during a store outage, and a
@@ -306,6 +310,7 @@ impl Default for GatewayConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch: 1_000,
             max_expanded_notifications: 10_000,
+            expansion_buffer_bytes: 16 << 20,
             auth_stale_serve_secs: 600,
         }
     }
@@ -510,6 +515,12 @@ impl Config {
         }
         if self.gateway.max_expanded_notifications == 0 {
             return semantic("gateway.max_expanded_notifications", "must be at least 1");
+        }
+        if self.gateway.expansion_buffer_bytes < 1 << 20 {
+            return semantic(
+                "gateway.expansion_buffer_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if self.enricher.rate_limit_windows == 0 {
             return semantic("enricher.rate_limit_windows", "must be at least 1");
