@@ -7,9 +7,11 @@
 //!
 //! `cargo test -p tidings --test chaos` runs the short form (A on the SMS
 //! sender, and E; about 2,000 notifications). `scripts/chaos.sh` runs the
-//! full suite (`TIDINGS_CHAOS=full`); F, which restarts the shared Kafka
-//! and stops the shared Cassandra, runs only with
-//! `TIDINGS_CHAOS_DESTRUCTIVE=1`.
+//! full suite (`TIDINGS_CHAOS=full`: A-E and G, the hostile client); F,
+//! which restarts the shared Kafka and stops the shared Cassandra, runs
+//! only with `TIDINGS_CHAOS_DESTRUCTIVE=1`. `TIDINGS_CHAOS_ONLY=G,F` runs
+//! only the experiments named (F still needs the destructive switch).
+//! A run that meets the bar deletes its topics, groups and keyspace.
 
 mod support;
 
@@ -19,6 +21,8 @@ mod cluster;
 mod experiments;
 #[path = "chaos/harness.rs"]
 mod harness;
+#[path = "chaos/hostile.rs"]
+mod hostile;
 #[path = "chaos/ledger.rs"]
 mod ledger;
 #[path = "chaos/load.rs"]
@@ -36,23 +40,42 @@ use harness::{Harness, say};
 async fn chaos_suite_holds_the_bar() {
     let full = std::env::var("TIDINGS_CHAOS").is_ok_and(|v| v == "full");
     let destructive = std::env::var("TIDINGS_CHAOS_DESTRUCTIVE").is_ok_and(|v| v == "1");
+    let only: Option<Vec<String>> = std::env::var("TIDINGS_CHAOS_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_uppercase()).collect());
+    let full = full || only.is_some();
+    let run = |exp: &str| only.as_ref().is_none_or(|o| o.iter().any(|e| e == exp));
     let started = Instant::now();
     let mut h = Harness::start(if full { 50.0 } else { 30.0 }).await;
     let mut results = Vec::new();
     if full {
-        results.push(
-            experiments::kill_stages(
-                &mut h,
-                &["enricher", "sender-sms", "retry-1", "scheduler", "others"],
-                3,
-            )
-            .await,
-        );
-        results.push(experiments::replicas(&mut h).await);
-        results.push(experiments::gateway_kills(&mut h).await);
-        results.push(experiments::provider_faults(&mut h, Duration::from_secs(15)).await);
-        results.push(experiments::poison(&mut h).await);
-        if destructive {
+        if run("A") {
+            results.push(
+                experiments::kill_stages(
+                    &mut h,
+                    &["enricher", "sender-sms", "retry-1", "scheduler", "others"],
+                    3,
+                )
+                .await,
+            );
+        }
+        if run("B") {
+            results.push(experiments::replicas(&mut h).await);
+        }
+        if run("C") {
+            results.push(experiments::gateway_kills(&mut h).await);
+        }
+        if run("D") {
+            results.push(experiments::provider_faults(&mut h, Duration::from_secs(15)).await);
+        }
+        if run("E") {
+            results.push(experiments::poison(&mut h).await);
+        }
+        if run("G") {
+            results.push(hostile::hostile(&mut h).await);
+        }
+        if !run("F") {
+        } else if destructive {
             results.push(experiments::kafka_restart(&mut h).await);
             results.push(experiments::cassandra_outage(&mut h).await);
         } else {
@@ -72,11 +95,19 @@ async fn chaos_suite_holds_the_bar() {
         h.run,
         path.display()
     ));
-    drop(h);
     let failures: Vec<String> = results
         .iter()
         .flat_map(|s| s.failures.iter().map(move |f| format!("{}: {f}", s.name)))
         .collect();
+    if failures.is_empty() {
+        h.cleanup().await;
+    } else {
+        say(&format!(
+            "topics {}.* and keyspace {} left for inspection",
+            h.prefix, h.keyspace
+        ));
+    }
+    drop(h);
     assert!(
         failures.is_empty(),
         "the chaos suite missed the bar:\n{}",

@@ -108,6 +108,15 @@ impl Cluster {
         self.procs[i].child = Some(child);
     }
 
+    /// The pid of a role's current process, if it runs.
+    pub fn pid(&self, role: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.role == role)
+            .and_then(|p| p.child.as_ref())
+            .map(Child::id)
+    }
+
     pub fn index(&self, role: &str) -> usize {
         self.procs
             .iter()

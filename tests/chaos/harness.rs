@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -56,6 +56,12 @@ pub struct Harness {
     pub run: String,
     pub dir: PathBuf,
     pub bootstrap: String,
+    /// Topic and group prefix of this run (`chaos<id>`).
+    pub prefix: String,
+    /// The run's Cassandra keyspace (`chaos_<id>`).
+    pub keyspace: String,
+    /// The gateway's HTTP side (feed API, webhooks).
+    pub http: SocketAddr,
     pub topics: Topics,
     pub cluster: Arc<Mutex<Cluster>>,
     monitor: tokio::task::JoinHandle<()>,
@@ -79,6 +85,12 @@ pub struct Experiment {
     pub notes: Vec<String>,
     /// Poison records: (topic, partition, offset, what, notification id).
     pub poison: Vec<Poison>,
+    /// Peak RSS bounds (MiB) by role where an experiment sets its own
+    /// (the hostile load's gateway); [`RSS_LIMIT_MIB`] for the others.
+    pub rss_limits: BTreeMap<String, u64>,
+    /// What an experiment found wrong on its own (e.g. a refused call
+    /// answered with the wrong status).
+    pub failures: Vec<String>,
 }
 
 pub struct Poison {
@@ -110,6 +122,7 @@ pub struct Stats {
     pub faults: Vec<Fault>,
     pub exits: Vec<Exit>,
     pub peak_rss_mib: BTreeMap<String, u64>,
+    pub rss_limits: BTreeMap<String, u64>,
     pub drained: Option<Duration>,
     pub poison: Option<(usize, usize)>,
     pub notes: Vec<String>,
@@ -229,6 +242,9 @@ impl Harness {
             run,
             dir,
             bootstrap,
+            keyspace: format!("chaos_{id}"),
+            prefix,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
             topics,
             cluster,
             monitor,
@@ -317,6 +333,8 @@ impl Harness {
             sender_crashes: 0,
             notes: Vec::new(),
             poison: Vec::new(),
+            rss_limits: BTreeMap::new(),
+            failures: Vec::new(),
         }
     }
 
@@ -457,12 +475,14 @@ impl Harness {
             faults: exp.faults,
             exits,
             peak_rss_mib,
+            rss_limits: exp.rss_limits,
             drained,
             poison: (!exp.poison.is_empty()).then_some((exp.poison.len(), handled)),
             notes,
             failures: Vec::new(),
         };
         stats.failures = stats.judge();
+        stats.failures.extend(exp.failures);
         stats
     }
 
@@ -479,6 +499,11 @@ impl Harness {
 }
 
 impl Stats {
+    /// The peak RSS bound of `role` in this experiment, MiB.
+    pub fn rss_limit(&self, role: &str) -> u64 {
+        self.rss_limits.get(role).copied().unwrap_or(RSS_LIMIT_MIB)
+    }
+
     /// What broke the bar.
     fn judge(&self) -> Vec<String> {
         let mut f = Vec::new();
@@ -526,8 +551,9 @@ impl Stats {
             f.push(format!("not drained within {DRAIN_LIMIT:?}"));
         }
         for (role, mib) in &self.peak_rss_mib {
-            if *mib > RSS_LIMIT_MIB {
-                f.push(format!("{role} peaked at {mib} MiB"));
+            let limit = self.rss_limit(role);
+            if *mib > limit {
+                f.push(format!("{role} peaked at {mib} MiB (bound {limit} MiB)"));
             }
         }
         if let Some((n, handled)) = self.poison
@@ -542,6 +568,88 @@ impl Stats {
             f.push("nothing accepted".into());
         }
         f
+    }
+}
+
+impl Harness {
+    /// Deletes what the run created on the shared servers: its topics,
+    /// consumer groups and keyspace. Called when the run passed (a failed
+    /// run leaves them for inspection); a step that fails is reported, not
+    /// fatal.
+    pub async fn cleanup(&self) {
+        use rdkafka::{
+            admin::{AdminClient, AdminOptions},
+            client::DefaultClientContext,
+            consumer::{BaseConsumer, Consumer},
+        };
+        lock(&self.cluster).kill_all();
+        let config = {
+            let mut c = rdkafka::ClientConfig::new();
+            c.set("bootstrap.servers", &self.bootstrap);
+            c
+        };
+        let ours = format!("{}.", self.prefix);
+        let names = |all: Vec<String>| -> Vec<String> {
+            all.into_iter().filter(|n| n.starts_with(&ours)).collect()
+        };
+        let topics = config
+            .create::<BaseConsumer>()
+            .and_then(|c| c.fetch_metadata(None, Duration::from_secs(10)))
+            .map(|m| names(m.topics().iter().map(|t| t.name().to_owned()).collect()));
+        let groups = config
+            .create::<BaseConsumer>()
+            .and_then(|c| c.fetch_group_list(None, Duration::from_secs(10)))
+            .map(|l| names(l.groups().iter().map(|g| g.name().to_owned()).collect()));
+        let mut done = Vec::new();
+        match config.create::<AdminClient<DefaultClientContext>>() {
+            Ok(admin) => {
+                let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                if let Ok(groups) = &groups {
+                    let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+                    match admin.delete_groups(&refs, &opts).await {
+                        Ok(_) => done.push(format!("{} consumer groups", refs.len())),
+                        Err(e) => say(&format!("cleanup: deleting groups failed: {e}")),
+                    }
+                }
+                match &topics {
+                    Ok(topics) => {
+                        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                        match admin.delete_topics(&refs, &opts).await {
+                            Ok(results) => {
+                                let failed: Vec<String> = results
+                                    .into_iter()
+                                    .filter_map(|r| r.err())
+                                    .map(|(t, e)| format!("{t}: {e}"))
+                                    .collect();
+                                if failed.is_empty() {
+                                    done.push(format!("{} topics", refs.len()));
+                                } else {
+                                    say(&format!("cleanup: topics not deleted: {failed:?}"));
+                                }
+                            }
+                            Err(e) => say(&format!("cleanup: deleting topics failed: {e}")),
+                        }
+                    }
+                    Err(e) => say(&format!("cleanup: listing topics failed: {e}")),
+                }
+            }
+            Err(e) => say(&format!("cleanup: no Kafka admin client: {e}")),
+        }
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(crate::support::cql_address())
+            .build()
+            .await;
+        match session {
+            Ok(session) => {
+                let drop = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
+                match session.query_unpaged(drop, ()).await {
+                    Ok(_) => done.push(format!("keyspace {}", self.keyspace)),
+                    Err(e) => say(&format!("cleanup: dropping {} failed: {e}", self.keyspace)),
+                }
+            }
+            Err(e) => say(&format!("cleanup: no CQL session: {e}")),
+        }
+        say(&format!("cleanup: deleted {}", done.join(", ")));
     }
 }
 

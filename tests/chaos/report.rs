@@ -50,9 +50,10 @@ pub fn table(results: &[Stats]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nBar: 0 lost; duplicates at most {} per sender crash (0 without); no accepted notification dead-lettered; no process exits; every fault recovered within {} s; drained; peak RSS under {RSS_LIMIT_MIB} MiB per process; every poison record dead-lettered.",
+        "\nBar: 0 lost; duplicates at most {} per sender crash (0 without); no accepted notification dead-lettered; no process exits; every fault recovered within {} s; drained; peak RSS under {RSS_LIMIT_MIB} MiB per process (G: the gateway under {} MiB); every poison record dead-lettered.",
         crate::provider::MAX_IN_FLIGHT,
-        RECOVERY_LIMIT.as_secs()
+        RECOVERY_LIMIT.as_secs(),
+        crate::hostile::GATEWAY_RSS_LIMIT_MIB,
     );
     for s in results {
         let _ = writeln!(out, "\n{} ({}):", s.name, s.what);
@@ -97,6 +98,12 @@ pub fn table(results: &[Stats]) -> String {
             .map(|(r, m)| format!("{r} {m}"))
             .collect();
         let _ = writeln!(out, "- peak RSS MiB: {}", rss.join(", "));
+        for (role, limit) in &s.rss_limits {
+            let _ = writeln!(
+                out,
+                "- peak RSS bound in this experiment: {role} under {limit} MiB (every other process under {RSS_LIMIT_MIB} MiB)"
+            );
+        }
         for n in &s.notes {
             let _ = writeln!(out, "- {n}");
         }
