@@ -68,7 +68,7 @@ impl Authenticator {
     /// while the store cannot be reached.
     pub fn new(stale_for: Duration) -> Self {
         Self {
-            apps: StaleCache::new(CACHE_ENTRIES, CACHE_TTL, stale_for),
+            apps: StaleCache::new("app", CACHE_ENTRIES, CACHE_TTL, stale_for),
             buckets: Mutex::default(),
         }
     }

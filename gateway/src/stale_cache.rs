@@ -19,6 +19,7 @@ use std::{future::Future, hash::Hash, time::Duration};
 
 use quick_cache::sync::Cache;
 use tidings_store::StoreError;
+use tidings_telemetry::metrics;
 use tokio::time::Instant;
 
 /// How long a re-read may take when a stale row could be served instead: a
@@ -70,6 +71,9 @@ impl<K, V> quick_cache::Weighter<K, Entry<V>> for Weigh<V> {
 }
 
 pub struct StaleCache<K, V> {
+    /// What the rows are (`app`, `template`): the `what` of
+    /// `tidings_gateway_stale_reads_total`.
+    what: &'static str,
     found: Cache<K, Entry<V>, Weigh<V>>,
     /// Keys the store said it does not have, with when it said so.
     missing: Cache<K, Instant>,
@@ -84,13 +88,19 @@ where
 {
     /// Up to `capacity` rows and as many missing keys; rows are re-read after
     /// `fresh_for` and served at most `stale_for` after they were read.
-    pub fn new(capacity: usize, fresh_for: Duration, stale_for: Duration) -> Self {
-        Self::weighted(capacity, capacity as u64, |_| 1, fresh_for, stale_for)
+    pub fn new(
+        what: &'static str,
+        capacity: usize,
+        fresh_for: Duration,
+        stale_for: Duration,
+    ) -> Self {
+        Self::weighted(what, capacity, capacity as u64, |_| 1, fresh_for, stale_for)
     }
 
     /// Rows weighing up to `weight_capacity` in all (by `weigh`, e.g. their
     /// bytes), and up to `items` missing keys.
     pub fn weighted(
+        what: &'static str,
         items: usize,
         weight_capacity: u64,
         weigh: fn(&V) -> u64,
@@ -98,6 +108,7 @@ where
         stale_for: Duration,
     ) -> Self {
         Self {
+            what,
             found: Cache::with_weighter(items.max(1), weight_capacity.max(1), Weigh(weigh)),
             missing: Cache::new(items.max(1)),
             fresh_for,
@@ -159,7 +170,11 @@ where
             Err(e) if e.is_retriable() => match cached {
                 Some(entry) if now.duration_since(entry.read_at) < self.stale_for => {
                     let age = now.duration_since(entry.read_at);
-                    tracing::warn!(error = %e, age_secs = age.as_secs(), "store unreachable: serving a cached row (gateway.auth_stale_serve_secs)");
+                    tracing::warn!(error = %e, what = self.what, age_secs = age.as_secs(), "store unreachable: serving a cached row (gateway.auth_stale_serve_secs)");
+                    metrics()
+                        .gateway_stale_reads
+                        .with_label_values(&[self.what])
+                        .inc();
                     self.found.insert(
                         key.clone(),
                         Entry {
@@ -245,7 +260,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_known_row_is_served_while_the_store_is_down_up_to_the_bound() {
-        let cache = StaleCache::new(10, FRESH, STALE);
+        let cache = StaleCache::new("test-stale-bound", 10, FRESH, STALE);
+        let stale_reads = || {
+            metrics()
+                .gateway_stale_reads
+                .with_label_values(&["test-stale-bound"])
+                .get()
+        };
         let store = FakeStore::new();
         let key = "app".to_owned();
         let got = cache.get(&key, || store.answer(Ok(Some("v1")))).await;
@@ -265,6 +286,7 @@ mod tests {
             }
         );
         assert_eq!(store.reads(), 2);
+        assert_eq!(stale_reads(), 1, "the stale answer is counted");
         // A failed refresh counts as asking: the next calls within fresh_for
         // do not hammer the store.
         let got = cache.get(&key, || store.answer(Err(down()))).await.unwrap();
@@ -286,7 +308,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unknown_key_is_refused_while_the_store_is_down() {
-        let cache: StaleCache<String, &str> = StaleCache::new(10, FRESH, STALE);
+        let cache: StaleCache<String, &str> = StaleCache::new("test", 10, FRESH, STALE);
         let store = FakeStore::new();
         let err = cache
             .get(&"never-seen".to_owned(), || store.answer(Err(down())))
@@ -297,7 +319,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_permanent_store_error_is_not_papered_over() {
-        let cache = StaleCache::new(10, FRESH, STALE);
+        let cache = StaleCache::new("test", 10, FRESH, STALE);
         let store = FakeStore::new();
         let key = "app".to_owned();
         cache
@@ -314,7 +336,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_store_is_given_up_on_when_a_row_is_known() {
-        let cache = StaleCache::new(10, FRESH, STALE);
+        let cache = StaleCache::new("test", 10, FRESH, STALE);
         let key = "app".to_owned();
         cache.get(&key, || async { Ok(Some("v1")) }).await.unwrap();
         tokio::time::advance(FRESH).await;
@@ -330,7 +352,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn missing_keys_are_remembered_briefly_and_bounded() {
-        let cache: StaleCache<String, &str> = StaleCache::new(100, FRESH, STALE);
+        let cache: StaleCache<String, &str> = StaleCache::new("test", 100, FRESH, STALE);
         let store = FakeStore::new();
         let key = "nope".to_owned();
         assert_eq!(

@@ -77,7 +77,14 @@ pub struct TemplateCache {
 impl TemplateCache {
     pub fn new(stale_for: Duration) -> Self {
         Self {
-            latest: StaleCache::weighted(1_000, CACHE_BYTES, template_bytes, LATEST_TTL, stale_for),
+            latest: StaleCache::weighted(
+                "template",
+                1_000,
+                CACHE_BYTES,
+                template_bytes,
+                LATEST_TTL,
+                stale_for,
+            ),
             versions: Cache::with_weighter(1_000, CACHE_BYTES, TemplateWeight),
         }
     }

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub stage_batch_seconds: HistogramVec,
     /// Requests accepted by the gateway, by RPC and gRPC code.
     pub gateway_requests: IntCounterVec,
+    /// Cached rows the gateway served because the store could not be
+    /// reached, by what they are (app, template).
+    pub gateway_stale_reads: IntCounterVec,
     /// Consumer lag (high watermark minus committed position), by stage,
     /// topic and partition: the queue-depth signal for scaling workers.
     pub consumer_lag: IntGaugeVec,
@@ -103,6 +106,14 @@ impl Metrics {
             ),
             &["method", "code"],
         );
+        let gateway_stale_reads = IntCounterVec::new(
+            Opts::new(
+                "gateway_stale_reads_total",
+                "Cached rows served while the store was unreachable, by what they are",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         let consumer_lag = IntGaugeVec::new(
             Opts::new("consumer_lag", "Records waiting per partition"),
             &["stage", "topic", "partition"],
@@ -165,6 +176,7 @@ impl Metrics {
             Box::new(stage_errors.clone()),
             Box::new(stage_batch_seconds.clone()),
             Box::new(gateway_requests.clone()),
+            Box::new(gateway_stale_reads.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(provider_results.clone()),
             Box::new(provider_failing.clone()),
@@ -181,6 +193,7 @@ impl Metrics {
             stage_errors,
             stage_batch_seconds,
             gateway_requests,
+            gateway_stale_reads,
             consumer_lag,
             provider_results,
             provider_failing,
