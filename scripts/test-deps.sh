@@ -4,6 +4,10 @@
 #
 #   aiosmtpd (PyPI): the real SMTP server the SMTP provider's tests talk to
 #                    (processors/tests/support/smtp_server.py).
+#   helm, kubernetes-validate, compose-go's validator: what
+#                    scripts/deploy-check.sh runs, via scripts/tools.sh
+#                    (cached outside the repository; helm's first build
+#                    takes minutes).
 #
 # The tests run `python3` (override with TIDINGS_TEST_PYTHON); this installs
 # into that interpreter.
@@ -25,3 +29,5 @@ if ! "$PYTHON" -c 'import aiosmtpd' >/dev/null 2>&1; then
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $user_flag 'aiosmtpd>=1.4,<2'
     "$PYTHON" -c 'import aiosmtpd' || { echo "test-deps: aiosmtpd installed but not importable by $PYTHON" >&2; exit 1; }
 fi
+
+"$(dirname "$0")/tools.sh" all

