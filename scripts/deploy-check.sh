@@ -171,7 +171,7 @@ refuse "embedded Kafka" "exists only inside one process" --set config.kafka.boot
 refuse "a link secret in the ConfigMap" "give a Secret in linkSecret" --set config.tracking.link_secret=s3cret
 refuse "a root pod" "runAsNonRoot" --set podSecurityContext.runAsNonRoot=false
 refuse "a misspelt key" "additional properties 'replicass'" --set gateway.replicass=3
-refuse "a readiness path nothing serves" "readinessPath" --set probes.readinessPath=/ready
+refuse "a readiness path nothing serves" "readinessPath/gateway" --set probes.readinessPath.gateway=/ready
 
 echo "--> docker-compose.kafka.yml (compose-go validator)"
 "$compose" --format json docker-compose.kafka.yml >"$work/compose.json" 2>"$work/compose.txt" ||

@@ -247,9 +247,10 @@ feed-writer: {group: feed-writer, topic: feed.fanout}
 {{/*
 The probes of a container serving /healthz (and, later, /readyz) on the
 named port. Liveness and startup use probes.livenessPath; readiness uses
-probes.readinessPath (/healthz until the binary serves /readyz). The startup
-probe gives a process time to reach Kafka and the store before it listens.
-Call with (dict "port" <port name> "root" $).
+probes.readinessPath.<gateway|stages> (/healthz until the binary serves
+/readyz). The startup probe gives a process time to reach Kafka and the
+store before it listens.
+Call with (dict "port" <port name> "component" "gateway"|"stages" "root" $).
 */}}
 {{- define "tidings.probes" -}}
 {{- $p := .root.Values.probes -}}
@@ -262,7 +263,7 @@ livenessProbe:
   httpGet: {path: {{ $p.livenessPath }}, port: {{ .port }}}
   {{- toYaml $p.liveness | nindent 2 }}
 readinessProbe:
-  httpGet: {path: {{ $p.readinessPath }}, port: {{ .port }}}
+  httpGet: {path: {{ get $p.readinessPath .component }}, port: {{ .port }}}
   {{- toYaml $p.readiness | nindent 2 }}
 {{- end -}}
 
