@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The full chaos suite (issue 7; docs/reliability.md): the gateway and every
 # stage as separate `tidings` processes on the real Kafka and Cassandra, a
-# steady load through the gRPC API, and experiments A-E (kill -9 of each
-# stage, replicas killed for good, gateway kills, provider faults, poison on
-# every topic). Prints a results table; exits non-zero if any experiment
-# misses the bar.
+# steady load through the gRPC API, and experiments A-E and G (kill -9 of
+# each stage, replicas killed for good, gateway kills, provider faults,
+# poison on every topic, a hostile client). Prints a results table; exits
+# non-zero if any experiment misses the bar. A run that meets the bar
+# deletes its topics, consumer groups and keyspace.
 #
-#   scripts/chaos.sh                 # A-E, about 15 minutes
+#   scripts/chaos.sh                 # A-E and G, about 10 minutes
 #   scripts/chaos.sh --destructive   # also F: restarts the SHARED Kafka and
 #                                    # stops the SHARED Cassandra for 30 s;
 #                                    # never while others use the servers
 #
 # `cargo test -p tidings --test chaos` runs the short form (A on the SMS
-# sender, and E), as CI does.
+# sender, and E), as CI does. TIDINGS_CHAOS_ONLY=G (or e.g. A,G) runs only
+# the experiments named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
