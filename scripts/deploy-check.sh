@@ -53,22 +53,23 @@ for r in "${renders[@]}"; do
 done
 
 echo "--> helm template, kubernetes-validate --strict (${kube_versions[*]})"
-for r in "${renders[@]}"; do
-    name=${r%%|*}
-    for v in "${kube_versions[@]}"; do
+for v in "${kube_versions[@]}"; do
+    for r in "${renders[@]}"; do
+        name=${r%%|*}
         # shellcheck disable=SC2086
         "$helm" template tidings "$chart" --namespace tidings --kube-version "$v" ${r#*|} \
             >"$work/$name-$v.yaml" 2>"$work/template-$name.txt" ||
             { cat "$work/template-$name.txt" >&2; fail "helm template on the $name values (Kubernetes $v)"; }
-        "$kubernetes_validate" --strict --quiet -k "$v" "$work/$name-$v.yaml" >"$work/validate.txt" 2>&1 ||
-            { cat "$work/validate.txt" >&2; fail "the $name render does not validate against Kubernetes $v"; }
-        # Custom resources have no schema here (checked below instead);
-        # a warning about anything else is a failure.
-        if grep -v -E "Couldn't find schema for kind (ScaledObject|PodMonitor|ServiceMonitor) " "$work/validate.txt" | grep -q .; then
-            cat "$work/validate.txt" >&2
-            fail "kubernetes-validate warned about the $name render (Kubernetes $v)"
-        fi
     done
+    # One run per version for every render (the schemas load once).
+    "$kubernetes_validate" --strict --quiet -k "$v" "$work"/*-"$v".yaml >"$work/validate.txt" 2>&1 ||
+        { cat "$work/validate.txt" >&2; fail "a render does not validate against Kubernetes $v (the file name says which values)"; }
+    # Custom resources have no schema here (checked below instead);
+    # a warning about anything else is a failure.
+    if grep -v -E "Couldn't find schema for kind (ScaledObject|PodMonitor|ServiceMonitor) " "$work/validate.txt" | grep -q .; then
+        cat "$work/validate.txt" >&2
+        fail "kubernetes-validate warned about a render (Kubernetes $v)"
+    fi
 done
 
 echo "--> the chart's promises on each render"
