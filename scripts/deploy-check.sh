@@ -11,12 +11,15 @@
 #     Specification's loader), plus references between its services;
 #   - deploy/prometheus/alerts.yml and deploy/grafana/tidings.json: their
 #     structure (tests/observability.rs checks their metric names against a
-#     live /metrics).
+#     live /metrics);
+#   - with TIDINGS_BIN set to a built tidings, that tidings accepts the
+#     tidings.toml the chart renders.
 # The tools are installed by scripts/tools.sh, cached outside the repository
 # (the first run builds helm from source: minutes; later runs take seconds).
 # Exits non-zero at the first failing check, saying which and why.
 #
 #   scripts/deploy-check.sh
+#   TIDINGS_BIN=target/debug/tidings scripts/deploy-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -156,6 +159,22 @@ for p in problems:
     print("  " + p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
+
+# With a built binary (TIDINGS_BIN=target/debug/tidings), the rendered
+# tidings.toml must also be one tidings accepts: `tidings config` loads and
+# validates it as every role does at start.
+if [[ -n "${TIDINGS_BIN:-}" ]]; then
+    echo "--> the rendered tidings.toml, loaded by $TIDINGS_BIN config"
+    for name in default production; do
+        "$python" -c 'import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ConfigMap" and "tidings.toml" in d.get("data", {}):
+        print(d["data"]["tidings.toml"]); break' "$work/$name-1.33.0.yaml" >"$work/$name.toml"
+        TIDINGS_TRACKING__LINK_SECRET=deploy-check TIDINGS_FEED__USER_TOKEN_SECRET=deploy-check \
+            "$TIDINGS_BIN" --config "$work/$name.toml" config >/dev/null 2>"$work/config.txt" ||
+            { cat "$work/config.txt" >&2; fail "tidings refuses the tidings.toml the $name values render"; }
+    done
+fi
 
 echo "--> values the chart refuses"
 refuse() {
