@@ -7,6 +7,8 @@
 #     promises checked on the renders (probes on served paths, resources,
 #     non-root read-only pods, a PodDisruptionBudget per Deployment, ...);
 #     values the chart must refuse are refused;
+#   - the chart's KEDA ScaledObjects and Prometheus Operator monitors, and
+#     the alert rules as a PrometheusRule, against those projects' CRDs;
 #   - docker-compose.kafka.yml with compose-go's validator (the Compose
 #     Specification's loader), plus references between its services;
 #   - deploy/prometheus/alerts.yml and deploy/grafana/tidings.json: their
@@ -31,6 +33,7 @@ fail() {
 helm=$(scripts/tools.sh helm) || fail "could not install helm (scripts/tools.sh helm)"
 kubernetes_validate=$(scripts/tools.sh kubernetes-validate) || fail "could not install kubernetes-validate"
 compose=$(scripts/tools.sh compose) || fail "could not install compose-go's validator"
+crd_dirs=$(scripts/tools.sh crds) || fail "could not fetch the KEDA and Prometheus Operator CRDs"
 # The venv kubernetes-validate lives in has PyYAML and jsonschema: the checks
 # below use its interpreter.
 python="$(dirname "$kubernetes_validate")/python"
@@ -67,13 +70,72 @@ for v in "${kube_versions[@]}"; do
     # One run per version for every render (the schemas load once).
     "$kubernetes_validate" --strict --quiet -k "$v" "$work"/*-"$v".yaml >"$work/validate.txt" 2>&1 ||
         { cat "$work/validate.txt" >&2; fail "a render does not validate against Kubernetes $v (the file name says which values)"; }
-    # Custom resources have no schema here (checked below instead);
+    # kubernetes-validate has no schema for custom resources (they are
+    # validated against their CRDs below);
     # a warning about anything else is a failure.
     if grep -v -E "Couldn't find schema for kind (ScaledObject|PodMonitor|ServiceMonitor) " "$work/validate.txt" | grep -q .; then
         cat "$work/validate.txt" >&2
         fail "kubernetes-validate warned about a render (Kubernetes $v)"
     fi
 done
+
+echo "--> custom resources and alerts.yml against their CRDs (KEDA, Prometheus Operator)"
+# shellcheck disable=SC2086 # one directory a line
+"$python" - deploy/prometheus/alerts.yml "$work"/*-1.33.0.yaml -- $crd_dirs <<'EOF' || fail "a custom resource or the alert rules do not match their CRD (above)"
+import glob, sys, yaml, jsonschema
+
+args = sys.argv[1:]
+files, crd_dirs = args[: args.index("--")], args[args.index("--") + 1 :]
+schemas = {}
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+names = ("keda.sh_scaledobjects", "monitoring.coreos.com_podmonitors",
+         "monitoring.coreos.com_servicemonitors", "monitoring.coreos.com_prometheusrules")
+for d in crd_dirs:
+    for path in [p for n in names for p in glob.glob(f"{d}/{n}.yaml")]:
+        for crd in yaml.load_all(open(path), Loader=Loader):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            for v in crd["spec"]["versions"]:
+                key = (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+                schemas[key] = v["schema"]["openAPIV3Schema"]
+
+def strict(schema):
+    # What kubernetes-validate --strict does for built-in kinds: a field the
+    # schema does not name is an error (the API server would drop it).
+    if isinstance(schema, dict):
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema = dict(schema, additionalProperties=False)
+        return {k: strict(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+kinds = {"ScaledObject", "PodMonitor", "ServiceMonitor", "PrometheusRule"}
+found = {kind for _, kind in schemas}
+if not kinds <= found:
+    sys.exit(f"  no CRD for {sorted(kinds - found)} in {crd_dirs}")
+problems, seen = [], set()
+rules = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+         "metadata": {"name": "tidings"}, "spec": yaml.safe_load(open(files[0]))}
+docs = [(files[0], rules)] + [(f, d) for f in files[1:] for d in yaml.safe_load_all(open(f)) if d]
+for path, doc in docs:
+    if doc["kind"] not in kinds:
+        continue
+    key = (doc["apiVersion"], doc["kind"])
+    where = f"{path.rsplit('/', 1)[-1]} {doc['kind']} {doc['metadata']['name']}"
+    if key not in schemas:
+        problems.append(f"{where}: {doc['apiVersion']} is not a version the CRD serves")
+        continue
+    seen.add(doc["kind"])
+    for e in jsonschema.Draft7Validator(strict(schemas[key])).iter_errors(doc):
+        problems.append(f"{where}: {'/'.join(str(p) for p in e.absolute_path)}: {e.message}")
+if seen != kinds:
+    problems.append(f"the renders should hold every kind of {sorted(kinds)}; saw {sorted(seen)}")
+for p in problems:
+    print("  " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
 
 echo "--> the chart's promises on each render"
 "$python" - "$work"/default-1.33.0.yaml "$work"/production-1.33.0.yaml "$work"/everything-on-1.33.0.yaml <<'EOF' || fail "a render breaks a promise of the chart (above)"

@@ -7,7 +7,9 @@
 #   scripts/tools.sh helm                  # prints the path of the helm binary
 #   scripts/tools.sh kubernetes-validate   # ... of kubernetes-validate
 #   scripts/tools.sh compose               # ... of compose-go's validator
-#   scripts/tools.sh all                   # installs all three, prints nothing
+#   scripts/tools.sh crds                  # ... of the KEDA and Prometheus Operator
+#                                          # CRDs (one directory a line)
+#   scripts/tools.sh all                   # installs all of them, prints nothing
 #
 # Sources, the only registries this needs (docs/operations.md):
 #   helm                 go install helm.sh/helm/v3/cmd/helm (Go module proxy)
@@ -16,6 +18,11 @@
 #                        file or the first error and exits non-zero on it)
 #   kubernetes-validate  PyPI, into a virtualenv; ships the Kubernetes
 #                        schemas, so validation works offline
+#   CRDs                 the Go modules of KEDA and the Prometheus Operator
+#                        (go mod download, into Go's module cache), whose
+#                        trees hold their CustomResourceDefinitions: the
+#                        schemas of the chart's ScaledObject, PodMonitor and
+#                        ServiceMonitor, and of PrometheusRule for the alerts
 #
 # The cache: TIDINGS_TOOLS_DIR, default ${XDG_CACHE_HOME:-~/.cache}/tidings-tools.
 set -euo pipefail
@@ -23,6 +30,8 @@ set -euo pipefail
 HELM_VERSION=v3.22.0
 COMPOSE_GO_VERSION=v2.16.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
+KEDA_VERSION=v2.17.0
+PROMETHEUS_OPERATOR_VERSION=v0.81.0
 
 TOOLS_DIR=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}
 PYTHON=${TIDINGS_TEST_PYTHON:-python3}
@@ -78,14 +87,33 @@ kubernetes_validate_path() {
     echo "$dir/bin/kubernetes-validate"
 }
 
+# The directory of a Go module's source, downloaded once into Go's module
+# cache (outside the repository; `go clean -modcache` removes it).
+go_module_dir() {
+    local module=$1 version=$2 dir
+    command -v go >/dev/null 2>&1 || die "'go' is not installed; it fetches $module $version (https://go.dev/dl/)"
+    dir=$(go mod download -json "$module@$version" 2>/dev/null |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+    [[ -n "$dir" && -d "$dir" ]] ||
+        die "go mod download $module@$version failed; the Go module proxy must be reachable (GOPROXY=$(go env GOPROXY))"
+    echo "$dir"
+}
+
+crds_paths() {
+    echo "$(go_module_dir github.com/kedacore/keda/v2 "$KEDA_VERSION")/config/crd/bases"
+    echo "$(go_module_dir github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")/example/prometheus-operator-crd"
+}
+
 case "${1:-}" in
     helm) helm_path ;;
     compose) compose_path ;;
     kubernetes-validate) kubernetes_validate_path ;;
+    crds) crds_paths ;;
     all)
         helm_path >/dev/null
         compose_path >/dev/null
         kubernetes_validate_path >/dev/null
+        crds_paths >/dev/null
         ;;
-    *) die "usage: scripts/tools.sh helm|compose|kubernetes-validate|all" ;;
+    *) die "usage: scripts/tools.sh helm|compose|kubernetes-validate|crds|all" ;;
 esac
