@@ -510,33 +510,32 @@ async fn garbage_feed_reads(http: SocketAddr, token: String, deadline: Instant) 
 
 /// One `GET` over a fresh connection: "HTTP <status>", or what failed.
 async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> String {
-    let call = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {}", e.kind()))?;
-        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {}", e.kind()))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {}", e.kind()))?;
-        let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
-        head.split(' ')
-            .nth(1)
-            .map(|s| format!("HTTP {s}"))
-            .ok_or_else(|| "no HTTP status".to_owned())
-    };
-    let call = async { Ok::<String, String>(call.await?) };
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+    match tokio::time::timeout(CALL_TIMEOUT, get(addr, path, auth)).await {
         Ok(Ok(status)) | Ok(Err(status)) => status,
         Err(_) => "timeout".into(),
     }
+}
+
+async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {}", e.kind()))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| format!("read: {}", e.kind()))?;
+    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
+    head.split(' ')
+        .nth(1)
+        .map(|s| format!("HTTP {s}"))
+        .ok_or_else(|| "no HTTP status".to_owned())
 }
 
 /// VmRSS of a live process, in KiB.
