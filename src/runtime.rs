@@ -264,6 +264,7 @@ impl Runtime {
     ) -> Result<GatewayAddrs> {
         let mut gateway = Gateway::new(
             self.producer.clone(),
+            self.cluster.client_config(&self.config.kafka),
             self.store.clone(),
             self.topics.clone(),
             self.config.gateway.clone(),

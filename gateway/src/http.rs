@@ -1,5 +1,6 @@
 //! The gateway's HTTP side: the news feed (`feed_http.rs`), tracking links and open pixels, the providers'
-//! delivery-receipt webhooks (`webhooks.rs`), health and Prometheus metrics.
+//! delivery-receipt webhooks (`webhooks.rs`), liveness (`/healthz`), readiness
+//! (`/readyz`, from `health.rs`) and Prometheus metrics.
 
 use axum::{
     Router,
@@ -29,12 +30,27 @@ const PIXEL: &[u8] = &[
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/t/c/{token}", get(click))
         .route("/t/o/{token}", get(open))
         .merge(webhooks::routes())
         .merge(feed_http::routes())
         .with_state(gateway)
+}
+
+/// 200 while Kafka and the store answered the latest probe (every
+/// `PROBE_EVERY`), else 503 naming what did not answer. `/healthz` is
+/// liveness: the process answers.
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    let verdict = gateway
+        .readiness
+        .as_ref()
+        .map_or_else(|| Err("not probed yet".to_owned()), |r| r.verdict());
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
+    }
 }
 
 async fn render_metrics() -> impl IntoResponse {

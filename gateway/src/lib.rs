@@ -10,6 +10,7 @@ mod contacts;
 pub mod feed;
 mod feed_cache;
 mod feed_http;
+mod health;
 mod http;
 pub mod limits;
 mod notifications;
@@ -22,13 +23,17 @@ pub mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use rdkafka::ClientConfig;
 use tidings_config::{FeedConfig, GatewayConfig, TrackingConfig};
 use tidings_kafka::{AvroProducer, Topics};
-use tidings_schemas::proto::v1::{
-    contact_service_server::ContactServiceServer, feed_service_server::FeedServiceServer,
-    notification_service_server::NotificationServiceServer,
-    preference_service_server::PreferenceServiceServer,
-    template_service_server::TemplateServiceServer,
+use tidings_schemas::proto::{
+    FILE_DESCRIPTOR_SET,
+    v1::{
+        contact_service_server::ContactServiceServer, feed_service_server::FeedServiceServer,
+        notification_service_server::NotificationServiceServer,
+        preference_service_server::PreferenceServiceServer,
+        template_service_server::TemplateServiceServer,
+    },
 };
 use tidings_schemas::tracking_link::LinkSigner;
 use tidings_store::{Store, StoreError};
@@ -38,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tracing::info;
 
+pub use health::{PROBE_EVERY, SERVICES};
 pub use notifications::{
     EXPANSION_BUFFER_BYTES, MAX_USERS_PER_SEND, SendLimits, ValidSend, validate_send,
 };
@@ -63,6 +69,10 @@ pub struct Gateway {
     feed: Arc<FeedConfig>,
     user_tokens: user_token::UserTokens,
     caches: Arc<feed_cache::FeedCaches>,
+    /// Client settings of the Kafka the readiness probe asks for metadata.
+    kafka_client: ClientConfig,
+    /// The latest readiness probe's verdict, once `bind` started it.
+    readiness: Option<health::Readiness>,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -83,11 +93,18 @@ pub enum GatewayError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Probe(String),
+    #[error("gRPC reflection cannot load the protos' descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 impl Gateway {
+    /// `kafka_client` is the librdkafka settings of the cluster `producer`
+    /// writes to, for the readiness probe's metadata requests.
     pub fn new(
         producer: AvroProducer,
+        kafka_client: ClientConfig,
         store: Store,
         topics: Topics,
         config: GatewayConfig,
@@ -114,6 +131,8 @@ impl Gateway {
             links,
             twilio_signatures: None,
             sendgrid_signatures: None,
+            kafka_client,
+            readiness: None,
         }
     }
 
@@ -138,9 +157,11 @@ impl Gateway {
     }
 
     /// Binds both listeners, so a port in use fails here with its address,
-    /// and returns the servers to run until `shutdown`.
+    /// starts the readiness probe and returns the servers to run until
+    /// `shutdown`. Besides tidings' services the gRPC side serves
+    /// `grpc.health.v1.Health` and server reflection (v1 and v1alpha).
     pub async fn bind(
-        self,
+        mut self,
         shutdown: CancellationToken,
     ) -> Result<(GatewayAddrs, impl Future<Output = Result<(), GatewayError>>), GatewayError> {
         let bind = |addr: SocketAddr| async move {
@@ -165,7 +186,26 @@ impl Gateway {
                 })?,
         };
         info!(grpc = %addrs.grpc, http = %addrs.http, "gateway listening");
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let probe = health::Probe::new(
+            &self.kafka_client,
+            self.topics.requests(),
+            self.store.clone(),
+        )
+        .map_err(GatewayError::Probe)?;
+        self.readiness = Some(probe.spawn(health, shutdown.clone()));
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        // grpc_cli and older grpcurl ask v1alpha.
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(NotificationServiceServer::new(self.clone()))
             .add_service(ContactServiceServer::new(self.clone()))
             .add_service(PreferenceServiceServer::new(self.clone()))
