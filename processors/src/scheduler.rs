@@ -4,8 +4,13 @@
 //! Notifications wait in the store's schedule (durable, so they survive
 //! restarts). A released request is produced, acknowledged, and only then
 //! removed from the schedule; a crash in between releases it twice, and the
-//! enricher's dedupe drops the second. Run one scheduler; a second one is
-//! harmless for the same reason, only wasteful.
+//! enricher's dedupe drops the second. Run one scheduler per deployment; a
+//! second one is harmless for the same reason, only wasteful.
+//!
+//! The schedule is scoped by the deployment's topic prefix: deployments
+//! sharing a store release only their own items, onto their own topics (and
+//! items held before scoping existed, which belong to none; see
+//! `tidings_store::schedule`).
 
 use std::time::Duration;
 
@@ -52,7 +57,7 @@ impl Scheduler {
         let due = self
             .store
             .schedule
-            .due(now_millis(), 1_000)
+            .due(self.topics.prefix(), now_millis(), 1_000)
             .await
             .map_err(|e| e.to_string())?;
         let topic = self.topics.requests();
@@ -71,7 +76,7 @@ impl Scheduler {
                     warn!(item = %item.item_id, error = %e, "dropping an undecodable scheduled item");
                     self.store
                         .schedule
-                        .remove(&item.item_id, item.due_at)
+                        .remove(&item.scope, &item.item_id, item.due_at)
                         .await
                         .map_err(|e| e.to_string())?;
                     continue;
@@ -83,7 +88,7 @@ impl Scheduler {
                 .map_err(|e| e.to_string())?;
             self.store
                 .schedule
-                .remove(&item.item_id, item.due_at)
+                .remove(&item.scope, &item.item_id, item.due_at)
                 .await
                 .map_err(|e| e.to_string())?;
         }

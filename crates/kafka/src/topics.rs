@@ -37,6 +37,12 @@ impl Topics {
         }
     }
 
+    /// The deployment's prefix (`kafka.topic_prefix`); it also scopes what a
+    /// deployment keeps in a store other deployments may share (the schedule).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Accepted notification requests, one per user (key: user id).
     pub fn requests(&self) -> String {
         format!("{}.notify.requests", self.prefix)

@@ -48,7 +48,7 @@ pub use notification_log::{NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore};
 pub use preferences::{Preference, PreferenceStore};
 pub use rate_limits::{NewAdmission, RateLimitLedger};
-pub use schedule::{ScheduleStore, ScheduledItem};
+pub use schedule::{ScheduleStore, ScheduledItem, UNSCOPED};
 pub use social_graph::SocialGraph;
 pub use templates::{TemplateContent, TemplateStore, TemplateVersion};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tidings_store::{
     App, Device, FeedEntry, MigrationState, Millis, NewAdmission, Platform, Post, Preference,
     ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent,
-    TemplateVersion, User, now_millis, schema_status,
+    TemplateVersion, UNSCOPED, User, now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -122,6 +122,7 @@ conformance! {
     pulled_authors_are_marked_and_unmarked,
     counters_sum_and_default_to_zero,
     schedule_returns_due_items_oldest_first,
+    schedule_scopes_are_separate,
     apps_put_revoke_and_list,
     rate_limit_admissions_of_many_keys_oldest_first,
     rate_limit_admissions_expire_with_their_ttl,
@@ -932,12 +933,19 @@ async fn counters_sum_and_default_to_zero(store: &Store) {
     );
 }
 
+/// A point in the past of its own, so a schedule test's due items are few
+/// and its own, even next to other runs' items in a shared keyspace (legacy
+/// unscoped items are returned in every scope).
+fn private_past() -> Millis {
+    now_millis() - 86_400_000 * (2 + (Uuid::new_v4().as_u128() % 3000) as Millis)
+}
+
 async fn schedule_returns_due_items_oldest_first(store: &Store) {
     let s = &store.schedule;
-    // `due` sees every item of the store, so this test lives at its own
-    // random point in the past, away from other runs sharing a keyspace.
-    let now = now_millis() - 86_400_000 * (2 + (Uuid::new_v4().as_u128() % 3000) as Millis);
+    let now = private_past();
+    let scope = id("scope");
     let item = |due_at: Millis, payload: &[u8]| ScheduledItem {
+        scope: scope.clone(),
         item_id: id("item"),
         due_at,
         payload: payload.to_vec(),
@@ -950,25 +958,74 @@ async fn schedule_returns_due_items_oldest_first(store: &Store) {
     }
 
     assert_eq!(
-        s.due(now, 10).await.unwrap(),
+        s.due(&scope, now, 10).await.unwrap(),
         vec![older.clone(), old.clone()]
     );
     assert_eq!(
-        s.due(now, 1).await.unwrap(),
+        s.due(&scope, now, 1).await.unwrap(),
         vec![older.clone()],
         "limit, oldest first"
     );
 
-    s.remove(&older.item_id, older.due_at).await.unwrap();
-    assert_eq!(s.due(now, 10).await.unwrap(), vec![old.clone()]);
+    s.remove(&scope, &older.item_id, older.due_at)
+        .await
+        .unwrap();
+    assert_eq!(s.due(&scope, now, 10).await.unwrap(), vec![old.clone()]);
     assert_eq!(
-        s.due(now + 60_000, 10).await.unwrap(),
+        s.due(&scope, now + 60_000, 10).await.unwrap(),
         vec![old.clone(), later.clone()]
     );
 
-    s.remove(&old.item_id, old.due_at).await.unwrap();
-    s.remove(&later.item_id, later.due_at).await.unwrap();
-    assert!(s.due(now + 120_000, 10).await.unwrap().is_empty());
+    s.remove(&scope, &old.item_id, old.due_at).await.unwrap();
+    s.remove(&scope, &later.item_id, later.due_at)
+        .await
+        .unwrap();
+    assert!(s.due(&scope, now + 120_000, 10).await.unwrap().is_empty());
+}
+
+/// Deployments sharing a store (same keyspace or file, different topic
+/// prefixes) each release only their own items.
+async fn schedule_scopes_are_separate(store: &Store) {
+    let s = &store.schedule;
+    let now = private_past();
+    let (a, b) = (id("staging"), id("prod"));
+    let item = |scope: &str, item_id: &str, due_at: Millis| ScheduledItem {
+        scope: scope.to_owned(),
+        item_id: item_id.to_owned(),
+        due_at,
+        payload: scope.as_bytes().to_vec(),
+    };
+    // The same notification held by both deployments, at the same time.
+    let shared_id = id("item");
+    let in_a = item(&a, &shared_id, now - 2_000);
+    let in_b = item(&b, &shared_id, now - 2_000);
+    let only_a = item(&a, &id("item"), now - 1_000);
+    for i in [&in_a, &in_b, &only_a] {
+        s.put(i).await.unwrap();
+    }
+
+    assert_eq!(
+        s.due(&a, now, 10).await.unwrap(),
+        vec![in_a.clone(), only_a.clone()]
+    );
+    assert_eq!(s.due(&b, now, 10).await.unwrap(), vec![in_b.clone()]);
+    assert!(
+        s.due(&id("elsewhere"), now, 10).await.unwrap().is_empty(),
+        "a third deployment sees neither"
+    );
+
+    // Removing in one scope leaves the other's item of the same id.
+    s.remove(&a, &shared_id, in_a.due_at).await.unwrap();
+    assert_eq!(s.due(&a, now, 10).await.unwrap(), vec![only_a.clone()]);
+    assert_eq!(s.due(&b, now, 10).await.unwrap(), vec![in_b.clone()]);
+    // ...and removing an id a scope does not hold does nothing to others.
+    s.remove(&b, &only_a.item_id, only_a.due_at).await.unwrap();
+    assert_eq!(s.due(&a, now, 10).await.unwrap(), vec![only_a.clone()]);
+
+    s.remove(&a, &only_a.item_id, only_a.due_at).await.unwrap();
+    s.remove(&b, &shared_id, in_b.due_at).await.unwrap();
+    assert!(s.due(&a, now, 10).await.unwrap().is_empty());
+    assert!(s.due(&b, now, 10).await.unwrap().is_empty());
 }
 
 async fn apps_put_revoke_and_list(store: &Store) {
@@ -1203,6 +1260,7 @@ migration_tests! {
     a_fresh_store_records_every_migration_once,
     a_store_of_the_previous_release_is_upgraded_and_keeps_its_data,
     a_store_migrated_by_a_newer_build_is_refused,
+    scheduled_items_of_the_previous_release_are_released_after_the_upgrade,
 }
 
 #[derive(Clone, Copy)]
@@ -1344,6 +1402,40 @@ impl Fresh {
                             .unwrap_or_else(|e| panic!("{statement}: {e}"));
                     }
                 }
+            }
+        }
+    }
+
+    /// What the previous release's `ScheduleStore::put` wrote (its unscoped
+    /// `scheduled` table).
+    async fn put_the_previous_way(&self, item: &ScheduledItem) {
+        match self.engine {
+            Engine::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).expect("open");
+                conn.execute(
+                    "INSERT INTO scheduled (item_id, due_at, payload) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![item.item_id, item.due_at, item.payload],
+                )
+                .expect("insert");
+            }
+            Engine::Scylla => {
+                let insert = format!(
+                    "INSERT INTO {}.scheduled (bucket, due_at, item_id, payload) VALUES (?, ?, ?, ?)",
+                    self.keyspace
+                );
+                cql_session()
+                    .await
+                    .query_unpaged(
+                        insert,
+                        (
+                            item.due_at.div_euclid(60_000),
+                            item.due_at,
+                            &item.item_id,
+                            &item.payload,
+                        ),
+                    )
+                    .await
+                    .expect("insert");
             }
         }
     }
@@ -1491,6 +1583,74 @@ async fn a_store_of_the_previous_release_is_upgraded_and_keeps_its_data(fresh: F
         Vec::<u32>::new()
     );
     drop(upgraded);
+    fresh.finish().await;
+}
+
+/// Items the previous release held in its unscoped schedule belong to no
+/// deployment: after the upgrade every scope's `due` returns them (scope
+/// [`UNSCOPED`]), so the first scheduler to poll releases them, once.
+async fn scheduled_items_of_the_previous_release_are_released_after_the_upgrade(fresh: Fresh) {
+    fresh.create_the_previous_way().await;
+    // Within the start-up sweep (`schedule_lookback`, a day by default).
+    let now = now_millis();
+    let held = ScheduledItem {
+        scope: UNSCOPED.to_owned(),
+        item_id: id("held-before-the-upgrade"),
+        due_at: now - 60_000,
+        payload: b"request".to_vec(),
+    };
+    fresh.put_the_previous_way(&held).await;
+
+    let store = fresh.connect(true).await.expect("upgrade");
+    assert_up_to_date(&store.schema_status().await.expect("status"));
+    let s = &store.schedule;
+    let (prod, staging) = ("prod", "staging");
+    let own = ScheduledItem {
+        scope: prod.to_owned(),
+        item_id: id("held-after-the-upgrade"),
+        due_at: now - 30_000,
+        payload: b"own".to_vec(),
+    };
+    s.put(&own).await.expect("put");
+    assert_eq!(
+        s.due(prod, now, 10).await.expect("due"),
+        vec![held.clone(), own.clone()],
+        "the legacy item first: it is older"
+    );
+    assert_eq!(
+        s.due(staging, now, 10).await.expect("due"),
+        vec![held.clone()],
+        "whichever deployment polls first may release a legacy item"
+    );
+    s.remove(&held.scope, &held.item_id, held.due_at)
+        .await
+        .expect("remove");
+    assert_eq!(s.due(prod, now, 10).await.expect("due"), vec![own.clone()]);
+    assert!(s.due(staging, now, 10).await.expect("due").is_empty());
+
+    if let Engine::Scylla = fresh.engine {
+        // A process of the previous release, still running during a rolling
+        // upgrade, keeps writing the legacy table: still released.
+        let late = ScheduledItem {
+            item_id: id("put-by-an-old-process"),
+            due_at: now - 10_000,
+            ..held.clone()
+        };
+        fresh.put_the_previous_way(&late).await;
+        assert_eq!(
+            s.due(staging, now, 10).await.expect("due"),
+            vec![late.clone()]
+        );
+        s.remove(&late.scope, &late.item_id, late.due_at)
+            .await
+            .expect("remove");
+        assert!(s.due(staging, now, 10).await.expect("due").is_empty());
+    }
+    s.remove(prod, &own.item_id, own.due_at)
+        .await
+        .expect("remove");
+    assert!(s.due(prod, now, 10).await.expect("due").is_empty());
+    drop(store);
     fresh.finish().await;
 }
 

@@ -145,6 +145,8 @@ impl Enricher {
             .encode(&held)
             .map_err(|e| ProcessError::permanent(e.to_string()))?;
         let item = ScheduledItem {
+            // This deployment's scheduler, and only it, releases the item.
+            scope: self.topics.prefix().to_owned(),
             item_id: event_key(&held),
             due_at,
             payload,

@@ -61,6 +61,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0003_pulled_authors.cql",
         include_str!("../../migrations/cql/0003_pulled_authors.cql"),
     ),
+    Migration::new(
+        "0004_scheduled_scope.cql",
+        include_str!("../../migrations/cql/0004_scheduled_scope.cql"),
+    ),
 ];
 
 /// Where applied migrations are recorded, and the lease one migrator holds

@@ -44,6 +44,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0003_pulled_authors.sql",
         include_str!("../../migrations/sqlite/0003_pulled_authors.sql"),
     ),
+    Migration::new(
+        "0004_scheduled_scope.sql",
+        include_str!("../../migrations/sqlite/0004_scheduled_scope.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
