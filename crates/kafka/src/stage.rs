@@ -444,6 +444,14 @@ impl<P: Processor> Stage<P> {
             // answer fetches quickly rather than wait for a fuller batch.
             .set("fetch.wait.max.ms", "20")
             .set("statistics.interval.ms", "10000")
+            // Bound what a member holds read ahead: librdkafka's defaults
+            // (64 MiB queued plus 50 MiB per fetch) let a stage fed large
+            // records sit at half a GiB before it processed any of them.
+            .set("queued.max.messages.kbytes", "16384")
+            .set(
+                "fetch.max.bytes",
+                (16 << 20).max(config.max_message_bytes).to_string(),
+            )
             .set(
                 "max.poll.interval.ms",
                 options.max_poll_interval.as_millis().to_string(),
