@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
-use tidings_kafka::{KafkaError, OutRecord, now_millis};
+use tidings_kafka::{KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, now_millis};
 use tidings_schemas::{
     Channel,
     proto::v1::{
@@ -243,7 +243,7 @@ impl Gateway {
         // for whatever they did not foresee.
         let size = record.key.len() + record.payload.len();
         let max = self.limits.budget.max_message_bytes;
-        if size + RECORD_FRAMING_BYTES > max {
+        if size + RECORD_OVERHEAD_BYTES > max {
             return Err(validate::invalid(
                 format!("{prefix}content"),
                 format!(
@@ -373,10 +373,6 @@ impl Gateway {
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
-
-/// Bytes Kafka adds around a record's key and value (record, batch and
-/// request headers) that count against `message.max.bytes`.
-const RECORD_FRAMING_BYTES: usize = 512;
 
 /// Kafka did not take the records. When a retry can succeed (brokers down,
 /// a timeout) the caller should retry with the same event id, so nothing is
