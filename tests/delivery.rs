@@ -28,19 +28,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn sms_user(t: &TestPipeline, phone: &str) -> String {
-    let user = format!("u-{}", Uuid::new_v4());
-    t.client
-        .upsert_user(pb::UpsertUserRequest {
-            user_id: user.clone(),
-            phone: phone.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("upsert user");
-    user
-}
-
 fn sms(user: &str, text: &str) -> pb::SendRequest {
     pb::SendRequest {
         user_ids: vec![user.into()],
@@ -97,7 +84,7 @@ async fn transient_failures_are_retried_then_delivered_and_permanent_ones_dead_l
             },
         ],
     );
-    let user = sms_user(&t, flaky).await;
+    let user = t.sms_user(flaky).await;
     let id = t
         .client
         .send(sms(&user, "third time lucky"))
@@ -126,7 +113,7 @@ async fn transient_failures_are_retried_then_delivered_and_permanent_ones_dead_l
             code: 20500,
         }; 5],
     );
-    let user = sms_user(&t, down).await;
+    let user = t.sms_user(down).await;
     let gave_up = t
         .client
         .send(sms(&user, "never"))
@@ -145,7 +132,7 @@ async fn transient_failures_are_retried_then_delivered_and_permanent_ones_dead_l
             code: 21617,
         }],
     );
-    let user = sms_user(&t, rejected).await;
+    let user = t.sms_user(rejected).await;
     let refused = t
         .client
         .send(sms(&user, "too long"))
@@ -557,7 +544,7 @@ async fn twilio_status_callbacks_record_delivered_and_failed(backend: Backend) {
     let (reached, unreachable) = ("+14155550021", "+14155550022");
     let mut ids = Vec::new();
     for phone in [reached, unreachable] {
-        let user = sms_user(&t, phone).await;
+        let user = t.sms_user(phone).await;
         let sent = t
             .client
             .send(templated(&user, pb::Channel::Sms, &template))

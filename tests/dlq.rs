@@ -11,7 +11,6 @@ mod support;
 
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{
     Backend, TestPipeline, eventually,
     sms_provider::{Answer, SmsProvider},
@@ -22,22 +21,8 @@ use tidings_schemas::{
     proto::v1 as pb,
     records::{DeadLetter, Delivery},
 };
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn sms_user(t: &TestPipeline, phone: &str) -> String {
-    let user = format!("u-{}", Uuid::new_v4());
-    t.client
-        .upsert_user(pb::UpsertUserRequest {
-            user_id: user.clone(),
-            phone: phone.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("upsert user");
-    user
-}
 
 fn dead_letters(t: &TestPipeline) -> DeadLetters {
     let runtime = &t.pipeline.as_ref().expect("running").runtime;
@@ -74,7 +59,7 @@ async fn a_rejected_sms_is_listed_shown_and_replayed_once_fixed(backend: Backend
             code: 21617,
         }],
     );
-    let user = sms_user(&t, phone).await;
+    let user = t.sms_user(phone).await;
     let id = t
         .client
         .send(pb::SendRequest {
@@ -215,20 +200,9 @@ async fn a_rejected_sms_is_listed_shown_and_replayed_once_fixed(backend: Backend
 
 async fn undecodable_dead_letters_are_shown_and_not_replayed_by_default(backend: Backend) {
     let t = TestPipeline::start(backend).await;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &t.bootstrap)
-        .create()
-        .expect("producer");
     let topic = t.topic("notify.requests");
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key(&[0xff, 0xfe][..])
-                .payload(&b"not avro at all"[..]),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("raw produce");
+    t.produce_raw(&topic, &[0xff, 0xfe], b"not avro at all")
+        .await;
     t.read_until::<DeadLetter>(&t.topic("deadletter"), WAIT, |d| !d.is_empty())
         .await;
 

@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Backend, TestPipeline, eventually, http::request};
 use tidings::client::FeedClient;
 use tidings_gateway::user_token::UserTokens;
@@ -214,19 +213,8 @@ async fn every_queried_metric_is_served(backend: Backend) {
         accepted_at: 0,
     };
     let payload = AvroCodec::local().encode(&rejected).expect("encodes");
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &t.bootstrap)
-        .create()
-        .expect("producer");
-    producer
-        .send(
-            FutureRecord::to(&t.topic("notify.requests"))
-                .key(&user)
-                .payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("request produced");
+    t.produce_raw(&t.topic("notify.requests"), user.as_bytes(), &payload)
+        .await;
 
     // A feed post, fanned out to the author's own feed, and a feed read.
     let token = UserTokens::new(&t.config.feed.user_token_secret).mint(

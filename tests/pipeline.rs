@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Backend, TestPipeline, eventually};
 use tidings_schemas::{
     codec::schema_id_of,
@@ -196,20 +195,8 @@ async fn bad_input_is_rejected_with_the_field_named(backend: Backend) {
 
 async fn an_undecodable_record_is_dead_lettered_and_the_stage_goes_on(backend: Backend) {
     let t = TestPipeline::start(backend).await;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &t.bootstrap)
-        .create()
-        .expect("producer");
     let topic = t.topic("notify.requests");
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("u-bad")
-                .payload(&b"not avro at all"[..]),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("raw produce");
+    t.produce_raw(&topic, b"u-bad", b"not avro at all").await;
 
     // A valid send after the bad record is still processed.
     let user = format!("u-{}", Uuid::new_v4());

@@ -412,3 +412,37 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+impl TestPipeline {
+    /// Produces raw bytes to `topic`, as a client that bypasses the gateway
+    /// (or a broken one) would, and waits for the broker's ack.
+    pub async fn produce_raw(&self, topic: &str, key: &[u8], payload: &[u8]) {
+        let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("raw produce");
+    }
+
+    /// A new user with only a phone number.
+    pub async fn sms_user(&self, phone: &str) -> String {
+        let user = format!("u-{}", Uuid::new_v4());
+        self.client
+            .upsert_user(tidings_schemas::proto::v1::UpsertUserRequest {
+                user_id: user.clone(),
+                phone: phone.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("upsert user");
+        user
+    }
+}
