@@ -8,6 +8,9 @@
 #                    scripts/deploy-check.sh runs, via scripts/tools.sh
 #                    (cached outside the repository; helm's first build
 #                    takes minutes).
+#   confluent-kafka, fastavro, grpcio-tools (PyPI): the Python examples under
+#                    examples/ that tests/examples.rs runs, in a virtualenv
+#                    cached in the tools' directory (examples-venv).
 #
 # The tests run `python3` (override with TIDINGS_TEST_PYTHON); this installs
 # into that interpreter.
@@ -28,6 +31,21 @@ if ! "$PYTHON" -c 'import aiosmtpd' >/dev/null 2>&1; then
     fi
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $user_flag 'aiosmtpd>=1.4,<2'
     "$PYTHON" -c 'import aiosmtpd' || { echo "test-deps: aiosmtpd installed but not importable by $PYTHON" >&2; exit 1; }
+fi
+
+# The Python examples tests/examples.rs runs (confluent-kafka, fastavro,
+# grpcio-tools from PyPI, pinned in examples/*/requirements.txt) get their own
+# virtualenv, cached outside the repository like tools.sh's tools and rebuilt
+# when a requirements file changes.
+examples_venv=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}/examples-venv
+examples_req_files=("$(dirname "$0")"/../examples/*/requirements.txt)
+examples_reqs=$(cat "${examples_req_files[@]}")
+if [[ "$(cat "$examples_venv/requirements.txt" 2>/dev/null)" != "$examples_reqs" ]]; then
+    echo "test-deps: installing the Python examples' requirements from PyPI into $examples_venv" >&2
+    rm -rf "$examples_venv"
+    "$PYTHON" -m venv "$examples_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    "$examples_venv/bin/pip" install --quiet --disable-pip-version-check "${examples_req_files[@]/#/--requirement=}"
+    printf '%s\n' "$examples_reqs" >"$examples_venv/requirements.txt"
 fi
 
 "$(dirname "$0")/tools.sh" all
