@@ -14,10 +14,15 @@
 #   - deploy/prometheus/alerts.yml and deploy/grafana/tidings.json: their
 #     structure (tests/observability.rs checks their metric names against a
 #     live /metrics);
+#   - the Dockerfile and deploy/image/Containerfile with hadolint (every
+#     finding fails), via scripts/image.sh lint;
 #   - with TIDINGS_BIN set to a built tidings, that tidings accepts the
-#     tidings.toml the chart renders.
-# The tools are installed by scripts/tools.sh, cached outside the repository
-# (the first run builds helm from source: minutes; later runs take seconds).
+#     tidings.toml the chart renders. (The image itself is built and run by
+#     scripts/image.sh test, which scripts/test.sh runs once the binary is
+#     built.)
+# The tools are installed by scripts/tools.sh (hadolint by scripts/image.sh),
+# cached outside the repository (the first run builds helm from source:
+# minutes; later runs take seconds).
 # Exits non-zero at the first failing check, saying which and why.
 #
 #   scripts/deploy-check.sh
@@ -49,6 +54,9 @@ renders=(
     "production|-f $chart/values-production.yaml"
     "everything-on|--set monitoring.serviceMonitor.enabled=true,networkPolicy.enabled=true,keda.enabled=true,gateway.autoscaling.enabled=false"
 )
+
+echo "--> hadolint: Dockerfile, deploy/image/Containerfile"
+scripts/image.sh lint >/dev/null || fail "hadolint (above)"
 
 echo "--> helm lint"
 for r in "${renders[@]}"; do
@@ -166,7 +174,9 @@ for path in sys.argv[1:]:
         pod = w["spec"]["template"]["spec"]
         psc = pod.get("securityContext", {})
         check(psc.get("runAsNonRoot") is True and isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0,
-              where, "pod securityContext needs runAsNonRoot and a numeric non-zero runAsUser (the image's USER is a name)")
+              where, "pod securityContext needs runAsNonRoot and a numeric non-zero runAsUser")
+        check(psc.get("runAsUser") == 10001 and psc.get("runAsGroup") == 10001, where,
+              "pod securityContext runAsUser/runAsGroup 10001, the image's USER (deploy/image/Containerfile, Dockerfile)")
         check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where, "seccompProfile RuntimeDefault")
         mounts_tmp = False
         for c in pod["containers"]:
@@ -333,4 +343,4 @@ for p in problems:
 sys.exit(1 if problems else 0)
 EOF
 
-echo "deploy-check: the chart, the compose file, the alert rules and the dashboard are valid"
+echo "deploy-check: the Dockerfiles, the chart, the compose file, the alert rules and the dashboard are valid"

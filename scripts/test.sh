@@ -31,6 +31,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> building the tests"
 cargo test --workspace --locked --no-run "$@"
 
+# The container image, built FROM scratch around the binary just built (no
+# registry needed) and run: tidings --version and tidings config inside it,
+# USER 10001:10001. About 4 s.
+echo "==> the container image (scripts/image.sh test)"
+TIDINGS_BIN=target/debug/tidings scripts/image.sh test
+
 # A hang must end the run with the servers' logs, not run out CI's clock:
 # the whole suite takes about 4 minutes once built.
 limit="${TIDINGS_TEST_TIMEOUT_S:-1800}"
