@@ -5,10 +5,17 @@
 
 mod support;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use support::sender::{SenderHarness, eventually};
 use tidings_config::{SendersConfig, Uncertain, UncertainConfig};
+use tidings_schemas::{
+    AvroCodec,
+    records::{TrackingEvent, TrackingKind},
+};
 
 const DELIVERIES: usize = 300;
 const CONCURRENCY: usize = 16;
@@ -66,6 +73,28 @@ async fn a_crash_resends_at_most_the_requests_in_flight() {
         duplicates <= CRASHES * CONCURRENCY,
         "{duplicates} duplicates after {CRASHES} crashes; at most {} allowed",
         CRASHES * CONCURRENCY
+    );
+    // Every send has its SENT tracking event, under one id per delivery,
+    // also when the run that sent it crashed before producing its batch's
+    // events (the replay emits it again, under the same id).
+    let codec = AvroCodec::local();
+    let mut sent: HashMap<String, HashSet<String>> = HashMap::new();
+    for bytes in h.read_all(&h.topics.tracking()).await {
+        let event: TrackingEvent = codec.decode(&bytes).expect("tracking event");
+        if event.kind == TrackingKind::Sent {
+            sent.entry(event.notification_id)
+                .or_default()
+                .insert(event.event_id);
+        }
+    }
+    let missing = ids
+        .iter()
+        .filter(|id| !sent.contains_key(&format!("n-{id}")))
+        .count();
+    assert_eq!(missing, 0, "deliveries sent without a SENT tracking event");
+    assert!(
+        sent.values().all(|ids| ids.len() == 1),
+        "a delivery's SENT events carry one event id"
     );
 }
 

@@ -129,6 +129,13 @@ impl Replay {
     }
 }
 
+/// The id of a delivery's SENT tracking event: the same in every run, so a
+/// replay that emits it again is counted once.
+fn sent_event_id(d: &Delivery) -> String {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("tidings.sent/{}", d.delivery_id).as_bytes())
+        .to_string()
+}
+
 /// The intent-ledger key of one attempt: a retry (a later attempt) is a new
 /// send, with an intent of its own.
 fn intent_key(d: &Delivery) -> String {
@@ -220,8 +227,12 @@ impl ChannelSender {
         kind: TrackingKind,
         detail: Option<String>,
     ) -> Result<(), ProcessError> {
+        let event_id = match kind {
+            TrackingKind::Sent => sent_event_id(d),
+            _ => Uuid::now_v7().to_string(),
+        };
         let event = TrackingEvent {
-            event_id: Uuid::now_v7().to_string(),
+            event_id,
             notification_id: d.notification_id.clone(),
             user_id: d.user_id.clone(),
             kind,
@@ -620,6 +631,19 @@ impl Processor for ChannelSender {
         match self.replay(d, batch).await? {
             Replay::Send => {}
             Replay::AlreadySent => {
+                // Marked sent by an earlier run: that run may have crashed
+                // after the mark and before its batch's tracking events were
+                // produced. The SENT event is emitted again under the same
+                // id, so counters that dedupe by event id (template stats)
+                // count the send exactly once.
+                if !lock(&batch.sent_now).contains(&d.delivery_id) {
+                    self.track(
+                        out,
+                        d,
+                        TrackingKind::Sent,
+                        Some("replayed: the provider took it before a restart".into()),
+                    )?;
+                }
                 return self.track(
                     out,
                     d,
