@@ -6,6 +6,7 @@ pub mod backoff;
 mod cluster;
 mod error;
 pub mod producer;
+pub mod readiness;
 pub mod stage;
 pub mod topics;
 
@@ -13,6 +14,7 @@ pub use backoff::Backoff;
 pub use cluster::KafkaCluster;
 pub use error::KafkaError;
 pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
+pub use readiness::{Assignment, StageAssignments};
 pub use stage::{
     Emitter, Failure, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis,
 };

@@ -29,6 +29,8 @@
 //! are only ever stored for, and at shutdown committed for, partitions this
 //! member holds (librdkafka refuses to store an offset of a partition not
 //! assigned), so a member never rewinds a partition another member now owns.
+//! The callbacks also publish where the member stands ([`Stage::assignment`]),
+//! which a process's `/readyz` reports.
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +49,7 @@ use rdkafka::{
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroRecord, records::DeadLetter};
 use tidings_telemetry::metrics;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -54,6 +57,7 @@ use crate::{
     KafkaCluster, KafkaError,
     backoff::{Backoff, sleep_or_cancel},
     producer::{AvroProducer, OutRecord},
+    readiness::Assignment,
 };
 
 /// What a processor's failure means for its record: the retry hint.
@@ -257,9 +261,24 @@ struct StageContext {
     stage: &'static str,
     /// Partitions revoked since the runner last looked.
     revoked: Mutex<Vec<(String, i32)>>,
+    /// Where this member stands in its group, for readiness. With the
+    /// default eager assignors an assignment is the member's whole share.
+    assignment: watch::Sender<Assignment>,
 }
 
 impl StageContext {
+    /// Publishes where the member stands. Stopping is final: leaving the
+    /// group revokes the partitions too, which must not read as a rebalance.
+    fn publish(&self, next: Assignment) {
+        self.assignment.send_if_modified(|now| {
+            if *now == Assignment::Stopping || *now == next {
+                return false;
+            }
+            *now = next;
+            true
+        });
+    }
+
     fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -309,6 +328,7 @@ impl ConsumerContext for StageContext {
         };
         let lost = consumer.assignment_lost();
         self.log_partitions(tpl, "partitions revoked", lost);
+        self.publish(Assignment::Rebalancing);
         if !lost {
             // Commit what was handled before the new owner reads the
             // committed offsets; sync, because it must land first.
@@ -333,9 +353,19 @@ impl ConsumerContext for StageContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.log_partitions(tpl, "partitions assigned", false),
+            Rebalance::Assign(tpl) => {
+                self.log_partitions(tpl, "partitions assigned", false);
+                // An empty assignment is a completed one too: the group has
+                // more members than partitions.
+                self.publish(Assignment::Assigned {
+                    partitions: tpl.count(),
+                });
+            }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => warn!(stage = self.stage, error = %e, "rebalance failed"),
+            Rebalance::Error(e) => {
+                warn!(stage = self.stage, error = %e, "rebalance failed");
+                self.publish(Assignment::Failed(e.to_string()));
+            }
         }
     }
 }
@@ -387,6 +417,33 @@ pub struct Stage<P: Processor> {
     producer: AvroProducer,
     dead_letter_topic: String,
     options: StageOptions,
+    consumer_errors: Mutex<ErrorLog>,
+}
+
+/// Consumer errors are librdkafka's reports (a broker down, a connection
+/// refused); it recovers by itself. They are logged at most once per
+/// [`ErrorLog::EVERY`], with how many were not.
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// How many were suppressed since the last logged one, if this one is to
+    /// be logged.
+    fn should_log(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < Self::EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// A consumed record and, if it decoded, its input.
@@ -460,6 +517,7 @@ impl<P: Processor> Stage<P> {
             .create_with_context(StageContext {
                 stage: processor.name(),
                 revoked: Mutex::default(),
+                assignment: watch::Sender::new(Assignment::Joining),
             })
             .map_err(|e| KafkaError::client("consumer", e))?;
         let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
@@ -472,6 +530,10 @@ impl<P: Processor> Stage<P> {
             consumer,
             producer,
             dead_letter_topic,
+            consumer_errors: Mutex::new(ErrorLog {
+                last: None,
+                suppressed: 0,
+            }),
             options,
         })
     }
@@ -483,9 +545,17 @@ impl<P: Processor> Stage<P> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let stage = self.processor.name();
         self.poll_loop(&shutdown).await;
+        self.consumer.context().publish(Assignment::Stopping);
         leave_group(self.consumer, stage, self.options.close_timeout).await;
         info!(stage, "stage stopped");
         Ok(())
+    }
+
+    /// Where this stage's consumer stands in its group, from now on:
+    /// [`Assignment::Joining`] until its first rebalance completes. A process
+    /// is ready only while each of its stages holds its assignment.
+    pub fn assignment(&self) -> watch::Receiver<Assignment> {
+        self.consumer.context().assignment.subscribe()
     }
 
     fn backoff(&self) -> Backoff {
@@ -527,7 +597,6 @@ impl<P: Processor> Stage<P> {
     /// Waits for the next batch: the first record, then whatever else comes
     /// within the batch window. None at shutdown.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
-        let stage = self.processor.name();
         let mut backoff = self.backoff();
         let mut batch = Vec::new();
         loop {
@@ -543,8 +612,15 @@ impl<P: Processor> Stage<P> {
                     break;
                 }
                 Err(e) => {
-                    warn!(stage, error = %e, "consumer error");
-                    if !backoff.sleep_or_cancel(shutdown).await {
+                    self.consumer_error(&e);
+                    // Only a fatal error repeats without end; the others are
+                    // reports librdkafka queued while it recovers, and a
+                    // backoff per report would leave the rebalance and the
+                    // records behind them waiting (one per 10 s after a
+                    // broker restart).
+                    if self.consumer.client().fatal_error().is_some()
+                        && !backoff.sleep_or_cancel(shutdown).await
+                    {
                         return None;
                     }
                 }
@@ -560,7 +636,7 @@ impl<P: Processor> Stage<P> {
                     batch.push(m);
                 }
                 Ok(Err(e)) => {
-                    warn!(stage, error = %e, "consumer error");
+                    self.consumer_error(&e);
                     break;
                 }
                 Err(_) => break,
@@ -568,6 +644,19 @@ impl<P: Processor> Stage<P> {
         }
         self.drop_revoked(&mut batch);
         Some(batch)
+    }
+
+    fn consumer_error(&self, e: &RdKafkaError) {
+        let stage = self.processor.name();
+        let now = Instant::now();
+        let log = self
+            .consumer_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .should_log(now);
+        if let Some(suppressed) = log {
+            warn!(stage, error = %e, suppressed, "consumer error (librdkafka retries by itself)");
+        }
     }
 
     /// Forgets the records of partitions revoked since the last look: their
@@ -1075,6 +1164,23 @@ mod tests {
     use tidings_schemas::AvroCodec;
 
     use super::*;
+
+    /// A burst of consumer errors logs one line per window, then says how
+    /// many it did not log.
+    #[test]
+    fn consumer_errors_are_logged_once_per_window() {
+        let mut log = ErrorLog {
+            last: None,
+            suppressed: 0,
+        };
+        let t0 = Instant::now();
+        assert_eq!(log.should_log(t0), Some(0));
+        for i in 1..=100 {
+            assert_eq!(log.should_log(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.should_log(t0 + ErrorLog::EVERY), Some(100));
+        assert_eq!(log.should_log(t0 + ErrorLog::EVERY), None);
+    }
 
     /// A dead letter fits however large the record, its key and the reason.
     #[test]

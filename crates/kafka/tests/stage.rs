@@ -5,7 +5,8 @@
 //! an undecodable record is dead-lettered without holding back the rest;
 //! then that no input stops a stage and nothing handled is lost (oversized
 //! outputs, refused produces, `not_due`, shutdown mid-batch, per-key order, a
-//! permanent `finish` failure, a rebalance between two members).
+//! permanent `finish` failure, a rebalance between two members), and that
+//! each member publishes where it stands in its group (readiness).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,8 +25,8 @@ use rdkafka::{
 };
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
-    AvroProducer, Emitter, KafkaCluster, ProcessError, Processor, RecordMeta, Stage, StageOptions,
-    TopicSpec, now_millis,
+    Assignment, AvroProducer, Emitter, KafkaCluster, ProcessError, Processor, RecordMeta, Stage,
+    StageAssignments, StageOptions, TopicSpec, now_millis,
 };
 use tidings_schemas::{
     AvroCodec,
@@ -400,9 +401,14 @@ impl Env {
             },
         )
         .expect("stage");
+        let assignment = stage.assignment();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(stage.run(shutdown.clone()));
-        Running { shutdown, task }
+        Running {
+            shutdown,
+            task,
+            assignment,
+        }
     }
 
     /// Every record on `topic` up to its high watermarks as of this call,
@@ -534,9 +540,24 @@ impl Env {
 struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tidings_kafka::KafkaError>>,
+    assignment: tokio::sync::watch::Receiver<Assignment>,
 }
 
 impl Running {
+    /// Waits until the member holds an assignment; answers how many
+    /// partitions it holds.
+    async fn assigned(&mut self) -> usize {
+        let ready = tokio::time::timeout(WAIT, self.assignment.wait_for(Assignment::is_ready))
+            .await
+            .expect("the member was assigned its partitions within the wait")
+            .expect("the stage publishes its assignment")
+            .clone();
+        match ready {
+            Assignment::Assigned { partitions } => partitions,
+            other => unreachable!("is_ready holds only for Assigned: {other:?}"),
+        }
+    }
+
     /// Stops the stage; it must have been running until now, and stop cleanly.
     async fn stop(self) {
         assert!(
@@ -1117,6 +1138,66 @@ async fn rebalance_between_two_members(brokers: Brokers) {
     assert!(env.read_all(&dead).await.is_empty());
 }
 
+/// Each member publishes where it stands: joining until its first
+/// rebalance completes, then its share of the partitions, none for a member
+/// the group has no partition for (which is ready all the same), rebalancing
+/// while a rebalance is under way, stopping at shutdown.
+async fn members_publish_their_assignment(brokers: Brokers) {
+    let env = Env::new(brokers, "assignment").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let stages = StageAssignments::default();
+
+    let (a, _) = Scripted::copier("assignment", output.clone());
+    let mut first = env.start(a, &input, &dead, LIMIT);
+    stages.track("assignment-a", first.assignment.clone());
+    assert_eq!(
+        first.assigned().await,
+        1,
+        "the only member holds the partition"
+    );
+    assert_eq!(stages.verdict(), Ok(()));
+
+    let (b, _) = Scripted::copier("assignment", output.clone());
+    let mut second = env.start(b, &input, &dead, LIMIT);
+    stages.track("assignment-b", second.assignment.clone());
+    // Until the group has rebalanced, the new member is not ready.
+    let waiting = stages.verdict();
+    assert!(
+        waiting.is_err_and(|w| w
+            .iter()
+            .any(|l| l.starts_with("stage assignment-b: waiting"))),
+        "a member that just subscribed is not ready"
+    );
+    // Both members hold what the group gave them: one partition, and none
+    // (a's old assignment may still show until its revoke comes).
+    let wait_until = Instant::now() + WAIT;
+    let mut held = second.assigned().await + first.assigned().await;
+    while held != 1 {
+        assert!(
+            Instant::now() < wait_until,
+            "the partition is held {held} times"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = [&first, &second]
+            .iter()
+            .map(|r| match &*r.assignment.borrow() {
+                Assignment::Assigned { partitions } => *partitions,
+                _ => 0,
+            })
+            .sum();
+    }
+    assert_eq!(stages.verdict(), Ok(()), "{:?}", stages.current());
+
+    let (a_state, b_state) = (first.assignment.clone(), second.assignment.clone());
+    second.stop().await;
+    assert_eq!(*b_state.borrow(), Assignment::Stopping);
+    let waiting = stages.verdict().expect_err("a stopped member is not ready");
+    assert_eq!(waiting, vec!["stage assignment-b: stopping".to_owned()]);
+    first.stop().await;
+    assert_eq!(*a_state.borrow(), Assignment::Stopping);
+}
+
 macro_rules! on {
     ($module:ident, $brokers:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -1150,5 +1231,6 @@ on!(
         refused_produce_dead_letters_its_input,
         shutdown_mid_batch_loses_nothing,
         rebalance_between_two_members,
+        members_publish_their_assignment,
     ]
 );
