@@ -1,9 +1,11 @@
 //! Logging and metrics for every tidings process.
 //!
 //! Every metric has one named home in [`Metrics`], registered once in the
-//! process-wide Prometheus registry and served at `/metrics`.
+//! process-wide Prometheus registry and served at `/metrics`. Newer metrics
+//! are recorded through typed events ([`StoreCall`]) whose `emit` fills in
+//! the labels, so call sites cannot get their order wrong.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -62,6 +64,17 @@ pub struct Metrics {
     /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
     /// at read time, by outcome (pushed, pulled_post).
     pub feed_fanout: IntCounterVec,
+    /// Seconds per store call, by engine and operation (`apps.get`, ...):
+    /// recorded by [`StoreCall::emit`].
+    pub store_call_seconds: HistogramVec,
+    /// Store calls that failed, by engine and operation.
+    pub store_errors: IntCounterVec,
+    /// 1, labelled with this build's version, commit and compiler.
+    pub build_info: IntGaugeVec,
+    /// The standard `process_*` metrics (CPU, resident memory, open file
+    /// descriptors, start time), in a registry of their own: their names
+    /// are the conventional ones, without the `tidings_` prefix.
+    process: Registry,
 }
 
 impl Metrics {
@@ -153,6 +166,40 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let store_call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "store_call_seconds",
+                "Time to answer one store call, by engine and operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["engine", "operation"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "store_errors_total",
+                "Store calls that failed, by engine and operation",
+            ),
+            &["engine", "operation"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "1, labelled with the build's version, commit and compiler",
+            ),
+            &["version", "commit", "rustc"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("TIDINGS_BUILD_COMMIT").unwrap_or("unknown"),
+                env!("TIDINGS_RUSTC_VERSION"),
+            ])
+            .set(1);
         // The names and labels above are constants; failing here is a defect
         // caught by the test below, not a runtime condition.
         let (
@@ -183,9 +230,19 @@ impl Metrics {
             Box::new(sender_uncertain.clone()),
             Box::new(feed_read_seconds.clone()),
             Box::new(feed_fanout.clone()),
+            Box::new(store_call_seconds.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
         Self {
             registry,
             stage_records,
@@ -200,14 +257,44 @@ impl Metrics {
             sender_uncertain,
             feed_read_seconds,
             feed_fanout,
+            store_call_seconds,
+            store_errors,
+            build_info,
+            process,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One call to the store, timed: `tidings_store_call_seconds` and, when it
+/// failed, `tidings_store_errors_total`, by engine (`sqlite`, `scylla`) and
+/// operation (`contacts.get_user`, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCall {
+    pub engine: &'static str,
+    pub operation: &'static str,
+    pub elapsed: Duration,
+    pub failed: bool,
+}
+
+impl StoreCall {
+    pub fn emit(self) {
+        let m = metrics();
+        let labels = [self.engine, self.operation];
+        m.store_call_seconds
+            .with_label_values(&labels)
+            .observe(self.elapsed.as_secs_f64());
+        if self.failed {
+            m.store_errors.with_label_values(&labels).inc();
+        }
     }
 }
 
@@ -234,5 +321,64 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn store_calls_are_timed_and_failures_counted() {
+        for failed in [false, true, false] {
+            StoreCall {
+                engine: "sqlite",
+                operation: "test.timed",
+                elapsed: Duration::from_millis(3),
+                failed,
+            }
+            .emit();
+        }
+        let text = metrics().render();
+        assert!(
+            text.contains(
+                "tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"test.timed\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tidings_store_call_seconds_bucket{engine=\"sqlite\",operation=\"test.timed\",le=\"0.005\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tidings_store_errors_total{engine=\"sqlite\",operation=\"test.timed\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_served() {
+        let text = metrics().render();
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("tidings_build_info{"))
+            .unwrap_or_else(|| panic!("no build_info: {text}"));
+        assert!(info.ends_with(" 1"), "{info}");
+        assert!(
+            info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{info}"
+        );
+        assert!(info.contains("rustc=\"rustc "), "{info}");
+        // The conventional names, unprefixed, as dashboards expect them.
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "no {name}: {text}"
+            );
+        }
     }
 }
