@@ -117,7 +117,7 @@ rootfs() {
 
     # The libraries, at the paths the host's loader resolved them to, and
     # the loader itself (the line without `=>`); the vDSO is the kernel's.
-    local ldd_out line path copied=0
+    local ldd_out line path copied=0 packages=(ca-certificates)
     ldd_out=$(ldd "$bin") || fail "ldd $bin failed: is it a dynamically linked executable for this machine?"
     if grep -q "not found" <<<"$ldd_out"; then
         fail "ldd $bin: libraries not found on this machine: $(grep "not found" <<<"$ldd_out" | tr -s ' \t' ' ')"
@@ -133,6 +133,7 @@ rootfs() {
         mkdir -p "$root$(dirname "$path")"
         cp -L "$path" "$root$path"
         copied=$((copied + 1))
+        packages+=("$(owner "$path")")
     done <<<"$ldd_out"
     ((copied > 0)) || fail "ldd $bin named no libraries; is it static? (then it needs none: drop this check)"
     local interp
@@ -153,6 +154,38 @@ rootfs() {
     # Without it glibc asks DNS before /etc/hosts (Kubernetes writes both).
     printf '%s\n' "passwd: files" "group: files" "hosts: files dns" >"$root/etc/nsswitch.conf"
     chmod 0644 "$root/etc/passwd" "$root/etc/group" "$root/etc/nsswitch.conf" "$root$bundle"
+
+    # The Debian packages those files came from, as distroless images record
+    # them (one dpkg status stanza a file in /var/lib/dpkg/status.d/), so
+    # image scanners (trivy, grype) see libssl3's version and its CVEs
+    # rather than an image with no packages. The image carries the build
+    # host's versions: a package Debian has since fixed is named here, and
+    # the cure is apt-get upgrade on the host, then a rebuild.
+    mkdir -p "$root/var/lib/dpkg/status.d"
+    local pkg unique
+    unique=$(printf '%s\n' "${packages[@]}" | sed 's/:.*//' | sort -u)
+    for pkg in $unique; do
+        dpkg-query -s "$pkg" >"$root/var/lib/dpkg/status.d/$pkg" 2>/dev/null ||
+            fail "dpkg-query -s $pkg failed: the root filesystem is assembled from a Debian host's packages"
+    done
+    # shellcheck disable=SC2086 # one package a word
+    apt-cache policy $unique 2>/dev/null | awk '
+        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1) }
+        $1 == "Installed:" { installed = $2 }
+        $1 == "Candidate:" && $2 != "(none)" && $2 != installed {
+            printf "image: note: %s %s goes into the image; Debian has %s (apt-get upgrade, then rebuild)\n", pkg, installed, $2
+        }' >&2
+    chmod 0644 "$root/var/lib/dpkg/status.d/"*
+}
+
+# owner <path>: the Debian package owning a library ldd named. With merged
+# /usr, dpkg knows each file under one of its two names.
+owner() {
+    local path=$1 candidate
+    for candidate in "$path" "/usr$path" "${path#/usr}"; do
+        dpkg-query -S "$candidate" 2>/dev/null | sed -n '1s/: .*//p' | grep . && return
+    done
+    fail "no Debian package owns $path (dpkg-query -S): the root filesystem is assembled from a Debian host's packages"
 }
 
 # build_image <binary> <name> <work dir>: assembles a root filesystem in
@@ -225,17 +258,21 @@ test_image() {
     ctr=$(bah from --pull=never --quiet "$name") || fail "buildah from $name"
 
     echo "--> its root filesystem (buildah mount)"
-    local mnt
+    local mnt pkg
     mnt=$(bah mount "$ctr") || fail "buildah mount $ctr"
     [[ $(stat -c %a "$mnt/tmp") == 1777 ]] || fail "/tmp is mode $(stat -c %a "$mnt/tmp"), want 1777"
     grep -qx "tidings:x:$USER_ID:$USER_ID:tidings:/nonexistent:/sbin/nologin" "$mnt/etc/passwd" ||
         fail "/etc/passwd has no tidings line for uid $USER_ID"
     grep -qx "tidings:x:$USER_ID:" "$mnt/etc/group" || fail "/etc/group has no tidings line for gid $USER_ID"
     grep -q "BEGIN CERTIFICATE" "$mnt/etc/ssl/certs/ca-certificates.crt" || fail "no CA bundle"
+    for pkg in libc6 libssl3 ca-certificates; do
+        grep -q "^Package: $pkg$" "$mnt/var/lib/dpkg/status.d/$pkg" 2>/dev/null ||
+            fail "/var/lib/dpkg/status.d/$pkg is missing: scanners would not see $pkg in the image"
+    done
     # Nothing beyond what the Containerfile's comment lists: the binary,
     # libraries, the loader, /etc's four files, OpenSSL's two links.
     (cd "$mnt" && find . -mindepth 1 \( -type f -o -type l \) | sort) >"$work/files.txt"
-    if grep -v -E '^\./(usr/local/bin/tidings|(usr/)?lib(64)?/.*\.so[.0-9]*|etc/(passwd|group|nsswitch\.conf|ssl/certs/ca-certificates\.crt)|usr/lib/ssl/(certs|cert\.pem))$' \
+    if grep -v -E '^\./(usr/local/bin/tidings|(usr/)?lib(64)?/.*\.so[.0-9]*|etc/(passwd|group|nsswitch\.conf|ssl/certs/ca-certificates\.crt)|usr/lib/ssl/(certs|cert\.pem)|var/lib/dpkg/status\.d/[a-z0-9.+-]+)$' \
         "$work/files.txt" >"$work/extra.txt"; then
         cat "$work/extra.txt" >&2
         fail "the image holds files the Containerfile does not list (above)"
@@ -268,7 +305,38 @@ test_image() {
     grep -qx 'topic_prefix = "image-check"' "$work/env.toml" ||
         fail "TIDINGS_KAFKA__TOPIC_PREFIX set in the container did not reach tidings config"
 
-    echo "image: the FROM scratch image builds, runs tidings as $USER_ID:$USER_ID and prints its configuration"
+    # The libraries at work, not only loaded: librdkafka's OpenSSL verifying
+    # the test broker's certificate, `localhost` resolved through the
+    # image's nsswitch.conf. A read-only request (dead letters of a prefix no
+    # topic has), answered by the broker.
+    [[ -n ${TIDINGS_TEST_KAFKA_TLS:-} && -n ${TIDINGS_TEST_KAFKA_CA:-} ]] || eval "$(scripts/servers.sh env)"
+    local port=${TIDINGS_TEST_KAFKA_TLS##*:} out
+    echo "--> tidings dlq list in the image, to the test Kafka over TLS (localhost:$port)"
+    mkdir "$work/etc"
+    cp "$TIDINGS_TEST_KAFKA_CA" "$work/etc/ca.pem" || fail "no test CA at $TIDINGS_TEST_KAFKA_CA: scripts/servers.sh up"
+    cat >"$work/etc/tidings.toml" <<EOF
+[kafka]
+bootstrap_servers = "localhost:$port"
+topic_prefix = "image-check"
+[kafka.client]
+"security.protocol" = "ssl"
+"ssl.ca.location" = "/etc/tidings/ca.pem"
+[tracking]
+link_secret = "image-check"
+[feed]
+user_token_secret = "image-check"
+EOF
+    chmod -R a+rX "$work/etc"
+    if out=$(bah run --isolation chroot -v "$work/etc:/etc/tidings:ro" "$ctr" -- \
+        /usr/local/bin/tidings --config /etc/tidings/tidings.toml dlq list 2>&1); then
+        fail "tidings dlq list found a topic image-check.deadletter; it should not exist: $out"
+    fi
+    grep -q "image-check.deadletter does not exist" <<<"$out" || {
+        echo "$out" >&2
+        fail "tidings in the image did not get an answer from Kafka at localhost:$port over TLS (above; is it up? scripts/servers.sh up)"
+    }
+
+    echo "image: the FROM scratch image builds, runs tidings as $USER_ID:$USER_ID, prints its configuration and reaches Kafka over TLS"
 }
 
 cmd=${1:-}
