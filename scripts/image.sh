@@ -9,9 +9,11 @@
 #                                        # target/debug (or target/release)/tidings
 #   scripts/image.sh test [--release]    # build it under a throw-away name, run
 #                                        # its binary (tidings --version, tidings
-#                                        # config), check its layout and config
-#                                        # (USER 10001:10001, entrypoint, labels),
-#                                        # remove what it created
+#                                        # config, tidings migrate on SQLite in
+#                                        # /tmp, tidings dlq list to the test
+#                                        # Kafka over TLS), check its layout and
+#                                        # config (USER 10001:10001, entrypoint,
+#                                        # labels), remove what it created
 #   scripts/image.sh lint                # hadolint on Dockerfile and
 #                                        # deploy/image/Containerfile
 #   scripts/image.sh rootfs <binary> <dir>   # only assemble the root filesystem
@@ -304,6 +306,19 @@ test_image() {
         { cat "$work/run.txt" >&2; fail "tidings config with TIDINGS_KAFKA__TOPIC_PREFIX does not run in the image"; }
     grep -qx 'topic_prefix = "image-check"' "$work/env.toml" ||
         fail "TIDINGS_KAFKA__TOPIC_PREFIX set in the container did not reach tidings config"
+
+    echo "--> tidings migrate in the image, an SQLite store in /tmp: written as $USER_ID:$USER_ID"
+    # Who the process runs as, seen from the files it makes (the image has no
+    # `id`): the store's file must belong to 10001:10001.
+    bah run --isolation chroot --env TIDINGS_STORE__URL=sqlite:///tmp/image-check/tidings.db "$ctr" -- \
+        /usr/local/bin/tidings migrate >"$work/migrate.txt" 2>&1 ||
+        { cat "$work/migrate.txt" >&2; fail "tidings migrate (SQLite in /tmp) failed in the image: is /tmp writable by $USER_ID?"; }
+    mnt=$(bah mount "$ctr") || fail "buildah mount $ctr"
+    local owner
+    owner=$(stat -c %u:%g "$mnt/tmp/image-check/tidings.db" 2>/dev/null) ||
+        fail "tidings migrate in the image wrote no /tmp/image-check/tidings.db"
+    [[ $owner == "$USER_ID:$USER_ID" ]] || fail "tidings in the image wrote its store as $owner, want $USER_ID:$USER_ID: it does not run as the image's USER"
+    bah umount "$ctr" >/dev/null
 
     # The libraries at work, not only loaded: librdkafka's OpenSSL verifying
     # the test broker's certificate, `localhost` resolved through the
