@@ -120,7 +120,12 @@ rootfs() {
     # The libraries, at the paths the host's loader resolved them to, and
     # the loader itself (the line without `=>`); the vDSO is the kernel's.
     local ldd_out line path copied=0 packages=(ca-certificates)
-    ldd_out=$(ldd "$bin") || fail "ldd $bin failed: is it a dynamically linked executable for this machine?"
+    if ! ldd_out=$(ldd "$bin" 2>&1); then
+        # A static binary (e.g. built for musl) needs no library and no loader.
+        grep -q -E "not a dynamic executable|statically linked" <<<"$ldd_out" ||
+            fail "ldd $bin failed: $ldd_out"
+        ldd_out=""
+    fi
     if grep -q "not found" <<<"$ldd_out"; then
         fail "ldd $bin: libraries not found on this machine: $(grep "not found" <<<"$ldd_out" | tr -s ' \t' ' ')"
     fi
@@ -137,7 +142,7 @@ rootfs() {
         copied=$((copied + 1))
         packages+=("$(owner "$path")")
     done <<<"$ldd_out"
-    ((copied > 0)) || fail "ldd $bin named no libraries; is it static? (then it needs none: drop this check)"
+    echo "image: $copied shared objects (libraries and the loader) from ldd $bin" >&2
     local interp
     interp=$(readelf -l "$bin" | sed -n 's/.*Requesting program interpreter: \(.*\)\]/\1/p')
     [[ -z "$interp" || -f "$root$interp" ]] || fail "the binary's loader $interp is not among ldd's lines"
