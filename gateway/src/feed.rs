@@ -502,9 +502,11 @@ impl Gateway {
         }
         let following = graph.following(user).await.map_err(store_status)?;
         if following.len() >= MAX_FOLLOWING && !following.iter().any(|f| f == other) {
-            return Err(Status::failed_precondition(format!(
-                "user_id: already following {MAX_FOLLOWING} users, the most allowed"
-            )));
+            return Err(validate::field_error(
+                tonic::Code::FailedPrecondition,
+                "user_id",
+                format!("already following {MAX_FOLLOWING} users, the most allowed"),
+            ));
         }
         graph
             .follow(user, other, now_millis())

@@ -6,44 +6,32 @@
 //! statuses, as HTTP codes with a JSON body naming the field.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, Query, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, put},
 };
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     Gateway,
     feed::{Cursor, FeedItem, NewPost, page_limit},
+    openapi::{ErrorBody, FieldViolation},
 };
 
-pub fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/v1/me/feed", get(read).post(publish))
-        .route(
-            "/v1/me/following/{user_id}",
-            put(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
-                edit_graph(s.0, h, id, GraphEdit::Follow)
-            })
-            .delete(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
-                edit_graph(s.0, h, id, GraphEdit::Unfollow)
-            }),
-        )
-        .route(
-            "/v1/me/muted/{user_id}",
-            put(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
-                edit_graph(s.0, h, id, GraphEdit::Mute)
-            })
-            .delete(|s: State<Gateway>, h: HeaderMap, Path(id): Path<String>| {
-                edit_graph(s.0, h, id, GraphEdit::Unmute)
-            }),
-        )
+/// The feed's routes, each with its OpenAPI operation (`openapi.rs`).
+pub fn routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(routes!(read, publish))
+        .routes(routes!(follow, unfollow))
+        .routes(routes!(mute, unmute))
 }
 
-#[derive(Deserialize)]
+/// A new post: a body, media, or both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
     #[serde(default)]
@@ -54,24 +42,28 @@ struct PublishBody {
     audience: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Published {
     post_id: String,
     created_at_ms: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// `next_cursor` of the previous page; absent or empty for the newest.
     #[serde(default)]
     cursor: String,
     /// Absent means the default page; `limit=0` is refused (it asks for
     /// nothing, which is not what anyone means).
     #[serde(default)]
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+/// A page of the feed, newest first.
+#[derive(Serialize, ToSchema)]
 struct Page {
     items: Vec<Item>,
     /// Absent when there is nothing older.
@@ -79,7 +71,7 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Item {
     post_id: String,
     author: Author,
@@ -88,7 +80,7 @@ struct Item {
     created_at_ms: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Author {
     user_id: String,
     display_name: String,
@@ -128,8 +120,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A gRPC status as the HTTP answer a client expects, with the message
-/// (which names the field) in `{"error": ..., "code": ...}`.
+/// A gRPC status as the HTTP answer a client expects ([`ErrorBody`]): the
+/// message (which names the field), the gRPC code's name, and the field
+/// violations the status carries.
 pub(crate) fn status_response(status: Status) -> Response {
     let http = match status.code() {
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
@@ -143,10 +136,14 @@ pub(crate) fn status_response(status: Status) -> Response {
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let body = serde_json::json!({
-        "error": status.message(),
-        "code": format!("{:?}", status.code()),
-    });
+    let body = ErrorBody {
+        error: status.message().to_owned(),
+        code: format!("{:?}", status.code()),
+        field_violations: crate::validate::field_violations(&status)
+            .into_iter()
+            .map(|(field, description)| FieldViolation { field, description })
+            .collect(),
+    };
     let mut response = (http, Json(body)).into_response();
     if http == StatusCode::UNAUTHORIZED {
         response
@@ -181,6 +178,22 @@ fn answer<T>(gateway: &Gateway, method: &str, result: Result<T, Status>) -> Resu
     Ok(result?)
 }
 
+/// Publishes a post as the bearer.
+#[utoipa::path(
+    post,
+    path = "/v1/me/feed",
+    tag = "feed",
+    security(("bearer" = [])),
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "Stored and queued for fan-out", body = Published),
+        (status = 400, description = "The body is not a post (the field is named), or not JSON", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 429, description = "Posting too often (`feed.max_posts` per `feed.post_window_secs`)", body = ErrorBody),
+        (status = 500, description = "The store refused the post and retrying will not help", body = ErrorBody),
+        (status = 503, description = "The store or Kafka did not answer: publish again", body = ErrorBody),
+    ),
+)]
 async fn publish(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
@@ -192,7 +205,7 @@ async fn publish(
     let Json(body) = refused(
         &gateway,
         "http POST /v1/me/feed",
-        body.map_err(|e| Status::invalid_argument(format!("body: {}", e.body_text()))),
+        body.map_err(|e| crate::validate::invalid("body", e.body_text())),
     )?;
     let post = gateway
         .publish_post(
@@ -214,6 +227,21 @@ async fn publish(
     ))
 }
 
+/// A page of the bearer's feed.
+#[utoipa::path(
+    get,
+    path = "/v1/me/feed",
+    tag = "feed",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page, newest first", body = Page),
+        (status = 400, description = "A bad cursor or limit (the field is named)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 500, description = "The store failed and retrying will not help", body = ErrorBody),
+        (status = 503, description = "The store did not answer: retry", body = ErrorBody),
+    ),
+)]
 async fn read(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
@@ -223,7 +251,7 @@ async fn read(
     let Query(q) = refused(
         &gateway,
         "http GET /v1/me/feed",
-        query.map_err(|e| Status::invalid_argument(format!("query: {}", e.body_text()))),
+        query.map_err(|e| crate::validate::invalid("query", e.body_text())),
     )?;
     let page = async {
         let cursor = Cursor::decode(&q.cursor)?;
@@ -264,6 +292,74 @@ impl GraphEdit {
             GraphEdit::Unmute => "http DELETE /v1/me/muted",
         }
     }
+}
+
+/// The responses of the four edits of the social graph.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only documents the answers
+enum GraphAnswers {
+    /// Done (repeats are no-ops)
+    #[response(status = 204)]
+    Done,
+    /// `user_id` is not an id, or is the caller
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No valid bearer token
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// Following the most users allowed already (follow only)
+    #[response(status = 422)]
+    TooMany(ErrorBody),
+    /// The store failed and retrying will not help
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The store did not answer: retry
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Follows `user_id`: their posts reach the bearer's feed.
+#[utoipa::path(put, path = "/v1/me/following/{user_id}", tag = "feed", security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The user to follow")), responses(GraphAnswers))]
+async fn follow(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edit_graph(s.0, h, id, GraphEdit::Follow).await
+}
+
+/// Stops following `user_id`.
+#[utoipa::path(delete, path = "/v1/me/following/{user_id}", tag = "feed", security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The user to unfollow")), responses(GraphAnswers))]
+async fn unfollow(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edit_graph(s.0, h, id, GraphEdit::Unfollow).await
+}
+
+/// Hides `user_id`'s posts from the bearer's feed.
+#[utoipa::path(put, path = "/v1/me/muted/{user_id}", tag = "feed", security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The user to mute")), responses(GraphAnswers))]
+async fn mute(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edit_graph(s.0, h, id, GraphEdit::Mute).await
+}
+
+/// Shows `user_id`'s posts again.
+#[utoipa::path(delete, path = "/v1/me/muted/{user_id}", tag = "feed", security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The user to unmute")), responses(GraphAnswers))]
+async fn unmute(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edit_graph(s.0, h, id, GraphEdit::Unmute).await
 }
 
 async fn edit_graph(

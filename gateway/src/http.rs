@@ -1,13 +1,15 @@
 //! The gateway's HTTP side: the news feed (`feed_http.rs`), tracking links and open pixels, the providers'
 //! delivery-receipt webhooks (`webhooks.rs`), liveness (`/healthz`), readiness
-//! (`/readyz`, from `health.rs`) and Prometheus metrics.
+//! (`/readyz`, from `health.rs`), Prometheus metrics, and the OpenAPI
+//! document of all of them (`/openapi.json`, `openapi.rs`).
+
+use std::sync::LazyLock;
 
 use axum::{
     Router,
     extract::{Path, State},
     http::{StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
 use tidings_kafka::now_millis;
 use tidings_schemas::{
@@ -16,9 +18,11 @@ use tidings_schemas::{
 };
 use tidings_telemetry::metrics;
 use tracing::warn;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{Gateway, feed_http, webhooks};
+use crate::{Gateway, feed_http, openapi::ApiDoc, webhooks};
 
 /// A transparent 1x1 GIF.
 const PIXEL: &[u8] = &[
@@ -28,20 +32,60 @@ const PIXEL: &[u8] = &[
 ];
 
 pub fn router(gateway: Gateway) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .route("/t/c/{token}", get(click))
-        .route("/t/o/{token}", get(open))
+    let (documented, _) = documented().split_for_parts();
+    Router::new().merge(documented).with_state(gateway)
+}
+
+/// Every route with its OpenAPI operation.
+fn documented() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(render_metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(click))
+        .routes(routes!(open))
         .merge(webhooks::routes())
         .merge(feed_http::routes())
-        .with_state(gateway)
+}
+
+/// The OpenAPI document of [`documented`], as served.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+/// The document's JSON, made once: it depends on no configuration.
+static OPENAPI_JSON: LazyLock<String> = LazyLock::new(|| {
+    openapi()
+        .to_json()
+        .unwrap_or_else(|e| format!(r#"{{"error":"the OpenAPI document cannot be written: {e}"}}"#))
+});
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the gateway's HTTP endpoints", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON.as_str(),
+    )
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", content_type = "text/plain", body = String, example = "ok")))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// 200 while Kafka and the store answered the latest probe (every
 /// `PROBE_EVERY`), else 503 naming what did not answer. `/healthz` is
 /// liveness: the process answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Kafka and the store answered the latest probe", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "Not ready, naming what did not answer", content_type = "text/plain", body = String),
+    ))]
 async fn readyz(State(gateway): State<Gateway>) -> Response {
     let verdict = gateway
         .readiness
@@ -53,6 +97,9 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
 }
 
+/// Prometheus metrics (docs/operations.md lists them).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn render_metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -60,6 +107,14 @@ async fn render_metrics() -> impl IntoResponse {
     )
 }
 
+/// A tracked link in a sent message: records the click and redirects.
+#[utoipa::path(get, path = "/t/c/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The signed link token the sender put in the message")),
+    responses(
+        (status = 303, description = "The click is recorded (best effort); on to the link's target",
+            headers(("location" = String, description = "The link's target"))),
+        (status = 404, description = "Not a link tidings signed", content_type = "text/plain", body = String),
+    ))]
 async fn click(State(gateway): State<Gateway>, Path(token): Path<String>) -> Response {
     let Ok(target) = gateway.links.verify(&token) else {
         return (StatusCode::NOT_FOUND, "unknown link").into_response();
@@ -71,6 +126,11 @@ async fn click(State(gateway): State<Gateway>, Path(token): Path<String>) -> Res
     Redirect::to(&url).into_response()
 }
 
+/// The open pixel in a sent email: records the open.
+#[utoipa::path(get, path = "/t/o/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The signed token the sender put in the message")),
+    responses((status = 200, description = "A transparent 1x1 GIF, whatever the token (an unknown one records nothing)",
+        content_type = "image/gif", body = Vec<u8>)))]
 async fn open(State(gateway): State<Gateway>, Path(token): Path<String>) -> Response {
     // Always the pixel: a broken image in a user's mail helps nobody.
     if let Ok(target) = gateway.links.verify(&token) {
@@ -108,6 +168,41 @@ impl Gateway {
             .await
         {
             warn!(error = %e, ?kind, "could not record a tracking event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_is_openapi_3_1_with_every_route_and_the_bearer_scheme() {
+        let doc = serde_json::to_value(super::openapi()).expect("serializes");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/t/c/{token}",
+            "/t/o/{token}",
+            "/webhooks/twilio/status",
+            "/webhooks/sendgrid/events",
+            "/v1/me/feed",
+            "/v1/me/following/{user_id}",
+            "/v1/me/muted/{user_id}",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} is not documented");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(
+            doc["paths"]["/v1/me/feed"]["get"]["security"][0]["bearer"],
+            serde_json::json!([])
+        );
+        if let Ok(out) = std::env::var("TIDINGS_OPENAPI_OUT") {
+            std::fs::write(out, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
         }
     }
 }

@@ -14,6 +14,7 @@ mod health;
 mod http;
 pub mod limits;
 mod notifications;
+mod openapi;
 mod preferences;
 mod stale_cache;
 pub mod templates;

@@ -1,13 +1,52 @@
 //! Input validation: every rejection names the field, so a caller can fix
 //! the request without reading our code.
+//!
+//! Every refusal that blames a field is made by [`field_error`]: the message
+//! starts with the field path (`items[3].user_ids[1]: ...`) for people and
+//! logs, and `grpc-status-details-bin` carries the same path and problem as
+//! a `google.rpc.BadRequest` field violation for programs (a form can put
+//! the problem beside its input). The HTTP API answers the same violations
+//! in its JSON error body ([`field_violations`]).
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Longest id (user, event, ...) we accept; ids are Kafka keys and CQL keys.
 pub const MAX_ID_LEN: usize = 128;
 
+/// INVALID_ARGUMENT blaming `field`.
 pub fn invalid(field: impl std::fmt::Display, problem: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
+    field_error(Code::InvalidArgument, field, problem)
+}
+
+/// A status with `code` blaming `field`: the one place a field error is
+/// made, so each carries its `google.rpc.BadRequest` violation.
+pub fn field_error(
+    code: Code,
+    field: impl std::fmt::Display,
+    problem: impl std::fmt::Display,
+) -> Status {
+    let (field, problem) = (field.to_string(), problem.to_string());
+    Status::with_error_details(
+        code,
+        format!("{field}: {problem}"),
+        ErrorDetails::with_bad_request_violation(field, problem),
+    )
+}
+
+/// The `(field, description)` pairs of `status`'s `google.rpc.BadRequest`
+/// details; empty when it has none.
+pub fn field_violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A non-empty id of printable ASCII without spaces.
@@ -218,6 +257,20 @@ mod tests {
                 err.message()
             );
         }
+    }
+
+    #[test]
+    fn field_errors_carry_bad_request_details() {
+        let err = invalid("items[1].raw.body", "is too long");
+        assert_eq!(err.message(), "items[1].raw.body: is too long");
+        assert_eq!(
+            field_violations(&err),
+            [("items[1].raw.body".to_owned(), "is too long".to_owned())]
+        );
+        let err = field_error(Code::FailedPrecondition, "user_id", "too many");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(field_violations(&err)[0].0, "user_id");
+        assert!(field_violations(&Status::internal("no field")).is_empty());
     }
 
     #[test]

@@ -52,12 +52,10 @@
 use std::time::Duration;
 
 use axum::{
-    Router,
     body::Bytes,
     extract::{RawQuery, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use ring::hmac;
@@ -70,6 +68,8 @@ use tidings_schemas::{
 use tidings_store::StatusEntry;
 use tidings_telemetry::metrics;
 use tracing::{debug, warn};
+use utoipa::{IntoResponses, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::Gateway;
@@ -81,10 +81,44 @@ const RECEIPT_EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000
 /// entries written before it answers 503 and lets the provider retry.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/webhooks/twilio/status", post(twilio_status))
-        .route("/webhooks/sendgrid/events", post(sendgrid_events))
+/// The webhooks' routes, each with its OpenAPI operation (`openapi.rs`).
+pub fn routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(routes!(twilio_status))
+        .routes(routes!(sendgrid_events))
+}
+
+/// The answers of both webhooks (module docs, **Answers**).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only documents the answers
+enum ReceiptAnswers {
+    /// The receipts are recorded (or there was nothing to record)
+    #[response(status = 204)]
+    Recorded,
+    /// The body can never be read (says why)
+    #[response(status = 400, content_type = "text/plain")]
+    BadRequest(String),
+    /// No valid receipt token or provider signature
+    #[response(status = 403, content_type = "text/plain")]
+    Forbidden(String),
+    /// Kafka or the store did not take the receipts in time: retry
+    #[response(status = 503, content_type = "text/plain",
+        headers(("retry-after" = String, description = "Seconds to wait")))]
+    Unavailable(String),
+}
+
+/// Twilio's status callback form, as far as tidings reads it; Twilio's
+/// other parameters are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)] // only documents the form
+struct TwilioCallbackForm {
+    MessageSid: Option<String>,
+    /// `delivered` and `read` record a delivery, `undelivered` and `failed`
+    /// a failure; other values record nothing.
+    MessageStatus: String,
+    /// Twilio's error code, digits.
+    #[schema(pattern = "^[0-9]*$")]
+    ErrorCode: Option<String>,
 }
 
 /// Twilio's `MessageStatus` values that end in the handset, and in failure.
@@ -98,6 +132,11 @@ fn twilio_kind(status: &str) -> Option<TrackingKind> {
     }
 }
 
+/// Delivery receipts from Twilio.
+#[utoipa::path(post, path = "/webhooks/twilio/status", tag = "webhooks",
+    params(("d" = String, Query, description = "The receipt token the SMS sender put in the message's StatusCallback")),
+    request_body(content = TwilioCallbackForm, content_type = "application/x-www-form-urlencoded"),
+    responses(ReceiptAnswers))]
 async fn twilio_status(
     State(gateway): State<Gateway>,
     RawQuery(query): RawQuery,
@@ -344,6 +383,12 @@ impl SendGridSignatures {
     }
 }
 
+/// SendGrid's Event Webhook: an array of events; those with a
+/// `tidings_receipt` tidings signed record deliveries (`delivered`) and
+/// failures (`bounce`, `dropped`). A bad event is skipped, not the batch.
+#[utoipa::path(post, path = "/webhooks/sendgrid/events", tag = "webhooks",
+    request_body(content = Vec<Object>, content_type = "application/json"),
+    responses(ReceiptAnswers))]
 async fn sendgrid_events(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
