@@ -20,6 +20,7 @@ pub mod counters;
 pub mod dedupe;
 mod error;
 pub mod feed;
+mod metered;
 mod migrations;
 pub mod notification_log;
 pub mod posts;
@@ -149,11 +150,14 @@ impl Store {
     /// without it a missing schema surfaces as an error naming the table (at
     /// connect on Scylla, where statements are prepared; at first use on
     /// SQLite).
+    /// Every call through the returned store is timed and its failures
+    /// counted (`tidings_store_call_seconds`, `tidings_store_errors_total`).
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
-        match StoreUrl::parse(url)? {
+        let store = match StoreUrl::parse(url)? {
             StoreUrl::Sqlite { path } => sqlite::connect(&path, opts).await,
             StoreUrl::Scylla { nodes, keyspace } => scylla::connect(&nodes, &keyspace, opts).await,
-        }
+        }?;
+        Ok(metered::metered(store))
     }
 
     /// Applies the schema migrations the store has not recorded yet, in
