@@ -27,8 +27,10 @@ use crate::{
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// Notifications to send (one SMS each).
     #[arg(long, default_value_t = 50_000)]
     pub notifications: usize,
+    /// Users they go to, round robin (each created with a phone number).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
     /// Notifications per SendBatch call.
@@ -235,23 +237,34 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             }
         }));
     }
-    // Progress while the load runs and drains.
+    // Progress while the load runs and drains: a bar on a terminal, a line
+    // a second otherwise.
     let deadline = Duration::from_secs(600);
+    let (bar, terminal) = crate::progress::bar(
+        options.notifications as u64,
+        "{bar:40} {pos}/{len} delivered, {msg} [{elapsed}, eta {eta}]",
+    );
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(if terminal { 200 } else { 1000 })).await;
         let (a, r) = (
             accepted.lock().map(|m| m.len()).unwrap_or(0),
             receipts.0.lock().map(|m| m.len()).unwrap_or(0),
         );
         let secs = started.elapsed().as_secs_f64();
-        println!(
-            "bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)",
-            r as f64 / secs
-        );
+        if terminal {
+            bar.set_position(r as u64);
+            bar.set_message(format!("{a} accepted, {:.0}/s", r as f64 / secs));
+        } else {
+            println!(
+                "bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)",
+                r as f64 / secs
+            );
+        }
         if r >= options.notifications || started.elapsed() > deadline {
             break;
         }
     }
+    bar.finish_and_clear();
     for c in callers {
         c.await??;
     }

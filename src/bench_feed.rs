@@ -35,6 +35,7 @@ use crate::{bench::percentile, client::FeedClient, runtime::Pipeline};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FeedBenchOptions {
+    /// Users in the social graph.
     #[arg(long, default_value_t = 2_000)]
     pub users: usize,
     /// Authors each user follows (besides the stars).
@@ -43,6 +44,7 @@ pub struct FeedBenchOptions {
     /// Authors everyone follows, pulled at read time.
     #[arg(long, default_value_t = 2)]
     pub stars: usize,
+    /// Posts to publish (each fanned out to its author's followers).
     #[arg(long, default_value_t = 2_000)]
     pub posts: usize,
     /// Concurrent publishers.
@@ -251,19 +253,33 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
             }
         }));
     }
+    // A bar on a terminal, a line a second otherwise.
+    let (bar, terminal) = crate::progress::bar(
+        expected_rows,
+        "{bar:40} {pos}/{len} feed rows, {msg} [{elapsed}, eta {eta}]",
+    );
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(if terminal { 200 } else { 1000 })).await;
         let rows = pushed_rows() - rows_before;
         let published = next.load(Ordering::Relaxed).min(o.posts);
         let secs = started.elapsed().as_secs_f64();
-        println!(
-            "bench-feed: {secs:>5.1}s posts {published:>7} feed rows {rows:>9} ({:.0}/s)",
-            rows as f64 / secs
-        );
+        if terminal {
+            bar.set_position(rows);
+            bar.set_message(format!(
+                "{published} posts, {:.0} rows/s",
+                rows as f64 / secs
+            ));
+        } else {
+            println!(
+                "bench-feed: {secs:>5.1}s posts {published:>7} feed rows {rows:>9} ({:.0}/s)",
+                rows as f64 / secs
+            );
+        }
         if rows >= expected_rows || started.elapsed() > Duration::from_secs(600) {
             break;
         }
     }
+    bar.finish_and_clear();
     let fanned_out = started.elapsed();
     let mut accepted_in = Duration::ZERO;
     for p in publishers {
@@ -307,9 +323,24 @@ pub async fn run(mut config: Config, options: FeedBenchOptions) -> Result<()> {
             }
         }));
     }
+    let (bar, _) = crate::progress::bar(
+        o.reads as u64,
+        "{bar:40} {pos}/{len} pages read [{elapsed}, eta {eta}]",
+    );
+    let ticker = {
+        let (bar, latencies) = (bar.clone(), latencies.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(latencies.lock().map_or(0, |l| l.len() as u64));
+            }
+        })
+    };
     for r in readers {
         r.await??;
     }
+    ticker.abort();
+    bar.finish_and_clear();
     let read_elapsed = read_started.elapsed();
     let mut latencies = latencies.lock().expect("not poisoned").clone();
     latencies.sort();

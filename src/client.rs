@@ -1,8 +1,13 @@
 //! Client commands: what a calling service does, from the command line.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tidings_schemas::proto::v1::{
     self as pb, contact_service_client::ContactServiceClient,
     feed_service_client::FeedServiceClient, notification_service_client::NotificationServiceClient,
@@ -103,6 +108,31 @@ impl Client {
             .map_err(status)?
             .into_inner()
             .version)
+    }
+
+    /// A template's `version`, or its latest with 0.
+    pub async fn get_template(&self, name: &str, version: u32) -> Result<pb::Template> {
+        let request = pb::GetTemplateRequest {
+            name: name.into(),
+            version,
+        };
+        self.templates()
+            .get_template(self.request(request)?)
+            .await
+            .map_err(status)?
+            .into_inner()
+            .template
+            .with_context(|| format!("the gateway answered no template for `{name}`"))
+    }
+
+    pub async fn template_stats(&self, name: &str) -> Result<pb::GetTemplateStatsResponse> {
+        let request = pb::GetTemplateStatsRequest { name: name.into() };
+        Ok(self
+            .templates()
+            .get_template_stats(self.request(request)?)
+            .await
+            .map_err(status)?
+            .into_inner())
     }
 
     pub async fn upsert_user(&self, user: pb::UpsertUserRequest) -> Result<()> {
@@ -317,4 +347,297 @@ pub fn content(
         body,
         ..Default::default()
     }))
+}
+
+/// A template as a file, for `tidings templates put <file>`, `templates
+/// import <dir>` and what `templates get` prints: TOML (`.toml`) or JSON
+/// (`.json`), the fields of the `Template` message that `PutTemplate`
+/// takes, one file per template. docs/cli.md shows an example.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateFile {
+    /// The template's name; absent: the file's name without its extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The category its notifications are sent in (preferences, rate limits).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub category: String,
+    /// The parameters a send must give (`{{name}}` in the texts).
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// The locale used when the user's has no variant.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub default_locale: String,
+    /// The texts per BCP 47 locale (`en`, `fr-FR`).
+    pub variants: BTreeMap<String, TemplateVariant>,
+}
+
+/// One locale's texts; a channel whose texts are empty is not sent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateVariant {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub push_title: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub push_body: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sms_text: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub email_subject: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub email_html: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub email_text: String,
+    /// Named links: `{{link.name}}` in a text becomes a tracked redirect.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tracking_links: BTreeMap<String, String>,
+}
+
+impl TemplateFile {
+    /// Reads one template file (`.toml` or `.json`); the error names the
+    /// file and what in it is wrong (retrying will not help: fix the file).
+    pub fn read(path: &Path) -> Result<pb::Template> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading template file {}", path.display()))?;
+        let file: TemplateFile = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => toml::from_str(&text).map_err(|e| {
+                // One line, not toml's multi-line snippet: where, and what.
+                let (line, column) = e.span().map_or((0, 0), |span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    (
+                        line,
+                        before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                    )
+                });
+                anyhow::anyhow!(
+                    "{} is not a template file: line {line}, column {column}: {}",
+                    path.display(),
+                    e.message().trim()
+                )
+            })?,
+            Some("json") => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a template file", path.display()))?,
+            _ => bail!("{}: a template file ends in .toml or .json", path.display()),
+        };
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let name = file.name.clone().unwrap_or_else(|| stem.to_owned());
+        if name.is_empty() {
+            bail!("{}: the template has no name", path.display());
+        }
+        if file.variants.is_empty() {
+            bail!(
+                "{}: the template has no variants (e.g. [variants.en] with sms_text = \"...\")",
+                path.display()
+            );
+        }
+        Ok(file.into_template(name))
+    }
+
+    fn into_template(self, name: String) -> pb::Template {
+        pb::Template {
+            name,
+            version: 0,
+            category: self.category,
+            params: self.params,
+            default_locale: self.default_locale,
+            variants: self
+                .variants
+                .into_iter()
+                .map(|(locale, v)| {
+                    let content = pb::TemplateContent {
+                        push_title: v.push_title,
+                        push_body: v.push_body,
+                        sms_text: v.sms_text,
+                        email_subject: v.email_subject,
+                        email_html: v.email_html,
+                        email_text: v.email_text,
+                        tracking_links: v.tracking_links.into_iter().collect(),
+                    };
+                    (locale, content)
+                })
+                .collect(),
+            created_at_ms: 0,
+        }
+    }
+
+    /// The file of a stored template (what `templates get` prints).
+    pub fn of(template: &pb::Template) -> Self {
+        Self {
+            name: Some(template.name.clone()),
+            category: template.category.clone(),
+            params: template.params.clone(),
+            default_locale: template.default_locale.clone(),
+            variants: template
+                .variants
+                .iter()
+                .map(|(locale, c)| {
+                    let variant = TemplateVariant {
+                        push_title: c.push_title.clone(),
+                        push_body: c.push_body.clone(),
+                        sms_text: c.sms_text.clone(),
+                        email_subject: c.email_subject.clone(),
+                        email_html: c.email_html.clone(),
+                        email_text: c.email_text.clone(),
+                        tracking_links: c
+                            .tracking_links
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    };
+                    (locale.clone(), variant)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The template files in `dir` (`*.toml`, `*.json`), sorted by name, so an
+/// import is in the same order every time.
+pub fn template_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading the template directory {}", dir.display()))?
+    {
+        let path = entry
+            .with_context(|| format!("reading the template directory {}", dir.display()))?
+            .path();
+        let template = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("toml" | "json")
+        );
+        if template && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no template files (*.toml, *.json) in {}", dir.display());
+    }
+    Ok(files)
+}
+
+/// `--output json` of a delivery status.
+pub fn status_json(status: &pb::GetStatusResponse) -> Value {
+    json!({
+        "notification_id": status.notification_id,
+        "deliveries": status.deliveries.iter().map(|d| json!({
+            "channel": d.channel,
+            "target": d.target,
+            "state": d.state,
+            "detail": d.detail,
+            "attempt": d.attempt,
+            "at_ms": d.at_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `--output json` of a feed page.
+pub fn feed_page_json(page: &pb::GetFeedResponse) -> Value {
+    json!({
+        "items": page.items.iter().map(|item| {
+            let author = item.author.clone().unwrap_or_default();
+            json!({
+                "post_id": item.post_id,
+                "author": {
+                    "user_id": author.user_id,
+                    "display_name": author.display_name,
+                    "avatar_url": author.avatar_url,
+                },
+                "body": item.body,
+                "media_urls": item.media_urls,
+                "created_at_ms": item.created_at_ms,
+            })
+        }).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WELCOME: &str = r#"
+category = "onboarding"
+params = ["name"]
+default_locale = "en"
+
+[variants.en]
+push_title = "Welcome, {{name}}"
+push_body = "Glad you are here."
+sms_text = "Welcome, {{name}}!"
+tracking_links = { docs = "https://example.com/docs" }
+
+[variants.fr]
+sms_text = "Bienvenue, {{name}} !"
+"#;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_toml_file_becomes_the_template_named_after_it_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = TemplateFile::read(&write(dir.path(), "welcome.toml", WELCOME)).unwrap();
+        assert_eq!(template.name, "welcome");
+        assert_eq!(template.category, "onboarding");
+        assert_eq!(template.params, ["name"]);
+        assert_eq!(template.variants["en"].push_title, "Welcome, {{name}}");
+        assert_eq!(
+            template.variants["en"].tracking_links["docs"],
+            "https://example.com/docs"
+        );
+        assert_eq!(template.variants["fr"].sms_text, "Bienvenue, {{name}} !");
+        // What `templates get` prints reads back as the same template, in
+        // either format.
+        let file = TemplateFile::of(&template);
+        let toml_path = write(
+            dir.path(),
+            "again.toml",
+            &toml::to_string_pretty(&file).unwrap(),
+        );
+        assert_eq!(TemplateFile::read(&toml_path).unwrap(), template);
+        let json_path = write(
+            dir.path(),
+            "again.json",
+            &serde_json::to_string(&file).unwrap(),
+        );
+        assert_eq!(TemplateFile::read(&json_path).unwrap(), template);
+    }
+
+    #[test]
+    fn a_bad_template_file_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = write(dir.path(), "typo.toml", "[variants.en]\nsms_txt = \"hi\"\n");
+        let e = format!("{:#}", TemplateFile::read(&typo).unwrap_err());
+        assert!(e.contains("typo.toml") && e.contains("sms_txt"), "{e}");
+        let empty = write(dir.path(), "empty.json", "{\"variants\": {}}");
+        let e = format!("{:#}", TemplateFile::read(&empty).unwrap_err());
+        assert!(e.contains("empty.json") && e.contains("no variants"), "{e}");
+        let other = write(dir.path(), "notes.txt", "");
+        let e = format!("{:#}", TemplateFile::read(&other).unwrap_err());
+        assert!(e.contains(".toml or .json"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_lists_its_template_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", template_files(dir.path()).unwrap_err());
+        assert!(e.contains("no template files"), "{e}");
+        write(dir.path(), "b.json", "{}");
+        write(dir.path(), "a.toml", "");
+        write(dir.path(), "README.md", "");
+        let names: Vec<String> = template_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.toml", "b.json"]);
+    }
 }

@@ -744,19 +744,10 @@ async fn replay_with_progress(
     filter: &Filter,
     options: ReplayOptions,
 ) -> Result<ReplayReport> {
-    use std::io::IsTerminal;
-    let terminal = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(0);
-    if terminal {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} dead letters read, {msg} [{elapsed}, eta {eta}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (bar, terminal) = crate::progress::bar(
+        0,
+        "{bar:40} {pos}/{len} dead letters read, {msg} [{elapsed}, eta {eta}]",
+    );
     let mut replayed = 0u64;
     let report = dead
         .replay(filter, options, |event| match event {

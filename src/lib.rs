@@ -9,4 +9,5 @@ pub mod bench;
 pub mod bench_feed;
 pub mod client;
 pub mod dlq;
+pub mod progress;
 pub mod runtime;

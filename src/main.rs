@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::{Value, json};
 use tidings::{
     client::{self, Client},
     runtime::{Pipeline, Runtime, StageName, require_shared_kafka},
@@ -27,8 +28,37 @@ struct Cli {
     /// Configuration file (default: ./tidings.toml when present).
     #[arg(long, short, global = true, env = "TIDINGS_CONFIG")]
     config: Option<PathBuf>,
+    /// Output format: text for people, or json for scripts.
+    ///
+    /// With json, the client and admin commands print one JSON document
+    /// (`dlq list`: one object per line); commands that run servers or
+    /// benchmarks print text either way.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `--output` takes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+impl Output {
+    /// Prints `value` as one line of JSON with `--output json`, else the text
+    /// `text` makes.
+    fn print(self, value: Value, text: impl FnOnce() -> String) -> Result<()> {
+        match self {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string(&value).context("rendering the output as JSON")?
+            ),
+            Output::Text => println!("{}", text()),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -47,6 +77,8 @@ enum Command {
     /// sender-sms, sender-email, retry-1, retry-2, retry-3, template-stats,
     /// feed-planner, feed-writer, or all.
     Process {
+        /// The stages this process runs (each joins its stage's consumer
+        /// group, so more processes share the partitions), or `all`.
         #[arg(required = true)]
         stages: Vec<String>,
     },
@@ -85,13 +117,18 @@ enum Command {
     },
     /// Create or update a user's contact points (client).
     User {
+        /// The user's id in your system.
         id: String,
+        /// Display name (feed authors, email greetings).
         #[arg(long)]
         name: Option<String>,
+        /// Email address (the email channel).
         #[arg(long)]
         email: Option<String>,
+        /// Phone number in E.164, e.g. +14155550100 (the SMS channel).
         #[arg(long)]
         phone: Option<String>,
+        /// BCP 47 locale choosing a template's variant, e.g. en, fr-FR.
         #[arg(long)]
         locale: Option<String>,
         #[command(flatten)]
@@ -99,9 +136,11 @@ enum Command {
     },
     /// Register a device token for a user (client).
     Device {
+        /// The user the device belongs to.
         user: String,
         /// ios, android or web.
         platform: String,
+        /// The APNs device token or FCM registration token.
         token: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -114,15 +153,21 @@ enum Command {
         /// Channels (ios, android, sms, email); none means every opted-in one.
         #[arg(long = "channel")]
         channels: Vec<String>,
+        /// Push title and email subject (raw content, with --body).
         #[arg(long)]
         title: Option<String>,
+        /// The text: push body, SMS and email text (raw content; or use
+        /// --template).
         #[arg(long)]
         body: Option<String>,
+        /// Send a stored template's latest version instead of --title/--body.
         #[arg(long)]
         template: Option<String>,
         /// Template parameter as key=value; repeatable.
         #[arg(long = "param")]
         params: Vec<String>,
+        /// The category users opt in or out of, e.g. marketing, security
+        /// (enricher.critical_categories bypass opt-outs).
         #[arg(long)]
         category: Option<String>,
         /// Idempotency key; generated when absent.
@@ -133,6 +178,7 @@ enum Command {
     },
     /// Show a notification's delivery state (client).
     Status {
+        /// A notification id that `send` printed.
         notification_id: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -140,6 +186,7 @@ enum Command {
     /// Print a bearer token for a user of the feed API (signed with
     /// feed.user_token_secret; your auth service mints these in production).
     UserToken {
+        /// The user the token acts for.
         user: String,
         /// Seconds the token is valid.
         #[arg(long, default_value_t = 3600)]
@@ -151,6 +198,7 @@ enum Command {
         /// The acting user.
         #[arg(long = "as", value_name = "USER")]
         user: String,
+        /// The gateway's gRPC address.
         #[arg(
             long,
             env = "TIDINGS_GATEWAY_URL",
@@ -160,12 +208,69 @@ enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
+    /// Manage notification templates (client): put one template file,
+    /// import a directory of them, print one, or its counts. The file format
+    /// (TOML or JSON, one template per file) is in docs/cli.md.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
+    /// Print a shell completion script, e.g. `tidings completions bash >
+    /// ~/.local/share/bash-completion/completions/tidings`, `tidings
+    /// completions zsh > ~/.zfunc/_tidings`, `tidings completions fish >
+    /// ~/.config/fish/completions/tidings.fish`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Create the next version of the template in a file (.toml or .json);
+    /// prints its name and new version.
+    Put {
+        /// The template file.
+        file: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Put every template file (*.toml, *.json) in a directory, in name
+    /// order. Every file is read and checked before any is sent.
+    Import {
+        /// The directory of template files.
+        dir: PathBuf,
+        /// Read and check the files; send nothing (no gateway needed).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Print a template as a template file (TOML; JSON with --output json),
+    /// ready to edit and `put` again.
+    Get {
+        /// The template's name.
+        name: String,
+        /// The version to print; 0: the latest.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Print a template's counts: sent, delivered, opened, clicked.
+    Stats {
+        /// The template's name.
+        name: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
 }
 
 #[derive(Subcommand)]
 enum FeedCommand {
     /// Publish a post to your followers.
     Post {
+        /// The post's text.
         body: String,
         /// A media URL (CDN); repeatable.
         #[arg(long = "media")]
@@ -176,22 +281,32 @@ enum FeedCommand {
     },
     /// Print a page of your feed, newest first.
     Read {
+        /// Items per page.
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// The cursor a previous page printed.
         #[arg(long, default_value = "")]
         cursor: String,
     },
+    /// Follow a user: their posts reach your feed from now on.
     Follow {
+        /// The user to follow.
         user: String,
     },
+    /// Stop following a user.
     Unfollow {
+        /// The user to stop following.
         user: String,
     },
+    /// Mute a user you follow: no "new post" pushes from them; their posts
+    /// stay in your feed.
     Mute {
+        /// The user to mute.
         user: String,
     },
+    /// Unmute a user.
     Unmute {
+        /// The user to unmute.
         user: String,
     },
 }
@@ -200,6 +315,7 @@ enum FeedCommand {
 enum AppsCommand {
     /// Create an app and print its key and secret (shown once).
     Create {
+        /// A name for the app (the calling service), shown by `apps list`.
         name: String,
         /// Comma-separated: send, status, contacts, preferences, templates, or *.
         #[arg(long, default_value = "*", value_delimiter = ',')]
@@ -209,7 +325,10 @@ enum AppsCommand {
         quota: Option<u32>,
     },
     /// Revoke an app key.
-    Revoke { app_key: String },
+    Revoke {
+        /// The key `apps create` printed.
+        app_key: String,
+    },
     /// List apps.
     List,
 }
@@ -223,9 +342,11 @@ struct GatewayArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     gateway: String,
-    /// Defaults to the app `tidings dev` creates.
+    /// The calling app's key (`tidings apps create`); defaults to the app
+    /// `tidings dev` creates.
     #[arg(long, env = "TIDINGS_APP_KEY", default_value = tidings::runtime::DEV_APP_KEY)]
     app_key: String,
+    /// The calling app's secret.
     #[arg(long, env = "TIDINGS_APP_SECRET", default_value = tidings::runtime::DEV_APP_SECRET)]
     app_secret: String,
 }
@@ -247,6 +368,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     let load = || Config::load(cli.config.as_deref());
+    let output = cli.output;
     match cli.command {
         Command::Dev { no_demo } => {
             let config = load()?;
@@ -331,10 +453,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Config => {
             let config = load()?;
-            print!("{}", toml_of(&config)?);
+            match output {
+                Output::Json => output.print(
+                    serde_json::to_value(&config).context("rendering the configuration")?,
+                    String::new,
+                )?,
+                Output::Text => print!("{}", toml_of(&config)?),
+            }
             Ok(())
         }
-        Command::Dlq { command } => tidings::dlq::run(&load()?, command).await,
+        Command::Dlq { mut command } => {
+            if let (Output::Json, tidings::dlq::DlqCommand::List { json, .. }) =
+                (output, &mut command)
+            {
+                *json = true;
+            }
+            tidings::dlq::run(&load()?, command).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tidings",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Templates { command } => templates_command(output, command).await,
         Command::Apps { command } => {
             let config = load()?;
             let store = Runtime::connect_store_only(&config).await?;
@@ -346,28 +491,51 @@ async fn run(cli: Cli) -> Result<()> {
                 } => {
                     let (key, secret) =
                         tidings::runtime::create_app(&store, &name, permissions, quota).await?;
-                    println!(
-                        "app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)"
-                    );
+                    output.print(json!({"app_key": key, "app_secret": secret, "name": name}), || {
+                        format!(
+                            "app_key    = {key}\napp_secret = {secret}\n(the secret is shown once; store it now)"
+                        )
+                    })?;
                 }
                 AppsCommand::Revoke { app_key } => {
                     if store.apps.revoke(&app_key).await? {
-                        println!("revoked {app_key}");
+                        output.print(json!({"app_key": app_key, "revoked": true}), || {
+                            format!("revoked {app_key}")
+                        })?;
                     } else {
                         anyhow::bail!("no app `{app_key}`");
                     }
                 }
                 AppsCommand::List => {
-                    for app in store.apps.list().await? {
-                        let state = if app.revoked { "revoked" } else { "active" };
-                        println!(
-                            "{:<40} {:<20} {:<8} {}",
-                            app.app_key,
-                            app.name,
-                            state,
-                            app.permissions.join(",")
-                        );
-                    }
+                    let apps = store.apps.list().await?;
+                    let value = apps
+                        .iter()
+                        .map(|app| {
+                            json!({
+                                "app_key": app.app_key,
+                                "name": app.name,
+                                "permissions": app.permissions,
+                                "quota_per_sec": app.quota_per_sec,
+                                "revoked": app.revoked,
+                                "created_at_ms": app.created_at,
+                            })
+                        })
+                        .collect();
+                    output.print(Value::Array(value), || {
+                        apps.iter()
+                            .map(|app| {
+                                let state = if app.revoked { "revoked" } else { "active" };
+                                format!(
+                                    "{:<40} {:<20} {:<8} {}",
+                                    app.app_key,
+                                    app.name,
+                                    state,
+                                    app.permissions.join(",")
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })?;
                 }
             }
             Ok(())
@@ -391,8 +559,9 @@ async fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 })
                 .await?;
-            println!("user {id} saved");
-            Ok(())
+            output.print(json!({"user_id": id, "saved": true}), || {
+                format!("user {id} saved")
+            })
         }
         Command::Device {
             user,
@@ -404,8 +573,10 @@ async fn run(cli: Cli) -> Result<()> {
             client
                 .register_device(&user, client::parse_platform(&platform)?, &token)
                 .await?;
-            println!("device registered for {user}");
-            Ok(())
+            output.print(
+                json!({"user_id": user, "platform": platform, "registered": true}),
+                || format!("device registered for {user}"),
+            )
         }
         Command::Send {
             users,
@@ -434,11 +605,19 @@ async fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 })
                 .await?;
-            println!("accepted event {}", response.event_id);
-            for id in response.notification_ids {
-                println!("  notification {id}");
-            }
-            Ok(())
+            output.print(
+                json!({
+                    "event_id": response.event_id,
+                    "notification_ids": response.notification_ids,
+                }),
+                || {
+                    let mut text = format!("accepted event {}", response.event_id);
+                    for id in &response.notification_ids {
+                        text.push_str(&format!("\n  notification {id}"));
+                    }
+                    text
+                },
+            )
         }
         Command::Status {
             notification_id,
@@ -446,6 +625,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let client = gateway.connect().await?;
             let status = client.status(&notification_id).await?;
+            if output == Output::Json {
+                return output.print(client::status_json(&status), String::new);
+            }
             for d in status.deliveries {
                 println!(
                     "{:<8} {:<24} {:<10} attempt {} {}",
@@ -455,14 +637,17 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::UserToken { user, ttl } => {
-            println!("{}", user_token(&load()?, &user, ttl));
-            Ok(())
+            let token = user_token(&load()?, &user, ttl);
+            output.print(
+                json!({"user_id": user, "token": token, "ttl_secs": ttl}),
+                || token.clone(),
+            )
         }
         Command::Feed {
             user,
             gateway,
             command,
-        } => feed_command(&load()?, &user, &gateway, command).await,
+        } => feed_command(&load()?, output, &user, &gateway, command).await,
     }
 }
 
@@ -492,8 +677,130 @@ fn user_token(config: &Config, user: &str, ttl: u64) -> String {
     )
 }
 
+/// `tidings templates ...`.
+async fn templates_command(output: Output, command: TemplatesCommand) -> Result<()> {
+    use tidings::client::TemplateFile;
+    match command {
+        TemplatesCommand::Put { file, gateway } => {
+            let template = TemplateFile::read(&file)?;
+            let name = template.name.clone();
+            let version = gateway.connect().await?.put_template(template).await?;
+            output.print(json!({"name": name, "version": version}), || {
+                format!("template {name} version {version}")
+            })
+        }
+        TemplatesCommand::Import {
+            dir,
+            dry_run,
+            gateway,
+        } => {
+            // Every file is read and checked first: a typo in the tenth file
+            // does not leave nine imported and one not.
+            let files = client::template_files(&dir)?;
+            let templates = files
+                .iter()
+                .map(|f| TemplateFile::read(f))
+                .collect::<Result<Vec<_>>>()?;
+            let mut imported = Vec::new();
+            if dry_run {
+                for (file, t) in files.iter().zip(&templates) {
+                    imported.push(json!({"file": file, "name": t.name, "version": null}));
+                }
+            } else {
+                let client = gateway.connect().await?;
+                let (bar, _) = tidings::progress::bar(
+                    templates.len() as u64,
+                    "{bar:40} {pos}/{len} templates imported [{elapsed}] {msg}",
+                );
+                for (file, template) in files.iter().zip(templates) {
+                    let name = template.name.clone();
+                    bar.set_message(name.clone());
+                    let version = client.put_template(template).await.with_context(|| {
+                        format!("importing {} (template {name})", file.display())
+                    })?;
+                    imported.push(json!({"file": file, "name": name, "version": version}));
+                    bar.inc(1);
+                }
+                bar.finish_and_clear();
+            }
+            let text = || {
+                let mut lines: Vec<String> = imported
+                    .iter()
+                    .map(|t| match t["version"].as_u64() {
+                        Some(v) => {
+                            format!("template {} version {v}", t["name"].as_str().unwrap_or(""))
+                        }
+                        None => format!(
+                            "template {} ok ({})",
+                            t["name"].as_str().unwrap_or(""),
+                            t["file"].as_str().unwrap_or("")
+                        ),
+                    })
+                    .collect();
+                lines.push(format!(
+                    "{} {} template(s) from {}",
+                    if dry_run { "checked" } else { "imported" },
+                    imported.len(),
+                    dir.display()
+                ));
+                lines.join("\n")
+            };
+            let value = json!({"dry_run": dry_run, "templates": imported.clone()});
+            output.print(value, text)
+        }
+        TemplatesCommand::Get {
+            name,
+            version,
+            gateway,
+        } => {
+            let template = gateway
+                .connect()
+                .await?
+                .get_template(&name, version)
+                .await?;
+            let file = TemplateFile::of(&template);
+            match output {
+                Output::Json => {
+                    let mut value =
+                        serde_json::to_value(&file).context("rendering the template")?;
+                    value["version"] = template.version.into();
+                    value["created_at_ms"] = template.created_at_ms.into();
+                    output.print(value, String::new)
+                }
+                Output::Text => {
+                    println!("# {name} version {}", template.version);
+                    print!(
+                        "{}",
+                        toml::to_string_pretty(&file).context("rendering the template as TOML")?
+                    );
+                    Ok(())
+                }
+            }
+        }
+        TemplatesCommand::Stats { name, gateway } => {
+            let stats = gateway.connect().await?.template_stats(&name).await?;
+            output.print(
+                json!({
+                    "name": name,
+                    "sent": stats.sent,
+                    "delivered": stats.delivered,
+                    "opened": stats.opened,
+                    "clicked": stats.clicked,
+                }),
+                || {
+                    format!(
+                        "{name}: sent {}, delivered {}, opened {}, clicked {}",
+                        stats.sent, stats.delivered, stats.opened, stats.clicked
+                    )
+                },
+            )
+        }
+    }
+}
+
 async fn feed_command(
     config: &Config,
+    output: Output,
     user: &str,
     gateway: &str,
     command: FeedCommand,
@@ -510,10 +817,16 @@ async fn feed_command(
                 .publish_to(&body, media_urls, audience)
                 .await
                 .map_err(status)?;
-            println!("posted {}", post.post_id);
+            output.print(
+                json!({"post_id": post.post_id, "created_at_ms": post.created_at_ms}),
+                || format!("posted {}", post.post_id),
+            )?;
         }
         FeedCommand::Read { limit, cursor } => {
             let page = feed.page(&cursor, limit).await.map_err(status)?;
+            if output == Output::Json {
+                return output.print(client::feed_page_json(&page), String::new);
+            }
             for item in &page.items {
                 let author = item
                     .author
@@ -528,12 +841,30 @@ async fn feed_command(
                 println!("older: --cursor {}", page.next_cursor);
             }
         }
-        FeedCommand::Follow { user: other } => feed.follow(&other, true).await.map_err(status)?,
-        FeedCommand::Unfollow { user: other } => {
-            feed.follow(&other, false).await.map_err(status)?
+        FeedCommand::Follow { user: other } => {
+            feed.follow(&other, true).await.map_err(status)?;
+            output.print(json!({"user_id": other, "following": true}), || {
+                format!("following {other}")
+            })?;
         }
-        FeedCommand::Mute { user: other } => feed.mute(&other, true).await.map_err(status)?,
-        FeedCommand::Unmute { user: other } => feed.mute(&other, false).await.map_err(status)?,
+        FeedCommand::Unfollow { user: other } => {
+            feed.follow(&other, false).await.map_err(status)?;
+            output.print(json!({"user_id": other, "following": false}), || {
+                format!("not following {other}")
+            })?;
+        }
+        FeedCommand::Mute { user: other } => {
+            feed.mute(&other, true).await.map_err(status)?;
+            output.print(json!({"user_id": other, "muted": true}), || {
+                format!("muted {other}")
+            })?;
+        }
+        FeedCommand::Unmute { user: other } => {
+            feed.mute(&other, false).await.map_err(status)?;
+            output.print(json!({"user_id": other, "muted": false}), || {
+                format!("unmuted {other}")
+            })?;
+        }
     }
     Ok(())
 }
@@ -632,4 +963,43 @@ async fn feed_demo(config: &Config, endpoint: &str, http: std::net::SocketAddr) 
 
 fn toml_of(config: &Config) -> Result<String> {
     toml::to_string_pretty(config).context("rendering the configuration as TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand, argument and flag says what it is in `--help`
+    /// (issue 8 found `send --title` and `feed follow` without a word).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "tidings", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
