@@ -177,7 +177,8 @@ cmd_up() {
   done
   rm -f "$PROCS"
 
-  "$SCRIPT_DIR/servers.sh" up
+  # Its status lines go to stderr: stdout of `up` is the process table.
+  "$SCRIPT_DIR/servers.sh" up >&2
   eval "$("$SCRIPT_DIR/servers.sh" env)"
 
   if [[ ! -x "$BIN" ]]; then
