@@ -47,6 +47,7 @@ fn documented() -> OpenApiRouter<Gateway> {
         .routes(routes!(open))
         .merge(webhooks::routes())
         .merge(feed_http::routes())
+        .merge(crate::schema_registry::routes())
 }
 
 /// The OpenAPI document of [`documented`], as served.

@@ -16,6 +16,7 @@ pub mod limits;
 mod notifications;
 mod openapi;
 mod preferences;
+pub mod schema_registry;
 mod stale_cache;
 pub mod templates;
 pub mod user_token;

@@ -23,6 +23,10 @@
 //!   whose id is the record's local id. A local id always names its
 //!   record's current schema (the ids are fixed per record type, not per
 //!   schema version), so there is no other version to serve.
+//! - `POST /subjects/{subject}` with `{"schema": "..."}`: the lookup a
+//!   client makes before it trusts a schema it holds (a reader with
+//!   `use.latest.version`, a writer that does not register); it registers
+//!   nothing.
 //! - `GET /schemas/ids/{id}`, `.../schema`, `.../subjects`, `.../versions`;
 //!   `GET /schemas/types`, `GET /config`, `GET /config/{subject}`,
 //!   `GET /mode`.
@@ -40,12 +44,13 @@ use std::sync::LazyLock;
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{Path, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tidings_kafka::Topics;
 use tidings_schemas::{CATALOG, catalog::CatalogEntry};
 use utoipa::ToSchema;
@@ -64,6 +69,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()
         .routes(routes!(subjects))
         .routes(routes!(subject_versions))
+        .routes(routes!(lookup))
         .routes(routes!(subject_version))
         .routes(routes!(subject_version_schema))
         .routes(routes!(schema_by_id))
@@ -96,6 +102,8 @@ enum RegistryError {
     VersionNotFound(String),
     SchemaNotFound,
     InvalidVersion(String),
+    /// A lookup's body is not `{"schema": "<Avro schema JSON>"}`.
+    InvalidSchema(String),
     /// `kafka.schema_registry_url` is set: the topics carry another
     /// registry's ids.
     ExternalRegistry,
@@ -110,6 +118,7 @@ impl RegistryError {
                 (StatusCode::NOT_FOUND, 40403)
             }
             RegistryError::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
+            RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
         }
     }
 
@@ -121,6 +130,7 @@ impl RegistryError {
             RegistryError::InvalidVersion(v) => format!(
                 "The specified version '{v}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
             ),
+            RegistryError::InvalidSchema(why) => format!("Invalid schema: {why}"),
             RegistryError::ExternalRegistry => "Schema not found: this deployment writes the schema ids of the registry in kafka.schema_registry_url, not the built-in ones; ask that registry".to_owned(),
         }
     }
@@ -235,6 +245,30 @@ impl BuiltIn {
         }
     }
 
+    /// The subject's version whose schema is `body`'s (`{"schema": "..."}`),
+    /// compared as JSON: what a client asks before it trusts a schema it
+    /// holds (a reader's `use.latest.version`, a writer that does not
+    /// register).
+    fn lookup(&self, name: &str, body: &[u8]) -> Result<&Subject, RegistryError> {
+        let subject = self.subject(name)?;
+        let asked: LookupBody = serde_json::from_slice(body).map_err(|e| {
+            RegistryError::InvalidSchema(format!("the body is not {{\"schema\": \"...\"}}: {e}"))
+        })?;
+        if let Some(kind) = asked.schema_type.filter(|t| t != "AVRO") {
+            return Err(RegistryError::InvalidSchema(format!(
+                "schemaType {kind}: only AVRO is served"
+            )));
+        }
+        let asked: Value = serde_json::from_str(&asked.schema)
+            .map_err(|e| RegistryError::InvalidSchema(format!("the schema is not JSON: {e}")))?;
+        let ours: Option<Value> = serde_json::from_str(compact_schema(subject.entry)).ok();
+        if ours.as_ref() == Some(&asked) {
+            Ok(subject)
+        } else {
+            Err(RegistryError::SchemaNotFound)
+        }
+    }
+
     /// The subjects whose schema has `id`.
     fn with_id(&self, id: &str) -> Result<Vec<&Subject>, RegistryError> {
         let entry = entry_of_id(id)?;
@@ -274,6 +308,17 @@ fn subject_version_body(subject: &Subject) -> SubjectVersion {
         id: subject.entry.local_id,
         schema: compact_schema(subject.entry).to_owned(),
     }
+}
+
+/// What `POST /subjects/{subject}` is asked.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LookupBody {
+    /// The Avro schema, as JSON text.
+    schema: String,
+    /// `AVRO` (the default) is the only type served.
+    #[serde(default)]
+    schema_type: Option<String>,
 }
 
 /// A schema by id, as `GET /schemas/ids/{id}` answers.
@@ -338,6 +383,25 @@ async fn subjects(State(gateway): State<Gateway>) -> Answer {
 async fn subject_versions(State(gateway): State<Gateway>, Path(subject): Path<String>) -> Answer {
     built_in(&gateway)?.subject(&subject)?;
     ok(&[1])
+}
+
+/// Whether a subject has a schema: its version and id if so. Read-only:
+/// nothing is registered.
+#[utoipa::path(post, path = "/schema-registry/subjects/{subject}", tag = "schema-registry",
+    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name")),
+    request_body(content = LookupBody, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The subject's version with this schema", content_type = "application/vnd.schemaregistry.v1+json", body = SubjectVersion),
+        (status = 404, description = "No such subject (40401), or it has no such schema (40403)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
+        (status = 422, description = "Not an Avro schema (42201)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
+    ))]
+async fn lookup(
+    State(gateway): State<Gateway>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let registry = built_in(&gateway)?;
+    ok(&subject_version_body(registry.lookup(&subject, &body)?))
 }
 
 /// One version of a subject: its id and schema.
@@ -480,6 +544,8 @@ async fn mode() -> Answer {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn registry() -> BuiltIn {
@@ -541,6 +607,43 @@ mod tests {
         }
         let e = r.version("acme.nope-value", "1").unwrap_err();
         assert_eq!(e.status_and_code(), (StatusCode::NOT_FOUND, 40401));
+    }
+
+    #[test]
+    fn a_lookup_finds_the_subjects_schema_and_nothing_else() {
+        let r = registry();
+        let entry = tidings_schemas::catalog::lookup("tidings.v1.TrackingEvent")
+            .unwrap()
+            .entry;
+        // As a client holding the .avsc text (whitespace is not compared).
+        let body = json!({"schema": entry.source}).to_string();
+        let found = r.lookup("acme.tracking-value", body.as_bytes()).unwrap();
+        assert_eq!(found.entry.local_id, 4);
+        assert_eq!(
+            r.lookup("acme.notify.requests-value", body.as_bytes())
+                .unwrap_err(),
+            RegistryError::SchemaNotFound
+        );
+        let e = r
+            .lookup("acme.tracking-value", b"{\"schema\": \"nope\"}")
+            .unwrap_err();
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::UNPROCESSABLE_ENTITY, 42201)
+        );
+        let e = r.lookup("acme.tracking-value", b"[]").unwrap_err();
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::UNPROCESSABLE_ENTITY, 42201)
+        );
+        let proto = json!({"schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF"}).to_string();
+        let e = r
+            .lookup("acme.tracking-value", proto.as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::UNPROCESSABLE_ENTITY, 42201)
+        );
     }
 
     #[test]
