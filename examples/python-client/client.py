@@ -9,7 +9,7 @@ version).
 Notifications, contacts and templates are called as an app (`x-app-key` and
 `x-app-secret` metadata, from `tidings apps create`); the feed as a user
 (`authorization: Bearer <user token>`, an HS256 JWT your auth service mints
-with feed.user_token_secret, or `tidings user token <user id>` in
+with feed.user_token_secret, or `tidings user-token <user id>` in
 development).
 
     client.py --gateway 127.0.0.1:50051 --app-key K --app-secret S \\

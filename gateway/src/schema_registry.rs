@@ -680,6 +680,20 @@ mod tests {
         );
     }
 
+    /// docs/schemas.md's id table is the one integrators read; it must name
+    /// every id of the catalog with its record and file.
+    #[test]
+    fn the_documented_id_table_is_the_catalog() {
+        let doc = include_str!("../../docs/schemas.md");
+        for entry in CATALOG {
+            let row = format!(
+                "| {} | `{}` | `{}` |",
+                entry.local_id, entry.full_name, entry.file
+            );
+            assert!(doc.contains(&row), "docs/schemas.md lacks the row {row}");
+        }
+    }
+
     #[test]
     fn every_catalog_schema_is_served_as_compact_json() {
         for entry in CATALOG {
