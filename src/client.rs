@@ -434,6 +434,23 @@ impl TemplateFile {
                 path.display()
             );
         }
+        let mut file = file;
+        if file.default_locale.is_empty() {
+            // One variant is the default without saying so; with several,
+            // which one is a choice the file must make.
+            match file.variants.keys().collect::<Vec<_>>().as_slice() {
+                [only] => file.default_locale = (*only).clone(),
+                several => bail!(
+                    "{}: default_locale must name one of the variants ({})",
+                    path.display(),
+                    several
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
         Ok(file.into_template(name))
     }
 
@@ -620,6 +637,19 @@ sms_text = "Bienvenue, {{name}} !"
         let empty = write(dir.path(), "empty.json", "{\"variants\": {}}");
         let e = format!("{:#}", TemplateFile::read(&empty).unwrap_err());
         assert!(e.contains("empty.json") && e.contains("no variants"), "{e}");
+        let two = write(
+            dir.path(),
+            "two.toml",
+            "[variants.en]\nsms_text = \"hi\"\n[variants.fr]\nsms_text = \"salut\"\n",
+        );
+        let e = format!("{:#}", TemplateFile::read(&two).unwrap_err());
+        assert!(e.contains("default_locale") && e.contains("en, fr"), "{e}");
+        let one = write(
+            dir.path(),
+            "one.toml",
+            "[variants.de]\nsms_text = \"hallo\"\n",
+        );
+        assert_eq!(TemplateFile::read(&one).unwrap().default_locale, "de");
         let other = write(dir.path(), "notes.txt", "");
         let e = format!("{:#}", TemplateFile::read(&other).unwrap_err());
         assert!(e.contains(".toml or .json"), "{e}");

@@ -244,8 +244,7 @@ fn output_json_is_machine_readable_without_a_gateway() {
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("welcome.toml"), WELCOME).expect("write");
-    std::fs::write(dir.path().join("reset.json"), RESET).expect("write");
+    write_doc_examples(dir.path());
     let checked = json_of(&ok(
         &[
             "templates",
@@ -285,28 +284,24 @@ fn output_json_is_machine_readable_without_a_gateway() {
     );
 }
 
-const WELCOME: &str = r#"category = "onboarding"
-params = ["name"]
-default_locale = "en"
+/// The template files docs/cli.md shows: the examples are what the tests
+/// import, so the page cannot drift from the format.
+fn doc_example(lang: &str) -> String {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+        .expect("docs/cli.md");
+    let section = &page[page
+        .find("## Template files")
+        .expect("a template files section")..];
+    let fence = format!("```{lang}\n");
+    let start = section.find(&fence).expect("an example") + fence.len();
+    let len = section[start..].find("```").expect("the example's end");
+    section[start..start + len].to_owned()
+}
 
-[variants.en]
-push_title = "Welcome"
-push_body = "Welcome, {{name}}."
-sms_text = "Welcome, {{name}}!"
-email_subject = "Welcome"
-email_text = "Welcome, {{name}}."
-
-[variants.fr]
-sms_text = "Bienvenue, {{name}} !"
-"#;
-
-const RESET: &str = r#"{
-  "name": "password-reset",
-  "category": "security",
-  "params": ["code"],
-  "default_locale": "en",
-  "variants": {"en": {"sms_text": "Your code: {{code}}"}}
-}"#;
+fn write_doc_examples(dir: &std::path::Path) {
+    std::fs::write(dir.join("welcome.toml"), doc_example("toml")).expect("write");
+    std::fs::write(dir.join("password-reset.json"), doc_example("json")).expect("write");
+}
 
 /// A `tidings dev` of the test's own, on free ports; killed when dropped.
 struct Dev {
@@ -372,8 +367,7 @@ fn templates_import_and_client_commands_print_json() {
     let dev = Dev::start();
     let env = [("TIDINGS_GATEWAY_URL", dev.grpc.as_str())];
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("welcome.toml"), WELCOME).expect("write");
-    std::fs::write(dir.path().join("reset.json"), RESET).expect("write");
+    write_doc_examples(dir.path());
     let dir = dir.path().to_string_lossy().into_owned();
 
     let imported = json_of(&ok(
