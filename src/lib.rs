@@ -11,3 +11,4 @@ pub mod client;
 pub mod dlq;
 pub mod progress;
 pub mod runtime;
+pub mod top;

@@ -102,6 +102,10 @@ enum Command {
     /// social graph, publish posts and measure fan-out, then read feeds and
     /// measure pages/s and latency.
     BenchFeed(tidings::bench_feed::FeedBenchOptions),
+    /// Watch a running deployment from its processes' /metrics: consumer lag
+    /// per stage and topic, deliveries and failures per channel, stage
+    /// errors, retries and dead letters, provider outcomes, store calls.
+    Top(tidings::top::TopOptions),
     /// Inspect dead-lettered records and send them back to the topics they
     /// came from (admin; needs a shared Kafka: the embedded one lives only
     /// inside `tidings dev`).
@@ -415,8 +419,10 @@ async fn run(cli: Cli) -> Result<()> {
             for name in names {
                 runtime.spawn_stage(name, &mut tasks, &shutdown)?;
             }
+            let readiness = runtime.readiness(&mut tasks, &shutdown)?;
             tidings::runtime::spawn_metrics(
                 runtime.config.telemetry.metrics_addr,
+                readiness,
                 &mut tasks,
                 &shutdown,
             )
@@ -451,6 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::BenchFeed(options) => {
             tidings::bench_feed::run(bench_config(load()?), options).await
         }
+        Command::Top(options) => tidings::top::run(&load()?, options).await,
         Command::Config => {
             let config = load()?;
             match output {

@@ -8,11 +8,12 @@ use anyhow::{Context, Result, bail};
 use tidings_config::Config;
 use tidings_gateway::auth::{PERMISSIONS, hash_secret};
 use tidings_gateway::{
-    Gateway, GatewayAddrs,
+    Gateway, GatewayAddrs, PROBE_EVERY, Probe,
     webhooks::{SendGridSignatures, TwilioSignatures},
 };
 use tidings_kafka::{
-    AvroProducer, KafkaCluster, Processor, RETRY_TIERS, Stage, StageOptions, Topics,
+    AvroProducer, KafkaCluster, Processor, RETRY_TIERS, Stage, StageAssignments, StageOptions,
+    Topics,
 };
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
@@ -85,6 +86,8 @@ pub struct Runtime {
     pub producer: AvroProducer,
     pub topics: Topics,
     log_sink: Arc<LogSink>,
+    /// Where each stage consumer started here stands in its group.
+    stages: StageAssignments,
     /// Last: fields drop in order, and the embedded brokers must outlive
     /// every client.
     pub cluster: KafkaCluster,
@@ -108,6 +111,7 @@ impl Runtime {
             producer,
             topics,
             log_sink: Arc::new(LogSink::default()),
+            stages: StageAssignments::default(),
             cluster,
         };
         if init || runtime.cluster.is_embedded() {
@@ -249,6 +253,7 @@ impl Runtime {
             self.topics.dead_letter(),
             options,
         )?;
+        self.stages.track(stage_name, stage.assignment());
         let shutdown = shutdown.clone();
         // The stage's name goes with any failure, for the `task failed` line.
         let name = format!("stage {stage_name}");
@@ -472,13 +477,96 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serves `/metrics` and `/healthz` for a processor process.
+/// Whether a `tidings process` is ready: Kafka and the store answered the
+/// latest probe (every [`PROBE_EVERY`], the gateway's probe: a metadata
+/// request and one app-row read, 2 s timeouts each) and every stage consumer
+/// of the process holds its partition assignment (none, when its group has
+/// more members than partitions, counts).
+#[derive(Clone)]
+pub struct ProcessReadiness {
+    dependencies: tokio::sync::watch::Receiver<Result<(), String>>,
+    stages: StageAssignments,
+}
+
+impl ProcessReadiness {
+    /// `Ok` with what holds, or `Err` with one line per thing not ready.
+    pub fn verdict(&self) -> Result<Vec<String>, Vec<String>> {
+        let mut ready = Vec::new();
+        let mut waiting = Vec::new();
+        match &*self.dependencies.borrow() {
+            Ok(()) => ready.push("kafka and the store answer".to_owned()),
+            Err(why) => waiting.push(why.clone()),
+        }
+        match self.stages.verdict() {
+            Ok(()) => ready.extend(
+                self.stages
+                    .current()
+                    .into_iter()
+                    .map(|(stage, a)| format!("stage {stage}: {}", a.describe())),
+            ),
+            Err(stages) => waiting.extend(stages),
+        }
+        if waiting.is_empty() {
+            Ok(ready)
+        } else {
+            Err(waiting)
+        }
+    }
+}
+
+impl Runtime {
+    /// Probes Kafka and the store now and every [`PROBE_EVERY`] on `tasks`
+    /// until `shutdown`, and answers the process's readiness: those probes
+    /// and the stages started so far (start the stages first).
+    pub fn readiness(
+        &self,
+        tasks: &mut JoinSet<Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> Result<ProcessReadiness> {
+        // Every stage dead-letters to this topic: one small metadata request.
+        let probe = Probe::new(
+            &self.cluster.client_config(&self.config.kafka),
+            self.topics.dead_letter(),
+            self.store.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (tx, rx) =
+            tokio::sync::watch::channel(Err("kafka and the store: not probed yet".to_owned()));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(PROBE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = ticks.tick() => {}
+                }
+                let verdict = probe.check().await;
+                if let Err(why) = &verdict
+                    && tx.borrow().is_ok()
+                {
+                    tracing::warn!(reason = %why, "not ready: /readyz 503");
+                }
+                let _previous = tx.send_replace(verdict);
+            }
+        });
+        Ok(ProcessReadiness {
+            dependencies: rx,
+            stages: self.stages.clone(),
+        })
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (liveness: the process answers) and
+/// `/readyz` (200 ready, or 503 naming what is not) for a processor
+/// process; answers the address it listens on.
 pub async fn spawn_metrics(
     addr: std::net::SocketAddr,
+    readiness: ProcessReadiness,
     tasks: &mut JoinSet<Result<()>>,
     shutdown: &CancellationToken,
-) -> Result<()> {
-    use axum::{Router, routing::get};
+) -> Result<std::net::SocketAddr> {
+    use axum::{Router, http::StatusCode, routing::get};
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| {
@@ -492,8 +580,21 @@ pub async fn spawn_metrics(
             "/metrics",
             get(|| async { tidings_telemetry::metrics().render() }),
         )
-        .route("/healthz", get(|| async { "ok" }));
-    info!(%addr, "serving metrics");
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                match readiness.verdict() {
+                    Ok(ready) => (StatusCode::OK, format!("ready\n{}\n", ready.join("\n"))),
+                    Err(waiting) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready\n{}\n", waiting.join("\n")),
+                    ),
+                }
+            }),
+        );
+    let addr = listener.local_addr().unwrap_or(addr);
+    info!(%addr, "serving metrics, /healthz and /readyz");
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(listener, router)
@@ -501,7 +602,7 @@ pub async fn spawn_metrics(
             .await?;
         Ok(())
     });
-    Ok(())
+    Ok(addr)
 }
 
 /// The app `tidings dev` creates, which the CLI client uses by default. It

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 use tracing::info;
 
-pub use health::{PROBE_EVERY, SERVICES};
+pub use health::{PROBE_EVERY, Probe, SERVICES};
 pub use notifications::{
     EXPANSION_BUFFER_BYTES, MAX_USERS_PER_SEND, SendLimits, ValidSend, validate_send,
 };

@@ -292,8 +292,11 @@ impl StoreCall {
         m.store_call_seconds
             .with_label_values(&labels)
             .observe(self.elapsed.as_secs_f64());
+        // The error series exists from the first call, at 0, so a rate
+        // over it (dashboards, alerts) is 0 rather than absent.
+        let errors = m.store_errors.with_label_values(&labels);
         if self.failed {
-            m.store_errors.with_label_values(&labels).inc();
+            errors.inc();
         }
     }
 }

@@ -245,10 +245,9 @@ feed-writer: {group: feed-writer, topic: feed.fanout}
 {{- end -}}
 
 {{/*
-The probes of a container serving /healthz (and, later, /readyz) on the
-named port. Liveness and startup use probes.livenessPath; readiness uses
-probes.readinessPath.<gateway|stages> (/healthz until the binary serves
-/readyz). The startup probe gives a process time to reach Kafka and the
+The probes of a container serving /healthz and /readyz on the named port.
+Liveness and startup use probes.livenessPath; readiness uses
+probes.readinessPath.<gateway|stages> (/readyz by default). The startup probe gives a process time to reach Kafka and the
 store before it listens.
 Call with (dict "port" <port name> "component" "gateway"|"stages" "root" $).
 */}}
