@@ -375,7 +375,7 @@ async fn subjects(State(gateway): State<Gateway>) -> Answer {
 
 /// A subject's versions: always `[1]`.
 #[utoipa::path(get, path = "/schema-registry/subjects/{subject}/versions", tag = "schema-registry",
-    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name")),
+    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name", example = "tidings.v1.TrackingEvent")),
     responses(
         (status = 200, description = "The subject's version numbers", content_type = "application/vnd.schemaregistry.v1+json", body = Vec<i32>),
         (status = 404, description = "No such subject (40401)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
@@ -388,7 +388,7 @@ async fn subject_versions(State(gateway): State<Gateway>, Path(subject): Path<St
 /// Whether a subject has a schema: its version and id if so. Read-only:
 /// nothing is registered.
 #[utoipa::path(post, path = "/schema-registry/subjects/{subject}", tag = "schema-registry",
-    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name")),
+    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name", example = "tidings.v1.TrackingEvent")),
     request_body(content = LookupBody, content_type = "application/vnd.schemaregistry.v1+json"),
     responses(
         (status = 200, description = "The subject's version with this schema", content_type = "application/vnd.schemaregistry.v1+json", body = SubjectVersion),
@@ -407,8 +407,8 @@ async fn lookup(
 /// One version of a subject: its id and schema.
 #[utoipa::path(get, path = "/schema-registry/subjects/{subject}/versions/{version}", tag = "schema-registry",
     params(
-        ("subject" = String, Path, description = "`<topic>-value` or a record's full name"),
-        ("version" = String, Path, description = "`latest`, `-1` (latest) or a version number"),
+        ("subject" = String, Path, description = "`<topic>-value` or a record's full name", example = "tidings.v1.TrackingEvent"),
+        ("version" = String, Path, description = "`latest`, `-1` (latest) or a version number", example = "latest"),
     ),
     responses(
         (status = 200, description = "The version", content_type = "application/vnd.schemaregistry.v1+json", body = SubjectVersion),
@@ -426,8 +426,8 @@ async fn subject_version(
 /// One version's schema alone.
 #[utoipa::path(get, path = "/schema-registry/subjects/{subject}/versions/{version}/schema", tag = "schema-registry",
     params(
-        ("subject" = String, Path, description = "`<topic>-value` or a record's full name"),
-        ("version" = String, Path, description = "`latest`, `-1` (latest) or a version number"),
+        ("subject" = String, Path, description = "`<topic>-value` or a record's full name", example = "tidings.v1.TrackingEvent"),
+        ("version" = String, Path, description = "`latest`, `-1` (latest) or a version number", example = "latest"),
     ),
     responses(
         (status = 200, description = "The Avro schema", content_type = "application/vnd.schemaregistry.v1+json", body = Object),
@@ -443,7 +443,7 @@ async fn subject_version_schema(
 
 /// The schema with this id: what a deserializer asks for the id in a record.
 #[utoipa::path(get, path = "/schema-registry/schemas/ids/{id}", tag = "schema-registry",
-    params(("id" = String, Path, description = "A schema id (docs/schemas.md lists them)")),
+    params(("id" = String, Path, description = "A schema id (docs/schemas.md lists them)", example = "4")),
     responses(
         (status = 200, description = "The schema", content_type = "application/vnd.schemaregistry.v1+json", body = SchemaById),
         (status = 404, description = "No such id (40403)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
@@ -458,7 +458,7 @@ async fn schema_by_id(State(gateway): State<Gateway>, Path(id): Path<String>) ->
 
 /// The schema with this id alone.
 #[utoipa::path(get, path = "/schema-registry/schemas/ids/{id}/schema", tag = "schema-registry",
-    params(("id" = String, Path, description = "A schema id")),
+    params(("id" = String, Path, description = "A schema id", example = "4")),
     responses(
         (status = 200, description = "The Avro schema", content_type = "application/vnd.schemaregistry.v1+json", body = Object),
         (status = 404, description = "No such id (40403)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
@@ -470,7 +470,7 @@ async fn schema_by_id_raw(State(gateway): State<Gateway>, Path(id): Path<String>
 
 /// The subjects whose version has this id.
 #[utoipa::path(get, path = "/schema-registry/schemas/ids/{id}/subjects", tag = "schema-registry",
-    params(("id" = String, Path, description = "A schema id")),
+    params(("id" = String, Path, description = "A schema id", example = "4")),
     responses(
         (status = 200, description = "The subjects", content_type = "application/vnd.schemaregistry.v1+json", body = Vec<String>),
         (status = 404, description = "No such id (40403)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
@@ -487,7 +487,7 @@ async fn schema_id_subjects(State(gateway): State<Gateway>, Path(id): Path<Strin
 
 /// The subject versions that have this id.
 #[utoipa::path(get, path = "/schema-registry/schemas/ids/{id}/versions", tag = "schema-registry",
-    params(("id" = String, Path, description = "A schema id")),
+    params(("id" = String, Path, description = "A schema id", example = "4")),
     responses(
         (status = 200, description = "The subject versions", content_type = "application/vnd.schemaregistry.v1+json", body = Vec<SubjectVersionRef>),
         (status = 404, description = "No such id (40403)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
@@ -523,7 +523,7 @@ async fn config() -> Answer {
 
 /// A subject's compatibility rule: the global one.
 #[utoipa::path(get, path = "/schema-registry/config/{subject}", tag = "schema-registry",
-    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name")),
+    params(("subject" = String, Path, description = "`<topic>-value` or a record's full name", example = "tidings.v1.TrackingEvent")),
     responses(
         (status = 200, description = "The rule the schemas evolve by", content_type = "application/vnd.schemaregistry.v1+json", body = CompatibilityConfig),
         (status = 404, description = "No such subject (40401)", content_type = "application/vnd.schemaregistry.v1+json", body = RegistryErrorBody),
