@@ -152,11 +152,20 @@ probe_url() {
 }
 
 # Ready: /readyz answers 200 or, on a process that does not serve /readyz, /healthz does.
+# Python (which scripts/servers.sh needs anyway) rather than curl: one tool fewer.
 ready() {
-  local url=$1 code
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$url/readyz" || true)
-  [[ $code == 200 ]] && return 0
-  [[ $code == 404 ]] && curl -sf -o /dev/null --max-time 3 "$url/healthz"
+  "${PYTHON:-python3}" - "$1" <<'PY' 2>/dev/null
+import sys, urllib.error, urllib.request
+def status(path):
+    try:
+        return urllib.request.urlopen(sys.argv[1] + path, timeout=3).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+code = status("/readyz")
+sys.exit(0 if code == 200 or (code == 404 and status("/healthz") == 200) else 1)
+PY
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +175,7 @@ cmd_up() {
   [[ $NAME =~ ^[a-z][a-z0-9_]{0,40}$ ]] ||
     die "TIDINGS_CLUSTER_NAME=$NAME: use lowercase letters, digits and _ (it names topics and a keyspace)"
   [[ -z "$EXTRA_CONFIG" || -f "$EXTRA_CONFIG" ]] || die "TIDINGS_CLUSTER_CONFIG=$EXTRA_CONFIG: no such file"
-  command -v curl >/dev/null || die "curl is needed to probe readiness (apt-get install curl)"
+  command -v "${PYTHON:-python3}" >/dev/null || die "python3 is needed (as by scripts/servers.sh) to find free ports and probe readiness"
   mkdir -p "$DIR" "$LOGS"
   load_procs
   local i
@@ -329,7 +338,7 @@ cmd_logs() {
     return 0
   fi
   local log="$LOGS/$name.log"
-  [[ -f $log ]] || die "no log for \`$name\` in $LOGS (names: $(cd "$LOGS" 2>/dev/null && ls ./*.log 2>/dev/null | sed 's|^\./||; s|\.log$||' | tr '\n' ' '))"
+  [[ -f $log ]] || die "no log for \`$name\` in $LOGS (names: $(cd "$LOGS" 2>/dev/null && ls ./*.log 2>/dev/null | sed 's|^\./||; s|\.log$||' | paste -sd' '))"
   if (( follow )); then exec tail -n "$lines" -F "$log"; else tail -n "$lines" "$log"; fi
 }
 
