@@ -233,6 +233,41 @@ fn every_command_and_flag_has_help_text() {
 fn output_json_is_machine_readable_without_a_gateway() {
     let config = json_of(&ok(&["config", "--output", "json"], &[]));
     assert_eq!(config["kafka"]["bootstrap_servers"], "embedded");
+
+    // The admin commands talk to the store: a SQLite file of the test's own.
+    let store = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/tidings.db", store.path().display());
+    let env = [("TIDINGS_STORE__URL", url.as_str())];
+    let created = json_of(&ok(
+        &[
+            "apps",
+            "create",
+            "billing",
+            "--permissions",
+            "send,status",
+            "--output",
+            "json",
+        ],
+        &env,
+    ));
+    let key = created["app_key"].as_str().expect("app_key").to_owned();
+    assert!(
+        !created["app_secret"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{created}"
+    );
+    let listed = json_of(&ok(&["apps", "list", "--output", "json"], &env));
+    let app = listed
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["app_key"] == key.as_str()))
+        .unwrap_or_else(|| panic!("{key} not in {listed}"));
+    assert_eq!(app["name"], "billing");
+    assert_eq!(app["permissions"], serde_json::json!(["send", "status"]));
+    assert_eq!(app["revoked"], false);
+    let revoked = json_of(&ok(&["apps", "revoke", &key, "--output", "json"], &env));
+    assert_eq!(revoked["revoked"], true);
     let token = json_of(&ok(
         &["--output", "json", "user-token", "ada", "--ttl", "60"],
         &[],
