@@ -7,6 +7,8 @@
 #   scripts/tools.sh helm                  # prints the path of the helm binary
 #   scripts/tools.sh kubernetes-validate   # ... of kubernetes-validate
 #   scripts/tools.sh compose               # ... of compose-go's validator
+#   scripts/tools.sh grpc-health-probe     # ... of grpc-health-probe (Kubernetes' gRPC probe)
+#   scripts/tools.sh grpcurl               # ... of grpcurl (a reflection client)
 #   scripts/tools.sh crds                  # ... of the KEDA and Prometheus Operator
 #                                          # CRDs (one directory a line)
 #   scripts/tools.sh all                   # installs all of them, prints nothing
@@ -16,6 +18,10 @@
 #   compose validator    go install github.com/compose-spec/compose-go/v2/cmd
 #                        (the binary is called `cmd`; it prints the resolved
 #                        file or the first error and exits non-zero on it)
+#   grpc-health-probe    go install github.com/grpc-ecosystem/grpc-health-probe
+#   grpcurl              go install github.com/fullstorydev/grpcurl/cmd/grpcurl
+#                        (tests/health.rs asks the gateway with both, as a
+#                        kubelet and an operator would)
 #   kubernetes-validate  PyPI, into a virtualenv; ships the Kubernetes
 #                        schemas, so validation works offline
 #   CRDs                 the Go modules of KEDA and the Prometheus Operator
@@ -32,6 +38,8 @@ COMPOSE_GO_VERSION=v2.16.2
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KEDA_VERSION=v2.17.0
 PROMETHEUS_OPERATOR_VERSION=v0.81.0
+GRPC_HEALTH_PROBE_VERSION=v0.4.62
+GRPCURL_VERSION=v1.9.3
 
 TOOLS_DIR=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}
 PYTHON=${TIDINGS_TEST_PYTHON:-python3}
@@ -69,6 +77,14 @@ helm_path() {
 
 compose_path() {
     go_tool compose-go github.com/compose-spec/compose-go/v2/cmd "$COMPOSE_GO_VERSION" cmd
+}
+
+grpc_health_probe_path() {
+    go_tool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe "$GRPC_HEALTH_PROBE_VERSION" grpc-health-probe
+}
+
+grpcurl_path() {
+    go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" grpcurl
 }
 
 kubernetes_validate_path() {
@@ -109,11 +125,15 @@ case "${1:-}" in
     compose) compose_path ;;
     kubernetes-validate) kubernetes_validate_path ;;
     crds) crds_paths ;;
+    grpc-health-probe) grpc_health_probe_path ;;
+    grpcurl) grpcurl_path ;;
     all)
         helm_path >/dev/null
         compose_path >/dev/null
         kubernetes_validate_path >/dev/null
         crds_paths >/dev/null
+        grpc_health_probe_path >/dev/null
+        grpcurl_path >/dev/null
         ;;
-    *) die "usage: scripts/tools.sh helm|compose|kubernetes-validate|crds|all" ;;
+    *) die "usage: scripts/tools.sh helm|compose|kubernetes-validate|crds|grpc-health-probe|grpcurl|all" ;;
 esac

@@ -2,7 +2,8 @@
 //! operator's tool asks them, on the embedded default and on real Kafka and
 //! Cassandra: the standard health service (`grpc.health.v1.Health`, overall
 //! and per service), `/readyz` beside `/healthz`, and server reflection
-//! listing every service. NOT_SERVING while a dependency is down is in
+//! listing every service; then the same through grpc-health-probe and
+//! grpcurl (scripts/tools.sh builds them from the Go module proxy). NOT_SERVING while a dependency is down is in
 //! `gateway/src/health.rs`'s unit test (the shared servers stay up here).
 
 mod support;
@@ -116,5 +117,94 @@ async fn the_gateway_reports_health_readiness_and_its_services(backend: Backend)
         ),
         "{answer:?}"
     );
+
+    // The same, asked by the tools operators use: Kubernetes' gRPC probe
+    // and grpcurl (Go's gRPC stack, not ours).
+    let addr = t
+        .pipeline
+        .as_ref()
+        .expect("running")
+        .gateway
+        .grpc
+        .to_string();
+    let probe = tool("grpc-health-probe");
+    let serving = run(&probe, &[&format!("-addr={addr}")]);
+    assert!(
+        serving.status.success() && serving.stderr.contains("status: SERVING"),
+        "{serving:?}"
+    );
+    for service in tidings_gateway::SERVICES {
+        let out = run(
+            &probe,
+            &[&format!("-addr={addr}"), &format!("-service={service}")],
+        );
+        assert!(out.status.success(), "{service}: {out:?}");
+    }
+    let unknown = run(
+        &probe,
+        &[
+            &format!("-addr={addr}"),
+            "-service=tidings.v1.NoSuchService",
+        ],
+    );
+    assert!(!unknown.status.success(), "{unknown:?}");
+
+    let grpcurl = tool("grpcurl");
+    let listed = run(&grpcurl, &["-plaintext", &addr, "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let mut names: Vec<&str> = listed.stdout.lines().map(str::trim).collect();
+    names.sort();
+    assert_eq!(names, expected, "grpcurl list");
+    // grpcurl builds a call from reflection alone; without an app key the
+    // gateway answers UNAUTHENTICATED.
+    let call = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            "{}",
+            &addr,
+            "tidings.v1.NotificationService/Send",
+        ],
+    );
+    assert!(
+        !call.status.success() && call.stderr.contains("Unauthenticated"),
+        "{call:?}"
+    );
     t.stop().await;
+}
+
+/// An outside tool, installed (once, cached outside the repository) by
+/// scripts/tools.sh, which prints its path.
+fn tool(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/tools.sh"))
+        .arg(name)
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/tools.sh {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/tools.sh {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+#[derive(Debug)]
+struct Ran {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(program: &std::path::Path, args: &[&str]) -> Ran {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    Ran {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
