@@ -50,10 +50,13 @@ impl Assignment {
     }
 }
 
+/// A stage's name and its assignment as it changes.
+type Tracked = (&'static str, watch::Receiver<Assignment>);
+
 /// The assignment of every stage consumer of one process. Cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct StageAssignments {
-    stages: Arc<Mutex<Vec<(&'static str, watch::Receiver<Assignment>)>>>,
+    stages: Arc<Mutex<Vec<Tracked>>>,
 }
 
 impl StageAssignments {
@@ -87,7 +90,7 @@ impl StageAssignments {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, watch::Receiver<Assignment>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Tracked>> {
         // A panic while holding this lock cannot leave the list half-made.
         self.stages.lock().unwrap_or_else(|p| p.into_inner())
     }
