@@ -225,6 +225,15 @@ cmd_up() {
   "$BIN" --config "$CONFIG" init >>"$LOGS/init.log" 2>&1 ||
     die "tidings init failed; see $LOGS/init.log:
 $(tail -n 20 "$LOGS/init.log")"
+  # The app is kept across ups; made again when its keyspace no longer has it (another
+  # TIDINGS_CLUSTER_NAME, or a dropped keyspace).
+  if [[ -f "$APP" ]]; then
+    local kept
+    kept=$(sed -n 's/^TIDINGS_APP_KEY=//p' "$APP")
+    if ! "$BIN" --config "$CONFIG" apps list --output json 2>>"$LOGS/init.log" | grep -q "\"$kept\""; then
+      rm -f "$APP"
+    fi
+  fi
   if [[ ! -f "$APP" ]]; then
     local out key secret
     out=$("$BIN" --config "$CONFIG" apps create cluster 2>>"$LOGS/init.log") ||
