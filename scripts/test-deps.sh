@@ -13,6 +13,9 @@
 #   confluent-kafka, fastavro, grpcio-tools (PyPI): the Python examples under
 #                    examples/ that tests/examples.rs runs, in a virtualenv
 #                    cached in the tools' directory (examples-venv).
+#   schemathesis (PyPI): fuzzes the gateway's HTTP API from its OpenAPI
+#                    document (tests/api_conventions.rs), in a virtualenv
+#                    cached in the tools' directory (schemathesis-venv).
 #
 # The tests run `python3` (override with TIDINGS_TEST_PYTHON); this installs
 # into that interpreter.
@@ -48,6 +51,19 @@ if [[ "$(cat "$examples_venv/requirements.txt" 2>/dev/null)" != "$examples_reqs"
     "$PYTHON" -m venv "$examples_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
     "$examples_venv/bin/pip" install --quiet --disable-pip-version-check "${examples_req_files[@]/#/--requirement=}"
     printf '%s\n' "$examples_reqs" >"$examples_venv/requirements.txt"
+fi
+
+# schemathesis (PyPI), which tests/api_conventions.rs runs against a live
+# gateway's /openapi.json: its own virtualenv in the tools' directory,
+# rebuilt when the pinned version changes.
+schemathesis_version=4.32.5
+schemathesis_venv=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}/schemathesis-venv
+if [[ "$(cat "$schemathesis_venv/version" 2>/dev/null)" != "$schemathesis_version" ]]; then
+    echo "test-deps: installing schemathesis $schemathesis_version from PyPI into $schemathesis_venv" >&2
+    rm -rf "$schemathesis_venv"
+    "$PYTHON" -m venv "$schemathesis_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+    echo "$schemathesis_version" >"$schemathesis_venv/version"
 fi
 
 "$(dirname "$0")/tools.sh" all

@@ -34,11 +34,16 @@ pub fn routes() -> OpenApiRouter<Gateway> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
+    /// At most `feed.max_body_chars` characters.
     #[serde(default)]
     body: String,
+    /// Absolute http(s) URLs.
     #[serde(default)]
+    #[schema(max_items = 10)]
     media_urls: Vec<String>,
+    /// Only these users see the post (empty: every follower); user ids.
     #[serde(default)]
+    #[schema(max_items = 5000)]
     audience: Vec<String>,
 }
 
@@ -58,7 +63,7 @@ struct PageQuery {
     /// Absent means the default page; `limit=0` is refused (it asks for
     /// nothing, which is not what anyone means).
     #[serde(default)]
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
@@ -103,6 +108,10 @@ impl From<FeedItem> for Item {
         }
     }
 }
+
+// The document's bounds (schema attributes take literals) are the code's.
+const _: () = assert!(crate::feed::MAX_MEDIA == 10 && crate::feed::MAX_FOLLOWING == 5000);
+const _: () = assert!(crate::feed::MAX_PAGE == 100 && crate::validate::MAX_ID_LEN == 128);
 
 /// A failed call: the gRPC status both APIs share, answered over HTTP by
 /// [`status_response`].
@@ -320,7 +329,7 @@ enum GraphAnswers {
 
 /// Follows `user_id`: their posts reach the bearer's feed.
 #[utoipa::path(put, path = "/v1/me/following/{user_id}", tag = "feed", security(("bearer" = [])),
-    params(("user_id" = String, Path, description = "The user to follow")), responses(GraphAnswers))]
+    params(("user_id" = String, Path, description = "The user to follow", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(GraphAnswers))]
 async fn follow(
     s: State<Gateway>,
     h: HeaderMap,
@@ -331,7 +340,7 @@ async fn follow(
 
 /// Stops following `user_id`.
 #[utoipa::path(delete, path = "/v1/me/following/{user_id}", tag = "feed", security(("bearer" = [])),
-    params(("user_id" = String, Path, description = "The user to unfollow")), responses(GraphAnswers))]
+    params(("user_id" = String, Path, description = "The user to unfollow", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(GraphAnswers))]
 async fn unfollow(
     s: State<Gateway>,
     h: HeaderMap,
@@ -342,7 +351,7 @@ async fn unfollow(
 
 /// Hides `user_id`'s posts from the bearer's feed.
 #[utoipa::path(put, path = "/v1/me/muted/{user_id}", tag = "feed", security(("bearer" = [])),
-    params(("user_id" = String, Path, description = "The user to mute")), responses(GraphAnswers))]
+    params(("user_id" = String, Path, description = "The user to mute", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(GraphAnswers))]
 async fn mute(
     s: State<Gateway>,
     h: HeaderMap,
@@ -353,7 +362,7 @@ async fn mute(
 
 /// Shows `user_id`'s posts again.
 #[utoipa::path(delete, path = "/v1/me/muted/{user_id}", tag = "feed", security(("bearer" = [])),
-    params(("user_id" = String, Path, description = "The user to unmute")), responses(GraphAnswers))]
+    params(("user_id" = String, Path, description = "The user to unmute", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(GraphAnswers))]
 async fn unmute(
     s: State<Gateway>,
     h: HeaderMap,
