@@ -1,5 +1,7 @@
 //! The Python examples under `examples/`, run as their users would run them,
-//! against a pipeline on the real Kafka and Cassandra of `scripts/servers.sh`:
+//! against a pipeline on the real Kafka and Cassandra of `scripts/servers.sh`
+//! and on the embedded default (the Python processes reach the in-process
+//! mock cluster at its loopback address, as docs/schemas.md says):
 //!
 //! - `examples/analytics/template_rates.py` reads the tracking topic, decodes
 //!   the Confluent wire format with fastavro and `schemas/avro/`, and its
@@ -284,10 +286,9 @@ fn sendgrid_event(email: &str, mail: &Value, kind: &str) -> Value {
 
 /// Two templates' sends, receipts, opens and clicks; the analytics job's
 /// counts and rates per template equal `GetTemplateStats`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn analytics_job_counts_what_get_template_stats_counts() {
+async fn analytics_job_counts_what_get_template_stats_counts(backend: Backend) {
     let (provider, addr) = EmailProvider::start().await;
-    let t = TestPipeline::start_with(Backend::Servers, |c| {
+    let t = TestPipeline::start_with(backend, |c| {
         c.providers
             .insert("email".into(), EmailProvider::config(addr));
     })
@@ -434,9 +435,8 @@ async fn analytics_job_counts_what_get_template_stats_counts() {
 /// the gateway, decode every record of three topics (with the writer schema
 /// the id names, and with the subject's latest version); the registry's
 /// errors are Confluent's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confluent_deserializer_reads_the_topics_through_the_gateways_registry() {
-    let t = TestPipeline::start(Backend::Servers).await;
+async fn confluent_deserializer_reads_the_topics_through_the_gateways_registry(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
     let template = put_template(&t, "registry").await;
     let mut ids = HashSet::new();
     for _ in 0..3 {
@@ -571,9 +571,8 @@ async fn confluent_deserializer_reads_the_topics_through_the_gateways_registry()
 /// The grpcio client generated from `schemas/proto`: a user, a notification
 /// (its email on the delivery topic, its state through `GetStatus`), a
 /// follow, a post and the follower's feed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_sends_a_notification_and_reads_a_feed() {
-    let t = TestPipeline::start(Backend::Servers).await;
+async fn python_client_sends_a_notification_and_reads_a_feed(backend: Backend) {
+    let t = TestPipeline::start(backend).await;
     let gateway = grpc_addr(&t);
     let (key, secret) = (t.app.0.clone(), t.app.1.clone());
     let app = [
@@ -704,3 +703,9 @@ async fn python_client_sends_a_notification_and_reads_a_feed() {
     assert_eq!(item["author"]["user_id"], author.as_str(), "{feed}");
     t.stop().await;
 }
+
+on_every_backend!(
+    analytics_job_counts_what_get_template_stats_counts,
+    confluent_deserializer_reads_the_topics_through_the_gateways_registry,
+    python_client_sends_a_notification_and_reads_a_feed,
+);

@@ -220,6 +220,15 @@ impl BuiltIn {
         Self { subjects }
     }
 
+    /// The built-in subjects, unless the topics carry another registry's
+    /// ids (`kafka.schema_registry_url`).
+    fn unless_external(external_registry: bool, topics: &Topics) -> Result<Self, RegistryError> {
+        if external_registry {
+            return Err(RegistryError::ExternalRegistry);
+        }
+        Ok(Self::new(topics))
+    }
+
     fn names(&self) -> Vec<&str> {
         self.subjects.iter().map(|s| s.name.as_str()).collect()
     }
@@ -350,10 +359,10 @@ pub(crate) struct RegistryMode {
 
 /// The deployment's subjects, or why they are not served.
 fn built_in(gateway: &Gateway) -> Result<BuiltIn, RegistryError> {
-    if gateway.producer.codec().registry().is_some() {
-        return Err(RegistryError::ExternalRegistry);
-    }
-    Ok(BuiltIn::new(&gateway.topics))
+    BuiltIn::unless_external(
+        gateway.producer.codec().registry().is_some(),
+        &gateway.topics,
+    )
 }
 
 /// The raw schema JSON, as the `/schema` routes answer.
@@ -663,6 +672,18 @@ mod tests {
         assert!(subjects.contains(&"tidings.v1.Delivery".to_owned()));
         assert!(subjects.contains(&"acme.deliver.email-value".to_owned()));
         assert!(subjects.contains(&"acme.retry.1-value".to_owned()));
+    }
+
+    #[test]
+    fn with_an_external_registry_nothing_is_served_and_the_error_names_the_setting() {
+        let e = BuiltIn::unless_external(true, &Topics::new("acme")).unwrap_err();
+        assert_eq!(e.status_and_code(), (StatusCode::NOT_FOUND, 40403));
+        assert!(
+            e.message().contains("kafka.schema_registry_url"),
+            "{}",
+            e.message()
+        );
+        assert!(BuiltIn::unless_external(false, &Topics::new("acme")).is_ok());
     }
 
     #[tokio::test]
