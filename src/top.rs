@@ -276,7 +276,7 @@ pub fn render(before: &Snapshot, now: &Snapshot, seconds: f64, urls: &[String]) 
         let _ = writeln!(out, "\nPROVIDERS");
         for (key, value) in &outcomes_now {
             let was = outcomes_before.get(key).copied().unwrap_or(0.0);
-            let alert = if failing.get(&key[..1].to_vec()).copied().unwrap_or(0.0) > 0.0 {
+            let alert = if failing.get(&key[..1]).copied().unwrap_or(0.0) > 0.0 {
                 "  FAILING"
             } else {
                 ""
