@@ -541,7 +541,7 @@ impl Runtime {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = ticks.tick() => {}
                 }
-                let verdict = probe.check().await;
+                let verdict = probe.check().await.both();
                 if let Err(why) = &verdict
                     && tx.borrow().is_ok()
                 {

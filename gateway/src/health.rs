@@ -4,10 +4,17 @@
 //! every [`PROBE_EVERY`]. Probing on a period, not per ask, keeps a load
 //! balancer's health checks from becoming load on the dependencies.
 //!
-//! `/healthz` stays a liveness check (the process answers); `/readyz` and
-//! the health service say NOT_SERVING while Kafka or the store does not
-//! answer, so traffic is routed elsewhere rather than refused with
-//! UNAVAILABLE.
+//! `/healthz` stays a liveness check (the process answers). Readiness means
+//! "can accept a send", and a send needs Kafka, not the store: while the
+//! store does not answer the gateway accepts sends from the apps its cache
+//! knows (`gateway.auth_stale_serve_secs`), which is the point of writing
+//! requests to Kafka. So:
+//! - Kafka down: `/readyz` 503 and every service NOT_SERVING, so traffic is
+//!   routed elsewhere rather than refused with UNAVAILABLE;
+//! - the store down, Kafka up: *degraded*. `/readyz` stays 200 and says so,
+//!   the overall `""` and the notification service stay SERVING, and the
+//!   services that are the store (contacts, preferences, templates, feed)
+//!   say NOT_SERVING.
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,8 +40,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// cheap point look-up answered "absent".
 const PROBE_APP_KEY: &str = "tidings.readiness-probe";
 
-/// The services whose health follows Kafka's and the store's, besides the
-/// overall `""`.
+/// The services the gateway reports health for, besides the overall `""`.
 pub const SERVICES: &[&str] = &[
     notification_service_server::SERVICE_NAME,
     contact_service_server::SERVICE_NAME,
@@ -43,17 +49,74 @@ pub const SERVICES: &[&str] = &[
     feed_service_server::SERVICE_NAME,
 ];
 
-/// The latest probe's verdict: ready, or what did not answer.
+/// Of [`SERVICES`], those that serve from Kafka alone (and the auth cache)
+/// while the store does not answer.
+const SERVING_WITHOUT_STORE: &[&str] = &[notification_service_server::SERVICE_NAME];
+
+/// What the latest probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probed {
+    /// No probe has answered yet.
+    NotYet,
+    /// Kafka and the store answered.
+    Ready,
+    /// Kafka answered, the store did not (what it said).
+    Degraded(String),
+    /// Kafka did not answer (what failed, the store's answer included).
+    NotReady(String),
+}
+
+impl Probed {
+    fn of(kafka: Result<(), String>, store: Result<(), String>) -> Self {
+        match (kafka, store) {
+            (Ok(()), Ok(())) => Probed::Ready,
+            (Ok(()), Err(s)) => Probed::Degraded(s),
+            (Err(k), Ok(())) => Probed::NotReady(k),
+            (Err(k), Err(s)) => Probed::NotReady(format!("{k}; {s}")),
+        }
+    }
+
+    /// `Ok` only when Kafka and the store both answered, else what did not:
+    /// the readiness of a stage process, which needs both.
+    pub fn both(&self) -> Result<(), String> {
+        match self {
+            Probed::Ready => Ok(()),
+            Probed::Degraded(why) | Probed::NotReady(why) => Err(why.clone()),
+            Probed::NotYet => Err("not probed yet".to_owned()),
+        }
+    }
+
+    /// The health of `service` (`""` is the overall one).
+    fn status(&self, service: &str) -> ServingStatus {
+        match self {
+            Probed::Ready => ServingStatus::Serving,
+            Probed::Degraded(_)
+                if service.is_empty() || SERVING_WITHOUT_STORE.contains(&service) =>
+            {
+                ServingStatus::Serving
+            }
+            _ => ServingStatus::NotServing,
+        }
+    }
+}
+
+/// The latest probe's verdict.
 #[derive(Clone)]
 pub struct Readiness {
-    verdict: watch::Receiver<Result<(), String>>,
+    verdict: watch::Receiver<Probed>,
 }
 
 impl Readiness {
-    /// `Ok` when Kafka and the store answered the latest probe, else the
-    /// failures, e.g. `kafka: no metadata for t.notify.requests within 2s: ...`.
-    pub fn verdict(&self) -> Result<(), String> {
-        self.verdict.borrow().clone()
+    /// `Ok` while the gateway can accept sends (Kafka answered the latest
+    /// probe; `Ok(Some(why))` when the store did not), else what failed,
+    /// e.g. `kafka: no metadata for t.notify.requests within 2s: ...`.
+    pub fn verdict(&self) -> Result<Option<String>, String> {
+        match &*self.verdict.borrow() {
+            Probed::Ready => Ok(None),
+            Probed::Degraded(why) => Ok(Some(why.clone())),
+            Probed::NotReady(why) => Err(why.clone()),
+            Probed::NotYet => Err("not probed yet".to_owned()),
+        }
     }
 }
 
@@ -82,15 +145,10 @@ impl Probe {
         })
     }
 
-    /// Probes once: `Ok` when both answer, else what failed.
-    pub async fn check(&self) -> Result<(), String> {
+    /// Probes Kafka and the store once, at the same time.
+    pub async fn check(&self) -> Probed {
         let (kafka, store) = tokio::join!(self.kafka(), self.store());
-        match (kafka, store) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(k), Ok(())) => Err(k),
-            (Ok(()), Err(s)) => Err(s),
-            (Err(k), Err(s)) => Err(format!("{k}; {s}")),
-        }
+        Probed::of(kafka, store)
     }
 
     async fn kafka(&self) -> Result<(), String> {
@@ -120,44 +178,48 @@ impl Probe {
     /// each verdict to the health service and to the returned [`Readiness`].
     /// Not ready until the first probe has answered.
     pub fn spawn(self, health: HealthReporter, shutdown: CancellationToken) -> Readiness {
-        let (tx, rx) = watch::channel(Err("not probed yet".to_owned()));
+        let (tx, rx) = watch::channel(Probed::NotYet);
         tokio::spawn(async move {
-            set_status(&health, ServingStatus::NotServing).await;
+            set_status(&health, &Probed::NotYet).await;
             let mut ticks = tokio::time::interval(PROBE_EVERY);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // None until the first probe: its verdict is logged either way.
-            let mut ready: Option<bool> = None;
+            let mut last = Probed::NotYet;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                let verdict = self.check().await;
-                match (&verdict, ready) {
-                    (Ok(()), None | Some(false)) => {
-                        info!("Kafka and the store answer: serving");
-                        set_status(&health, ServingStatus::Serving).await;
+                let probed = self.check().await;
+                // Logged and published on a change of kind, not every probe.
+                if std::mem::discriminant(&probed) != std::mem::discriminant(&last) {
+                    match &probed {
+                        Probed::Ready => info!("Kafka and the store answer: serving"),
+                        Probed::Degraded(why) => {
+                            warn!(reason = %why, "the store does not answer: sends from apps the cache knows are accepted; contacts, preferences, templates and the feed NOT_SERVING; /readyz 200 (degraded)")
+                        }
+                        Probed::NotReady(why) => {
+                            warn!(reason = %why, "not ready: gRPC health NOT_SERVING, /readyz 503")
+                        }
+                        Probed::NotYet => {}
                     }
-                    (Err(why), None | Some(true)) => {
-                        warn!(reason = %why, "not ready: gRPC health NOT_SERVING, /readyz 503");
-                        set_status(&health, ServingStatus::NotServing).await;
-                    }
-                    _ => {}
+                    set_status(&health, &probed).await;
                 }
-                ready = Some(verdict.is_ok());
-                let _previous = tx.send_replace(verdict);
+                last = probed.clone();
+                let _previous = tx.send_replace(probed);
             }
             // Draining: tell the load balancer before the listeners close.
-            set_status(&health, ServingStatus::NotServing).await;
+            set_status(&health, &Probed::NotYet).await;
         });
         Readiness { verdict: rx }
     }
 }
 
-async fn set_status(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
+async fn set_status(health: &HealthReporter, probed: &Probed) {
+    health.set_service_status("", probed.status("")).await;
     for service in SERVICES {
-        health.set_service_status(service, status).await;
+        health
+            .set_service_status(service, probed.status(service))
+            .await;
     }
 }
 
@@ -223,5 +285,55 @@ mod tests {
         }
         shutdown.cancel();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The store down and Kafka up: sends are still accepted (from the
+    /// cache), so the gateway stays ready, says it is degraded, and only
+    /// the services that are the store go NOT_SERVING.
+    #[test]
+    fn a_store_outage_degrades_only_the_store_services() {
+        let probed = Probed::of(Ok(()), Err("store: no answer within 2s".into()));
+        assert_eq!(
+            probed,
+            Probed::Degraded("store: no answer within 2s".into())
+        );
+        assert_eq!(probed.status(""), ServingStatus::Serving);
+        assert_eq!(
+            probed.status(notification_service_server::SERVICE_NAME),
+            ServingStatus::Serving
+        );
+        for service in [
+            contact_service_server::SERVICE_NAME,
+            preference_service_server::SERVICE_NAME,
+            template_service_server::SERVICE_NAME,
+            feed_service_server::SERVICE_NAME,
+        ] {
+            assert_eq!(
+                probed.status(service),
+                ServingStatus::NotServing,
+                "{service}"
+            );
+        }
+        for down in [
+            Probed::of(Err("kafka: x".into()), Ok(())),
+            Probed::of(Err("kafka: x".into()), Err("store: y".into())),
+            Probed::NotYet,
+        ] {
+            for service in [""].iter().chain(SERVICES) {
+                assert_eq!(
+                    down.status(service),
+                    ServingStatus::NotServing,
+                    "{down:?} {service:?}"
+                );
+            }
+        }
+        assert_eq!(
+            Probed::of(Err("kafka: x".into()), Err("store: y".into())),
+            Probed::NotReady("kafka: x; store: y".into())
+        );
+        assert_eq!(
+            Probed::of(Ok(()), Ok(())).status(""),
+            ServingStatus::Serving
+        );
     }
 }

@@ -79,12 +79,14 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// 200 while Kafka and the store answered the latest probe (every
-/// `PROBE_EVERY`), else 503 naming what did not answer. `/healthz` is
+/// 200 while the gateway can accept sends: Kafka answered the latest probe
+/// (every `PROBE_EVERY`); the body says `degraded` when the store did not
+/// (sends from apps the auth cache knows are still accepted; see
+/// `health.rs`). Else 503 naming what did not answer. `/healthz` is
 /// liveness: the process answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Kafka and the store answered the latest probe", content_type = "text/plain", body = String, example = "ready"),
+        (status = 200, description = "Kafka answered the latest probe: sends are accepted. `ready`, or `ready (degraded: ...)` while the store does not answer", content_type = "text/plain", body = String, example = "ready"),
         (status = 503, description = "Not ready, naming what did not answer", content_type = "text/plain", body = String),
     ))]
 async fn readyz(State(gateway): State<Gateway>) -> Response {
@@ -93,7 +95,12 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
         .as_ref()
         .map_or_else(|| Err("not probed yet".to_owned()), |r| r.verdict());
     match verdict {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Ok(None) => (StatusCode::OK, "ready".to_owned()).into_response(),
+        Ok(Some(why)) => (
+            StatusCode::OK,
+            format!("ready (degraded: {why}; sends from apps the gateway knows are accepted)"),
+        )
+            .into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }

@@ -1,6 +1,9 @@
 //! The experiments, each counted on its own (A to F of issue 7).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     ClientConfig,
@@ -358,7 +361,29 @@ pub async fn cassandra_outage(h: &mut Harness) -> Stats {
     if let Err(e) = down {
         exp.notes.push(e);
     }
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Sends are still accepted, so the gateway must stay ready (a load
+    // balancer would otherwise take it out) and say it is degraded.
+    let outage = Instant::now();
+    let mut last = String::new();
+    while outage.elapsed() < Duration::from_secs(25) {
+        let r = crate::support::http::request(h.http, "GET", "/readyz", &[], None).await;
+        last = format!("{} {}", r.head.lines().next().unwrap_or_default(), r.body);
+        if r.head.starts_with("HTTP/1.1 200") && r.body.contains("degraded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if last.contains("degraded") {
+        exp.notes.push(format!(
+            "gateway /readyz during the outage, after {:.1} s: {last}",
+            outage.elapsed().as_secs_f64()
+        ));
+    } else {
+        exp.failures.push(format!(
+            "gateway /readyz did not say ready (degraded) during the store outage; last: {last}"
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     let up = tokio::task::spawn_blocking(|| servers(&["up", "cassandra"]))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
