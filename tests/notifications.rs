@@ -1033,6 +1033,59 @@ async fn a_call_expands_to_a_bounded_number_of_notifications(backend: Backend) {
     t.stop().await;
 }
 
+/// Users times content is bounded per call (`gateway.max_call_bytes`), not
+/// only each: a send whose records add up to more is refused naming
+/// `user_ids` and the setting, and writes nothing.
+async fn a_call_writes_a_bounded_number_of_bytes(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.gateway.max_call_bytes = 1_000_000).await;
+    let big = |users: usize, event: &str| {
+        let mut s = send("x", event, &[pb::Channel::Email], "");
+        s.user_ids = (0..users).map(|i| format!("bytes-{event}-{i}")).collect();
+        if let Some(pb::send_request::Content::Raw(raw)) = &mut s.content {
+            raw.email_text = "x".repeat(30_000);
+        }
+        s
+    };
+    // 40 x ~30 KB is over 1,000,000 bytes.
+    let err = t
+        .client
+        .send(big(40, "too-many"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("InvalidArgument")
+            && err.contains("user_ids: 40 users x")
+            && err.contains("gateway.max_call_bytes"),
+        "{err}"
+    );
+    let accepted = t.client.send(big(20, "fits")).await.expect("600 KB fits");
+    assert_eq!(accepted.notification_ids.len(), 20);
+    let requests_topic = t.topic("notify.requests");
+    t.read_until::<tidings_schemas::records::NotificationRequest>(&requests_topic, WAIT, |r| {
+        r.len() >= 20
+    })
+    .await;
+    let requests: Vec<tidings_schemas::records::NotificationRequest> =
+        t.read_all(&requests_topic).await;
+    assert_eq!(requests.len(), 20, "only the accepted send was written");
+    t.stop().await;
+}
+
+mod call_bytes {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        a_call_writes_a_bounded_number_of_bytes(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        a_call_writes_a_bounded_number_of_bytes(Backend::Servers).await
+    }
+}
+
 mod sizes {
     use super::*;
 

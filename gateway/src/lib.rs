@@ -121,6 +121,7 @@ impl Gateway {
             limits: SendLimits {
                 max_expanded: config.max_expanded_notifications,
                 expansion_buffer_bytes: config.expansion_buffer_bytes,
+                max_call_bytes: config.max_call_bytes,
                 ..SendLimits::default()
             },
             user_tokens: user_token::UserTokens::new(&feed.user_token_secret),

@@ -33,6 +33,10 @@ pub const MAX_USERS_PER_SEND: usize = 10_000;
 /// `gateway.expansion_buffer_bytes` says otherwise.
 pub const EXPANSION_BUFFER_BYTES: usize = 16 << 20;
 
+/// Bytes one call may write to the requests topic, unless
+/// `gateway.max_call_bytes` says otherwise.
+pub const MAX_CALL_BYTES: usize = 256 << 20;
+
 /// What one call may carry, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct SendLimits {
@@ -41,6 +45,10 @@ pub struct SendLimits {
     /// Bytes of expanded notifications one call holds at once; the users
     /// beyond are expanded and produced a chunk at a time.
     pub expansion_buffer_bytes: usize,
+    /// Bytes one call may write to Kafka in all: each user's record carries
+    /// its own copy of the content, so users x content is bounded too, not
+    /// only each.
+    pub max_call_bytes: usize,
     pub budget: MessageBudget,
 }
 
@@ -49,11 +57,21 @@ impl Default for SendLimits {
         Self {
             max_expanded: MAX_USERS_PER_SEND,
             expansion_buffer_bytes: EXPANSION_BUFFER_BYTES,
+            max_call_bytes: MAX_CALL_BYTES,
             budget: MessageBudget {
                 max_message_bytes: 1_000_000,
             },
         }
     }
+}
+
+/// One call's (or one batch item's) share of the call's limits.
+#[derive(Debug, Clone, Copy)]
+struct CallShare {
+    /// Bytes of expanded notifications it may hold at once.
+    buffer_bytes: usize,
+    /// Bytes it may write to the requests topic in all.
+    max_bytes: usize,
 }
 
 /// How many users to expand at once when each one's record is
@@ -79,10 +97,11 @@ impl NotificationService for Gateway {
                 return Err(status);
             }
         };
-        let buffer = self.limits.expansion_buffer_bytes;
-        let accepted = self
-            .accept(&app_key, request.into_inner(), "", buffer)
-            .await;
+        let share = CallShare {
+            buffer_bytes: self.limits.expansion_buffer_bytes,
+            max_bytes: self.limits.max_call_bytes,
+        };
+        let accepted = self.accept(&app_key, request.into_inner(), "", share).await;
         self.count("Send", &accepted);
         accepted.map(Response::new)
     }
@@ -121,11 +140,15 @@ impl NotificationService for Gateway {
         // Items are accepted concurrently; each succeeds or fails on its own.
         // They share the call's expansion buffer, so the call holds at most
         // that much whatever its shape (plus one record per item).
-        let buffer = self.limits.expansion_buffer_bytes / items.len();
+        // Likewise the bytes the call may write: an even share per item.
+        let share = CallShare {
+            buffer_bytes: self.limits.expansion_buffer_bytes / items.len(),
+            max_bytes: self.limits.max_call_bytes / items.len(),
+        };
         let results = futures::future::join_all(items.into_iter().enumerate().map(|(i, item)| {
             let prefix = format!("items[{i}].");
             let app_key = app_key.clone();
-            async move { self.accept(&app_key, item, &prefix, buffer).await }
+            async move { self.accept(&app_key, item, &prefix, share).await }
         }))
         .await;
         let results = results
@@ -187,11 +210,29 @@ impl Gateway {
         app_key: &str,
         send: SendRequest,
         prefix: &str,
-        buffer_bytes: usize,
+        share: CallShare,
     ) -> Result<SendResponse, Status> {
         let mut send = validate_send(app_key, send, prefix, now_millis(), self.limits)?;
         self.check_template(&mut send.prototype, prefix).await?;
         let record_bytes = self.largest_record(&send, prefix)?;
+        let total = record_bytes.saturating_mul(send.user_ids.len());
+        if total > share.max_bytes {
+            return Err(validate::invalid(
+                format!("{prefix}user_ids"),
+                format!(
+                    "{} users x {record_bytes} bytes each is {total} bytes to write; at most {} for this {} (gateway.max_call_bytes{}): send fewer users per call or less content",
+                    send.user_ids.len(),
+                    share.max_bytes,
+                    if prefix.is_empty() { "call" } else { "item" },
+                    if prefix.is_empty() {
+                        ""
+                    } else {
+                        " shared by the batch's items"
+                    },
+                ),
+            ));
+        }
+        let buffer_bytes = share.buffer_bytes;
         let topic = self.topics.requests();
         let mut notification_ids = Vec::with_capacity(send.user_ids.len());
         for users in send

@@ -295,6 +295,11 @@ pub struct GatewayConfig {
     /// record carries its own copy of the content, so a call with more is
     /// expanded and produced a chunk at a time (a batch's items share it).
     pub expansion_buffer_bytes: usize,
+    /// Bytes one `Send` or `SendBatch` call may write to the requests topic
+    /// in all (users x the size of each one's record; a batch's items share
+    /// it evenly): the caps on users and on content each allow 10,000 x
+    /// ~1 MB. More is refused with INVALID_ARGUMENT naming `user_ids`.
+    pub max_call_bytes: usize,
     /// How long an app (and a template's latest version) read from the store
     /// may still be used while the store is unreachable: the gateway keeps
     /// accepting sends of apps it knows during a store outage, and a
@@ -311,6 +316,7 @@ impl Default for GatewayConfig {
             max_batch: 1_000,
             max_expanded_notifications: 10_000,
             expansion_buffer_bytes: 16 << 20,
+            max_call_bytes: 256 << 20,
             auth_stale_serve_secs: 600,
         }
     }
@@ -520,6 +526,12 @@ impl Config {
             return semantic(
                 "gateway.expansion_buffer_bytes",
                 "must be at least 1048576 (1 MiB)",
+            );
+        }
+        if self.gateway.max_call_bytes < self.kafka.max_message_bytes {
+            return semantic(
+                "gateway.max_call_bytes",
+                "must be at least kafka.max_message_bytes (one notification of the largest size)",
             );
         }
         if self.enricher.rate_limit_windows == 0 {
