@@ -239,6 +239,78 @@ async fn cluster_script_runs_the_production_shape_and_delivers_through_both_gate
         .await;
     }
 
+    // A message the provider rejects is dead-lettered, and `tidings dlq
+    // list --output json` with the cluster's configuration (what `env`
+    // exports) shows it as JSON.
+    let rejected = format!("+1415{:07}", rand_digits(&id, 7));
+    sms.script(
+        &rejected,
+        &[support::sms_provider::Answer {
+            status: 400,
+            retry_after_secs: None,
+            code: 21617,
+        }],
+    );
+    let client = Client::connect(gateways[0], Some(key.clone()), Some(secret.clone()))
+        .await
+        .expect("gateway answers");
+    let user = format!("cluster-{id}-rejected");
+    client
+        .upsert_user(pb::UpsertUserRequest {
+            user_id: user.clone(),
+            phone: rejected.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("upsert user");
+    let sent = client
+        .send(pb::SendRequest {
+            user_ids: vec![user],
+            channels: vec![pb::Channel::Sms as i32],
+            content: Some(pb::send_request::Content::Raw(pb::RawContent {
+                body: "rejected".into(),
+                sms_text: "rejected".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let notification = sent.notification_ids[0].clone();
+    let letter = eventually(
+        "the rejected SMS in `tidings dlq list --output json`",
+        Duration::from_secs(120),
+        || {
+            let (config, notification) = (env["TIDINGS_CONFIG"].clone(), notification.clone());
+            async move {
+                let out = tokio::task::spawn_blocking(move || {
+                    Command::new(env!("CARGO_BIN_EXE_tidings"))
+                        .args(["--config", &config, "dlq", "list", "--output", "json"])
+                        .args(["--notification", &notification])
+                        .env_remove("RUST_LOG")
+                        .output()
+                })
+                .await
+                .ok()?
+                .ok()?;
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let line = text.lines().next()?;
+                Some(
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+                )
+            }
+        },
+    )
+    .await;
+    assert_eq!(letter["stage"], "sender.sms", "{letter}");
+    assert_eq!(letter["payload"]["id"], notification.as_str(), "{letter}");
+
     let status = parse_status(&cluster.ok(&["status"]));
     assert_eq!(status.len(), listed.len());
     for (p, q) in status.iter().zip(&listed) {
