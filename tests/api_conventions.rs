@@ -133,6 +133,19 @@ async fn field_errors_carry_bad_request_details(backend: Backend) {
             .is_some_and(|e| e.starts_with("media_urls[1]: ")),
         "{body}"
     );
+
+    // Over axum's 2 MB body limit: 413, still naming `body`.
+    let huge = format!(r#"{{"body":"{}"}}"#, "x".repeat(3 << 20));
+    let response = http::request(
+        http_addr(&t),
+        "POST",
+        "/v1/me/feed",
+        &[("Authorization", &auth)],
+        Some(("application/json", &huge)),
+    )
+    .await;
+    assert_eq!(response.status, 413, "{}", response.body);
+    assert_eq!(response.json()["field_violations"][0]["field"], "body");
     t.stop().await;
 }
 

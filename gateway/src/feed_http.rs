@@ -115,17 +115,28 @@ const _: () = assert!(crate::feed::MAX_PAGE == 100 && crate::validate::MAX_ID_LE
 
 /// A failed call: the gRPC status both APIs share, answered over HTTP by
 /// [`status_response`].
-pub(crate) struct ApiError(Box<Status>);
+pub(crate) struct ApiError {
+    status: Box<Status>,
+    /// An HTTP code gRPC has no status for (413), instead of the mapped one.
+    http: Option<StatusCode>,
+}
 
 impl From<Status> for ApiError {
     fn from(status: Status) -> Self {
-        ApiError(Box::new(status))
+        ApiError {
+            status: Box::new(status),
+            http: None,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        status_response(*self.0)
+        let mut response = status_response(*self.status);
+        if let Some(http) = self.http {
+            *response.status_mut() = http;
+        }
+        response
     }
 }
 
@@ -197,6 +208,7 @@ fn answer<T>(gateway: &Gateway, method: &str, result: Result<T, Status>) -> Resu
     responses(
         (status = 201, description = "Stored and queued for fan-out", body = Published),
         (status = 400, description = "The body is not a post (the field is named), or not JSON", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 429, description = "Posting too often (`feed.max_posts` per `feed.post_window_secs`)", body = ErrorBody),
         (status = 500, description = "The store refused the post and retrying will not help", body = ErrorBody),
@@ -210,12 +222,18 @@ async fn publish(
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
     let user = bearer(&gateway, "http POST /v1/me/feed", &headers)?;
     // serde names the field at fault (`unknown field`, `invalid type ... at
-    // line 1 column 12`).
+    // line 1 column 12`). A body over axum's limit (2 MB) is 413, as HTTP
+    // says; the JSON error is the same INVALID_ARGUMENT naming `body`.
+    let too_large = matches!(&body, Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE);
     let Json(body) = refused(
         &gateway,
         "http POST /v1/me/feed",
         body.map_err(|e| crate::validate::invalid("body", e.body_text())),
-    )?;
+    )
+    .map_err(|e| ApiError {
+        http: too_large.then_some(StatusCode::PAYLOAD_TOO_LARGE),
+        ..e
+    })?;
     let post = gateway
         .publish_post(
             &user,

@@ -101,6 +101,9 @@ enum ReceiptAnswers {
     /// No valid receipt token or provider signature
     #[response(status = 403, content_type = "text/plain")]
     Forbidden(String),
+    /// The body is over 2 MB (axum's limit; no provider sends that much)
+    #[response(status = 413, content_type = "text/plain")]
+    TooLarge(String),
     /// Kafka or the store did not take the receipts in time: retry
     #[response(status = 503, content_type = "text/plain",
         headers(("retry-after" = String, description = "Seconds to wait")))]
