@@ -13,10 +13,18 @@ pub enum Channel {
     Android,
     Sms,
     Email,
+    /// Web push to a browser subscription (RFC 8030).
+    Web,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [Channel::Ios, Channel::Android, Channel::Sms, Channel::Email];
+    pub const ALL: [Channel; 5] = [
+        Channel::Ios,
+        Channel::Android,
+        Channel::Sms,
+        Channel::Email,
+        Channel::Web,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -24,6 +32,7 @@ impl Channel {
             Channel::Android => "android",
             Channel::Sms => "sms",
             Channel::Email => "email",
+            Channel::Web => "web",
         }
     }
 }
@@ -35,7 +44,7 @@ impl fmt::Display for Channel {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown channel `{0}` (expected ios, android, sms or email)")]
+#[error("unknown channel `{0}` (expected ios, android, sms, email or web)")]
 pub struct UnknownChannel(pub String);
 
 impl FromStr for Channel {

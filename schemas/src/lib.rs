@@ -8,6 +8,7 @@ pub mod codec;
 pub mod records;
 pub mod registry;
 pub mod tracking_link;
+pub mod web_push;
 
 pub use catalog::{AvroRecord, CATALOG};
 pub use channel::Channel;

@@ -559,11 +559,11 @@ impl Config {
         if let Some(channel) = self
             .providers
             .keys()
-            .find(|c| !["ios", "android", "sms", "email"].contains(&c.as_str()))
+            .find(|c| !["ios", "android", "sms", "email", "web"].contains(&c.as_str()))
         {
             return semantic(
                 "providers",
-                format!("has `{channel}`; channels are ios, android, sms and email"),
+                format!("has `{channel}`; channels are ios, android, sms, email and web"),
             );
         }
         if self.senders.max_attempts == 0 {

@@ -226,6 +226,7 @@ fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<Str
     match channel {
         Channel::Ios => tokens(Platform::Ios),
         Channel::Android => tokens(Platform::Android),
+        Channel::Web => tokens(Platform::Web),
         Channel::Sms => user.and_then(|u| u.phone.clone()).into_iter().collect(),
         Channel::Email => user.and_then(|u| u.email.clone()).into_iter().collect(),
     }

@@ -52,6 +52,24 @@ impl JwtSigner {
         })
     }
 
+    /// A P-256 key given as its private scalar and uncompressed public point
+    /// (VAPID keys are often handed around as a bare base64url scalar; the
+    /// caller derives the point).
+    pub(crate) fn es256_from_parts(private: &[u8], public: &[u8]) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            private,
+            public,
+            &rng,
+        )
+        .map_err(|e| format!("not a P-256 key pair ({e})"))?;
+        Ok(Self {
+            key: Key::Es256(key),
+            rng,
+        })
+    }
+
     /// An RSA key in PKCS#8 PEM (Google service accounts) or PKCS#1
     /// (`BEGIN RSA PRIVATE KEY`).
     pub(crate) fn rs256_from_pem(pem: &[u8]) -> Result<Self, String> {

@@ -33,6 +33,7 @@ pub mod sendgrid;
 pub mod setup;
 pub mod smtp;
 pub mod twilio;
+pub mod webpush;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -217,6 +218,7 @@ impl ChannelSender {
             Channel::Android => "sender.android",
             Channel::Sms => "sender.sms",
             Channel::Email => "sender.email",
+            Channel::Web => "sender.web",
         }
     }
 
@@ -360,7 +362,7 @@ impl ChannelSender {
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
         self.health.record(Outcome::InvalidTarget);
-        if matches!(self.channel, Channel::Ios | Channel::Android) {
+        if matches!(self.channel, Channel::Ios | Channel::Android | Channel::Web) {
             // A tombstone with a time: a later re-registration wins.
             self.store
                 .contacts

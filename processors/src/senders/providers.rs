@@ -9,8 +9,8 @@
 //! ```
 //!
 //! `kind` is `log` (the default for every channel: print what would be
-//! sent), `apns`, `fcm`, `twilio`, `sendgrid` or `smtp`; the other keys are
-//! that provider's settings.
+//! sent), `apns`, `fcm`, `twilio`, `sendgrid`, `smtp` or `webpush`; the
+//! other keys are that provider's settings.
 
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use super::{
     setup::SetupError,
     smtp::{SmtpConfig, SmtpProvider},
     twilio::{TwilioConfig, TwilioProvider},
+    webpush::{WebPushConfig, WebPushProvider},
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +39,8 @@ pub enum ProviderConfig {
     #[serde(rename = "sendgrid")]
     SendGrid(SendGridConfig),
     Smtp(SmtpConfig),
+    #[serde(rename = "webpush")]
+    WebPush(WebPushConfig),
 }
 
 impl ProviderConfig {
@@ -61,6 +64,7 @@ impl ProviderConfig {
             ProviderConfig::Fcm(_) => channel == Channel::Android,
             ProviderConfig::Twilio(_) => channel == Channel::Sms,
             ProviderConfig::SendGrid(_) | ProviderConfig::Smtp(_) => channel == Channel::Email,
+            ProviderConfig::WebPush(_) => channel == Channel::Web,
         }
     }
 
@@ -86,6 +90,7 @@ impl ProviderConfig {
             ProviderConfig::Twilio(c) => Arc::new(TwilioProvider::new(c, receipts.clone())?),
             ProviderConfig::SendGrid(c) => Arc::new(SendGridProvider::new(c, receipts.clone())?),
             ProviderConfig::Smtp(c) => Arc::new(SmtpProvider::new(c)?),
+            ProviderConfig::WebPush(c) => Arc::new(WebPushProvider::new(c)?),
         })
     }
 }
