@@ -444,32 +444,17 @@ fn templated(user: &str, channel: pb::Channel, template: &str) -> pb::SendReques
     }
 }
 
-async fn template_stats(t: &TestPipeline, name: &str) -> Option<pb::GetTemplateStatsResponse> {
-    let request = t
-        .client
-        .request(pb::GetTemplateStatsRequest { name: name.into() })
-        .ok()?;
-    Some(
-        t.client
-            .templates()
-            .get_template_stats(request)
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
-
 /// Waits for the template's counts to reach `sent` and `delivered`, then,
 /// once the template-stats stage has counted every tracking event written
 /// so far, checks that they are exact (repeated receipts count once).
 async fn assert_counts(t: &TestPipeline, name: &str, sent: i64, delivered: i64) {
     eventually("the template's sent and delivered counts", WAIT, || async {
-        let s = template_stats(t, name).await?;
+        let s = t.template_stats(name).await?;
         (s.sent >= sent && s.delivered >= delivered).then_some(())
     })
     .await;
     t.caught_up("template-stats", &t.topic("tracking")).await;
-    let stats = template_stats(t, name).await.expect("stats");
+    let stats = t.template_stats(name).await.expect("stats");
     assert_eq!(
         (stats.sent, stats.delivered),
         (sent, delivered),

@@ -237,21 +237,6 @@ async fn send_template(t: &TestPipeline, user: &str, template: &str) -> String {
         .clone()
 }
 
-async fn template_stats(t: &TestPipeline, name: &str) -> Option<pb::GetTemplateStatsResponse> {
-    let request = t
-        .client
-        .request(pb::GetTemplateStatsRequest { name: name.into() })
-        .ok()?;
-    Some(
-        t.client
-            .templates()
-            .get_template_stats(request)
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
-
 /// The path of the tracked link (`c`) or open pixel (`o`) in a mail.
 fn tracking_path(html: &str, kind: char) -> String {
     let marker = format!("/t/{kind}/");
@@ -351,7 +336,7 @@ async fn analytics_job_counts_what_get_template_stats_counts(backend: Backend) {
     let expected = [(&digest, (4, 3, 3, 1)), (&promo, (1, 0, 0, 0))];
     for (name, (sent, delivered, opened, clicked)) in expected {
         eventually(&format!("{name}'s counts"), WAIT, || async {
-            let s = template_stats(&t, name).await?;
+            let s = t.template_stats(name).await?;
             (s.sent >= sent
                 && s.delivered >= delivered
                 && s.opened >= opened
@@ -380,7 +365,7 @@ async fn analytics_job_counts_what_get_template_stats_counts(backend: Backend) {
     let report = run.json();
     assert_eq!(report["skipped"], 0, "every tracking record decodes");
     for (name, counts) in expected {
-        let stats = template_stats(&t, name).await.expect("stats");
+        let stats = t.template_stats(name).await.expect("stats");
         assert_eq!(
             (stats.sent, stats.delivered, stats.opened, stats.clicked),
             counts,

@@ -432,6 +432,25 @@ impl TestPipeline {
             .expect("raw produce");
     }
 
+    /// `GetTemplateStats` of `name`, or None while the call fails.
+    pub async fn template_stats(
+        &self,
+        name: &str,
+    ) -> Option<tidings_schemas::proto::v1::GetTemplateStatsResponse> {
+        let request = self
+            .client
+            .request(tidings_schemas::proto::v1::GetTemplateStatsRequest { name: name.into() })
+            .ok()?;
+        Some(
+            self.client
+                .templates()
+                .get_template_stats(request)
+                .await
+                .ok()?
+                .into_inner(),
+        )
+    }
+
     /// A new user with only a phone number.
     pub async fn sms_user(&self, phone: &str) -> String {
         let user = format!("u-{}", Uuid::new_v4());
