@@ -16,6 +16,9 @@
 #   schemathesis (PyPI): fuzzes the gateway's HTTP API from its OpenAPI
 #                    document (tests/api_conventions.rs), in a virtualenv
 #                    cached in the tools' directory (schemathesis-venv).
+#   http-ece, cryptography (PyPI): the push-service stand-in the web push
+#                    provider's tests talk to, in a virtualenv cached in the
+#                    tools' directory (webpush-venv).
 #
 # The tests run `python3` (override with TIDINGS_TEST_PYTHON); this installs
 # into that interpreter.
@@ -64,6 +67,22 @@ if [[ "$(cat "$schemathesis_venv/version" 2>/dev/null)" != "$schemathesis_versio
     "$PYTHON" -m venv "$schemathesis_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
     "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
     echo "$schemathesis_version" >"$schemathesis_venv/version"
+fi
+
+# http-ece and cryptography (PyPI), for the web push provider's tests: the
+# push-service stand-in (processors/tests/support/webpush_server.py) decrypts
+# each message with the subscriber's key and checks the VAPID JWT with an
+# implementation independent of the sender. Its own virtualenv, rebuilt when
+# the pins change.
+webpush_reqs="http-ece==1.2.1 cryptography==44.0.3"
+webpush_venv=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}/webpush-venv
+if [[ "$(cat "$webpush_venv/requirements.txt" 2>/dev/null)" != "$webpush_reqs" ]]; then
+    echo "test-deps: installing $webpush_reqs from PyPI into $webpush_venv" >&2
+    rm -rf "$webpush_venv"
+    "$PYTHON" -m venv "$webpush_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    # shellcheck disable=SC2086 # the pins are words
+    "$webpush_venv/bin/pip" install --quiet --disable-pip-version-check $webpush_reqs
+    echo "$webpush_reqs" >"$webpush_venv/requirements.txt"
 fi
 
 "$(dirname "$0")/tools.sh" all

@@ -12,6 +12,7 @@ pub mod sender;
 pub mod sendgrid;
 pub mod smtp;
 pub mod twilio;
+pub mod webpush;
 
 use std::{
     collections::{BTreeMap, VecDeque},
