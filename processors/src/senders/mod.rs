@@ -133,8 +133,11 @@ impl Replay {
 /// The id of a delivery's SENT tracking event: the same in every run, so a
 /// replay that emits it again is counted once.
 fn sent_event_id(d: &Delivery) -> String {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("tidings.sent/{}", d.delivery_id).as_bytes())
-        .to_string()
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("tidings.sent/{}", d.delivery_id).as_bytes(),
+    )
+    .to_string()
 }
 
 /// The intent-ledger key of one attempt: a retry (a later attempt) is a new
