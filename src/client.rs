@@ -153,6 +153,8 @@ impl Client {
             user_id: user_id.into(),
             platform: platform as i32,
             token: token.into(),
+            // A web subscription is passed whole as JSON in `token`.
+            web_push: None,
         };
         self.contacts()
             .register_device(self.request(request)?)
@@ -297,15 +299,9 @@ fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
-/// Parses `ios`, `android`, `sms`, `email`.
+/// Parses `ios`, `android`, `sms`, `email`, `web`.
 pub fn parse_channel(s: &str) -> Result<pb::Channel> {
-    Ok(match s {
-        "ios" => pb::Channel::Ios,
-        "android" => pb::Channel::Android,
-        "sms" => pb::Channel::Sms,
-        "email" => pb::Channel::Email,
-        other => bail!("unknown channel `{other}` (ios, android, sms, email)"),
-    })
+    Ok(s.parse::<tidings_schemas::Channel>()?.to_proto())
 }
 
 pub fn parse_platform(s: &str) -> Result<pb::Platform> {

@@ -6,6 +6,7 @@ use tidings_schemas::proto::v1::{
     RegisterDeviceResponse, RemoveDeviceRequest, RemoveDeviceResponse, UpsertUserRequest,
     UpsertUserResponse, contact_service_server::ContactService,
 };
+use tidings_schemas::web_push::WebSubscription;
 use tidings_store::{Device, Platform, User};
 use tonic::{Request, Response, Status};
 
@@ -29,6 +30,44 @@ fn to_pb_platform(p: Platform) -> pb::Platform {
         Platform::Android => pb::Platform::Android,
         Platform::Web => pb::Platform::Web,
     }
+}
+
+/// A web push subscription from `token` (the endpoint, keys in `web_push`,
+/// or the browser's whole subscription JSON), checked field by field.
+fn web_subscription(
+    r: &RegisterDeviceRequest,
+    loopback_http: bool,
+) -> Result<WebSubscription, Status> {
+    if r.token.trim_start().starts_with('{') {
+        if r.web_push.is_some() {
+            return Err(validate::invalid(
+                "web_push",
+                "give the keys either here or in the subscription JSON in `token`, not both",
+            ));
+        }
+        return WebSubscription::from_token(&r.token, loopback_http).map_err(|e| {
+            let field = match e.field {
+                "token" => "token".to_owned(),
+                "endpoint" => "token.endpoint".to_owned(),
+                key => format!("token.keys.{key}"),
+            };
+            validate::invalid(field, e.problem)
+        });
+    }
+    let Some(keys) = &r.web_push else {
+        return Err(validate::invalid(
+            "web_push",
+            "is required for PLATFORM_WEB (the subscription's p256dh and auth keys), \
+             unless `token` is the whole subscription JSON",
+        ));
+    };
+    WebSubscription::new(&r.token, &keys.p256dh, &keys.auth, loopback_http).map_err(|e| {
+        let field = match e.field {
+            "endpoint" | "token" => "token".to_owned(),
+            key => format!("web_push.{key}"),
+        };
+        validate::invalid(field, e.problem)
+    })
 }
 
 #[tonic::async_trait]
@@ -90,10 +129,21 @@ impl ContactService for Gateway {
         let r = request.into_inner();
         validate::id("user_id", &r.user_id)?;
         let platform = platform("platform", r.platform)?;
-        validate::device_token("token", platform.as_str(), &r.token)?;
+        let token = if platform == Platform::Web {
+            web_subscription(&r, self.config.web_push_loopback_http)?.to_token()
+        } else {
+            if r.web_push.is_some() {
+                return Err(validate::invalid(
+                    "web_push",
+                    "is for PLATFORM_WEB subscriptions only",
+                ));
+            }
+            validate::device_token("token", platform.as_str(), &r.token)?;
+            r.token
+        };
         let device = Device {
             user_id: r.user_id,
-            token: r.token,
+            token,
             platform,
             registered_at: now_millis(),
             invalidated_at: None,
@@ -116,11 +166,35 @@ impl ContactService for Gateway {
         if r.token.is_empty() {
             return Err(validate::invalid("token", "is required"));
         }
-        self.store
-            .contacts
-            .remove_device(&r.user_id, &r.token)
-            .await
-            .map_err(store_status)?;
+        // A web subscription may be named by its endpoint alone: remove the
+        // user's subscriptions at that endpoint (its stored token is the
+        // JSON with the keys).
+        let mut tokens = vec![r.token.clone()];
+        if r.token.starts_with("https://") || r.token.starts_with("http://") {
+            let devices = self
+                .store
+                .contacts
+                .live_devices(&r.user_id)
+                .await
+                .map_err(store_status)?;
+            tokens.extend(
+                devices
+                    .into_iter()
+                    .filter(|d| d.platform == Platform::Web)
+                    .filter(|d| {
+                        WebSubscription::from_token(&d.token, true)
+                            .is_ok_and(|s| s.endpoint == r.token)
+                    })
+                    .map(|d| d.token),
+            );
+        }
+        for token in &tokens {
+            self.store
+                .contacts
+                .remove_device(&r.user_id, token)
+                .await
+                .map_err(store_status)?;
+        }
         Ok(Response::new(RemoveDeviceResponse {}))
     }
 

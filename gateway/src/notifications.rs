@@ -504,23 +504,11 @@ pub fn validate_send(
     };
     let mut channels = Vec::new();
     for (i, raw) in send.channels.iter().enumerate() {
-        let channel = match pb::Channel::try_from(*raw) {
-            Ok(pb::Channel::Ios) => Channel::Ios,
-            Ok(pb::Channel::Android) => Channel::Android,
-            Ok(pb::Channel::Sms) => Channel::Sms,
-            Ok(pb::Channel::Email) => Channel::Email,
-            Ok(pb::Channel::Web) => {
-                return Err(validate::invalid(
-                    field(&format!("channels[{i}]")),
-                    "web push is not supported yet",
-                ));
-            }
-            Ok(pb::Channel::Unspecified) | Err(_) => {
-                return Err(validate::invalid(
-                    field(&format!("channels[{i}]")),
-                    format!("unknown channel {raw}"),
-                ));
-            }
+        let Some(channel) = Channel::from_proto(*raw) else {
+            return Err(validate::invalid(
+                field(&format!("channels[{i}]")),
+                format!("unknown channel {raw}"),
+            ));
         };
         if !channels.contains(&channel.as_str().to_owned()) {
             channels.push(channel.as_str().to_owned());

@@ -1,6 +1,7 @@
 //! `tidings.v1.PreferenceService`: opt-in per user, channel and category.
 
 use tidings_kafka::now_millis;
+use tidings_schemas::Channel;
 use tidings_schemas::proto::v1::{
     self as pb, GetPreferencesRequest, GetPreferencesResponse, SetPreferenceRequest,
     SetPreferenceResponse, preference_service_server::PreferenceService,
@@ -11,26 +12,17 @@ use tonic::{Request, Response, Status};
 use crate::{Gateway, store_status, validate};
 
 fn channel_name(field: &str, raw: i32) -> Result<&'static str, Status> {
-    match pb::Channel::try_from(raw) {
-        Ok(pb::Channel::Ios) => Ok("ios"),
-        Ok(pb::Channel::Android) => Ok("android"),
-        Ok(pb::Channel::Sms) => Ok("sms"),
-        Ok(pb::Channel::Email) => Ok("email"),
-        _ => Err(validate::invalid(
+    Channel::from_proto(raw).map(Channel::as_str).ok_or_else(|| {
+        validate::invalid(
             field,
-            "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS or CHANNEL_EMAIL",
-        )),
-    }
+            "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS, CHANNEL_EMAIL or CHANNEL_WEB",
+        )
+    })
 }
 
 fn channel_of(name: &str) -> pb::Channel {
-    match name {
-        "ios" => pb::Channel::Ios,
-        "android" => pb::Channel::Android,
-        "sms" => pb::Channel::Sms,
-        "email" => pb::Channel::Email,
-        _ => pb::Channel::Unspecified,
-    }
+    name.parse::<Channel>()
+        .map_or(pb::Channel::Unspecified, Channel::to_proto)
 }
 
 #[tonic::async_trait]

@@ -37,6 +37,33 @@ impl Channel {
     }
 }
 
+/// The gRPC enum and this one, mapped in this one place.
+impl Channel {
+    /// `None` for `CHANNEL_UNSPECIFIED` and numbers the proto does not know.
+    pub fn from_proto(raw: i32) -> Option<Self> {
+        use crate::proto::v1::Channel as Pb;
+        match Pb::try_from(raw).ok()? {
+            Pb::Ios => Some(Channel::Ios),
+            Pb::Android => Some(Channel::Android),
+            Pb::Sms => Some(Channel::Sms),
+            Pb::Email => Some(Channel::Email),
+            Pb::Web => Some(Channel::Web),
+            Pb::Unspecified => None,
+        }
+    }
+
+    pub fn to_proto(self) -> crate::proto::v1::Channel {
+        use crate::proto::v1::Channel as Pb;
+        match self {
+            Channel::Ios => Pb::Ios,
+            Channel::Android => Pb::Android,
+            Channel::Sms => Pb::Sms,
+            Channel::Email => Pb::Email,
+            Channel::Web => Pb::Web,
+        }
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -67,5 +94,10 @@ mod tests {
             assert_eq!(c.as_str().parse::<Channel>().unwrap(), c);
         }
         assert!("pigeon".parse::<Channel>().is_err());
+        for c in Channel::ALL {
+            assert_eq!(Channel::from_proto(c.to_proto() as i32), Some(c));
+        }
+        assert_eq!(Channel::from_proto(0), None);
+        assert_eq!(Channel::from_proto(99), None);
     }
 }

@@ -306,6 +306,10 @@ pub struct GatewayConfig {
     /// revocation made meanwhile takes effect at most this long later. Unknown
     /// apps are refused (UNAVAILABLE) until the store answers.
     pub auth_stale_serve_secs: u64,
+    /// Take `http://` web push endpoints on loopback addresses when devices
+    /// are registered (a local push-service stand-in); otherwise only
+    /// https:// endpoints are taken.
+    pub web_push_loopback_http: bool,
 }
 
 impl Default for GatewayConfig {
@@ -318,6 +322,7 @@ impl Default for GatewayConfig {
             expansion_buffer_bytes: 16 << 20,
             max_call_bytes: 256 << 20,
             auth_stale_serve_secs: 600,
+            web_push_loopback_http: false,
         }
     }
 }
