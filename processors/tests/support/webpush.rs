@@ -3,19 +3,19 @@
 //! (Python's `http_ece`) and verifies the VAPID JWT (`cryptography`),
 //! independently of the sender. Both come from PyPI into the virtualenv
 //! `scripts/test-deps.sh` makes (`webpush-venv` in the tools' cache).
+//!
+//! Shared with the workspace's end-to-end tests (`tests/webpush.rs`), so it
+//! uses only std's processes (the root crate's Tokio has no `process`).
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use tidings_schemas::web_push::WebSubscription;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
 pub struct PushService {
     pub port: u16,
@@ -23,8 +23,24 @@ pub struct PushService {
     pub p256dh: String,
     pub auth: String,
     out: tempfile::TempDir,
-    // Killed on drop; closing its stdin also makes the script exit.
-    _child: Child,
+    child: Child,
+}
+
+impl Drop for PushService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The script, from this crate (processors) or the workspace root.
+fn script() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["tests/support", "processors/tests/support"]
+        .iter()
+        .map(|d| dir.join(d).join("webpush_server.py"))
+        .find(|p| p.exists())
+        .expect("processors/tests/support/webpush_server.py")
 }
 
 /// The Python with http_ece and cryptography: `TIDINGS_WEBPUSH_PYTHON`, or
@@ -49,7 +65,7 @@ impl PushService {
     /// Starts the stand-in; it accepts only JWTs whose `k` is `vapid_public`.
     pub async fn start(vapid_public: &str) -> Self {
         let out = tempfile::tempdir().expect("temp dir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/webpush_server.py");
+        let script = script();
         let python = python();
         let mut child = Command::new(&python)
             .arg(&script)
@@ -58,7 +74,6 @@ impl PushService {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -68,16 +83,18 @@ impl PushService {
                 )
             });
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(30),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        let hello: Option<Value> = match read {
-            Ok(Ok(_)) => serde_json::from_str(&line).ok(),
-            _ => None,
-        };
+        let first_line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        });
+        // The line comes, or the script dies and the read ends with nothing.
+        let line = tokio::time::timeout(Duration::from_secs(30), first_line)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let hello: Option<Value> = serde_json::from_str(&line).ok();
         let Some(hello) = hello else {
             panic!(
                 "the push service stand-in did not start (printed {line:?}); \
@@ -91,7 +108,7 @@ impl PushService {
             p256dh: field("p256dh"),
             auth: field("auth"),
             out,
-            _child: child,
+            child,
         }
     }
 
