@@ -144,7 +144,8 @@ enum Command {
         user: String,
         /// ios, android or web.
         platform: String,
-        /// The APNs device token or FCM registration token.
+        /// The APNs device token, the FCM registration token, or for web the
+        /// browser's push subscription as JSON (endpoint and keys).
         token: String,
         #[command(flatten)]
         gateway: GatewayArgs,
@@ -154,7 +155,7 @@ enum Command {
         /// Target users.
         #[arg(long = "user", required = true)]
         users: Vec<String>,
-        /// Channels (ios, android, sms, email); none means every opted-in one.
+        /// Channels (ios, android, sms, email, web); none means every opted-in one.
         #[arg(long = "channel")]
         channels: Vec<String>,
         /// Push title and email subject (raw content, with --body).
