@@ -12,12 +12,14 @@ use tonic::{Request, Response, Status};
 use crate::{Gateway, store_status, validate};
 
 fn channel_name(field: &str, raw: i32) -> Result<&'static str, Status> {
-    Channel::from_proto(raw).map(Channel::as_str).ok_or_else(|| {
-        validate::invalid(
-            field,
-            "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS, CHANNEL_EMAIL or CHANNEL_WEB",
-        )
-    })
+    Channel::from_proto(raw)
+        .map(Channel::as_str)
+        .ok_or_else(|| {
+            validate::invalid(
+                field,
+                "must be CHANNEL_IOS, CHANNEL_ANDROID, CHANNEL_SMS, CHANNEL_EMAIL or CHANNEL_WEB",
+            )
+        })
 }
 
 fn channel_of(name: &str) -> pb::Channel {
