@@ -74,7 +74,7 @@ enum Command {
     /// Run the gRPC/HTTP gateway.
     Gateway,
     /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
-    /// sender-sms, sender-email, retry-1, retry-2, retry-3, template-stats,
+    /// sender-sms, sender-email, sender-web, retry-1, retry-2, retry-3, template-stats,
     /// feed-planner, feed-writer, or all.
     Process {
         /// The stages this process runs (each joins its stage's consumer
