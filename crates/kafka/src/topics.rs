@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(t.retry(0), "tidings.retry.1");
         assert_eq!(t.retry(2), "tidings.retry.3");
         let specs = t.specs(6);
-        assert_eq!(specs.len(), 1 + 4 + 3 + 4);
+        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 4);
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
