@@ -384,6 +384,15 @@ pub struct TemplateVariant {
     pub email_html: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub email_text: String,
+    /// The in-app inbox item; title and body fall back to the push ones.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub in_app_title: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub in_app_body: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub in_app_action_url: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub in_app_avatar_url: String,
     /// Named links: `{{link.name}}` in a text becomes a tracked redirect.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tracking_links: BTreeMap<String, String>,
@@ -468,6 +477,10 @@ impl TemplateFile {
                         email_subject: v.email_subject,
                         email_html: v.email_html,
                         email_text: v.email_text,
+                        in_app_title: v.in_app_title,
+                        in_app_body: v.in_app_body,
+                        in_app_action_url: v.in_app_action_url,
+                        in_app_avatar_url: v.in_app_avatar_url,
                         tracking_links: v.tracking_links.into_iter().collect(),
                     };
                     (locale, content)
@@ -495,6 +508,10 @@ impl TemplateFile {
                         email_subject: c.email_subject.clone(),
                         email_html: c.email_html.clone(),
                         email_text: c.email_text.clone(),
+                        in_app_title: c.in_app_title.clone(),
+                        in_app_body: c.in_app_body.clone(),
+                        in_app_action_url: c.in_app_action_url.clone(),
+                        in_app_avatar_url: c.in_app_avatar_url.clone(),
                         tracking_links: c
                             .tracking_links
                             .iter()

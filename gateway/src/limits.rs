@@ -54,8 +54,10 @@ fn tracked_link_bytes(destination: &str) -> usize {
 /// template variants share them).
 pub fn part_limit(part: &str) -> usize {
     match part {
-        "title" | "push_title" | "email_subject" => MAX_TITLE_BYTES,
-        "body" | "push_body" => MAX_BODY_BYTES,
+        "title" | "push_title" | "email_subject" | "in_app_title" => MAX_TITLE_BYTES,
+        "body" | "push_body" | "in_app_body" => MAX_BODY_BYTES,
+        // URLs: a title's room is plenty.
+        "in_app_action_url" | "in_app_avatar_url" => MAX_TITLE_BYTES,
         "sms_text" => MAX_SMS_TEXT_BYTES,
         "email_text" => MAX_EMAIL_TEXT_BYTES,
         _ => MAX_EMAIL_HTML_BYTES,
@@ -231,6 +233,10 @@ fn variant_rendering(c: &TemplateContent, params: &BTreeMap<String, String>) -> 
         (&c.email_subject, false),
         (&c.email_html, true),
         (&c.email_text, false),
+        (&c.in_app_title, false),
+        (&c.in_app_body, false),
+        (&c.in_app_action_url, false),
+        (&c.in_app_avatar_url, false),
     ];
     for (part, html) in parts {
         if let Some(text) = part {

@@ -40,6 +40,10 @@ fn template_bytes(t: &Arc<TemplateVersion>) -> u64 {
                 &c.email_subject,
                 &c.email_html,
                 &c.email_text,
+                &c.in_app_title,
+                &c.in_app_body,
+                &c.in_app_action_url,
+                &c.in_app_avatar_url,
             ]
             .iter()
             .map(|p| p.as_ref().map_or(0, String::len))
@@ -142,7 +146,7 @@ pub fn placeholders(text: &str) -> Result<BTreeSet<String>, String> {
     Ok(names)
 }
 
-fn content_fields(c: &pb::TemplateContent) -> [(&'static str, &str); 6] {
+fn content_fields(c: &pb::TemplateContent) -> [(&'static str, &str); 10] {
     [
         ("push_title", &c.push_title),
         ("push_body", &c.push_body),
@@ -150,6 +154,10 @@ fn content_fields(c: &pb::TemplateContent) -> [(&'static str, &str); 6] {
         ("email_subject", &c.email_subject),
         ("email_html", &c.email_html),
         ("email_text", &c.email_text),
+        ("in_app_title", &c.in_app_title),
+        ("in_app_body", &c.in_app_body),
+        ("in_app_action_url", &c.in_app_action_url),
+        ("in_app_avatar_url", &c.in_app_avatar_url),
     ]
 }
 
@@ -202,6 +210,10 @@ pub fn to_template(t: pb::Template) -> Result<TemplateVersion, Status> {
                 email_subject: opt(c.email_subject),
                 email_html: opt(c.email_html),
                 email_text: opt(c.email_text),
+                in_app_title: opt(c.in_app_title),
+                in_app_body: opt(c.in_app_body),
+                in_app_action_url: opt(c.in_app_action_url),
+                in_app_avatar_url: opt(c.in_app_avatar_url),
                 tracking_links: c.tracking_links.into_iter().collect(),
             },
         );
@@ -237,6 +249,10 @@ fn to_pb(t: TemplateVersion) -> pb::Template {
                         email_subject: c.email_subject.unwrap_or_default(),
                         email_html: c.email_html.unwrap_or_default(),
                         email_text: c.email_text.unwrap_or_default(),
+                        in_app_title: c.in_app_title.unwrap_or_default(),
+                        in_app_body: c.in_app_body.unwrap_or_default(),
+                        in_app_action_url: c.in_app_action_url.unwrap_or_default(),
+                        in_app_avatar_url: c.in_app_avatar_url.unwrap_or_default(),
                         tracking_links: c.tracking_links.into_iter().collect(),
                     },
                 )

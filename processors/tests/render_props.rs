@@ -57,6 +57,7 @@ fn template(text: String, links: BTreeMap<String, String>) -> TemplateVersion {
         email_html: Some(text.clone()),
         email_text: Some(text),
         tracking_links: links,
+        ..TemplateContent::default()
     };
     TemplateVersion {
         name: "t".into(),

@@ -13,7 +13,8 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::records::{
-    DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, TrackingEvent,
+    DeadLetter, Delivery, FanoutBatch, InboxEvent, NotificationRequest, PostPublished,
+    TrackingEvent,
 };
 
 /// One schema of the catalog.
@@ -53,6 +54,7 @@ pub static CATALOG: &[CatalogEntry] = &[
     entry!("tidings.v1.TrackingEvent", "tracking_event.avsc", 4),
     entry!("tidings.v1.PostPublished", "post_published.avsc", 5),
     entry!("tidings.v1.FanoutBatch", "fanout_batch.avsc", 6),
+    entry!("tidings.v1.InboxEvent", "inbox_event.avsc", 7),
 ];
 
 /// A Rust type that is the payload of a topic.
@@ -78,6 +80,9 @@ impl AvroRecord for PostPublished {
 }
 impl AvroRecord for FanoutBatch {
     const FULL_NAME: &'static str = "tidings.v1.FanoutBatch";
+}
+impl AvroRecord for InboxEvent {
+    const FULL_NAME: &'static str = "tidings.v1.InboxEvent";
 }
 
 /// A catalog entry with its parsed schema.

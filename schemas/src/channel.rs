@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// A delivery channel. On the wire (Avro records, topic names, preferences)
 /// it is the lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     Ios,
     Android,
@@ -15,15 +15,19 @@ pub enum Channel {
     Email,
     /// Web push to a browser subscription (RFC 8030).
     Web,
+    /// The user's in-app inbox (the bell): stored by tidings itself and read
+    /// through `/v1/me/notifications`. Its one target is the user id.
+    InApp,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Ios,
         Channel::Android,
         Channel::Sms,
         Channel::Email,
         Channel::Web,
+        Channel::InApp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +37,7 @@ impl Channel {
             Channel::Sms => "sms",
             Channel::Email => "email",
             Channel::Web => "web",
+            Channel::InApp => "in_app",
         }
     }
 }
@@ -48,6 +53,7 @@ impl Channel {
             Pb::Sms => Some(Channel::Sms),
             Pb::Email => Some(Channel::Email),
             Pb::Web => Some(Channel::Web),
+            Pb::InApp => Some(Channel::InApp),
             Pb::Unspecified => None,
         }
     }
@@ -60,6 +66,7 @@ impl Channel {
             Channel::Sms => Pb::Sms,
             Channel::Email => Pb::Email,
             Channel::Web => Pb::Web,
+            Channel::InApp => Pb::InApp,
         }
     }
 }
@@ -71,7 +78,7 @@ impl fmt::Display for Channel {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown channel `{0}` (expected ios, android, sms, email or web)")]
+#[error("unknown channel `{0}` (expected ios, android, sms, email, web or in_app)")]
 pub struct UnknownChannel(pub String);
 
 impl FromStr for Channel {

@@ -415,6 +415,8 @@ mod tests {
             attempt: 2,
             not_before: Some(5),
             last_error: Some("503".into()),
+            action_url: None,
+            avatar_url: None,
         }
     }
 

@@ -83,6 +83,12 @@ pub struct Delivery {
     pub attempt: i32,
     pub not_before: Option<Millis>,
     pub last_error: Option<String>,
+    /// `in_app`: where the item leads when clicked.
+    #[serde(default)]
+    pub action_url: Option<String>,
+    /// `in_app`: the image shown beside the item.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
 }
 
 /// A record that could not be processed (topic `tidings.deadletter`).
@@ -122,6 +128,10 @@ pub enum TrackingKind {
     Clicked,
     InvalidToken,
     Expired,
+    /// An in-app item was read by its user.
+    Read,
+    /// An in-app item was archived by its user.
+    Archived,
 }
 
 /// One step in a notification's life (topic `tidings.tracking`).
@@ -159,4 +169,45 @@ pub struct FanoutBatch {
     pub created_at: Millis,
     pub recipients: Vec<String>,
     pub batch_index: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InboxEventKind {
+    Unknown,
+    New,
+    Read,
+    Unread,
+    Archived,
+    Unarchived,
+    ReadAll,
+    Seen,
+}
+
+/// The content of a new inbox item, as carried by [`InboxEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEventItem {
+    pub created_at: Millis,
+    pub category: Option<String>,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub action_url: Option<String>,
+    pub avatar_url: Option<String>,
+    pub data: BTreeMap<String, String>,
+}
+
+/// A change to one user's in-app inbox (topic `tidings.inbox.events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEvent {
+    pub event_id: String,
+    pub user_id: String,
+    pub kind: InboxEventKind,
+    /// The item changed; `None` for `ReadAll` and `Seen`.
+    pub notification_id: Option<String>,
+    /// The new item (`New` only).
+    pub item: Option<InboxEventItem>,
+    /// Counts after the change.
+    pub unread: i32,
+    pub unseen: i32,
+    pub at: Millis,
 }

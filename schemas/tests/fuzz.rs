@@ -81,6 +81,8 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         attempt: 2,
         not_before: Some(1_700_000_030_000),
         last_error: Some("503".into()),
+        action_url: None,
+        avatar_url: None,
     };
     let dead = DeadLetter {
         source_topic: "tidings.deliver.sms".into(),

@@ -275,6 +275,8 @@ fn delivery() -> Delivery {
         attempt: 2,
         not_before: Some(5),
         last_error: Some("503".into()),
+        action_url: None,
+        avatar_url: None,
     }
 }
 

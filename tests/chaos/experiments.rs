@@ -206,6 +206,8 @@ pub async fn poison(h: &mut Harness) -> Stats {
         attempt: 1,
         not_before: None,
         last_error: None,
+        action_url: None,
+        avatar_url: None,
     };
     let mut records: Vec<(String, String, Vec<u8>, Option<String>)> = Vec::new();
     let t = &h.topics;

@@ -42,6 +42,7 @@ pub struct Config {
     pub senders: SendersConfig,
     pub tracking: TrackingConfig,
     pub feed: FeedConfig,
+    pub inbox: InboxConfig,
     /// The provider of each channel (`ios`, `android`, `sms`, `email`), as
     /// `{ kind = "...", ...settings }`; a channel without one prints to the
     /// log. The settings are read by the sender of that kind
@@ -124,6 +125,34 @@ impl Default for FeedConfig {
             notify_followers: true,
             notify_category: "feed.new_post".into(),
             post_cache_entries: 100_000,
+        }
+    }
+}
+
+/// The in-app inbox (channel `in_app`): how much each user keeps, and how
+/// the gateways stream changes to connected clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Items kept per user; the oldest go first.
+    pub max_items: u32,
+    /// Days an item is kept after it arrived.
+    pub ttl_days: u64,
+    /// Seconds between heartbeats on an idle live stream (SSE comment, gRPC
+    /// counts), so proxies keep it open and clients notice a dead one.
+    pub heartbeat_secs: u64,
+    /// Live streams one gateway holds at most; more are refused (503 /
+    /// RESOURCE_EXHAUSTED) rather than exhausting memory.
+    pub max_streams: usize,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            max_items: 1_000,
+            ttl_days: 90,
+            heartbeat_secs: 15,
+            max_streams: 20_000,
         }
     }
 }

@@ -68,6 +68,12 @@ impl Topics {
         format!("{}.tracking", self.prefix)
     }
 
+    /// Changes to users' in-app inboxes, read by every gateway for the live
+    /// streams (key: user id).
+    pub fn inbox_events(&self) -> String {
+        format!("{}.inbox.events", self.prefix)
+    }
+
     /// Published posts (key: author id).
     pub fn posts(&self) -> String {
         format!("{}.feed.posts", self.prefix)
@@ -118,6 +124,9 @@ impl Topics {
             "TrackingEvent",
             "notification id",
         ));
+        // Short: a gateway only needs what happened since a client's
+        // reconnect; the inbox itself is in the store.
+        specs.push(spec(self.inbox_events(), DAY_MS, "InboxEvent", "user id"));
         specs.push(spec(self.posts(), 7 * DAY_MS, "PostPublished", "author id"));
         specs.push(spec(
             self.fanout(),
@@ -141,7 +150,7 @@ mod tests {
         assert_eq!(t.retry(0), "tidings.retry.1");
         assert_eq!(t.retry(2), "tidings.retry.3");
         let specs = t.specs(6);
-        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 4);
+        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 5);
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();

@@ -20,6 +20,7 @@ pub mod counters;
 pub mod dedupe;
 mod error;
 pub mod feed;
+pub mod inbox;
 mod metered;
 mod migrations;
 pub mod notification_log;
@@ -44,6 +45,7 @@ pub use counters::CounterStore;
 pub use dedupe::DedupeLedger;
 pub use error::StoreError;
 pub use feed::{FeedEntry, FeedStore};
+pub use inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};
 pub use migrations::{AppliedMigration, MigrationStatus, SchemaStatus, State as MigrationState};
 pub use notification_log::{NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore};
@@ -141,6 +143,7 @@ pub struct Store {
     pub schedule: Arc<dyn ScheduleStore>,
     pub apps: Arc<dyn AppStore>,
     pub rate_limits: Arc<dyn RateLimitLedger>,
+    pub inbox: Arc<dyn InboxStore>,
     backend: Arc<dyn Backend>,
 }
 

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use tidings_telemetry::StoreCall;
 
 use crate::{
-    App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore, Millis,
-    NewAdmission, NotificationLog, Post, PostStore, Preference, PreferenceStore, RateLimitLedger,
-    ScheduleStore, ScheduledItem, SocialGraph, StatusEntry, Store, StoreError, TemplateStore,
-    TemplateVersion, User,
+    App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
+    InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
+    NotificationLog, Post, PostStore, Preference, PreferenceStore, RateLimitLedger, ScheduleStore,
+    ScheduledItem, SocialGraph, StatusEntry, Store, StoreError, TemplateStore, TemplateVersion,
+    User,
 };
 
 /// Runs one store call and records how long it took and whether it failed.
@@ -102,6 +103,16 @@ metered!(MeteredDedupe, DedupeLedger, "dedupe" {
     fn forget(&self, scope: &str, key: &str) -> ();
     fn seen(&self, scope: &str, key: &str) -> bool;
     fn seen_many(&self, scope: &str, keys: &[String]) -> Vec<bool>;
+});
+
+metered!(MeteredInbox, InboxStore, "inbox" {
+    fn put(&self, item: &InboxItem, cap: u32, ttl: Duration) -> bool;
+    fn list(&self, user_id: &str, query: &InboxQuery) -> Vec<InboxItem>;
+    fn get(&self, user_id: &str, notification_id: &str) -> Option<InboxItem>;
+    fn mark(&self, user_id: &str, notification_id: &str, action: InboxAction, at: Millis) -> bool;
+    fn mark_all_read(&self, user_id: &str, at: Millis) -> u32;
+    fn mark_seen(&self, user_id: &str, at: Millis) -> ();
+    fn counts(&self, user_id: &str) -> InboxCounts;
 });
 
 metered!(MeteredFeed, FeedStore, "feed" {
@@ -210,6 +221,10 @@ pub(crate) fn metered(store: Store) -> Store {
         }),
         rate_limits: Arc::new(MeteredRateLimits {
             inner: store.rate_limits,
+            engine,
+        }),
+        inbox: Arc::new(MeteredInbox {
+            inner: store.inbox,
             engine,
         }),
         backend: store.backend,

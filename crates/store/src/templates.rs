@@ -29,6 +29,11 @@ pub struct TemplateContent {
     pub email_subject: Option<String>,
     pub email_html: Option<String>,
     pub email_text: Option<String>,
+    /// The in-app inbox item; title and body fall back to the push ones.
+    pub in_app_title: Option<String>,
+    pub in_app_body: Option<String>,
+    pub in_app_action_url: Option<String>,
+    pub in_app_avatar_url: Option<String>,
     /// Link name to target URL; rewritten into tracked links when rendering.
     pub tracking_links: BTreeMap<String, String>,
 }

@@ -215,7 +215,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Where a channel reaches this user.
-fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<String> {
+fn targets(
+    channel: Channel,
+    user_id: &str,
+    user: Option<&User>,
+    devices: &[Device],
+) -> Vec<String> {
     let tokens = |platform: Platform| {
         devices
             .iter()
@@ -229,6 +234,8 @@ fn targets(channel: Channel, user: Option<&User>, devices: &[Device]) -> Vec<Str
         Channel::Web => tokens(Platform::Web),
         Channel::Sms => user.and_then(|u| u.phone.clone()).into_iter().collect(),
         Channel::Email => user.and_then(|u| u.email.clone()).into_iter().collect(),
+        // Every user id has an inbox, contact record or not.
+        Channel::InApp => vec![user_id.to_owned()],
     }
 }
 
@@ -699,7 +706,7 @@ impl Enricher {
             return Ok(outcome);
         }
         let mut emitted = 0;
-        for target in targets(channel, recipient.user, recipient.devices) {
+        for target in targets(channel, &req.user_id, recipient.user, recipient.devices) {
             let mut delivery = delivery(req, channel, target, rendered, *template_version);
             if channel == Channel::Email {
                 delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
@@ -925,6 +932,8 @@ fn delivery(
         attempt: 0,
         not_before: None,
         last_error: None,
+        action_url: None,
+        avatar_url: None,
     }
 }
 

@@ -222,6 +222,7 @@ impl ChannelSender {
             Channel::Sms => "sender.sms",
             Channel::Email => "sender.email",
             Channel::Web => "sender.web",
+            Channel::InApp => "sender.in_app",
         }
     }
 

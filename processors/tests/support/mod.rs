@@ -407,6 +407,8 @@ pub fn delivery(channel: &str, target: &str) -> Delivery {
         attempt: 0,
         not_before: None,
         last_error: None,
+        action_url: None,
+        avatar_url: None,
     }
 }
 

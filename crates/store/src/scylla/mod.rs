@@ -11,6 +11,7 @@ mod contacts;
 mod counters;
 mod dedupe;
 mod feed;
+mod inbox;
 mod notification_log;
 mod posts;
 mod preferences;
@@ -133,6 +134,7 @@ pub(crate) async fn connect(
         schedule: Arc::new(schedule::ScyllaSchedule::prepare(&cql, opts.schedule_lookback).await?),
         apps: Arc::new(apps::ScyllaApps::prepare(&cql).await?),
         rate_limits: Arc::new(rate_limits::ScyllaRateLimits::prepare(&cql).await?),
+        inbox: Arc::new(inbox::ScyllaInbox::prepare(&cql).await?),
         backend: Arc::new(cql),
     })
 }

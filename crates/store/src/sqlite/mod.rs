@@ -12,6 +12,7 @@ mod contacts;
 mod counters;
 mod dedupe;
 mod feed;
+mod inbox;
 mod notification_log;
 mod posts;
 mod preferences;
@@ -78,6 +79,7 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
         schedule: Arc::new(schedule::SqliteSchedule(db.clone())),
         apps: Arc::new(apps::SqliteApps(db.clone())),
         rate_limits: Arc::new(rate_limits::SqliteRateLimits::new(db.clone())),
+        inbox: Arc::new(inbox::SqliteInbox(db.clone())),
         backend: Arc::new(db),
     })
 }
