@@ -18,10 +18,9 @@ use std::{
 };
 
 use support::{Backend, TestPipeline, eventually, http};
-use tidings_gateway::user_token::UserTokens;
+use tidings_gateway::{user_token::UserTokens, validate::field_violations};
 use tidings_schemas::proto::v1 as pb;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// The longest schemathesis may run; it is given a smaller budget itself.
 const FUZZ_LIMIT: Duration = Duration::from_secs(300);
@@ -37,20 +36,6 @@ fn token(t: &TestPipeline, user: &str) -> String {
         .expect("after 1970")
         .as_secs() as i64;
     UserTokens::new(&t.config.feed.user_token_secret).mint(user, now, Duration::from_secs(3600))
-}
-
-/// The `(field, description)` violations a status carries.
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| {
-            b.field_violations
-                .iter()
-                .map(|v| (v.field.clone(), v.description.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn raw_send(user_ids: &[&str], body: &str) -> pb::SendRequest {
@@ -81,7 +66,7 @@ async fn field_errors_carry_bad_request_details(backend: Backend) {
         .expect_err("a 1 MiB body is refused");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().starts_with("raw.body: "), "{}", err.message());
-    let found = violations(&err);
+    let found = field_violations(&err);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0, "raw.body");
     assert!(
@@ -95,7 +80,7 @@ async fn field_errors_carry_bad_request_details(backend: Backend) {
         .send(request(bad_user))
         .await
         .expect_err("a user id with a space is refused");
-    assert_eq!(violations(&err)[0].0, "user_ids[1]", "{err:?}");
+    assert_eq!(field_violations(&err)[0].0, "user_ids[1]", "{err:?}");
 
     let err = notifications()
         .send_batch(
@@ -105,7 +90,7 @@ async fn field_errors_carry_bad_request_details(backend: Backend) {
         )
         .await
         .expect_err("an empty batch is refused");
-    assert_eq!(violations(&err)[0].0, "items", "{err:?}");
+    assert_eq!(field_violations(&err)[0].0, "items", "{err:?}");
 
     // HTTP: the same violations in the JSON error body.
     let auth = format!("Bearer {}", token(&t, "conventions-user"));

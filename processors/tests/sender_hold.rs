@@ -82,16 +82,7 @@ async fn wrong_credentials_hold_the_channel_and_it_recovers_by_itself() {
         DELIVERIES + REFUSALS,
         "each delivery sent once, plus the refused probes: {received:?}"
     );
-    assert!(
-        h.read_all(&h.topics.dead_letter()).await.is_empty(),
-        "nothing dead-lettered"
-    );
-    for tier in 0..tidings_kafka::RETRY_TIERS {
-        assert!(
-            h.read_all(&h.topics.retry(tier)).await.is_empty(),
-            "nothing sent to retry tier {tier}"
-        );
-    }
+    h.assert_no_dead_letters_or_retries().await;
     // Every delivery's status is `sent`.
     for d in &deliveries {
         let log = h

@@ -365,16 +365,7 @@ async fn a_refused_vapid_key_holds_the_channel() {
     .await;
     shutdown.cancel();
     let _ = task.await;
-    assert!(
-        h.read_all(&h.topics.dead_letter()).await.is_empty(),
-        "nothing dead-lettered"
-    );
-    for tier in 0..tidings_kafka::RETRY_TIERS {
-        assert!(
-            h.read_all(&h.topics.retry(tier)).await.is_empty(),
-            "nothing sent to retry tier {tier}"
-        );
-    }
+    h.assert_no_dead_letters_or_retries().await;
     for d in &deliveries {
         let log = h
             .store

@@ -166,6 +166,21 @@ impl SenderHarness {
         counts
     }
 
+    /// Asserts that nothing went to the dead-letter topic or a retry tier
+    /// (each read to its high watermark).
+    pub async fn assert_no_dead_letters_or_retries(&self) {
+        assert!(
+            self.read_all(&self.topics.dead_letter()).await.is_empty(),
+            "nothing dead-lettered"
+        );
+        for tier in 0..tidings_kafka::RETRY_TIERS {
+            assert!(
+                self.read_all(&self.topics.retry(tier)).await.is_empty(),
+                "nothing sent to retry tier {tier}"
+            );
+        }
+    }
+
     /// Every record on `topic`, read up to its high watermark.
     pub async fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
         let consumer: BaseConsumer = self
