@@ -19,6 +19,10 @@
 #   http-ece, cryptography (PyPI): the push-service stand-in the web push
 #                    provider's tests talk to, in a virtualenv cached in the
 #                    tools' directory (webpush-venv).
+#   chromium, chromium-driver (Debian), selenium (PyPI): the real headless
+#                    browser tests/inbox_browser.rs drives the inbox widget
+#                    in (tests/support/inbox_browser.py), selenium in a
+#                    virtualenv cached in the tools' directory (browser-venv).
 #
 # The tests run `python3` (override with TIDINGS_TEST_PYTHON); this installs
 # into that interpreter.
@@ -85,6 +89,20 @@ if [[ "$(cat "$webpush_venv/requirements.txt" 2>/dev/null)" != "$webpush_reqs" ]
     echo "$webpush_reqs" >"$webpush_venv/requirements.txt"
 fi
 
+# selenium (PyPI), for tests/inbox_browser.rs: drives Debian's chromium
+# through Debian's chromedriver (installed below; nothing is downloaded at run
+# time). Its own virtualenv, rebuilt when the pin changes.
+browser_reqs="selenium==4.51.0"
+browser_venv=${TIDINGS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings-tools}/browser-venv
+if [[ "$(cat "$browser_venv/requirements.txt" 2>/dev/null)" != "$browser_reqs" ]]; then
+    echo "test-deps: installing $browser_reqs from PyPI into $browser_venv" >&2
+    rm -rf "$browser_venv"
+    "$PYTHON" -m venv "$browser_venv" || { echo "test-deps: $PYTHON -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    # shellcheck disable=SC2086 # the pins are words
+    "$browser_venv/bin/pip" install --quiet --disable-pip-version-check $browser_reqs
+    echo "$browser_reqs" >"$browser_venv/requirements.txt"
+fi
+
 "$(dirname "$0")/tools.sh" all
 
 # buildah (Debian's package), for scripts/image.sh: builds and runs the image
@@ -96,6 +114,18 @@ if ! command -v buildah >/dev/null 2>&1; then
         # A fresh machine may have no package lists yet.
         if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends buildah >/dev/null; }; then
             echo "test-deps: could not install buildah; as root: apt-get update && apt-get install -y buildah" >&2
+            exit 1
+        fi
+    fi
+fi
+# chromium and chromium-driver (Debian's packages, the same version), the
+# headless browser tests/inbox_browser.rs runs the inbox widget in.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; then
+        if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; then
+            echo "test-deps: could not install chromium; as root: apt-get update && apt-get install -y chromium chromium-driver" >&2
             exit 1
         fi
     fi
