@@ -339,6 +339,11 @@ pub struct GatewayConfig {
     /// are registered (a local push-service stand-in); otherwise only
     /// https:// endpoints are taken.
     pub web_push_loopback_http: bool,
+    /// Web origins (`https://app.example.com`, scheme://host[:port]) whose
+    /// pages may call the inbox API (`/v1/me/notifications*`) and load the
+    /// inbox widget from another origin (CORS); `*` allows any. Empty: no
+    /// cross-origin calls. The API takes bearer tokens, never cookies.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -352,6 +357,7 @@ impl Default for GatewayConfig {
             max_call_bytes: 256 << 20,
             auth_stale_serve_secs: 600,
             web_push_loopback_http: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -612,8 +618,49 @@ impl Config {
         if self.gateway.max_batch == 0 {
             return semantic("gateway.max_batch", "must be at least 1");
         }
+        if let Some(origin) = self
+            .gateway
+            .cors_origins
+            .iter()
+            .find(|o| o.as_str() != "*" && !is_web_origin(o))
+        {
+            return semantic(
+                "gateway.cors_origins",
+                format!(
+                    "has `{origin}`; an origin is scheme://host[:port] with no path or trailing slash (https://app.example.com), or *"
+                ),
+            );
+        }
         Ok(())
     }
+}
+
+/// `http(s)://host[:port]` exactly as a browser sends it in `Origin`: a
+/// trailing slash or a path would never match one.
+fn is_web_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    // An IPv6 host is bracketed: its colons are not the port's.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, port)) => (host, Some(port.strip_prefix(':').unwrap_or(port))),
+            None => return false,
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:".contains(c))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 fn semantic(key: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
@@ -630,6 +677,35 @@ mod tests {
     use figment::Jail;
 
     use super::*;
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        for good in [
+            "https://app.example.com",
+            "http://127.0.0.1:8000",
+            "http://[::1]:3000",
+            "*",
+        ] {
+            let mut c = Config::default();
+            c.gateway.cors_origins = vec![good.into()];
+            c.validate()
+                .unwrap_or_else(|e| panic!("{good} refused: {e}"));
+        }
+        for bad in [
+            "https://app.example.com/",
+            "app.example.com",
+            "https://app.example.com/inbox",
+            "ftp://x",
+            "https://",
+            "https://a:0",
+            "https://a:x",
+        ] {
+            let mut c = Config::default();
+            c.gateway.cors_origins = vec![bad.into()];
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("gateway.cors_origins"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn defaults_run_embedded() {
