@@ -33,7 +33,9 @@ const PIXEL: &[u8] = &[
 
 pub fn router(gateway: Gateway) -> Router {
     let (documented, _) = documented().split_for_parts();
-    Router::new().merge(documented).with_state(gateway)
+    let origins = gateway.config.cors_origins.clone();
+    let router = Router::new().merge(documented).with_state(gateway);
+    crate::widget::with_cors(router, &origins)
 }
 
 /// Every route with its OpenAPI operation.
@@ -48,6 +50,7 @@ fn documented() -> OpenApiRouter<Gateway> {
         .merge(webhooks::routes())
         .merge(feed_http::routes())
         .merge(crate::schema_registry::routes())
+        .merge(crate::widget::routes())
 }
 
 /// The OpenAPI document of [`documented`], as served.

@@ -22,6 +22,7 @@ pub mod templates;
 pub mod user_token;
 pub mod validate;
 pub mod webhooks;
+mod widget;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
