@@ -57,7 +57,7 @@ pub fn part_limit(part: &str) -> usize {
         "title" | "push_title" | "email_subject" | "in_app_title" => MAX_TITLE_BYTES,
         "body" | "push_body" | "in_app_body" => MAX_BODY_BYTES,
         // URLs: a title's room is plenty.
-        "in_app_action_url" | "in_app_avatar_url" => MAX_TITLE_BYTES,
+        "in_app_action_url" | "in_app_avatar_url" | "action_url" | "avatar_url" => MAX_TITLE_BYTES,
         "sms_text" => MAX_SMS_TEXT_BYTES,
         "email_text" => MAX_EMAIL_TEXT_BYTES,
         _ => MAX_EMAIL_HTML_BYTES,

@@ -564,10 +564,20 @@ pub fn validate_send(
                     ("email_subject", raw.email_subject.as_str()),
                     ("email_html", raw.email_html.as_str()),
                     ("email_text", raw.email_text.as_str()),
+                    ("action_url", raw.action_url.as_str()),
+                    ("avatar_url", raw.avatar_url.as_str()),
                 ],
                 data_bytes,
                 limits.budget,
             )?;
+            for (name, url) in [
+                ("action_url", &raw.action_url),
+                ("avatar_url", &raw.avatar_url),
+            ] {
+                if !url.is_empty() {
+                    validate::http_url(&field(&format!("raw.{name}")), url)?;
+                }
+            }
             let opt = |s: String| if s.is_empty() { None } else { Some(s) };
             let raw = RawContent {
                 title: opt(raw.title),
@@ -576,6 +586,8 @@ pub fn validate_send(
                 email_subject: opt(raw.email_subject),
                 email_html: opt(raw.email_html),
                 email_text: opt(raw.email_text),
+                action_url: opt(raw.action_url),
+                avatar_url: opt(raw.avatar_url),
             };
             if raw == RawContent::default() {
                 return Err(validate::invalid(field("raw"), "every field is empty"));
@@ -772,6 +784,54 @@ mod tests {
         let mut s = raw_send(&["a"]);
         s.collapse_id = "c".repeat(65);
         assert!(err(s).message().starts_with("items[3].collapse_id:"));
+    }
+
+    #[test]
+    fn in_app_urls_are_absolute_http_urls_of_bounded_size() {
+        let send = |action_url: &str, avatar_url: &str| {
+            let mut s = raw_send(&["a"]);
+            s.channels = vec![pb::Channel::InApp as i32];
+            s.content = Some(Content::Raw(pb::RawContent {
+                title: "Invoice ready".into(),
+                action_url: action_url.into(),
+                avatar_url: avatar_url.into(),
+                ..Default::default()
+            }));
+            to_requests("app", s, "items[1].", 10, SendLimits::default())
+        };
+        let ok = send("https://app.example/invoices/7", "http://cdn.example/a.png").unwrap();
+        let content = ok[0].content.as_ref().unwrap();
+        assert_eq!(
+            content.action_url.as_deref(),
+            Some("https://app.example/invoices/7")
+        );
+        assert_eq!(
+            content.avatar_url.as_deref(),
+            Some("http://cdn.example/a.png")
+        );
+        let none = send("", "").unwrap();
+        let content = none[0].content.as_ref().unwrap();
+        assert_eq!((&content.action_url, &content.avatar_url), (&None, &None));
+        for (action, avatar, field) in [
+            ("/invoices/7", "", "items[1].raw.action_url:"),
+            ("javascript:alert(1)", "", "items[1].raw.action_url:"),
+            ("https://x/a b", "", "items[1].raw.action_url:"),
+            ("", "cdn.example/a.png", "items[1].raw.avatar_url:"),
+        ] {
+            let e = send(action, avatar).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+        let long = format!(
+            "https://x/{}",
+            "a".repeat(limits::part_limit("in_app_action_url"))
+        );
+        let e = send(&long, "").unwrap_err();
+        assert!(
+            e.message().starts_with("items[1].raw.action_url: is "),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub struct RawContent {
     pub email_subject: Option<String>,
     pub email_html: Option<String>,
     pub email_text: Option<String>,
+    /// `in_app`: where the item leads when clicked.
+    #[serde(default)]
+    pub action_url: Option<String>,
+    /// `in_app`: the image shown beside the item.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
 }
 
 /// One accepted notification for one user (topic `tidings.notify.requests`).
