@@ -14,8 +14,9 @@
 //! Every decision is also written to the notification log, so `GetStatus`
 //! answers for every notification the enricher handled: one row per channel
 //! with an empty target (`expired`, `scheduled`, `suppressed` for an
-//! opt-out, `rate_limited`, `deferred`, `no_contact`, `failed` when the
-//! template cannot be rendered) for each channel that ends there. A channel
+//! opt-out, `rate_limited`, `deferred`, `no_contact`, `no_content` for an
+//! in-app item with neither title nor body, `failed` when the template
+//! cannot be rendered) for each channel that ends there. A channel
 //! whose deliveries are on its topic has its sender's rows, one per target,
 //! and an enricher row `queued` only when the request was held before (so
 //! the row says `queued`, no longer `scheduled` or `deferred`). A duplicate
@@ -57,7 +58,7 @@ use uuid::Uuid;
 use self::{
     dedupe::Verdict,
     rate_limit::{Decision, RateLimiter},
-    render::{Rendered, render},
+    render::{InAppContent, Rendered, render},
 };
 
 /// Namespace of delivery ids: stable per (notification, channel, target).
@@ -483,6 +484,9 @@ enum ChannelOutcome {
     Deferred { until: Millis },
     /// The user has no device, number or address for the channel.
     NoContact,
+    /// The rendering has nothing for the channel to show (an in-app item
+    /// with neither a title nor a body).
+    NoContent,
 }
 
 impl ChannelOutcome {
@@ -494,6 +498,7 @@ impl ChannelOutcome {
             Self::RateLimited => "rate_limited",
             Self::Deferred { .. } => "deferred",
             Self::NoContact => "no_contact",
+            Self::NoContent => "no_content",
         }
     }
 
@@ -508,6 +513,7 @@ impl ChannelOutcome {
             Self::NoContact => {
                 "no device, phone number or email address on this channel".to_owned()
             }
+            Self::NoContent => "nothing to show on this channel: no title or body".to_owned(),
         }
     }
 }
@@ -667,6 +673,10 @@ impl Enricher {
         out: &mut Emitter<'_>,
     ) -> Result<ChannelOutcome, ProcessError> {
         let req = job.req;
+        if channel == Channel::InApp && rendered.in_app.is_empty() {
+            // Nothing to show: no delivery, and no rate-limit room used.
+            return Ok(ChannelOutcome::NoContent);
+        }
         let category = req.category.as_deref();
         let critical = self.is_critical(category);
         if !critical && !opted_in(recipient.preferences, channel, category) {
@@ -802,6 +812,13 @@ impl Enricher {
             return Ok((rendered, i32::try_from(template.version).ok()));
         }
         let raw = req.content.clone().unwrap_or_default();
+        // Raw content has no in-app title or body of its own: the push ones.
+        let in_app = InAppContent {
+            action_url: raw.action_url,
+            avatar_url: raw.avatar_url,
+            ..InAppContent::default()
+        }
+        .or_push(&raw.title, &raw.body);
         Ok((
             Rendered {
                 locale: user.and_then(|u| u.locale.clone()).unwrap_or_default(),
@@ -811,6 +828,7 @@ impl Enricher {
                 email_subject: raw.email_subject,
                 email_html: raw.email_html,
                 email_text: raw.email_text,
+                in_app,
             },
             None,
         ))
@@ -900,10 +918,19 @@ fn delivery(
         .as_bytes(),
     )
     .to_string();
-    // SMS carries its own text, falling back to the push body.
-    let body = match channel {
-        Channel::Sms => r.sms_text.clone().or_else(|| r.body.clone()),
-        _ => r.body.clone(),
+    // SMS carries its own text, falling back to the push body; the in-app
+    // item its own title and body, falling back to the push ones (render).
+    let (title, body) = match channel {
+        Channel::Sms => (
+            r.title.clone(),
+            r.sms_text.clone().or_else(|| r.body.clone()),
+        ),
+        Channel::InApp => (r.in_app.title.clone(), r.in_app.body.clone()),
+        _ => (r.title.clone(), r.body.clone()),
+    };
+    let (action_url, avatar_url) = match channel {
+        Channel::InApp => (r.in_app.action_url.clone(), r.in_app.avatar_url.clone()),
+        _ => (None, None),
     };
     Delivery {
         delivery_id,
@@ -916,7 +943,7 @@ fn delivery(
         template_name: req.template.as_ref().map(|t| t.name.clone()),
         template_version,
         locale: (!r.locale.is_empty()).then(|| r.locale.clone()),
-        title: r.title.clone(),
+        title,
         body,
         email_subject: match channel {
             Channel::Email => email_subject(r),
@@ -932,8 +959,8 @@ fn delivery(
         attempt: 0,
         not_before: None,
         last_error: None,
-        action_url: None,
-        avatar_url: None,
+        action_url,
+        avatar_url,
     }
 }
 
@@ -1033,6 +1060,62 @@ mod tests {
             event_key(&reordered),
             "a retried send is the same event"
         );
+    }
+
+    #[test]
+    fn an_in_app_delivery_carries_the_in_app_rendering_and_its_urls() {
+        let rendered = Rendered {
+            title: Some("push title".into()),
+            body: Some("push body".into()),
+            sms_text: Some("sms".into()),
+            in_app: InAppContent {
+                title: Some("inbox title".into()),
+                body: Some("push body".into()),
+                action_url: Some("https://app.example/orders/1".into()),
+                avatar_url: Some("https://cdn.example/a.png".into()),
+            },
+            ..Rendered::default()
+        };
+        let req = NotificationRequest {
+            notification_id: "n-1".into(),
+            event_id: "e-1".into(),
+            app_key: "app".into(),
+            user_id: "u-1".into(),
+            channels: Vec::new(),
+            category: Some("orders".into()),
+            template: None,
+            content: None,
+            send_at: None,
+            expires_at: None,
+            priority: Default::default(),
+            collapse_id: None,
+            data: Default::default(),
+            accepted_at: 42,
+        };
+        let inbox = delivery(&req, Channel::InApp, "u-1".into(), &rendered, None);
+        assert_eq!(inbox.title.as_deref(), Some("inbox title"));
+        assert_eq!(inbox.body.as_deref(), Some("push body"));
+        assert_eq!(
+            inbox.action_url.as_deref(),
+            Some("https://app.example/orders/1")
+        );
+        assert_eq!(
+            inbox.avatar_url.as_deref(),
+            Some("https://cdn.example/a.png")
+        );
+        assert_eq!((inbox.target.as_str(), inbox.accepted_at), ("u-1", 42));
+        let push = delivery(&req, Channel::Ios, "token".into(), &rendered, None);
+        assert_eq!(push.title.as_deref(), Some("push title"));
+        assert_eq!((push.action_url, push.avatar_url), (None, None));
+        let sms = delivery(&req, Channel::Sms, "+1".into(), &rendered, None);
+        assert_eq!(sms.body.as_deref(), Some("sms"));
+        assert_ne!(inbox.delivery_id, push.delivery_id);
+    }
+
+    #[test]
+    fn the_in_app_target_is_the_user_id_with_or_without_a_contact_record() {
+        assert_eq!(targets(Channel::InApp, "u-9", None, &[]), vec!["u-9"]);
+        assert!(targets(Channel::Sms, "u-9", None, &[]).is_empty());
     }
 
     #[test]

@@ -26,6 +26,35 @@ pub struct Rendered {
     pub email_subject: Option<String>,
     pub email_html: Option<String>,
     pub email_text: Option<String>,
+    /// The in-app inbox item.
+    pub in_app: InAppContent,
+}
+
+/// What the `in_app` channel shows: its own parts where the template has
+/// them, else the push title and body (see [`InAppContent::or_push`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InAppContent {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub action_url: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+impl InAppContent {
+    /// Fills a missing title or body from the push ones, so a template or a
+    /// raw send written for push also fills the inbox.
+    pub fn or_push(mut self, push_title: &Option<String>, push_body: &Option<String>) -> Self {
+        self.title = self.title.or_else(|| push_title.clone());
+        self.body = self.body.or_else(|| push_body.clone());
+        self
+    }
+
+    /// Whether there is anything to show: an item with neither a title nor
+    /// a body is not delivered.
+    pub fn is_empty(&self) -> bool {
+        let blank = |s: &Option<String>| s.as_deref().is_none_or(|s| s.trim().is_empty());
+        blank(&self.title) && blank(&self.body)
+    }
 }
 
 /// Picks the variant for `locale`: exact tag, then its language
@@ -83,14 +112,24 @@ pub fn render(
             })
             .transpose()
     };
+    let title = fill("push_title", &content.push_title, false)?;
+    let body = fill("push_body", &content.push_body, false)?;
+    let in_app = InAppContent {
+        title: fill("in_app_title", &content.in_app_title, false)?,
+        body: fill("in_app_body", &content.in_app_body, false)?,
+        action_url: fill("in_app_action_url", &content.in_app_action_url, false)?,
+        avatar_url: fill("in_app_avatar_url", &content.in_app_avatar_url, false)?,
+    }
+    .or_push(&title, &body);
     Ok(Rendered {
         locale: locale.to_owned(),
-        title: fill("push_title", &content.push_title, false)?,
-        body: fill("push_body", &content.push_body, false)?,
+        title,
+        body,
         sms_text: fill("sms_text", &content.sms_text, false)?,
         email_subject: fill("email_subject", &content.email_subject, false)?,
         email_html: fill("email_html", &content.email_html, true)?,
         email_text: fill("email_text", &content.email_text, false)?,
+        in_app,
     })
 }
 
@@ -214,6 +253,51 @@ mod tests {
             r.email_html.as_deref(),
             Some("<p>&lt;Ann&gt;</p><a href=\"https://t/c?to=https://x/i\">pay</a>")
         );
+    }
+
+    #[test]
+    fn the_in_app_item_has_its_own_parts_else_the_push_ones() {
+        let mut t = template();
+        // `fr` has no in-app parts: the push title, and no body at all.
+        let fr = render(&t, Some("fr"), &params(), &same).unwrap().in_app;
+        assert_eq!(fr.title.as_deref(), Some("Bonjour <Ann>"));
+        assert_eq!(fr.body, None);
+        assert_eq!((fr.action_url, fr.avatar_url), (None, None));
+        let en = t.variants.get_mut("en").unwrap();
+        en.in_app_title = Some("{{name}}, an invoice".into());
+        en.in_app_action_url = Some("{{link.invoice}}".into());
+        en.in_app_avatar_url = Some("https://cdn/{{amount}}.png".into());
+        let r = render(&t, Some("en"), &params(), &|url| {
+            format!("https://t/c?to={url}")
+        })
+        .unwrap();
+        assert_eq!(
+            r.in_app,
+            InAppContent {
+                title: Some("<Ann>, an invoice".into()),
+                // No in_app_body: the push body.
+                body: Some("You owe $3".into()),
+                // Links are tracked like in every other part; params are
+                // filled and, outside HTML, not escaped.
+                action_url: Some("https://t/c?to=https://x/i".into()),
+                avatar_url: Some("https://cdn/$3.png".into()),
+            }
+        );
+        assert_eq!(r.title.as_deref(), Some("Hi <Ann>"), "push keeps its own");
+        let err = render(&t, Some("en"), &BTreeMap::new(), &same).unwrap_err();
+        assert!(matches!(err, RenderError::MissingParam { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_in_app_item_without_title_or_body_is_empty() {
+        let blank = InAppContent {
+            title: Some(" ".into()),
+            action_url: Some("https://x".into()),
+            ..InAppContent::default()
+        };
+        assert!(blank.is_empty());
+        assert!(!blank.clone().or_push(&None, &Some("b".into())).is_empty());
+        assert!(blank.or_push(&None, &None).is_empty());
     }
 
     #[test]
