@@ -17,7 +17,8 @@ use tidings_kafka::{
 };
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
-    TemplateStats, senders::providers::ProviderConfig,
+    TemplateStats,
+    senders::{inbox::InboxProvider, providers::ProviderConfig},
 };
 use tidings_schemas::{AvroCodec, Channel, tracking_link::LinkSigner};
 use tidings_store::{App, Replication, SchemaStatus, Store, StoreOptions};
@@ -55,7 +56,8 @@ impl fmt::Display for StageName {
         match self {
             StageName::Enricher => f.write_str("enricher"),
             StageName::Scheduler => f.write_str("scheduler"),
-            StageName::Sender(c) => write!(f, "sender-{c}"),
+            // Kubernetes names take no `_`: `sender-in-app`.
+            StageName::Sender(c) => write!(f, "sender-{}", c.as_str().replace('_', "-")),
             StageName::Retry(tier) => write!(f, "retry-{}", tier + 1),
             StageName::TemplateStats => f.write_str("template-stats"),
             StageName::FeedPlanner => f.write_str("feed-planner"),
@@ -67,8 +69,9 @@ impl fmt::Display for StageName {
 impl FromStr for StageName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // `sender.ios` (the consumer-group and metric spelling) works too.
-        let s = s.replace('.', "-");
+        // `sender.ios` and `sender.in_app` (the consumer-group and metric
+        // spelling) work too.
+        let s = s.replace(['.', '_'], "-");
         StageName::all()
             .into_iter()
             .find(|n| n.to_string() == s)
@@ -137,10 +140,19 @@ impl Runtime {
 
     /// The configured provider of a channel (`[providers.<channel>]`).
     /// Providers with delivery receipts sign a token per delivery with the
-    /// tracking secret, which the gateway's webhooks verify.
+    /// tracking secret, which the gateway's webhooks verify. `in_app` always
+    /// has the inbox (and refuses a `[providers.in_app]`).
     fn provider(&self, channel: Channel) -> Result<Arc<dyn Provider>> {
         let config =
             ProviderConfig::for_channel(channel, self.config.providers.get(channel.as_str()))?;
+        if channel == Channel::InApp {
+            return Ok(Arc::new(InboxProvider::new(
+                self.store.clone(),
+                self.producer.clone(),
+                &self.topics,
+                &self.config.inbox,
+            )));
+        }
         let tracking = &self.config.tracking;
         let receipts = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
         Ok(config.build(channel, self.log_sink.clone(), &receipts)?)
@@ -674,4 +686,36 @@ pub fn require_shared_kafka(config: &Config, role: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_names_are_kubernetes_names_and_parse_back() {
+        for stage in StageName::all() {
+            let name = stage.to_string();
+            // A DNS-1123 label: Deployments, Services and Helm keys use it.
+            assert!(
+                name.len() <= 63
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !name.starts_with('-')
+                    && !name.ends_with('-'),
+                "{name}"
+            );
+            assert_eq!(name.parse::<StageName>(), Ok(stage));
+        }
+        let in_app = StageName::Sender(Channel::InApp);
+        assert_eq!(in_app.to_string(), "sender-in-app");
+        // The consumer-group and metric spelling, as for sender.ios.
+        assert_eq!("sender.in_app".parse::<StageName>(), Ok(in_app));
+        assert_eq!(
+            "sender.ios".parse::<StageName>(),
+            Ok(StageName::Sender(Channel::Ios))
+        );
+        assert!("sender-pigeon".parse::<StageName>().is_err());
+    }
 }

@@ -43,10 +43,11 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub feed: FeedConfig,
     pub inbox: InboxConfig,
-    /// The provider of each channel (`ios`, `android`, `sms`, `email`), as
-    /// `{ kind = "...", ...settings }`; a channel without one prints to the
-    /// log. The settings are read by the sender of that kind
-    /// (processors/src/senders/providers.rs).
+    /// The provider of each channel (`ios`, `android`, `sms`, `email`,
+    /// `web`), as `{ kind = "...", ...settings }`; a channel without one
+    /// prints to the log. The settings are read by the sender of that kind
+    /// (processors/src/senders/providers.rs). `in_app` has none: its
+    /// deliveries always go to the inboxes in the store.
     pub providers: BTreeMap<String, serde_json::Value>,
     pub telemetry: TelemetryConfig,
 }
@@ -596,6 +597,12 @@ impl Config {
                 "slice_size, max_entries, max_posts and post_window_secs must be at least 1",
             );
         }
+        if self.providers.contains_key("in_app") {
+            return semantic(
+                "providers",
+                "has `in_app`, which takes no provider: in-app deliveries always go to the users' inboxes in the store (see [inbox]); remove [providers.in_app]",
+            );
+        }
         if let Some(channel) = self
             .providers
             .keys()
@@ -713,6 +720,18 @@ mod tests {
         assert!(c.kafka.is_embedded());
         assert!(c.store.url.starts_with("sqlite://"));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn providers_in_app_is_refused_with_the_reason() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[providers.in_app]\nkind = \"log\"\n")?;
+            let err = Config::load(Some(Path::new("t.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("providers") && err.contains("inbox"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod fcm;
 pub mod group_commit;
 pub mod health;
 pub mod http;
+pub mod inbox;
 pub mod jwt;
 pub mod log_sink;
 pub mod providers;

@@ -10,7 +10,9 @@
 //!
 //! `kind` is `log` (the default for every channel: print what would be
 //! sent), `apns`, `fcm`, `twilio`, `sendgrid`, `smtp` or `webpush`; the
-//! other keys are that provider's settings.
+//! other keys are that provider's settings. The `in_app` channel has no
+//! provider to choose: its deliveries always go to the users' inboxes
+//! ([`super::inbox`]), so `[providers.in_app]` is refused.
 
 use std::sync::Arc;
 
@@ -29,6 +31,9 @@ use super::{
     webpush::{WebPushConfig, WebPushProvider},
 };
 
+/// Why `[providers.in_app]` is refused.
+pub const IN_APP_HAS_NO_PROVIDER: &str = "[providers.in_app]: the in_app channel has no provider to configure; its deliveries always go to the users' inboxes in the store (sized by [inbox] max_items and ttl_days). Remove [providers.in_app]";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ProviderConfig {
@@ -44,11 +49,16 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// Reads `[providers.<channel>]`; absent means the log sink.
+    /// Reads `[providers.<channel>]`; absent means the log sink. `in_app`
+    /// takes none (the runtime gives it the inbox provider): one given is
+    /// refused rather than ignored.
     pub fn for_channel(
         channel: Channel,
         value: Option<&serde_json::Value>,
     ) -> Result<Self, SetupError> {
+        if channel == Channel::InApp && value.is_some() {
+            return Err(SetupError::new("config", IN_APP_HAS_NO_PROVIDER));
+        }
         let Some(value) = value else {
             return Ok(ProviderConfig::Log);
         };
@@ -59,7 +69,7 @@ impl ProviderConfig {
     /// Which channels a provider kind can serve.
     fn serves(&self, channel: Channel) -> bool {
         match self {
-            ProviderConfig::Log => true,
+            ProviderConfig::Log => channel != Channel::InApp,
             ProviderConfig::Apns(_) => channel == Channel::Ios,
             ProviderConfig::Fcm(_) => channel == Channel::Android,
             ProviderConfig::Twilio(_) => channel == Channel::Sms,
@@ -128,5 +138,26 @@ mod tests {
             err.contains("[providers.sms]") && err.contains("pigeon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn in_app_takes_no_provider_and_no_kind_serves_it() {
+        let log = serde_json::json!({"kind": "log"});
+        let err = ProviderConfig::for_channel(Channel::InApp, Some(&log))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[providers.in_app]") && err.contains("inbox"),
+            "{err}"
+        );
+        // Built by hand all the same: the log sink must not swallow in-app
+        // deliveries.
+        let receipts = LinkSigner::new("secret", "http://t");
+        let err = ProviderConfig::Log
+            .build(Channel::InApp, Arc::default(), &receipts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("[providers.in_app]"), "{err}");
     }
 }
