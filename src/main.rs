@@ -74,8 +74,8 @@ enum Command {
     /// Run the gRPC/HTTP gateway.
     Gateway,
     /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
-    /// sender-sms, sender-email, sender-web, retry-1, retry-2, retry-3, template-stats,
-    /// feed-planner, feed-writer, or all.
+    /// sender-sms, sender-email, sender-web, sender-in-app, retry-1, retry-2,
+    /// retry-3, template-stats, feed-planner, feed-writer, or all.
     Process {
         /// The stages this process runs (each joins its stage's consumer
         /// group, so more processes share the partitions), or `all`.
@@ -262,7 +262,8 @@ enum TemplatesCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
-    /// Print a template's counts: sent, delivered, opened, clicked.
+    /// Print a template's counts: sent, delivered, opened, clicked, and its
+    /// in-app items read and archived.
     Stats {
         /// The template's name.
         name: String,
@@ -794,11 +795,18 @@ async fn templates_command(output: Output, command: TemplatesCommand) -> Result<
                     "delivered": stats.delivered,
                     "opened": stats.opened,
                     "clicked": stats.clicked,
+                    "read": stats.read,
+                    "archived": stats.archived,
                 }),
                 || {
                     format!(
-                        "{name}: sent {}, delivered {}, opened {}, clicked {}",
-                        stats.sent, stats.delivered, stats.opened, stats.clicked
+                        "{name}: sent {}, delivered {}, opened {}, clicked {}, read {} and archived {} in the inbox",
+                        stats.sent,
+                        stats.delivered,
+                        stats.opened,
+                        stats.clicked,
+                        stats.read,
+                        stats.archived
                     )
                 },
             )

@@ -330,7 +330,7 @@ impl TemplateService for Gateway {
         self.authorize(&request, "templates").await?;
         let name = request.into_inner().name;
         validate::id("name", &name)?;
-        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked"]
+        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked", "read", "archived"]
             .iter()
             .map(|k| format!("{name}:{k}"))
             .collect();
@@ -346,6 +346,8 @@ impl TemplateService for Gateway {
             delivered: get(1),
             opened: get(2),
             clicked: get(3),
+            read: get(4),
+            archived: get(5),
         }))
     }
 }

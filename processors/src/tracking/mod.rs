@@ -1,5 +1,6 @@
 //! Per-template counts from the tracking topic: how many notifications of a
-//! template were sent, delivered, opened and clicked.
+//! template were sent, delivered, opened and clicked, and how many of its
+//! in-app items their users read and archived (events the gateway writes).
 //!
 //! Each tracking event counts once: its id is marked in the dedupe ledger
 //! (`stats.counted`) once it is counted, and an event already marked is not
@@ -48,6 +49,8 @@ pub fn counter_key(name: &str, kind: TrackingKind) -> Option<String> {
         TrackingKind::Delivered => "delivered",
         TrackingKind::Opened => "opened",
         TrackingKind::Clicked => "clicked",
+        TrackingKind::Read => "read",
+        TrackingKind::Archived => "archived",
         _ => return None,
     };
     Some(format!("{name}:{label}"))
@@ -468,6 +471,26 @@ mod tests {
         let counts = consume(&f, &events).await;
         f.stats.finish(&counts).await.expect("finish");
         assert_eq!((count(&f, "sent").await, count(&f, "opened").await), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn in_app_reads_and_archives_count_once_each() {
+        let f = fixture().await;
+        let events = [
+            event("r1", TrackingKind::Read),
+            event("r2", TrackingKind::Read),
+            event("r1", TrackingKind::Read),
+            event("x1", TrackingKind::Archived),
+        ];
+        let counts = consume(&f, &events).await;
+        f.stats.finish(&counts).await.expect("finish");
+        let counts = consume(&f, &events).await;
+        f.stats.finish(&counts).await.expect("finish");
+        assert_eq!(
+            (count(&f, "read").await, count(&f, "archived").await),
+            (2, 1)
+        );
+        assert_eq!(count(&f, "opened").await, 0, "a read is not an open");
     }
 
     #[tokio::test]
