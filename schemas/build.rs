@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/tidings/v1/preferences.proto",
     "proto/tidings/v1/templates.proto",
     "proto/tidings/v1/feed.proto",
+    "proto/tidings/v1/inbox.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
