@@ -288,7 +288,8 @@ impl Runtime {
             &self.config.tracking,
             &self.config.feed,
         )
-        .limit_records_to(self.config.kafka.max_message_bytes);
+        .limit_records_to(self.config.kafka.max_message_bytes)
+        .with_inbox(&self.config.inbox);
         // Twilio signs its status callbacks with the account's auth token:
         // when the SMS provider is Twilio with a status callback, the
         // gateway checks that signature too.

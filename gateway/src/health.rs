@@ -13,8 +13,8 @@
 //!   routed elsewhere rather than refused with UNAVAILABLE;
 //! - the store down, Kafka up: *degraded*. `/readyz` stays 200 and says so,
 //!   the overall `""` and the notification service stay SERVING, and the
-//!   services that are the store (contacts, preferences, templates, feed)
-//!   say NOT_SERVING.
+//!   services that are the store (contacts, preferences, templates, feed,
+//!   inbox) say NOT_SERVING.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,7 +23,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use tidings_schemas::proto::v1::{
-    contact_service_server, feed_service_server, notification_service_server,
+    contact_service_server, feed_service_server, inbox_service_server, notification_service_server,
     preference_service_server, template_service_server,
 };
 use tidings_store::Store;
@@ -47,6 +47,7 @@ pub const SERVICES: &[&str] = &[
     preference_service_server::SERVICE_NAME,
     template_service_server::SERVICE_NAME,
     feed_service_server::SERVICE_NAME,
+    inbox_service_server::SERVICE_NAME,
 ];
 
 /// Of [`SERVICES`], those that serve from Kafka alone (and the auth cache)
@@ -195,7 +196,7 @@ impl Probe {
                     match &probed {
                         Probed::Ready => info!("Kafka and the store answer: serving"),
                         Probed::Degraded(why) => {
-                            warn!(reason = %why, "the store does not answer: sends from apps the cache knows are accepted; contacts, preferences, templates and the feed NOT_SERVING; /readyz 200 (degraded)")
+                            warn!(reason = %why, "the store does not answer: sends from apps the cache knows are accepted; contacts, preferences, templates, the feed and the inbox NOT_SERVING; /readyz 200 (degraded)")
                         }
                         Probed::NotReady(why) => {
                             warn!(reason = %why, "not ready: gRPC health NOT_SERVING, /readyz 503")
@@ -307,6 +308,7 @@ mod tests {
             preference_service_server::SERVICE_NAME,
             template_service_server::SERVICE_NAME,
             feed_service_server::SERVICE_NAME,
+            inbox_service_server::SERVICE_NAME,
         ] {
             assert_eq!(
                 probed.status(service),

@@ -49,6 +49,7 @@ fn documented() -> OpenApiRouter<Gateway> {
         .routes(routes!(open))
         .merge(webhooks::routes())
         .merge(feed_http::routes())
+        .merge(crate::inbox_http::routes())
         .merge(crate::schema_registry::routes())
         .merge(crate::widget::routes())
 }

@@ -12,6 +12,9 @@ mod feed_cache;
 mod feed_http;
 mod health;
 mod http;
+mod inbox;
+mod inbox_http;
+mod inbox_live;
 pub mod limits;
 mod notifications;
 mod openapi;
@@ -27,12 +30,13 @@ mod widget;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use rdkafka::ClientConfig;
-use tidings_config::{FeedConfig, GatewayConfig, TrackingConfig};
+use tidings_config::{FeedConfig, GatewayConfig, InboxConfig, TrackingConfig};
 use tidings_kafka::{AvroProducer, Topics};
 use tidings_schemas::proto::{
     FILE_DESCRIPTOR_SET,
     v1::{
         contact_service_server::ContactServiceServer, feed_service_server::FeedServiceServer,
+        inbox_service_server::InboxServiceServer,
         notification_service_server::NotificationServiceServer,
         preference_service_server::PreferenceServiceServer,
         template_service_server::TemplateServiceServer,
@@ -76,6 +80,10 @@ pub struct Gateway {
     kafka_client: ClientConfig,
     /// The latest readiness probe's verdict, once `bind` started it.
     readiness: Option<health::Readiness>,
+    /// The live inbox streams held here (`inbox_live.rs`).
+    inbox_hub: Arc<inbox_live::InboxHub>,
+    /// `[inbox] heartbeat_secs`.
+    inbox_heartbeat: Duration,
 }
 
 /// Addresses the gateway is serving on (ports resolved when 0 was asked).
@@ -137,7 +145,20 @@ impl Gateway {
             sendgrid_signatures: None,
             kafka_client,
             readiness: None,
+            inbox_hub: inbox_live::InboxHub::new(
+                InboxConfig::default().max_streams,
+                inbox_live::STREAM_QUEUE,
+            ),
+            inbox_heartbeat: Duration::from_secs(InboxConfig::default().heartbeat_secs),
         }
+    }
+
+    /// Applies `[inbox]`: how many live streams this gateway holds at most
+    /// and how often an idle one gets a heartbeat.
+    pub fn with_inbox(mut self, inbox: &InboxConfig) -> Self {
+        self.inbox_hub = inbox_live::InboxHub::new(inbox.max_streams, inbox_live::STREAM_QUEUE);
+        self.inbox_heartbeat = Duration::from_secs(inbox.heartbeat_secs.max(1));
+        self
     }
 
     /// Refuses sends whose records could exceed `max_message_bytes`
@@ -198,6 +219,13 @@ impl Gateway {
         )
         .map_err(GatewayError::Probe)?;
         self.readiness = Some(probe.spawn(health, shutdown.clone()));
+        inbox_live::spawn_reader(
+            self.inbox_hub.clone(),
+            self.kafka_client.clone(),
+            self.topics.inbox_events(),
+            self.producer.codec().clone(),
+            shutdown.clone(),
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -215,6 +243,7 @@ impl Gateway {
             .add_service(PreferenceServiceServer::new(self.clone()))
             .add_service(TemplateServiceServer::new(self.clone()))
             .add_service(FeedServiceServer::new(self.clone()))
+            .add_service(InboxServiceServer::new(self.clone()))
             .serve_with_incoming_shutdown(
                 // No Nagle: a small answer must not wait for the client's
                 // delayed ACK (40 ms per call otherwise).
