@@ -597,6 +597,13 @@ impl Config {
                 "slice_size, max_entries, max_posts and post_window_secs must be at least 1",
             );
         }
+        if self.inbox.max_items == 0 || self.inbox.ttl_days == 0 {
+            return semantic("inbox", "max_items and ttl_days must be at least 1");
+        }
+        // Cassandra refuses a TTL over 20 years: every put would fail.
+        if self.inbox.ttl_days > 7300 {
+            return semantic("inbox.ttl_days", "must be at most 7300 (20 years)");
+        }
         if self.providers.contains_key("in_app") {
             return semantic(
                 "providers",
@@ -720,6 +727,17 @@ mod tests {
         assert!(c.kafka.is_embedded());
         assert!(c.store.url.starts_with("sqlite://"));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_inbox_keeps_at_least_one_item_for_at_least_a_day() {
+        for (max_items, ttl_days) in [(0, 90), (1000, 0), (1000, 7301)] {
+            let mut c = Config::default();
+            c.inbox.max_items = max_items;
+            c.inbox.ttl_days = ttl_days;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("inbox"), "{e}");
+        }
     }
 
     #[test]
