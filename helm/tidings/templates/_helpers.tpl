@@ -237,6 +237,7 @@ sender-android: {group: sender.android, topic: deliver.android}
 sender-sms: {group: sender.sms, topic: deliver.sms}
 sender-email: {group: sender.email, topic: deliver.email}
 sender-web: {group: sender.web, topic: deliver.web}
+sender-in-app: {group: sender.in_app, topic: deliver.in_app}
 retry-1: {group: retry.1, topic: retry.1}
 retry-2: {group: retry.2, topic: retry.2}
 retry-3: {group: retry.3, topic: retry.3}
