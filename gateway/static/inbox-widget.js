@@ -276,9 +276,42 @@
       return li;
     }
 
+    // The rows on the page, by item id: a redraw keeps the row of an item
+    // whose content did not change (focus, hover and references stay), and
+    // only toggles its read state.
+    var rows = new Map();
+
+    function contentOf(item) {
+      return JSON.stringify([item.created_at_ms, item.title, item.body, item.action_url, item.avatar_url]);
+    }
+
     function render() {
-      list.textContent = "";
-      for (var i = 0; i < state.items.length; i++) list.appendChild(renderItem(state.items[i]));
+      var wanted = [];
+      var ids = new Set();
+      for (var i = 0; i < state.items.length; i++) {
+        var item = state.items[i];
+        var content = contentOf(item);
+        var row = rows.get(item.id);
+        if (!row || row.content !== content) {
+          if (row) row.li.remove();
+          row = { li: renderItem(item), content: content };
+          rows.set(item.id, row);
+        }
+        row.li.classList.toggle("tdg-unread", !item.read);
+        var time = row.li.querySelector(".tdg-time");
+        if (time) time.textContent = relativeTime(item.created_at_ms, locale);
+        ids.add(item.id);
+        wanted.push(row.li);
+      }
+      rows.forEach(function (row, id) {
+        if (!ids.has(id)) {
+          row.li.remove();
+          rows.delete(id);
+        }
+      });
+      for (var j = 0; j < wanted.length; j++) {
+        if (list.children[j] !== wanted[j]) list.insertBefore(wanted[j], list.children[j] || null);
+      }
       status.className = "tdg-empty";
       status.textContent = state.loaded ? "Nothing here yet." : "Loading\u2026";
       status.hidden = state.items.length > 0;
