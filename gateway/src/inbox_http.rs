@@ -21,7 +21,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tidings_store::{InboxAction, InboxCounts};
 use tonic::{Code, Status};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
@@ -36,7 +36,7 @@ use crate::{
 
 /// The inbox's routes, each with its OpenAPI operation (`openapi.rs`).
 pub fn routes() -> OpenApiRouter<Gateway> {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(Schemas::openapi())
         .routes(routes!(list))
         .routes(routes!(count))
         .routes(routes!(read))
@@ -47,6 +47,12 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(routes!(seen))
         .routes(routes!(stream))
 }
+
+/// The schemas only [`MarkAnswers`] refers to: `IntoResponses` does not
+/// collect them as the operations' bodies are.
+#[derive(OpenApi)]
+#[openapi(components(schemas(Marked, Item, Counts)))]
+struct Schemas;
 
 /// Which items a page lists.
 #[derive(ToSchema)]
@@ -94,6 +100,7 @@ struct StreamQuery {
 
 /// The badge numbers; archived items count in none.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = InboxCounts)]
 struct Counts {
     /// Items not read.
     unread: u32,
@@ -116,6 +123,7 @@ impl From<InboxCounts> for Counts {
 
 /// One notification in the inbox.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = InboxItem)]
 struct Item {
     /// The notification's id.
     id: String,
@@ -167,6 +175,7 @@ impl From<ShownItem> for Item {
 
 /// A page of the inbox, newest first.
 #[derive(Serialize, ToSchema)]
+#[schema(as = InboxPage)]
 struct Page {
     items: Vec<Item>,
     /// Absent when there is nothing older.
@@ -176,12 +185,14 @@ struct Page {
 
 /// An item after a change, and the counts.
 #[derive(Serialize, ToSchema)]
+#[schema(as = InboxMarked)]
 struct Marked {
     item: Item,
     counts: Counts,
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = InboxReadAll)]
 struct ReadAll {
     /// Items that were unread.
     changed: u32,
@@ -189,6 +200,7 @@ struct ReadAll {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = InboxSeen)]
 struct SeenAnswer {
     counts: Counts,
 }
@@ -699,6 +711,18 @@ mod tests {
             assert!(op.is_object(), "{method} {path} is not documented");
             assert_eq!(op["security"][0]["bearer"], serde_json::json!([]), "{path}");
         }
+        // Every reference resolves, and the feed's Item and Page are not
+        // overwritten by the inbox's.
+        let text = doc.to_string();
+        for name in text.split("#/components/schemas/").skip(1) {
+            let name = &name[..name.find('"').expect("a quoted ref")];
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{name} is not a component"
+            );
+        }
+        assert!(doc["components"]["schemas"]["Item"]["properties"]["post_id"].is_object());
+        assert!(doc["components"]["schemas"]["InboxItem"]["properties"]["seen"].is_object());
         let params = &doc["paths"]["/v1/me/notifications"]["get"]["parameters"];
         assert_eq!(params[0]["name"], "filter");
         assert_eq!(
