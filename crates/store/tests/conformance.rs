@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tidings_store::{
-    App, Device, FeedEntry, MigrationState, Millis, NewAdmission, Platform, Post, Preference,
-    ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent,
-    TemplateVersion, UNSCOPED, User, now_millis, schema_status,
+    App, Device, FeedEntry, InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery,
+    MigrationState, Millis, NewAdmission, Platform, Post, Preference, ScheduledItem, SchemaStatus,
+    StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion, UNSCOPED, User,
+    now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -127,6 +128,15 @@ conformance! {
     rate_limit_admissions_of_many_keys_oldest_first,
     rate_limit_admissions_expire_with_their_ttl,
     rate_limit_readmission_is_idempotent,
+    inbox_put_is_idempotent_and_keeps_the_state,
+    inbox_cap_deletes_the_oldest,
+    inbox_overlapping_puts_keep_exactly_the_newest,
+    inbox_pages_reach_every_item_once_in_order,
+    inbox_filters_by_state_and_category,
+    inbox_marks_are_idempotent_and_refuse_unknown_items,
+    inbox_mark_all_read_answers_how_many_changed,
+    inbox_seen_mark_never_moves_back,
+    inbox_items_expire_with_their_ttl,
 }
 
 fn id(prefix: &str) -> String {
@@ -1228,6 +1238,644 @@ async fn rate_limit_readmission_is_idempotent(store: &Store) {
             (now + 35, "n3".to_owned()),
         ],
         "a pair given twice in one call counts as its last occurrence"
+    );
+}
+
+// ---------------------------------------------------------------- inbox
+
+/// Long enough never to expire during a test.
+const INBOX_TTL: Duration = Duration::from_secs(3600);
+
+fn inbox_item(user: &str, notification_id: &str, created_at: Millis) -> InboxItem {
+    InboxItem {
+        user_id: user.to_owned(),
+        notification_id: notification_id.to_owned(),
+        created_at,
+        category: None,
+        title: Some(format!("title of {notification_id}")),
+        body: None,
+        action_url: None,
+        avatar_url: None,
+        data: BTreeMap::new(),
+        read_at: None,
+        archived_at: None,
+    }
+}
+
+fn inbox_query(filter: InboxFilter, category: Option<&str>, limit: u32) -> InboxQuery {
+    InboxQuery {
+        filter,
+        category: category.map(str::to_owned),
+        before: None,
+        limit,
+    }
+}
+
+fn inbox_ids(items: &[InboxItem]) -> Vec<String> {
+    items.iter().map(|i| i.notification_id.clone()).collect()
+}
+
+/// The ids of a view, page by page, each cursor the last item of the page
+/// before.
+async fn inbox_pages(store: &Store, user: &str, mut query: InboxQuery) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.inbox.list(user, &query).await.unwrap();
+        assert!(page.len() <= query.limit as usize, "{page:?}");
+        let Some(last) = page.last() else {
+            return pages;
+        };
+        query.before = Some((last.created_at, last.notification_id.clone()));
+        pages.push(inbox_ids(&page));
+        assert!(pages.len() <= 100, "the pages never end: {pages:?}");
+    }
+}
+
+/// One view whole, in one page.
+async fn inbox_view(
+    store: &Store,
+    user: &str,
+    filter: InboxFilter,
+    category: Option<&str>,
+) -> Vec<String> {
+    let items = store
+        .inbox
+        .list(user, &inbox_query(filter, category, 1_000))
+        .await
+        .unwrap();
+    inbox_ids(&items)
+}
+
+fn strings(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|&s| s.to_owned()).collect()
+}
+
+async fn inbox_put_is_idempotent_and_keeps_the_state(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let mut full = inbox_item(&user, "n1", 1_000);
+    full.category = Some("social".into());
+    full.body = Some("Ada liked your post".into());
+    full.action_url = Some("https://example.com/p/1".into());
+    full.avatar_url = Some("https://example.com/a.png".into());
+    full.data = BTreeMap::from([
+        ("post".into(), "p1".into()),
+        ("empty".into(), String::new()),
+    ]);
+    let mut bare = inbox_item(&user, "n0", 500);
+    bare.title = None;
+
+    assert!(inbox.put(&full, 100, INBOX_TTL).await.unwrap(), "new");
+    assert!(inbox.put(&bare, 100, INBOX_TTL).await.unwrap(), "new");
+    assert_eq!(inbox.get(&user, "n1").await.unwrap(), Some(full.clone()));
+    assert_eq!(
+        inbox.get(&user, "n0").await.unwrap(),
+        Some(bare.clone()),
+        "absent fields stay absent"
+    );
+    assert_eq!(inbox.get(&user, "n2").await.unwrap(), None);
+    assert_eq!(
+        inbox.get(&id("inbox"), "n1").await.unwrap(),
+        None,
+        "inboxes are per user"
+    );
+
+    assert!(
+        inbox
+            .mark(&user, "n1", InboxAction::Read, 2_000)
+            .await
+            .unwrap()
+    );
+    // A replay, even one that differs, changes nothing.
+    let mut replay = full.clone();
+    replay.title = Some("changed".into());
+    replay.created_at = 9_000;
+    for _ in 0..2 {
+        assert!(
+            !inbox.put(&replay, 100, INBOX_TTL).await.unwrap(),
+            "a replay is not new"
+        );
+    }
+    let mut expected = full.clone();
+    expected.read_at = Some(2_000);
+    assert_eq!(
+        inbox.get(&user, "n1").await.unwrap(),
+        Some(expected.clone()),
+        "state kept"
+    );
+    assert_eq!(
+        inbox
+            .list(&user, &inbox_query(InboxFilter::All, None, 10))
+            .await
+            .unwrap(),
+        vec![expected, bare],
+        "one item per notification, at its first time"
+    );
+    assert_eq!(
+        inbox.counts(&user).await.unwrap(),
+        InboxCounts {
+            unread: 1,
+            unseen: 2,
+            total: 2
+        }
+    );
+}
+
+async fn inbox_cap_deletes_the_oldest(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let cap = 3;
+    for (n, at) in [("n1", 1_000), ("n2", 3_000), ("n3", 2_000)] {
+        assert!(
+            inbox
+                .put(&inbox_item(&user, n, at), cap, INBOX_TTL)
+                .await
+                .unwrap()
+        );
+    }
+    // Archived items count: the cap bounds what is stored.
+    assert!(
+        inbox
+            .mark(&user, "n2", InboxAction::Archive, 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "n4", 4_000), cap, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        strings(&["n4", "n2", "n3"])
+    );
+    assert_eq!(
+        inbox.get(&user, "n1").await.unwrap(),
+        None,
+        "the oldest went"
+    );
+    assert!(
+        !inbox
+            .mark(&user, "n1", InboxAction::Read, 5_000)
+            .await
+            .unwrap()
+    );
+
+    // An item older than a full inbox is new, and the oldest: it goes at once.
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "n0", 500), cap, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        strings(&["n4", "n2", "n3"])
+    );
+
+    // Ties in time go by id: n4 is older than n5 and n6.
+    for n in ["n5", "n6"] {
+        assert!(
+            inbox
+                .put(&inbox_item(&user, n, 4_000), cap, INBOX_TTL)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        strings(&["n6", "n5", "n4"])
+    );
+    // A replay of a kept item deletes nothing.
+    assert!(
+        !inbox
+            .put(&inbox_item(&user, "n4", 4_000), cap, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        strings(&["n6", "n5", "n4"])
+    );
+    assert_eq!(inbox.counts(&user).await.unwrap().total, 3);
+}
+
+/// Puts of one user that overlap (a sender's concurrency, a retry tier)
+/// still leave exactly the newest `cap` items.
+async fn inbox_overlapping_puts_keep_exactly_the_newest(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let cap = 5;
+    let items: Vec<InboxItem> = (0..24)
+        .map(|i| inbox_item(&user, &format!("n{i:02}"), 1_000 + (i * 7) % 24))
+        .collect();
+    let answers =
+        futures::future::join_all(items.iter().map(|item| inbox.put(item, cap, INBOX_TTL))).await;
+    assert!(answers.into_iter().all(|new| new.unwrap()), "all new");
+    let mut newest: Vec<(Millis, String)> = items
+        .iter()
+        .map(|i| (i.created_at, i.notification_id.clone()))
+        .collect();
+    newest.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = newest
+        .into_iter()
+        .take(cap as usize)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        expected
+    );
+    assert_eq!(inbox.counts(&user).await.unwrap().total, cap);
+}
+
+async fn inbox_pages_reach_every_item_once_in_order(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    // Three items per time, put out of order.
+    let mut all: Vec<(Millis, String)> = (0..25)
+        .map(|i| (1_000 + (i / 3) * 10, format!("n{:02}", (i * 7) % 25)))
+        .collect();
+    for (at, n) in all.iter().rev() {
+        assert!(
+            inbox
+                .put(&inbox_item(&user, n, *at), 100, INBOX_TTL)
+                .await
+                .unwrap()
+        );
+    }
+    all.sort_by(|a, b| b.cmp(a));
+    let newest_first: Vec<String> = all.iter().map(|(_, n)| n.clone()).collect();
+
+    let pages = inbox_pages(store, &user, inbox_query(InboxFilter::Inbox, None, 4)).await;
+    assert_eq!(pages.len(), 7, "{pages:?}");
+    assert!(pages[..6].iter().all(|p| p.len() == 4), "{pages:?}");
+    assert_eq!(pages.concat(), newest_first, "each item once, newest first");
+
+    // Filtered pages skip what the filter drops, and still meet every item.
+    for n in newest_first.iter().step_by(3) {
+        assert!(
+            inbox
+                .mark(&user, n, InboxAction::Read, 5_000)
+                .await
+                .unwrap()
+        );
+    }
+    let unread: Vec<String> = newest_first
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let pages = inbox_pages(store, &user, inbox_query(InboxFilter::Unread, None, 2)).await;
+    assert_eq!(pages.concat(), unread);
+    assert_eq!(pages.len(), unread.len().div_ceil(2));
+
+    // A cursor is exclusive, and a limit of 0 lists nothing.
+    let mut after_first = inbox_query(InboxFilter::All, None, 1);
+    after_first.before = Some(all[0].clone());
+    assert_eq!(
+        inbox_ids(&inbox.list(&user, &after_first).await.unwrap()),
+        vec![newest_first[1].clone()]
+    );
+    assert!(
+        inbox
+            .list(&user, &inbox_query(InboxFilter::All, None, 0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        inbox
+            .list(&id("inbox"), &inbox_query(InboxFilter::All, None, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn inbox_filters_by_state_and_category(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let categories = [
+        ("a", Some("social")),
+        ("b", Some("social")),
+        ("c", Some("billing")),
+        ("d", Some("billing")),
+        ("e", None),
+    ];
+    for (i, (n, category)) in (0..).zip(categories) {
+        let mut item = inbox_item(&user, n, 1_000 + i);
+        item.category = category.map(str::to_owned);
+        assert!(inbox.put(&item, 100, INBOX_TTL).await.unwrap());
+    }
+    for (n, action) in [
+        ("b", InboxAction::Read),
+        ("c", InboxAction::Archive),
+        ("d", InboxAction::Read),
+        ("d", InboxAction::Archive),
+    ] {
+        assert!(inbox.mark(&user, n, action, 2_000).await.unwrap());
+    }
+    use InboxFilter::{All, Archived, Inbox, Unread};
+    for (filter, category, expected) in [
+        (Inbox, None, &["e", "b", "a"][..]),
+        (Unread, None, &["e", "a"]),
+        (Archived, None, &["d", "c"]),
+        (All, None, &["e", "d", "c", "b", "a"]),
+        (Inbox, Some("social"), &["b", "a"]),
+        (Unread, Some("social"), &["a"]),
+        (Archived, Some("social"), &[]),
+        (Inbox, Some("billing"), &[]),
+        (Archived, Some("billing"), &["d", "c"]),
+        (All, Some("billing"), &["d", "c"]),
+        (All, Some("unknown"), &[]),
+    ] {
+        assert_eq!(
+            inbox_view(store, &user, filter, category).await,
+            strings(expected),
+            "{filter:?} {category:?}"
+        );
+    }
+    assert_eq!(
+        inbox.counts(&user).await.unwrap(),
+        InboxCounts {
+            unread: 2,
+            unseen: 3,
+            total: 3
+        },
+        "archived items count in nothing"
+    );
+}
+
+async fn inbox_marks_are_idempotent_and_refuse_unknown_items(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let item = inbox_item(&user, "n1", 1_000);
+    assert!(inbox.put(&item, 100, INBOX_TTL).await.unwrap());
+    let state = || async {
+        let found = inbox.get(&user, "n1").await.unwrap().expect("the item");
+        (found.read_at, found.archived_at)
+    };
+    use InboxAction::{Archive, Read, Unarchive, Unread};
+    for (action, at, expected) in [
+        (Read, 2_000, (Some(2_000), None)),
+        (Read, 3_000, (Some(2_000), None)),
+        (Unread, 4_000, (None, None)),
+        (Unread, 4_500, (None, None)),
+        (Read, 5_000, (Some(5_000), None)),
+        (Archive, 6_000, (Some(5_000), Some(6_000))),
+        (Archive, 7_000, (Some(5_000), Some(6_000))),
+        (Unarchive, 8_000, (Some(5_000), None)),
+        (Unarchive, 8_500, (Some(5_000), None)),
+    ] {
+        assert!(
+            inbox.mark(&user, "n1", action, at).await.unwrap(),
+            "{action:?}"
+        );
+        assert_eq!(state().await, expected, "after {action:?} at {at}");
+    }
+    let mut expected = item.clone();
+    expected.read_at = Some(5_000);
+    assert_eq!(
+        inbox.get(&user, "n1").await.unwrap(),
+        Some(expected),
+        "marks change only the state"
+    );
+
+    let stranger = id("inbox");
+    for action in [Read, Unread, Archive, Unarchive] {
+        assert!(
+            !inbox.mark(&user, "n2", action, 9_000).await.unwrap(),
+            "{action:?}"
+        );
+        assert!(
+            !inbox.mark(&stranger, "n1", action, 9_000).await.unwrap(),
+            "{action:?}"
+        );
+    }
+    assert_eq!(
+        inbox.get(&stranger, "n1").await.unwrap(),
+        None,
+        "a mark creates nothing"
+    );
+    assert_eq!(
+        inbox.get(&user, "n2").await.unwrap(),
+        None,
+        "a mark creates nothing"
+    );
+}
+
+async fn inbox_mark_all_read_answers_how_many_changed(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    for (i, n) in (0..).zip(["n1", "n2", "n3", "n4", "n5"]) {
+        assert!(
+            inbox
+                .put(&inbox_item(&user, n, 1_000 + i), 100, INBOX_TTL)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        inbox
+            .mark(&user, "n2", InboxAction::Read, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        inbox
+            .mark(&user, "n3", InboxAction::Archive, 100)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        inbox.mark_all_read(&user, 200).await.unwrap(),
+        3,
+        "n1, n4, n5"
+    );
+    let user = user.as_str();
+    let read_at =
+        |n: &'static str| async move { inbox.get(user, n).await.unwrap().expect("item").read_at };
+    assert_eq!(read_at("n1").await, Some(200));
+    assert_eq!(
+        read_at("n2").await,
+        Some(100),
+        "read before: its first time stays"
+    );
+    assert_eq!(read_at("n3").await, None, "archived items are left alone");
+    assert_eq!(
+        inbox.mark_all_read(user, 300).await.unwrap(),
+        0,
+        "nothing left"
+    );
+    assert_eq!(read_at("n5").await, Some(200));
+    assert_eq!(
+        inbox.counts(user).await.unwrap(),
+        InboxCounts {
+            unread: 0,
+            unseen: 4,
+            total: 4
+        }
+    );
+    assert!(
+        inbox
+            .mark(user, "n3", InboxAction::Unarchive, 400)
+            .await
+            .unwrap()
+    );
+    assert_eq!(inbox.counts(user).await.unwrap().unread, 1);
+    assert_eq!(
+        inbox.mark_all_read(&id("inbox"), 300).await.unwrap(),
+        0,
+        "an empty inbox"
+    );
+}
+
+async fn inbox_seen_mark_never_moves_back(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    assert_eq!(inbox.counts(&user).await.unwrap(), InboxCounts::default());
+    inbox.mark_seen(&user, 500).await.unwrap();
+    assert_eq!(
+        inbox.counts(&user).await.unwrap(),
+        InboxCounts::default(),
+        "a mark alone counts nothing"
+    );
+    for (n, at) in [("n1", 1_000), ("n2", 2_000), ("n3", 3_000)] {
+        assert!(
+            inbox
+                .put(&inbox_item(&user, n, at), 100, INBOX_TTL)
+                .await
+                .unwrap()
+        );
+    }
+    let unseen = || async { inbox.counts(&user).await.unwrap().unseen };
+    assert_eq!(unseen().await, 3);
+    inbox.mark_seen(&user, 2_000).await.unwrap();
+    assert_eq!(unseen().await, 1, "only items after the mark");
+    inbox.mark_seen(&user, 1_000).await.unwrap();
+    assert_eq!(unseen().await, 1, "an older mark does not move it back");
+    inbox.mark_seen(&user, 2_000).await.unwrap();
+    assert_eq!(unseen().await, 1);
+
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "n4", 2_500), 100, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(unseen().await, 2, "a new item after the mark");
+    assert!(
+        inbox
+            .mark(&user, "n3", InboxAction::Archive, 4_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(unseen().await, 1, "archived items are not counted");
+    inbox.mark_seen(&user, 5_000).await.unwrap();
+    assert_eq!(
+        inbox.counts(&user).await.unwrap(),
+        InboxCounts {
+            unread: 3,
+            unseen: 0,
+            total: 3
+        },
+        "seeing is not reading"
+    );
+    let other = id("inbox");
+    assert!(
+        inbox
+            .put(&inbox_item(&other, "n1", 1_000), 100, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox.counts(&other).await.unwrap().unseen,
+        1,
+        "marks are per user"
+    );
+}
+
+async fn inbox_items_expire_with_their_ttl(store: &Store) {
+    let inbox = &store.inbox;
+    let user = id("inbox");
+    let brief = Duration::from_secs(2);
+    let now = now_millis();
+    let started = Instant::now();
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "brief", now), 10, brief)
+            .await
+            .unwrap()
+    );
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "kept", now - 1), 10, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    let read = inbox
+        .mark(&user, "brief", InboxAction::Read, now)
+        .await
+        .unwrap();
+    let counts = inbox.counts(&user).await.unwrap();
+    if started.elapsed() < brief {
+        // Not stalled past the TTL already.
+        assert!(read);
+        assert_eq!(counts.total, 2, "{counts:?}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while inbox.get(&user, "brief").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the item outlived its TTL by far"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Clocks may differ by a tick, not by a second.
+    assert!(
+        started.elapsed() + Duration::from_millis(100) >= brief,
+        "gone early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        inbox_view(store, &user, InboxFilter::All, None).await,
+        strings(&["kept"])
+    );
+    assert_eq!(
+        inbox.counts(&user).await.unwrap(),
+        InboxCounts {
+            unread: 1,
+            unseen: 1,
+            total: 1
+        }
+    );
+    assert!(
+        !inbox
+            .mark(&user, "brief", InboxAction::Unread, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox.mark_all_read(&user, now).await.unwrap(),
+        1,
+        "only the kept item"
+    );
+
+    // Delivered again once expired: a new item, with none of the old state.
+    assert!(
+        inbox
+            .put(&inbox_item(&user, "brief", now), 10, INBOX_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inbox.get(&user, "brief").await.unwrap(),
+        Some(inbox_item(&user, "brief", now))
     );
 }
 

@@ -66,6 +66,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0004_scheduled_scope.cql",
         include_str!("../../migrations/cql/0004_scheduled_scope.cql"),
     ),
+    Migration::new(
+        "0005_inbox.cql",
+        include_str!("../../migrations/cql/0005_inbox.cql"),
+    ),
 ];
 
 /// Where applied migrations are recorded, and the lease one migrator holds

@@ -49,6 +49,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0004_scheduled_scope.sql",
         include_str!("../../migrations/sqlite/0004_scheduled_scope.sql"),
     ),
+    Migration::new(
+        "0005_inbox.sql",
+        include_str!("../../migrations/sqlite/0005_inbox.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
