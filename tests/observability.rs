@@ -183,10 +183,14 @@ async fn every_queried_metric_is_served(backend: Backend) {
         .await
         .expect("send accepted");
     let notification_id = sent.notification_ids[0].clone();
-    eventually("the email and the SMS sent", WAIT, || async {
-        let s = t.client.status(&notification_id).await.ok()?;
-        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 2).then_some(())
-    })
+    eventually(
+        "the email, the SMS and the in-app item sent",
+        WAIT,
+        || async {
+            let s = t.client.status(&notification_id).await.ok()?;
+            (s.deliveries.iter().filter(|d| d.state == "sent").count() == 3).then_some(())
+        },
+    )
     .await;
 
     // A request the enricher rejects for good: its template does not exist.

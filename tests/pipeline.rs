@@ -110,19 +110,32 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
         "SMS gets its own text"
     );
 
-    // The senders delivered to all five targets and say so through the API.
-    let status = eventually("five sent deliveries", WAIT, || async {
+    // The senders delivered to all six targets (the five contact points and
+    // the user's in-app inbox, every user has one) and say so through the API.
+    let status = eventually("six sent deliveries", WAIT, || async {
         let s = t.client.status(&notification_id).await.ok()?;
-        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 5).then_some(s)
+        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 6).then_some(s)
     })
     .await;
     let mut channels: Vec<_> = status
         .deliveries
         .iter()
-        .map(|d| d.channel.as_str())
+        .map(|d| (d.channel.as_str(), d.state.as_str()))
         .collect();
     channels.sort();
-    assert_eq!(channels, ["android", "email", "ios", "ios", "sms"]);
+    // No web push subscription: the enricher's row for web says so.
+    assert_eq!(
+        channels,
+        [
+            ("android", "sent"),
+            ("email", "sent"),
+            ("in_app", "sent"),
+            ("ios", "sent"),
+            ("ios", "sent"),
+            ("sms", "sent"),
+            ("web", "no_contact"),
+        ]
+    );
 
     // Read to the end once every stage has handled what it was given: one
     // request, one delivery per target, each sent once.
@@ -131,7 +144,13 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
         .read_all::<NotificationRequest>(&t.topic("notify.requests"))
         .await;
     assert_eq!(requests.len(), 1, "{requests:?}");
-    for (channel, targets) in [("ios", 2), ("android", 1), ("sms", 1), ("email", 1)] {
+    for (channel, targets) in [
+        ("ios", 2),
+        ("android", 1),
+        ("sms", 1),
+        ("email", 1),
+        ("in_app", 1),
+    ] {
         let topic = t.topic(&format!("deliver.{channel}"));
         assert_eq!(
             t.read_all::<Delivery>(&topic).await.len(),
@@ -149,7 +168,7 @@ async fn a_send_reaches_every_device_and_contact(backend: Backend) {
     let events = t.read_all::<TrackingEvent>(&t.topic("tracking")).await;
     assert!(events.iter().all(|e| e.notification_id == notification_id));
     let count = |kind| events.iter().filter(|e| e.kind == kind).count();
-    assert_eq!(count(TrackingKind::Sent), 5, "{events:?}");
+    assert_eq!(count(TrackingKind::Sent), 6, "{events:?}");
     assert_eq!(count(TrackingKind::Accepted), 1, "{events:?}");
     assert!(count(TrackingKind::Rendered) >= 1, "{events:?}");
     t.stop().await;
@@ -219,7 +238,8 @@ async fn an_undecodable_record_is_dead_lettered_and_the_stage_goes_on(backend: B
 
     eventually("the valid send delivered", WAIT, || async {
         let s = t.client.status(&accepted.notification_ids[0]).await.ok()?;
-        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 5).then_some(())
+        // Five contact points and the in-app inbox.
+        (s.deliveries.iter().filter(|d| d.state == "sent").count() == 6).then_some(())
     })
     .await;
     // Read to the end once the enricher has handled both records: only the
