@@ -18,7 +18,10 @@ use tidings_kafka::{
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
     TemplateStats,
-    senders::{inbox::InboxProvider, providers::ProviderConfig},
+    senders::{
+        inbox::{InboxProvider, UnreadBadge},
+        providers::ProviderConfig,
+    },
 };
 use tidings_schemas::{AvroCodec, Channel, tracking_link::LinkSigner};
 use tidings_store::{App, Replication, SchemaStatus, Store, StoreOptions};
@@ -155,7 +158,12 @@ impl Runtime {
         }
         let tracking = &self.config.tracking;
         let receipts = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
-        Ok(config.build(channel, self.log_sink.clone(), &receipts)?)
+        let badge = self
+            .config
+            .inbox
+            .push_badge
+            .then(|| UnreadBadge::new(self.store.inbox.clone()));
+        Ok(config.build(channel, self.log_sink.clone(), &receipts, badge)?)
     }
 
     /// Starts one stage on `tasks`.

@@ -32,6 +32,55 @@ fn delivery_ref(d: &tidings_schemas::records::Delivery) -> DeliveryRef {
     }
 }
 
+/// A SQLite store where `user` has three in-app items, one of them read:
+/// two unread, the badge `[inbox] push_badge` puts on their pushes.
+async fn inbox_with_two_unread(
+    user: &str,
+) -> (
+    tempfile::TempDir,
+    tidings_processors::senders::inbox::UnreadBadge,
+) {
+    use tidings_store::{InboxAction, InboxItem, Store, StoreOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::connect(
+        &format!("sqlite://{}/tidings.db", dir.path().display()),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("store");
+    for i in 0..3 {
+        let item = InboxItem {
+            user_id: user.into(),
+            notification_id: format!("n-{i}"),
+            created_at: 1_000 + i,
+            category: None,
+            title: Some(format!("item {i}")),
+            body: None,
+            action_url: None,
+            avatar_url: None,
+            data: Default::default(),
+            read_at: None,
+            archived_at: None,
+        };
+        assert!(
+            store
+                .inbox
+                .put(&item, 100, Duration::from_secs(3600))
+                .await
+                .expect("put")
+        );
+    }
+    assert!(
+        store
+            .inbox
+            .mark(user, "n-0", InboxAction::Read, 2_000)
+            .await
+            .expect("mark read")
+    );
+    let badge = tidings_processors::senders::inbox::UnreadBadge::new(store.inbox.clone());
+    (dir, badge)
+}
+
 fn assert_transient(
     r: Result<tidings_processors::Receipt, ProviderError>,
     retry_after: Option<Duration>,
@@ -159,6 +208,24 @@ mod apns {
         // One signed token and one HTTP/2 connection for both.
         assert_eq!(r.bearer(), r2.bearer());
         assert_eq!(r.peer, r2.peer);
+    }
+
+    #[tokio::test]
+    async fn with_push_badge_the_badge_is_the_users_unread_inbox_count() {
+        let (server, apns) = setup(SendLimits::new(10)).await;
+        let d = delivery("ios", DEVICE);
+        let (_dir, badge) = inbox_with_two_unread(&d.user_id).await;
+        let apns = apns.with_unread_badge(badge);
+        apns.deliver(&d).await.expect("accepted");
+        let mut other = delivery("ios", DEVICE);
+        other.user_id = "u-without-an-inbox".into();
+        apns.deliver(&other).await.expect("accepted");
+        let reqs = server.requests();
+        let body = reqs[0].json().expect("JSON body");
+        assert_eq!(body["aps"]["badge"], 2);
+        assert_eq!(body["aps"]["alert"]["title"], "Your order shipped");
+        // An empty inbox clears the badge.
+        assert_eq!(reqs[1].json().expect("JSON body")["aps"]["badge"], 0);
     }
 
     #[tokio::test]
@@ -407,6 +474,21 @@ mod fcm {
             .and_then(|s| s.parse().ok())
             .expect("ttl like 599s");
         assert!((590..=600).contains(&secs), "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn with_push_badge_the_data_carries_the_users_unread_inbox_count() {
+        let (server, fcm) = setup(SendLimits::new(10)).await;
+        let d = delivery("android", TOKEN);
+        let (_dir, badge) = inbox_with_two_unread(&d.user_id).await;
+        fcm.with_unread_badge(badge)
+            .deliver(&d)
+            .await
+            .expect("accepted");
+        let sends = server.requests_to("/v1/");
+        let m = &sends[0].json().expect("JSON")["message"];
+        assert_eq!(m["data"]["unread_count"], "2");
+        assert_eq!(m["data"]["order_id"], "1042", "beside the caller's data");
     }
 
     #[tokio::test]

@@ -145,6 +145,9 @@ pub struct InboxConfig {
     /// Live streams one gateway holds at most; more are refused (503 /
     /// RESOURCE_EXHAUSTED) rather than exhausting memory.
     pub max_streams: usize,
+    /// Whether iOS and Android pushes carry the user's unread inbox count
+    /// (APNs `badge`, FCM data `unread_count`), read when each is sent.
+    pub push_badge: bool,
 }
 
 impl Default for InboxConfig {
@@ -154,6 +157,7 @@ impl Default for InboxConfig {
             ttl_days: 90,
             heartbeat_secs: 15,
             max_streams: 20_000,
+            push_badge: false,
         }
     }
 }

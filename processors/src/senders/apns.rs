@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::{
     Provider, ProviderError, Receipt,
     http::{self, HttpSettings, Protocol},
+    inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
@@ -104,9 +105,17 @@ pub struct ApnsProvider {
     token: Mutex<Option<ProviderToken>>,
     token_refresh: Duration,
     limiter: Limiter,
+    /// `[inbox] push_badge`: where the `badge` comes from.
+    badge: Option<UnreadBadge>,
 }
 
 impl ApnsProvider {
+    /// Puts the user's unread inbox count in each push's `aps.badge`.
+    pub fn with_unread_badge(mut self, badge: UnreadBadge) -> Self {
+        self.badge = Some(badge);
+        self
+    }
+
     pub fn new(config: ApnsConfig) -> Result<Self, SetupError> {
         let pem = match (&config.key_path, &config.key_pem) {
             (Some(path), None) => SetupError::read(NAME, "key_path", path)?,
@@ -157,6 +166,7 @@ impl ApnsProvider {
             token: Mutex::new(None),
             token_refresh: Duration::from_millis(config.token_refresh_ms),
             limiter: Limiter::new(NAME, &config.limits)?,
+            badge: None,
         })
     }
 
@@ -240,9 +250,10 @@ fn check_device_token(token: &str) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// `{"aps":{"alert":{"title","body"}}, ...data}`: custom data sits beside
-/// `aps` at the top level, where the app reads it from `userInfo`.
-fn payload(d: &Delivery) -> Result<Vec<u8>, ProviderError> {
+/// `{"aps":{"alert":{"title","body"},"badge":n}, ...data}`: custom data sits
+/// beside `aps` at the top level, where the app reads it from `userInfo`;
+/// `badge` (the app icon's number) only when one is given.
+fn payload(d: &Delivery, badge: Option<u32>) -> Result<Vec<u8>, ProviderError> {
     let mut alert = Map::new();
     if let Some(t) = &d.title {
         alert.insert("title".into(), t.clone().into());
@@ -262,7 +273,11 @@ fn payload(d: &Delivery) -> Result<Vec<u8>, ProviderError> {
         .filter(|(k, _)| *k != "aps")
         .map(|(k, v)| (k.clone(), v.clone().into()))
         .collect();
-    root.insert("aps".into(), json!({ "alert": alert }));
+    let mut aps = json!({ "alert": alert });
+    if let Some(n) = badge {
+        aps["badge"] = n.into();
+    }
+    root.insert("aps".into(), aps);
     let bytes = serde_json::to_vec(&root)
         .map_err(|e| ProviderError::Rejected(format!("{NAME}: payload: {e}")))?;
     if bytes.len() > MAX_PAYLOAD {
@@ -290,7 +305,11 @@ impl Provider for ApnsProvider {
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
         check_device_token(&d.target)?;
-        let body = payload(d)?;
+        let badge = match &self.badge {
+            Some(b) => b.unread(&d.user_id).await,
+            None => None,
+        };
+        let body = payload(d, badge)?;
         let _slot = self.limiter.acquire().await?;
         let jwt = self.bearer()?;
         let resp = self
@@ -359,6 +378,46 @@ impl Provider for ApnsProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_badge_is_in_aps_only_when_given() {
+        let d = Delivery {
+            delivery_id: "d".into(),
+            notification_id: "n".into(),
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: "ios".into(),
+            target: "00aa".into(),
+            category: None,
+            template_name: None,
+            template_version: None,
+            locale: None,
+            title: Some("Hi".into()),
+            body: None,
+            email_subject: None,
+            email_html: None,
+            email_text: None,
+            data: [("badge".to_owned(), "not this".to_owned())].into(),
+            collapse_id: None,
+            priority: Priority::Normal,
+            expires_at: None,
+            accepted_at: 0,
+            attempt: 0,
+            not_before: None,
+            last_error: None,
+            action_url: None,
+            avatar_url: None,
+        };
+        let json =
+            |badge| -> Value { serde_json::from_slice(&payload(&d, badge).unwrap()).unwrap() };
+        let with = json(Some(3));
+        assert_eq!(with["aps"]["badge"], 3);
+        assert_eq!(with["aps"]["alert"]["title"], "Hi");
+        assert_eq!(with["badge"], "not this", "custom data stays beside aps");
+        // Zero clears the app's badge; none leaves it as it is.
+        assert_eq!(json(Some(0))["aps"]["badge"], 0);
+        assert!(json(None)["aps"].get("badge").is_none());
+    }
 
     #[test]
     fn device_tokens_must_be_hex() {

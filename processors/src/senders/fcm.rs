@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use super::{
     Provider, ProviderError, Receipt,
     http::{self, HttpSettings, Protocol},
+    inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
@@ -87,9 +88,23 @@ pub struct FcmProvider {
     /// for it instead of each asking Google for their own.
     token: Mutex<Option<AccessToken>>,
     limiter: Limiter,
+    /// `[inbox] push_badge`: where the `unread_count` data field comes from.
+    badge: Option<UnreadBadge>,
 }
 
+/// The data field carrying the user's unread inbox count (`[inbox]
+/// push_badge`): Android has no badge number in the notification itself, so
+/// the app sets its launcher badge from this.
+pub const UNREAD_COUNT_FIELD: &str = "unread_count";
+
 impl FcmProvider {
+    /// Puts the user's unread inbox count in each message's data as
+    /// [`UNREAD_COUNT_FIELD`].
+    pub fn with_unread_badge(mut self, badge: UnreadBadge) -> Self {
+        self.badge = Some(badge);
+        self
+    }
+
     pub fn new(config: FcmConfig) -> Result<Self, SetupError> {
         let raw = match (&config.service_account_path, &config.service_account_json) {
             (Some(path), None) => SetupError::read(NAME, "service_account_path", path)?,
@@ -133,6 +148,7 @@ impl FcmProvider {
             signer,
             token: Mutex::new(None),
             limiter: Limiter::new(NAME, &config.limits)?,
+            badge: None,
         })
     }
 
@@ -237,8 +253,10 @@ impl FcmProvider {
     }
 }
 
-/// `{"message": {token, notification, data, android}}`.
-fn message(d: &Delivery) -> Result<Value, ProviderError> {
+/// `{"message": {token, notification, data, android}}`; `unread` (the badge)
+/// goes in `data` as [`UNREAD_COUNT_FIELD`], over a field of that name the
+/// caller sent.
+fn message(d: &Delivery, unread: Option<u32>) -> Result<Value, ProviderError> {
     // Tokens are opaque but never blank or spaced; catching that here saves
     // a round trip and names the real problem.
     if d.target.trim().is_empty() || d.target.contains(char::is_whitespace) {
@@ -260,8 +278,12 @@ fn message(d: &Delivery) -> Result<Value, ProviderError> {
     if !notification.is_empty() {
         msg.insert("notification".into(), notification.into());
     }
-    if !d.data.is_empty() {
-        msg.insert("data".into(), json!(d.data));
+    let mut data = d.data.clone();
+    if let Some(n) = unread {
+        data.insert(UNREAD_COUNT_FIELD.into(), n.to_string());
+    }
+    if !data.is_empty() {
+        msg.insert("data".into(), json!(data));
     }
     let mut android = Map::new();
     android.insert(
@@ -374,7 +396,11 @@ impl Provider for FcmProvider {
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, ProviderError> {
-        let message = message(d)?;
+        let unread = match &self.badge {
+            Some(b) => b.unread(&d.user_id).await,
+            None => None,
+        };
+        let message = message(d, unread)?;
         let _slot = self.limiter.acquire().await?;
         let mut token = self.access_token().await?;
         let mut resp = self.send(&message, &token).await?;
@@ -413,6 +439,42 @@ mod tests {
     use reqwest::{StatusCode, header::HeaderMap};
 
     use super::*;
+
+    #[test]
+    fn the_unread_count_is_a_data_field_only_when_given() {
+        let d = Delivery {
+            delivery_id: "d".into(),
+            notification_id: "n".into(),
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: "android".into(),
+            target: "token".into(),
+            category: None,
+            template_name: None,
+            template_version: None,
+            locale: None,
+            title: Some("Hi".into()),
+            body: None,
+            email_subject: None,
+            email_html: None,
+            email_text: None,
+            data: Default::default(),
+            collapse_id: None,
+            priority: Priority::Normal,
+            expires_at: None,
+            accepted_at: 0,
+            attempt: 0,
+            not_before: None,
+            last_error: None,
+            action_url: None,
+            avatar_url: None,
+        };
+        let with = message(&d, Some(4)).unwrap();
+        // FCM data values are strings.
+        assert_eq!(with["message"]["data"][UNREAD_COUNT_FIELD], "4");
+        let without = message(&d, None).unwrap();
+        assert!(without["message"].get("data").is_none());
+    }
 
     #[test]
     fn invalid_argument_is_about_the_token_only_when_it_says_so() {

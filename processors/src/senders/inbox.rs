@@ -11,13 +11,13 @@
 //! when the item was already there: a crash between the put and the produce
 //! must still reach the live clients on the replay.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tidings_config::InboxConfig;
 use tidings_kafka::{AvroProducer, KafkaError, Topics, now_millis};
 use tidings_schemas::records::{Delivery, InboxEvent, InboxEventItem, InboxEventKind};
-use tidings_store::{InboxCounts, InboxItem, Store, StoreError};
-use tracing::debug;
+use tidings_store::{InboxCounts, InboxItem, InboxStore, Store, StoreError};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{Provider, ProviderError, Receipt};
@@ -49,6 +49,30 @@ impl InboxProvider {
             topic: topics.inbox_events(),
             cap: config.max_items,
             ttl: Duration::from_secs(config.ttl_days.saturating_mul(24 * 60 * 60)),
+        }
+    }
+}
+
+/// The user's unread inbox count for the badge of a push (`[inbox]
+/// push_badge`), read by the iOS and Android senders as each push goes out.
+#[derive(Clone)]
+pub struct UnreadBadge(Arc<dyn InboxStore>);
+
+impl UnreadBadge {
+    pub fn new(inbox: Arc<dyn InboxStore>) -> Self {
+        Self(inbox)
+    }
+
+    /// The user's unread count, or `None` when the store does not answer:
+    /// the push goes out without a badge (the app keeps the one it shows)
+    /// rather than waiting on the inbox.
+    pub async fn unread(&self, user_id: &str) -> Option<u32> {
+        match self.0.counts(user_id).await {
+            Ok(counts) => Some(counts.unread),
+            Err(e) => {
+                warn!(user = user_id, error = %e, "no unread count for the push badge; sending without one");
+                None
+            }
         }
     }
 }

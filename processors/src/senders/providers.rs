@@ -23,6 +23,7 @@ use super::{
     Provider,
     apns::{ApnsConfig, ApnsProvider},
     fcm::{FcmConfig, FcmProvider},
+    inbox::UnreadBadge,
     log_sink::LogSink,
     sendgrid::{SendGridConfig, SendGridProvider},
     setup::SetupError,
@@ -80,12 +81,15 @@ impl ProviderConfig {
 
     /// Builds the provider; `log` reuses the process's shared log sink.
     /// `receipts` (from `[tracking]`) signs the delivery-receipt tokens of the
-    /// providers that report delivery (Twilio, SendGrid).
+    /// providers that report delivery (Twilio, SendGrid). With `badge`
+    /// (`[inbox] push_badge`), APNs and FCM pushes carry the user's unread
+    /// inbox count.
     pub fn build(
         self,
         channel: Channel,
         log_sink: Arc<LogSink>,
         receipts: &LinkSigner,
+        badge: Option<UnreadBadge>,
     ) -> Result<Arc<dyn Provider>, SetupError> {
         if !self.serves(channel) {
             return Err(SetupError::new(
@@ -95,8 +99,14 @@ impl ProviderConfig {
         }
         Ok(match self {
             ProviderConfig::Log => log_sink,
-            ProviderConfig::Apns(c) => Arc::new(ApnsProvider::new(c)?),
-            ProviderConfig::Fcm(c) => Arc::new(FcmProvider::new(c)?),
+            ProviderConfig::Apns(c) => match badge {
+                Some(b) => Arc::new(ApnsProvider::new(c)?.with_unread_badge(b)),
+                None => Arc::new(ApnsProvider::new(c)?),
+            },
+            ProviderConfig::Fcm(c) => match badge {
+                Some(b) => Arc::new(FcmProvider::new(c)?.with_unread_badge(b)),
+                None => Arc::new(FcmProvider::new(c)?),
+            },
             ProviderConfig::Twilio(c) => Arc::new(TwilioProvider::new(c, receipts.clone())?),
             ProviderConfig::SendGrid(c) => Arc::new(SendGridProvider::new(c, receipts.clone())?),
             ProviderConfig::Smtp(c) => Arc::new(SmtpProvider::new(c)?),
@@ -121,11 +131,11 @@ mod tests {
         assert!(
             config
                 .clone()
-                .build(Channel::Sms, Arc::default(), &receipts)
+                .build(Channel::Sms, Arc::default(), &receipts, None)
                 .is_ok()
         );
         let err = config
-            .build(Channel::Email, Arc::default(), &receipts)
+            .build(Channel::Email, Arc::default(), &receipts, None)
             .err()
             .unwrap()
             .to_string();
@@ -154,7 +164,7 @@ mod tests {
         // deliveries.
         let receipts = LinkSigner::new("secret", "http://t");
         let err = ProviderConfig::Log
-            .build(Channel::InApp, Arc::default(), &receipts)
+            .build(Channel::InApp, Arc::default(), &receipts, None)
             .err()
             .unwrap()
             .to_string();
