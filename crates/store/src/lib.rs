@@ -27,6 +27,7 @@ pub mod notification_log;
 pub mod posts;
 pub mod preferences;
 pub mod rate_limits;
+pub mod reactions;
 pub mod schedule;
 mod script;
 mod scylla;
@@ -51,6 +52,7 @@ pub use notification_log::{NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore};
 pub use preferences::{Preference, PreferenceStore};
 pub use rate_limits::{NewAdmission, RateLimitLedger};
+pub use reactions::{PostTally, ReactionStore, Reply, TallyMember, TallyState, TallyUpdate};
 pub use schedule::{ScheduleStore, ScheduledItem, UNSCOPED};
 pub use social_graph::SocialGraph;
 pub use templates::{TemplateContent, TemplateStore, TemplateVersion};
@@ -144,6 +146,7 @@ pub struct Store {
     pub apps: Arc<dyn AppStore>,
     pub rate_limits: Arc<dyn RateLimitLedger>,
     pub inbox: Arc<dyn InboxStore>,
+    pub reactions: Arc<dyn ReactionStore>,
     backend: Arc<dyn Backend>,
 }
 

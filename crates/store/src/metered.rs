@@ -16,9 +16,9 @@ use tidings_telemetry::StoreCall;
 use crate::{
     App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
     InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
-    NotificationLog, Post, PostStore, Preference, PreferenceStore, RateLimitLedger, ScheduleStore,
-    ScheduledItem, SocialGraph, StatusEntry, Store, StoreError, TemplateStore, TemplateVersion,
-    User,
+    NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, RateLimitLedger,
+    ReactionStore, Reply, ScheduleStore, ScheduledItem, SocialGraph, StatusEntry, Store,
+    StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore, TemplateVersion, User,
 };
 
 /// Runs one store call and records how long it took and whether it failed.
@@ -147,6 +147,17 @@ metered!(MeteredRateLimits, RateLimitLedger, "rate_limits" {
     fn admit_many(&self, admissions: &[NewAdmission]) -> ();
 });
 
+metered!(MeteredReactions, ReactionStore, "reactions" {
+    fn like(&self, user_id: &str, post_id: &str, at: Millis) -> ();
+    fn unlike(&self, user_id: &str, post_id: &str) -> ();
+    fn liked_by(&self, user_id: &str, post_ids: &[String]) -> HashSet<String>;
+    fn put_reply(&self, reply: &Reply) -> ();
+    fn replies(&self, post_id: &str, after: Option<(Millis, String)>, limit: u32) -> Vec<Reply>;
+    fn tallies(&self, post_ids: &[String]) -> HashMap<String, PostTally>;
+    fn tally_state(&self, post_id: &str, members: &[TallyMember]) -> TallyState;
+    fn update_tally(&self, update: &TallyUpdate) -> ();
+});
+
 metered!(MeteredSchedule, ScheduleStore, "schedule" {
     fn put(&self, item: &ScheduledItem) -> ();
     fn due(&self, scope: &str, now: Millis, limit: u32) -> Vec<ScheduledItem>;
@@ -225,6 +236,10 @@ pub(crate) fn metered(store: Store) -> Store {
         }),
         inbox: Arc::new(MeteredInbox {
             inner: store.inbox,
+            engine,
+        }),
+        reactions: Arc::new(MeteredReactions {
+            inner: store.reactions,
             engine,
         }),
         backend: store.backend,

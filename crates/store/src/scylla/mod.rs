@@ -16,6 +16,7 @@ mod notification_log;
 mod posts;
 mod preferences;
 mod rate_limits;
+mod reactions;
 mod schedule;
 mod social_graph;
 mod templates;
@@ -69,6 +70,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration::new(
         "0005_inbox.cql",
         include_str!("../../migrations/cql/0005_inbox.cql"),
+    ),
+    Migration::new(
+        "0006_reactions.cql",
+        include_str!("../../migrations/cql/0006_reactions.cql"),
     ),
 ];
 
@@ -139,6 +144,7 @@ pub(crate) async fn connect(
         apps: Arc::new(apps::ScyllaApps::prepare(&cql).await?),
         rate_limits: Arc::new(rate_limits::ScyllaRateLimits::prepare(&cql).await?),
         inbox: Arc::new(inbox::ScyllaInbox::prepare(&cql).await?),
+        reactions: Arc::new(reactions::ScyllaReactions::prepare(&cql).await?),
         backend: Arc::new(cql),
     })
 }

@@ -17,6 +17,7 @@ mod notification_log;
 mod posts;
 mod preferences;
 mod rate_limits;
+mod reactions;
 mod schedule;
 mod social_graph;
 mod templates;
@@ -53,6 +54,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0005_inbox.sql",
         include_str!("../../migrations/sqlite/0005_inbox.sql"),
     ),
+    Migration::new(
+        "0006_reactions.sql",
+        include_str!("../../migrations/sqlite/0006_reactions.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
@@ -84,6 +89,7 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
         apps: Arc::new(apps::SqliteApps(db.clone())),
         rate_limits: Arc::new(rate_limits::SqliteRateLimits::new(db.clone())),
         inbox: Arc::new(inbox::SqliteInbox(db.clone())),
+        reactions: Arc::new(reactions::SqliteReactions(db.clone())),
         backend: Arc::new(db),
     })
 }
