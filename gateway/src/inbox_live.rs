@@ -916,6 +916,166 @@ mod tests {
         hub.wait_reading().await.unwrap();
     }
 
+    /// A gateway on the embedded Kafka and a SQLite store, its hub reading
+    /// (no consumer: the test hands events to the hub itself).
+    async fn gateway(dir: &std::path::Path) -> (Gateway, tidings_kafka::KafkaCluster) {
+        use tidings_config::{FeedConfig, GatewayConfig, KafkaConfig, TrackingConfig};
+        let cluster = tidings_kafka::KafkaCluster::start_embedded().expect("mock Kafka");
+        let kafka = KafkaConfig::default();
+        let producer =
+            tidings_kafka::AvroProducer::new(&cluster, &kafka, tidings_schemas::AvroCodec::local())
+                .expect("producer");
+        let store = tidings_store::Store::connect(
+            &format!("sqlite://{}/t.db", dir.display()),
+            &tidings_store::StoreOptions::default(),
+        )
+        .await
+        .expect("sqlite store");
+        let gateway = Gateway::new(
+            producer,
+            cluster.client_config(&kafka),
+            store,
+            tidings_kafka::Topics::new("t"),
+            GatewayConfig::default(),
+            &TrackingConfig::default(),
+            &FeedConfig::default(),
+        );
+        gateway.inbox_hub.set(Liveness::Reading);
+        (gateway, cluster)
+    }
+
+    fn stored(user: &str, id: &str, at: Millis) -> InboxItem {
+        InboxItem {
+            user_id: user.into(),
+            notification_id: id.into(),
+            created_at: at,
+            category: None,
+            title: Some(id.into()),
+            body: None,
+            action_url: None,
+            avatar_url: None,
+            data: Default::default(),
+            read_at: None,
+            archived_at: None,
+        }
+    }
+
+    fn new_event(user: &str, item: &InboxItem) -> InboxEvent {
+        InboxEvent {
+            event_id: format!("new-{}", item.notification_id),
+            user_id: user.into(),
+            kind: InboxEventKind::New,
+            notification_id: Some(item.notification_id.clone()),
+            item: Some(tidings_schemas::records::InboxEventItem {
+                created_at: item.created_at,
+                category: None,
+                title: item.title.clone(),
+                body: None,
+                action_url: None,
+                avatar_url: None,
+                data: Default::default(),
+            }),
+            unread: 0,
+            unseen: 0,
+            at: item.created_at,
+        }
+    }
+
+    /// A stream whose client stopped reading while events piled up is not
+    /// handed the backlog: it resyncs from the store (fresh counts, then
+    /// the items created after its mark, once each) and goes on live. An
+    /// item both read from the store and delivered live is shown once.
+    #[tokio::test]
+    async fn a_lagging_stream_resyncs_from_the_store() {
+        let dir = tempfile_dir("resync");
+        let (gateway, _cluster) = gateway(&dir).await;
+        let inbox = &gateway.store.inbox;
+        let ttl = Duration::from_secs(3600);
+        let user = "u-resync";
+        inbox
+            .put(&stored(user, "old", 1_000), 100, ttl)
+            .await
+            .unwrap();
+
+        let mut watch = gateway.watch_inbox(user, None, None).await.expect("opens");
+        let first = watch.next().await.expect("counts");
+        assert_eq!(
+            first.update,
+            Update::Counts(InboxCounts {
+                unread: 1,
+                unseen: 1,
+                total: 1
+            })
+        );
+        assert_eq!(
+            first.id.map(|i| i.mark),
+            Some(1_000),
+            "the newest item at open"
+        );
+
+        // Two items arrive while the client reads nothing: more events than
+        // the queue holds (the second item's among them, and again later).
+        let (a, b) = (stored(user, "a", 2_000), stored(user, "b", 3_000));
+        inbox.put(&a, 100, ttl).await.unwrap();
+        inbox.put(&b, 100, ttl).await.unwrap();
+        gateway.inbox_hub.dispatch(new_event(user, &a));
+        for _ in 0..STREAM_QUEUE + 10 {
+            gateway
+                .inbox_hub
+                .dispatch(event(user, InboxEventKind::Read));
+        }
+        let resync = watch.next().await.expect("resync");
+        assert_eq!(
+            resync.update,
+            Update::Counts(InboxCounts {
+                unread: 3,
+                unseen: 3,
+                total: 3
+            }),
+            "fresh counts, not the queued events"
+        );
+        let mut shown = Vec::new();
+        for _ in 0..2 {
+            match watch.next().await.expect("missed item").update {
+                Update::Notification { item, .. } => shown.push(item.item.notification_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(shown, ["a", "b"], "the missed items, oldest first");
+        // Live again; b, shown by the resync, is not shown twice.
+        gateway.inbox_hub.dispatch(new_event(user, &b));
+        gateway
+            .inbox_hub
+            .dispatch(event(user, InboxEventKind::Seen));
+        let next = watch.next().await.expect("live");
+        assert!(
+            matches!(
+                next.update,
+                Update::State {
+                    change: Change::Seen,
+                    ..
+                }
+            ),
+            "{next:?}"
+        );
+        assert_eq!(
+            next.id.map(|i| i.mark),
+            Some(3_000),
+            "the mark follows the items shown"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tidings-inbox-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
     #[test]
     fn event_ids_round_trip_and_garbage_is_named() {
         let id = EventId {
