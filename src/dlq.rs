@@ -37,7 +37,8 @@ use tidings_kafka::{KafkaCluster, Topics};
 use tidings_schemas::{
     AvroCodec, AvroRecord,
     records::{
-        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, TrackingEvent,
+        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, PostReaction,
+        TrackingEvent,
     },
 };
 use uuid::Uuid;
@@ -159,6 +160,7 @@ impl Payload {
             .or_else(|_| attempt::<TrackingEvent>(codec, bytes, |r| &r.notification_id))
             .or_else(|_| attempt::<PostPublished>(codec, bytes, |r| &r.post_id))
             .or_else(|_| attempt::<FanoutBatch>(codec, bytes, |r| &r.post_id))
+            .or_else(|_| attempt::<PostReaction>(codec, bytes, |r| &r.post_id))
             .unwrap_or_else(Payload::Undecodable)
     }
 }

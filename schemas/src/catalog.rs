@@ -14,7 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::records::{
     DeadLetter, Delivery, FanoutBatch, InboxEvent, NotificationRequest, PostPublished,
-    TrackingEvent,
+    PostReaction, TrackingEvent,
 };
 
 /// One schema of the catalog.
@@ -55,6 +55,7 @@ pub static CATALOG: &[CatalogEntry] = &[
     entry!("tidings.v1.PostPublished", "post_published.avsc", 5),
     entry!("tidings.v1.FanoutBatch", "fanout_batch.avsc", 6),
     entry!("tidings.v1.InboxEvent", "inbox_event.avsc", 7),
+    entry!("tidings.v1.PostReaction", "post_reaction.avsc", 8),
 ];
 
 /// A Rust type that is the payload of a topic.
@@ -83,6 +84,9 @@ impl AvroRecord for FanoutBatch {
 }
 impl AvroRecord for InboxEvent {
     const FULL_NAME: &'static str = "tidings.v1.InboxEvent";
+}
+impl AvroRecord for PostReaction {
+    const FULL_NAME: &'static str = "tidings.v1.PostReaction";
 }
 
 /// A catalog entry with its parsed schema.

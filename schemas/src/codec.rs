@@ -500,6 +500,21 @@ mod tests {
                 .unwrap(),
             f
         );
+        let reaction = PostReaction {
+            post_id: "p".into(),
+            post_author_id: "a".into(),
+            user_id: "b".into(),
+            kind: ReactionKind::Reply,
+            reply_id: Some("r".into()),
+            reply_body: Some("nice".into()),
+            at: 1,
+        };
+        assert_eq!(
+            codec
+                .decode::<PostReaction>(&codec.encode(&reaction).unwrap())
+                .unwrap(),
+            reaction
+        );
     }
 
     #[test]

@@ -217,3 +217,29 @@ pub struct InboxEvent {
     pub unseen: i32,
     pub at: Millis,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReactionKind {
+    Unknown,
+    Like,
+    Unlike,
+    Reply,
+}
+
+/// A like, an unlike or a reply to a feed post (topic
+/// `tidings.feed.reactions`, key: post id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostReaction {
+    pub post_id: String,
+    /// Who is told.
+    pub post_author_id: String,
+    /// Who liked, unliked or replied.
+    pub user_id: String,
+    pub kind: ReactionKind,
+    /// `Reply` only.
+    pub reply_id: Option<String>,
+    /// `Reply` only: the text, for the author's notification.
+    pub reply_body: Option<String>,
+    pub at: Millis,
+}

@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use tidings_schemas::{
     AvroCodec, AvroRecord, CATALOG,
     records::{
-        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, Priority,
-        RawContent, TemplateRef, TrackingEvent, TrackingKind,
+        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, PostReaction,
+        Priority, RawContent, ReactionKind, TemplateRef, TrackingEvent, TrackingKind,
     },
     tracking_link::{DeliveryRef, LinkSigner, TrackedTarget, with_receipt_token},
 };
@@ -123,6 +123,15 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         recipients: (0..20).map(|i| format!("u-{i}")).collect(),
         batch_index: 4,
     };
+    let reaction = PostReaction {
+        post_id: "p".into(),
+        post_author_id: "a".into(),
+        user_id: "b".into(),
+        kind: ReactionKind::Reply,
+        reply_id: Some("r".into()),
+        reply_body: Some("nice".into()),
+        at: 1,
+    };
     vec![
         codec.encode(&request).expect("encode"),
         codec.encode(&delivery).expect("encode"),
@@ -130,6 +139,7 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         codec.encode(&event).expect("encode"),
         codec.encode(&post).expect("encode"),
         codec.encode(&fanout).expect("encode"),
+        codec.encode(&reaction).expect("encode"),
     ]
 }
 
@@ -144,6 +154,7 @@ fn decode_as_every_type(codec: &AvroCodec, bytes: &[u8]) {
     one::<TrackingEvent>(codec, bytes);
     one::<PostPublished>(codec, bytes);
     one::<FanoutBatch>(codec, bytes);
+    one::<PostReaction>(codec, bytes);
 }
 
 /// A mutation of a valid payload: what a torn write, a bit flip or a

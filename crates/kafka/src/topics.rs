@@ -85,6 +85,13 @@ impl Topics {
         format!("{}.feed.fanout", self.prefix)
     }
 
+    /// Likes, unlikes and replies to feed posts, for the tally stage (key:
+    /// post id, so one post's reactions are counted in order by one
+    /// consumer).
+    pub fn reactions(&self) -> String {
+        format!("{}.feed.reactions", self.prefix)
+    }
+
     /// Every topic with its layout; `partitions` is the configured default.
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         let spec =
@@ -134,6 +141,12 @@ impl Topics {
             "FanoutBatch",
             "post id + slice",
         ));
+        specs.push(spec(
+            self.reactions(),
+            7 * DAY_MS,
+            "PostReaction",
+            "post id",
+        ));
         specs
     }
 }
@@ -150,7 +163,7 @@ mod tests {
         assert_eq!(t.retry(0), "tidings.retry.1");
         assert_eq!(t.retry(2), "tidings.retry.3");
         let specs = t.specs(6);
-        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 5);
+        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 6);
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
