@@ -111,6 +111,15 @@ pub struct FeedConfig {
     /// Posts each gateway keeps in memory for feed reads (posts are
     /// immutable, so never stale); authors and pulled pages get a share.
     pub post_cache_entries: usize,
+    /// Replies one user may post per `post_window_secs` (against spam).
+    pub max_replies: u32,
+    /// Tell a post's author of its likes and replies through the
+    /// notification pipeline (categories `feed.like`, `feed.reply`).
+    pub notify_reactions: bool,
+    /// Likes of one post are told in one notification per this many
+    /// seconds at most ("Ann and 41 others liked your post"), sent when
+    /// the window closes.
+    pub like_digest_secs: u64,
 }
 
 impl Default for FeedConfig {
@@ -126,6 +135,9 @@ impl Default for FeedConfig {
             notify_followers: true,
             notify_category: "feed.new_post".into(),
             post_cache_entries: 100_000,
+            max_replies: 120,
+            notify_reactions: true,
+            like_digest_secs: 60,
         }
     }
 }
@@ -595,10 +607,16 @@ impl Config {
             );
         }
         let f = &self.feed;
-        if f.slice_size == 0 || f.max_entries == 0 || f.max_posts == 0 || f.post_window_secs == 0 {
+        if f.slice_size == 0
+            || f.max_entries == 0
+            || f.max_posts == 0
+            || f.post_window_secs == 0
+            || f.max_replies == 0
+            || f.like_digest_secs == 0
+        {
             return semantic(
                 "feed",
-                "slice_size, max_entries, max_posts and post_window_secs must be at least 1",
+                "slice_size, max_entries, max_posts, post_window_secs, max_replies and like_digest_secs must be at least 1",
             );
         }
         if self.inbox.max_items == 0 || self.inbox.ttl_days == 0 {
@@ -752,6 +770,21 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("providers") && err.contains("inbox"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_zero_like_digest_window_is_refused_naming_it() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[feed]\nlike_digest_secs = 0\n")?;
+            let err = Config::load(Some(Path::new("t.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("feed") && err.contains("like_digest_secs"),
+                "{err}"
+            );
             Ok(())
         });
     }
