@@ -16,8 +16,8 @@ use tidings_kafka::{
     Topics,
 };
 use tidings_processors::{
-    ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, RetryRelay, Scheduler,
-    TemplateStats,
+    ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, ReactionTally,
+    RetryRelay, Scheduler, TemplateStats,
     senders::{
         inbox::{InboxProvider, UnreadBadge},
         providers::ProviderConfig,
@@ -41,6 +41,7 @@ pub enum StageName {
     TemplateStats,
     FeedPlanner,
     FeedWriter,
+    FeedTally,
 }
 
 impl StageName {
@@ -49,7 +50,11 @@ impl StageName {
         all.extend(Channel::ALL.map(StageName::Sender));
         all.extend((0..RETRY_TIERS).map(StageName::Retry));
         all.push(StageName::TemplateStats);
-        all.extend([StageName::FeedPlanner, StageName::FeedWriter]);
+        all.extend([
+            StageName::FeedPlanner,
+            StageName::FeedWriter,
+            StageName::FeedTally,
+        ]);
         all
     }
 }
@@ -65,6 +70,7 @@ impl fmt::Display for StageName {
             StageName::TemplateStats => f.write_str("template-stats"),
             StageName::FeedPlanner => f.write_str("feed-planner"),
             StageName::FeedWriter => f.write_str("feed-writer"),
+            StageName::FeedTally => f.write_str("feed-tally"),
         }
     }
 }
@@ -215,6 +221,13 @@ impl Runtime {
             StageName::FeedWriter => self.spawn_consumer(
                 FeedWriter::new(store.clone(), topics.clone(), &self.config.feed),
                 topics.fanout(),
+                options,
+                tasks,
+                shutdown,
+            ),
+            StageName::FeedTally => self.spawn_consumer(
+                ReactionTally::new(store.clone(), topics.clone(), &self.config.feed),
+                topics.reactions(),
                 options,
                 tasks,
                 shutdown,

@@ -7,7 +7,8 @@
 //!
 //! and for the news feed, [`feed`]: `tidings.feed.posts` -> fan-out plan ->
 //! `tidings.feed.fanout` -> feed tables, and "new post" notifications back
-//! into `tidings.notify.requests`.
+//! into `tidings.notify.requests`; `tidings.feed.reactions` -> like and reply
+//! counts, and their notifications.
 //!
 //! Each is a [`tidings_kafka::Processor`] run by the shared stage runner.
 
@@ -18,7 +19,7 @@ pub mod senders;
 pub mod tracking;
 
 pub use enricher::Enricher;
-pub use feed::{FanoutPlanner, FeedWriter};
+pub use feed::{FanoutPlanner, FeedWriter, ReactionTally};
 pub use scheduler::Scheduler;
 pub use senders::{
     ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay,

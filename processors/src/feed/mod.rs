@@ -9,13 +9,20 @@
 //!    `tidings.notify.requests`, so friends are told through the same
 //!    pipeline (preferences, rate limits, dedupe) as any notification.
 //!
+//! and beside them [`tally`]: `tidings.feed.reactions` (likes, unlikes,
+//! replies, keyed by post) -> each post's like and reply counts in the
+//! store, and a like digest or reply notification to the post's author on
+//! `tidings.notify.requests`.
+//!
 //! Slicing spreads one post's fan-out over the fan-out topic's partitions and
 //! so over every writer, instead of one hot worker per popular author; both
 //! stages are idempotent under replay (feed rows are upserts, notification
 //! ids are derived from post and user).
 
 pub mod planner;
+pub mod tally;
 pub mod writer;
 
 pub use planner::FanoutPlanner;
+pub use tally::ReactionTally;
 pub use writer::FeedWriter;

@@ -66,7 +66,7 @@ fn trims(owner: &str, post_id: &str) -> bool {
 }
 
 /// The first `EXCERPT_CHARS` characters of `body`, on a character boundary.
-fn excerpt(body: &str) -> String {
+pub(crate) fn excerpt(body: &str) -> String {
     match body.char_indices().nth(EXCERPT_CHARS) {
         None => body.to_owned(),
         Some((cut, _)) => format!("{}…", body[..cut].trim_end()),
