@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_feed;
 pub mod client;
 pub mod dlq;
+pub mod inbox_cli;
 pub mod progress;
 pub mod runtime;
 pub mod top;

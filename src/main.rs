@@ -213,6 +213,10 @@ enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
+    /// Use the in-app inbox as one user (client; the user's token is minted
+    /// with feed.user_token_secret): list, count, read, read-all, archive,
+    /// seen.
+    Inbox(tidings::inbox_cli::InboxArgs),
     /// Manage notification templates (client): put one template file,
     /// import a directory of them, print one, or its counts. The file format
     /// (TOML or JSON, one template per file) is in docs/cli.md.
@@ -657,6 +661,10 @@ async fn run(cli: Cli) -> Result<()> {
             gateway,
             command,
         } => feed_command(&load()?, output, &user, &gateway, command).await,
+        Command::Inbox(args) => {
+            let token = user_token(&load()?, &args.user, 600);
+            tidings::inbox_cli::run(args, &token, output == Output::Json).await
+        }
     }
 }
 
