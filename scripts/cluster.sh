@@ -17,7 +17,7 @@
 #   gateway-1, gateway-2   `tidings gateway`, each with its own gRPC and HTTP port (HTTP serves
 #                          /metrics, /healthz, /readyz)
 #   enricher, scheduler, retries (retry-1..3), feed (feed-planner, feed-writer, feed-tally), template-stats,
-#   senders-1, senders-2   `tidings process ...`: two replicas of the four senders in one
+#   senders-1, senders-2   `tidings process ...`: two replicas of the six senders in one
 #                          consumer group, sharing the partitions
 #
 # Settings (environment):
@@ -53,7 +53,7 @@ LOGS="$DIR/logs"
 
 # The process groups: name and `tidings` arguments. The senders run twice: two replicas
 # in one consumer group, as a deployment scales a stage.
-SENDERS="sender-ios sender-android sender-sms sender-email"
+SENDERS="sender-ios sender-android sender-sms sender-email sender-web sender-in-app"
 STAGES=(
   "enricher|process enricher"
   "scheduler|process scheduler"

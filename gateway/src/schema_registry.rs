@@ -657,7 +657,8 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_schema_not_found() {
-        for id in ["0", "7", "-1", "abc", "4294967296"] {
+        let past_the_catalog = (CATALOG.len() + 1).to_string();
+        for id in ["0", past_the_catalog.as_str(), "-1", "abc", "4294967296"] {
             let e = entry_of_id(id).unwrap_err();
             assert_eq!(e, RegistryError::SchemaNotFound, "{id}");
             assert_eq!(e.status_and_code(), (StatusCode::NOT_FOUND, 40403));
