@@ -156,6 +156,7 @@
       reconnectTimer: null,
       retryDelay: 1000,
       everOpened: false,
+      countsOnConnection: 0,
       unmounted: false,
     };
 
@@ -459,6 +460,10 @@
 
     function onCounts(event) {
       setCounts(parse(event));
+      state.countsOnConnection += 1;
+      // Counts again on the same connection: the gateway resynced a stream
+      // that fell behind; it resends missed items, not missed changes.
+      if (state.countsOnConnection > 1) load(null);
       render();
     }
 
@@ -511,6 +516,7 @@
         source.onopen = function () {
           element.setAttribute("data-live", "open");
           state.retryDelay = 1000;
+          state.countsOnConnection = 0;
           // A reconnect: EventSource resent Last-Event-ID and the server
           // replays missed items, but not missed read/archive changes.
           if (state.everOpened) load(null);
