@@ -293,6 +293,48 @@ impl FeedClient {
         self.feed.clone().mute(request).await?;
         Ok(())
     }
+
+    /// Likes `post_id` (or, with `like` false, takes the like back).
+    pub async fn like(&self, post_id: &str, like: bool) -> Result<(), tonic::Status> {
+        let request = self.request(pb::LikeRequest {
+            post_id: post_id.into(),
+        });
+        let mut feed = self.feed.clone();
+        if like {
+            feed.like(request).await?;
+        } else {
+            feed.unlike(request).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn reply(
+        &self,
+        post_id: &str,
+        body: &str,
+    ) -> Result<pb::ReplyResponse, tonic::Status> {
+        let request = self.request(pb::ReplyRequest {
+            post_id: post_id.into(),
+            body: body.into(),
+        });
+        Ok(self.feed.clone().reply(request).await?.into_inner())
+    }
+
+    /// One page of `post_id`'s replies, oldest first; `cursor` is "" for
+    /// the first page.
+    pub async fn replies(
+        &self,
+        post_id: &str,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::ListRepliesResponse, tonic::Status> {
+        let request = self.request(pb::ListRepliesRequest {
+            post_id: post_id.into(),
+            cursor: cursor.into(),
+            limit,
+        });
+        Ok(self.feed.clone().list_replies(request).await?.into_inner())
+    }
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
@@ -576,10 +618,14 @@ pub fn feed_page_json(page: &pb::GetFeedResponse) -> Value {
                     "user_id": author.user_id,
                     "display_name": author.display_name,
                     "avatar_url": author.avatar_url,
+                    "follower_count": author.follower_count,
                 },
                 "body": item.body,
                 "media_urls": item.media_urls,
                 "created_at_ms": item.created_at_ms,
+                "like_count": item.like_count,
+                "reply_count": item.reply_count,
+                "liked_by_me": item.liked_by_me,
             })
         }).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor,

@@ -7,9 +7,11 @@
 //! feeds and tell them. Reading merges the user's materialised feed (posts
 //! pushed to it) with the newest posts of the authors they follow that are
 //! too big to push to (pulled at read time: the hybrid model), drops muted
-//! authors, and hydrates posts and authors. Pages are cut by an opaque
-//! cursor on (created_at, post_id), so a page never repeats or skips a post
-//! as new ones arrive.
+//! authors, and hydrates posts, authors (with their follower counts) and
+//! reactions (like and reply counts, whether the reader likes the post).
+//! Pages are cut by an opaque cursor on (created_at, post_id), so a page
+//! never repeats or skips a post as new ones arrive. Likes and replies
+//! themselves are `feed_reactions.rs`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,12 +24,14 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tidings_kafka::now_millis;
 use tidings_schemas::{
     proto::v1::{
-        self as pb, FollowRequest, FollowResponse, GetFeedRequest, GetFeedResponse, MuteRequest,
-        MuteResponse, PublishRequest, PublishResponse, feed_service_server::FeedService,
+        self as pb, FollowRequest, FollowResponse, GetFeedRequest, GetFeedResponse, LikeRequest,
+        LikeResponse, ListRepliesRequest, ListRepliesResponse, MuteRequest, MuteResponse,
+        PublishRequest, PublishResponse, ReplyRequest, ReplyResponse,
+        feed_service_server::FeedService,
     },
     records::PostPublished,
 };
-use tidings_store::{Millis, Post, User};
+use tidings_store::{Millis, Post, PostTally, User};
 use tidings_telemetry::metrics;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use uuid::Uuid;
@@ -35,6 +39,7 @@ use uuid::Uuid;
 use crate::{
     Gateway,
     feed_cache::{AUTHOR_TTL, FeedCaches, NEWEST_KEPT, NEWEST_TTL, PULLED_TTL},
+    feed_reactions::ReplyPage,
     store_status, validate,
 };
 
@@ -67,6 +72,31 @@ pub struct FeedPage {
 pub struct FeedItem {
     pub post: Post,
     pub author: User,
+    /// The author's followers, as counted up to `AUTHOR_TTL` ago.
+    pub author_followers: u64,
+    /// Likes and replies, as the feed-tally stage counted them.
+    pub tally: PostTally,
+    /// Whether the reader likes the post.
+    pub liked_by_me: bool,
+}
+
+/// What a user may only do so often, counted in the store so every gateway
+/// agrees.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Budget {
+    /// `feed.max_posts` per `feed.post_window_secs`.
+    Posts,
+    /// `feed.max_replies` per `feed.post_window_secs`.
+    Replies,
+}
+
+impl Budget {
+    fn name(self) -> &'static str {
+        match self {
+            Budget::Posts => "posts",
+            Budget::Replies => "replies",
+        }
+    }
 }
 
 /// A position in a feed: the (created_at, post_id) of the last item shown.
@@ -203,7 +233,8 @@ impl Gateway {
             media_urls: new.media_urls,
             created_at: now,
         };
-        self.admit_post(author, &post.post_id, now).await?;
+        self.admit(Budget::Posts, author, &post.post_id, now)
+            .await?;
         let posts = &self.store.posts;
         if audience.is_empty() {
             posts.put(&post).await
@@ -234,12 +265,23 @@ impl Gateway {
         Ok(post)
     }
 
-    /// The per-user post limit against spam: at most `max_posts` in
-    /// `post_window_secs`, counted in the store so every gateway agrees.
-    async fn admit_post(&self, author: &str, post_id: &str, now: Millis) -> Result<(), Status> {
+    /// The per-user limits against spam (see [`Budget`]): admits one more
+    /// post or reply `id` of `user`, or refuses it with
+    /// `RESOURCE_EXHAUSTED`.
+    pub(crate) async fn admit(
+        &self,
+        budget: Budget,
+        user: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<(), Status> {
         let config = &self.feed;
         let window = Duration::from_secs(config.post_window_secs);
-        let key = format!("feed.posts:{author}");
+        let max = match budget {
+            Budget::Posts => config.max_posts,
+            Budget::Replies => config.max_replies,
+        };
+        let key = format!("feed.{}:{user}", budget.name());
         let recent = self
             .store
             .rate_limits
@@ -250,15 +292,16 @@ impl Gateway {
         let in_window = recent.get(&key).map_or(0, |a| {
             a.iter().filter(|(at, _)| now - at < window_ms).count()
         });
-        if in_window >= config.max_posts as usize {
+        if in_window >= max as usize {
             return Err(Status::resource_exhausted(format!(
-                "posting too often: at most {} posts per {} s",
-                config.max_posts, config.post_window_secs
+                "posting too often: at most {max} {} per {} s",
+                budget.name(),
+                config.post_window_secs
             )));
         }
         self.store
             .rate_limits
-            .admit_many(&[(key, now, post_id.to_owned(), window)])
+            .admit_many(&[(key, now, id.to_owned(), window)])
             .await
             .map_err(store_status)
     }
@@ -372,7 +415,7 @@ impl Gateway {
                 && !muted.contains(&c.author_id)
         });
 
-        let items = self.hydrate(candidates).await?;
+        let items = self.hydrate(user, candidates).await?;
         metrics()
             .feed_read_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -414,9 +457,13 @@ impl Gateway {
         ))
     }
 
-    /// Fills in posts and authors, from the caches first; a post deleted
-    /// since it was fanned out is left out.
-    async fn hydrate(&self, candidates: Vec<Candidate>) -> Result<Vec<FeedItem>, Status> {
+    /// Fills in posts, authors and reactions, from the caches first; a post
+    /// deleted since it was fanned out is left out.
+    async fn hydrate(
+        &self,
+        reader: &str,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<FeedItem>, Status> {
         let caches = &self.caches;
         let mut candidates = candidates;
         for c in candidates.iter_mut().filter(|c| c.post.is_none()) {
@@ -427,18 +474,15 @@ impl Gateway {
             .filter(|c| c.post.is_none())
             .map(|c| c.post_id.clone())
             .collect();
-        let author_ids: HashSet<&String> = candidates.iter().map(|c| &c.author_id).collect();
-        let mut known: HashMap<String, User> = HashMap::new();
-        let mut authors: Vec<String> = Vec::new();
-        for id in author_ids {
-            match FeedCaches::fresh(&caches.authors, id, AUTHOR_TTL) {
-                Some(user) => {
-                    known.insert(id.clone(), user);
-                }
-                None => authors.push(id.clone()),
-            }
-        }
-        let (posts, users_read) = tokio::try_join!(
+        let author_ids: Vec<String> = candidates
+            .iter()
+            .map(|c| c.author_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let post_ids: Vec<String> = candidates.iter().map(|c| c.post_id.clone()).collect();
+        let reactions = &self.store.reactions;
+        let (posts, users, followers, tallies, liked) = tokio::try_join!(
             async {
                 self.store
                     .posts
@@ -446,10 +490,12 @@ impl Gateway {
                     .await
                     .map_err(store_status)
             },
+            self.authors(&author_ids),
+            self.follower_counts(&author_ids),
+            async { reactions.tallies(&post_ids).await.map_err(store_status) },
             async {
-                self.store
-                    .contacts
-                    .get_users(&authors)
+                reactions
+                    .liked_by(reader, &post_ids)
                     .await
                     .map_err(store_status)
             },
@@ -461,28 +507,89 @@ impl Gateway {
                 (p.post_id.clone(), p)
             })
             .collect();
-        let now = Instant::now();
-        let mut users = known;
-        for u in users_read {
-            caches.authors.insert(u.user_id.clone(), (now, u.clone()));
-            users.insert(u.user_id.clone(), u);
-        }
         Ok(candidates
             .into_iter()
             .filter_map(|c| {
                 let post = c.post.or_else(|| posts.remove(&c.post_id))?;
-                let author = users.get(&c.author_id).cloned().unwrap_or_else(|| User {
-                    user_id: c.author_id.clone(),
-                    display_name: c.author_id.clone(),
-                    avatar_url: None,
-                    locale: None,
-                    email: None,
-                    phone: None,
-                    updated_at: 0,
-                });
-                Some(FeedItem { post, author })
+                let author = users
+                    .get(&c.author_id)
+                    .cloned()
+                    .unwrap_or_else(|| unnamed(&c.author_id));
+                Some(FeedItem {
+                    author_followers: followers.get(&c.author_id).copied().unwrap_or(0),
+                    tally: tallies.get(&post.post_id).copied().unwrap_or_default(),
+                    liked_by_me: liked.contains(&post.post_id),
+                    post,
+                    author,
+                })
             })
             .collect())
+    }
+
+    /// The users among `ids` the store knows, names and avatars from the
+    /// cache first (up to `AUTHOR_TTL` old).
+    pub(crate) async fn authors(&self, ids: &[String]) -> Result<HashMap<String, User>, Status> {
+        let cache = &self.caches.authors;
+        let mut users: HashMap<String, User> = HashMap::new();
+        let mut unknown: Vec<String> = Vec::new();
+        for id in ids {
+            match FeedCaches::fresh(cache, id, AUTHOR_TTL) {
+                Some(user) => {
+                    users.insert(id.clone(), user);
+                }
+                None if !unknown.contains(id) => unknown.push(id.clone()),
+                None => {}
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(users);
+        }
+        let read = self
+            .store
+            .contacts
+            .get_users(&unknown)
+            .await
+            .map_err(store_status)?;
+        let now = Instant::now();
+        for u in read {
+            cache.insert(u.user_id.clone(), (now, u.clone()));
+            users.insert(u.user_id.clone(), u);
+        }
+        Ok(users)
+    }
+
+    /// The follower counts of `ids`, from the cache first (up to
+    /// `AUTHOR_TTL` old): one counter read per author otherwise.
+    async fn follower_counts(&self, ids: &[String]) -> Result<HashMap<String, u64>, Status> {
+        let cache = &self.caches.followers;
+        let mut counts = HashMap::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match FeedCaches::fresh(cache, id, AUTHOR_TTL) {
+                Some(n) => {
+                    counts.insert(id.clone(), n);
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        let graph = &self.store.social_graph;
+        // The (lazy) futures are made up front, so no closure is held
+        // across an await.
+        let reads: Vec<_> = unknown
+            .into_iter()
+            .map(|id| async move { graph.follower_count(&id).await.map(|n| (id, n)) })
+            .collect();
+        let read: Vec<(String, u64)> = stream::iter(reads)
+            .buffer_unordered(PULL_CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(store_status)?;
+        let now = Instant::now();
+        for (id, n) in read {
+            cache.insert(id.clone(), (now, n));
+            counts.insert(id, n);
+        }
+        Ok(counts)
     }
 
     /// Follows (or unfollows) `other` as `user`.
@@ -533,17 +640,55 @@ impl Gateway {
     }
 }
 
+/// A user the store does not know, shown by id.
+pub(crate) fn unnamed(user_id: &str) -> User {
+    User {
+        user_id: user_id.to_owned(),
+        display_name: user_id.to_owned(),
+        avatar_url: None,
+        locale: None,
+        email: None,
+        phone: None,
+        updated_at: 0,
+    }
+}
+
+fn to_pb_author(author: User, follower_count: u64) -> pb::Author {
+    pb::Author {
+        user_id: author.user_id,
+        display_name: author.display_name,
+        avatar_url: author.avatar_url.unwrap_or_default(),
+        follower_count,
+    }
+}
+
 pub(crate) fn to_pb_item(item: FeedItem) -> pb::FeedItem {
     pb::FeedItem {
         post_id: item.post.post_id,
-        author: Some(pb::Author {
-            user_id: item.author.user_id,
-            display_name: item.author.display_name,
-            avatar_url: item.author.avatar_url.unwrap_or_default(),
-        }),
+        author: Some(to_pb_author(item.author, item.author_followers)),
         body: item.post.body,
         media_urls: item.post.media_urls,
         created_at_ms: item.post.created_at,
+        like_count: item.tally.likes,
+        reply_count: item.tally.replies,
+        liked_by_me: item.liked_by_me,
+    }
+}
+
+fn to_pb_replies(page: ReplyPage) -> ListRepliesResponse {
+    ListRepliesResponse {
+        items: page
+            .items
+            .into_iter()
+            .map(|(reply, author)| pb::PostReply {
+                reply_id: reply.reply_id,
+                post_id: reply.post_id,
+                author: Some(to_pb_author(author, 0)),
+                body: reply.body,
+                created_at_ms: reply.created_at,
+            })
+            .collect(),
+        next_cursor: page.next_cursor.unwrap_or_default(),
     }
 }
 
@@ -625,6 +770,56 @@ impl FeedService for Gateway {
         self.count("FeedService/Mute", &result);
         result
     }
+
+    async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
+        let result = self.like_as_caller(request, true).await;
+        self.count("FeedService/Like", &result);
+        result
+    }
+
+    async fn unlike(
+        &self,
+        request: Request<LikeRequest>,
+    ) -> Result<Response<LikeResponse>, Status> {
+        let result = self.like_as_caller(request, false).await;
+        self.count("FeedService/Unlike", &result);
+        result
+    }
+
+    async fn reply(
+        &self,
+        request: Request<ReplyRequest>,
+    ) -> Result<Response<ReplyResponse>, Status> {
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            let reply = self.reply_to_post(&user, &r.post_id, r.body).await?;
+            Ok(Response::new(ReplyResponse {
+                reply_id: reply.reply_id,
+                created_at_ms: reply.created_at,
+            }))
+        }
+        .await;
+        self.count("FeedService/Reply", &result);
+        result
+    }
+
+    async fn list_replies(
+        &self,
+        request: Request<ListRepliesRequest>,
+    ) -> Result<Response<ListRepliesResponse>, Status> {
+        let result = async {
+            self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            let page = self
+                .list_replies(&r.post_id, Cursor::decode(&r.cursor)?, page_limit(r.limit)?)
+                .await?;
+            Ok(Response::new(to_pb_replies(page)))
+        }
+        .await;
+        self.count("FeedService/ListReplies", &result);
+        result
+    }
 }
 
 impl Gateway {
@@ -637,6 +832,17 @@ impl Gateway {
         self.set_following(&user, &request.into_inner().user_id, follow)
             .await?;
         Ok(Response::new(FollowResponse {}))
+    }
+
+    async fn like_as_caller(
+        &self,
+        request: Request<LikeRequest>,
+        like: bool,
+    ) -> Result<Response<LikeResponse>, Status> {
+        let user = self.grpc_feed_user(request.metadata())?;
+        self.set_like(&user, &request.into_inner().post_id, like)
+            .await?;
+        Ok(Response::new(LikeResponse {}))
     }
 }
 

@@ -1,8 +1,9 @@
 //! The news feed over HTTP, as the design names it, for mobile and web
 //! clients: `POST /v1/me/feed` publishes, `GET /v1/me/feed` reads a page;
 //! `PUT`/`DELETE /v1/me/following/{user_id}` and `/v1/me/muted/{user_id}`
-//! edit the social graph. Every call carries `Authorization: Bearer <user
-//! token>`. The logic is `feed.rs`'s, shared with gRPC; errors are the same
+//! edit the social graph; `PUT`/`DELETE /v1/me/likes/{post_id}` like and
+//! unlike, `POST`/`GET /v1/posts/{post_id}/replies` reply and list replies.
+//! Every call carries `Authorization: Bearer <user token>`. The logic is `feed.rs`'s, shared with gRPC; errors are the same
 //! statuses, as HTTP codes with a JSON body naming the field.
 
 use axum::{
@@ -19,6 +20,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     Gateway,
     feed::{Cursor, FeedItem, NewPost, page_limit},
+    feed_reactions::ReplyPage,
     openapi::{ErrorBody, FieldViolation},
 };
 
@@ -28,6 +30,8 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(routes!(read, publish))
         .routes(routes!(follow, unfollow))
         .routes(routes!(mute, unmute))
+        .routes(routes!(like, unlike))
+        .routes(routes!(reply, replies))
 }
 
 /// A new post: a body, media, or both.
@@ -67,6 +71,23 @@ struct PageQuery {
     limit: Option<u32>,
 }
 
+impl PageQuery {
+    /// Where the page starts and how long it is.
+    fn position(&self) -> Result<(Option<Cursor>, u32), Status> {
+        let cursor = Cursor::decode(&self.cursor)?;
+        let limit = match self.limit {
+            Some(0) => {
+                return Err(crate::validate::invalid(
+                    "limit",
+                    "must be at least 1 (leave it out for the default page)",
+                ));
+            }
+            asked => page_limit(asked.unwrap_or(0))?,
+        };
+        Ok((cursor, limit))
+    }
+}
+
 /// A page of the feed, newest first.
 #[derive(Serialize, ToSchema)]
 struct Page {
@@ -83,6 +104,11 @@ struct Item {
     body: String,
     media_urls: Vec<String>,
     created_at_ms: i64,
+    /// Counted by the feed-tally stage: a new like shows within moments.
+    like_count: u64,
+    reply_count: u64,
+    /// Whether the bearer likes the post (at once after a like).
+    liked_by_me: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,20 +117,85 @@ struct Author {
     display_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     avatar_url: Option<String>,
+    /// Feed items only: the author's followers (up to 30 s old).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follower_count: Option<u64>,
+}
+
+impl Author {
+    fn new(user: tidings_store::User, follower_count: Option<u64>) -> Self {
+        Author {
+            user_id: user.user_id,
+            display_name: user.display_name,
+            avatar_url: user.avatar_url,
+            follower_count,
+        }
+    }
 }
 
 impl From<FeedItem> for Item {
     fn from(i: FeedItem) -> Self {
         Item {
             post_id: i.post.post_id,
-            author: Author {
-                user_id: i.author.user_id,
-                display_name: i.author.display_name,
-                avatar_url: i.author.avatar_url,
-            },
+            author: Author::new(i.author, Some(i.author_followers)),
             body: i.post.body,
             media_urls: i.post.media_urls,
             created_at_ms: i.post.created_at,
+            like_count: i.tally.likes,
+            reply_count: i.tally.replies,
+            liked_by_me: i.liked_by_me,
+        }
+    }
+}
+
+/// A reply to a post.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReplyBody {
+    /// Not empty; at most `feed.max_body_chars` characters.
+    #[serde(default)]
+    body: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Replied {
+    reply_id: String,
+    created_at_ms: i64,
+}
+
+/// A page of a post's replies, oldest first.
+#[derive(Serialize, ToSchema)]
+struct RepliesPage {
+    items: Vec<ReplyItem>,
+    /// Absent when there is nothing newer yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReplyItem {
+    reply_id: String,
+    post_id: String,
+    author: Author,
+    body: String,
+    created_at_ms: i64,
+}
+
+impl From<ReplyPage> for RepliesPage {
+    fn from(page: ReplyPage) -> Self {
+        RepliesPage {
+            items: page
+                .items
+                .into_iter()
+                .map(|(reply, author)| ReplyItem {
+                    reply_id: reply.reply_id,
+                    post_id: reply.post_id,
+                    author: Author::new(author, None),
+                    body: reply.body,
+                    created_at_ms: reply.created_at,
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
         }
     }
 }
@@ -281,16 +372,7 @@ async fn read(
         query.map_err(|e| crate::validate::invalid("query", e.body_text())),
     )?;
     let page = async {
-        let cursor = Cursor::decode(&q.cursor)?;
-        let limit = match q.limit {
-            Some(0) => {
-                return Err(crate::validate::invalid(
-                    "limit",
-                    "must be at least 1 (leave it out for the default page)",
-                ));
-            }
-            asked => page_limit(asked.unwrap_or(0))?,
-        };
+        let (cursor, limit) = q.position()?;
         gateway.read_feed(&user, cursor, limit).await
     }
     .await;
@@ -404,4 +486,202 @@ async fn edit_graph(
     };
     answer(&gateway, edit.method(), result)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The responses of a like and an unlike.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only documents the answers
+enum LikeAnswers {
+    /// Done (repeats are no-ops)
+    #[response(status = 204)]
+    Done,
+    /// `post_id` is not an id
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No valid bearer token
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// No post has this id
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The store failed and retrying will not help
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The store or Kafka did not answer: repeat the call
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Likes `post_id` as the bearer: `liked_by_me` at once, the count within
+/// moments.
+#[utoipa::path(put, path = "/v1/me/likes/{post_id}", tag = "feed", security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post to like", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(LikeAnswers))]
+async fn like(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(post_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_like(s.0, h, post_id, true).await
+}
+
+/// Takes the bearer's like of `post_id` back.
+#[utoipa::path(delete, path = "/v1/me/likes/{post_id}", tag = "feed", security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post to unlike", min_length = 1, max_length = 128, pattern = "^[!-~]+$")), responses(LikeAnswers))]
+async fn unlike(
+    s: State<Gateway>,
+    h: HeaderMap,
+    Path(post_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_like(s.0, h, post_id, false).await
+}
+
+async fn set_like(
+    gateway: Gateway,
+    headers: HeaderMap,
+    post_id: String,
+    like: bool,
+) -> Result<StatusCode, ApiError> {
+    let method = if like {
+        "http PUT /v1/me/likes"
+    } else {
+        "http DELETE /v1/me/likes"
+    };
+    let user = bearer(&gateway, method, &headers)?;
+    let result = gateway.set_like(&user, &post_id, like).await;
+    answer(&gateway, method, result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replies to `post_id` as the bearer.
+#[utoipa::path(
+    post,
+    path = "/v1/posts/{post_id}/replies",
+    tag = "feed",
+    security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post to reply to", min_length = 1, max_length = 128, pattern = "^[!-~]+$")),
+    request_body = ReplyBody,
+    responses(
+        (status = 201, description = "Stored and queued for counting", body = Replied),
+        (status = 400, description = "Not a reply (the field is named), or not JSON", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No post has this id", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MB", body = ErrorBody),
+        (status = 429, description = "Replying too often (`feed.max_replies` per `feed.post_window_secs`)", body = ErrorBody),
+        (status = 500, description = "The store refused the reply and retrying will not help", body = ErrorBody),
+        (status = 503, description = "The store or Kafka did not answer: reply again", body = ErrorBody),
+    ),
+)]
+async fn reply(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(post_id): Path<String>,
+    body: Result<Json<ReplyBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Replied>), ApiError> {
+    const METHOD: &str = "http POST /v1/posts/replies";
+    let user = bearer(&gateway, METHOD, &headers)?;
+    let too_large = matches!(&body, Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE);
+    let Json(body) = refused(
+        &gateway,
+        METHOD,
+        body.map_err(|e| crate::validate::invalid("body", e.body_text())),
+    )
+    .map_err(|e| ApiError {
+        http: too_large.then_some(StatusCode::PAYLOAD_TOO_LARGE),
+        ..e
+    })?;
+    let result = gateway.reply_to_post(&user, &post_id, body.body).await;
+    let reply = answer(&gateway, METHOD, result)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Replied {
+            reply_id: reply.reply_id,
+            created_at_ms: reply.created_at,
+        }),
+    ))
+}
+
+/// A page of `post_id`'s replies, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/posts/{post_id}/replies",
+    tag = "feed",
+    security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post whose replies to list", min_length = 1, max_length = 128, pattern = "^[!-~]+$"), PageQuery),
+    responses(
+        (status = 200, description = "A page, oldest first", body = RepliesPage),
+        (status = 400, description = "A bad post_id, cursor or limit (the field is named)", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 404, description = "No post has this id", body = ErrorBody),
+        (status = 500, description = "The store failed and retrying will not help", body = ErrorBody),
+        (status = 503, description = "The store did not answer: retry", body = ErrorBody),
+    ),
+)]
+async fn replies(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(post_id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RepliesPage>, ApiError> {
+    const METHOD: &str = "http GET /v1/posts/replies";
+    // Any signed-in user may read a post's replies.
+    bearer(&gateway, METHOD, &headers)?;
+    let Query(q) = refused(
+        &gateway,
+        METHOD,
+        query.map_err(|e| crate::validate::invalid("query", e.body_text())),
+    )?;
+    let page = async {
+        let (cursor, limit) = q.position()?;
+        gateway.list_replies(&post_id, cursor, limit).await
+    }
+    .await;
+    let page = answer(&gateway, METHOD, page)?;
+    Ok(Json(RepliesPage::from(page)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Likes and replies are in `/openapi.json`, with the answers the
+    /// fuzzing holds them to.
+    #[test]
+    fn likes_and_replies_are_documented_with_their_answers() {
+        let doc = serde_json::to_value(crate::http::openapi()).expect("serializes");
+        let paths = &doc["paths"];
+        for (path, method, statuses) in [
+            (
+                "/v1/me/likes/{post_id}",
+                "put",
+                &["204", "400", "401", "404", "503"][..],
+            ),
+            (
+                "/v1/me/likes/{post_id}",
+                "delete",
+                &["204", "400", "401", "404", "503"],
+            ),
+            (
+                "/v1/posts/{post_id}/replies",
+                "post",
+                &["201", "400", "401", "404", "413", "429"],
+            ),
+            (
+                "/v1/posts/{post_id}/replies",
+                "get",
+                &["200", "400", "401", "404"],
+            ),
+        ] {
+            let operation = &paths[path][method];
+            assert!(operation.is_object(), "{method} {path} is not documented");
+            for status in statuses {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            assert_eq!(operation["security"][0]["bearer"], serde_json::json!([]));
+        }
+        let item = &doc["components"]["schemas"]["Item"]["properties"];
+        for field in ["like_count", "reply_count", "liked_by_me"] {
+            assert!(item[field].is_object(), "feed items lack {field}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod contacts;
 pub mod feed;
 mod feed_cache;
 mod feed_http;
+mod feed_reactions;
 mod health;
 mod http;
 mod inbox;
