@@ -8,7 +8,11 @@ mod support;
 
 use std::{collections::HashSet, time::Duration};
 
-use support::{Backend, TestPipeline, eventually, http};
+use support::{
+    Backend, TestPipeline, eventually,
+    feed_users::{as_user, http_addr, name_user, now_secs, token, user},
+    http,
+};
 use tidings::client::FeedClient;
 use tidings_gateway::user_token::UserTokens;
 use tidings_processors::feed::writer::new_post_notification_id;
@@ -17,53 +21,9 @@ use tidings_schemas::{
     records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
 };
 use tonic::Code;
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 const JSON: &str = "application/json";
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A unique user id (tests share the Cassandra keyspace).
-fn user(name: &str) -> String {
-    format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..8])
-}
-
-/// A bearer token for `user`, as the company's auth service would mint it.
-fn token(t: &TestPipeline, user: &str) -> String {
-    UserTokens::new(&t.config.feed.user_token_secret).mint(
-        user,
-        now_secs(),
-        Duration::from_secs(600),
-    )
-}
-
-async fn as_user(t: &TestPipeline, user: &str) -> FeedClient {
-    FeedClient::connect(&t.grpc_endpoint(), &token(t, user))
-        .await
-        .expect("gateway answers")
-}
-
-async fn name_user(t: &TestPipeline, user: &str, display_name: &str) {
-    t.client
-        .upsert_user(pb::UpsertUserRequest {
-            user_id: user.into(),
-            display_name: display_name.into(),
-            avatar_url: format!("https://cdn.example.com/{user}.png"),
-            ..Default::default()
-        })
-        .await
-        .expect("upsert user");
-}
-
-fn http_addr(t: &TestPipeline) -> std::net::SocketAddr {
-    t.pipeline.as_ref().expect("running").gateway.http
-}
 
 /// `POST /v1/me/feed` as `user`; the response.
 async fn http_publish(

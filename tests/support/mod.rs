@@ -5,6 +5,7 @@
 
 pub mod apns_provider;
 pub mod email_provider;
+pub mod feed_users;
 pub mod http;
 pub mod sms_provider;
 
