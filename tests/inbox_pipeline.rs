@@ -14,6 +14,7 @@ use tidings_schemas::{
     proto::v1 as pb,
     records::{Delivery, InboxEvent, InboxEventKind},
 };
+use tidings_gateway::user_token::UserTokens;
 use tidings_store::InboxItem;
 use uuid::Uuid;
 
@@ -152,6 +153,33 @@ async fn a_templated_in_app_send_fills_the_inbox(backend: Backend) {
         1,
         "{events:?}"
     );
+
+    // The user reads it over HTTP: the gateway's READ tracking event names
+    // the item's template, so the template's stats count the read.
+    assert_eq!(item.template_name.as_deref(), Some(template.as_str()));
+    let addr = t.pipeline.as_ref().expect("running").gateway.http;
+    let bearer = format!(
+        "Bearer {}",
+        UserTokens::new(&t.config.feed.user_token_secret).mint(
+            &user,
+            tidings_store::now_millis() / 1000,
+            Duration::from_secs(600),
+        )
+    );
+    let read = support::http::request(
+        addr,
+        "POST",
+        &format!("/v1/me/notifications/{notification_id}/read"),
+        &[("Authorization", bearer.as_str())],
+        Some(("application/json", "")),
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    eventually("the read in the template's stats", WAIT, || async {
+        let stats = t.template_stats(&template).await?;
+        (stats.read == 1).then_some(())
+    })
+    .await;
     t.stop().await;
 }
 

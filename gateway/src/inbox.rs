@@ -298,7 +298,8 @@ impl Gateway {
         let line = self.seen_line(user, &counts).await?;
         tokio::join!(self.announce(user, kind, Some(id), &counts, at), async {
             if let Some(tracked) = tracked {
-                self.track_inbox(user, id, tracked, at).await;
+                let template = item.template_name.as_deref();
+                self.track_inbox(user, id, template, tracked, at).await;
             }
         });
         let seen = line.is_seen(&item);
@@ -370,7 +371,14 @@ impl Gateway {
     /// A read or archive as a tracking event, for the templates' stats.
     /// Its id is derived from the user, item and kind, so reading an item
     /// again (after an unread) counts once.
-    async fn track_inbox(&self, user: &str, id: &str, kind: TrackingKind, at: Millis) {
+    async fn track_inbox(
+        &self,
+        user: &str,
+        id: &str,
+        template: Option<&str>,
+        kind: TrackingKind,
+        at: Millis,
+    ) {
         let key = format!("tidings.inbox/{kind:?}/{user}/{id}");
         let event = TrackingEvent {
             event_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string(),
@@ -379,8 +387,7 @@ impl Gateway {
             kind,
             channel: Some(Channel::InApp.as_str().to_owned()),
             target: None,
-            // The inbox item does not carry its template's name.
-            template_name: None,
+            template_name: template.map(str::to_owned),
             stage: "gateway".into(),
             detail: None,
             at,
@@ -590,6 +597,7 @@ mod tests {
             notification_id: format!("n{at}"),
             created_at: at,
             category: None,
+            template_name: None,
             title: None,
             body: None,
             action_url: None,

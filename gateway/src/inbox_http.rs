@@ -667,6 +667,7 @@ mod tests {
                 notification_id: "n1".into(),
                 created_at: 5,
                 category: Some("billing".into()),
+                template_name: None,
                 title: Some("Hi".into()),
                 body: None,
                 action_url: None,

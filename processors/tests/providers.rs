@@ -54,6 +54,7 @@ async fn inbox_with_two_unread(
             notification_id: format!("n-{i}"),
             created_at: 1_000 + i,
             category: None,
+            template_name: None,
             title: Some(format!("item {i}")),
             body: None,
             action_url: None,

@@ -20,6 +20,9 @@ pub struct InboxItem {
     /// When the gateway accepted the notification: the inbox's order.
     pub created_at: Millis,
     pub category: Option<String>,
+    /// The template it was rendered from, so reads and archives count in
+    /// that template's stats.
+    pub template_name: Option<String>,
     pub title: Option<String>,
     pub body: Option<String>,
     pub action_url: Option<String>,

@@ -1252,6 +1252,7 @@ fn inbox_item(user: &str, notification_id: &str, created_at: Millis) -> InboxIte
         notification_id: notification_id.to_owned(),
         created_at,
         category: None,
+        template_name: Some("welcome".into()),
         title: Some(format!("title of {notification_id}")),
         body: None,
         action_url: None,

@@ -91,6 +91,7 @@ fn item_of(d: &Delivery) -> InboxItem {
         notification_id: d.notification_id.clone(),
         created_at: d.accepted_at,
         category: d.category.clone(),
+        template_name: d.template_name.clone(),
         title: d.title.clone(),
         body: d.body.clone(),
         action_url: d.action_url.clone(),

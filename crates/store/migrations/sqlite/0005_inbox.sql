@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS inbox_items (
     notification_id TEXT NOT NULL,
     created_at      INTEGER NOT NULL,
     category        TEXT,
+    template_name   TEXT,
     title           TEXT,
     body            TEXT,
     action_url      TEXT,

@@ -75,7 +75,7 @@ struct Statements {
 
 /// The columns of an item, as `page` and `item` select them.
 const ITEM_COLUMNS: &str = "notification_id, created_at, category, title, body, action_url, \
-                            avatar_url, data, read_at, archived_at, expires_at";
+                            avatar_url, data, read_at, archived_at, expires_at, template_name";
 
 #[derive(DeserializeRow)]
 struct ItemRow {
@@ -90,6 +90,7 @@ struct ItemRow {
     read_at: Option<Millis>,
     archived_at: Option<Millis>,
     expires_at: Option<Millis>,
+    template_name: Option<String>,
 }
 
 impl ItemRow {
@@ -99,6 +100,7 @@ impl ItemRow {
             notification_id: self.notification_id,
             created_at: self.created_at,
             category: self.category,
+            template_name: self.template_name,
             title: self.title,
             body: self.body,
             action_url: self.action_url,
@@ -183,8 +185,9 @@ impl Statements {
         put.append_statement(
             cql.prepare(
                 "INSERT INTO inbox_items (user_id, created_at, notification_id, category, title, body,
-                                          action_url, avatar_url, data, read_at, archived_at, expires_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+                                          action_url, avatar_url, data, read_at, archived_at, expires_at,
+                                          template_name)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
             )
             .await?,
         );
@@ -378,6 +381,7 @@ impl InboxStore for ScyllaInbox {
                 column(None::<Millis>, replacing),
                 column(None::<Millis>, replacing),
                 expires_at,
+                column(item.template_name.as_deref(), replacing),
                 ttl,
             ),
             (

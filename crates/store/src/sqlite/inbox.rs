@@ -21,7 +21,7 @@ macro_rules! select_items {
     ($rest:expr) => {
         concat!(
             "SELECT notification_id, created_at, category, title, body, action_url, avatar_url,
-                    data, read_at, archived_at
+                    data, read_at, archived_at, template_name
              FROM inbox_items ",
             $rest
         )
@@ -64,6 +64,7 @@ struct ItemRow {
     data: String,
     read_at: Option<Millis>,
     archived_at: Option<Millis>,
+    template_name: Option<String>,
 }
 
 impl ItemRow {
@@ -79,6 +80,7 @@ impl ItemRow {
             data: r.get(7)?,
             read_at: r.get(8)?,
             archived_at: r.get(9)?,
+            template_name: r.get(10)?,
         })
     }
 
@@ -91,6 +93,7 @@ impl ItemRow {
             notification_id: self.notification_id,
             created_at: self.created_at,
             category: self.category,
+            template_name: self.template_name,
             title: self.title,
             body: self.body,
             action_url: self.action_url,
@@ -118,8 +121,9 @@ fn insert(
     let inserted = c
         .prepare_cached(
             "INSERT INTO inbox_items (user_id, notification_id, created_at, category, title, body,
-                                      action_url, avatar_url, data, read_at, archived_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10)
+                                      action_url, avatar_url, data, read_at, archived_at, expires_at,
+                                      template_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11)
              ON CONFLICT (user_id, notification_id) DO NOTHING",
         )?
         .execute(params![
@@ -132,7 +136,8 @@ fn insert(
             item.action_url,
             item.avatar_url,
             data,
-            expires_at
+            expires_at,
+            item.template_name
         ])?;
     Ok(inserted == 1)
 }
