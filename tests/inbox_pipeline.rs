@@ -10,11 +10,11 @@ mod support;
 use std::time::Duration;
 
 use support::{Backend, TestPipeline, eventually};
+use tidings_gateway::user_token::UserTokens;
 use tidings_schemas::{
     proto::v1 as pb,
     records::{Delivery, InboxEvent, InboxEventKind},
 };
-use tidings_gateway::user_token::UserTokens;
 use tidings_store::InboxItem;
 use uuid::Uuid;
 
