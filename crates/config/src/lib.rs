@@ -151,8 +151,9 @@ pub struct InboxConfig {
     pub max_items: u32,
     /// Days an item is kept after it arrived.
     pub ttl_days: u64,
-    /// Seconds between heartbeats on an idle live stream (SSE comment, gRPC
-    /// counts), so proxies keep it open and clients notice a dead one.
+    /// Seconds between heartbeats on an idle live stream (an SSE comment, a
+    /// `heartbeat` event on the gRPC Watch), so proxies keep it open and
+    /// clients notice a dead one.
     pub heartbeat_secs: u64,
     /// Live streams one gateway holds at most; more are refused (503 /
     /// RESOURCE_EXHAUSTED) rather than exhausting memory.
