@@ -446,6 +446,12 @@ async fn bad_reaction_requests_are_refused_naming_the_field(backend: Backend) {
         assert_eq!(field_of(&r), field, "{method} {path} {body:?}: {}", r.body);
     }
 
+    // Over axum's 2 MB body limit: 413, naming body like any bad body.
+    let huge = serde_json::json!({"body": "x".repeat(2_100_000)});
+    let r = http_as(&t, &ann, "POST", &replies, Some(&huge)).await;
+    assert_eq!(r.status, 413, "{}", &r.body[..r.body.len().min(200)]);
+    assert_eq!(field_of(&r), "body", "{}", r.body);
+
     // The same over gRPC.
     let err = ann_feed.like("", true).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

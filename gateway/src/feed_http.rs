@@ -289,6 +289,28 @@ fn answer<T>(gateway: &Gateway, method: &str, result: Result<T, Status>) -> Resu
     Ok(result?)
 }
 
+/// A JSON request body, or its refusal counted under `method`: serde names
+/// the field at fault (`unknown field`, `invalid type ... at line 1 column
+/// 12`) in an INVALID_ARGUMENT naming `body`; a body over axum's limit (2 MB)
+/// is the same error answered 413, as HTTP says.
+fn json_body<T>(
+    gateway: &Gateway,
+    method: &str,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let too_large = matches!(&body, Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE);
+    let Json(body) = refused(
+        gateway,
+        method,
+        body.map_err(|e| crate::validate::invalid("body", e.body_text())),
+    )
+    .map_err(|e| ApiError {
+        http: too_large.then_some(StatusCode::PAYLOAD_TOO_LARGE),
+        ..e
+    })?;
+    Ok(body)
+}
+
 /// Publishes a post as the bearer.
 #[utoipa::path(
     post,
@@ -312,19 +334,7 @@ async fn publish(
     body: Result<Json<PublishBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
     let user = bearer(&gateway, "http POST /v1/me/feed", &headers)?;
-    // serde names the field at fault (`unknown field`, `invalid type ... at
-    // line 1 column 12`). A body over axum's limit (2 MB) is 413, as HTTP
-    // says; the JSON error is the same INVALID_ARGUMENT naming `body`.
-    let too_large = matches!(&body, Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE);
-    let Json(body) = refused(
-        &gateway,
-        "http POST /v1/me/feed",
-        body.map_err(|e| crate::validate::invalid("body", e.body_text())),
-    )
-    .map_err(|e| ApiError {
-        http: too_large.then_some(StatusCode::PAYLOAD_TOO_LARGE),
-        ..e
-    })?;
+    let body = json_body(&gateway, "http POST /v1/me/feed", body)?;
     let post = gateway
         .publish_post(
             &user,
@@ -579,16 +589,7 @@ async fn reply(
 ) -> Result<(StatusCode, Json<Replied>), ApiError> {
     const METHOD: &str = "http POST /v1/posts/replies";
     let user = bearer(&gateway, METHOD, &headers)?;
-    let too_large = matches!(&body, Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE);
-    let Json(body) = refused(
-        &gateway,
-        METHOD,
-        body.map_err(|e| crate::validate::invalid("body", e.body_text())),
-    )
-    .map_err(|e| ApiError {
-        http: too_large.then_some(StatusCode::PAYLOAD_TOO_LARGE),
-        ..e
-    })?;
+    let body = json_body(&gateway, METHOD, body)?;
     let result = gateway.reply_to_post(&user, &post_id, body.body).await;
     let reply = answer(&gateway, METHOD, result)?;
     Ok((
