@@ -171,6 +171,7 @@ metered!(MeteredSocialGraph, SocialGraph, "social_graph" {
     fn followers_among(&self, user: &str, candidates: &[String]) -> HashSet<String>;
     fn following(&self, user: &str) -> Vec<String>;
     fn follower_count(&self, user: &str) -> u64;
+    fn following_count(&self, user: &str) -> u64;
     fn set_muted(&self, user: &str, muted_user: &str, muted: bool) -> ();
     fn muted(&self, user: &str) -> HashSet<String>;
     fn muted_among(&self, user: &str, candidates: &[String]) -> HashSet<String>;

@@ -28,6 +28,9 @@ pub trait SocialGraph: Send + Sync + 'static {
     /// Everyone `user` follows, ordered by id (bounded by the friend cap).
     async fn following(&self, user: &str) -> Result<Vec<String>, StoreError>;
     async fn follower_count(&self, user: &str) -> Result<u64, StoreError>;
+    /// How many users `user` follows: a count over their edges, bounded by
+    /// the friend cap, so callers that show it often cache it.
+    async fn following_count(&self, user: &str) -> Result<u64, StoreError>;
     async fn set_muted(&self, user: &str, muted_user: &str, muted: bool) -> Result<(), StoreError>;
     async fn muted(&self, user: &str) -> Result<HashSet<String>, StoreError>;
     /// Which of `candidates` muted `user`: the fan-out skips telling them of

@@ -1,5 +1,6 @@
 //! Conformance of [`ReactionStore`](tidings_store::ReactionStore): likes,
-//! replies and tallies behave the same on SQLite and on Cassandra/Scylla.
+//! replies and tallies behave the same on SQLite and on Cassandra/Scylla;
+//! and of the author counts feed items show beside them.
 
 mod engines;
 
@@ -23,6 +24,7 @@ on_both_engines! {
     replies_page_oldest_first_after_a_cursor,
     tallies_count_each_member_once,
     a_large_tally_update_is_written_whole,
+    following_counts_each_followee_once,
 }
 
 async fn a_like_is_one_row_however_often_it_is_given(store: &Store) {
@@ -193,4 +195,19 @@ async fn a_large_tally_update_is_written_whole(store: &Store) {
     let state = reactions.tally_state(&post, &likers).await.unwrap();
     assert_eq!(state.tally, update.tally);
     assert_eq!(state.counted.len(), 250);
+}
+
+async fn following_counts_each_followee_once(store: &Store) {
+    let graph = &store.social_graph;
+    let (ann, bob, cat) = (id("ann"), id("bob"), id("cat"));
+    assert_eq!(graph.following_count(&ann).await.unwrap(), 0);
+    graph.follow(&ann, &bob, 1).await.unwrap();
+    graph.follow(&ann, &bob, 2).await.unwrap();
+    graph.follow(&ann, &cat, 3).await.unwrap();
+    graph.follow(&bob, &cat, 4).await.unwrap();
+    assert_eq!(graph.following_count(&ann).await.unwrap(), 2);
+    assert_eq!(graph.following_count(&bob).await.unwrap(), 1);
+    graph.unfollow(&ann, &bob).await.unwrap();
+    assert_eq!(graph.following_count(&ann).await.unwrap(), 1);
+    assert_eq!(graph.follower_count(&cat).await.unwrap(), 2);
 }

@@ -24,6 +24,7 @@ pub(crate) struct ScyllaSocialGraph {
     count: PreparedStatement,
     followers: PreparedStatement,
     following: PreparedStatement,
+    following_count: PreparedStatement,
     mute: PreparedStatement,
     unmute: PreparedStatement,
     muted: PreparedStatement,
@@ -65,6 +66,9 @@ impl ScyllaSocialGraph {
                 .prepare("SELECT follower_id FROM followers WHERE user_id = ? AND follower_id > ? LIMIT ?")
                 .await?,
             following: cql.prepare("SELECT followee_id FROM following WHERE user_id = ?").await?,
+            following_count: cql
+                .prepare("SELECT COUNT(*) FROM following WHERE user_id = ?")
+                .await?,
             mute: cql.prepare("INSERT INTO mutes (user_id, muted_user_id) VALUES (?, ?)").await?,
             unmute: cql.prepare("DELETE FROM mutes WHERE user_id = ? AND muted_user_id = ?").await?,
             muted: cql.prepare("SELECT muted_user_id FROM mutes WHERE user_id = ?").await?,
@@ -183,6 +187,16 @@ impl SocialGraph for ScyllaSocialGraph {
         Ok(row
             .and_then(|(count,)| count)
             .map_or(0, |Counter(n)| u64::try_from(n).unwrap_or(0)))
+    }
+
+    async fn following_count(&self, user: &str) -> Result<u64, StoreError> {
+        // One partition of at most the friend cap's rows.
+        let row = self
+            .cql
+            .maybe_row::<(i64,)>(&self.following_count, (user,))
+            .await
+            .ctx("social_graph.following_count", user)?;
+        Ok(row.map_or(0, |(n,)| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn set_muted(&self, user: &str, muted_user: &str, muted: bool) -> Result<(), StoreError> {

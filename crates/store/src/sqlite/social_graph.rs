@@ -161,6 +161,19 @@ impl SocialGraph for SqliteSocialGraph {
         Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
+    async fn following_count(&self, user: &str) -> Result<u64, StoreError> {
+        let id = user.to_owned();
+        let count: i64 = self
+            .0
+            .call(move |c| {
+                c.prepare_cached("SELECT COUNT(*) FROM follows WHERE follower_id = ?1")?
+                    .query_row([id], |r| r.get(0))
+            })
+            .await
+            .ctx("social_graph.following_count", user)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn set_muted(&self, user: &str, muted_user: &str, muted: bool) -> Result<(), StoreError> {
         let sql = if muted {
             "INSERT OR IGNORE INTO mutes (user_id, muted_user_id) VALUES (?1, ?2)"
