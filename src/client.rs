@@ -619,6 +619,7 @@ pub fn feed_page_json(page: &pb::GetFeedResponse) -> Value {
                     "display_name": author.display_name,
                     "avatar_url": author.avatar_url,
                     "follower_count": author.follower_count,
+                    "following_count": author.following_count,
                 },
                 "body": item.body,
                 "media_urls": item.media_urls,

@@ -154,8 +154,9 @@ async fn replies_page_oldest_first_and_count_into_the_feed(backend: Backend) {
     name_user(&t, &bob, "Bob").await;
     let bob_feed = as_user(&t, &bob).await;
     bob_feed.follow(&ann, true).await.expect("follow");
-    let post = as_user(&t, &ann)
-        .await
+    let ann_feed = as_user(&t, &ann).await;
+    ann_feed.follow(&bob, true).await.expect("follow back");
+    let post = ann_feed
         .publish("what do you think?", vec![])
         .await
         .expect("post")
@@ -260,7 +261,15 @@ async fn replies_page_oldest_first_and_count_into_the_feed(backend: Backend) {
             &serde_json::json!(false)
         )
     );
+    // Ann's counts on her post: Bob follows her, she follows Bob (followed
+    // at the start of the test, within the counts' 30 s cache).
     assert_eq!(item["author"]["follower_count"], 1, "{item}");
+    assert_eq!(item["author"]["following_count"], 1, "{item}");
+    let author = bob_feed.page("", 10).await.expect("page").items[0]
+        .author
+        .clone()
+        .expect("author");
+    assert_eq!((author.follower_count, author.following_count), (1, 1));
     t.stop().await;
 }
 

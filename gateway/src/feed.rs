@@ -7,7 +7,8 @@
 //! feeds and tell them. Reading merges the user's materialised feed (posts
 //! pushed to it) with the newest posts of the authors they follow that are
 //! too big to push to (pulled at read time: the hybrid model), drops muted
-//! authors, and hydrates posts, authors (with their follower counts) and
+//! authors, and hydrates posts, authors (with their follower and following
+//! counts) and
 //! reactions (like and reply counts, whether the reader likes the post).
 //! Pages are cut by an opaque cursor on (created_at, post_id), so a page
 //! never repeats or skips a post as new ones arrive. Likes and replies
@@ -72,12 +73,19 @@ pub struct FeedPage {
 pub struct FeedItem {
     pub post: Post,
     pub author: User,
-    /// The author's followers, as counted up to `AUTHOR_TTL` ago.
-    pub author_followers: u64,
+    /// The author's follower and following counts, up to `AUTHOR_TTL` old.
+    pub author_counts: AuthorCounts,
     /// Likes and replies, as the feed-tally stage counted them.
     pub tally: PostTally,
     /// Whether the reader likes the post.
     pub liked_by_me: bool,
+}
+
+/// How many users follow an author, and how many they follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthorCounts {
+    pub followers: u64,
+    pub following: u64,
 }
 
 /// What a user may only do so often, counted in the store so every gateway
@@ -482,7 +490,7 @@ impl Gateway {
             .collect();
         let post_ids: Vec<String> = candidates.iter().map(|c| c.post_id.clone()).collect();
         let reactions = &self.store.reactions;
-        let (posts, users, followers, tallies, liked) = tokio::try_join!(
+        let (posts, users, author_counts, tallies, liked) = tokio::try_join!(
             async {
                 self.store
                     .posts
@@ -491,7 +499,7 @@ impl Gateway {
                     .map_err(store_status)
             },
             self.authors(&author_ids),
-            self.follower_counts(&author_ids),
+            self.author_counts(&author_ids),
             async { reactions.tallies(&post_ids).await.map_err(store_status) },
             async {
                 reactions
@@ -516,7 +524,7 @@ impl Gateway {
                     .cloned()
                     .unwrap_or_else(|| unnamed(&c.author_id));
                 Some(FeedItem {
-                    author_followers: followers.get(&c.author_id).copied().unwrap_or(0),
+                    author_counts: author_counts.get(&c.author_id).copied().unwrap_or_default(),
                     tally: tallies.get(&post.post_id).copied().unwrap_or_default(),
                     liked_by_me: liked.contains(&post.post_id),
                     post,
@@ -558,10 +566,11 @@ impl Gateway {
         Ok(users)
     }
 
-    /// The follower counts of `ids`, from the cache first (up to
-    /// `AUTHOR_TTL` old): one counter read per author otherwise.
-    async fn follower_counts(&self, ids: &[String]) -> Result<HashMap<String, u64>, Status> {
-        let cache = &self.caches.followers;
+    /// The follower and following counts of `ids`, from the cache first (up
+    /// to `AUTHOR_TTL` old): a counter read and a count of at most the
+    /// friend cap's edges per author otherwise.
+    async fn author_counts(&self, ids: &[String]) -> Result<HashMap<String, AuthorCounts>, Status> {
+        let cache = &self.caches.author_counts;
         let mut counts = HashMap::new();
         let mut unknown = Vec::new();
         for id in ids {
@@ -577,9 +586,19 @@ impl Gateway {
         // across an await.
         let reads: Vec<_> = unknown
             .into_iter()
-            .map(|id| async move { graph.follower_count(&id).await.map(|n| (id, n)) })
+            .map(|id| async move {
+                let (followers, following) =
+                    tokio::try_join!(graph.follower_count(&id), graph.following_count(&id))?;
+                Ok((
+                    id,
+                    AuthorCounts {
+                        followers,
+                        following,
+                    },
+                ))
+            })
             .collect();
-        let read: Vec<(String, u64)> = stream::iter(reads)
+        let read: Vec<(String, AuthorCounts)> = stream::iter(reads)
             .buffer_unordered(PULL_CONCURRENCY)
             .try_collect()
             .await
@@ -653,19 +672,20 @@ pub(crate) fn unnamed(user_id: &str) -> User {
     }
 }
 
-fn to_pb_author(author: User, follower_count: u64) -> pb::Author {
+fn to_pb_author(author: User, counts: AuthorCounts) -> pb::Author {
     pb::Author {
         user_id: author.user_id,
         display_name: author.display_name,
         avatar_url: author.avatar_url.unwrap_or_default(),
-        follower_count,
+        follower_count: counts.followers,
+        following_count: counts.following,
     }
 }
 
 pub(crate) fn to_pb_item(item: FeedItem) -> pb::FeedItem {
     pb::FeedItem {
         post_id: item.post.post_id,
-        author: Some(to_pb_author(item.author, item.author_followers)),
+        author: Some(to_pb_author(item.author, item.author_counts)),
         body: item.post.body,
         media_urls: item.post.media_urls,
         created_at_ms: item.post.created_at,
@@ -683,7 +703,7 @@ fn to_pb_replies(page: ReplyPage) -> ListRepliesResponse {
             .map(|(reply, author)| pb::PostReply {
                 reply_id: reply.reply_id,
                 post_id: reply.post_id,
-                author: Some(to_pb_author(author, 0)),
+                author: Some(to_pb_author(author, AuthorCounts::default())),
                 body: reply.body,
                 created_at_ms: reply.created_at,
             })

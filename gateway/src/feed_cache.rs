@@ -6,7 +6,8 @@
 //!   star's partition, the hot key of the hybrid model. Their newest page is
 //!   kept for [`NEWEST_TTL`], so a star's partition is read about once per
 //!   gateway per that long, however many followers read;
-//! - **authors** (names, avatars) and their **follower counts** for
+//! - **authors** (names, avatars) and their **follower and following
+//!   counts** for
 //!   [`AUTHOR_TTL`]: a renamed user shows the new name within that long;
 //! - the **set of pulled authors** for [`PULLED_TTL`].
 //!
@@ -21,13 +22,15 @@ use std::{
 use quick_cache::sync::Cache;
 use tidings_store::{Post, User};
 
+use crate::feed::AuthorCounts;
+
 /// How long the set of pulled authors is reused: a newly pulled author's
 /// posts show in feeds within this long.
 pub(crate) const PULLED_TTL: Duration = Duration::from_secs(5);
 /// How long a pulled author's newest posts are reused: their new posts show
 /// within this long.
 pub(crate) const NEWEST_TTL: Duration = Duration::from_secs(2);
-/// How long an author's name, avatar and follower count are reused.
+/// How long an author's name, avatar and counts are reused.
 pub(crate) const AUTHOR_TTL: Duration = Duration::from_secs(30);
 /// Newest posts kept per pulled author: enough for the largest first page
 /// (`MAX_PAGE` + 1).
@@ -37,7 +40,7 @@ pub(crate) struct FeedCaches {
     pub(crate) posts: Cache<String, Post>,
     pub(crate) newest: Cache<String, (Instant, Arc<Vec<Post>>)>,
     pub(crate) authors: Cache<String, (Instant, User)>,
-    pub(crate) followers: Cache<String, (Instant, u64)>,
+    pub(crate) author_counts: Cache<String, (Instant, AuthorCounts)>,
     pub(crate) pulled: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
 }
 
@@ -50,7 +53,7 @@ impl FeedCaches {
             posts: Cache::new(posts),
             newest: Cache::new((posts / 100).max(16)),
             authors: Cache::new((posts / 4).max(16)),
-            followers: Cache::new((posts / 4).max(16)),
+            author_counts: Cache::new((posts / 4).max(16)),
             pulled: Mutex::new(None),
         }
     }

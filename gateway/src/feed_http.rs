@@ -19,7 +19,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     Gateway,
-    feed::{Cursor, FeedItem, NewPost, page_limit},
+    feed::{AuthorCounts, Cursor, FeedItem, NewPost, page_limit},
     feed_reactions::ReplyPage,
     openapi::{ErrorBody, FieldViolation},
 };
@@ -117,18 +117,22 @@ struct Author {
     display_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     avatar_url: Option<String>,
-    /// Feed items only: the author's followers (up to 30 s old).
+    /// Feed items only: how many follow the author (up to 30 s old).
     #[serde(skip_serializing_if = "Option::is_none")]
     follower_count: Option<u64>,
+    /// Feed items only: how many the author follows (up to 30 s old).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    following_count: Option<u64>,
 }
 
 impl Author {
-    fn new(user: tidings_store::User, follower_count: Option<u64>) -> Self {
+    fn new(user: tidings_store::User, counts: Option<AuthorCounts>) -> Self {
         Author {
             user_id: user.user_id,
             display_name: user.display_name,
             avatar_url: user.avatar_url,
-            follower_count,
+            follower_count: counts.map(|c| c.followers),
+            following_count: counts.map(|c| c.following),
         }
     }
 }
@@ -137,7 +141,7 @@ impl From<FeedItem> for Item {
     fn from(i: FeedItem) -> Self {
         Item {
             post_id: i.post.post_id,
-            author: Author::new(i.author, Some(i.author_followers)),
+            author: Author::new(i.author, Some(i.author_counts)),
             body: i.post.body,
             media_urls: i.post.media_urls,
             created_at_ms: i.post.created_at,
