@@ -244,6 +244,7 @@ retry-3: {group: retry.3, topic: retry.3}
 template-stats: {group: template-stats, topic: tracking}
 feed-planner: {group: feed-planner, topic: feed.posts}
 feed-writer: {group: feed-writer, topic: feed.fanout}
+feed-tally: {group: feed-tally, topic: feed.reactions}
 {{- end -}}
 
 {{/*
