@@ -102,6 +102,11 @@ enum Command {
     /// social graph, publish posts and measure fan-out, then read feeds and
     /// measure pages/s and latency.
     BenchFeed(tidings::bench_feed::FeedBenchOptions),
+    /// Load-test the in-app inbox in this process: in-app sends through
+    /// gRPC until stored (and their arrival on open SSE streams), count and
+    /// list latency at a fixed offered rate over HTTP, and the memory of
+    /// idle SSE streams.
+    BenchInbox(tidings::bench_inbox::InboxBenchOptions),
     /// Watch a running deployment from its processes' /metrics: consumer lag
     /// per stage and topic, deliveries and failures per channel, stage
     /// errors, retries and dead letters, provider outcomes, store calls.
@@ -463,6 +468,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::BenchFeed(options) => {
             tidings::bench_feed::run(bench_config(load()?), options).await
         }
+        Command::BenchInbox(options) => match &options.hold_streams {
+            // The bench's own child process, the client side of its idle
+            // streams: it needs no configuration.
+            Some(base) => tidings::bench_inbox::hold_streams(base).await,
+            None => tidings::bench_inbox::run(bench_config(load()?), options).await,
+        },
         Command::Top(options) => tidings::top::run(&load()?, options).await,
         Command::Config => {
             let config = load()?;
