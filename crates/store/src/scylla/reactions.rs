@@ -20,8 +20,15 @@ use crate::{Millis, StoreError};
 /// post gets in one go (Cassandra warns from 5 KiB of batch).
 const MEMBERS_PER_BATCH: usize = 100;
 
+/// Statements are prepared at first use, not at connect: a process that
+/// connects without migrating (to check the schema, or an older keyspace
+/// being upgraded) must not fail on tables a later migration creates.
 pub(crate) struct ScyllaReactions {
     cql: Cql,
+    statements: tokio::sync::OnceCell<Statements>,
+}
+
+struct Statements {
     like_of: PreparedStatement,
     like: PreparedStatement,
     unlike: PreparedStatement,
@@ -38,6 +45,21 @@ pub(crate) struct ScyllaReactions {
 impl ScyllaReactions {
     pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
         Ok(ScyllaReactions {
+            cql: cql.clone(),
+            statements: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn statements(&self) -> Result<&Statements, StoreError> {
+        self.statements
+            .get_or_try_init(|| Statements::prepare(&self.cql))
+            .await
+    }
+}
+
+impl Statements {
+    async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+        Ok(Statements {
             like_of: cql
                 .prepare("SELECT liked_at FROM likes WHERE user_id = ? AND post_id = ?")
                 .await?,
@@ -76,14 +98,16 @@ impl ScyllaReactions {
             set_counts: cql
                 .prepare("UPDATE post_tallies SET likes = ?, replies = ? WHERE post_id = ?")
                 .await?,
-            cql: cql.clone(),
         })
     }
+}
 
+impl ScyllaReactions {
     async fn tally(&self, op: &'static str, post_id: &str) -> Result<PostTally, StoreError> {
+        let s = self.statements().await?;
         let row = self
             .cql
-            .maybe_row::<(Option<i64>, Option<i64>)>(&self.tally, (post_id,))
+            .maybe_row::<(Option<i64>, Option<i64>)>(&s.tally, (post_id,))
             .await
             .ctx(op, post_id)?;
         let (likes, replies) = row.unwrap_or_default();
@@ -96,19 +120,20 @@ impl ScyllaReactions {
 
     /// One batch: its members' rows and the counts they make.
     async fn write_chunk(&self, update: &TallyUpdate) -> Result<(), StoreError> {
+        let s = self.statements().await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values: Vec<Vec<CqlValue>> = Vec::new();
         let post = || CqlValue::Text(update.post_id.clone());
         for (statement, members) in [
-            (&self.count_member, &update.count),
-            (&self.uncount_member, &update.uncount),
+            (&s.count_member, &update.count),
+            (&s.uncount_member, &update.uncount),
         ] {
             for member in members {
                 batch.append_statement(statement.clone());
                 values.push(vec![post(), CqlValue::Text(member.key())]);
             }
         }
-        batch.append_statement(self.set_counts.clone());
+        batch.append_statement(s.set_counts.clone());
         let signed = |n: u64| CqlValue::BigInt(i64::try_from(n).unwrap_or(i64::MAX));
         values.push(vec![
             signed(update.tally.likes),
@@ -128,6 +153,7 @@ impl ScyllaReactions {
 #[async_trait::async_trait]
 impl ReactionStore for ScyllaReactions {
     async fn like(&self, user_id: &str, post_id: &str, at: Millis) -> Result<(), StoreError> {
+        let s = self.statements().await?;
         const OP: &str = "reactions.like";
         let key = format!("{user_id}/{post_id}");
         // Read before write keeps the first like's time without a
@@ -135,12 +161,12 @@ impl ReactionStore for ScyllaReactions {
         // with either time, which is still one like.
         let existing = self
             .cql
-            .maybe_row::<(Option<Millis>,)>(&self.like_of, (user_id, post_id))
+            .maybe_row::<(Option<Millis>,)>(&s.like_of, (user_id, post_id))
             .await
             .ctx(OP, &key)?;
         if existing.is_none() {
             self.cql
-                .execute(&self.like, (user_id, post_id, at))
+                .execute(&s.like, (user_id, post_id, at))
                 .await
                 .ctx(OP, &key)?;
         }
@@ -148,8 +174,9 @@ impl ReactionStore for ScyllaReactions {
     }
 
     async fn unlike(&self, user_id: &str, post_id: &str) -> Result<(), StoreError> {
+        let s = self.statements().await?;
         self.cql
-            .execute(&self.unlike, (user_id, post_id))
+            .execute(&s.unlike, (user_id, post_id))
             .await
             .ctx("reactions.unlike", &format!("{user_id}/{post_id}"))?;
         Ok(())
@@ -160,21 +187,23 @@ impl ReactionStore for ScyllaReactions {
         user_id: &str,
         post_ids: &[String],
     ) -> Result<HashSet<String>, StoreError> {
+        let s = self.statements().await?;
         if post_ids.is_empty() {
             return Ok(HashSet::new());
         }
         let rows = self
             .cql
-            .rows::<(String,)>(&self.liked_among, (user_id, post_ids))
+            .rows::<(String,)>(&s.liked_among, (user_id, post_ids))
             .await
             .ctx("reactions.liked_by", user_id)?;
         Ok(rows.into_iter().map(|(post,)| post).collect())
     }
 
     async fn put_reply(&self, r: &Reply) -> Result<(), StoreError> {
+        let s = self.statements().await?;
         self.cql
             .execute(
-                &self.put_reply,
+                &s.put_reply,
                 (&r.post_id, r.created_at, &r.reply_id, &r.author_id, &r.body),
             )
             .await
@@ -188,13 +217,14 @@ impl ReactionStore for ScyllaReactions {
         after: Option<(Millis, String)>,
         limit: u32,
     ) -> Result<Vec<Reply>, StoreError> {
+        let s = self.statements().await?;
         // Before every real reply: the first page.
         let (at, id) = after.unwrap_or((Millis::MIN, String::new()));
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let rows = self
             .cql
             .rows::<(String, String, Option<String>, Millis)>(
-                &self.replies_after,
+                &s.replies_after,
                 (post_id, at, id, limit),
             )
             .await
@@ -224,6 +254,7 @@ impl ReactionStore for ScyllaReactions {
         post_id: &str,
         members: &[TallyMember],
     ) -> Result<TallyState, StoreError> {
+        let s = self.statements().await?;
         const OP: &str = "reactions.tally_state";
         let keys: Vec<String> = members.iter().map(TallyMember::key).collect();
         let counted = async {
@@ -231,7 +262,7 @@ impl ReactionStore for ScyllaReactions {
                 return Ok(Vec::new());
             }
             self.cql
-                .rows::<(String,)>(&self.counted_among, (post_id, &keys))
+                .rows::<(String,)>(&s.counted_among, (post_id, &keys))
                 .await
                 .ctx(OP, post_id)
         };
