@@ -45,9 +45,12 @@ pub const STAGE_ROLES: &[(&str, &[&str])] = &[
             "template-stats",
             "feed-planner",
             "feed-writer",
+            "feed-tally",
             "sender-ios",
             "sender-android",
             "sender-email",
+            "sender-web",
+            "sender-in-app",
         ],
     ),
 ];
