@@ -185,26 +185,52 @@ impl Client {
     }
 }
 
+/// A gRPC channel to the gateway at `endpoint`, for the end-user services
+/// (feed, inbox).
+pub(crate) async fn user_channel(endpoint: &str) -> Result<GrpcChannel> {
+    GrpcChannel::from_shared(endpoint.to_owned())
+        .with_context(|| format!("invalid gateway address {endpoint}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {endpoint}; is `tidings dev` or `tidings gateway` running?"))
+}
+
+/// Who the end-user calls act for: the `authorization` metadata every
+/// request carries.
+#[derive(Clone)]
+pub(crate) struct ActingUser(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl ActingUser {
+    pub(crate) fn new(user_token: &str) -> Result<Self> {
+        Ok(Self(
+            format!("Bearer {user_token}")
+                .parse()
+                .context("the user token is not valid metadata")?,
+        ))
+    }
+
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        request
+    }
+}
+
 /// The news feed as one user: every call carries the user's bearer token.
 /// Errors are the gateway's statuses as they came, for callers that act on
 /// the code.
 pub struct FeedClient {
     feed: FeedServiceClient<GrpcChannel>,
-    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    user: ActingUser,
 }
 
 impl FeedClient {
     pub async fn connect(endpoint: &str, user_token: &str) -> Result<Self> {
-        let channel = GrpcChannel::from_shared(endpoint.to_owned())
-            .with_context(|| format!("invalid gateway address {endpoint}"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {endpoint}; is `tidings dev` or `tidings gateway` running?"))?;
         Ok(Self {
-            feed: FeedServiceClient::new(channel),
-            authorization: format!("Bearer {user_token}")
-                .parse()
-                .context("the user token is not valid metadata")?,
+            feed: FeedServiceClient::new(user_channel(endpoint).await?),
+            user: ActingUser::new(user_token)?,
         })
     }
 
@@ -212,18 +238,12 @@ impl FeedClient {
     pub fn with_token(&self, user_token: &str) -> Result<Self> {
         Ok(Self {
             feed: self.feed.clone(),
-            authorization: format!("Bearer {user_token}")
-                .parse()
-                .context("the user token is not valid metadata")?,
+            user: ActingUser::new(user_token)?,
         })
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", self.authorization.clone());
-        request
+        self.user.request(message)
     }
 
     pub async fn publish(

@@ -10,6 +10,8 @@ use serde_json::{Map, Value, json};
 use tidings_schemas::proto::v1::{self as pb, inbox_service_client::InboxServiceClient};
 use tonic::{Request, transport::Channel as GrpcChannel};
 
+use crate::client::{ActingUser, user_channel};
+
 #[derive(Args)]
 pub struct InboxArgs {
     /// The acting user (its token is minted with feed.user_token_secret).
@@ -98,30 +100,19 @@ impl Filter {
 /// Errors are the gateway's statuses as they came.
 pub struct InboxClient {
     inbox: InboxServiceClient<GrpcChannel>,
-    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    user: ActingUser,
 }
 
 impl InboxClient {
     pub async fn connect(endpoint: &str, user_token: &str) -> Result<Self> {
-        let channel = GrpcChannel::from_shared(endpoint.to_owned())
-            .with_context(|| format!("invalid gateway address {endpoint}"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {endpoint}; is `tidings dev` or `tidings gateway` running?"))?;
         Ok(Self {
-            inbox: InboxServiceClient::new(channel),
-            authorization: format!("Bearer {user_token}")
-                .parse()
-                .context("the user token is not valid metadata")?,
+            inbox: InboxServiceClient::new(user_channel(endpoint).await?),
+            user: ActingUser::new(user_token)?,
         })
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", self.authorization.clone());
-        request
+        self.user.request(message)
     }
 
     pub async fn list(
