@@ -8,12 +8,8 @@
 
 mod support;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
 use tempfile::TempDir;
 use tidings_config::{InboxConfig, KafkaConfig, SendersConfig};
 use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
@@ -132,61 +128,16 @@ impl Harness {
     /// Every record of `topic` written before this call, decoded: each
     /// partition read to its high watermark as of now.
     async fn read_all<T: AvroRecord + Send + 'static>(&self, topic: &str) -> Vec<T> {
-        let consumer: BaseConsumer = self
-            .cluster
-            .client_config(&self.kafka)
-            .set("group.id", format!("reader-{}", Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let timeout = Duration::from_secs(10);
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .expect("metadata");
-            let mut highs = HashMap::new();
-            let mut tpl = TopicPartitionList::new();
-            for p in metadata.topics()[0].partitions() {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p.id(), timeout)
-                    .expect("watermarks");
-                if high > low {
-                    highs.insert(p.id(), high);
-                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
-                        .expect("partition");
-                }
-            }
-            let mut records = Vec::new();
-            if highs.is_empty() {
-                return records;
-            }
-            consumer.assign(&tpl).expect("assign");
-            let codec = AvroCodec::local();
-            let started = std::time::Instant::now();
-            while !highs.is_empty() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{topic} not read to its high watermark in 30 s"
-                );
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    records.push(
-                        codec
-                            .decode::<T>(m.payload().unwrap_or_default())
-                            .expect("a record of the topic's schema"),
-                    );
-                    if highs
-                        .get(&m.partition())
-                        .is_some_and(|h| m.offset() + 1 >= *h)
-                    {
-                        highs.remove(&m.partition());
-                    }
-                }
-            }
-            records
-        })
-        .await
-        .expect("reader thread")
+        let codec = AvroCodec::local();
+        support::sender::read_topic(&self.cluster, &self.kafka, topic)
+            .await
+            .iter()
+            .map(|bytes| {
+                codec
+                    .decode::<T>(bytes)
+                    .expect("a record of the topic's schema")
+            })
+            .collect()
     }
 
     /// Waits until the tracking topic has `kind` for `delivery`'s target,

@@ -183,57 +183,62 @@ impl SenderHarness {
 
     /// Every record on `topic`, read up to its high watermark.
     pub async fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
-        let consumer: BaseConsumer = self
-            .cluster
-            .client_config(&self.kafka)
-            .set("group.id", format!("reader-{}", Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let timeout = Duration::from_secs(10);
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .expect("metadata");
-            let mut highs = HashMap::new();
-            let mut tpl = TopicPartitionList::new();
-            for p in metadata.topics()[0].partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, p.id(), timeout)
-                    .expect("watermarks");
-                if high > 0 {
-                    highs.insert(p.id(), high);
-                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
-                        .expect("partition");
-                }
-            }
-            let mut records = Vec::new();
-            if highs.is_empty() {
-                return records;
-            }
-            consumer.assign(&tpl).expect("assign");
-            let started = std::time::Instant::now();
-            while !highs.is_empty() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{topic} not read to its high watermark in 30 s"
-                );
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    records.push(m.payload().unwrap_or_default().to_vec());
-                    if highs
-                        .get(&m.partition())
-                        .is_some_and(|h| m.offset() + 1 >= *h)
-                    {
-                        highs.remove(&m.partition());
-                    }
-                }
-            }
-            records
-        })
-        .await
-        .expect("reader thread")
+        read_topic(&self.cluster, &self.kafka, topic).await
     }
+}
+
+/// Every record on `topic` written before this call, as bytes: each
+/// partition read to its high watermark as of now.
+pub async fn read_topic(cluster: &KafkaCluster, kafka: &KafkaConfig, topic: &str) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = cluster
+        .client_config(kafka)
+        .set("group.id", format!("reader-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .expect("metadata");
+        let mut highs = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .expect("watermarks");
+            if high > low {
+                highs.insert(p.id(), high);
+                tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
+                    .expect("partition");
+            }
+        }
+        let mut records = Vec::new();
+        if highs.is_empty() {
+            return records;
+        }
+        consumer.assign(&tpl).expect("assign");
+        let started = std::time::Instant::now();
+        while !highs.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{topic} not read to its high watermark in 30 s"
+            );
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                records.push(m.payload().unwrap_or_default().to_vec());
+                if highs
+                    .get(&m.partition())
+                    .is_some_and(|h| m.offset() + 1 >= *h)
+                {
+                    highs.remove(&m.partition());
+                }
+            }
+        }
+        records
+    })
+    .await
+    .expect("reader thread")
 }
 
 fn body_of(r: &Recorded) -> Option<String> {
