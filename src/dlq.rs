@@ -37,8 +37,8 @@ use tidings_kafka::{KafkaCluster, Topics};
 use tidings_schemas::{
     AvroCodec, AvroRecord,
     records::{
-        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, PostReaction,
-        TrackingEvent,
+        DeadLetter, Delivery, FanoutBatch, FollowChanged, NotificationRequest, PostPublished,
+        PostReaction, PostRevised, TrackingEvent,
     },
 };
 use uuid::Uuid;
@@ -161,6 +161,8 @@ impl Payload {
             .or_else(|_| attempt::<PostPublished>(codec, bytes, |r| &r.post_id))
             .or_else(|_| attempt::<FanoutBatch>(codec, bytes, |r| &r.post_id))
             .or_else(|_| attempt::<PostReaction>(codec, bytes, |r| &r.post_id))
+            .or_else(|_| attempt::<PostRevised>(codec, bytes, |r| &r.post_id))
+            .or_else(|_| attempt::<FollowChanged>(codec, bytes, |r| &r.follower_id))
             .unwrap_or_else(Payload::Undecodable)
     }
 }

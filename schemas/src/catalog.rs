@@ -13,8 +13,8 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::records::{
-    DeadLetter, Delivery, FanoutBatch, InboxEvent, NotificationRequest, PostPublished,
-    PostReaction, TrackingEvent,
+    DeadLetter, Delivery, FanoutBatch, FollowChanged, InboxEvent, NotificationRequest,
+    PostPublished, PostReaction, PostRevised, TrackingEvent,
 };
 
 /// One schema of the catalog.
@@ -56,6 +56,8 @@ pub static CATALOG: &[CatalogEntry] = &[
     entry!("tidings.v1.FanoutBatch", "fanout_batch.avsc", 6),
     entry!("tidings.v1.InboxEvent", "inbox_event.avsc", 7),
     entry!("tidings.v1.PostReaction", "post_reaction.avsc", 8),
+    entry!("tidings.v1.PostRevised", "post_revised.avsc", 9),
+    entry!("tidings.v1.FollowChanged", "follow_changed.avsc", 10),
 ];
 
 /// A Rust type that is the payload of a topic.
@@ -87,6 +89,12 @@ impl AvroRecord for InboxEvent {
 }
 impl AvroRecord for PostReaction {
     const FULL_NAME: &'static str = "tidings.v1.PostReaction";
+}
+impl AvroRecord for PostRevised {
+    const FULL_NAME: &'static str = "tidings.v1.PostRevised";
+}
+impl AvroRecord for FollowChanged {
+    const FULL_NAME: &'static str = "tidings.v1.FollowChanged";
 }
 
 /// A catalog entry with its parsed schema.

@@ -243,3 +243,41 @@ pub struct PostReaction {
     pub reply_body: Option<String>,
     pub at: Millis,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RevisionKind {
+    Unknown,
+    Edited,
+    Deleted,
+}
+
+/// A post edited or deleted by its author (topic `tidings.feed.revisions`,
+/// key: post id). The new body is in the store: readers reload it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostRevised {
+    pub post_id: String,
+    pub author_id: String,
+    /// The post's own time: with `post_id`, the key of its feed rows.
+    pub post_created_at: Millis,
+    pub kind: RevisionKind,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FollowKind {
+    Unknown,
+    Followed,
+    Unfollowed,
+}
+
+/// A follow or unfollow (topic `tidings.feed.follows`, key: follower id, so
+/// one follower's changes apply in order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowChanged {
+    pub follower_id: String,
+    pub followee_id: String,
+    pub kind: FollowKind,
+    pub at: Millis,
+}

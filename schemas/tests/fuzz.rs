@@ -14,8 +14,9 @@ use proptest::prelude::*;
 use tidings_schemas::{
     AvroCodec, AvroRecord, CATALOG,
     records::{
-        DeadLetter, Delivery, FanoutBatch, NotificationRequest, PostPublished, PostReaction,
-        Priority, RawContent, ReactionKind, TemplateRef, TrackingEvent, TrackingKind,
+        DeadLetter, Delivery, FanoutBatch, FollowChanged, FollowKind, NotificationRequest,
+        PostPublished, PostReaction, PostRevised, Priority, RawContent, ReactionKind, RevisionKind,
+        TemplateRef, TrackingEvent, TrackingKind,
     },
     tracking_link::{DeliveryRef, LinkSigner, TrackedTarget, with_receipt_token},
 };
@@ -140,6 +141,23 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         codec.encode(&post).expect("encode"),
         codec.encode(&fanout).expect("encode"),
         codec.encode(&reaction).expect("encode"),
+        codec
+            .encode(&PostRevised {
+                post_id: "p".into(),
+                author_id: "a".into(),
+                post_created_at: 1,
+                kind: RevisionKind::Deleted,
+                at: 2,
+            })
+            .expect("encode"),
+        codec
+            .encode(&FollowChanged {
+                follower_id: "b".into(),
+                followee_id: "a".into(),
+                kind: FollowKind::Unfollowed,
+                at: 2,
+            })
+            .expect("encode"),
     ]
 }
 
@@ -155,6 +173,8 @@ fn decode_as_every_type(codec: &AvroCodec, bytes: &[u8]) {
     one::<PostPublished>(codec, bytes);
     one::<FanoutBatch>(codec, bytes);
     one::<PostReaction>(codec, bytes);
+    one::<PostRevised>(codec, bytes);
+    one::<FollowChanged>(codec, bytes);
 }
 
 /// A mutation of a valid payload: what a torn write, a bit flip or a

@@ -92,6 +92,18 @@ impl Topics {
         format!("{}.feed.reactions", self.prefix)
     }
 
+    /// Edits and deletes of feed posts, read by every gateway (caches) and
+    /// the feed-pruner stage (key: post id).
+    pub fn revisions(&self) -> String {
+        format!("{}.feed.revisions", self.prefix)
+    }
+
+    /// Follows and unfollows, for the feed-follows stage (key: follower id,
+    /// so one follower's changes apply in order).
+    pub fn follows(&self) -> String {
+        format!("{}.feed.follows", self.prefix)
+    }
+
     /// Every topic with its layout; `partitions` is the configured default.
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         let spec =
@@ -146,6 +158,13 @@ impl Topics {
             7 * DAY_MS,
             "PostReaction",
             "post id",
+        ));
+        specs.push(spec(self.revisions(), 7 * DAY_MS, "PostRevised", "post id"));
+        specs.push(spec(
+            self.follows(),
+            7 * DAY_MS,
+            "FollowChanged",
+            "follower id",
         ));
         specs
     }

@@ -16,6 +16,9 @@ pub struct FeedEntry {
 pub trait FeedStore: Send + Sync + 'static {
     /// Writes (owner, entry) pairs; idempotent.
     async fn append_many(&self, entries: &[(String, FeedEntry)]) -> Result<(), StoreError>;
+    /// Deletes (owner, entry) pairs, matched by owner, `created_at` and
+    /// `post_id`; idempotent, and a missing entry is no error.
+    async fn remove_many(&self, entries: &[(String, FeedEntry)]) -> Result<(), StoreError>;
     /// Newest first by (created_at, post_id), strictly older than `before`.
     async fn read(
         &self,

@@ -117,6 +117,7 @@ metered!(MeteredInbox, InboxStore, "inbox" {
 
 metered!(MeteredFeed, FeedStore, "feed" {
     fn append_many(&self, entries: &[(String, FeedEntry)]) -> ();
+    fn remove_many(&self, entries: &[(String, FeedEntry)]) -> ();
     fn read(&self, owner: &str, before: Option<(Millis, String)>, limit: u32) -> Vec<FeedEntry>;
     fn trim(&self, owner: &str, keep: usize) -> ();
     fn set_pulled_author(&self, author: &str, pulled: bool, at: Millis) -> ();

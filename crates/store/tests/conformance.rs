@@ -35,6 +35,7 @@ on_both_engines! {
     mutes_toggle,
     feed_reads_newest_first_with_a_cursor,
     feed_trim_keeps_the_newest,
+    feed_remove_deletes_only_the_named_entries,
     pulled_authors_are_marked_and_unmarked,
     counters_sum_and_default_to_zero,
     schedule_returns_due_items_oldest_first,
@@ -822,6 +823,33 @@ async fn feed_trim_keeps_the_newest(store: &Store) {
     f.trim(&owner, 0).await.unwrap();
     assert!(f.read(&owner, None, 100).await.unwrap().is_empty());
     f.trim(&id("empty"), 3).await.unwrap();
+}
+
+async fn feed_remove_deletes_only_the_named_entries(store: &Store) {
+    let f = &store.feed;
+    let (owner, other) = (id("reader"), id("other"));
+    let mine = feed_entries(&owner, 6);
+    let theirs = feed_entries(&other, 6);
+    f.append_many(&mine).await.unwrap();
+    f.append_many(&theirs).await.unwrap();
+    // p002 of the owner, and a post id the owner has at another time: only
+    // the exact (owner, created_at, post_id) goes.
+    let mut stale = mine[3].clone();
+    stale.1.created_at += 1;
+    f.remove_many(&[mine[2].clone(), stale, (owner.clone(), mine[5].1.clone())])
+        .await
+        .unwrap();
+    f.remove_many(&[mine[2].clone()]).await.unwrap(); // idempotent
+    let ids = |entries: Vec<FeedEntry>| entries.into_iter().map(|e| e.post_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(f.read(&owner, None, 100).await.unwrap()),
+        ["p004", "p003", "p001", "p000"]
+    );
+    assert_eq!(
+        f.read(&other, None, 100).await.unwrap().len(),
+        6,
+        "other feeds keep theirs"
+    );
 }
 
 async fn counters_sum_and_default_to_zero(store: &Store) {

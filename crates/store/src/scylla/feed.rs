@@ -12,6 +12,7 @@ use crate::{Millis, StoreError};
 pub(crate) struct ScyllaFeed {
     cql: Cql,
     append: PreparedStatement,
+    remove: PreparedStatement,
     newest: PreparedStatement,
     older: PreparedStatement,
     keys: PreparedStatement,
@@ -31,6 +32,9 @@ impl ScyllaFeed {
         Ok(ScyllaFeed {
             append: cql
                 .prepare("INSERT INTO feed_entries (owner_id, created_at, post_id, author_id) VALUES (?, ?, ?, ?)")
+                .await?,
+            remove: cql
+                .prepare("DELETE FROM feed_entries WHERE owner_id = ? AND created_at = ? AND post_id = ?")
                 .await?,
             newest: cql
                 .prepare("SELECT post_id, author_id, created_at FROM feed_entries WHERE owner_id = ? LIMIT ?")
@@ -72,6 +76,18 @@ impl FeedStore for ScyllaFeed {
                     )
                     .await
                     .ctx("feed.append_many", owner)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_many(&self, entries: &[(String, FeedEntry)]) -> Result<(), StoreError> {
+        self.cql
+            .concurrently(entries, |(owner, e)| async move {
+                self.cql
+                    .execute(&self.remove, (owner, e.created_at, &e.post_id))
+                    .await
+                    .ctx("feed.remove_many", owner)
             })
             .await?;
         Ok(())

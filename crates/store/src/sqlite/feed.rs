@@ -32,6 +32,25 @@ impl FeedStore for SqliteFeed {
             .ctx("feed.append_many", &format!("{} entries", entries.len()))
     }
 
+    async fn remove_many(&self, entries: &[(String, FeedEntry)]) -> Result<(), StoreError> {
+        let owned = entries.to_vec();
+        self.0
+            .call(move |c| {
+                let tx = c.savepoint()?;
+                {
+                    let mut delete = tx.prepare_cached(
+                        "DELETE FROM feed_entries WHERE owner_id = ?1 AND created_at = ?2 AND post_id = ?3",
+                    )?;
+                    for (owner, e) in &owned {
+                        delete.execute(params![owner, e.created_at, e.post_id])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await
+            .ctx("feed.remove_many", &format!("{} entries", entries.len()))
+    }
+
     async fn read(
         &self,
         owner: &str,
