@@ -6,7 +6,9 @@
 //! `tidings.feed.posts`; the fan-out processors put its id into followers'
 //! feeds and tell them. Reading merges the user's materialised feed (posts
 //! pushed to it) with the newest posts of the authors they follow that are
-//! too big to push to (pulled at read time: the hybrid model), drops muted
+//! too big to push to (pulled at read time: the hybrid model), and, past the
+//! end of its rows (a returning user's trimmed feed), with the newest posts
+//! of the authors they follow (rebuilt at read time), drops muted
 //! authors, and hydrates posts, authors (with their follower and following
 //! counts) and
 //! reactions (like and reply counts, whether the reader likes the post).
@@ -159,12 +161,12 @@ pub fn page_limit(asked: u32) -> Result<u32, Status> {
     }
 }
 
-/// A post in the making: where it came from, pushed or pulled.
+/// A post in the making: where it came from, pushed, pulled or rebuilt.
 struct Candidate {
     post_id: String,
     author_id: String,
     at: Millis,
-    /// Pulled posts come whole; pushed ones are ids to hydrate.
+    /// Pulled and rebuilt posts come whole; pushed ones are ids to hydrate.
     post: Option<Post>,
 }
 
@@ -369,11 +371,21 @@ impl Gateway {
         if pulled.contains(user) {
             pull_from.push(&me);
         }
-        let pulled_posts: Vec<Arc<Vec<Post>>> = stream::iter(pull_from.into_iter().cloned())
-            .map(|author| self.pulled_posts(author, cursor.as_ref(), fetch))
-            .buffer_unordered(PULL_CONCURRENCY)
-            .try_collect()
-            .await?;
+        // Fewer rows than asked: the feed's older end is on this page (its
+        // rows were trimmed, or never written), so the followed authors'
+        // own posts fill it.
+        let rebuild_from = if pushed.len() < fetch as usize {
+            rebuild_authors(user, &following, &muted, &pulled, self.feed.rebuild_authors)
+        } else {
+            Vec::new()
+        };
+        let (pulled_posts, rebuilt_posts) = tokio::try_join!(
+            stream::iter(pull_from.into_iter().cloned())
+                .map(|author| self.pulled_posts(author, cursor.as_ref(), fetch))
+                .buffer_unordered(PULL_CONCURRENCY)
+                .try_collect::<Vec<Arc<Vec<Post>>>>(),
+            self.rebuilt_posts(rebuild_from, cursor.as_ref(), fetch),
+        )?;
 
         let mut candidates: Vec<Candidate> = pushed
             .into_iter()
@@ -394,6 +406,12 @@ impl Gateway {
                         post: Some(p.clone()),
                     }),
             )
+            .chain(rebuilt_posts.into_iter().map(|p| Candidate {
+                post_id: p.post_id.clone(),
+                author_id: p.author_id.clone(),
+                at: p.created_at,
+                post: Some(p),
+            }))
             .filter(|c| {
                 cursor
                     .as_ref()
@@ -401,7 +419,8 @@ impl Gateway {
             })
             .collect();
         candidates.sort_by(|a, b| (b.at, &b.post_id).cmp(&(a.at, &a.post_id)));
-        // A post pushed before its author became pulled comes both ways.
+        // A post pushed before its author became pulled comes both ways, and
+        // so does a rebuilt post whose row is on the page.
         candidates.dedup_by(|a, b| a.post_id == b.post_id);
         let more = candidates.len() > limit as usize;
         candidates.truncate(limit as usize);
@@ -463,6 +482,32 @@ impl Gateway {
                 .await
                 .map_err(store_status)?,
         ))
+    }
+
+    /// The newest `fetch` posts of each of `authors` older than `cursor`,
+    /// read from the post store (not the cache of pulled authors' newest
+    /// posts: a rebuilt feed's authors are many and each read by few).
+    async fn rebuilt_posts(
+        &self,
+        authors: Vec<String>,
+        cursor: Option<&Cursor>,
+        fetch: u32,
+    ) -> Result<Vec<Post>, Status> {
+        // `by_author` is strictly older than a millisecond: ask from the
+        // cursor's millisecond on; the merge cuts at the cursor.
+        let before = cursor.map(|c| c.at + 1);
+        let posts = &self.store.posts;
+        let pages: Vec<Vec<Post>> = stream::iter(authors)
+            .map(|author| async move {
+                posts
+                    .by_author(&author, before, fetch)
+                    .await
+                    .map_err(store_status)
+            })
+            .buffer_unordered(PULL_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flatten().collect())
     }
 
     /// Fills in posts, authors and reactions, from the caches first; a post
@@ -657,6 +702,28 @@ impl Gateway {
             .await
             .map_err(store_status)
     }
+}
+
+/// Whose own posts fill a page once `user`'s feed rows ran out: the user
+/// (who sees their own posts), then the authors they follow in the graph's
+/// order (by id), at most `cap`. Pulled authors are read on every page
+/// anyway and muted ones never shown, so they are left out. The choice
+/// depends on neither the cursor nor the page, so every page of one paging
+/// reads the same authors and the cursor neither repeats nor skips their
+/// posts.
+fn rebuild_authors(
+    user: &str,
+    following: &[String],
+    muted: &HashSet<String>,
+    pulled: &HashSet<String>,
+    cap: usize,
+) -> Vec<String> {
+    std::iter::once(user)
+        .chain(following.iter().map(String::as_str).filter(|a| *a != user))
+        .filter(|a| !pulled.contains(*a) && !muted.contains(*a))
+        .take(cap)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A user the store does not know, shown by id.
@@ -895,6 +962,29 @@ mod tests {
         assert!(c.is_before(100, "p4"));
         assert!(!c.is_before(100, "p5"));
         assert!(!c.is_before(101, "p0"));
+    }
+
+    #[test]
+    fn a_rebuild_reads_the_user_then_followed_authors_up_to_the_cap() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        let following = ids(&["a", "b", "c", "d", "me"]);
+        let (muted, pulled) = (set(&["b"]), set(&["c"]));
+        assert_eq!(
+            rebuild_authors("me", &following, &muted, &pulled, 10),
+            ["me", "a", "d"],
+            "the user once, then followed authors neither muted nor pulled"
+        );
+        assert_eq!(
+            rebuild_authors("me", &following, &muted, &pulled, 2),
+            ["me", "a"]
+        );
+        assert!(rebuild_authors("me", &following, &muted, &pulled, 0).is_empty());
+        // A pulled user's own posts are pulled, not rebuilt.
+        assert_eq!(
+            rebuild_authors("me", &following, &muted, &set(&["me"]), 10),
+            ["a", "c", "d"]
+        );
     }
 
     #[test]

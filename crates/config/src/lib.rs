@@ -120,6 +120,10 @@ pub struct FeedConfig {
     /// seconds at most ("Ann and 41 others liked your post"), sent when
     /// the window closes.
     pub like_digest_secs: u64,
+    /// Followed authors a feed read reads posts from once the user's feed
+    /// rows run out (trimmed, or never written), so a returning user's feed
+    /// is not empty; 0 turns the rebuild off.
+    pub rebuild_authors: usize,
 }
 
 impl Default for FeedConfig {
@@ -138,6 +142,7 @@ impl Default for FeedConfig {
             max_replies: 120,
             notify_reactions: true,
             like_digest_secs: 60,
+            rebuild_authors: 100,
         }
     }
 }
