@@ -49,7 +49,7 @@ pub use feed::{FeedEntry, FeedStore};
 pub use inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};
 pub use migrations::{AppliedMigration, MigrationStatus, SchemaStatus, State as MigrationState};
 pub use notification_log::{NotificationLog, StatusEntry};
-pub use posts::{Post, PostStore};
+pub use posts::{Post, PostStore, Revised};
 pub use preferences::{Preference, PreferenceStore};
 pub use rate_limits::{NewAdmission, RateLimitLedger};
 pub use reactions::{PostTally, ReactionStore, Reply, TallyMember, TallyState, TallyUpdate};

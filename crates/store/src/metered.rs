@@ -17,7 +17,7 @@ use crate::{
     App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
     InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
     NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, RateLimitLedger,
-    ReactionStore, Reply, ScheduleStore, ScheduledItem, SocialGraph, StatusEntry, Store,
+    ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph, StatusEntry, Store,
     StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore, TemplateVersion, User,
 };
 
@@ -134,6 +134,8 @@ metered!(MeteredPosts, PostStore, "posts" {
     fn put(&self, post: &Post) -> ();
     fn put_restricted(&self, post: &Post) -> ();
     fn get_many(&self, post_ids: &[String]) -> Vec<Post>;
+    fn edit(&self, post: &Post, body: &str) -> Revised;
+    fn delete(&self, post: &Post) -> Revised;
     fn by_author(&self, author_id: &str, before: Option<Millis>, limit: u32) -> Vec<Post>;
 });
 

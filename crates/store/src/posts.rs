@@ -13,6 +13,15 @@ pub struct Post {
     pub created_at: Millis,
 }
 
+/// What an edit or a delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revised {
+    /// The post was there and is changed (or gone).
+    Applied,
+    /// No such post: never stored, or deleted already.
+    Missing,
+}
+
 #[async_trait::async_trait]
 pub trait PostStore: Send + Sync + 'static {
     async fn put(&self, post: &Post) -> Result<(), StoreError>;
@@ -23,6 +32,13 @@ pub trait PostStore: Send + Sync + 'static {
     async fn put_restricted(&self, post: &Post) -> Result<(), StoreError>;
     /// The posts that exist among `post_ids`, in the order asked.
     async fn get_many(&self, post_ids: &[String]) -> Result<Vec<Post>, StoreError>;
+    /// Replaces the body of `post` (as `get_many` returned it: its author
+    /// and time locate its by-author copy); its media and time stay. A
+    /// restricted post stays unlisted.
+    async fn edit(&self, post: &Post, body: &str) -> Result<Revised, StoreError>;
+    /// Deletes `post` (as `get_many` returned it) and its by-author copy.
+    /// Deleting again answers `Missing`.
+    async fn delete(&self, post: &Post) -> Result<Revised, StoreError>;
     /// Newest first, strictly older than `before`, restricted posts left
     /// out. Feeds pull the posts of authors with very many followers through
     /// this at read time.

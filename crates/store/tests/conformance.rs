@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tidings_store::{
     App, Device, FeedEntry, InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery,
-    MigrationState, Millis, NewAdmission, Platform, Post, Preference, ScheduledItem, SchemaStatus,
-    StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion, UNSCOPED, User,
-    now_millis, schema_status,
+    MigrationState, Millis, NewAdmission, Platform, Post, Preference, Revised, ScheduledItem,
+    SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion,
+    UNSCOPED, User, now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -29,6 +29,8 @@ on_both_engines! {
     notification_log_keeps_the_newest_status,
     posts_hydrate_and_page_by_author,
     restricted_posts_hydrate_but_are_never_listed_by_author,
+    edits_change_the_body_everywhere_and_restricted_posts_stay_unlisted,
+    deletes_remove_the_post_everywhere_once,
     followers_among_answers_only_followers,
     muted_among_answers_who_muted_the_user,
     followers_paginate_and_count_once,
@@ -631,6 +633,97 @@ async fn restricted_posts_hydrate_but_are_never_listed_by_author(store: &Store) 
         vec![restricted.clone(), public.clone()]
     );
     assert_eq!(p.by_author(&author, None, 10).await.unwrap(), vec![public]);
+}
+
+async fn edits_change_the_body_everywhere_and_restricted_posts_stay_unlisted(store: &Store) {
+    let p = &store.posts;
+    let author = id("author");
+    let post = |i: i64| Post {
+        post_id: Uuid::now_v7().to_string(),
+        author_id: author.clone(),
+        body: format!("post {i}"),
+        media_urls: vec![format!("https://cdn.example/{i}.jpg")],
+        created_at: 1_700_000_000_000 + i,
+    };
+    let (public, restricted) = (post(1), post(2));
+    p.put(&public).await.unwrap();
+    p.put_restricted(&restricted).await.unwrap();
+
+    assert_eq!(p.edit(&public, "edited").await.unwrap(), Revised::Applied);
+    assert_eq!(
+        p.edit(&restricted, "edited too").await.unwrap(),
+        Revised::Applied
+    );
+    let edited = Post {
+        body: "edited".into(),
+        ..public.clone()
+    };
+    let restricted_edited = Post {
+        body: "edited too".into(),
+        ..restricted.clone()
+    };
+    assert_eq!(
+        p.get_many(&[public.post_id.clone(), restricted.post_id.clone()])
+            .await
+            .unwrap(),
+        vec![edited.clone(), restricted_edited],
+        "the new bodies, media and times unchanged"
+    );
+    assert_eq!(
+        p.by_author(&author, None, 10).await.unwrap(),
+        vec![edited],
+        "the by-author copy is edited, and the restricted post gained none"
+    );
+
+    let never = post(3);
+    assert_eq!(p.edit(&never, "ghost").await.unwrap(), Revised::Missing);
+    assert_eq!(
+        p.get_many(std::slice::from_ref(&never.post_id))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(p.by_author(&author, None, 10).await.unwrap().len(), 1);
+}
+
+async fn deletes_remove_the_post_everywhere_once(store: &Store) {
+    let p = &store.posts;
+    let author = id("author");
+    let post = |i: i64| Post {
+        post_id: Uuid::now_v7().to_string(),
+        author_id: author.clone(),
+        body: format!("post {i}"),
+        media_urls: Vec::new(),
+        created_at: 1_700_000_000_000 + i,
+    };
+    let (kept, public, restricted) = (post(1), post(2), post(3));
+    p.put(&kept).await.unwrap();
+    p.put(&public).await.unwrap();
+    p.put_restricted(&restricted).await.unwrap();
+
+    assert_eq!(p.delete(&public).await.unwrap(), Revised::Applied);
+    assert_eq!(p.delete(&restricted).await.unwrap(), Revised::Applied);
+    assert_eq!(p.delete(&public).await.unwrap(), Revised::Missing, "once");
+    assert_eq!(
+        p.get_many(&[
+            public.post_id.clone(),
+            kept.post_id.clone(),
+            restricted.post_id.clone()
+        ])
+        .await
+        .unwrap(),
+        vec![kept.clone()]
+    );
+    assert_eq!(p.by_author(&author, None, 10).await.unwrap(), vec![kept]);
+    // An edit after the delete brings nothing back.
+    assert_eq!(p.edit(&public, "back?").await.unwrap(), Revised::Missing);
+    assert_eq!(
+        p.get_many(std::slice::from_ref(&public.post_id))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(p.by_author(&author, None, 10).await.unwrap().len(), 1);
 }
 
 async fn followers_among_answers_only_followers(store: &Store) {

@@ -4,7 +4,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{Context, Cql};
-use crate::posts::{Post, PostStore};
+use crate::posts::{Post, PostStore, Revised};
 use crate::{Millis, StoreError};
 
 pub(crate) struct ScyllaPosts {
@@ -16,6 +16,57 @@ pub(crate) struct ScyllaPosts {
     put_restricted: PreparedStatement,
     get: PreparedStatement,
     by_author: PreparedStatement,
+    /// Prepared at the first edit or delete, as the later aggregates'
+    /// statements are: connecting prepares only what it always did.
+    revisions: tokio::sync::OnceCell<RevisionStatements>,
+}
+
+/// Edits and deletes are lightweight transactions (`IF EXISTS`): an edit
+/// racing a delete must not write a body into a row the delete removed,
+/// which would leave a row of nothing but a body (in `posts_by_author`
+/// also a restricted post gaining a by-author copy), and LWTs are only
+/// ordered against other LWTs, so the deletes are ones too. Edits and
+/// deletes are rare beside reads and publishes.
+struct RevisionStatements {
+    edit: PreparedStatement,
+    edit_by_author: PreparedStatement,
+    delete: PreparedStatement,
+    delete_by_author: PreparedStatement,
+}
+
+impl RevisionStatements {
+    async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+        // Once only: a retried LWT could report a write it made as not
+        // applied.
+        Ok(RevisionStatements {
+            edit: cql
+                .prepare_once_only("UPDATE posts SET body = ? WHERE post_id = ? IF EXISTS")
+                .await?,
+            edit_by_author: cql
+                .prepare_once_only(
+                    "UPDATE posts_by_author SET body = ?
+                     WHERE author_id = ? AND created_at = ? AND post_id = ? IF EXISTS",
+                )
+                .await?,
+            delete: cql
+                .prepare_once_only("DELETE FROM posts WHERE post_id = ? IF EXISTS")
+                .await?,
+            delete_by_author: cql
+                .prepare_once_only(
+                    "DELETE FROM posts_by_author
+                     WHERE author_id = ? AND created_at = ? AND post_id = ? IF EXISTS",
+                )
+                .await?,
+        })
+    }
+}
+
+/// The `[applied]` column of a lightweight transaction's answer.
+fn applied(row: Option<(bool,)>) -> Revised {
+    match row {
+        Some((true,)) => Revised::Applied,
+        _ => Revised::Missing,
+    }
 }
 
 impl ScyllaPosts {
@@ -45,7 +96,14 @@ impl ScyllaPosts {
                 )
                 .await?,
             cql: cql.clone(),
+            revisions: tokio::sync::OnceCell::new(),
         })
+    }
+
+    async fn revisions(&self) -> Result<&RevisionStatements, StoreError> {
+        self.revisions
+            .get_or_try_init(|| RevisionStatements::prepare(&self.cql))
+            .await
     }
 
     async fn get(&self, post_id: &str) -> Result<Option<Post>, StoreError> {
@@ -117,6 +175,49 @@ impl PostStore for ScyllaPosts {
     async fn get_many(&self, post_ids: &[String]) -> Result<Vec<Post>, StoreError> {
         let posts = self.cql.concurrently(post_ids, |id| self.get(id)).await?;
         Ok(posts.into_iter().flatten().collect())
+    }
+
+    async fn edit(&self, p: &Post, body: &str) -> Result<Revised, StoreError> {
+        const OP: &str = "posts.edit";
+        let s = self.revisions().await?;
+        let edited = self
+            .cql
+            .maybe_row::<(bool,)>(&s.edit, (body, &p.post_id))
+            .await
+            .ctx(OP, &p.post_id)?;
+        if applied(edited) == Revised::Missing {
+            return Ok(Revised::Missing);
+        }
+        // Only where the copy exists: a restricted post has none, and
+        // `IF EXISTS` keeps it so.
+        self.cql
+            .maybe_row::<(bool,)>(
+                &s.edit_by_author,
+                (body, &p.author_id, p.created_at, &p.post_id),
+            )
+            .await
+            .ctx(OP, &p.post_id)?;
+        Ok(Revised::Applied)
+    }
+
+    async fn delete(&self, p: &Post) -> Result<Revised, StoreError> {
+        const OP: &str = "posts.delete";
+        let s = self.revisions().await?;
+        // The by-author copy first: a delete that fails in between leaves
+        // the post found, so repeating the delete finishes it.
+        self.cql
+            .maybe_row::<(bool,)>(
+                &s.delete_by_author,
+                (&p.author_id, p.created_at, &p.post_id),
+            )
+            .await
+            .ctx(OP, &p.post_id)?;
+        let deleted = self
+            .cql
+            .maybe_row::<(bool,)>(&s.delete, (&p.post_id,))
+            .await
+            .ctx(OP, &p.post_id)?;
+        Ok(applied(deleted))
     }
 
     async fn by_author(

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Context, Db, from_json, to_json};
-use crate::posts::{Post, PostStore};
+use crate::posts::{Post, PostStore, Revised};
 use crate::{Millis, StoreError};
 
 pub(crate) struct SqlitePosts(pub(crate) Db);
@@ -26,6 +26,15 @@ fn post_from_row(
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PostRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// An edit or delete that changed `rows` rows.
+fn revised(rows: usize) -> Revised {
+    if rows == 0 {
+        Revised::Missing
+    } else {
+        Revised::Applied
+    }
 }
 
 impl SqlitePosts {
@@ -89,6 +98,38 @@ impl PostStore for SqlitePosts {
         rows.into_iter()
             .map(|row| post_from_row("posts.get_many", row))
             .collect()
+    }
+
+    async fn edit(&self, post: &Post, body: &str) -> Result<Revised, StoreError> {
+        let (id, body) = (post.post_id.clone(), body.to_owned());
+        let changed = self
+            .0
+            .call(move |c| {
+                c.prepare_cached("UPDATE posts SET body = ?2 WHERE post_id = ?1")?
+                    .execute(params![id, body])
+            })
+            .await
+            .ctx("posts.edit", &post.post_id)?;
+        Ok(revised(changed))
+    }
+
+    async fn delete(&self, post: &Post) -> Result<Revised, StoreError> {
+        let id = post.post_id.clone();
+        let changed = self
+            .0
+            .call(move |c| {
+                let tx = c.savepoint()?;
+                tx.prepare_cached("DELETE FROM restricted_posts WHERE post_id = ?1")?
+                    .execute([&id])?;
+                let changed = tx
+                    .prepare_cached("DELETE FROM posts WHERE post_id = ?1")?
+                    .execute([&id])?;
+                tx.commit()?;
+                Ok(changed)
+            })
+            .await
+            .ctx("posts.delete", &post.post_id)?;
+        Ok(revised(changed))
     }
 
     async fn by_author(
