@@ -16,8 +16,8 @@ use tidings_kafka::{
     Topics,
 };
 use tidings_processors::{
-    ChannelSender, Enricher, FanoutPlanner, FeedWriter, LogSink, Provider, ReactionTally,
-    RetryRelay, Scheduler, TemplateStats,
+    ChannelSender, Enricher, FanoutPlanner, FeedPruner, FeedWriter, LogSink, Provider,
+    ReactionTally, RetryRelay, Scheduler, TemplateStats,
     senders::{
         inbox::{InboxProvider, UnreadBadge},
         providers::ProviderConfig,
@@ -42,6 +42,7 @@ pub enum StageName {
     FeedPlanner,
     FeedWriter,
     FeedTally,
+    FeedPruner,
 }
 
 impl StageName {
@@ -54,6 +55,7 @@ impl StageName {
             StageName::FeedPlanner,
             StageName::FeedWriter,
             StageName::FeedTally,
+            StageName::FeedPruner,
         ]);
         all
     }
@@ -71,6 +73,7 @@ impl fmt::Display for StageName {
             StageName::FeedPlanner => f.write_str("feed-planner"),
             StageName::FeedWriter => f.write_str("feed-writer"),
             StageName::FeedTally => f.write_str("feed-tally"),
+            StageName::FeedPruner => f.write_str("feed-pruner"),
         }
     }
 }
@@ -228,6 +231,13 @@ impl Runtime {
             StageName::FeedTally => self.spawn_consumer(
                 ReactionTally::new(store.clone(), topics.clone(), &self.config.feed),
                 topics.reactions(),
+                options,
+                tasks,
+                shutdown,
+            ),
+            StageName::FeedPruner => self.spawn_consumer(
+                FeedPruner::new(store.clone(), &self.config.feed),
+                topics.revisions(),
                 options,
                 tasks,
                 shutdown,

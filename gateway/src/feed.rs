@@ -27,10 +27,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tidings_kafka::now_millis;
 use tidings_schemas::{
     proto::v1::{
-        self as pb, FollowRequest, FollowResponse, GetFeedRequest, GetFeedResponse, LikeRequest,
-        LikeResponse, ListRepliesRequest, ListRepliesResponse, MuteRequest, MuteResponse,
-        PublishRequest, PublishResponse, ReplyRequest, ReplyResponse,
-        feed_service_server::FeedService,
+        self as pb, DeletePostRequest, DeletePostResponse, EditPostRequest, EditPostResponse,
+        FollowRequest, FollowResponse, GetFeedRequest, GetFeedResponse, LikeRequest, LikeResponse,
+        ListRepliesRequest, ListRepliesResponse, MuteRequest, MuteResponse, PublishRequest,
+        PublishResponse, ReplyRequest, ReplyResponse, feed_service_server::FeedService,
     },
     records::PostPublished,
 };
@@ -197,23 +197,7 @@ impl Gateway {
 
     /// Validates, rate-limits, stores and announces a post.
     pub(crate) async fn publish_post(&self, author: &str, new: NewPost) -> Result<Post, Status> {
-        let config = &self.feed;
-        if new.body.trim().is_empty() && new.media_urls.is_empty() {
-            return Err(validate::invalid(
-                "body",
-                "is empty (a post needs a body or media)",
-            ));
-        }
-        let chars = new.body.chars().count();
-        if chars > config.max_body_chars {
-            return Err(validate::invalid(
-                "body",
-                format!(
-                    "has {chars} characters, more than {}",
-                    config.max_body_chars
-                ),
-            ));
-        }
+        self.check_post_body(&new.body, !new.media_urls.is_empty())?;
         if new.media_urls.len() > MAX_MEDIA {
             return Err(validate::invalid(
                 "media_urls",
@@ -273,6 +257,26 @@ impl Gateway {
                 ))
             })?;
         Ok(post)
+    }
+
+    /// A post's body, published or edited: not blank unless the post has
+    /// media, at most `feed.max_body_chars` characters.
+    pub(crate) fn check_post_body(&self, body: &str, has_media: bool) -> Result<(), Status> {
+        if body.trim().is_empty() && !has_media {
+            return Err(validate::invalid(
+                "body",
+                "is empty (a post needs a body or media)",
+            ));
+        }
+        let chars = body.chars().count();
+        let max = self.feed.max_body_chars;
+        if chars > max {
+            return Err(validate::invalid(
+                "body",
+                format!("has {chars} characters, more than {max}"),
+            ));
+        }
+        Ok(())
     }
 
     /// The per-user limits against spam (see [`Budget`]): admits one more
@@ -463,15 +467,14 @@ impl Gateway {
             if let Some(newest) = FeedCaches::fresh(&self.caches.newest, &author, NEWEST_TTL) {
                 return Ok(newest);
             }
+            let mark = self.caches.mark();
             let newest = Arc::new(
                 posts
                     .by_author(&author, None, fetch.max(NEWEST_KEPT))
                     .await
                     .map_err(store_status)?,
             );
-            self.caches
-                .newest
-                .insert(author, (Instant::now(), newest.clone()));
+            self.caches.keep_newest(mark, author, newest.clone());
             return Ok(newest);
         };
         // `by_author` is strictly older than a millisecond: ask from the
@@ -535,6 +538,7 @@ impl Gateway {
             .collect();
         let post_ids: Vec<String> = candidates.iter().map(|c| c.post_id.clone()).collect();
         let reactions = &self.store.reactions;
+        let mark = caches.mark();
         let (posts, users, author_counts, tallies, liked) = tokio::try_join!(
             async {
                 self.store
@@ -556,7 +560,7 @@ impl Gateway {
         let mut posts: HashMap<String, Post> = posts
             .into_iter()
             .map(|p| {
-                caches.posts.insert(p.post_id.clone(), p.clone());
+                caches.keep_post(mark, p.clone());
                 (p.post_id.clone(), p)
             })
             .collect();
@@ -905,6 +909,36 @@ impl FeedService for Gateway {
         }
         .await;
         self.count("FeedService/ListReplies", &result);
+        result
+    }
+
+    async fn delete_post(
+        &self,
+        request: Request<DeletePostRequest>,
+    ) -> Result<Response<DeletePostResponse>, Status> {
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            self.delete_own_post(&user, &request.into_inner().post_id)
+                .await?;
+            Ok(Response::new(DeletePostResponse {}))
+        }
+        .await;
+        self.count("FeedService/DeletePost", &result);
+        result
+    }
+
+    async fn edit_post(
+        &self,
+        request: Request<EditPostRequest>,
+    ) -> Result<Response<EditPostResponse>, Status> {
+        let result = async {
+            let user = self.grpc_feed_user(request.metadata())?;
+            let r = request.into_inner();
+            self.edit_own_post(&user, &r.post_id, r.body).await?;
+            Ok(Response::new(EditPostResponse {}))
+        }
+        .await;
+        self.count("FeedService/EditPost", &result);
         result
     }
 }

@@ -2,7 +2,8 @@
 //! clients: `POST /v1/me/feed` publishes, `GET /v1/me/feed` reads a page;
 //! `PUT`/`DELETE /v1/me/following/{user_id}` and `/v1/me/muted/{user_id}`
 //! edit the social graph; `PUT`/`DELETE /v1/me/likes/{post_id}` like and
-//! unlike, `POST`/`GET /v1/posts/{post_id}/replies` reply and list replies.
+//! unlike, `POST`/`GET /v1/posts/{post_id}/replies` reply and list replies;
+//! `PATCH`/`DELETE /v1/me/posts/{post_id}` edit and delete the caller's post.
 //! Every call carries `Authorization: Bearer <user token>`. The logic is `feed.rs`'s, shared with gRPC; errors are the same
 //! statuses, as HTTP codes with a JSON body naming the field.
 
@@ -32,6 +33,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(routes!(mute, unmute))
         .routes(routes!(like, unlike))
         .routes(routes!(reply, replies))
+        .routes(routes!(edit_post, delete_post))
 }
 
 /// A new post: a body, media, or both.
@@ -605,6 +607,79 @@ async fn reply(
     ))
 }
 
+/// A post's new body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    /// At most `feed.max_body_chars` characters; blank only if the post has
+    /// media.
+    body: String,
+}
+
+/// The answers of an edit or a delete.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; `ApiError` produces them
+enum RevisionAnswers {
+    /// Done: every feed shows it within seconds
+    #[response(status = 204)]
+    Done,
+    /// A bad post_id or body (the field is named), or not JSON
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No valid bearer token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The post is another user's
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No post has this id (or it was deleted)
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The body is over 2 MB
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The store failed and retrying will not help
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The store or Kafka did not answer: repeat the call
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Replaces the body of the bearer's post `post_id` (media stay).
+#[utoipa::path(patch, path = "/v1/me/posts/{post_id}", tag = "feed", security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post to edit", min_length = 1, max_length = 128, pattern = "^[!-~]+$")),
+    request_body = EditBody, responses(RevisionAnswers))]
+async fn edit_post(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(post_id): Path<String>,
+    body: Result<Json<EditBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    const METHOD: &str = "http PATCH /v1/me/posts";
+    let user = bearer(&gateway, METHOD, &headers)?;
+    let body = json_body(&gateway, METHOD, body)?;
+    let result = gateway.edit_own_post(&user, &post_id, body.body).await;
+    answer(&gateway, METHOD, result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the bearer's post `post_id` from every feed.
+#[utoipa::path(delete, path = "/v1/me/posts/{post_id}", tag = "feed", security(("bearer" = [])),
+    params(("post_id" = String, Path, description = "The post to delete", min_length = 1, max_length = 128, pattern = "^[!-~]+$")),
+    responses(RevisionAnswers))]
+async fn delete_post(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    Path(post_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    const METHOD: &str = "http DELETE /v1/me/posts";
+    let user = bearer(&gateway, METHOD, &headers)?;
+    let result = gateway.delete_own_post(&user, &post_id).await;
+    answer(&gateway, METHOD, result)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A page of `post_id`'s replies, oldest first.
 #[utoipa::path(
     get,
@@ -646,10 +721,10 @@ async fn replies(
 
 #[cfg(test)]
 mod tests {
-    /// Likes and replies are in `/openapi.json`, with the answers the
-    /// fuzzing holds them to.
+    /// Likes, replies, edits and deletes are in `/openapi.json`, with the
+    /// answers the fuzzing holds them to.
     #[test]
-    fn likes_and_replies_are_documented_with_their_answers() {
+    fn reactions_edits_and_deletes_are_documented_with_their_answers() {
         let doc = serde_json::to_value(crate::http::openapi()).expect("serializes");
         let paths = &doc["paths"];
         for (path, method, statuses) in [
@@ -672,6 +747,16 @@ mod tests {
                 "/v1/posts/{post_id}/replies",
                 "get",
                 &["200", "400", "401", "404"],
+            ),
+            (
+                "/v1/me/posts/{post_id}",
+                "patch",
+                &["204", "400", "401", "403", "404", "413", "503"],
+            ),
+            (
+                "/v1/me/posts/{post_id}",
+                "delete",
+                &["204", "400", "401", "403", "404", "503"],
             ),
         ] {
             let operation = &paths[path][method];

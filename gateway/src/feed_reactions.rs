@@ -38,6 +38,7 @@ impl Gateway {
         if let Some(post) = self.caches.posts.get(post_id) {
             return Ok(post);
         }
+        let mark = self.caches.mark();
         let post = self
             .store
             .posts
@@ -49,8 +50,8 @@ impl Gateway {
             .ok_or_else(|| {
                 validate::field_error(tonic::Code::NotFound, "post_id", "is not a post")
             })?;
-        // Posts are immutable: the feed's post cache may keep it.
-        self.caches.posts.insert(post.post_id.clone(), post.clone());
+        // Unless an edit or delete came in meanwhile (`feed_cache.rs`).
+        self.caches.keep_post(mark, post.clone());
         Ok(post)
     }
 

@@ -35,7 +35,7 @@ use rdkafka::{
 };
 use tidings_kafka::Backoff;
 use tidings_schemas::{
-    AvroCodec,
+    AvroCodec, AvroRecord,
     records::{InboxEvent, InboxEventKind},
 };
 use tidings_store::{InboxCounts, InboxFilter, InboxItem, InboxQuery, Millis};
@@ -277,13 +277,15 @@ pub(crate) fn spawn_reader(
         loop {
             let started = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                started = LiveReader::start(&kafka, &topic) => started,
+                started = LiveReader::start(&kafka, &topic, "tidings-gateway-inbox-live") => started,
             };
             match started {
                 Ok(reader) => {
                     hub.set(Liveness::Reading);
-                    info!(%topic, partitions = reader.partitions.len(), "reading the inbox events for live streams");
-                    reader.run(&hub, &codec, &shutdown).await;
+                    info!(%topic, partitions = reader.partitions(), "reading the inbox events for live streams");
+                    reader
+                        .run(&codec, &shutdown, |event: InboxEvent| hub.dispatch(event))
+                        .await;
                     break;
                 }
                 Err(e) => {
@@ -298,8 +300,10 @@ pub(crate) fn spawn_reader(
     });
 }
 
-/// The gateway's one consumer of the inbox events.
-struct LiveReader {
+/// One consumer of a topic every gateway reads whole and from its end, for
+/// what each needs now and none needs from the past: the inbox events here,
+/// the feed's post revisions (`feed_revisions.rs`).
+pub(crate) struct LiveReader {
     consumer: Arc<StreamConsumer>,
     topic: String,
     partitions: HashSet<i32>,
@@ -309,12 +313,16 @@ impl LiveReader {
     /// A consumer assigned every partition at its current end (the high
     /// watermark, asked now: `Offset::End` would be resolved later, and an
     /// event written in between would be missed).
-    async fn start(kafka: &ClientConfig, topic: &str) -> Result<Self, String> {
+    pub(crate) async fn start(
+        kafka: &ClientConfig,
+        topic: &str,
+        group_id: &str,
+    ) -> Result<Self, String> {
         let consumer: StreamConsumer = kafka
             .clone()
             // librdkafka wants a group id; it is never joined (assign, not
             // subscribe) and nothing is committed.
-            .set("group.id", "tidings-gateway-inbox-live")
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "latest")
@@ -351,11 +359,22 @@ impl LiveReader {
         })
     }
 
-    async fn run(mut self, hub: &InboxHub, codec: &AvroCodec, shutdown: &CancellationToken) {
+    /// How many partitions it reads.
+    pub(crate) fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Hands every record that decodes to `handle` until `shutdown`.
+    pub(crate) async fn run<T: AvroRecord>(
+        mut self,
+        codec: &AvroCodec,
+        shutdown: &CancellationToken,
+        mut handle: impl FnMut(T),
+    ) {
         let mut recheck = tokio::time::interval(PARTITION_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         recheck.reset();
-        let mut errors = ErrorLog::default();
+        let mut errors = ErrorLog::new(&self.topic);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -363,13 +382,14 @@ impl LiveReader {
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let Some(payload) = message.payload() else { continue };
-                        match codec.decode_async::<InboxEvent>(payload).await {
-                            Ok(event) => hub.dispatch(event),
+                        match codec.decode_async::<T>(payload).await {
+                            Ok(record) => handle(record),
                             Err(e) => warn!(
+                                topic = %self.topic,
                                 partition = message.partition(),
                                 offset = message.offset(),
                                 error = %e,
-                                "skipping an inbox event that does not decode"
+                                "skipping a record that does not decode"
                             ),
                         }
                     }
@@ -397,7 +417,7 @@ impl LiveReader {
         }
         match self.consumer.incremental_assign(&added) {
             Ok(()) => {
-                info!(topic = %self.topic, added = added.count(), "reading new partitions of the inbox events");
+                info!(topic = %self.topic, added = added.count(), "reading new partitions");
                 self.partitions.extend(now);
             }
             Err(e) => errors.log(&format!("cannot assign new partitions: {e}")),
@@ -429,22 +449,31 @@ async fn partitions_of(consumer: &Arc<StreamConsumer>, topic: &str) -> Result<Ve
 
 /// Logs a repeated consumer error once per [`ERROR_LOG_EVERY`], with how
 /// many were not logged.
-#[derive(Default)]
 struct ErrorLog {
+    topic: String,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl ErrorLog {
+    fn new(topic: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            last: None,
+            suppressed: 0,
+        }
+    }
+
     fn log(&mut self, error: &str) {
         if self.last.is_some_and(|at| at.elapsed() < ERROR_LOG_EVERY) {
             self.suppressed += 1;
             return;
         }
         warn!(
+            topic = %self.topic,
             error,
             suppressed = self.suppressed,
-            "the inbox events consumer failed"
+            "a live consumer failed"
         );
         self.last = Some(Instant::now());
         self.suppressed = 0;

@@ -11,6 +11,7 @@ pub mod feed;
 mod feed_cache;
 mod feed_http;
 mod feed_reactions;
+mod feed_revisions;
 mod health;
 mod http;
 mod inbox;
@@ -220,6 +221,13 @@ impl Gateway {
         )
         .map_err(GatewayError::Probe)?;
         self.readiness = Some(probe.spawn(health, shutdown.clone()));
+        feed_revisions::spawn_reader(
+            self.caches.clone(),
+            self.kafka_client.clone(),
+            self.topics.revisions(),
+            self.producer.codec().clone(),
+            shutdown.clone(),
+        );
         inbox_live::spawn_reader(
             self.inbox_hub.clone(),
             self.kafka_client.clone(),

@@ -27,7 +27,7 @@ pub(crate) const BEARER: &str = "bearer";
     ),
     modifiers(&BearerToken),
     tags(
-        (name = "feed", description = "The news feed: publish, read, follow, mute, like, reply"),
+        (name = "feed", description = "The news feed: publish, read, edit, delete, follow, mute, like, reply"),
         (name = "inbox", description = "The in-app inbox: list, count, mark, and its live stream (SSE)"),
         (name = "tracking", description = "Click redirects and open pixels in sent messages"),
         (name = "webhooks", description = "Providers' delivery receipts"),

@@ -19,7 +19,7 @@ pub mod senders;
 pub mod tracking;
 
 pub use enricher::Enricher;
-pub use feed::{FanoutPlanner, FeedWriter, ReactionTally};
+pub use feed::{FanoutPlanner, FeedPruner, FeedWriter, ReactionTally};
 pub use scheduler::Scheduler;
 pub use senders::{
     ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay,

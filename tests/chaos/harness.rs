@@ -46,6 +46,7 @@ pub const STAGE_ROLES: &[(&str, &[&str])] = &[
             "feed-planner",
             "feed-writer",
             "feed-tally",
+            "feed-pruner",
             "sender-ios",
             "sender-android",
             "sender-email",

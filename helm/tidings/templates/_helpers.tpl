@@ -245,6 +245,7 @@ template-stats: {group: template-stats, topic: tracking}
 feed-planner: {group: feed-planner, topic: feed.posts}
 feed-writer: {group: feed-writer, topic: feed.fanout}
 feed-tally: {group: feed-tally, topic: feed.reactions}
+feed-pruner: {group: feed-pruner, topic: feed.revisions}
 {{- end -}}
 
 {{/*

@@ -12,7 +12,8 @@
 //! and beside them [`tally`]: `tidings.feed.reactions` (likes, unlikes,
 //! replies, keyed by post) -> each post's like and reply counts in the
 //! store, and a like digest or reply notification to the post's author on
-//! `tidings.notify.requests`.
+//! `tidings.notify.requests`, and [`pruner`]: `tidings.feed.revisions` ->
+//! a deleted post's rows out of every feed it was pushed to.
 //!
 //! Slicing spreads one post's fan-out over the fan-out topic's partitions and
 //! so over every writer, instead of one hot worker per popular author; both
@@ -20,9 +21,11 @@
 //! ids are derived from post and user).
 
 pub mod planner;
+pub mod pruner;
 pub mod tally;
 pub mod writer;
 
 pub use planner::FanoutPlanner;
+pub use pruner::FeedPruner;
 pub use tally::ReactionTally;
 pub use writer::FeedWriter;
