@@ -16,7 +16,7 @@
 # Processes (each with its own log file <dir>/logs/<name>.log and its own /metrics port):
 #   gateway-1, gateway-2   `tidings gateway`, each with its own gRPC and HTTP port (HTTP serves
 #                          /metrics, /healthz, /readyz)
-#   enricher, scheduler, retries (retry-1..3), feed (feed-planner, feed-writer, feed-tally, feed-pruner), template-stats,
+#   enricher, scheduler, retries (retry-1..3), feed (feed-planner, feed-writer, feed-tally, feed-pruner, feed-follows), template-stats,
 #   senders-1, senders-2   `tidings process ...`: two replicas of the six senders in one
 #                          consumer group, sharing the partitions
 #
@@ -60,7 +60,7 @@ STAGES=(
   "senders-1|process $SENDERS"
   "senders-2|process $SENDERS"
   "retries|process retry-1 retry-2 retry-3"
-  "feed|process feed-planner feed-writer feed-tally feed-pruner"
+  "feed|process feed-planner feed-writer feed-tally feed-pruner feed-follows"
   "template-stats|process template-stats"
 )
 

@@ -155,7 +155,7 @@ def check(ok, where, what):
         problems.append(f"{where}: {what}")
 
 STAGES = {"enricher", "scheduler", "sender-ios", "sender-android", "sender-sms", "sender-email",
-          "sender-web", "sender-in-app", "retry-1", "retry-2", "retry-3", "template-stats", "feed-planner", "feed-writer", "feed-tally", "feed-pruner"}
+          "sender-web", "sender-in-app", "retry-1", "retry-2", "retry-3", "template-stats", "feed-planner", "feed-writer", "feed-tally", "feed-pruner", "feed-follows"}
 for path in sys.argv[1:]:
     render = path.rsplit("/", 1)[-1]
     docs = [d for d in yaml.safe_load_all(open(path)) if d]

@@ -76,7 +76,7 @@ enum Command {
     /// Run processor stages: enricher, scheduler, sender-ios, sender-android,
     /// sender-sms, sender-email, sender-web, sender-in-app, retry-1, retry-2,
     /// retry-3, template-stats, feed-planner, feed-writer, feed-tally,
-    /// feed-pruner, or all.
+    /// feed-pruner, feed-follows, or all.
     Process {
         /// The stages this process runs (each joins its stage's consumer
         /// group, so more processes share the partitions), or `all`.

@@ -16,8 +16,8 @@ use tidings_kafka::{
     Topics,
 };
 use tidings_processors::{
-    ChannelSender, Enricher, FanoutPlanner, FeedPruner, FeedWriter, LogSink, Provider,
-    ReactionTally, RetryRelay, Scheduler, TemplateStats,
+    ChannelSender, Enricher, FanoutPlanner, FeedFollows, FeedPruner, FeedWriter, LogSink,
+    Provider, ReactionTally, RetryRelay, Scheduler, TemplateStats,
     senders::{
         inbox::{InboxProvider, UnreadBadge},
         providers::ProviderConfig,
@@ -43,6 +43,7 @@ pub enum StageName {
     FeedWriter,
     FeedTally,
     FeedPruner,
+    FeedFollows,
 }
 
 impl StageName {
@@ -56,6 +57,7 @@ impl StageName {
             StageName::FeedWriter,
             StageName::FeedTally,
             StageName::FeedPruner,
+            StageName::FeedFollows,
         ]);
         all
     }
@@ -74,6 +76,7 @@ impl fmt::Display for StageName {
             StageName::FeedWriter => f.write_str("feed-writer"),
             StageName::FeedTally => f.write_str("feed-tally"),
             StageName::FeedPruner => f.write_str("feed-pruner"),
+            StageName::FeedFollows => f.write_str("feed-follows"),
         }
     }
 }
@@ -231,6 +234,13 @@ impl Runtime {
             StageName::FeedTally => self.spawn_consumer(
                 ReactionTally::new(store.clone(), topics.clone(), &self.config.feed),
                 topics.reactions(),
+                options,
+                tasks,
+                shutdown,
+            ),
+            StageName::FeedFollows => self.spawn_consumer(
+                FeedFollows::new(store.clone(), topics.clone(), &self.config.feed),
+                topics.follows(),
                 options,
                 tasks,
                 shutdown,

@@ -32,7 +32,7 @@ use tidings_schemas::{
         ListRepliesRequest, ListRepliesResponse, MuteRequest, MuteResponse, PublishRequest,
         PublishResponse, ReplyRequest, ReplyResponse, feed_service_server::FeedService,
     },
-    records::PostPublished,
+    records::{FollowChanged, FollowKind, PostPublished},
 };
 use tidings_store::{Millis, Post, PostTally, User};
 use tidings_telemetry::metrics;
@@ -672,21 +672,40 @@ impl Gateway {
             return Err(validate::invalid("user_id", "is the caller"));
         }
         let graph = &self.store.social_graph;
-        if !follow {
-            return graph.unfollow(user, other).await.map_err(store_status);
-        }
-        let following = graph.following(user).await.map_err(store_status)?;
-        if following.len() >= MAX_FOLLOWING && !following.iter().any(|f| f == other) {
-            return Err(validate::field_error(
-                tonic::Code::FailedPrecondition,
-                "user_id",
-                format!("already following {MAX_FOLLOWING} users, the most allowed"),
-            ));
-        }
-        graph
-            .follow(user, other, now_millis())
+        let now = now_millis();
+        let kind = if follow {
+            let following = graph.following(user).await.map_err(store_status)?;
+            if following.len() >= MAX_FOLLOWING && !following.iter().any(|f| f == other) {
+                return Err(validate::field_error(
+                    tonic::Code::FailedPrecondition,
+                    "user_id",
+                    format!("already following {MAX_FOLLOWING} users, the most allowed"),
+                ));
+            }
+            graph.follow(user, other, now).await.map_err(store_status)?;
+            FollowKind::Followed
+        } else {
+            graph.unfollow(user, other).await.map_err(store_status)?;
+            FollowKind::Unfollowed
+        };
+        // The graph changed; feed-follows backfills or removes the feed
+        // rows. Not announced, the follow holds but the feed lags: the
+        // caller is told to retry (following is idempotent).
+        let record = FollowChanged {
+            follower_id: user.to_owned(),
+            followee_id: other.to_owned(),
+            kind,
+            at: now,
+        };
+        self.producer
+            .send(&self.topics.follows(), user, &record)
             .await
-            .map_err(store_status)
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the follow change could not be queued for the feed: {e}; try again"
+                ))
+            })?;
+        Ok(())
     }
 
     /// Mutes (or unmutes) `other` in `user`'s feed.

@@ -8,7 +8,8 @@
 //! and for the news feed, [`feed`]: `tidings.feed.posts` -> fan-out plan ->
 //! `tidings.feed.fanout` -> feed tables, and "new post" notifications back
 //! into `tidings.notify.requests`; `tidings.feed.reactions` -> like and reply
-//! counts, and their notifications.
+//! counts, and their notifications; `tidings.feed.follows` -> backfilled
+//! and removed feed rows, and pulled authors pushed again.
 //!
 //! Each is a [`tidings_kafka::Processor`] run by the shared stage runner.
 
@@ -19,7 +20,7 @@ pub mod senders;
 pub mod tracking;
 
 pub use enricher::Enricher;
-pub use feed::{FanoutPlanner, FeedPruner, FeedWriter, ReactionTally};
+pub use feed::{FanoutPlanner, FeedFollows, FeedPruner, FeedWriter, ReactionTally};
 pub use scheduler::Scheduler;
 pub use senders::{
     ChannelSender, Provider, ProviderError, Receipt, log_sink::LogSink, retry::RetryRelay,

@@ -47,6 +47,7 @@ pub const STAGE_ROLES: &[(&str, &[&str])] = &[
             "feed-writer",
             "feed-tally",
             "feed-pruner",
+            "feed-follows",
             "sender-ios",
             "sender-android",
             "sender-email",

@@ -93,6 +93,17 @@ pub struct FeedConfig {
     /// Authors with more followers than this are not fanned out to: their
     /// followers pull their posts at read time (the hybrid model).
     pub pull_threshold: u64,
+    /// A pulled author is pushed again once their followers drop below
+    /// this share of `pull_threshold` (hysteresis, so an author near the
+    /// threshold does not flip at every follow); between 0 and 1.
+    pub push_again_ratio: f64,
+    /// Seconds readers keep pulling an author who is pushed again, while
+    /// the writers put their newest posts into the feeds: longer than the
+    /// fan-out's lag, so no post is missing meanwhile.
+    pub cool_down_secs: u64,
+    /// Newest posts of an author put into a follower's feed on follow (and
+    /// into every follower's feed when the author is pushed again).
+    pub backfill_posts: u32,
     /// Recipients per fan-out slice: one `FanoutBatch` record, one feed
     /// write batch.
     pub slice_size: usize,
@@ -131,6 +142,9 @@ impl Default for FeedConfig {
         Self {
             user_token_secret: DEV_USER_TOKEN_SECRET.into(),
             pull_threshold: 10_000,
+            push_again_ratio: 0.8,
+            cool_down_secs: 300,
+            backfill_posts: 20,
             slice_size: 500,
             max_entries: 800,
             max_posts: 30,
@@ -625,6 +639,18 @@ impl Config {
                 "slice_size, max_entries, max_posts, post_window_secs, max_replies and like_digest_secs must be at least 1",
             );
         }
+        if !(f.push_again_ratio > 0.0 && f.push_again_ratio <= 1.0) {
+            return semantic(
+                "feed.push_again_ratio",
+                "must be more than 0 and at most 1 (a share of feed.pull_threshold)",
+            );
+        }
+        if f.cool_down_secs == 0 || f.backfill_posts == 0 {
+            return semantic(
+                "feed",
+                "cool_down_secs and backfill_posts must be at least 1 (a star pushed again needs its newest posts in the feeds)",
+            );
+        }
         if self.inbox.max_items == 0 || self.inbox.ttl_days == 0 {
             return semantic("inbox", "max_items and ttl_days must be at least 1");
         }
@@ -778,6 +804,19 @@ mod tests {
             assert!(err.contains("providers") && err.contains("inbox"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_push_again_ratio_outside_0_to_1_is_refused_naming_it() {
+        for ratio in [0.0, -0.5, 1.5, f64::NAN] {
+            let mut c = Config::default();
+            c.feed.push_again_ratio = ratio;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("feed.push_again_ratio"), "{ratio}: {e}");
+        }
+        let mut c = Config::default();
+        c.feed.push_again_ratio = 1.0;
+        c.validate().unwrap();
     }
 
     #[test]

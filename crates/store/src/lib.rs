@@ -45,7 +45,7 @@ pub use contacts::{ContactStore, Device, Platform, User};
 pub use counters::CounterStore;
 pub use dedupe::DedupeLedger;
 pub use error::StoreError;
-pub use feed::{FeedEntry, FeedStore};
+pub use feed::{FeedEntry, FeedStore, PullState};
 pub use inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};
 pub use migrations::{AppliedMigration, MigrationStatus, SchemaStatus, State as MigrationState};
 pub use notification_log::{NotificationLog, StatusEntry};

@@ -16,9 +16,10 @@ use tidings_telemetry::StoreCall;
 use crate::{
     App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
     InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
-    NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, RateLimitLedger,
-    ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph, StatusEntry, Store,
-    StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore, TemplateVersion, User,
+    NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, PullState,
+    RateLimitLedger, ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph,
+    StatusEntry, Store, StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore,
+    TemplateVersion, User,
 };
 
 /// Runs one store call and records how long it took and whether it failed.
@@ -120,7 +121,8 @@ metered!(MeteredFeed, FeedStore, "feed" {
     fn remove_many(&self, entries: &[(String, FeedEntry)]) -> ();
     fn read(&self, owner: &str, before: Option<(Millis, String)>, limit: u32) -> Vec<FeedEntry>;
     fn trim(&self, owner: &str, keep: usize) -> ();
-    fn set_pulled_author(&self, author: &str, pulled: bool, at: Millis) -> ();
+    fn set_pull_state(&self, author: &str, state: PullState, at: Millis) -> ();
+    fn pull_state(&self, author: &str) -> PullState;
     fn pulled_authors(&self) -> HashSet<String>;
 });
 

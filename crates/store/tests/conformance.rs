@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tidings_store::{
     App, Device, FeedEntry, InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery,
-    MigrationState, Millis, NewAdmission, Platform, Post, Preference, Revised, ScheduledItem,
-    SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent, TemplateVersion,
-    UNSCOPED, User, now_millis, schema_status,
+    MigrationState, Millis, NewAdmission, Platform, Post, Preference, PullState, Revised,
+    ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent,
+    TemplateVersion, UNSCOPED, User, now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -39,6 +39,7 @@ on_both_engines! {
     feed_trim_keeps_the_newest,
     feed_remove_deletes_only_the_named_entries,
     pulled_authors_are_marked_and_unmarked,
+    cooling_authors_are_pulled_until_their_time,
     counters_sum_and_default_to_zero,
     schedule_returns_due_items_oldest_first,
     schedule_scopes_are_separate,
@@ -882,17 +883,71 @@ async fn pulled_authors_are_marked_and_unmarked(store: &Store) {
     let f = &store.feed;
     let (star, other) = (id("star"), id("other"));
     assert!(!f.pulled_authors().await.unwrap().contains(&star));
-    f.set_pulled_author(&star, true, 1_000).await.unwrap();
-    f.set_pulled_author(&star, true, 2_000).await.unwrap();
-    f.set_pulled_author(&other, false, 2_000).await.unwrap();
+    assert_eq!(f.pull_state(&star).await.unwrap(), PullState::Pushed);
+    f.set_pull_state(&star, PullState::Pulled, 1_000)
+        .await
+        .unwrap();
+    f.set_pull_state(&star, PullState::Pulled, 2_000)
+        .await
+        .unwrap();
+    f.set_pull_state(&other, PullState::Pushed, 2_000)
+        .await
+        .unwrap();
     let pulled = f.pulled_authors().await.unwrap();
     assert!(pulled.contains(&star), "marked twice, present once");
     assert!(
         !pulled.contains(&other),
         "unmarking an unmarked author is a no-op"
     );
-    f.set_pulled_author(&star, false, 3_000).await.unwrap();
+    assert_eq!(f.pull_state(&star).await.unwrap(), PullState::Pulled);
+    f.set_pull_state(&star, PullState::Pushed, 3_000)
+        .await
+        .unwrap();
     assert!(!f.pulled_authors().await.unwrap().contains(&star));
+    assert_eq!(f.pull_state(&star).await.unwrap(), PullState::Pushed);
+}
+
+async fn cooling_authors_are_pulled_until_their_time(store: &Store) {
+    let f = &store.feed;
+    let (cooling, ended, repulled) = (id("cooling"), id("ended"), id("repulled"));
+    let now = now_millis();
+    for author in [&cooling, &ended, &repulled] {
+        f.set_pull_state(author, PullState::Pulled, now)
+            .await
+            .unwrap();
+    }
+    let later = PullState::Cooling {
+        until: now + 600_000,
+    };
+    f.set_pull_state(&cooling, later, now).await.unwrap();
+    // A cool-down whose time is up is over, whatever the engine still holds.
+    f.set_pull_state(&ended, PullState::Cooling { until: now - 1 }, now)
+        .await
+        .unwrap();
+    let soon = PullState::Cooling { until: now + 1_500 };
+    f.set_pull_state(&repulled, soon, now).await.unwrap();
+    f.set_pull_state(&repulled, PullState::Pulled, now + 1)
+        .await
+        .unwrap();
+    assert_eq!(f.pull_state(&cooling).await.unwrap(), later);
+    assert_eq!(f.pull_state(&ended).await.unwrap(), PullState::Pushed);
+    let pulled = f.pulled_authors().await.unwrap();
+    assert!(pulled.contains(&cooling), "readers pull while cooling");
+    assert!(!pulled.contains(&ended));
+    assert!(pulled.contains(&repulled));
+    // Pulled again during a cool-down stays pulled after it would have
+    // ended (on CQL: the cooling row's TTL no longer applies). A control
+    // author cooling just as long shows when that time has passed.
+    let control = id("control");
+    f.set_pull_state(&control, soon, now).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.pulled_authors().await.unwrap().contains(&control) {
+        assert!(Instant::now() < deadline, "the control cool-down never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(f.pull_state(&control).await.unwrap(), PullState::Pushed);
+    assert_eq!(f.pull_state(&repulled).await.unwrap(), PullState::Pulled);
+    assert!(f.pulled_authors().await.unwrap().contains(&repulled));
 }
 
 async fn feed_trim_keeps_the_newest(store: &Store) {

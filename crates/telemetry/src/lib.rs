@@ -62,7 +62,8 @@ pub struct Metrics {
     /// Seconds to answer one feed page (the design's feed-refresh latency).
     pub feed_read_seconds: Histogram,
     /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
-    /// at read time, by outcome (pushed, pulled_post).
+    /// at read time, by outcome (pushed, pulled_post, backfilled,
+    /// unfollow_removed, cooled_down).
     pub feed_fanout: IntCounterVec,
     /// Seconds per store call, by engine and operation (`apps.get`, ...):
     /// recorded by [`StoreCall::emit`].

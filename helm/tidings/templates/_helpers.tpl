@@ -246,6 +246,7 @@ feed-planner: {group: feed-planner, topic: feed.posts}
 feed-writer: {group: feed-writer, topic: feed.fanout}
 feed-tally: {group: feed-tally, topic: feed.reactions}
 feed-pruner: {group: feed-pruner, topic: feed.revisions}
+feed-follows: {group: feed-follows, topic: feed.follows}
 {{- end -}}
 
 {{/*

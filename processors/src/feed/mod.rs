@@ -15,16 +15,26 @@
 //! `tidings.notify.requests`, and [`pruner`]: `tidings.feed.revisions` ->
 //! a deleted post's rows out of every feed it was pushed to.
 //!
+//! [`follows`]: `tidings.feed.follows` (follows and unfollows, keyed by
+//! follower) -> the followee's newest posts put into the follower's feed,
+//! or their rows taken out of it; and a pulled author whose followers
+//! dropped well below the threshold pushed again ([`cool_down`]: slices of
+//! their newest posts on `tidings.feed.fanout`, readers pulling them until
+//! the writers have caught up).
+//!
 //! Slicing spreads one post's fan-out over the fan-out topic's partitions and
 //! so over every writer, instead of one hot worker per popular author; both
 //! stages are idempotent under replay (feed rows are upserts, notification
 //! ids are derived from post and user).
 
+pub mod cool_down;
+pub mod follows;
 pub mod planner;
 pub mod pruner;
 pub mod tally;
 pub mod writer;
 
+pub use follows::FeedFollows;
 pub use planner::FanoutPlanner;
 pub use pruner::FeedPruner;
 pub use tally::ReactionTally;

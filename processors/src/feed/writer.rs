@@ -29,6 +29,12 @@ const TRIM_ONE_IN: u64 = 32;
 const EXCERPT_CHARS: usize = 120;
 /// A "new post" push is pointless a day later.
 const NOTIFICATION_TTL_MS: i64 = 24 * 3_600_000;
+/// A post older than this when its slice is written is not news: its
+/// followers are not told. Such slices are a star's newest posts pushed again
+/// as it cools down (they were pulled, never told, and telling each
+/// follower of up to `feed.backfill_posts` old posts at once is spam), or a
+/// fan-out that lagged that far behind.
+const NEWS_FOR_MS: i64 = 10 * 60_000;
 
 pub struct FeedWriter {
     store: Store,
@@ -196,7 +202,12 @@ impl Processor for FeedWriter {
                 .await
                 .map_err(store_failure)?;
         }
-        if let Some(category) = &self.notify {
+        let now = now_millis();
+        if let Some(category) = self
+            .notify
+            .as_ref()
+            .filter(|_| now - slice.created_at <= NEWS_FOR_MS)
+        {
             // Whoever muted the author is not told (the row is still
             // written: reads hide it, and unmuting shows it again).
             let muters = self
@@ -205,7 +216,6 @@ impl Processor for FeedWriter {
                 .muted_among(&slice.author_id, &slice.recipients)
                 .await
                 .map_err(store_failure)?;
-            let now = now_millis();
             let topic = self.topics.requests();
             let author = hydrated.authors.get(&slice.author_id);
             let post = hydrated.posts.get(&slice.post_id);

@@ -6,8 +6,8 @@ use futures::TryStreamExt;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{Context, Cql};
-use crate::feed::{FeedEntry, FeedStore};
-use crate::{Millis, StoreError};
+use crate::feed::{FeedEntry, FeedStore, PullState};
+use crate::{Millis, StoreError, now_millis};
 
 pub(crate) struct ScyllaFeed {
     cql: Cql,
@@ -17,9 +17,47 @@ pub(crate) struct ScyllaFeed {
     older: PreparedStatement,
     keys: PreparedStatement,
     delete_from: PreparedStatement,
-    pull: PreparedStatement,
     push: PreparedStatement,
+    /// Prepared at first use, not at connect: they name `cooling_until`
+    /// (migration 0008), and a process connecting without migrating (to
+    /// check the schema, or an older keyspace being upgraded) must not fail.
+    pull_statements: tokio::sync::OnceCell<PullStatements>,
+}
+
+struct PullStatements {
+    pull: PreparedStatement,
+    cool: PreparedStatement,
+    state: PreparedStatement,
     pulled: PreparedStatement,
+}
+
+impl PullStatements {
+    async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+        Ok(PullStatements {
+            // cooling_until null: a pulled author; the insert also ends a
+            // cool-down and its TTL.
+            pull: cql
+                .prepare(
+                    "INSERT INTO pulled_authors (bucket, author_id, since, cooling_until)
+                     VALUES (?, ?, ?, null)",
+                )
+                .await?,
+            cool: cql
+                .prepare(
+                    "INSERT INTO pulled_authors (bucket, author_id, since, cooling_until)
+                     VALUES (?, ?, ?, ?) USING TTL ?",
+                )
+                .await?,
+            state: cql
+                .prepare(
+                    "SELECT cooling_until FROM pulled_authors WHERE bucket = ? AND author_id = ?",
+                )
+                .await?,
+            pulled: cql
+                .prepare("SELECT author_id, cooling_until FROM pulled_authors WHERE bucket = ?")
+                .await?,
+        })
+    }
 }
 
 /// The one partition of `pulled_authors`.
@@ -50,18 +88,27 @@ impl ScyllaFeed {
             delete_from: cql
                 .prepare("DELETE FROM feed_entries WHERE owner_id = ? AND (created_at, post_id) <= (?, ?)")
                 .await?,
-            pull: cql
-                .prepare("INSERT INTO pulled_authors (bucket, author_id, since) VALUES (?, ?, ?)")
-                .await?,
             push: cql
                 .prepare("DELETE FROM pulled_authors WHERE bucket = ? AND author_id = ?")
                 .await?,
-            pulled: cql
-                .prepare("SELECT author_id FROM pulled_authors WHERE bucket = ?")
-                .await?,
+            pull_statements: tokio::sync::OnceCell::new(),
             cql: cql.clone(),
         })
     }
+
+    async fn pull_statements(&self) -> Result<&PullStatements, StoreError> {
+        self.pull_statements
+            .get_or_try_init(|| PullStatements::prepare(&self.cql))
+            .await
+    }
+}
+
+/// Seconds a cooling row lives: until its cool-down ends, at least one
+/// (Cassandra refuses a TTL of 0, which would also mean "forever").
+fn cooling_ttl(at: Millis, until: Millis) -> i32 {
+    let secs = ((until - at).max(0) + 999) / 1_000;
+    let secs = secs.max(1);
+    i32::try_from(secs).unwrap_or(i32::MAX)
 }
 
 #[async_trait::async_trait]
@@ -149,33 +196,75 @@ impl FeedStore for ScyllaFeed {
         Ok(())
     }
 
-    async fn set_pulled_author(
+    async fn set_pull_state(
         &self,
         author: &str,
-        pulled: bool,
+        state: PullState,
         at: Millis,
     ) -> Result<(), StoreError> {
-        const OP: &str = "feed.set_pulled_author";
-        if pulled {
-            self.cql
-                .execute(&self.pull, (PULLED_BUCKET, author, at))
-                .await
-                .ctx(OP, author)?;
-        } else {
-            self.cql
-                .execute(&self.push, (PULLED_BUCKET, author))
-                .await
-                .ctx(OP, author)?;
+        const OP: &str = "feed.set_pull_state";
+        match state {
+            PullState::Pushed => self.cql.execute(&self.push, (PULLED_BUCKET, author)).await,
+            PullState::Pulled => {
+                let statements = self.pull_statements().await?;
+                self.cql
+                    .execute(&statements.pull, (PULLED_BUCKET, author, at))
+                    .await
+            }
+            PullState::Cooling { until } => {
+                let statements = self.pull_statements().await?;
+                self.cql
+                    .execute(
+                        &statements.cool,
+                        (PULLED_BUCKET, author, at, until, cooling_ttl(at, until)),
+                    )
+                    .await
+            }
         }
+        .ctx(OP, author)?;
         Ok(())
     }
 
-    async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError> {
+    async fn pull_state(&self, author: &str) -> Result<PullState, StoreError> {
+        let statements = self.pull_statements().await?;
         let rows = self
             .cql
-            .rows::<(String,)>(&self.pulled, (PULLED_BUCKET,))
+            .rows::<(Option<Millis>,)>(&statements.state, (PULLED_BUCKET, author))
+            .await
+            .ctx("feed.pull_state", author)?;
+        let row = rows.into_iter().next().map(|(until,)| until);
+        Ok(PullState::stored(row).at(now_millis()))
+    }
+
+    async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError> {
+        let statements = self.pull_statements().await?;
+        let rows = self
+            .cql
+            .rows::<(String, Option<Millis>)>(&statements.pulled, (PULLED_BUCKET,))
             .await
             .ctx("feed.pulled_authors", "all")?;
-        Ok(rows.into_iter().map(|(author,)| author).collect())
+        let now = now_millis();
+        Ok(rows
+            .into_iter()
+            .filter(|(_, until)| {
+                PullState::stored(Some(*until))
+                    .at(now)
+                    .is_pulled_by_readers()
+            })
+            .map(|(author, _)| author)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cooling_row_lives_whole_seconds_and_never_forever() {
+        assert_eq!(cooling_ttl(1_000, 61_000), 60);
+        assert_eq!(cooling_ttl(1_000, 61_001), 61);
+        assert_eq!(cooling_ttl(1_000, 1_000), 1);
+        assert_eq!(cooling_ttl(5_000, 1_000), 1);
     }
 }

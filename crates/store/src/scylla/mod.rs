@@ -75,6 +75,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0006_reactions.cql",
         include_str!("../../migrations/cql/0006_reactions.cql"),
     ),
+    Migration::new(
+        "0008_cooling_authors.cql",
+        include_str!("../../migrations/cql/0008_cooling_authors.cql"),
+    ),
 ];
 
 /// Where applied migrations are recorded, and the lease one migrator holds

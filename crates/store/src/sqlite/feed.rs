@@ -2,11 +2,11 @@
 
 use std::collections::HashSet;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Context, Db};
-use crate::feed::{FeedEntry, FeedStore};
-use crate::{Millis, StoreError};
+use crate::feed::{FeedEntry, FeedStore, PullState};
+use crate::{Millis, StoreError, now_millis};
 
 pub(crate) struct SqliteFeed(pub(crate) Db);
 
@@ -99,36 +99,71 @@ impl FeedStore for SqliteFeed {
         Ok(())
     }
 
-    async fn set_pulled_author(
+    async fn set_pull_state(
         &self,
         author: &str,
-        pulled: bool,
+        state: PullState,
         at: Millis,
     ) -> Result<(), StoreError> {
         let id = author.to_owned();
         self.0
             .call(move |c| {
-                if pulled {
-                    c.prepare_cached(
-                        "INSERT OR REPLACE INTO pulled_authors (author_id, since) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![id, at])
-                } else {
-                    c.prepare_cached("DELETE FROM pulled_authors WHERE author_id = ?1")?
-                        .execute(params![id])
+                let tx = c.savepoint()?;
+                match state {
+                    PullState::Pushed => {
+                        tx.prepare_cached("DELETE FROM pulled_authors WHERE author_id = ?1")?
+                            .execute(params![id])?;
+                    }
+                    PullState::Pulled => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO pulled_authors (author_id, since, cooling_until)
+                             VALUES (?1, ?2, NULL)",
+                        )?
+                        .execute(params![id, at])?;
+                    }
+                    PullState::Cooling { until } => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO pulled_authors (author_id, since, cooling_until)
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![id, at, until])?;
+                    }
                 }
+                // Cool-downs that ended are dropped here rather than by a
+                // sweeper: SQLite has no TTL, and reads skip them anyway.
+                tx.prepare_cached("DELETE FROM pulled_authors WHERE cooling_until <= ?1")?
+                    .execute(params![now_millis()])?;
+                tx.commit()
             })
             .await
-            .ctx("feed.set_pulled_author", author)?;
+            .ctx("feed.set_pull_state", author)?;
         Ok(())
     }
 
+    async fn pull_state(&self, author: &str) -> Result<PullState, StoreError> {
+        let id = author.to_owned();
+        let row: Option<Option<Millis>> = self
+            .0
+            .call(move |c| {
+                c.prepare_cached("SELECT cooling_until FROM pulled_authors WHERE author_id = ?1")?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()
+            })
+            .await
+            .ctx("feed.pull_state", author)?;
+        Ok(PullState::stored(row).at(now_millis()))
+    }
+
     async fn pulled_authors(&self) -> Result<HashSet<String>, StoreError> {
+        let now = now_millis();
         self.0
-            .call(|c| {
-                c.prepare_cached("SELECT author_id FROM pulled_authors")?
-                    .query_map([], |r| r.get(0))?
-                    .collect()
+            .call(move |c| {
+                c.prepare_cached(
+                    "SELECT author_id FROM pulled_authors
+                     WHERE cooling_until IS NULL OR cooling_until > ?1",
+                )?
+                .query_map(params![now], |r| r.get(0))?
+                .collect()
             })
             .await
             .ctx("feed.pulled_authors", "all")

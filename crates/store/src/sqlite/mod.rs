@@ -58,6 +58,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0006_reactions.sql",
         include_str!("../../migrations/sqlite/0006_reactions.sql"),
     ),
+    Migration::new(
+        "0008_cooling_authors.sql",
+        include_str!("../../migrations/sqlite/0008_cooling_authors.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
