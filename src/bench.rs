@@ -1,11 +1,14 @@
 //! `tidings bench`: a load generator through the public batch send API.
 //!
 //! It starts the whole pipeline in this process (on the embedded default, or
-//! on the Kafka and store the configuration names), points the SMS channel at
-//! a local Twilio-compatible server with the real Twilio client, sends
-//! notifications with `SendBatch` from concurrent callers, and measures, per
-//! notification, the time from the gateway's acknowledgement to the
-//! provider server receiving the message.
+//! on the Kafka and store the configuration names), points one channel at a
+//! provider stand-in with the real provider client (SMS through Twilio's
+//! API, Android through FCM HTTP v1, iOS through APNs; see
+//! [`crate::bench_providers`]), sends notifications with `SendBatch` from
+//! concurrent callers, and measures, per notification, the time from the
+//! gateway's acknowledgement to the stand-in receiving the message. Then,
+//! as a same-run ceiling, a bare HTTP client sends as many requests straight
+//! to the same stand-in at the provider client's concurrency.
 
 use std::{
     collections::HashMap,
@@ -15,22 +18,23 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use axum::{Form, Json, Router, extract::State, routing::post};
 use tidings_config::Config;
 use tidings_schemas::proto::v1 as pb;
-use tidings_store::User;
+use tidings_store::{Device, Platform, User};
 
 use crate::{
+    bench_providers::{self, BenchChannel, StandIn, unix_micros},
     client::Client,
     runtime::{Pipeline, create_app},
 };
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// Notifications to send (one SMS each).
+    /// Notifications to send (one message each on the channel).
     #[arg(long, default_value_t = 50_000)]
     pub notifications: usize,
-    /// Users they go to, round robin (each created with a phone number).
+    /// Users they go to, round robin (each created with a phone number, or
+    /// one device of the channel's platform).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
     /// Notifications per SendBatch call.
@@ -43,45 +47,23 @@ pub struct BenchOptions {
     /// Latency is meaningful below saturation, so measure it at a rate.
     #[arg(long)]
     pub rate: Option<f64>,
-}
-
-/// Receipt times at the provider, by notification sequence number.
-#[derive(Clone, Default)]
-struct Receipts(Arc<Mutex<HashMap<usize, Instant>>>);
-
-async fn twilio_messages(
-    State(receipts): State<Receipts>,
-    Form(form): Form<HashMap<String, String>>,
-) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    let at = Instant::now();
-    if let Some(seq) = form
-        .get("Body")
-        .and_then(|b| b.strip_prefix("bench "))
-        .and_then(|s| s.parse().ok())
-    {
-        receipts
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(seq, at);
-    }
-    (
-        axum::http::StatusCode::CREATED,
-        Json(serde_json::json!({"sid": "SMbench", "status": "queued"})),
-    )
-}
-
-async fn start_provider(receipts: Receipts) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route(
-            "/2010-04-01/Accounts/{sid}/Messages.json",
-            post(twilio_messages),
-        )
-        .with_state(receipts);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
+    /// The provider to deliver through: Twilio's API (HTTP/1.1), FCM HTTP v1
+    /// or APNs (both TLS and HTTP/2).
+    #[arg(long, value_enum, default_value_t = BenchChannel::Sms)]
+    pub channel: BenchChannel,
+    /// A `tidings bench-provider` to deliver to instead of the stand-in in
+    /// this process (android and ios), so this process's CPU is tidings'
+    /// alone and other clients can be measured against the same server.
+    #[arg(long, value_name = "ADDR")]
+    pub provider_addr: Option<SocketAddr>,
+    /// Requests in flight to the provider, for the provider client and for
+    /// the bare client alike.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub provider_in_flight: usize,
+    /// Skip the same-run baseline: a bare HTTP client sending as many
+    /// requests straight to the stand-in.
+    #[arg(long)]
+    pub no_baseline: bool,
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -97,21 +79,30 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         || options.users == 0
         || options.batch == 0
         || options.callers == 0
+        || options.provider_in_flight == 0
     {
-        bail!("--notifications, --users, --batch and --callers must be at least 1");
+        bail!(
+            "--notifications, --users, --batch, --callers and --provider-in-flight must be at least 1"
+        );
     }
-    let receipts = Receipts::default();
-    let provider = start_provider(receipts.clone()).await?;
+    let channel = options.channel;
+    let stand_in = match options.provider_addr {
+        Some(_) if !channel.uses_tls() => {
+            bail!("--provider-addr serves push over TLS: use it with --channel android or ios")
+        }
+        Some(addr) => StandIn::remote(addr)?,
+        None => StandIn::start(channel).await?,
+    };
+    stand_in
+        .reset()
+        .await
+        .with_context(|| format!("reaching the provider stand-in at {}", stand_in.addr()))?;
+    let base_url = stand_in.base_url(channel);
+    let scratch = std::env::temp_dir().join(format!("tidings-bench-ca-{}", std::process::id()));
+    let ca_path = bench_providers::write_ca(&scratch)?;
     config.providers.insert(
-        "sms".into(),
-        serde_json::json!({
-            "kind": "twilio",
-            "account_sid": "ACbench",
-            "auth_token": "bench",
-            "from": "+14155550100",
-            "base_url": format!("http://{provider}"),
-            "limits": {"max_in_flight": 256},
-        }),
+        channel.provider_key().into(),
+        bench_providers::provider_config(channel, &base_url, &ca_path, options.provider_in_flight),
     );
     config.gateway.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -120,27 +111,45 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let pipeline = Pipeline::start(config, true).await?;
     let store = pipeline.runtime.store.clone();
     println!(
-        "bench: pipeline up (kafka {kafka}, store {store_url}); creating {} users",
+        "bench: pipeline up (kafka {kafka}, store {store_url}); {} to {base_url}; creating {} users",
+        channel.provider_key(),
         options.users
     );
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let users: Vec<String> = (0..options.users)
         .map(|i| format!("bench-{run_id}-{i}"))
         .collect();
-    futures::future::try_join_all(users.chunks(500).map(|chunk| {
-        let store = store.clone();
+    futures::future::try_join_all(users.chunks(500).enumerate().map(|(c, chunk)| {
+        let (store, run_id) = (store.clone(), run_id.clone());
         async move {
-            for user_id in chunk {
+            for (i, user_id) in chunk.iter().enumerate() {
                 let user = User {
                     user_id: user_id.clone(),
                     display_name: user_id.clone(),
                     avatar_url: None,
                     locale: None,
                     email: None,
-                    phone: Some("+14155550123".into()),
+                    phone: (channel == BenchChannel::Sms).then(|| "+14155550123".into()),
                     updated_at: 0,
                 };
                 store.contacts.upsert_user(&user).await?;
+                let platform = match channel {
+                    BenchChannel::Sms => continue,
+                    BenchChannel::Android => Platform::Android,
+                    BenchChannel::Ios => Platform::Ios,
+                };
+                // Hex, as APNs device tokens are; unique per run and user.
+                let n = c * 500 + i;
+                store
+                    .contacts
+                    .register_device(&Device {
+                        user_id: user_id.clone(),
+                        token: format!("{run_id}{n:056x}"),
+                        platform,
+                        registered_at: unix_micros() as i64 / 1000,
+                        invalidated_at: None,
+                    })
+                    .await?;
             }
             Ok::<_, tidings_store::StoreError>(())
         }
@@ -149,42 +158,64 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     .context("creating bench users")?;
     let (key, secret) = create_app(&store, "bench", vec!["send".into()], None).await?;
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
+    let send_request = move |event_id: String, user_id: String, seq: usize| {
+        let text = format!("bench {seq}");
+        let (channel, content) = match channel {
+            BenchChannel::Sms => (
+                pb::Channel::Sms,
+                pb::RawContent {
+                    sms_text: text,
+                    ..Default::default()
+                },
+            ),
+            BenchChannel::Android | BenchChannel::Ios => (
+                if channel == BenchChannel::Android {
+                    pb::Channel::Android
+                } else {
+                    pb::Channel::Ios
+                },
+                pb::RawContent {
+                    title: "bench".into(),
+                    body: text,
+                    ..Default::default()
+                },
+            ),
+        };
+        pb::SendRequest {
+            event_id,
+            user_ids: vec![user_id],
+            channels: vec![channel as i32],
+            content: Some(pb::send_request::Content::Raw(content)),
+            ..Default::default()
+        }
+    };
 
     // Warm up: every stage joins its consumer group before the clock starts.
     let warm = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
     let warm_up = options.notifications;
-    let request = warm.request(pb::SendRequest {
-        user_ids: vec![users[0].clone()],
-        channels: vec![pb::Channel::Sms as i32],
-        content: Some(pb::send_request::Content::Raw(pb::RawContent {
-            sms_text: format!("bench {warm_up}"),
-            ..Default::default()
-        })),
-        ..Default::default()
-    })?;
+    let request = warm.request(send_request(String::new(), users[0].clone(), warm_up))?;
     warm.notifications().send(request).await?;
     let warm_started = Instant::now();
-    while !receipts
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&warm_up)
-    {
+    while !stand_in.contains(warm_up as u64).await? {
         if warm_started.elapsed() > Duration::from_secs(60) {
             bail!("the warm-up notification did not reach the provider within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    receipts.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    stand_in.reset().await?;
     println!(
         "bench: warmed up in {:.1} s; measuring",
         warm_started.elapsed().as_secs_f64()
     );
 
     // Callers take batches of sequence numbers from a shared counter.
-    let accepted: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let accepted: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
+    let (cpu_before, threads_before) = (
+        bench_providers::process_cpu(),
+        bench_providers::thread_cpu(),
+    );
+    let (started, started_us) = (Instant::now(), unix_micros());
     let mut callers = Vec::new();
     for _ in 0..options.callers {
         let client = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
@@ -207,15 +238,12 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 }
                 let last = (first + options.batch).min(options.notifications);
                 let items = (first..last)
-                    .map(|seq| pb::SendRequest {
-                        event_id: format!("bench-{seq}"),
-                        user_ids: vec![users[seq % users.len()].clone()],
-                        channels: vec![pb::Channel::Sms as i32],
-                        content: Some(pb::send_request::Content::Raw(pb::RawContent {
-                            sms_text: format!("bench {seq}"),
-                            ..Default::default()
-                        })),
-                        ..Default::default()
+                    .map(|seq| {
+                        send_request(
+                            format!("bench-{seq}"),
+                            users[seq % users.len()].clone(),
+                            seq,
+                        )
                     })
                     .collect();
                 let request = client.request(pb::SendBatchRequest { items })?;
@@ -224,7 +252,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                     .send_batch(request)
                     .await?
                     .into_inner();
-                let at = Instant::now();
+                let at = unix_micros();
                 let mut accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
                 for (seq, result) in (first..last).zip(response.results) {
                     if matches!(
@@ -244,17 +272,19 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         options.notifications as u64,
         "{bar:40} {pos}/{len} delivered, {msg} [{elapsed}, eta {eta}]",
     );
+    // Polled often, so the CPU reading below ends close to the last
+    // delivery; printed once a second.
+    let mut printed = Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_millis(if terminal { 200 } else { 1000 })).await;
-        let (a, r) = (
-            accepted.lock().map(|m| m.len()).unwrap_or(0),
-            receipts.0.lock().map(|m| m.len()).unwrap_or(0),
-        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a = accepted.lock().map(|m| m.len()).unwrap_or(0);
+        let r = stand_in.delivered().await? as usize;
         let secs = started.elapsed().as_secs_f64();
         if terminal {
             bar.set_position(r as u64);
             bar.set_message(format!("{a} accepted, {:.0}/s", r as f64 / secs));
-        } else {
+        } else if printed.elapsed() >= Duration::from_secs(1) {
+            printed = Instant::now();
             println!(
                 "bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)",
                 r as f64 / secs
@@ -265,23 +295,34 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    let polled = started.elapsed();
+    let cpu = bench_providers::process_cpu().saturating_sub(cpu_before);
+    let threads =
+        bench_providers::thread_cpu_shares(&threads_before, &bench_providers::thread_cpu());
     for c in callers {
         c.await??;
     }
-    let elapsed = started.elapsed();
     let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let receipts = receipts.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let receipts = stand_in.receipts().await?;
     let mut latencies: Vec<Duration> = receipts
         .iter()
         .filter_map(|(seq, got)| {
             accepted
-                .get(seq)
-                .map(|acc| got.saturating_duration_since(*acc))
+                .get(&(*seq as usize))
+                .map(|acc| Duration::from_micros(got.saturating_sub(*acc)))
         })
         .collect();
     latencies.sort();
     let delivered = receipts.len();
-    println!("\nbench results");
+    // From the first call to the last message at the stand-in.
+    let elapsed = match receipts.values().max() {
+        Some(last) if delivered >= options.notifications => {
+            Duration::from_micros(last.saturating_sub(started_us))
+        }
+        _ => polled,
+    };
+    let throughput = delivered as f64 / elapsed.as_secs_f64();
+    println!("\nbench results ({})", channel.provider_key());
     println!(
         "  notifications   {} sent, {} accepted, {} delivered",
         options.notifications,
@@ -289,29 +330,113 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         delivered
     );
     println!(
-        "  users           {}, batch {}, callers {}",
-        options.users, options.batch, options.callers
+        "  users           {}, batch {}, callers {}, provider in flight {}",
+        options.users, options.batch, options.callers, options.provider_in_flight
+    );
+    println!(
+        "  provider        {} stand-in at {base_url}",
+        match stand_in {
+            StandIn::InProcess { .. } => "in-process",
+            StandIn::Remote { .. } => "separate-process",
+        }
     );
     if let Some(rate) = options.rate {
         println!("  offered load    {rate:.0} notifications/s");
     }
     println!("  elapsed         {:.2} s", elapsed.as_secs_f64());
-    println!(
-        "  throughput      {:.0} notifications/s end to end",
-        delivered as f64 / elapsed.as_secs_f64()
-    );
+    println!("  throughput      {throughput:.0} notifications/s end to end");
     println!(
         "  accept->provider p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    println!(
+        "  cpu             {:.0} us per notification ({:.2} cores), whole process{}",
+        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        cpu.as_secs_f64() / polled.as_secs_f64(),
+        match stand_in {
+            StandIn::InProcess { .. } => ", stand-in included",
+            StandIn::Remote { .. } => "",
+        }
+    );
+    println!(
+        "  cpu by thread   {}",
+        threads
+            .iter()
+            .take(6)
+            .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     pipeline.stop().await?;
+    let _ = std::fs::remove_dir_all(&scratch);
     if delivered < options.notifications {
         bail!(
             "only {delivered} of {} notifications reached the provider",
             options.notifications
         );
     }
+    if !options.no_baseline {
+        // After the pipeline stopped: the bare client has the process (and
+        // the in-process stand-in) to itself. Its sequence numbers follow
+        // the bench's, so none is mistaken for a late tidings delivery.
+        stand_in.reset().await?;
+        let bare = bench_providers::bare_client(
+            channel,
+            &base_url,
+            options.notifications,
+            options.provider_in_flight,
+            options.notifications as u64 + 1,
+        )
+        .await?;
+        let bare_rate = bare.sent as f64 / bare.elapsed.as_secs_f64();
+        println!(
+            "  bare client     {bare_rate:.0} requests/s, {:.0} us CPU per request ({} requests, {} in flight, same stand-in)",
+            bare.cpu.as_secs_f64() * 1e6 / bare.sent.max(1) as f64,
+            bare.sent,
+            options.provider_in_flight
+        );
+        println!(
+            "  tidings/bare    {:.1}% of the bare client's rate",
+            throughput / bare_rate * 100.0
+        );
+    }
+    println!(
+        "  peak rss        {:.0} MiB",
+        bench_providers::peak_rss_mib()
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole bench path on the embedded default, kept small: every
+    /// notification reaches the FCM and APNs stand-ins through the real
+    /// clients over TLS and HTTP/2 (`run` fails on any missing), then the
+    /// bare client runs against the same stand-in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_benches_deliver_every_notification_embedded() {
+        for channel in [BenchChannel::Android, BenchChannel::Ios] {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let mut config = Config::default();
+            config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+            let options = BenchOptions {
+                notifications: 200,
+                users: 20,
+                batch: 50,
+                callers: 2,
+                rate: None,
+                channel,
+                provider_addr: None,
+                provider_in_flight: 16,
+                no_baseline: false,
+            };
+            run(config, options)
+                .await
+                .unwrap_or_else(|e| panic!("{channel:?}: {e:#}"));
+        }
+    }
 }

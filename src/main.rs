@@ -96,9 +96,16 @@ enum Command {
     /// Print the effective configuration as TOML.
     Config,
     /// Load-test the whole pipeline in this process through the batch send
-    /// API, against a local Twilio-compatible server, and print
-    /// notifications/s and accept-to-provider latency.
+    /// API, against a local Twilio, FCM or APNs stand-in, and print
+    /// notifications/s, accept-to-provider latency, CPU per notification and
+    /// a bare HTTP client's rate to the same stand-in.
     Bench(tidings::bench::BenchOptions),
+    /// Serve the bench's provider stand-ins (FCM with its OAuth token
+    /// endpoint, APNs, Twilio) over TLS until interrupted, so tidings, a
+    /// bare client and gorush can be measured against one server
+    /// (scripts/bench-gorush.sh).
+    #[command(hide = true)]
+    BenchProvider(tidings::bench_providers::BenchProviderOptions),
     /// Load-test the news feed in this process through the gRPC API: build a
     /// social graph, publish posts and measure fan-out, then read feeds and
     /// measure pages/s and latency.
@@ -466,6 +473,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(options) => tidings::bench::run(bench_config(load()?), options).await,
+        Command::BenchProvider(options) => tidings::bench_providers::run_provider(options).await,
         Command::BenchFeed(options) => {
             tidings::bench_feed::run(bench_config(load()?), options).await
         }
