@@ -289,9 +289,8 @@ async fn a_star_whose_followers_drop_well_below_the_threshold_is_pushed_again(ba
         client.follow(&star, true).await.expect("follow");
         clients.push(client);
     }
-    // Their follows handled first (a backfill racing the first post could
-    // write rows of a post that is about to be pulled: harmless, reads drop
-    // duplicates, but not what this test looks at).
+    // Over the threshold from the fifth follow: feed-follows marks the star
+    // pulled already (the planner would at their first post).
     follows_applied(&t).await;
     let star_feed = as_user(&t, &star).await;
     let mut posts = publish(&star_feed, "star", 2).await;

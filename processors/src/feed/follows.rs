@@ -7,7 +7,9 @@
 //! - **followed**: the followee's newest `feed.backfill_posts` posts (those
 //!   every follower may see; restricted ones are never listed by author) go
 //!   into the follower's feed at their own times, so a new follow does not
-//!   start from an empty page. Not for a pulled author: readers pull theirs.
+//!   start from an empty page. Not for an author over the pull threshold
+//!   (pulled, or still pulled under the hysteresis): readers pull theirs,
+//!   and the stage marks them pulled if the planner has not yet.
 //! - **unfollowed**: the followee's rows leave the follower's feed (reads
 //!   hide them at once already; this frees the rows); then, if the followee
 //!   is pulled and dropped well below the pull threshold, they are pushed
@@ -19,13 +21,13 @@
 //! are upserts and deletes of exact rows, so replays change nothing.
 
 use tidings_config::FeedConfig;
-use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics};
+use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::records::{FollowChanged, FollowKind};
 use tidings_store::{FeedEntry, PullState, Store};
 use tidings_telemetry::metrics;
 use tracing::debug;
 
-use super::cool_down::CoolDown;
+use super::cool_down::{CoolDown, Reach};
 use crate::enricher::store_failure;
 
 /// Feed rows read at once while looking for an unfollowed author's.
@@ -67,7 +69,22 @@ impl FeedFollows {
             return Ok(());
         }
         let feed = &self.store.feed;
-        if feed.pull_state(followee).await.map_err(store_failure)? == PullState::Pulled {
+        let (followers, state) = tokio::try_join!(
+            self.store.social_graph.follower_count(followee),
+            feed.pull_state(followee),
+        )
+        .map_err(store_failure)?;
+        if self.cool_down.hysteresis().reach(followers, state) == Reach::Pull {
+            // Readers pull this author's posts, the new follower's reads
+            // included. Marked here too, not only at their next post: the
+            // follow that took them over the threshold must not leave the
+            // follower without their posts, and a backfill racing their
+            // next post must not push a post the planner pulls.
+            if state != PullState::Pulled {
+                feed.set_pull_state(followee, PullState::Pulled, now_millis())
+                    .await
+                    .map_err(store_failure)?;
+            }
             return Ok(());
         }
         let posts = self
