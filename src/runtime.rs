@@ -16,8 +16,8 @@ use tidings_kafka::{
     Topics,
 };
 use tidings_processors::{
-    ChannelSender, Enricher, FanoutPlanner, FeedFollows, FeedPruner, FeedWriter, LogSink,
-    Provider, ReactionTally, RetryRelay, Scheduler, TemplateStats,
+    ChannelSender, Enricher, FanoutPlanner, FeedFollows, FeedPruner, FeedWriter, LogSink, Provider,
+    ReactionTally, RetryRelay, Scheduler, TemplateStats,
     senders::{
         inbox::{InboxProvider, UnreadBadge},
         providers::ProviderConfig,

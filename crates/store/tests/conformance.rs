@@ -942,7 +942,10 @@ async fn cooling_authors_are_pulled_until_their_time(store: &Store) {
     f.set_pull_state(&control, soon, now).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while f.pulled_authors().await.unwrap().contains(&control) {
-        assert!(Instant::now() < deadline, "the control cool-down never ended");
+        assert!(
+            Instant::now() < deadline,
+            "the control cool-down never ended"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(f.pull_state(&control).await.unwrap(), PullState::Pushed);
