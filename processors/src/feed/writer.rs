@@ -71,6 +71,12 @@ fn trims(owner: &str, post_id: &str) -> bool {
     h.finish().is_multiple_of(TRIM_ONE_IN)
 }
 
+/// Whether a post of time `created_at` is worth telling followers of at
+/// `now` (see [`NEWS_FOR_MS`]).
+fn is_news(created_at: i64, now: i64) -> bool {
+    now - created_at <= NEWS_FOR_MS
+}
+
 /// The first `EXCERPT_CHARS` characters of `body`, on a character boundary.
 pub(crate) fn excerpt(body: &str) -> String {
     match body.char_indices().nth(EXCERPT_CHARS) {
@@ -206,7 +212,7 @@ impl Processor for FeedWriter {
         if let Some(category) = self
             .notify
             .as_ref()
-            .filter(|_| now - slice.created_at <= NEWS_FOR_MS)
+            .filter(|_| is_news(slice.created_at, now))
         {
             // Whoever muted the author is not told (the row is still
             // written: reads hide it, and unmuting shows it again).
@@ -261,6 +267,17 @@ mod tests {
         assert_eq!(r.content.unwrap().title.as_deref(), Some("a posted"));
         assert_eq!(r.category.as_deref(), Some("feed.new_post"));
         assert_eq!(r.data.get("post_id").map(String::as_str), Some("p1"));
+    }
+
+    #[test]
+    fn only_recent_posts_are_news() {
+        let now = 1_000_000_000;
+        assert!(is_news(now, now));
+        assert!(is_news(now - NEWS_FOR_MS, now));
+        assert!(
+            !is_news(now - NEWS_FOR_MS - 1, now),
+            "a cool-down's old post"
+        );
     }
 
     #[test]
