@@ -248,6 +248,73 @@ async fn edits_and_deletes_reach_every_gateway_and_feed(backend: Backend) {
     t.stop().await;
 }
 
+/// A pulled author's post published while they were pushed has rows (the
+/// pruner finds the author's own and walks the followers); one published
+/// while pulled has none (and none are made). Both leave every feed.
+async fn a_pulled_authors_earlier_pushed_post_is_pruned_too(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.feed.pull_threshold = 1).await;
+    let (ann, bob, cat) = (user("ann"), user("bob"), user("cat"));
+    let ann_feed = as_user(&t, &ann).await;
+    let bob_feed = as_user(&t, &bob).await;
+    let cat_feed = as_user(&t, &cat).await;
+    let fanned_out = || async {
+        t.caught_up("feed-follows", &t.topic("feed.follows")).await;
+        t.caught_up("feed-planner", &t.topic("feed.posts")).await;
+        t.caught_up("feed-writer", &t.topic("feed.fanout")).await;
+    };
+
+    // One follower, at the threshold: pushed.
+    bob_feed.follow(&ann, true).await.expect("bob follows ann");
+    let pushed = ann_feed.publish("pushed", vec![]).await.expect("publish");
+    fanned_out().await;
+    for owner in [&ann, &bob] {
+        let held = rows(&t, owner).await;
+        assert!(held.contains(&pushed.post_id), "{owner}'s feed: {held:?}");
+    }
+    // Two: pulled from now on.
+    cat_feed.follow(&ann, true).await.expect("cat follows ann");
+    let pulled = ann_feed.publish("pulled", vec![]).await.expect("publish");
+    fanned_out().await;
+    assert!(
+        t.store()
+            .feed
+            .pulled_authors()
+            .await
+            .expect("pulled authors")
+            .contains(&ann),
+        "ann is pulled"
+    );
+    for owner in [&ann, &bob, &cat] {
+        let held = rows(&t, owner).await;
+        assert!(!held.contains(&pulled.post_id), "{owner}'s feed: {held:?}");
+    }
+    let readers = [&bob_feed, &cat_feed, &ann_feed];
+    everywhere(&readers, &pulled.post_id, Some("pulled"), Instant::now()).await;
+
+    let a = http_addr(&t);
+    for post in [&pushed, &pulled] {
+        let r = http_as(
+            &t,
+            a,
+            &ann,
+            "DELETE",
+            &format!("/v1/me/posts/{}", post.post_id),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    everywhere(&readers, &pushed.post_id, None, Instant::now()).await;
+    everywhere(&readers, &pulled.post_id, None, Instant::now()).await;
+    t.caught_up("feed-pruner", &t.topic("feed.revisions")).await;
+    for owner in [&ann, &bob, &cat] {
+        let held = rows(&t, owner).await;
+        assert!(!held.contains(&pushed.post_id), "{owner}'s feed: {held:?}");
+        assert!(!held.contains(&pulled.post_id), "{owner}'s feed: {held:?}");
+    }
+    t.stop().await;
+}
+
 /// Another user's post is 403 / PERMISSION_DENIED, an unknown one 404 /
 /// NOT_FOUND, a bad body 400 / INVALID_ARGUMENT naming `body`; none of them
 /// changes the post or announces anything.
@@ -338,5 +405,6 @@ async fn only_the_author_revises_and_bodies_are_checked(backend: Backend) {
 
 on_every_backend!(
     edits_and_deletes_reach_every_gateway_and_feed,
+    a_pulled_authors_earlier_pushed_post_is_pruned_too,
     only_the_author_revises_and_bodies_are_checked,
 );

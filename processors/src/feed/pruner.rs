@@ -18,7 +18,8 @@
 //!   author grew past the threshold, or it was shared with an audience
 //!   (pushed whatever the author's size);
 //! - every pushed post has a row in its author's own feed (the planner puts
-//!   the author in the first slice), and a pulled one never has.
+//!   the author in the first slice, and a cooled-down author's re-pushed
+//!   posts go to the author too), and a pulled one never has.
 //!
 //! So for a pulled author the stage looks up the author's own row (a read
 //! of the rows at the post's millisecond) and walks the followers only if
