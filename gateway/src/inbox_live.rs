@@ -23,7 +23,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -87,6 +87,12 @@ struct HubState {
     /// Streams open, over every user.
     streams: usize,
     next_id: u64,
+    /// The one clone of the gateway every open stream reads the store
+    /// through: a clone is 1.6 KiB (configuration, clients' handles), held
+    /// by each idle stream otherwise (issue 9). Weak, as the gateway holds
+    /// the hub: the streams keep it alive, and the first stream after the
+    /// last one closed makes a new one.
+    gateway: Weak<Gateway>,
 }
 
 struct Subscriber {
@@ -161,6 +167,18 @@ impl InboxHub {
             events: rx,
             lagged,
         })
+    }
+
+    /// The gateway clone the open streams share, made from `gateway` when
+    /// there is none.
+    fn shared_gateway(&self, gateway: &Gateway) -> Arc<Gateway> {
+        let mut state = self.state();
+        if let Some(shared) = state.gateway.upgrade() {
+            return shared;
+        }
+        let shared = Arc::new(gateway.clone());
+        state.gateway = Arc::downgrade(&shared);
+        shared
     }
 
     fn unsubscribe(&self, user: &str, id: u64) {
@@ -580,7 +598,7 @@ pub(crate) struct Numbered {
 
 /// One live stream of one user.
 pub(crate) struct Watch {
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     user: String,
     subscription: Subscription,
     mark: Millis,
@@ -610,7 +628,7 @@ impl Gateway {
         let subscription = self.inbox_hub.subscribe(user)?;
         let counts = self.inbox_counts(user).await?;
         let mut watch = Watch {
-            gateway: self.clone(),
+            gateway: self.inbox_hub.shared_gateway(self),
             user: user.to_owned(),
             subscription,
             mark: 0,
@@ -972,6 +990,30 @@ mod tests {
         );
         gateway.inbox_hub.set(Liveness::Reading);
         (gateway, cluster)
+    }
+
+    /// Streams do not hold a gateway clone each: they share one, which goes
+    /// with the last of them.
+    #[tokio::test]
+    async fn streams_share_one_gateway_clone() {
+        let dir = tempfile_dir("shared");
+        let (gateway, _cluster) = gateway(&dir).await;
+        let a = gateway.watch_inbox("u1", None, None).await.expect("opens");
+        let b = gateway
+            .clone()
+            .watch_inbox("u2", None, None)
+            .await
+            .expect("opens");
+        assert!(Arc::ptr_eq(&a.gateway, &b.gateway));
+        assert_eq!(Arc::strong_count(&a.gateway), 2);
+        drop((a, b));
+        assert!(gateway.inbox_hub.state().gateway.upgrade().is_none());
+        let c = gateway
+            .watch_inbox("u1", None, None)
+            .await
+            .expect("opens again");
+        assert_eq!(Arc::strong_count(&c.gateway), 1, "a new shared clone");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn stored(user: &str, id: &str, at: Millis) -> InboxItem {
