@@ -174,11 +174,11 @@ fn raise_open_files() -> Result<(u64, u64)> {
     }
 }
 
-/// `VmRSS` of a `/proc/<pid>/status` text, in KiB.
-fn vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+/// The `<field>: <n> kB` line of a `/proc/<pid>/status` or `smaps_rollup`
+/// text, in KiB.
+fn proc_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -190,7 +190,17 @@ fn vm_rss_kib(status: &str) -> Option<u64> {
 fn rss_kib(pid: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    vm_rss_kib(&status).with_context(|| format!("no VmRSS in {path}"))
+    proc_kib(&status, "VmRSS").with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// This process's resident memory in transparent huge pages, in KiB (0
+/// when the kernel does not say): a 2 MiB page is resident whole once any
+/// of it is touched, so memory allocated but never written counts too.
+fn anon_huge_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|text| proc_kib(&text, "AnonHugePages"))
+        .unwrap_or(0)
 }
 
 /// Open file descriptors of this process (the gateway's sockets among
@@ -1045,6 +1055,8 @@ struct StreamRound {
     open_cpu: Duration,
     /// VmRSS (KiB) and open files before, while open, after closed.
     rss: [u64; 3],
+    /// Of the VmRSS while open, KiB in transparent huge pages.
+    huge_open: u64,
     fds: [usize; 3],
     /// From the client's exit to the gateway's sockets being closed.
     released_in: Duration,
@@ -1102,8 +1114,9 @@ async fn streams(b: &Bench, o: &InboxBenchOptions) -> Result<Vec<String>> {
             mib(rounds[1].rss[1].saturating_sub(first.rss[1]))
         ),
         format!(
-            "  measured      this process's VmRSS (gateway, stages, Kafka clients{}); the client side ran in child process {} ({:.1} MiB RSS, not counted)",
+            "  measured      this process's VmRSS (gateway, stages, Kafka clients{}; {:.1} MiB of it in transparent huge pages while open); the client side ran in child process {} ({:.1} MiB RSS, not counted)",
             b.in_process,
+            mib(first.huge_open),
             first.child_pid,
             mib(first.child_rss)
         ),
@@ -1177,7 +1190,7 @@ async fn hold_round(b: &Bench, tokens: Vec<String>) -> Result<StreamRound> {
     let open_cpu = cpu_time().saturating_sub(cpu);
     // Idle for a moment, as open streams are: then the server side's memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (rss_open, fds_open) = (rss_kib("self")?, open_fds());
+    let (rss_open, fds_open, huge_open) = (rss_kib("self")?, open_fds(), anon_huge_kib());
     let child_rss = rss_kib(&child_pid).unwrap_or(0);
     drop(stdin);
     let closing = Instant::now();
@@ -1202,6 +1215,7 @@ async fn hold_round(b: &Bench, tokens: Vec<String>) -> Result<StreamRound> {
         open_in,
         open_cpu,
         rss: [rss_before, rss_open, rss_kib("self")?],
+        huge_open,
         fds: [fds_before, fds_open, fds_closed],
         released_in,
         child_pid,
@@ -1358,8 +1372,13 @@ mod tests {
     #[test]
     fn rss_is_read_from_proc_status() {
         let status = "Name:\ttidings\nVmPeak:\t  900 kB\nVmRSS:\t   123456 kB\nThreads:\t9\n";
-        assert_eq!(vm_rss_kib(status), Some(123_456));
-        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+        assert_eq!(proc_kib(status, "VmRSS"), Some(123_456));
+        assert_eq!(proc_kib(status, "VmPeak"), Some(900));
+        assert_eq!(proc_kib("Name:\tx\n", "VmRSS"), None);
+        // A field whose name only starts like the one asked is not it.
+        assert_eq!(proc_kib("VmRSSx:\t5 kB\n", "VmRSS"), None);
+        let rollup = "Rss:\t  2048 kB\nAnonHugePages:\t  1024 kB\n";
+        assert_eq!(proc_kib(rollup, "AnonHugePages"), Some(1024));
         // This process has one.
         assert!(rss_kib("self").unwrap() > 0);
     }
