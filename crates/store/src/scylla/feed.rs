@@ -19,7 +19,7 @@ pub(crate) struct ScyllaFeed {
     delete_from: PreparedStatement,
     push: PreparedStatement,
     /// Prepared at first use, not at connect: they name `cooling_until`
-    /// (migration 0008), and a process connecting without migrating (to
+    /// (migration 0007), and a process connecting without migrating (to
     /// check the schema, or an older keyspace being upgraded) must not fail.
     pull_statements: tokio::sync::OnceCell<PullStatements>,
 }

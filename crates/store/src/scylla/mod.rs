@@ -76,8 +76,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/cql/0006_reactions.cql"),
     ),
     Migration::new(
-        "0008_cooling_authors.cql",
-        include_str!("../../migrations/cql/0008_cooling_authors.cql"),
+        "0007_cooling_authors.cql",
+        include_str!("../../migrations/cql/0007_cooling_authors.cql"),
     ),
 ];
 

@@ -59,8 +59,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0006_reactions.sql"),
     ),
     Migration::new(
-        "0008_cooling_authors.sql",
-        include_str!("../../migrations/sqlite/0008_cooling_authors.sql"),
+        "0007_cooling_authors.sql",
+        include_str!("../../migrations/sqlite/0007_cooling_authors.sql"),
     ),
 ];
 
