@@ -78,10 +78,10 @@ pub struct FeedBenchOptions {
     pub notify: bool,
     /// Followers of one more author whose posts are timed until they are in
     /// every follower's feed (0: no such phase).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
     pub wide_followers: usize,
     /// Posts that author publishes, one after the other.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50)]
     pub wide_posts: usize,
     /// Likes of the published posts, each by a different user (0: none).
     #[arg(long, default_value_t = 20_000)]
@@ -91,7 +91,7 @@ pub struct FeedBenchOptions {
     pub likers: usize,
     /// Seconds of feed reads paced at half the rate the unpaced reads
     /// reached (0: none).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
     pub paced_secs: u64,
 }
 
