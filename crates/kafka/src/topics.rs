@@ -181,8 +181,12 @@ mod tests {
         assert_eq!(t.deliver(Channel::Sms), "tidings.deliver.sms");
         assert_eq!(t.retry(0), "tidings.retry.1");
         assert_eq!(t.retry(2), "tidings.retry.3");
+        assert_eq!(t.revisions(), "tidings.feed.revisions");
+        assert_eq!(t.follows(), "tidings.feed.follows");
         let specs = t.specs(6);
-        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 6);
+        // Requests, deliver per channel, retry tiers, then dead letters,
+        // tracking, inbox events and the five feed topics.
+        assert_eq!(specs.len(), 1 + Channel::ALL.len() + 3 + 8);
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
