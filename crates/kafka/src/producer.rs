@@ -5,8 +5,12 @@
 
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, try_join_all},
+};
 use rdkafka::{
+    error::KafkaError as RdKafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
@@ -122,6 +126,41 @@ impl AvroProducer {
     /// them. Records with the same key keep their order (idempotent producer).
     pub async fn send_all(&self, records: &[OutRecord]) -> Result<Vec<Delivered>, KafkaError> {
         try_join_all(records.iter().map(|r| self.send_raw(r))).await
+    }
+
+    /// Hands `record` to the producer now, unless its local queue is full
+    /// (then the returned future waits for room, as [`send_raw`] does), and
+    /// returns a future for its delivery. Records enqueued one after another
+    /// keep their order, so a caller can enqueue a batch's outputs and go on
+    /// to the next batch while the brokers acknowledge them.
+    ///
+    /// [`send_raw`]: AvroProducer::send_raw
+    pub fn enqueue(&self, record: &OutRecord) -> BoxFuture<'_, Result<Delivered, KafkaError>> {
+        let future = FutureRecord::to(&record.topic)
+            .key(&record.key)
+            .payload(&record.payload);
+        match self.producer.send_result(future) {
+            Ok(delivery) => {
+                let topic = record.topic.clone();
+                async move {
+                    let failed = |source| KafkaError::Produce { topic, source };
+                    match delivery.await {
+                        Ok(Ok(d)) => Ok(Delivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                        }),
+                        Ok(Err((source, _))) => Err(failed(source)),
+                        // The producer was dropped with the record queued.
+                        Err(_) => Err(failed(RdKafkaError::Canceled)),
+                    }
+                }
+                .boxed()
+            }
+            Err(_) => {
+                let record = record.clone();
+                async move { self.send_raw(&record).await }.boxed()
+            }
+        }
     }
 
     pub async fn send_raw(&self, record: &OutRecord) -> Result<Delivered, KafkaError> {

@@ -39,7 +39,11 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::{StreamExt, future::join_all};
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, join_all},
+    stream::FuturesOrdered,
+};
 use rdkafka::{
     ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -56,7 +60,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     KafkaCluster, KafkaError,
     backoff::{Backoff, sleep_or_cancel},
-    producer::{AvroProducer, OutRecord},
+    producer::{AvroProducer, Delivered, OutRecord},
     readiness::Assignment,
 };
 
@@ -233,6 +237,10 @@ pub struct StageOptions {
     pub max_poll_interval: Duration,
     /// How long to wait for more records after the first of a batch.
     pub batch_window: Duration,
+    /// Batches handled at once: while the brokers acknowledge one batch's
+    /// outputs, the next is processed. 1 waits for each batch's outputs
+    /// before the next.
+    pub batches_in_flight: usize,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     /// How long a stopping stage waits for its final commit and for leaving
@@ -248,6 +256,7 @@ impl Default for StageOptions {
             max_concurrency: 256,
             max_poll_interval: Duration::from_secs(300),
             batch_window: Duration::from_millis(5),
+            batches_in_flight: 2,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             close_timeout: Duration::from_secs(15),
@@ -469,6 +478,32 @@ enum Fate {
     Interrupted,
 }
 
+/// The last handled offset per partition of a batch.
+type Offsets = Vec<((String, i32), i64)>;
+
+/// A batch whose outputs are being produced: yields its offsets once they
+/// are, or None if shutdown came first.
+type Producing<'a> = BoxFuture<'a, Option<Offsets>>;
+
+/// A processed batch and its outputs, being produced.
+struct BatchOutputs<I> {
+    records: Vec<Record<I>>,
+    fates: Vec<Fate>,
+    /// (index of the input record, output), not yet produced.
+    pending: Vec<(usize, OutRecord)>,
+    phases: Phases,
+    /// When, since the batch started, its outputs went to the producer.
+    produced_from: Duration,
+}
+
+/// When a batch started and how long its steps took, for the debug log.
+struct Phases {
+    started: Instant,
+    decode: Duration,
+    prefetch: Duration,
+    process: Duration,
+}
+
 /// How a batch's `finish` went.
 enum Finished {
     Done,
@@ -563,40 +598,60 @@ impl<P: Processor> Stage<P> {
     }
 
     async fn poll_loop(&self, shutdown: &CancellationToken) {
-        let stage = self.processor.name();
-        while let Some(batch) = self.next_batch(shutdown).await {
-            let started = Instant::now();
-            let size = batch.len();
-            if let Some(done) = self.handle_batch(batch, shutdown).await {
-                for ((topic, partition), offset) in done {
-                    // Refused for a partition no longer assigned; the new
-                    // owner handles it from the committed offset.
-                    if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
-                        debug!(stage, %topic, partition, offset, error = %e, "offset not stored");
-                    }
+        // Batches whose outputs the brokers are acknowledging, oldest first.
+        let mut producing: FuturesOrdered<Producing<'_>> = FuturesOrdered::new();
+        let depth = self.options.batches_in_flight.max(1);
+        loop {
+            while producing.len() >= depth {
+                if !self.settle(producing.next().await) {
+                    return;
                 }
             }
-            metrics()
-                .stage_batch_seconds
-                .with_label_values(&[stage])
-                .observe(started.elapsed().as_secs_f64());
-            debug!(
-                stage,
-                size,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "batch done"
-            );
+            let Some(batch) = self.next_batch(shutdown, &mut producing).await else {
+                break;
+            };
+            match self.handle_batch(batch, shutdown).await {
+                Some(outputs) => producing.push_back(outputs),
+                None => break,
+            }
             // A batch cut short by shutdown must be the last: a later one
             // would store offsets past its unhandled records.
             if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        while let Some(done) = producing.next().await {
+            if !self.settle(Some(done)) {
                 return;
             }
         }
     }
 
+    /// Stores the offsets of a batch whose outputs were produced, in batch
+    /// order. False if it was cut short by shutdown: nothing after it may be
+    /// stored.
+    fn settle(&self, done: Option<Option<Offsets>>) -> bool {
+        let Some(done) = done else { return true };
+        let Some(offsets) = done else { return false };
+        for ((topic, partition), offset) in offsets {
+            // Refused for a partition no longer assigned; the new owner
+            // handles it from the committed offset.
+            if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
+                debug!(stage = self.processor.name(), %topic, partition, offset, error = %e, "offset not stored");
+            }
+        }
+        true
+    }
+
     /// Waits for the next batch: the first record, then whatever else comes
-    /// within the batch window. None at shutdown.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
+    /// within the batch window. None at shutdown, or when a batch still
+    /// `producing` was cut short by it. Batches in `producing` that finish
+    /// meanwhile have their offsets stored, so an idle stage commits them.
+    async fn next_batch(
+        &self,
+        shutdown: &CancellationToken,
+        producing: &mut FuturesOrdered<Producing<'_>>,
+    ) -> Option<Vec<OwnedMessage>> {
         let mut backoff = self.backoff();
         let mut batch = Vec::new();
         loop {
@@ -604,6 +659,12 @@ impl<P: Processor> Stage<P> {
                 biased;
                 _ = shutdown.cancelled() => return None,
                 m = self.consumer.recv() => m.map(|m| m.detach()),
+                done = producing.next(), if !producing.is_empty() => {
+                    if !self.settle(done) {
+                        return None;
+                    }
+                    continue;
+                }
             };
             match first {
                 Ok(m) => {
@@ -681,14 +742,16 @@ impl<P: Processor> Stage<P> {
         }
     }
 
-    /// Processes a batch, produces its outputs and returns the last handled
-    /// offset per partition; None if shutdown came before its outputs were
-    /// produced (nothing of it may be committed then).
-    async fn handle_batch(
-        &self,
+    /// Processes a batch and hands its outputs to the producer; the returned
+    /// future waits until they are produced and yields the last handled
+    /// offset per partition. None, or a future yielding None, if shutdown
+    /// came before the outputs were produced (nothing of the batch may be
+    /// committed then).
+    async fn handle_batch<'a>(
+        &'a self,
         batch: Vec<OwnedMessage>,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<((String, i32), i64)>> {
+        shutdown: &'a CancellationToken,
+    ) -> Option<Producing<'a>> {
         let started = Instant::now();
         // Decode the whole batch first, so the processor can look up what
         // all of it needs at once.
@@ -744,16 +807,13 @@ impl<P: Processor> Stage<P> {
             }
         }
         let processed_at = started.elapsed();
-        let fates = self.produce(&records, outcomes, shutdown).await?;
-        debug!(
-            stage = self.processor.name(),
-            decode_ms = decoded_at.as_millis() as u64,
-            prefetch_ms = (fetched_at - decoded_at).as_millis() as u64,
-            process_ms = (processed_at - fetched_at).as_millis() as u64,
-            produce_ms = (started.elapsed() - processed_at).as_millis() as u64,
-            "batch phases"
-        );
-        Some(handled_offsets(&records, &fates))
+        let phases = Phases {
+            started,
+            decode: decoded_at,
+            prefetch: fetched_at - decoded_at,
+            process: processed_at - fetched_at,
+        };
+        Some(self.produce(records, outcomes, phases, shutdown))
     }
 
     /// Handles one partition's records (`indices` into `records`, in offset
@@ -922,18 +982,20 @@ impl<P: Processor> Stage<P> {
         }
     }
 
-    /// Produces every record's outputs, retrying those that failed for a
-    /// reason that can pass. A record with an output that can never be
+    /// Hands every record's outputs to the producer now, in order, and
+    /// returns the future that waits for them, retrying those that failed
+    /// for a reason that can pass. A record with an output that can never be
     /// produced is dead-lettered instead (its other outputs may have gone
     /// out); a dead letter is retried whatever its failure, since giving up
-    /// on it would lose the record. None if shutdown came first.
-    async fn produce(
-        &self,
-        records: &[Record<P::Input>],
+    /// on it would lose the record. The future yields the offsets to store,
+    /// or None if shutdown came first.
+    fn produce<'a>(
+        &'a self,
+        records: Vec<Record<P::Input>>,
         outcomes: Vec<RecordOutcome>,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Fate>> {
-        let stage = self.processor.name();
+        phases: Phases,
+        shutdown: &'a CancellationToken,
+    ) -> Producing<'a> {
         let mut fates = Vec::with_capacity(outcomes.len());
         // (index of the input record, output)
         let mut pending: Vec<(usize, OutRecord)> = Vec::new();
@@ -950,10 +1012,44 @@ impl<P: Processor> Stage<P> {
                 RecordOutcome::Interrupted => fates.push(Fate::Interrupted),
             }
         }
+        let enqueued: Vec<_> = pending
+            .iter()
+            .map(|(_, r)| self.producer.enqueue(r))
+            .collect();
+        let outputs = BatchOutputs {
+            produced_from: phases.started.elapsed(),
+            records,
+            fates,
+            pending,
+            phases,
+        };
+        self.outputs_produced(outputs, enqueued, shutdown).boxed()
+    }
+
+    /// Waits for a batch's outputs handed to the producer (`enqueued`, one
+    /// per pending output), then retries what failed; see [`Self::produce`].
+    async fn outputs_produced(
+        &self,
+        outputs: BatchOutputs<P::Input>,
+        enqueued: Vec<BoxFuture<'_, Result<Delivered, KafkaError>>>,
+        shutdown: &CancellationToken,
+    ) -> Option<Offsets> {
+        let stage = self.processor.name();
+        let BatchOutputs {
+            records,
+            mut fates,
+            mut pending,
+            phases,
+            produced_from,
+        } = outputs;
+        let mut enqueued = Some(enqueued);
         let mut produced: BTreeMap<String, u64> = BTreeMap::new();
         let mut backoff = self.backoff();
         while !pending.is_empty() {
-            let results = join_all(pending.iter().map(|(_, r)| self.producer.send_raw(r))).await;
+            let results = match enqueued.take() {
+                Some(first) => join_all(first).await,
+                None => join_all(pending.iter().map(|(_, r)| self.producer.send_raw(r))).await,
+            };
             let mut retry = Vec::new();
             let mut poisoned: BTreeMap<usize, String> = BTreeMap::new();
             let mut last_error = None;
@@ -1016,7 +1112,21 @@ impl<P: Processor> Stage<P> {
                 .with_label_values(&[stage, outcome])
                 .inc_by(n);
         }
-        Some(fates)
+        let elapsed = phases.started.elapsed();
+        m.stage_batch_seconds
+            .with_label_values(&[stage])
+            .observe(elapsed.as_secs_f64());
+        debug!(
+            stage,
+            size = records.len(),
+            decode_ms = phases.decode.as_millis() as u64,
+            prefetch_ms = phases.prefetch.as_millis() as u64,
+            process_ms = phases.process.as_millis() as u64,
+            produce_ms = (elapsed - produced_from).as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "batch phases"
+        );
+        Some(handled_offsets(&records, &fates))
     }
 
     /// The dead letter for `message`, retried (holding the record) in the
