@@ -12,7 +12,7 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tidings_store::StoreError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 /// How items are grouped.
@@ -32,6 +32,9 @@ impl Default for GroupOptions {
         }
     }
 }
+
+/// Group writes running at once.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// Why a group's write failed; shared by every item of the group.
 pub type GroupError = Arc<StoreError>;
@@ -64,30 +67,59 @@ impl<T: Send + 'static> GroupCommit<T> {
 
     /// Submits `item` and returns once the write that carried it is done.
     pub async fn submit(&self, item: T) -> Result<(), GroupError> {
+        self.enqueue(item).await?.written().await
+    }
+
+    /// Queues `item` (waiting only for room in the queue) and returns a
+    /// [`Written`] to wait on later: for a write the caller must see done
+    /// before some later point (the end of its batch), not before it can go
+    /// on.
+    pub async fn enqueue(&self, item: T) -> Result<Written, GroupError> {
         let (done, result) = oneshot::channel();
-        let gone = || {
-            Arc::new(StoreError::Backend {
-                op: "group commit",
-                key: self.what.into(),
-                retriable: true,
-                source: "the group writer has stopped".into(),
-            })
-        };
         self.queue
             .send(Pending { item, done })
             .await
-            .map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
+            .map_err(|_| writer_gone(self.what))?;
+        Ok(Written {
+            what: self.what,
+            result,
+        })
     }
 }
 
-async fn write_groups<T>(
+/// An item queued by [`GroupCommit::enqueue`]: resolves once the write that
+/// carried it is done.
+pub struct Written {
+    what: &'static str,
+    result: oneshot::Receiver<Result<(), GroupError>>,
+}
+
+impl Written {
+    pub async fn written(self) -> Result<(), GroupError> {
+        self.result.await.map_err(|_| writer_gone(self.what))?
+    }
+}
+
+fn writer_gone(what: &'static str) -> GroupError {
+    Arc::new(StoreError::Backend {
+        op: "group commit",
+        key: what.into(),
+        retriable: true,
+        source: "the group writer has stopped".into(),
+    })
+}
+
+async fn write_groups<T: Send + 'static>(
     what: &'static str,
     window: Duration,
     max_group: usize,
     write: WriteGroup<T>,
     mut rx: mpsc::Receiver<Pending<T>>,
 ) {
+    // Groups are collected while earlier ones are written: a slow write
+    // (the store busy with other stages' calls) no longer holds everything
+    // queued behind it. The marks are sets, so their order does not matter.
+    let writing = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let deadline = tokio::time::Instant::now() + window;
@@ -97,15 +129,22 @@ async fn write_groups<T>(
                 Ok(None) | Err(_) => break,
             }
         }
+        let Ok(permit) = writing.clone().acquire_owned().await else {
+            return;
+        };
         let (items, waiters): (Vec<T>, Vec<_>) =
             group.into_iter().map(|p| (p.item, p.done)).unzip();
         let size = items.len();
-        let result = write(items).await.map_err(Arc::new);
-        debug!(what, size, ok = result.is_ok(), "group written");
-        for done in waiters {
-            // A caller that stopped waiting needs no answer.
-            let _ = done.send(result.clone());
-        }
+        let written = write(items);
+        tokio::spawn(async move {
+            let result = written.await.map_err(Arc::new);
+            drop(permit);
+            debug!(what, size, ok = result.is_ok(), "group written");
+            for done in waiters {
+                // A caller that stopped waiting needs no answer.
+                let _ = done.send(result.clone());
+            }
+        });
     }
 }
 

@@ -14,11 +14,16 @@
 //! (`sender.intent`, per delivery and attempt), and as soon as the provider
 //! accepts, the *sent* mark (`sender.sent`) with the `sent` status, both
 //! through [`group_commit`] (one store call per few milliseconds, not per
-//! delivery). A batch replayed after a crash skips what is marked sent; a
-//! delivery with an intent but no sent mark was in flight at the crash and
-//! may or may not have reached the user: it is sent again, or skipped with
-//! the status `uncertain` (`senders.uncertain`). So a crash duplicates at
-//! most the requests in flight (the stage's concurrency), never a batch.
+//! delivery). A delivery's slot is free once the provider answers: its sent
+//! mark is queued, and `finish` waits for the batch's marks. With
+//! `uncertain = resend` the call does not wait for the intent mark either
+//! (a replay resends an unmarked delivery all the same). A batch replayed
+//! after a crash skips what is marked sent; a delivery with an intent but
+//! no sent mark was in flight at the crash, or its mark was still queued,
+//! and may or may not have reached the user: it is sent again, or skipped
+//! with the status `uncertain` (`senders.uncertain`). So a crash duplicates
+//! at most the requests in flight and the last few milliseconds of sends,
+//! never a batch.
 
 pub mod apns;
 pub mod fcm;
@@ -54,7 +59,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::enricher::store_failure;
-use group_commit::{GroupCommit, GroupOptions};
+use group_commit::{GroupCommit, GroupOptions, Written};
 use health::{Outcome, ProviderHealth};
 
 /// Sent-ledger scope: delivery ids are unique across channels.
@@ -319,10 +324,20 @@ impl ChannelSender {
         out: &mut Emitter<'_>,
     ) -> Result<Result<Receipt, ProviderError>, ProcessError> {
         let key = intent_key(d);
-        self.intents
-            .submit(key.clone())
+        let written = self
+            .intents
+            .enqueue(key.clone())
             .await
             .map_err(|e| group_failure(&e))?;
+        match self.uncertain {
+            // Skipping an uncertain delivery on replay needs its intent on
+            // record before the provider can take it.
+            Uncertain::Skip => written.written().await.map_err(|e| group_failure(&e))?,
+            // A replay resends it with or without the mark (which then only
+            // counts it as uncertain): the call need not wait for the write.
+            // `finish` does, so the batch's marks land before its commit.
+            Uncertain::Resend => lock(&batch.intents_in_flight).push(written),
+        }
         lock(&batch.intended_now).insert(key);
         self.track(
             out,
@@ -345,18 +360,36 @@ impl ChannelSender {
         self.health.record(Outcome::Sent);
         lock(&batch.sent_now).insert(d.delivery_id.clone());
         let status = Self::status(d, "sent", receipt.provider_id.clone());
-        if let Err(e) = self
+        // Queued now and waited for in `finish`: the delivery's slot is free
+        // for the next one as soon as the provider answers.
+        match self
             .sent
-            .submit((d.delivery_id.clone(), status.clone()))
+            .enqueue((d.delivery_id.clone(), status.clone()))
             .await
         {
-            // Sent all the same; `finish` writes the mark (retrying while the
-            // store is away) before the batch's offsets are committed.
-            warn!(stage = self.name(), delivery = %d.delivery_id, error = %e, "sent mark failed; writing it with the batch");
-            lock(&batch.unmarked).push(d.delivery_id.clone());
-            lock(&batch.statuses).push(status);
+            Ok(written) => lock(&batch.marks_in_flight).push(SentMark {
+                delivery_id: d.delivery_id.clone(),
+                status,
+                written,
+            }),
+            Err(e) => self.mark_with_batch(d.delivery_id.clone(), status, batch, &e),
         }
         self.track(out, d, TrackingKind::Sent, receipt.provider_id)
+    }
+
+    /// A sent mark whose own write failed: sent all the same; `finish`
+    /// writes the mark (retrying while the store is away) before the batch's
+    /// offsets are committed.
+    fn mark_with_batch(
+        &self,
+        delivery_id: String,
+        status: StatusEntry,
+        batch: &SenderBatch,
+        e: &StoreError,
+    ) {
+        warn!(stage = self.name(), delivery = %delivery_id, error = %e, "sent mark failed; writing it with the batch");
+        lock(&batch.unmarked).push(delivery_id);
+        lock(&batch.statuses).push(status);
     }
 
     async fn invalid_target(
@@ -531,10 +564,18 @@ fn jittered(delay_ms: u64, delivery_id: &str, attempt: u32) -> u64 {
             .map_or(0, |x| x / 1000)
 }
 
+/// A sent mark queued for its group write.
+struct SentMark {
+    delivery_id: String,
+    status: StatusEntry,
+    written: Written,
+}
+
 /// A sender's batch: the ledger entries of its deliveries, read in two calls
-/// before any is sent, and what its records did. Sent marks are written as
-/// the provider accepts (see [`ChannelSender::sent`]); `finish` writes the
-/// other status-log entries, and any sent mark whose own write failed.
+/// before any is sent, and what its records did. Sent marks are queued as
+/// the provider accepts (see [`ChannelSender::sent`]); `finish` waits for
+/// them, writes the other status-log entries, and any sent mark whose own
+/// write failed.
 #[derive(Default)]
 pub struct SenderBatch {
     sent_before: HashMap<String, bool>,
@@ -544,6 +585,10 @@ pub struct SenderBatch {
     sent_now: Mutex<HashSet<String>>,
     /// Intent keys this batch wrote.
     intended_now: Mutex<HashSet<String>>,
+    /// Sent marks queued and not yet seen written.
+    marks_in_flight: Mutex<Vec<SentMark>>,
+    /// Intent marks the provider calls did not wait for (`resend`).
+    intents_in_flight: Mutex<Vec<Written>>,
     /// Sent deliveries whose mark is still to be written.
     unmarked: Mutex<Vec<String>>,
     statuses: Mutex<Vec<StatusEntry>>,
@@ -602,6 +647,25 @@ impl Processor for ChannelSender {
     }
 
     async fn finish(&self, batch: &SenderBatch) -> Result<(), ProcessError> {
+        // Taken once: a retried `finish` finds the failures among `unmarked`.
+        let marks = std::mem::take(&mut *lock(&batch.marks_in_flight));
+        let results = futures::future::join_all(marks.into_iter().map(|m| async move {
+            let result = m.written.written().await;
+            (m.delivery_id, m.status, result)
+        }))
+        .await;
+        for (delivery_id, status, result) in results {
+            if let Err(e) = result {
+                self.mark_with_batch(delivery_id, status, batch, &e);
+            }
+        }
+        let intents = std::mem::take(&mut *lock(&batch.intents_in_flight));
+        for result in futures::future::join_all(intents.into_iter().map(Written::written)).await {
+            if let Err(e) = result {
+                // Only the uncertain count of a replay would miss it.
+                warn!(stage = self.name(), error = %e, "intent marks not written");
+            }
+        }
         let unmarked = lock(&batch.unmarked).clone();
         let statuses = lock(&batch.statuses).clone();
         let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
