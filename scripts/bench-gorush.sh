@@ -11,7 +11,8 @@
 # max_concurrent_pushes; default 100), GORUSH_BATCH (notifications per POST
 # /api/push, default 100, gorush's max_notification), TIDINGS (the binary,
 # default target/release/tidings: build it with `cargo build --release --bin
-# tidings`), TIDINGS_BENCH_CACHE (where gorush is built once, default
+# tidings`), TIDINGS_BEFORE (an earlier tidings build to run too, on the same
+# stand-in, for before/after in one run), TIDINGS_BENCH_CACHE (where gorush is built once, default
 # ~/.cache/tidings-bench).
 #
 # gorush has no setting for the provider hosts, so everything runs in a
@@ -206,6 +207,17 @@ for channel in $CHANNELS; do
   if [ "$g_delivered" -lt "$N" ]; then
     echo "gorush delivered only $g_delivered of $N" >&2
     tail -20 "$WORK/gorush-error.log" >&2 || true
+  fi
+
+  if [ -n "${TIDINGS_BEFORE:-}" ]; then
+    echo "== $channel: the earlier tidings build ($TIDINGS_BEFORE)"
+    "$TIDINGS_BEFORE" bench --channel "$channel" --provider-addr 127.0.0.1:443 \
+      --notifications "$N" --users "$USERS" --batch 500 --callers 4 \
+      --provider-in-flight "$IN_FLIGHT" --no-baseline | tee "$WORK/before-$channel.out"
+    out=$WORK/before-$channel.out
+    RESULTS+=("$channel tidings-before $(awk '/^  throughput/ {print $2}' "$out") \
+$(awk '/^  cpu  / {print $2}' "$out") $(awk '/^  cpu  / {gsub(/\(/, "", $6); print $6}' "$out") \
+$(awk '/^  peak rss/ {print $3}' "$out")")
   fi
 
   echo "== $channel: tidings bench (embedded), then the bare client"

@@ -6,18 +6,25 @@
 //! API, Android through FCM HTTP v1, iOS through APNs; see
 //! [`crate::bench_providers`]), sends notifications with `SendBatch` from
 //! concurrent callers, and measures, per notification, the time from the
-//! gateway's acknowledgement to the stand-in receiving the message. Then,
-//! as a same-run ceiling, a bare HTTP client sends as many requests straight
-//! to the same stand-in at the provider client's concurrency.
+//! gateway's acknowledgement to the stand-in receiving the message, and,
+//! from this process's own metrics, the store calls and Kafka records each
+//! notification cost. Then, as a same-run ceiling, a bare HTTP client sends
+//! as many requests straight to the same stand-in at the provider client's
+//! concurrency.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::json;
 use tidings_config::Config;
 use tidings_schemas::proto::v1 as pb;
 use tidings_store::{Device, Platform, User};
@@ -33,6 +40,11 @@ pub struct BenchOptions {
     /// Notifications to send (one message each on the channel).
     #[arg(long, default_value_t = 50_000)]
     pub notifications: usize,
+    /// Send for this many seconds instead of a fixed --notifications, then
+    /// wait for every notification accepted by then to reach the provider.
+    /// With --rate, at that rate; without, as fast as the callers go.
+    #[arg(long, value_name = "SECS", conflicts_with = "notifications")]
+    pub duration: Option<u64>,
     /// Users they go to, round robin (each created with a phone number, or
     /// one device of the channel's platform).
     #[arg(long, default_value_t = 10_000)]
@@ -64,6 +76,143 @@ pub struct BenchOptions {
     /// requests straight to the stand-in.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Print the results as one JSON object instead of the text report;
+    /// progress lines go to stderr, so stdout is the JSON alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The warm-up notification's sequence number: past any a run sends, so a
+/// late copy of it is never taken for a measured one.
+const WARM_UP_SEQ: usize = u32::MAX as usize;
+
+/// Accept->provider latencies in microseconds, 1 us to an hour at 3
+/// significant digits: fixed memory however long a `--duration` run is.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+/// The latency percentiles the report prints, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Latencies {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Latencies {
+    fn of(micros: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1e3;
+        Self {
+            p50: ms(micros.value_at_quantile(0.50)),
+            p90: ms(micros.value_at_quantile(0.90)),
+            p99: ms(micros.value_at_quantile(0.99)),
+            p999: ms(micros.value_at_quantile(0.999)),
+            max: ms(micros.max()),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+/// The counts the bench reads from this process's own metrics (the
+/// pipeline runs in it), summed over their series.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct MetricCounts {
+    /// Store calls by operation (`dedupe.seen_many`, ...), over engines.
+    store_calls: BTreeMap<String, f64>,
+    /// Records the stages produced, over stages and topics. The gateway's
+    /// own records are not in it, and no metric counts them.
+    stage_outputs: f64,
+}
+
+impl MetricCounts {
+    fn read() -> Result<Self> {
+        Self::parse(&tidings_telemetry::metrics().render())
+    }
+
+    /// From the Prometheus text, as `tidings top` reads it: this crate
+    /// reaches the metrics through their rendering, not prometheus' types.
+    fn parse(text: &str) -> Result<Self> {
+        use prometheus_parse::{Scrape, Value};
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .context("parsing this process's metrics")?;
+        let mut counts = Self::default();
+        for sample in scrape.samples {
+            let (Value::Counter(value) | Value::Untyped(value)) = sample.value else {
+                continue;
+            };
+            match sample.metric.as_str() {
+                // A histogram's count of observations: one per call.
+                "tidings_store_call_seconds_count" => {
+                    let operation = sample.labels.get("operation").unwrap_or_default();
+                    *counts.store_calls.entry(operation.to_owned()).or_default() += value;
+                }
+                "tidings_stage_outputs_total" => counts.stage_outputs += value,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// What was counted from `before` to `self`.
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            store_calls: self
+                .store_calls
+                .iter()
+                .map(|(op, n)| {
+                    let was = before.store_calls.get(op).copied().unwrap_or(0.0);
+                    (op.clone(), n - was)
+                })
+                .filter(|(_, n)| *n > 0.0)
+                .collect(),
+            stage_outputs: self.stage_outputs - before.stage_outputs,
+        }
+    }
+}
+
+/// Store calls and Kafka records per delivered notification.
+#[derive(Debug, Clone, PartialEq)]
+struct PerNotification {
+    store_calls: f64,
+    /// The five operations called most, most first.
+    top_operations: Vec<(String, f64)>,
+    stage_outputs: f64,
+}
+
+impl PerNotification {
+    fn of(counts: &MetricCounts, delivered: usize) -> Self {
+        let per = |n: f64| n / delivered.max(1) as f64;
+        let mut operations: Vec<(String, f64)> = counts
+            .store_calls
+            .iter()
+            .map(|(op, n)| (op.clone(), per(*n)))
+            .collect();
+        // Ties by name, so the listing is stable from run to run.
+        operations.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        operations.truncate(5);
+        Self {
+            store_calls: per(counts.store_calls.values().sum()),
+            top_operations: operations,
+            stage_outputs: per(counts.stage_outputs),
+        }
+    }
+
+    fn top_operations_text(&self) -> String {
+        self.top_operations
+            .iter()
+            .map(|(op, n)| format!("{op} {n:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -80,11 +229,21 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         || options.batch == 0
         || options.callers == 0
         || options.provider_in_flight == 0
+        || options.duration == Some(0)
     {
         bail!(
-            "--notifications, --users, --batch, --callers and --provider-in-flight must be at least 1"
+            "--notifications, --duration, --users, --batch, --callers and --provider-in-flight must be at least 1"
         );
     }
+    let json = options.json;
+    // With --json, stdout carries the JSON object alone.
+    let progress = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let channel = options.channel;
     let stand_in = match options.provider_addr {
         Some(_) if !channel.uses_tls() => {
@@ -110,11 +269,11 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let store_url = config.store.url.clone();
     let pipeline = Pipeline::start(config, true).await?;
     let store = pipeline.runtime.store.clone();
-    println!(
+    progress(format!(
         "bench: pipeline up (kafka {kafka}, store {store_url}); {} to {base_url}; creating {} users",
         channel.provider_key(),
         options.users
-    );
+    ));
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let users: Vec<String> = (0..options.users)
         .map(|i| format!("bench-{run_id}-{i}"))
@@ -192,51 +351,64 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
 
     // Warm up: every stage joins its consumer group before the clock starts.
     let warm = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
-    let warm_up = options.notifications;
-    let request = warm.request(send_request(String::new(), users[0].clone(), warm_up))?;
+    let request = warm.request(send_request(String::new(), users[0].clone(), WARM_UP_SEQ))?;
     warm.notifications().send(request).await?;
     let warm_started = Instant::now();
-    while !stand_in.contains(warm_up as u64).await? {
+    while !stand_in.contains(WARM_UP_SEQ as u64).await? {
         if warm_started.elapsed() > Duration::from_secs(60) {
             bail!("the warm-up notification did not reach the provider within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stand_in.reset().await?;
-    println!(
+    progress(format!(
         "bench: warmed up in {:.1} s; measuring",
         warm_started.elapsed().as_secs_f64()
-    );
+    ));
 
-    // Callers take batches of sequence numbers from a shared counter.
+    // Callers take batches of sequence numbers from a shared counter, up to
+    // --notifications, or for --duration.
     let accepted: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (cpu_before, threads_before) = (
+    let (next, sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let window = options.duration.map(Duration::from_secs);
+    let (cpu_before, threads_before, counts_before) = (
         bench_providers::process_cpu(),
         bench_providers::thread_cpu(),
+        MetricCounts::read()?,
     );
     let (started, started_us) = (Instant::now(), unix_micros());
+    let window_end = window.map(|w| started + w);
     let mut callers = Vec::new();
     for _ in 0..options.callers {
         let client = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
-        let (accepted, next, users, options) = (
+        let (accepted, next, sent, users, options) = (
             accepted.clone(),
             next.clone(),
+            sent.clone(),
             users.clone(),
             options.clone(),
         );
         callers.push(tokio::spawn(async move {
             loop {
-                let first = next.fetch_add(options.batch, std::sync::atomic::Ordering::Relaxed);
-                if first >= options.notifications {
-                    return Ok::<_, anyhow::Error>(());
+                let first = next.fetch_add(options.batch, Ordering::Relaxed);
+                let last = match window_end {
+                    Some(_) => first + options.batch,
+                    None if first >= options.notifications => return Ok::<_, anyhow::Error>(()),
+                    None => (first + options.batch).min(options.notifications),
+                };
+                // Batch `first` is due when the offered load reaches it.
+                let due = options
+                    .rate
+                    .map(|rate| started + Duration::from_secs_f64(first as f64 / rate));
+                // A batch due after the window is not sent: no sleeping
+                // past the window's end for it.
+                if window_end.is_some_and(|end| due.unwrap_or_else(Instant::now) >= end) {
+                    return Ok(());
                 }
-                if let Some(rate) = options.rate {
-                    // Batch `first` is due when the offered load reaches it.
-                    let due = started + Duration::from_secs_f64(first as f64 / rate);
+                if let Some(due) = due {
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let last = (first + options.batch).min(options.notifications);
+                sent.fetch_add(last - first, Ordering::Relaxed);
                 let items = (first..last)
                     .map(|seq| {
                         send_request(
@@ -267,30 +439,37 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     }
     // Progress while the load runs and drains: a bar on a terminal, a line
     // a second otherwise.
-    let deadline = Duration::from_secs(600);
+    let deadline = Duration::from_secs(600) + window.unwrap_or_default();
     let (bar, terminal) = crate::progress::bar(
         options.notifications as u64,
         "{bar:40} {pos}/{len} delivered, {msg} [{elapsed}, eta {eta}]",
     );
+    // What to wait for: --notifications, or with --duration, what was
+    // accepted once the callers stopped sending.
+    let mut target = window.is_none().then_some(options.notifications);
     // Polled often, so the CPU reading below ends close to the last
     // delivery; printed once a second.
     let mut printed = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if target.is_none() && callers.iter().all(|c| c.is_finished()) {
+            target = Some(accepted.lock().map(|m| m.len()).unwrap_or(0));
+        }
         let a = accepted.lock().map(|m| m.len()).unwrap_or(0);
         let r = stand_in.delivered().await? as usize;
         let secs = started.elapsed().as_secs_f64();
         if terminal {
+            bar.set_length(target.unwrap_or(a) as u64);
             bar.set_position(r as u64);
             bar.set_message(format!("{a} accepted, {:.0}/s", r as f64 / secs));
         } else if printed.elapsed() >= Duration::from_secs(1) {
             printed = Instant::now();
-            println!(
+            progress(format!(
                 "bench: {secs:>5.1}s accepted {a:>8} delivered {r:>8} ({:.0}/s)",
                 r as f64 / secs
-            );
+            ));
         }
-        if r >= options.notifications || started.elapsed() > deadline {
+        if target.is_some_and(|t| r >= t) || started.elapsed() > deadline {
             break;
         }
     }
@@ -299,83 +478,123 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let cpu = bench_providers::process_cpu().saturating_sub(cpu_before);
     let threads =
         bench_providers::thread_cpu_shares(&threads_before, &bench_providers::thread_cpu());
+    let counts = MetricCounts::read()?.since(&counts_before);
     for c in callers {
         c.await??;
     }
     let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Past the deadline while still sending: wait for no more than that.
+    let target = target.unwrap_or(accepted.len());
+    let sent = sent.load(Ordering::Relaxed);
     let receipts = stand_in.receipts().await?;
-    let mut latencies: Vec<Duration> = receipts
-        .iter()
-        .filter_map(|(seq, got)| {
-            accepted
-                .get(&(*seq as usize))
-                .map(|acc| Duration::from_micros(got.saturating_sub(*acc)))
-        })
-        .collect();
-    latencies.sort();
+    let mut latencies = latency_histogram();
+    for (seq, got) in &receipts {
+        if let Some(acc) = accepted.get(&(*seq as usize)) {
+            latencies.saturating_record(got.saturating_sub(*acc));
+        }
+    }
+    let latencies = Latencies::of(&latencies);
     let delivered = receipts.len();
+    let per_notification = PerNotification::of(&counts, delivered);
     // From the first call to the last message at the stand-in.
     let elapsed = match receipts.values().max() {
-        Some(last) if delivered >= options.notifications => {
-            Duration::from_micros(last.saturating_sub(started_us))
-        }
+        Some(last) if delivered >= target => Duration::from_micros(last.saturating_sub(started_us)),
         _ => polled,
     };
     let throughput = delivered as f64 / elapsed.as_secs_f64();
-    println!("\nbench results ({})", channel.provider_key());
-    println!(
-        "  notifications   {} sent, {} accepted, {} delivered",
-        options.notifications,
-        accepted.len(),
-        delivered
-    );
-    println!(
-        "  users           {}, batch {}, callers {}, provider in flight {}",
-        options.users, options.batch, options.callers, options.provider_in_flight
-    );
-    println!(
-        "  provider        {} stand-in at {base_url}",
-        match stand_in {
-            StandIn::InProcess { .. } => "in-process",
-            StandIn::Remote { .. } => "separate-process",
-        }
-    );
-    if let Some(rate) = options.rate {
-        println!("  offered load    {rate:.0} notifications/s");
-    }
-    println!("  elapsed         {:.2} s", elapsed.as_secs_f64());
-    println!("  throughput      {throughput:.0} notifications/s end to end");
-    println!(
-        "  accept->provider p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-    println!(
-        "  cpu             {:.0} us per notification ({:.2} cores), whole process{}",
-        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
-        cpu.as_secs_f64() / polled.as_secs_f64(),
-        match stand_in {
-            StandIn::InProcess { .. } => ", stand-in included",
-            StandIn::Remote { .. } => "",
-        }
-    );
-    println!(
-        "  cpu by thread   {}",
-        threads
+    let cpu_per_notification_us = cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64;
+    let cores = cpu.as_secs_f64() / polled.as_secs_f64();
+    let stand_in_kind = match stand_in {
+        StandIn::InProcess { .. } => "in-process",
+        StandIn::Remote { .. } => "separate-process",
+    };
+    let mut report = json!({
+        "channel": channel.provider_key(),
+        "sent": sent,
+        "accepted": accepted.len(),
+        "delivered": delivered,
+        "duration_s": options.duration,
+        "users": options.users,
+        "batch": options.batch,
+        "callers": options.callers,
+        "provider_in_flight": options.provider_in_flight,
+        "stand_in": stand_in_kind,
+        "offered_rate": options.rate,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "throughput": throughput,
+        "latency_ms": {
+            "p50": latencies.p50,
+            "p90": latencies.p90,
+            "p99": latencies.p99,
+            "p999": latencies.p999,
+            "max": latencies.max,
+        },
+        "cpu_us_per_notification": cpu_per_notification_us,
+        "cores": cores,
+        "store_calls_per_notification": per_notification.store_calls,
+        "top_store_operations": per_notification
+            .top_operations
             .iter()
-            .take(6)
-            .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            .map(|(op, n)| json!({"operation": op, "per_notification": n}))
+            .collect::<Vec<_>>(),
+        "stage_outputs_per_notification": per_notification.stage_outputs,
+    });
+    if !json {
+        println!("\nbench results ({})", channel.provider_key());
+        println!(
+            "  notifications   {sent} sent, {} accepted, {delivered} delivered",
+            accepted.len(),
+        );
+        println!(
+            "  users           {}, batch {}, callers {}, provider in flight {}",
+            options.users, options.batch, options.callers, options.provider_in_flight
+        );
+        println!("  provider        {stand_in_kind} stand-in at {base_url}");
+        if let Some(rate) = options.rate {
+            println!("  offered load    {rate:.0} notifications/s");
+        }
+        if let Some(window) = options.duration {
+            println!("  sending for     {window} s");
+        }
+        println!("  elapsed         {:.2} s", elapsed.as_secs_f64());
+        println!("  throughput      {throughput:.0} notifications/s end to end");
+        println!("  accept->provider {}", latencies.text());
+        println!(
+            "  cpu             {cpu_per_notification_us:.0} us per notification ({cores:.2} cores), whole process{}",
+            match stand_in {
+                StandIn::InProcess { .. } => ", stand-in included",
+                StandIn::Remote { .. } => "",
+            }
+        );
+        println!(
+            "  cpu by thread   {}",
+            threads
+                .iter()
+                .take(6)
+                .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  store calls     {:.2} per notification; most: {}",
+            per_notification.store_calls,
+            per_notification.top_operations_text()
+        );
+        // No metric counts the gateway's own records, so these are the
+        // stages' alone.
+        println!(
+            "  stage outputs   {:.2} Kafka records per notification (the gateway's not counted)",
+            per_notification.stage_outputs
+        );
+    }
     pipeline.stop().await?;
     let _ = std::fs::remove_dir_all(&scratch);
-    if delivered < options.notifications {
-        bail!(
-            "only {delivered} of {} notifications reached the provider",
-            options.notifications
-        );
+    if delivered < target {
+        if json {
+            report["peak_rss_mib"] = json!(bench_providers::peak_rss_mib());
+            println!("{report}");
+        }
+        bail!("only {delivered} of {target} notifications reached the provider");
     }
     if !options.no_baseline {
         // After the pipeline stopped: the bare client has the process (and
@@ -385,27 +604,38 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         let bare = bench_providers::bare_client(
             channel,
             &base_url,
-            options.notifications,
+            target,
             options.provider_in_flight,
-            options.notifications as u64 + 1,
+            next.load(Ordering::Relaxed) as u64 + 1,
         )
         .await?;
         let bare_rate = bare.sent as f64 / bare.elapsed.as_secs_f64();
-        println!(
-            "  bare client     {bare_rate:.0} requests/s, {:.0} us CPU per request ({} requests, {} in flight, same stand-in)",
-            bare.cpu.as_secs_f64() * 1e6 / bare.sent.max(1) as f64,
-            bare.sent,
-            options.provider_in_flight
-        );
-        println!(
-            "  tidings/bare    {:.1}% of the bare client's rate",
-            throughput / bare_rate * 100.0
-        );
+        let bare_cpu_us = bare.cpu.as_secs_f64() * 1e6 / bare.sent.max(1) as f64;
+        let ratio = throughput / bare_rate;
+        report["bare_client"] = json!({
+            "rate": bare_rate,
+            "cpu_us_per_request": bare_cpu_us,
+            "requests": bare.sent,
+            "tidings_ratio": ratio,
+        });
+        if !json {
+            println!(
+                "  bare client     {bare_rate:.0} requests/s, {bare_cpu_us:.0} us CPU per request ({} requests, {} in flight, same stand-in)",
+                bare.sent, options.provider_in_flight
+            );
+            println!(
+                "  tidings/bare    {:.1}% of the bare client's rate",
+                ratio * 100.0
+            );
+        }
     }
-    println!(
-        "  peak rss        {:.0} MiB",
-        bench_providers::peak_rss_mib()
-    );
+    let peak_rss = bench_providers::peak_rss_mib();
+    if json {
+        report["peak_rss_mib"] = json!(peak_rss);
+        println!("{report}");
+    } else {
+        println!("  peak rss        {peak_rss:.0} MiB");
+    }
     Ok(())
 }
 
@@ -433,10 +663,133 @@ mod tests {
                 provider_addr: None,
                 provider_in_flight: 16,
                 no_baseline: false,
+                duration: None,
+                json: false,
             };
             run(config, options)
                 .await
                 .unwrap_or_else(|e| panic!("{channel:?}: {e:#}"));
         }
+    }
+
+    /// With --duration the callers stop when the time is up and the bench
+    /// waits for what was accepted (`run` fails on any missing); --json
+    /// takes the report's place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_bench_waits_for_what_was_accepted() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::default();
+        config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+        let options = BenchOptions {
+            notifications: 50_000,
+            users: 20,
+            batch: 50,
+            callers: 2,
+            rate: Some(200.0),
+            channel: BenchChannel::Sms,
+            provider_addr: None,
+            provider_in_flight: 16,
+            no_baseline: true,
+            duration: Some(1),
+            json: true,
+        };
+        run(config, options)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    #[test]
+    fn latencies_are_read_from_the_histogram_in_milliseconds() {
+        let mut micros = latency_histogram();
+        // 1..=1000 us: below 2048, a 3-digit histogram holds them exactly.
+        for us in 1..=1000 {
+            micros.saturating_record(us);
+        }
+        // Past the hour: kept, at the top of the range.
+        let latencies = Latencies::of(&micros);
+        assert_eq!(
+            latencies,
+            Latencies {
+                p50: 0.5,
+                p90: 0.9,
+                p99: 0.99,
+                p999: 0.999,
+                max: 1.0,
+            }
+        );
+        let empty = Latencies::of(&latency_histogram());
+        assert_eq!(empty.max, 0.0);
+        let text = Latencies {
+            p50: 1.25,
+            p90: 2.0,
+            p99: 10.04,
+            p999: 31.0,
+            max: 120.5,
+        }
+        .text();
+        assert_eq!(
+            text,
+            "p50 1.2 ms, p90 2.0 ms, p99 10.0 ms, p99.9 31.0 ms, max 120.5 ms"
+        );
+    }
+
+    #[test]
+    fn a_latency_past_the_range_is_kept_at_its_top() {
+        let mut micros = latency_histogram();
+        micros.saturating_record(2 * 3_600_000_000);
+        assert_eq!(micros.len(), 1);
+        assert!(Latencies::of(&micros).max >= 3_600_000.0);
+    }
+
+    const BEFORE: &str = "\
+# TYPE tidings_store_call_seconds histogram
+tidings_store_call_seconds_bucket{engine=\"sqlite\",operation=\"dedupe.seen_many\",le=\"0.001\"} 2
+tidings_store_call_seconds_bucket{engine=\"sqlite\",operation=\"dedupe.seen_many\",le=\"+Inf\"} 4
+tidings_store_call_seconds_sum{engine=\"sqlite\",operation=\"dedupe.seen_many\"} 0.01
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"dedupe.seen_many\"} 4
+# TYPE tidings_stage_outputs_total counter
+tidings_stage_outputs_total{stage=\"router\",topic=\"p.sms\"} 10
+# TYPE tidings_stage_records_total counter
+tidings_stage_records_total{outcome=\"processed\",stage=\"router\"} 99
+";
+
+    const AFTER: &str = "\
+# TYPE tidings_store_call_seconds histogram
+tidings_store_call_seconds_bucket{engine=\"sqlite\",operation=\"dedupe.seen_many\",le=\"+Inf\"} 9
+tidings_store_call_seconds_sum{engine=\"sqlite\",operation=\"dedupe.seen_many\"} 0.02
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"dedupe.seen_many\"} 9
+tidings_store_call_seconds_count{engine=\"scylla\",operation=\"dedupe.seen_many\"} 1
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"contacts.get_user\"} 20
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"apps.get\"} 3
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"a.one\"} 1
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"b.one\"} 1
+tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"c.one\"} 1
+# TYPE tidings_stage_outputs_total counter
+tidings_stage_outputs_total{stage=\"router\",topic=\"p.sms\"} 30
+tidings_stage_outputs_total{stage=\"sender.sms\",topic=\"p.status\"} 20
+";
+
+    #[test]
+    fn store_calls_and_stage_outputs_are_counted_between_readings() {
+        let before = MetricCounts::parse(BEFORE).expect("parses");
+        assert_eq!(before.store_calls.get("dedupe.seen_many"), Some(&4.0));
+        assert_eq!(before.stage_outputs, 10.0);
+        let after = MetricCounts::parse(AFTER).expect("parses");
+        let delta = after.since(&before);
+        // Over engines, less what was there before; stage_records ignored.
+        assert_eq!(delta.store_calls.get("dedupe.seen_many"), Some(&6.0));
+        assert_eq!(delta.store_calls.get("contacts.get_user"), Some(&20.0));
+        assert_eq!(delta.stage_outputs, 40.0);
+
+        let per = PerNotification::of(&delta, 20);
+        assert_eq!(per.store_calls, 1.6);
+        assert_eq!(per.stage_outputs, 2.0);
+        // Most first, ties by name, five at most.
+        assert_eq!(
+            per.top_operations_text(),
+            "contacts.get_user 1.00, dedupe.seen_many 0.30, apps.get 0.15, a.one 0.05, b.one 0.05"
+        );
+        // Nothing delivered: counts, not a division by zero.
+        assert_eq!(PerNotification::of(&delta, 0).stage_outputs, 40.0);
     }
 }

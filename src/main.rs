@@ -31,8 +31,9 @@ struct Cli {
     /// Output format: text for people, or json for scripts.
     ///
     /// With json, the client and admin commands print one JSON document
-    /// (`dlq list`: one object per line); commands that run servers or
-    /// benchmarks print text either way.
+    /// (`dlq list`: one object per line), and `bench` its results as one
+    /// JSON object (as with its `--json`); commands that run servers and the
+    /// other benchmarks print text either way.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[command(subcommand)]
@@ -472,16 +473,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(options) => tidings::bench::run(bench_config(load()?), options).await,
+        Command::Bench(mut options) => {
+            options.json |= output == Output::Json;
+            let (config, _scratch) = bench_config(load()?);
+            tidings::bench::run(config, options).await
+        }
         Command::BenchProvider(options) => tidings::bench_providers::run_provider(options).await,
         Command::BenchFeed(options) => {
-            tidings::bench_feed::run(bench_config(load()?), options).await
+            let (config, _scratch) = bench_config(load()?);
+            tidings::bench_feed::run(config, options).await
         }
         Command::BenchInbox(options) => match &options.hold_streams {
             // The bench's own child process, the client side of its idle
             // streams: it needs no configuration.
             Some(base) => tidings::bench_inbox::hold_streams(base).await,
-            None => tidings::bench_inbox::run(bench_config(load()?), options).await,
+            None => {
+                let (config, _scratch) = bench_config(load()?);
+                tidings::bench_inbox::run(config, options).await
+            }
         },
         Command::Top(options) => tidings::top::run(&load()?, options).await,
         Command::Config => {
@@ -689,17 +698,29 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// The configuration a benchmark runs with: quiet logs, and on the embedded
-/// default a fresh store of its own.
-fn bench_config(mut config: Config) -> Config {
+/// default a fresh store of its own, in a directory removed when the
+/// returned guard drops (a run writes hundreds of MiB).
+fn bench_config(mut config: Config) -> (Config, Option<ScratchDir>) {
     // The bench measures the pipeline, not the terminal: keep logs quiet.
     config.telemetry.log = "warn".into();
     tidings_telemetry::init_logging(&config.telemetry);
+    let mut scratch = None;
     if config.kafka.is_embedded() && config.store.url == tidings_config::StoreConfig::default().url
     {
         let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
         config.store.url = format!("sqlite://{}/tidings.db", dir.display());
+        scratch = Some(ScratchDir(dir));
     }
-    config
+    (config, scratch)
+}
+
+/// A directory removed on drop.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A user token for `user`, minted with the configured secret.
