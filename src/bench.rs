@@ -643,6 +643,15 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The embedded default on a store of its own, in a directory removed
+    /// when the returned guard drops.
+    fn scratch_config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::default();
+        config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+        (dir, config)
+    }
+
     /// The whole bench path on the embedded default, kept small: every
     /// notification reaches the FCM and APNs stand-ins through the real
     /// clients over TLS and HTTP/2 (`run` fails on any missing), then the
@@ -650,9 +659,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn push_benches_deliver_every_notification_embedded() {
         for channel in [BenchChannel::Android, BenchChannel::Ios] {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let mut config = Config::default();
-            config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+            let (_dir, config) = scratch_config();
             let options = BenchOptions {
                 notifications: 200,
                 users: 20,
@@ -677,9 +684,7 @@ mod tests {
     /// takes the report's place.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timed_bench_waits_for_what_was_accepted() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut config = Config::default();
-        config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+        let (_dir, config) = scratch_config();
         let options = BenchOptions {
             notifications: 50_000,
             users: 20,

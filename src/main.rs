@@ -475,12 +475,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(mut options) => {
             options.json |= output == Output::Json;
-            let (config, _scratch) = bench_config(load()?);
+            let (config, _scratch) = bench_config(load()?)?;
             tidings::bench::run(config, options).await
         }
         Command::BenchProvider(options) => tidings::bench_providers::run_provider(options).await,
         Command::BenchFeed(options) => {
-            let (config, _scratch) = bench_config(load()?);
+            let (config, _scratch) = bench_config(load()?)?;
             tidings::bench_feed::run(config, options).await
         }
         Command::BenchInbox(options) => match &options.hold_streams {
@@ -488,7 +488,7 @@ async fn run(cli: Cli) -> Result<()> {
             // streams: it needs no configuration.
             Some(base) => tidings::bench_inbox::hold_streams(base).await,
             None => {
-                let (config, _scratch) = bench_config(load()?);
+                let (config, _scratch) = bench_config(load()?)?;
                 tidings::bench_inbox::run(config, options).await
             }
         },
@@ -700,27 +700,21 @@ async fn run(cli: Cli) -> Result<()> {
 /// The configuration a benchmark runs with: quiet logs, and on the embedded
 /// default a fresh store of its own, in a directory removed when the
 /// returned guard drops (a run writes hundreds of MiB).
-fn bench_config(mut config: Config) -> (Config, Option<ScratchDir>) {
+fn bench_config(mut config: Config) -> Result<(Config, Option<tempfile::TempDir>)> {
     // The bench measures the pipeline, not the terminal: keep logs quiet.
     config.telemetry.log = "warn".into();
     tidings_telemetry::init_logging(&config.telemetry);
     let mut scratch = None;
     if config.kafka.is_embedded() && config.store.url == tidings_config::StoreConfig::default().url
     {
-        let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
-        config.store.url = format!("sqlite://{}/tidings.db", dir.display());
-        scratch = Some(ScratchDir(dir));
+        let dir = tempfile::Builder::new()
+            .prefix("tidings-bench-")
+            .tempdir()
+            .context("creating the bench's store directory")?;
+        config.store.url = format!("sqlite://{}/tidings.db", dir.path().display());
+        scratch = Some(dir);
     }
-    (config, scratch)
-}
-
-/// A directory removed on drop.
-struct ScratchDir(std::path::PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    Ok((config, scratch))
 }
 
 /// A user token for `user`, minted with the configured secret.

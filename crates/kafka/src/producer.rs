@@ -11,7 +11,7 @@ use futures::{
 };
 use rdkafka::{
     error::KafkaError as RdKafkaError,
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult},
     util::Timeout,
 };
 use tidings_config::KafkaConfig;
@@ -143,15 +143,13 @@ impl AvroProducer {
             Ok(delivery) => {
                 let topic = record.topic.clone();
                 async move {
-                    let failed = |source| KafkaError::Produce { topic, source };
                     match delivery.await {
-                        Ok(Ok(d)) => Ok(Delivered {
-                            partition: d.partition,
-                            offset: d.offset,
-                        }),
-                        Ok(Err((source, _))) => Err(failed(source)),
+                        Ok(result) => delivered(&topic, result),
                         // The producer was dropped with the record queued.
-                        Err(_) => Err(failed(RdKafkaError::Canceled)),
+                        Err(_) => Err(KafkaError::Produce {
+                            topic,
+                            source: RdKafkaError::Canceled,
+                        }),
                     }
                 }
                 .boxed()
@@ -167,24 +165,28 @@ impl AvroProducer {
         let future = FutureRecord::to(&record.topic)
             .key(&record.key)
             .payload(&record.payload);
-        match self
+        let result = self
             .producer
             .send(future, Timeout::After(self.timeout))
-            .await
-        {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((source, _)) => Err(KafkaError::Produce {
-                topic: record.topic.clone(),
-                source,
-            }),
-        }
+            .await;
+        delivered(&record.topic, result)
     }
 
     /// Waits for in-flight records, e.g. before shutdown.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
+}
+
+/// Where a record of `topic` landed, or why it did not.
+fn delivered(topic: &str, result: OwnedDeliveryResult) -> Result<Delivered, KafkaError> {
+    result
+        .map(|d| Delivered {
+            partition: d.partition,
+            offset: d.offset,
+        })
+        .map_err(|(source, _)| KafkaError::Produce {
+            topic: topic.to_owned(),
+            source,
+        })
 }

@@ -492,8 +492,6 @@ struct BatchOutputs<I> {
     /// (index of the input record, output), not yet produced.
     pending: Vec<(usize, OutRecord)>,
     phases: Phases,
-    /// When, since the batch started, its outputs went to the producer.
-    produced_from: Duration,
 }
 
 /// When a batch started and how long its steps took, for the debug log.
@@ -502,6 +500,8 @@ struct Phases {
     decode: Duration,
     prefetch: Duration,
     process: Duration,
+    /// When, since the start, the outputs went to the producer.
+    handed_over: Duration,
 }
 
 /// How a batch's `finish` went.
@@ -812,6 +812,7 @@ impl<P: Processor> Stage<P> {
             decode: decoded_at,
             prefetch: fetched_at - decoded_at,
             process: processed_at - fetched_at,
+            handed_over: Duration::ZERO,
         };
         Some(self.produce(records, outcomes, phases, shutdown))
     }
@@ -993,7 +994,7 @@ impl<P: Processor> Stage<P> {
         &'a self,
         records: Vec<Record<P::Input>>,
         outcomes: Vec<RecordOutcome>,
-        phases: Phases,
+        mut phases: Phases,
         shutdown: &'a CancellationToken,
     ) -> Producing<'a> {
         let mut fates = Vec::with_capacity(outcomes.len());
@@ -1016,8 +1017,8 @@ impl<P: Processor> Stage<P> {
             .iter()
             .map(|(_, r)| self.producer.enqueue(r))
             .collect();
+        phases.handed_over = phases.started.elapsed();
         let outputs = BatchOutputs {
-            produced_from: phases.started.elapsed(),
             records,
             fates,
             pending,
@@ -1040,7 +1041,6 @@ impl<P: Processor> Stage<P> {
             mut fates,
             mut pending,
             phases,
-            produced_from,
         } = outputs;
         let mut enqueued = Some(enqueued);
         let mut produced: BTreeMap<String, u64> = BTreeMap::new();
@@ -1122,7 +1122,7 @@ impl<P: Processor> Stage<P> {
             decode_ms = phases.decode.as_millis() as u64,
             prefetch_ms = phases.prefetch.as_millis() as u64,
             process_ms = phases.process.as_millis() as u64,
-            produce_ms = (elapsed - produced_from).as_millis() as u64,
+            produce_ms = (elapsed - phases.handed_over).as_millis() as u64,
             elapsed_ms = elapsed.as_millis() as u64,
             "batch phases"
         );
