@@ -257,8 +257,14 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         .await
         .with_context(|| format!("reaching the provider stand-in at {}", stand_in.addr()))?;
     let base_url = stand_in.base_url(channel);
-    let scratch = std::env::temp_dir().join(format!("tidings-bench-ca-{}", std::process::id()));
-    let ca_path = bench_providers::write_ca(&scratch)?;
+    // One directory per run, removed on drop: two benches in one process
+    // (the tests run them side by side) must not share or delete each
+    // other's CA file.
+    let scratch = tempfile::Builder::new()
+        .prefix("tidings-bench-ca-")
+        .tempdir()
+        .context("creating the bench's scratch directory")?;
+    let ca_path = bench_providers::write_ca(scratch.path())?;
     config.providers.insert(
         channel.provider_key().into(),
         bench_providers::provider_config(channel, &base_url, &ca_path, options.provider_in_flight),
@@ -588,7 +594,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         );
     }
     pipeline.stop().await?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     if delivered < target {
         if json {
             report["peak_rss_mib"] = json!(bench_providers::peak_rss_mib());
