@@ -128,6 +128,9 @@ impl Latencies {
 struct MetricCounts {
     /// Store calls by operation (`dedupe.seen_many`, ...), over engines.
     store_calls: BTreeMap<String, f64>,
+    /// Statements the database engine sent (CQL only), by statement
+    /// (`INSERT dedupe`): a multi-key store call sends many.
+    statements: BTreeMap<String, f64>,
     /// Records the stages produced, over stages and topics. The gateway's
     /// own records are not in it, and no metric counts them.
     stage_outputs: f64,
@@ -149,12 +152,14 @@ impl MetricCounts {
             let (Value::Counter(value) | Value::Untyped(value)) = sample.value else {
                 continue;
             };
+            let add = |by: &mut BTreeMap<String, f64>, label: &str| {
+                let key = sample.labels.get(label).unwrap_or_default();
+                *by.entry(key.to_owned()).or_default() += value;
+            };
             match sample.metric.as_str() {
                 // A histogram's count of observations: one per call.
-                "tidings_store_call_seconds_count" => {
-                    let operation = sample.labels.get("operation").unwrap_or_default();
-                    *counts.store_calls.entry(operation.to_owned()).or_default() += value;
-                }
+                "tidings_store_call_seconds_count" => add(&mut counts.store_calls, "operation"),
+                "tidings_store_statements_total" => add(&mut counts.statements, "statement"),
                 "tidings_stage_outputs_total" => counts.stage_outputs += value,
                 _ => {}
             }
@@ -164,54 +169,75 @@ impl MetricCounts {
 
     /// What was counted from `before` to `self`.
     fn since(&self, before: &Self) -> Self {
-        Self {
-            store_calls: self
-                .store_calls
-                .iter()
-                .map(|(op, n)| {
-                    let was = before.store_calls.get(op).copied().unwrap_or(0.0);
-                    (op.clone(), n - was)
-                })
+        fn less(now: &BTreeMap<String, f64>, was: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+            now.iter()
+                .map(|(key, n)| (key.clone(), n - was.get(key).copied().unwrap_or(0.0)))
                 .filter(|(_, n)| *n > 0.0)
-                .collect(),
+                .collect()
+        }
+        Self {
+            store_calls: less(&self.store_calls, &before.store_calls),
+            statements: less(&self.statements, &before.statements),
             stage_outputs: self.stage_outputs - before.stage_outputs,
         }
     }
 }
 
-/// Store calls and Kafka records per delivered notification.
+/// Counts per delivered notification: their sum and the five largest.
+#[derive(Debug, Clone, PartialEq)]
+struct Breakdown {
+    total: f64,
+    /// Most first, ties by name, so the listing is stable from run to run.
+    top: Vec<(String, f64)>,
+}
+
+impl Breakdown {
+    fn of(counts: &BTreeMap<String, f64>, delivered: usize) -> Self {
+        let per = |n: f64| n / delivered.max(1) as f64;
+        let mut top: Vec<(String, f64)> = counts
+            .iter()
+            .map(|(key, n)| (key.clone(), per(*n)))
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(5);
+        Self {
+            total: per(counts.values().sum()),
+            top,
+        }
+    }
+
+    fn top_text(&self) -> String {
+        self.top
+            .iter()
+            .map(|(key, n)| format!("{key} {n:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn top_json(&self, name: &str) -> Vec<serde_json::Value> {
+        self.top
+            .iter()
+            .map(|(key, n)| json!({name: key, "per_notification": n}))
+            .collect()
+    }
+}
+
+/// Store calls, database statements and Kafka records per delivered
+/// notification.
 #[derive(Debug, Clone, PartialEq)]
 struct PerNotification {
-    store_calls: f64,
-    /// The five operations called most, most first.
-    top_operations: Vec<(String, f64)>,
+    store_calls: Breakdown,
+    statements: Breakdown,
     stage_outputs: f64,
 }
 
 impl PerNotification {
     fn of(counts: &MetricCounts, delivered: usize) -> Self {
-        let per = |n: f64| n / delivered.max(1) as f64;
-        let mut operations: Vec<(String, f64)> = counts
-            .store_calls
-            .iter()
-            .map(|(op, n)| (op.clone(), per(*n)))
-            .collect();
-        // Ties by name, so the listing is stable from run to run.
-        operations.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        operations.truncate(5);
         Self {
-            store_calls: per(counts.store_calls.values().sum()),
-            top_operations: operations,
-            stage_outputs: per(counts.stage_outputs),
+            store_calls: Breakdown::of(&counts.store_calls, delivered),
+            statements: Breakdown::of(&counts.statements, delivered),
+            stage_outputs: counts.stage_outputs / delivered.max(1) as f64,
         }
-    }
-
-    fn top_operations_text(&self) -> String {
-        self.top_operations
-            .iter()
-            .map(|(op, n)| format!("{op} {n:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
@@ -537,12 +563,10 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         },
         "cpu_us_per_notification": cpu_per_notification_us,
         "cores": cores,
-        "store_calls_per_notification": per_notification.store_calls,
-        "top_store_operations": per_notification
-            .top_operations
-            .iter()
-            .map(|(op, n)| json!({"operation": op, "per_notification": n}))
-            .collect::<Vec<_>>(),
+        "store_calls_per_notification": per_notification.store_calls.total,
+        "top_store_operations": per_notification.store_calls.top_json("operation"),
+        "store_statements_per_notification": per_notification.statements.total,
+        "top_store_statements": per_notification.statements.top_json("statement"),
         "stage_outputs_per_notification": per_notification.stage_outputs,
     });
     if !json {
@@ -583,9 +607,17 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         );
         println!(
             "  store calls     {:.2} per notification; most: {}",
-            per_notification.store_calls,
-            per_notification.top_operations_text()
+            per_notification.store_calls.total,
+            per_notification.store_calls.top_text()
         );
+        // Only the CQL engine counts its statements.
+        if per_notification.statements.total > 0.0 {
+            println!(
+                "  statements      {:.2} CQL statements per notification; most: {}",
+                per_notification.statements.total,
+                per_notification.statements.top_text()
+            );
+        }
         // No metric counts the gateway's own records, so these are the
         // stages' alone.
         println!(
@@ -775,6 +807,9 @@ tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"apps.get\"} 3
 tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"a.one\"} 1
 tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"b.one\"} 1
 tidings_store_call_seconds_count{engine=\"sqlite\",operation=\"c.one\"} 1
+# TYPE tidings_store_statements_total counter
+tidings_store_statements_total{engine=\"scylla\",statement=\"SELECT dedupe\"} 12
+tidings_store_statements_total{engine=\"scylla\",statement=\"INSERT dedupe\"} 6
 # TYPE tidings_stage_outputs_total counter
 tidings_stage_outputs_total{stage=\"router\",topic=\"p.sms\"} 30
 tidings_stage_outputs_total{stage=\"sender.sms\",topic=\"p.status\"} 20
@@ -792,13 +827,20 @@ tidings_stage_outputs_total{stage=\"sender.sms\",topic=\"p.status\"} 20
         assert_eq!(delta.store_calls.get("contacts.get_user"), Some(&20.0));
         assert_eq!(delta.stage_outputs, 40.0);
 
+        assert_eq!(delta.statements.get("SELECT dedupe"), Some(&12.0));
+
         let per = PerNotification::of(&delta, 20);
-        assert_eq!(per.store_calls, 1.6);
+        assert_eq!(per.store_calls.total, 1.6);
         assert_eq!(per.stage_outputs, 2.0);
         // Most first, ties by name, five at most.
         assert_eq!(
-            per.top_operations_text(),
+            per.store_calls.top_text(),
             "contacts.get_user 1.00, dedupe.seen_many 0.30, apps.get 0.15, a.one 0.05, b.one 0.05"
+        );
+        assert_eq!(per.statements.total, 0.9);
+        assert_eq!(
+            per.statements.top_text(),
+            "SELECT dedupe 0.60, INSERT dedupe 0.30"
         );
         // Nothing delivered: counts, not a division by zero.
         assert_eq!(PerNotification::of(&delta, 0).stage_outputs, 40.0);

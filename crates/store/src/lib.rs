@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use apps::{App, AppStore};
 pub use contacts::{ContactStore, Device, Platform, User};
 pub use counters::CounterStore;
-pub use dedupe::DedupeLedger;
+pub use dedupe::{Claim, DedupeLedger};
 pub use error::StoreError;
 pub use feed::{FeedEntry, FeedStore, PullState};
 pub use inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tidings_telemetry::StoreCall;
 
 use crate::{
-    App, AppStore, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
+    App, AppStore, Claim, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
     InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
     NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, PullState,
     RateLimitLedger, ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph,
@@ -101,6 +101,8 @@ metered!(MeteredCounters, CounterStore, "counters" {
 metered!(MeteredDedupe, DedupeLedger, "dedupe" {
     fn first_seen(&self, scope: &str, key: &str, ttl: Duration) -> bool;
     fn first_seen_many(&self, scope: &str, keys: &[String], ttl: Duration) -> Vec<bool>;
+    fn mark_many(&self, scope: &str, keys: &[String], ttl: Duration) -> ();
+    fn claim_many(&self, scope: &str, claims: &[(String, String)], ttl: Duration) -> Vec<Claim>;
     fn forget(&self, scope: &str, key: &str) -> ();
     fn seen(&self, scope: &str, key: &str) -> bool;
     fn seen_many(&self, scope: &str, keys: &[String]) -> Vec<bool>;

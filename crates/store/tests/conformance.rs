@@ -25,6 +25,8 @@ on_both_engines! {
     template_versions_latest_and_conflicts,
     dedupe_sees_a_key_once_until_its_ttl_expires,
     dedupe_many_answers_per_position,
+    dedupe_marks_without_answers,
+    dedupe_claims_hold_a_key_for_its_first_claimant,
     dedupe_seen_many_answers_per_position_without_marking,
     notification_log_keeps_the_newest_status,
     posts_hydrate_and_page_by_author,
@@ -448,6 +450,87 @@ async fn dedupe_many_answers_per_position(store: &Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn dedupe_marks_without_answers(store: &Store) {
+    let d = &store.dedupe;
+    let scope = id("sent");
+    let ttl = Duration::from_secs(60);
+    let (a, b, fresh) = (id("a"), id("b"), id("fresh"));
+    assert!(d.first_seen(&scope, &a, ttl).await.unwrap());
+    // A key marked before and a repeated one are no error.
+    d.mark_many(&scope, &[a.clone(), b.clone(), b.clone()], ttl)
+        .await
+        .unwrap();
+    d.mark_many(&scope, &[], ttl).await.unwrap();
+    assert_eq!(
+        d.seen_many(&scope, &[a.clone(), b.clone(), fresh.clone()])
+            .await
+            .unwrap(),
+        vec![true, true, false]
+    );
+    assert!(!d.first_seen(&scope, &b, ttl).await.unwrap(), "marked");
+    assert!(d.first_seen(&scope, &fresh, ttl).await.unwrap());
+}
+
+async fn dedupe_claims_hold_a_key_for_its_first_claimant(store: &Store) {
+    use tidings_store::Claim::{First, Held, Taken};
+    let d = &store.dedupe;
+    let scope = id("events");
+    let claim = |key: &str, claimant: &str| (key.to_owned(), claimant.to_owned());
+    let (e1, e2, e3, brief) = (id("e1"), id("e2"), id("e3"), id("brief"));
+    let ttl = Duration::from_secs(600);
+    assert_eq!(
+        d.claim_many(
+            &scope,
+            &[
+                claim(&e1, "r1"),
+                claim(&e2, "r2"),
+                claim(&e1, "r1"),
+                claim(&e1, "r3")
+            ],
+            ttl
+        )
+        .await
+        .unwrap(),
+        vec![First, First, Held, Taken]
+    );
+    assert_eq!(
+        d.claim_many(
+            &scope,
+            &[claim(&e1, "r1"), claim(&e1, "r9"), claim(&e3, "r3")],
+            ttl
+        )
+        .await
+        .unwrap(),
+        vec![Held, Taken, First]
+    );
+    assert!(d.claim_many(&scope, &[], ttl).await.unwrap().is_empty());
+    assert!(d.seen(&scope, &e3).await.unwrap(), "a claim marks the key");
+    // Marked without a claimant (as before claims existed): held, so the
+    // record is processed again rather than lost.
+    let old = id("old");
+    assert!(d.first_seen(&scope, &old, ttl).await.unwrap());
+    assert_eq!(
+        d.claim_many(&scope, &[claim(&old, "r1")], ttl)
+            .await
+            .unwrap(),
+        vec![Held]
+    );
+    // An expired claim frees the key for a new claimant.
+    assert_eq!(
+        d.claim_many(&scope, &[claim(&brief, "r1")], Duration::from_secs(1))
+            .await
+            .unwrap(),
+        vec![First]
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        d.claim_many(&scope, &[claim(&brief, "r2")], ttl)
+            .await
+            .unwrap(),
+        vec![First]
     );
 }
 

@@ -12,6 +12,9 @@ use prometheus::{
     TextEncoder,
 };
 use tidings_config::{LogFormat, TelemetryConfig};
+
+/// A counter handle, for callers that resolve one once and count often.
+pub use prometheus::IntCounter;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the
@@ -70,6 +73,10 @@ pub struct Metrics {
     pub store_call_seconds: HistogramVec,
     /// Store calls that failed, by engine and operation.
     pub store_errors: IntCounterVec,
+    /// Statements sent to the database, by engine and statement (verb and
+    /// table, `INSERT dedupe`): a store call may send many. Counted through
+    /// [`StoreStatement::counter`].
+    pub store_statements: IntCounterVec,
     /// 1, labelled with this build's version, commit and compiler.
     pub build_info: IntGaugeVec,
     /// The standard `process_*` metrics (CPU, resident memory, open file
@@ -186,6 +193,14 @@ impl Metrics {
             &["engine", "operation"],
         )
         .expect("valid metric");
+        let store_statements = IntCounterVec::new(
+            Opts::new(
+                "store_statements_total",
+                "Statements sent to the database, by engine and statement (verb and table)",
+            ),
+            &["engine", "statement"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -233,6 +248,7 @@ impl Metrics {
             Box::new(feed_fanout.clone()),
             Box::new(store_call_seconds.clone()),
             Box::new(store_errors.clone()),
+            Box::new(store_statements.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -260,6 +276,7 @@ impl Metrics {
             feed_fanout,
             store_call_seconds,
             store_errors,
+            store_statements,
             build_info,
             process,
         }
@@ -299,6 +316,23 @@ impl StoreCall {
         if self.failed {
             errors.inc();
         }
+    }
+}
+
+/// One kind of statement an engine sends (`INSERT dedupe`): its counter,
+/// `tidings_store_statements_total{engine,statement}`, is resolved once,
+/// when the statement is prepared, and counted per request after that.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreStatement<'a> {
+    pub engine: &'static str,
+    pub statement: &'a str,
+}
+
+impl StoreStatement<'_> {
+    pub fn counter(self) -> IntCounter {
+        metrics()
+            .store_statements
+            .with_label_values(&[self.engine, self.statement])
     }
 }
 

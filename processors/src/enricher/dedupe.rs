@@ -3,27 +3,23 @@
 //! A plain "seen it?" ledger loses notifications under at-least-once
 //! delivery: if the enricher marks an event and crashes before its outputs
 //! are produced, the replayed record would look like a duplicate. So the
-//! ledger records which input record claimed an event:
+//! ledger records which input record claimed an event: the event's key and
+//! its claimant `topic/partition/offset/timestamp` (the timestamp tells a
+//! record apart from a later one at the same offset, as after the embedded
+//! brokers start empty again) are written in one row.
 //!
-//! 1. mark the claim `event@topic/partition/offset/timestamp` (the timestamp
-//!    tells a record apart from a later one at the same offset, as after the
-//!    embedded brokers start empty again);
-//! 2. mark the event.
-//!
-//! A new event is processed. A seen event whose claim was already there is
-//! the claiming record replayed (after a crash or a retry): processed again,
+//! A free event is claimed and processed. An event held by the same record
+//! is that record replayed (after a crash or a retry): processed again,
 //! producing the same deterministic records, which the senders' ledger
-//! drops. A seen event with a new claim is a true duplicate: the claim is
-//! withdrawn and the record dropped. A crash between 1 and 2 leaves a claim
-//! without an event, which the replay treats as new: nothing is lost.
+//! drops. An event held by another record is a true duplicate: dropped.
+//! There is no window in which an event is marked without its claimant.
 
 use std::time::Duration;
 
 use tidings_kafka::RecordMeta;
-use tidings_store::{DedupeLedger, StoreError};
+use tidings_store::{Claim, DedupeLedger, StoreError};
 
 const EVENTS: &str = "enricher.event";
-const CLAIMS: &str = "enricher.claim";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -35,10 +31,10 @@ pub enum Verdict {
     Duplicate,
 }
 
-/// The claim key of the record `meta` carrying `event_key`.
-fn claim_key(event_key: &str, meta: &RecordMeta) -> String {
+/// The claimant of an event: the record `meta` carrying it.
+fn claimant(meta: &RecordMeta) -> String {
     format!(
-        "{event_key}@{}/{}/{}/{}",
+        "{}/{}/{}/{}",
         meta.topic,
         meta.partition,
         meta.offset,
@@ -46,11 +42,11 @@ fn claim_key(event_key: &str, meta: &RecordMeta) -> String {
     )
 }
 
-fn verdict(event_new: bool, claim_new: bool) -> Verdict {
-    match (event_new, claim_new) {
-        (true, _) => Verdict::New,
-        (false, false) => Verdict::Replay,
-        (false, true) => Verdict::Duplicate,
+fn verdict(claim: Claim) -> Verdict {
+    match claim {
+        Claim::First => Verdict::New,
+        Claim::Held => Verdict::Replay,
+        Claim::Taken => Verdict::Duplicate,
     }
 }
 
@@ -60,20 +56,13 @@ pub async fn check(
     meta: &RecordMeta,
     ttl: Duration,
 ) -> Result<Verdict, StoreError> {
-    let claim = claim_key(event_key, meta);
-    let claim_new = ledger.first_seen(CLAIMS, &claim, ttl).await?;
-    let event_new = ledger.first_seen(EVENTS, event_key, ttl).await?;
-    let verdict = verdict(event_new, claim_new);
-    if verdict == Verdict::Duplicate {
-        ledger.forget(CLAIMS, &claim).await?;
-    }
-    Ok(verdict)
+    let verdicts = check_many(ledger, &[(event_key.to_owned(), meta)], ttl).await?;
+    Ok(verdicts.first().copied().unwrap_or(Verdict::New))
 }
 
-/// [`check`] for a batch of records in offset order, in two ledger calls
-/// (plus one per true duplicate): all claims, then all events. An event
-/// carried twice in the batch is new only at its first record, as if the
-/// records had been checked one by one.
+/// [`check`] for a batch of records in offset order, in one ledger call. An
+/// event carried twice in the batch is new only at its first record, as if
+/// the records had been checked one by one.
 pub async fn check_many(
     ledger: &dyn DedupeLedger,
     records: &[(String, &RecordMeta)],
@@ -82,26 +71,10 @@ pub async fn check_many(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let claims: Vec<String> = records
+    let claims: Vec<(String, String)> = records
         .iter()
-        .map(|(event_key, meta)| claim_key(event_key, meta))
+        .map(|(event_key, meta)| (event_key.clone(), claimant(meta)))
         .collect();
-    let events: Vec<String> = records
-        .iter()
-        .map(|(event_key, _)| event_key.clone())
-        .collect();
-    let claims_new = ledger.first_seen_many(CLAIMS, &claims, ttl).await?;
-    let events_new = ledger.first_seen_many(EVENTS, &events, ttl).await?;
-    let verdicts: Vec<Verdict> = events_new
-        .into_iter()
-        .zip(claims_new)
-        .map(|(event_new, claim_new)| verdict(event_new, claim_new))
-        .collect();
-    let withdrawn = verdicts
-        .iter()
-        .zip(&claims)
-        .filter(|(v, _)| **v == Verdict::Duplicate)
-        .map(|(_, claim)| ledger.forget(CLAIMS, claim));
-    futures::future::try_join_all(withdrawn).await?;
-    Ok(verdicts)
+    let claims = ledger.claim_many(EVENTS, &claims, ttl).await?;
+    Ok(claims.into_iter().map(verdict).collect())
 }

@@ -186,7 +186,7 @@ impl ChannelSender {
             GroupOptions::default(),
             Box::new(move |keys: Vec<String>| {
                 let ledger = ledger.clone();
-                Box::pin(async move { ledger.first_seen_many(INTENT, &keys, ttl).await.map(drop) })
+                Box::pin(async move { ledger.mark_many(INTENT, &keys, ttl).await })
             }),
         );
         let (ledger, log) = (store.dedupe.clone(), store.notification_log.clone());
@@ -199,7 +199,7 @@ impl ChannelSender {
                     let (ids, statuses): (Vec<String>, Vec<StatusEntry>) =
                         group.into_iter().unzip();
                     tokio::try_join!(
-                        ledger.first_seen_many(SENT, &ids, ttl),
+                        ledger.mark_many(SENT, &ids, ttl),
                         log.record_many(&statuses)
                     )
                     .map(drop)
@@ -671,10 +671,7 @@ impl Processor for ChannelSender {
         let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
         let mark = async {
             if !unmarked.is_empty() {
-                self.store
-                    .dedupe
-                    .first_seen_many(SENT, &unmarked, ttl)
-                    .await?;
+                self.store.dedupe.mark_many(SENT, &unmarked, ttl).await?;
             }
             Ok(())
         };

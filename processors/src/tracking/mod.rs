@@ -199,7 +199,7 @@ impl Processor for TemplateStats {
         }
         self.store
             .dedupe
-            .first_seen_many(COUNTED, &ids, COUNTED_TTL)
+            .mark_many(COUNTED, &ids, COUNTED_TTL)
             .await
             .map_err(store_failure)?;
         Ok(())
@@ -298,6 +298,14 @@ mod tests {
         ) -> Result<Vec<bool>, StoreError> {
             self.faults.check("dedupe.first_seen_many")?;
             self.inner.first_seen_many(scope, keys, ttl).await
+        }
+        async fn claim_many(
+            &self,
+            scope: &str,
+            claims: &[(String, String)],
+            ttl: Duration,
+        ) -> Result<Vec<tidings_store::Claim>, StoreError> {
+            self.inner.claim_many(scope, claims, ttl).await
         }
         async fn forget(&self, scope: &str, key: &str) -> Result<(), StoreError> {
             self.inner.forget(scope, key).await

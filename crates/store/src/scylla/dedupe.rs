@@ -6,7 +6,7 @@ use std::time::Duration;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{Context, Cql};
-use crate::dedupe::DedupeLedger;
+use crate::dedupe::{Claim, DedupeLedger, first_claims, spread_claims};
 use crate::{StoreError, now_millis};
 
 /// Cassandra refuses TTLs above 20 years.
@@ -22,6 +22,9 @@ pub(crate) struct ScyllaDedupe {
     cql: Cql,
     seen: PreparedStatement,
     mark: PreparedStatement,
+    /// Prepared at first use: they name the `claimant` column (migration
+    /// 8), and a store not migrated yet must still connect.
+    claims: tokio::sync::OnceCell<ClaimStatements>,
     forget: PreparedStatement,
 }
 
@@ -43,8 +46,33 @@ impl ScyllaDedupe {
             forget: cql
                 .prepare("DELETE FROM dedupe WHERE scope = ? AND key = ?")
                 .await?,
+            claims: tokio::sync::OnceCell::new(),
             cql: cql.clone(),
         })
+    }
+}
+
+struct ClaimStatements {
+    holder: PreparedStatement,
+    claim: PreparedStatement,
+}
+
+impl ScyllaDedupe {
+    async fn claim_statements(&self) -> Result<&ClaimStatements, StoreError> {
+        self.claims
+            .get_or_try_init(|| async {
+                Ok(ClaimStatements {
+                    holder: self
+                        .cql
+                        .prepare("SELECT claimant FROM dedupe WHERE scope = ? AND key = ?")
+                        .await?,
+                    claim: self
+                        .cql
+                        .prepare("INSERT INTO dedupe (scope, key, seen_at, claimant) VALUES (?, ?, ?, ?) USING TTL ?")
+                        .await?,
+                })
+            })
+            .await
     }
 }
 
@@ -95,6 +123,70 @@ impl DedupeLedger for ScyllaDedupe {
             }
         }
         Ok(answers)
+    }
+
+    async fn mark_many(
+        &self,
+        scope: &str,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let unique: HashSet<&String> = keys.iter().collect();
+        let (now, ttl) = (now_millis(), ttl_secs(ttl));
+        self.cql
+            .concurrently(unique, |key| async move {
+                self.cql
+                    .execute(&self.mark, (scope, key, now, ttl))
+                    .await
+                    .ctx("dedupe.mark_many", key)
+                    .map(drop)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// A read, and a write when the key is free: two statements for a new
+    /// key, one for a held one. Single writer per key, as above.
+    async fn claim_many(
+        &self,
+        scope: &str,
+        claims: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        const OP: &str = "dedupe.claim_many";
+        let (firsts, owner) = first_claims(claims);
+        if firsts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statements = self.claim_statements().await?;
+        let (now, ttl) = (now_millis(), ttl_secs(ttl));
+        let answers = self
+            .cql
+            .concurrently(
+                firsts.iter().map(|&i| &claims[i]),
+                |(key, claimant)| async move {
+                    let holder = self
+                        .cql
+                        .maybe_row::<(Option<String>,)>(&statements.holder, (scope, key))
+                        .await
+                        .ctx(OP, key)?;
+                    Ok(match holder {
+                        None => {
+                            self.cql
+                                .execute(&statements.claim, (scope, key, now, claimant, ttl))
+                                .await
+                                .ctx(OP, key)?;
+                            Claim::First
+                        }
+                        Some((Some(holder),)) if holder != *claimant => Claim::Taken,
+                        // Marked before claims existed: processed again rather
+                        // than dropped (a duplicate, never a loss).
+                        Some(_) => Claim::Held,
+                    })
+                },
+            )
+            .await?;
+        Ok(spread_claims(claims, &firsts, &owner, &answers))
     }
 
     async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError> {

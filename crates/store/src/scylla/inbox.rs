@@ -29,7 +29,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 
 use super::dedupe::ttl_secs;
-use super::{Context, Cql};
+use super::{Context, Cql, counted_batch, statement_label};
 use crate::inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};
 use crate::{Millis, StoreError, now_millis};
 
@@ -171,7 +171,8 @@ fn column<T>(value: Option<T>, replacing: bool) -> MaybeUnset<Option<T>> {
 /// An unlogged batch of `rows` runs of one statement (rows of one
 /// partition).
 fn batch_of(statement: &PreparedStatement, rows: usize) -> Batch {
-    let mut batch = Batch::new(BatchType::Unlogged);
+    let label = statement_label(statement.get_statement());
+    let mut batch = counted_batch(BatchType::Unlogged, &label);
     for _ in 0..rows {
         batch.append_statement(statement.clone());
     }
@@ -181,7 +182,7 @@ fn batch_of(statement: &PreparedStatement, rows: usize) -> Batch {
 
 impl Statements {
     async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
-        let mut put = Batch::new(BatchType::Unlogged);
+        let mut put = counted_batch(BatchType::Unlogged, "inbox_items");
         put.append_statement(
             cql.prepare(
                 "INSERT INTO inbox_items (user_id, created_at, notification_id, category, title, body,

@@ -34,10 +34,15 @@ use scylla::errors::{
     NextPageError, NextRowError, PagerExecutionError, PrepareError, RequestAttemptError,
     RequestError, RowsError, TypeCheckError,
 };
+use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
+use scylla::policies::retry::RetryDecision;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
+
+use tidings_telemetry::{IntCounter, StoreStatement};
 
 use crate::error::BoxError;
 use crate::migrations::{self, AppliedMigration, Migration, Recorded, SchemaStatus};
@@ -78,6 +83,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration::new(
         "0007_cooling_authors.cql",
         include_str!("../../migrations/cql/0007_cooling_authors.cql"),
+    ),
+    Migration::new(
+        "0008_dedupe_claimant.cql",
+        include_str!("../../migrations/cql/0008_dedupe_claimant.cql"),
     ),
 ];
 
@@ -213,7 +222,9 @@ impl Cql {
     /// Prepares a statement whose retry could apply it twice (counter
     /// updates) or misreport its outcome (lightweight transactions).
     async fn prepare_once_only(&self, cql: &str) -> Result<PreparedStatement, StoreError> {
-        self.session.prepare(cql).await.ctx("prepare", cql)
+        let mut statement = self.session.prepare(cql).await.ctx("prepare", cql)?;
+        statement.set_history_listener(Arc::new(StatementCounter::new(&statement_label(cql))));
+        Ok(statement)
     }
 
     async fn execute(
@@ -545,6 +556,80 @@ impl Cql {
     }
 }
 
+/// Counts a statement's requests (`tidings_store_statements_total`): the
+/// driver tells the listener of each request it starts, page by page. The
+/// counter is resolved once, when the statement is prepared.
+#[derive(Debug)]
+pub(crate) struct StatementCounter(IntCounter);
+
+impl StatementCounter {
+    pub(crate) fn new(label: &str) -> Self {
+        Self(
+            StoreStatement {
+                engine: "scylla",
+                statement: label,
+            }
+            .counter(),
+        )
+    }
+}
+
+impl HistoryListener for StatementCounter {
+    fn log_request_start(&self) -> RequestId {
+        self.0.inc();
+        RequestId(0)
+    }
+    fn log_request_success(&self, _: RequestId) {}
+    fn log_request_error(&self, _: RequestId, _: &RequestError) {}
+    fn log_new_speculative_fiber(&self, _: RequestId) -> SpeculativeId {
+        SpeculativeId(0)
+    }
+    fn log_attempt_start(
+        &self,
+        _: RequestId,
+        _: Option<SpeculativeId>,
+        _: std::net::SocketAddr,
+    ) -> AttemptId {
+        AttemptId(0)
+    }
+    fn log_attempt_success(&self, _: AttemptId) {}
+    fn log_attempt_error(&self, _: AttemptId, _: &RequestAttemptError, _: &RetryDecision) {}
+}
+
+/// A batch that counts its requests as `BATCH <table>` (one request,
+/// however many statements it carries).
+pub(crate) fn counted_batch(kind: BatchType, table: &str) -> Batch {
+    let mut batch = Batch::new(kind);
+    batch.set_history_listener(Arc::new(StatementCounter::new(&format!("BATCH {table}"))));
+    batch
+}
+
+/// A statement's metric label: its verb and table (`SELECT dedupe`,
+/// `UPDATE counters`), a bounded set, since statements are constants.
+pub(crate) fn statement_label(cql: &str) -> String {
+    let words: Vec<&str> = cql.split_whitespace().collect();
+    let verb = words
+        .first()
+        .map_or(String::new(), |w| w.to_ascii_uppercase());
+    let table_after = |keyword: &str| {
+        words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case(keyword))
+            .and_then(|i| words.get(i + 1))
+    };
+    let table = match verb.as_str() {
+        "SELECT" | "DELETE" => table_after("FROM"),
+        "INSERT" => table_after("INTO"),
+        "UPDATE" => words.get(1),
+        _ => None,
+    };
+    match table {
+        // `INTO t (a, b)` and `FROM t WHERE`: the name ends at a bracket.
+        Some(table) => format!("{verb} {}", table.split('(').next().unwrap_or(table)),
+        None => verb,
+    }
+}
+
 fn migration_error(migration: &str, source: impl Into<BoxError>) -> StoreError {
     StoreError::Migration {
         backend: "scylla",
@@ -710,6 +795,29 @@ mod tests {
         );
         assert_eq!(script::statements(MIGRATION_TABLES).map(|s| s.len()), Ok(2));
         crate::migrations::tests::check_shipped(MIGRATIONS);
+    }
+
+    #[test]
+    fn statements_are_labelled_by_verb_and_table() {
+        for (cql, label) in [
+            (
+                "SELECT seen_at FROM dedupe WHERE scope = ? AND key = ?",
+                "SELECT dedupe",
+            ),
+            (
+                "INSERT INTO dedupe (scope, key) VALUES (?, ?) USING TTL ?",
+                "INSERT dedupe",
+            ),
+            ("insert into feed(a) values (?)", "INSERT feed"),
+            (
+                "UPDATE counters SET value = value + ? WHERE k = ?",
+                "UPDATE counters",
+            ),
+            ("DELETE FROM dedupe WHERE scope = ?", "DELETE dedupe"),
+            ("BEGIN BATCH", "BEGIN"),
+        ] {
+            assert_eq!(statement_label(cql), label, "{cql}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Context, Cql};
+use super::{Context, Cql, counted_batch};
 use crate::posts::{Post, PostStore, Revised};
 use crate::{Millis, StoreError};
 
@@ -71,7 +71,7 @@ fn applied(row: Option<(bool,)>) -> Revised {
 
 impl ScyllaPosts {
     pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
-        let mut put = Batch::new(BatchType::Logged);
+        let mut put = counted_batch(BatchType::Logged, "posts");
         let insert_post = cql
             .prepare("INSERT INTO posts (post_id, author_id, body, media_urls, created_at) VALUES (?, ?, ?, ?, ?)")
             .await?;

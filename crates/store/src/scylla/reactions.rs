@@ -8,11 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::BatchType;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use super::{Context, Cql};
+use super::{Context, Cql, counted_batch};
 use crate::reactions::{PostTally, ReactionStore, Reply, TallyMember, TallyState, TallyUpdate};
 use crate::{Millis, StoreError};
 
@@ -121,7 +121,7 @@ impl ScyllaReactions {
     /// One batch: its members' rows and the counts they make.
     async fn write_chunk(&self, update: &TallyUpdate) -> Result<(), StoreError> {
         let s = self.statements().await?;
-        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut batch = counted_batch(BatchType::Unlogged, "reactions");
         let mut values: Vec<Vec<CqlValue>> = Vec::new();
         let post = || CqlValue::Text(update.post_id.clone());
         for (statement, members) in [

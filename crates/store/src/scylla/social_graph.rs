@@ -6,7 +6,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::Counter;
 
-use super::{Context, Cql};
+use super::{Context, Cql, counted_batch};
 use crate::social_graph::SocialGraph;
 use crate::{Millis, StoreError};
 
@@ -34,7 +34,7 @@ pub(crate) struct ScyllaSocialGraph {
 impl ScyllaSocialGraph {
     pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
         // Logged batches keep the two copies of an edge in step.
-        let mut add_edge = Batch::new(BatchType::Logged);
+        let mut add_edge = counted_batch(BatchType::Logged, "followers");
         add_edge.append_statement(
             cql.prepare("INSERT INTO followers (user_id, follower_id, since) VALUES (?, ?, ?)")
                 .await?,
@@ -44,7 +44,7 @@ impl ScyllaSocialGraph {
                 .await?,
         );
         add_edge.set_is_idempotent(true);
-        let mut remove_edge = Batch::new(BatchType::Logged);
+        let mut remove_edge = counted_batch(BatchType::Logged, "followers");
         remove_edge.append_statement(
             cql.prepare("DELETE FROM followers WHERE user_id = ? AND follower_id = ?")
                 .await?,

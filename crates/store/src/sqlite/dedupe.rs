@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::{Context, Db};
-use crate::dedupe::DedupeLedger;
+use crate::dedupe::{Claim, DedupeLedger, first_claims, spread_claims};
 use crate::{Millis, StoreError, now_millis};
 
 /// Expired rows are treated as absent by the upsert below and deleted in bulk
@@ -50,6 +50,37 @@ fn mark(
         )?
         .execute(params![scope, key, now, expires_at])?;
     Ok(changed == 1)
+}
+
+/// Claims a free or expired key (one row changes: [`Claim::First`]), else
+/// reads who holds it.
+fn claim(
+    c: &Connection,
+    scope: &str,
+    key: &str,
+    claimant: &str,
+    now: Millis,
+    expires_at: Millis,
+) -> rusqlite::Result<Claim> {
+    let changed = c
+        .prepare_cached(
+            "INSERT INTO dedupe (scope, key, expires_at, claimant) VALUES (?1, ?2, ?4, ?5)
+             ON CONFLICT (scope, key) DO UPDATE SET expires_at = excluded.expires_at, claimant = excluded.claimant
+             WHERE dedupe.expires_at <= ?3",
+        )?
+        .execute(params![scope, key, now, expires_at, claimant])?;
+    if changed == 1 {
+        return Ok(Claim::First);
+    }
+    let holder: Option<String> = c
+        .prepare_cached("SELECT claimant FROM dedupe WHERE scope = ?1 AND key = ?2")?
+        .query_row(params![scope, key], |row| row.get(0))?;
+    // Marked before claims existed: it may be this record's own, so it is
+    // processed again rather than dropped (a duplicate, never a loss).
+    Ok(match holder {
+        Some(holder) if holder != claimant => Claim::Taken,
+        _ => Claim::Held,
+    })
 }
 
 const SELECT_SEEN: &str =
@@ -97,6 +128,40 @@ impl DedupeLedger for SqliteDedupe {
             })
             .await
             .ctx("dedupe.first_seen", scope)
+    }
+
+    async fn claim_many(
+        &self,
+        scope: &str,
+        claims: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (firsts, owner) = first_claims(claims);
+        let purge_due = self.purge_due(firsts.len());
+        let owned_scope = scope.to_owned();
+        let asked: Vec<(String, String)> = firsts.iter().map(|&i| claims[i].clone()).collect();
+        let answers = self
+            .db
+            .call(move |c| {
+                let now = now_millis();
+                let expires_at = expiry(now, ttl);
+                let tx = c.savepoint()?;
+                if purge_due {
+                    purge(&tx, now)?;
+                }
+                let answers = asked
+                    .iter()
+                    .map(|(key, claimant)| claim(&tx, &owned_scope, key, claimant, now, expires_at))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                tx.commit()?;
+                Ok(answers)
+            })
+            .await
+            .ctx("dedupe.claim_many", scope)?;
+        Ok(spread_claims(claims, &firsts, &owner, &answers))
     }
 
     async fn seen(&self, scope: &str, key: &str) -> Result<bool, StoreError> {

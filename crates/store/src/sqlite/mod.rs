@@ -62,6 +62,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0007_cooling_authors.sql",
         include_str!("../../migrations/sqlite/0007_cooling_authors.sql"),
     ),
+    Migration::new(
+        "0008_dedupe_claimant.sql",
+        include_str!("../../migrations/sqlite/0008_dedupe_claimant.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.
