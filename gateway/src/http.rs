@@ -173,6 +173,7 @@ impl Gateway {
             stage: "gateway".into(),
             detail: None,
             at: now_millis(),
+            dispatched_at: None,
         };
         if let Err(e) = self
             .producer

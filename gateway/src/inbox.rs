@@ -391,6 +391,7 @@ impl Gateway {
             stage: "gateway".into(),
             detail: None,
             at,
+            dispatched_at: None,
         };
         if let Err(e) = self
             .producer

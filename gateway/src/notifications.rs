@@ -312,6 +312,7 @@ impl Gateway {
                     stage: "gateway".into(),
                     detail: None,
                     at: r.accepted_at,
+                    dispatched_at: None,
                 };
                 self.producer.encode(&tracking, &r.notification_id, &event)
             })

@@ -571,6 +571,7 @@ fn receipt_event(
         stage: format!("gateway.{provider}"),
         detail,
         at: now_millis(),
+        dispatched_at: None,
     }
 }
 

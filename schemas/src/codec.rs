@@ -466,6 +466,7 @@ mod tests {
             stage: "sender.sms".into(),
             detail: None,
             at: 7,
+            dispatched_at: None,
         };
         assert_eq!(
             codec

@@ -124,6 +124,8 @@ pub enum TrackingKind {
     RateLimited,
     Scheduled,
     Rendered,
+    /// No longer emitted: the outcome events of a provider call carry
+    /// `dispatched_at`. Kept so that older records still read.
     Dispatched,
     Sent,
     Failed,
@@ -153,6 +155,8 @@ pub struct TrackingEvent {
     pub stage: String,
     pub detail: Option<String>,
     pub at: Millis,
+    /// When a sender began the provider call this event is the outcome of.
+    pub dispatched_at: Option<Millis>,
 }
 
 /// A new post (topic `tidings.feed.posts`).

@@ -108,6 +108,7 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         stage: "gateway".into(),
         detail: Some("https://example.com".into()),
         at: 1,
+        dispatched_at: None,
     };
     let post = PostPublished {
         post_id: "p".into(),

@@ -52,6 +52,7 @@ fn event(i: usize) -> TrackingEvent {
         stage: "test".into(),
         detail: None,
         at: 0,
+        dispatched_at: None,
     }
 }
 

@@ -139,6 +139,7 @@ async fn produces_and_consumes_an_avro_record_over_tls() {
         stage: "tls-test".into(),
         detail: Some("produced over TLS".into()),
         at: now_millis(),
+        dispatched_at: None,
     };
     let delivered = producer
         .send(TOPIC, &event.event_id, &event)

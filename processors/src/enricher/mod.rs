@@ -865,6 +865,7 @@ impl Enricher {
             stage: "enricher".into(),
             detail: detail.map(str::to_owned),
             at: now_millis(),
+            dispatched_at: None,
         };
         out.emit(&self.topics.tracking(), &req.notification_id, &event)
     }

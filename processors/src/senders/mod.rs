@@ -239,6 +239,21 @@ impl ChannelSender {
         kind: TrackingKind,
         detail: Option<String>,
     ) -> Result<(), ProcessError> {
+        self.track_at(out, d, kind, detail, None)
+    }
+
+    /// [`track`](Self::track) for the outcome of a provider call that
+    /// began at `dispatched_at`: the event says when, so no event of its own
+    /// marks the call (it would reach the topic with its outcome anyway:
+    /// a batch's events are produced together).
+    fn track_at(
+        &self,
+        out: &mut Emitter<'_>,
+        d: &Delivery,
+        kind: TrackingKind,
+        detail: Option<String>,
+        dispatched_at: Option<i64>,
+    ) -> Result<(), ProcessError> {
         let event_id = match kind {
             TrackingKind::Sent => sent_event_id(d),
             _ => Uuid::now_v7().to_string(),
@@ -254,6 +269,7 @@ impl ChannelSender {
             stage: Self::stage_name(self.channel).into(),
             detail,
             at: now_millis(),
+            dispatched_at,
         };
         out.emit(&self.topics.tracking(), &d.notification_id, &event)
     }
@@ -316,13 +332,13 @@ impl ChannelSender {
     }
 
     /// Calls the provider, with the intent marked first so a replay knows
-    /// this delivery may have gone out.
+    /// this delivery may have gone out. Answers when the call began, for
+    /// the outcome's tracking event.
     async fn dispatch(
         &self,
         d: &Delivery,
         batch: &SenderBatch,
-        out: &mut Emitter<'_>,
-    ) -> Result<Result<Receipt, ProviderError>, ProcessError> {
+    ) -> Result<(i64, Result<Receipt, ProviderError>), ProcessError> {
         let key = intent_key(d);
         let written = self
             .intents
@@ -339,13 +355,8 @@ impl ChannelSender {
             Uncertain::Resend => lock(&batch.intents_in_flight).push(written),
         }
         lock(&batch.intended_now).insert(key);
-        self.track(
-            out,
-            d,
-            TrackingKind::Dispatched,
-            Some(self.provider.name().into()),
-        )?;
-        Ok(self.provider.deliver(d).await)
+        let dispatched_at = now_millis();
+        Ok((dispatched_at, self.provider.deliver(d).await))
     }
 
     /// The provider took it: mark it sent now, not at the end of the batch,
@@ -353,7 +364,7 @@ impl ChannelSender {
     async fn sent(
         &self,
         d: &Delivery,
-        receipt: Receipt,
+        (dispatched_at, receipt): (i64, Receipt),
         batch: &SenderBatch,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
@@ -374,7 +385,13 @@ impl ChannelSender {
             }),
             Err(e) => self.mark_with_batch(d.delivery_id.clone(), status, batch, &e),
         }
-        self.track(out, d, TrackingKind::Sent, receipt.provider_id)
+        self.track_at(
+            out,
+            d,
+            TrackingKind::Sent,
+            receipt.provider_id,
+            Some(dispatched_at),
+        )
     }
 
     /// A sent mark whose own write failed: sent all the same; `finish`
@@ -395,7 +412,7 @@ impl ChannelSender {
     async fn invalid_target(
         &self,
         d: &Delivery,
-        reason: String,
+        (dispatched_at, reason): (i64, String),
         batch: &SenderBatch,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
@@ -409,13 +426,19 @@ impl ChannelSender {
                 .map_err(store_failure)?;
         }
         self.log_status(batch, d, "invalid_target", Some(reason.clone()));
-        self.track(out, d, TrackingKind::InvalidToken, Some(reason))
+        self.track_at(
+            out,
+            d,
+            TrackingKind::InvalidToken,
+            Some(reason),
+            Some(dispatched_at),
+        )
     }
 
     fn rejected(
         &self,
         d: &Delivery,
-        reason: String,
+        (dispatched_at, reason): (i64, String),
         batch: &SenderBatch,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
@@ -427,13 +450,19 @@ impl ChannelSender {
             out,
         )?;
         self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
-        self.track(out, d, TrackingKind::DeadLettered, Some(reason))
+        self.track_at(
+            out,
+            d,
+            TrackingKind::DeadLettered,
+            Some(reason),
+            Some(dispatched_at),
+        )
     }
 
     fn transient(
         &self,
         d: &Delivery,
-        reason: String,
+        (dispatched_at, reason): (i64, String),
         retry_after: Option<Duration>,
         batch: &SenderBatch,
         out: &mut Emitter<'_>,
@@ -443,16 +472,23 @@ impl ChannelSender {
         match self.retry_or_give_up(d, &reason, retry_after, out)? {
             Some((topic, not_before)) => {
                 self.log_status(batch, d, "retrying", Some(reason.clone()));
-                self.track(
+                self.track_at(
                     out,
                     d,
                     TrackingKind::Retried,
                     Some(format!("{reason}; via {topic} at {not_before}")),
+                    Some(dispatched_at),
                 )
             }
             None => {
                 self.log_status(batch, d, "dead_lettered", Some(reason.clone()));
-                self.track(out, d, TrackingKind::DeadLettered, Some(reason))
+                self.track_at(
+                    out,
+                    d,
+                    TrackingKind::DeadLettered,
+                    Some(reason),
+                    Some(dispatched_at),
+                )
             }
         }
     }
@@ -739,16 +775,17 @@ impl Processor for ChannelSender {
             warn!(stage = self.name(), delivery = %d.delivery_id, %reason, "delivery held");
             return Err(ProcessError::not_due(wait));
         }
-        match self.dispatch(d, batch, out).await? {
-            Ok(receipt) => self.sent(d, receipt, batch, out).await,
+        let (at, result) = self.dispatch(d, batch).await?;
+        match result {
+            Ok(receipt) => self.sent(d, (at, receipt), batch, out).await,
             Err(ProviderError::InvalidTarget(reason)) => {
-                self.invalid_target(d, reason, batch, out).await
+                self.invalid_target(d, (at, reason), batch, out).await
             }
-            Err(ProviderError::Rejected(reason)) => self.rejected(d, reason, batch, out),
+            Err(ProviderError::Rejected(reason)) => self.rejected(d, (at, reason), batch, out),
             Err(ProviderError::Transient {
                 reason,
                 retry_after,
-            }) => self.transient(d, reason, retry_after, batch, out),
+            }) => self.transient(d, (at, reason), retry_after, batch, out),
             Err(ProviderError::Misconfigured { setting, reason }) => {
                 Err(self.misconfigured(d, setting, &reason).await)
             }

@@ -363,6 +363,7 @@ mod tests {
             stage: "test".into(),
             detail: None,
             at: 0,
+            dispatched_at: None,
         }
     }
 
