@@ -19,6 +19,39 @@ pub(crate) struct SqliteDedupe {
 }
 
 impl SqliteDedupe {
+    /// Runs `write` for each item of `scope` in the call's savepoint (all
+    /// or none), purging expired rows first when this call crosses a purge
+    /// boundary.
+    async fn write_each<I, T>(
+        &self,
+        op: &'static str,
+        scope: &str,
+        items: Vec<I>,
+        ttl: Duration,
+        write: fn(&Connection, &str, &I, Millis, Millis) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+    {
+        let purge_due = self.purge_due(items.len());
+        let owned_scope = scope.to_owned();
+        self.db
+            .call(move |c| {
+                let now = now_millis();
+                let expires_at = expiry(now, ttl);
+                if purge_due {
+                    purge(c, now)?;
+                }
+                items
+                    .iter()
+                    .map(|item| write(c, &owned_scope, item, now, expires_at))
+                    .collect()
+            })
+            .await
+            .ctx(op, scope)
+    }
+
     pub(crate) fn new(db: Db) -> Self {
         SqliteDedupe {
             db,
@@ -109,25 +142,14 @@ impl DedupeLedger for SqliteDedupe {
         keys: &[String],
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        let purge_due = self.purge_due(keys.len());
-        let (owned_scope, keys) = (scope.to_owned(), keys.to_vec());
-        self.db
-            .call(move |c| {
-                let now = now_millis();
-                let expires_at = expiry(now, ttl);
-                let tx = c.savepoint()?;
-                if purge_due {
-                    purge(&tx, now)?;
-                }
-                let firsts = keys
-                    .iter()
-                    .map(|key| mark(&tx, &owned_scope, key, now, expires_at))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                tx.commit()?;
-                Ok(firsts)
-            })
-            .await
-            .ctx("dedupe.first_seen", scope)
+        self.write_each(
+            "dedupe.first_seen",
+            scope,
+            keys.to_vec(),
+            ttl,
+            |c, scope, key, now, expires_at| mark(c, scope, key, now, expires_at),
+        )
+        .await
     }
 
     async fn claim_many(
@@ -140,27 +162,18 @@ impl DedupeLedger for SqliteDedupe {
             return Ok(Vec::new());
         }
         let (firsts, owner) = first_claims(claims);
-        let purge_due = self.purge_due(firsts.len());
-        let owned_scope = scope.to_owned();
         let asked: Vec<(String, String)> = firsts.iter().map(|&i| claims[i].clone()).collect();
         let answers = self
-            .db
-            .call(move |c| {
-                let now = now_millis();
-                let expires_at = expiry(now, ttl);
-                let tx = c.savepoint()?;
-                if purge_due {
-                    purge(&tx, now)?;
-                }
-                let answers = asked
-                    .iter()
-                    .map(|(key, claimant)| claim(&tx, &owned_scope, key, claimant, now, expires_at))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                tx.commit()?;
-                Ok(answers)
-            })
-            .await
-            .ctx("dedupe.claim_many", scope)?;
+            .write_each(
+                "dedupe.claim_many",
+                scope,
+                asked,
+                ttl,
+                |c, scope, (key, claimant), now, expires_at| {
+                    claim(c, scope, key, claimant, now, expires_at)
+                },
+            )
+            .await?;
         Ok(spread_claims(claims, &firsts, &owner, &answers))
     }
 
