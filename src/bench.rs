@@ -8,9 +8,11 @@
 //! concurrent callers, and measures, per notification, the time from the
 //! gateway's acknowledgement to the stand-in receiving the message, and,
 //! from this process's own metrics, the store calls and Kafka records each
-//! notification cost. Then, as a same-run ceiling, a bare HTTP client sends
+//! notification cost. Then, as same-run ceilings, a bare HTTP client sends
 //! as many requests straight to the same stand-in at the provider client's
-//! concurrency.
+//! concurrency, and as many Kafka records as the pipeline moved go through
+//! a cluster of the same kind with nothing around them
+//! ([`crate::bench_kafka`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +32,7 @@ use tidings_schemas::proto::v1 as pb;
 use tidings_store::{Device, Platform, User};
 
 use crate::{
+    bench_kafka,
     bench_providers::{self, BenchChannel, StandIn, unix_micros},
     client::Client,
     runtime::{Pipeline, create_app},
@@ -72,8 +75,9 @@ pub struct BenchOptions {
     /// the bare client alike.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub provider_in_flight: usize,
-    /// Skip the same-run baseline: a bare HTTP client sending as many
-    /// requests straight to the stand-in.
+    /// Skip the same-run baselines: a bare HTTP client sending as many
+    /// requests straight to the stand-in, and as many Kafka records
+    /// produced and consumed with nothing around them.
     #[arg(long)]
     pub no_baseline: bool,
     /// Print the results as one JSON object instead of the text report;
@@ -298,6 +302,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     config.gateway.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let kafka = config.kafka.bootstrap_servers.clone();
+    // For the raw Kafka baseline, once the pipeline has stopped.
+    let kafka_config = config.kafka.clone();
     let store_url = config.store.url.clone();
     let pipeline = Pipeline::start(config, true).await?;
     let store = pipeline.runtime.store.clone();
@@ -664,6 +670,32 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             println!(
                 "  tidings/bare    {:.1}% of the bare client's rate",
                 ratio * 100.0
+            );
+        }
+        // The records the pipeline moved per notification: the stages'
+        // outputs, plus the gateway's request and ACCEPTED records, which
+        // no metric counts.
+        let records_per_notification = per_notification.stage_outputs + 2.0;
+        let records = ((delivered as f64 * records_per_notification).ceil() as usize).max(1);
+        // About the size of an encoded Delivery record; no metric counts
+        // the bytes of the pipeline's records.
+        const RAW_RECORD_BYTES: usize = 400;
+        let raw = bench_kafka::raw_kafka(&kafka_config, records, RAW_RECORD_BYTES, options.users)
+            .await
+            .context("running the raw Kafka baseline")?;
+        let raw_ratio = throughput * records_per_notification / raw.rate;
+        report["raw_kafka"] = json!({
+            "rate": raw.rate,
+            "cpu_us_per_record": raw.cpu_us_per_record,
+            "records": raw.produced,
+            "record_bytes": raw.record_bytes,
+            "tidings_ratio": raw_ratio,
+        });
+        if !json {
+            println!("  raw kafka       {}", raw.text());
+            println!(
+                "  tidings/kafka   {:.1}% of raw Kafka's record rate at {records_per_notification:.1} records per notification",
+                raw_ratio * 100.0
             );
         }
     }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod bench_feed;
 pub mod bench_inbox;
+pub mod bench_kafka;
 pub mod bench_providers;
 pub mod client;
 pub mod dlq;

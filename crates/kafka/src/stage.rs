@@ -45,7 +45,7 @@ use futures::{
     stream::FuturesOrdered,
 };
 use rdkafka::{
-    ClientContext, Message, Statistics, TopicPartitionList,
+    ClientConfig, ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
     message::OwnedMessage,
@@ -512,6 +512,43 @@ enum Finished {
     Interrupted,
 }
 
+/// The settings every stage's consumer runs with, in consumer group
+/// `group` (the bench's raw Kafka baseline uses them too, so its fetches
+/// cost what a stage's do).
+pub fn consumer_config(
+    cluster: &KafkaCluster,
+    config: &KafkaConfig,
+    group: &str,
+    max_poll_interval: Duration,
+) -> ClientConfig {
+    let mut c = cluster.client_config(config);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false")
+        // Notifications are soft real time: when a partition is idle,
+        // answer fetches quickly rather than wait for a fuller batch.
+        .set("fetch.wait.max.ms", "20")
+        .set("statistics.interval.ms", "10000")
+        // Bound what a member holds read ahead: librdkafka's defaults
+        // (64 MiB queued plus 50 MiB per fetch) let a stage fed large
+        // records sit at half a GiB before it processed any of them.
+        .set("queued.max.messages.kbytes", "16384")
+        .set(
+            "fetch.max.bytes",
+            (16 << 20).max(config.max_message_bytes).to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            max_poll_interval.as_millis().to_string(),
+        );
+    c
+}
+
 impl<P: Processor> Stage<P> {
     pub fn new(
         cluster: &KafkaCluster,
@@ -523,31 +560,7 @@ impl<P: Processor> Stage<P> {
         options: StageOptions,
     ) -> Result<Self, KafkaError> {
         let group = format!("{}.{}", config.group_prefix, processor.name());
-        let mut c = cluster.client_config(config);
-        c.set("group.id", &group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "10000")
-            .set("enable.partition.eof", "false")
-            // Notifications are soft real time: when a partition is idle,
-            // answer fetches quickly rather than wait for a fuller batch.
-            .set("fetch.wait.max.ms", "20")
-            .set("statistics.interval.ms", "10000")
-            // Bound what a member holds read ahead: librdkafka's defaults
-            // (64 MiB queued plus 50 MiB per fetch) let a stage fed large
-            // records sit at half a GiB before it processed any of them.
-            .set("queued.max.messages.kbytes", "16384")
-            .set(
-                "fetch.max.bytes",
-                (16 << 20).max(config.max_message_bytes).to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                options.max_poll_interval.as_millis().to_string(),
-            );
+        let c = consumer_config(cluster, config, &group, options.max_poll_interval);
         let consumer: StreamConsumer<StageContext> = c
             .create_with_context(StageContext {
                 stage: processor.name(),

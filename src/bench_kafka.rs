@@ -1,0 +1,289 @@
+//! `tidings bench`'s raw Kafka baseline: records of about a pipeline
+//! record's size produced and consumed back on the same kind of cluster,
+//! with the pipeline's producer and a consumer set up as a stage's, and
+//! nothing else. It tells how much of Kafka's own record rate the pipeline
+//! reaches, as the bare client tells it for the provider.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, stream::FuturesUnordered};
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+};
+use tidings_config::KafkaConfig;
+use tidings_kafka::{AvroProducer, KafkaCluster, OutRecord, StageOptions, TopicSpec};
+use tidings_schemas::AvroCodec;
+
+use crate::bench_providers;
+
+/// How long the consumer may go without a record before the baseline
+/// fails: long enough for a real cluster's hiccups, short enough that a
+/// lost record does not hang the bench.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deliveries awaited at once: bounds the futures held for a long run, far
+/// below the producer's `queue.buffering.max.messages`.
+const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Bytes of filler the records' values are cut from at shifting offsets, so
+/// lz4 finds no more to squeeze out of them than the same bytes repeated.
+const FILLER_BYTES: usize = 64 * 1024;
+
+/// What the raw baseline measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawKafka {
+    /// Records the brokers acknowledged (acks=all).
+    pub produced: usize,
+    /// Records the consumer read back; the run fails unless it is
+    /// `produced`.
+    pub consumed: usize,
+    /// Value bytes per record.
+    pub record_bytes: usize,
+    /// From the first produce to the last record read back.
+    pub elapsed: Duration,
+    /// This process's CPU time (all threads) over `elapsed`.
+    pub cpu: Duration,
+    /// Records per second, each produced and consumed once.
+    pub rate: f64,
+    pub cpu_us_per_record: f64,
+}
+
+impl RawKafka {
+    /// The report line's text after its label.
+    pub fn text(&self) -> String {
+        format!(
+            "{:.0} records/s produced and consumed, {:.1} us CPU per record ({} records of {} bytes, same cluster kind)",
+            self.rate, self.cpu_us_per_record, self.produced, self.record_bytes
+        )
+    }
+}
+
+/// Produces `records` records of `record_bytes` value bytes, keyed over
+/// `key_count` keys as notifications are over users, and consumes them all
+/// back, on a cluster handle of its own: a fresh mock cluster on the
+/// embedded default, the configured brokers otherwise (a scratch topic
+/// there). Producing and consuming overlap, as they do in the pipeline.
+pub async fn raw_kafka(
+    kafka: &KafkaConfig,
+    records: usize,
+    record_bytes: usize,
+    key_count: usize,
+) -> Result<RawKafka> {
+    if records == 0 || key_count == 0 {
+        bail!("the raw Kafka baseline needs at least one record and one key");
+    }
+    // Declared first, so dropped last: the embedded brokers must outlive
+    // every client.
+    let cluster = KafkaCluster::connect(kafka)
+        .await
+        .context("connecting to Kafka for the raw baseline (kafka.bootstrap_servers)")?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // Under the deployment's prefix, where its ACLs allow topics. The crate
+    // offers no topic deletion, so on real brokers the scratch topic stays
+    // behind (keeping its records for an hour), as do its group's committed
+    // offsets until the brokers expire them.
+    let topic = format!("{}.bench.raw-kafka-{run_id}", kafka.topic_prefix);
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: kafka.partitions,
+        retention_ms: 3_600_000,
+        record: "raw bytes",
+        key: "user id",
+    };
+    cluster
+        .ensure_topics(kafka, &[spec])
+        .await
+        .with_context(|| format!("creating the raw baseline's topic {topic}"))?;
+    // The pipeline's producer; the codec goes unused, as values are raw.
+    let producer = AvroProducer::new(&cluster, kafka, AvroCodec::local())
+        .context("creating the raw baseline's producer")?;
+    let keys: Vec<String> = (0..key_count)
+        .map(|i| format!("bench-{run_id}-{i}"))
+        .collect();
+    let longest_key = keys.iter().map(String::len).max().unwrap_or(0);
+    if longest_key + record_bytes > producer.max_record_bytes() {
+        bail!(
+            "raw baseline records of {record_bytes} bytes exceed the producer's {} (kafka.max_message_bytes)",
+            producer.max_record_bytes()
+        );
+    }
+    let consumer = stage_consumer(&cluster, kafka, &format!("bench-raw-kafka-{run_id}"))?;
+    // Read from the start without joining a group: a rebalance's delay is
+    // not the record rate, and the fetches are a stage's all the same.
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        partitions
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .context("listing the raw baseline's partitions")?;
+    }
+    consumer
+        .assign(&partitions)
+        .context("assigning the raw baseline's partitions")?;
+
+    // Warm up, as the pipeline's bench does: one record through before the
+    // clock starts, so the producer id, metadata and first fetch are not
+    // timed.
+    let warm = OutRecord {
+        topic: topic.clone(),
+        key: keys[0].clone(),
+        payload: Vec::new(),
+    };
+    producer
+        .send_raw(&warm)
+        .await
+        .context("producing the raw baseline's warm-up record")?;
+    // Errors meanwhile are reports librdkafka recovers from, as in
+    // `consume`; the last is kept for the message should the record not come.
+    let warm_deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
+    let mut last_error = None;
+    loop {
+        match tokio::time::timeout_at(warm_deadline, consumer.recv()).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => bail!(
+                "the raw baseline's warm-up record did not come back within {} s{}",
+                STALL_TIMEOUT.as_secs(),
+                last_error
+                    .map(|e| format!(" (last consumer error: {e})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    let filler: Vec<u8> = std::iter::repeat_with(|| *uuid::Uuid::new_v4().as_bytes())
+        .flatten()
+        .take(FILLER_BYTES + record_bytes)
+        .collect();
+    let cpu_before = bench_providers::process_cpu();
+    let started = Instant::now();
+    let consuming = tokio::spawn(consume(consumer, records, record_bytes));
+    let produced = match produce(&producer, &topic, &keys, &filler, records, record_bytes).await {
+        Ok(produced) => produced,
+        Err(e) => {
+            // Waits for the consumer to be dropped, before the cluster is.
+            consuming.abort();
+            let _ = consuming.await;
+            return Err(e);
+        }
+    };
+    let consumed = consuming
+        .await
+        .context("the raw baseline's consumer panicked")??;
+    let elapsed = started.elapsed();
+    let cpu = bench_providers::process_cpu().saturating_sub(cpu_before);
+    Ok(RawKafka {
+        produced,
+        consumed,
+        record_bytes,
+        elapsed,
+        cpu,
+        rate: consumed as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_record: cpu.as_secs_f64() * 1e6 / consumed.max(1) as f64,
+    })
+}
+
+/// A consumer with a stage's settings: what the pipeline's fetches cost is
+/// what this one's cost.
+fn stage_consumer(
+    cluster: &KafkaCluster,
+    kafka: &KafkaConfig,
+    name: &str,
+) -> Result<StreamConsumer> {
+    let group = format!("{}.{name}", kafka.group_prefix);
+    let max_poll_interval = StageOptions::default().max_poll_interval;
+    tidings_kafka::stage::consumer_config(cluster, kafka, &group, max_poll_interval)
+        .create()
+        .context("creating the raw baseline's consumer")
+}
+
+/// Hands every record to the producer as a stage hands over its outputs,
+/// and waits until the brokers have them all.
+async fn produce(
+    producer: &AvroProducer,
+    topic: &str,
+    keys: &[String],
+    filler: &[u8],
+    records: usize,
+    record_bytes: usize,
+) -> Result<usize> {
+    let window = filler.len() - record_bytes;
+    let mut deliveries = FuturesUnordered::new();
+    let mut produced = 0;
+    for n in 0..records {
+        // A prime stride, so neighbouring records differ.
+        let at = n * 4099 % window;
+        let record = OutRecord {
+            topic: topic.to_owned(),
+            key: keys[n % keys.len()].clone(),
+            payload: filler[at..at + record_bytes].to_vec(),
+        };
+        deliveries.push(producer.enqueue(&record));
+        while deliveries.len() >= MAX_IN_FLIGHT {
+            if let Some(delivered) = deliveries.next().await {
+                delivered.context("producing a raw baseline record")?;
+                produced += 1;
+            }
+        }
+    }
+    while let Some(delivered) = deliveries.next().await {
+        delivered.context("producing a raw baseline record")?;
+        produced += 1;
+    }
+    Ok(produced)
+}
+
+/// Reads until `records` records of `record_bytes` came back, storing
+/// offsets as a stage does; fails when none comes for [`STALL_TIMEOUT`].
+async fn consume(consumer: StreamConsumer, records: usize, record_bytes: usize) -> Result<usize> {
+    let mut consumed = 0;
+    let mut last_error = None;
+    while consumed < records {
+        match tokio::time::timeout(STALL_TIMEOUT, consumer.recv()).await {
+            Ok(Ok(message)) => {
+                // Refused only for a partition no longer assigned, which
+                // an assignment without a group never loses.
+                let _ = consumer.store_offset_from_message(&message);
+                if message.payload_len() != record_bytes {
+                    bail!(
+                        "a raw baseline record came back with {} bytes, not {record_bytes}",
+                        message.payload_len()
+                    );
+                }
+                consumed += 1;
+            }
+            // Reports librdkafka queued while it recovers, as a stage
+            // sees them; kept for the message should the records stop.
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => bail!(
+                "the raw Kafka baseline stalled: {consumed} of {records} records came back, none in the last {} s{}",
+                STALL_TIMEOUT.as_secs(),
+                last_error
+                    .map(|e| format!(" (last consumer error: {e})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    Ok(consumed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the embedded default: every record comes back, and the rate and
+    /// CPU are measured.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_kafka_reads_back_every_record_embedded() {
+        let raw = raw_kafka(&KafkaConfig::default(), 2_000, 100, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        println!("  raw kafka       {}", raw.text());
+        assert_eq!(raw.produced, 2_000);
+        assert_eq!(raw.consumed, raw.produced);
+        assert_eq!(raw.record_bytes, 100);
+        assert!(raw.rate > 0.0, "{raw:?}");
+        assert!(raw.cpu_us_per_record > 0.0, "{raw:?}");
+    }
+}
