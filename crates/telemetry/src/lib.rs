@@ -60,7 +60,8 @@ pub struct Metrics {
     /// 1 while a provider is failing (the developer alert), else 0.
     pub provider_failing: IntGaugeVec,
     /// Deliveries a sender found in flight at a crash (intent marked, not
-    /// marked sent), by stage and decision (resent, skipped).
+    /// marked sent), by stage and decision (skipped: only senders with
+    /// `uncertain = skip` mark intents).
     pub sender_uncertain: IntCounterVec,
     /// Seconds to answer one feed page (the design's feed-refresh latency).
     pub feed_read_seconds: Histogram,

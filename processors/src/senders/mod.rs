@@ -10,20 +10,21 @@
 //! on); a misconfigured provider (wrong credentials: the channel is held,
 //! nothing is dead-lettered, see [`health`]).
 //!
-//! Crashes: before each provider call the sender writes an *intent* mark
-//! (`sender.intent`, per delivery and attempt), and as soon as the provider
-//! accepts, the *sent* mark (`sender.sent`) with the `sent` status, both
-//! through [`group_commit`] (one store call per few milliseconds, not per
-//! delivery). A delivery's slot is free once the provider answers: its sent
-//! mark is queued, and `finish` waits for the batch's marks. With
-//! `uncertain = resend` the call does not wait for the intent mark either
-//! (a replay resends an unmarked delivery all the same). A batch replayed
-//! after a crash skips what is marked sent; a delivery with an intent but
-//! no sent mark was in flight at the crash, or its mark was still queued,
-//! and may or may not have reached the user: it is sent again, or skipped
-//! with the status `uncertain` (`senders.uncertain`). So a crash duplicates
-//! at most the requests in flight and the last few milliseconds of sends,
-//! never a batch.
+//! Crashes: as soon as the provider accepts, the sender writes the *sent*
+//! mark (`sender.sent`) with the `sent` status, through [`group_commit`]
+//! (one store call per few milliseconds, not per delivery). A delivery's
+//! slot is free once the provider answers: its sent mark is queued, and
+//! `finish` waits for the batch's marks. A batch replayed after a crash
+//! skips what is marked sent and sends the rest again: with the default
+//! `uncertain = resend` a crash duplicates at most the requests in flight
+//! and the last few milliseconds of sends, never a batch. With
+//! `uncertain = skip` the sender also writes an *intent* mark
+//! (`sender.intent`, per delivery and attempt) before each call and waits
+//! for it: a delivery with an intent but no sent mark was in flight at the
+//! crash, or its mark was still queued, and may or may not have reached the
+//! user; it is skipped with the status `uncertain`. Resend keeps no intent
+//! marks: a replay would resend such a delivery all the same, so they would
+//! cost a write and a read per delivery for a count.
 
 pub mod apns;
 pub mod fcm;
@@ -64,7 +65,8 @@ use health::{Outcome, ProviderHealth};
 
 /// Sent-ledger scope: delivery ids are unique across channels.
 const SENT: &str = "sender.sent";
-/// Intent-ledger scope: "about to call the provider", per delivery attempt.
+/// Intent-ledger scope: "about to call the provider", per delivery attempt
+/// (kept with `uncertain = skip` only).
 const INTENT: &str = "sender.intent";
 
 /// What a provider said about one delivery.
@@ -112,26 +114,34 @@ pub trait Provider: Send + Sync + 'static {
 /// What the ledgers say to do with a delivery before sending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
-    /// No trace of an earlier send: send it.
+    /// Not marked sent (with `resend`, perhaps in flight at a crash: a
+    /// duplicate is accepted): send it.
     Send,
     /// The provider took it before: do not send it again.
     AlreadySent,
     /// An earlier attempt called the provider and no answer was recorded
-    /// (a crash in flight): it may have gone out. Send it again.
-    ResendUncertain,
-    /// As above, but the channel prefers a loss to a duplicate.
+    /// (a crash in flight): it may have gone out, and the channel prefers a
+    /// loss to a duplicate (`uncertain = skip`).
     SkipUncertain,
+}
+
+/// What a sender does about a crash during a provider call.
+enum InFlight {
+    /// Sends again whatever is not marked sent; keeps no intent marks.
+    Resend,
+    /// Marks the intent before each call (in groups, waited for), and
+    /// skips an attempt whose intent is marked but not its send.
+    Skip { intents: GroupCommit<String> },
 }
 
 impl Replay {
     /// `sent`: the sent-ledger has the delivery; `intent`: the intent ledger
-    /// has this attempt.
-    pub fn decide(sent: bool, intent: bool, uncertain: Uncertain) -> Self {
-        match (sent, intent, uncertain) {
-            (true, _, _) => Replay::AlreadySent,
-            (false, false, _) => Replay::Send,
-            (false, true, Uncertain::Resend) => Replay::ResendUncertain,
-            (false, true, Uncertain::Skip) => Replay::SkipUncertain,
+    /// has this attempt (None: the sender keeps no intent marks).
+    pub fn decide(sent: bool, intent: Option<bool>) -> Self {
+        match (sent, intent) {
+            (true, _) => Replay::AlreadySent,
+            (false, None | Some(false)) => Replay::Send,
+            (false, Some(true)) => Replay::SkipUncertain,
         }
     }
 }
@@ -160,10 +170,8 @@ pub struct ChannelSender {
     topics: Topics,
     codec: AvroCodec,
     config: SendersConfig,
-    uncertain: Uncertain,
+    in_flight: InFlight,
     health: ProviderHealth,
-    /// Intent marks, written in groups before provider calls.
-    intents: GroupCommit<String>,
     /// Sent marks with their `sent` status, written in groups as the
     /// provider accepts.
     sent: GroupCommit<(String, StatusEntry)>,
@@ -180,15 +188,22 @@ impl ChannelSender {
         config: SendersConfig,
     ) -> Self {
         let ttl = Duration::from_secs(config.sent_ledger_ttl_secs);
-        let ledger = store.dedupe.clone();
-        let intents = GroupCommit::start(
-            INTENT,
-            GroupOptions::default(),
-            Box::new(move |keys: Vec<String>| {
-                let ledger = ledger.clone();
-                Box::pin(async move { ledger.mark_many(INTENT, &keys, ttl).await })
-            }),
-        );
+        let in_flight = match config.uncertain.for_channel(channel.as_str()) {
+            Uncertain::Resend => InFlight::Resend,
+            Uncertain::Skip => {
+                let ledger = store.dedupe.clone();
+                InFlight::Skip {
+                    intents: GroupCommit::start(
+                        INTENT,
+                        GroupOptions::default(),
+                        Box::new(move |keys: Vec<String>| {
+                            let ledger = ledger.clone();
+                            Box::pin(async move { ledger.mark_many(INTENT, &keys, ttl).await })
+                        }),
+                    ),
+                }
+            }
+        };
         let (ledger, log) = (store.dedupe.clone(), store.notification_log.clone());
         let sent = GroupCommit::start(
             SENT,
@@ -209,13 +224,12 @@ impl ChannelSender {
         Self {
             channel,
             health: ProviderHealth::new(provider.name(), config.alert_after_failures),
-            uncertain: config.uncertain.for_channel(channel.as_str()),
+            in_flight,
             provider,
             store,
             topics,
             codec,
             config,
-            intents,
             sent,
         }
     }
@@ -308,20 +322,31 @@ impl ChannelSender {
                 .await
                 .map_err(store_failure)?,
         };
-        let key = intent_key(d);
-        // An intent this batch wrote is no uncertainty: it is being retried
-        // in place after an answer that says the provider did not take it.
-        let intent = !lock(&batch.intended_now).contains(&key)
-            && match batch.intent_before.get(&key) {
-                Some(seen) => *seen,
-                None => self
-                    .store
-                    .dedupe
-                    .seen(INTENT, &key)
-                    .await
-                    .map_err(store_failure)?,
-            };
-        Ok(Replay::decide(sent, intent, self.uncertain))
+        if sent {
+            return Ok(Replay::AlreadySent);
+        }
+        let intent = match self.in_flight {
+            InFlight::Resend => None,
+            InFlight::Skip { .. } => {
+                let key = intent_key(d);
+                // An intent this batch wrote is no uncertainty: it is being
+                // retried in place after an answer that says the provider
+                // did not take it.
+                Some(
+                    !lock(&batch.intended_now).contains(&key)
+                        && match batch.intent_before.get(&key) {
+                            Some(seen) => *seen,
+                            None => self
+                                .store
+                                .dedupe
+                                .seen(INTENT, &key)
+                                .await
+                                .map_err(store_failure)?,
+                        },
+                )
+            }
+        };
+        Ok(Replay::decide(sent, intent))
     }
 
     fn count_uncertain(&self, decision: &str) {
@@ -331,30 +356,25 @@ impl ChannelSender {
             .inc();
     }
 
-    /// Calls the provider, with the intent marked first so a replay knows
-    /// this delivery may have gone out. Answers when the call began, for
-    /// the outcome's tracking event.
+    /// Calls the provider (with `skip`, once the intent is marked, so a
+    /// replay knows this delivery may have gone out). Answers when the call
+    /// began, for the outcome's tracking event.
     async fn dispatch(
         &self,
         d: &Delivery,
         batch: &SenderBatch,
     ) -> Result<(i64, Result<Receipt, ProviderError>), ProcessError> {
-        let key = intent_key(d);
-        let written = self
-            .intents
-            .enqueue(key.clone())
-            .await
-            .map_err(|e| group_failure(&e))?;
-        match self.uncertain {
-            // Skipping an uncertain delivery on replay needs its intent on
-            // record before the provider can take it.
-            Uncertain::Skip => written.written().await.map_err(|e| group_failure(&e))?,
-            // A replay resends it with or without the mark (which then only
-            // counts it as uncertain): the call need not wait for the write.
-            // `finish` does, so the batch's marks land before its commit.
-            Uncertain::Resend => lock(&batch.intents_in_flight).push(written),
+        if let InFlight::Skip { intents } = &self.in_flight {
+            let key = intent_key(d);
+            intents
+                .enqueue(key.clone())
+                .await
+                .map_err(|e| group_failure(&e))?
+                .written()
+                .await
+                .map_err(|e| group_failure(&e))?;
+            lock(&batch.intended_now).insert(key);
         }
-        lock(&batch.intended_now).insert(key);
         let dispatched_at = now_millis();
         Ok((dispatched_at, self.provider.deliver(d).await))
     }
@@ -500,8 +520,10 @@ impl ChannelSender {
     async fn misconfigured(&self, d: &Delivery, setting: &str, reason: &str) -> ProcessError {
         self.health.misconfigured(setting, reason);
         // The provider did not take it: a replay after a crash during the
-        // hold must not count it as uncertain.
-        if let Err(e) = self.store.dedupe.forget(INTENT, &intent_key(d)).await {
+        // hold must not skip it as uncertain.
+        if let InFlight::Skip { .. } = self.in_flight
+            && let Err(e) = self.store.dedupe.forget(INTENT, &intent_key(d)).await
+        {
             warn!(stage = self.name(), delivery = %d.delivery_id, error = %e, "cannot clear the intent mark of a held delivery");
         }
         ProcessError::retriable(format!(
@@ -607,15 +629,15 @@ struct SentMark {
     written: Written,
 }
 
-/// A sender's batch: the ledger entries of its deliveries, read in two calls
-/// before any is sent, and what its records did. Sent marks are queued as
+/// A sender's batch: the ledger entries of its deliveries, read in one call
+/// (two with intent marks) before any is sent, and what its records did. Sent marks are queued as
 /// the provider accepts (see [`ChannelSender::sent`]); `finish` waits for
 /// them, writes the other status-log entries, and any sent mark whose own
 /// write failed.
 #[derive(Default)]
 pub struct SenderBatch {
     sent_before: HashMap<String, bool>,
-    /// By [`intent_key`].
+    /// By [`intent_key`]; empty without intent marks.
     intent_before: HashMap<String, bool>,
     /// Deliveries the provider accepted in this batch.
     sent_now: Mutex<HashSet<String>>,
@@ -623,8 +645,6 @@ pub struct SenderBatch {
     intended_now: Mutex<HashSet<String>>,
     /// Sent marks queued and not yet seen written.
     marks_in_flight: Mutex<Vec<SentMark>>,
-    /// Intent marks the provider calls did not wait for (`resend`).
-    intents_in_flight: Mutex<Vec<Written>>,
     /// Sent deliveries whose mark is still to be written.
     unmarked: Mutex<Vec<String>>,
     statuses: Mutex<Vec<StatusEntry>>,
@@ -670,11 +690,16 @@ impl Processor for ChannelSender {
                 .collect()
         };
         let ids = unique(|d| d.delivery_id.clone());
-        let intents = unique(intent_key);
-        let (sent_before, intent_before) = tokio::join!(
-            seen_map(&self.store, self.name(), SENT, ids),
-            seen_map(&self.store, self.name(), INTENT, intents)
-        );
+        let intents = async {
+            match self.in_flight {
+                InFlight::Resend => HashMap::new(),
+                InFlight::Skip { .. } => {
+                    seen_map(&self.store, self.name(), INTENT, unique(intent_key)).await
+                }
+            }
+        };
+        let (sent_before, intent_before) =
+            tokio::join!(seen_map(&self.store, self.name(), SENT, ids), intents);
         SenderBatch {
             sent_before,
             intent_before,
@@ -693,13 +718,6 @@ impl Processor for ChannelSender {
         for (delivery_id, status, result) in results {
             if let Err(e) = result {
                 self.mark_with_batch(delivery_id, status, batch, &e);
-            }
-        }
-        let intents = std::mem::take(&mut *lock(&batch.intents_in_flight));
-        for result in futures::future::join_all(intents.into_iter().map(Written::written)).await {
-            if let Err(e) = result {
-                // Only the uncertain count of a replay would miss it.
-                warn!(stage = self.name(), error = %e, "intent marks not written");
             }
         }
         let unmarked = lock(&batch.unmarked).clone();
@@ -755,10 +773,6 @@ impl Processor for ChannelSender {
                     Some("already sent".into()),
                 );
             }
-            Replay::ResendUncertain => {
-                self.count_uncertain("resent");
-                warn!(stage = self.name(), delivery = %d.delivery_id, "delivery was in flight at a crash and may have gone out; sending it again (senders.uncertain = resend)");
-            }
             Replay::SkipUncertain => {
                 self.count_uncertain("skipped");
                 let detail = format!(
@@ -798,17 +812,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replay_sends_skips_sent_and_follows_the_setting_for_uncertain() {
-        use Uncertain::{Resend, Skip};
-        for setting in [Resend, Skip] {
+    fn replay_sends_skips_sent_and_skips_uncertain_only_with_intent_marks() {
+        for intent in [None, Some(false), Some(true)] {
             // Marked sent: never again, whatever the intent says.
-            assert_eq!(Replay::decide(true, true, setting), Replay::AlreadySent);
-            assert_eq!(Replay::decide(true, false, setting), Replay::AlreadySent);
-            // No trace: a first send.
-            assert_eq!(Replay::decide(false, false, setting), Replay::Send);
+            assert_eq!(Replay::decide(true, intent), Replay::AlreadySent);
         }
-        assert_eq!(Replay::decide(false, true, Resend), Replay::ResendUncertain);
-        assert_eq!(Replay::decide(false, true, Skip), Replay::SkipUncertain);
+        // No intent marks kept (`resend`), or none for this attempt: send.
+        assert_eq!(Replay::decide(false, None), Replay::Send);
+        assert_eq!(Replay::decide(false, Some(false)), Replay::Send);
+        // In flight at a crash, with `skip`.
+        assert_eq!(Replay::decide(false, Some(true)), Replay::SkipUncertain);
     }
 
     #[test]
