@@ -80,6 +80,10 @@ struct WriteSide {
     id: u32,
     schema: &'static Schema,
     writer: GenericDatumWriter<'static>,
+    /// Records written with this same schema decode straight through it:
+    /// built once, because building one resolves the schema's names (a
+    /// map of every named type) and cost more than many a decode.
+    reader: GenericDatumReader<'static>,
 }
 
 /// Encodes and decodes every topic's records. Cheap to clone.
@@ -163,12 +167,16 @@ impl AvroCodec {
             let writer = GenericDatumWriter::builder(parsed.schema)
                 .build()
                 .unwrap_or_else(|e| panic!("catalog schema {} rejected: {e}", parsed.entry.file));
+            let reader = GenericDatumReader::builder(parsed.schema)
+                .build()
+                .unwrap_or_else(|e| panic!("catalog schema {} rejected: {e}", parsed.entry.file));
             write.insert(
                 parsed.entry.full_name,
                 WriteSide {
                     id,
                     schema: parsed.schema,
                     writer,
+                    reader,
                 },
             );
             by_id.insert(id, parsed.schema);
@@ -230,10 +238,7 @@ impl AvroCodec {
         };
         if id == ours.id {
             // Same schema on both sides: decode straight into T.
-            let reader = GenericDatumReader::builder(ours.schema)
-                .build()
-                .map_err(decode_err)?;
-            return reader.read_deser(&mut body).map_err(decode_err);
+            return ours.reader.read_deser(&mut body).map_err(decode_err);
         }
         let writer_schema = self.writer_schema(id)?;
         check_same_record(id, writer_schema, T::FULL_NAME)?;
