@@ -208,8 +208,9 @@ pub struct SendersConfig {
     /// developer alert (an error log and the `provider_failing` gauge); a
     /// provider refusing our credentials raises it at once.
     pub alert_after_failures: u32,
-    /// How long a sent delivery id is remembered, so a redelivered record is
-    /// not sent twice.
+    /// How long the intent mark of an attempt is remembered (`uncertain =
+    /// skip` only; sent marks live in the notification log, as long as its
+    /// rows).
     pub sent_ledger_ttl_secs: u64,
     /// What a replay does with a delivery whose send was started but not
     /// confirmed before a crash (it may or may not have reached the user).

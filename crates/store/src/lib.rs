@@ -48,7 +48,7 @@ pub use error::StoreError;
 pub use feed::{FeedEntry, FeedStore, PullState};
 pub use inbox::{InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery, InboxStore};
 pub use migrations::{AppliedMigration, MigrationStatus, SchemaStatus, State as MigrationState};
-pub use notification_log::{NotificationLog, StatusEntry};
+pub use notification_log::{DeliveryKey, NotificationLog, StatusEntry};
 pub use posts::{Post, PostStore, Revised};
 pub use preferences::{Preference, PreferenceStore};
 pub use rate_limits::{NewAdmission, RateLimitLedger};

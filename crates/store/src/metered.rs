@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tidings_telemetry::StoreCall;
 
 use crate::{
-    App, AppStore, Claim, ContactStore, CounterStore, DedupeLedger, Device, FeedEntry, FeedStore,
-    InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
+    App, AppStore, Claim, ContactStore, CounterStore, DedupeLedger, DeliveryKey, Device, FeedEntry,
+    FeedStore, InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
     NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, PullState,
     RateLimitLedger, ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph,
     StatusEntry, Store, StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore,
@@ -131,6 +131,7 @@ metered!(MeteredFeed, FeedStore, "feed" {
 metered!(MeteredNotificationLog, NotificationLog, "notification_log" {
     fn record(&self, entry: &StatusEntry) -> ();
     fn record_many(&self, entries: &[StatusEntry]) -> ();
+    fn sent_many(&self, keys: &[DeliveryKey]) -> Vec<bool>;
     fn get(&self, notification_id: &str) -> Vec<StatusEntry>;
 });
 

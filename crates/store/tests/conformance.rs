@@ -29,6 +29,7 @@ on_both_engines! {
     dedupe_claims_hold_a_key_for_its_first_claimant,
     dedupe_seen_many_answers_per_position_without_marking,
     notification_log_keeps_the_newest_status,
+    notification_log_marks_a_send_for_good,
     posts_hydrate_and_page_by_author,
     restricted_posts_hydrate_but_are_never_listed_by_author,
     edits_change_the_body_everywhere_and_restricted_posts_stay_unlisted,
@@ -638,6 +639,67 @@ async fn notification_log_keeps_the_newest_status(store: &Store) {
         ]
     );
     assert!(log.get(&id("unknown")).await.unwrap().is_empty());
+}
+
+/// The senders' sent-ledger: a `sent` entry marks its row for good, whatever
+/// comes later or arrived earlier.
+async fn notification_log_marks_a_send_for_good(store: &Store) {
+    let log = &store.notification_log;
+    let notification_id = id("n");
+    let entry = |target: &str, state: &str, at| StatusEntry {
+        notification_id: notification_id.clone(),
+        user_id: "u1".into(),
+        channel: "android".into(),
+        target: target.to_owned(),
+        state: state.to_owned(),
+        detail: None,
+        attempt: 0,
+        at,
+    };
+    let key = |target: &str| entry(target, "", 0).key();
+    log.record_many(&[
+        // Sent, then a newer state replaces it.
+        entry("t-later", "sent", 1_000),
+        entry("t-later", "opened", 2_000),
+        // The sent entry arrives after a newer one: the row keeps the
+        // newer state and is marked all the same.
+        entry("t-late", "delivered", 2_000),
+        entry("t-late", "sent", 1_000),
+        // Never sent.
+        entry("t-retrying", "retrying", 1_000),
+        entry("t-retrying", "dead_lettered", 2_000),
+    ])
+    .await
+    .unwrap();
+    log.record(&entry("t-one", "sent", 1_500)).await.unwrap();
+    let keys = [
+        key("t-later"),
+        key("t-late"),
+        key("t-retrying"),
+        key("t-one"),
+        key("t-unknown"),
+        key("t-later"),
+    ];
+    assert_eq!(
+        log.sent_many(&keys).await.unwrap(),
+        [true, true, false, true, false, true]
+    );
+    let states: Vec<(String, String)> = log
+        .get(&notification_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.target, e.state))
+        .collect();
+    assert!(
+        states.contains(&("t-late".into(), "delivered".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("t-later".into(), "opened".into())),
+        "{states:?}"
+    );
+    assert!(log.sent_many(&[]).await.unwrap().is_empty());
 }
 
 async fn posts_hydrate_and_page_by_author(store: &Store) {

@@ -54,7 +54,7 @@ use tidings_schemas::{
     AvroCodec, Channel,
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
 };
-use tidings_store::{StatusEntry, Store, StoreError};
+use tidings_store::{DeliveryKey, StatusEntry, Store, StoreError, notification_log};
 use tidings_telemetry::metrics;
 use tracing::warn;
 use uuid::Uuid;
@@ -63,7 +63,9 @@ use crate::enricher::store_failure;
 use group_commit::{GroupCommit, GroupOptions, Written};
 use health::{Outcome, ProviderHealth};
 
-/// Sent-ledger scope: delivery ids are unique across channels.
+/// The group writer of sent marks, for its metrics and logs. The marks are
+/// the notification log's `sent` entries (see
+/// [`tidings_store::notification_log`]).
 const SENT: &str = "sender.sent";
 /// Intent-ledger scope: "about to call the provider", per delivery attempt
 /// (kept with `uncertain = skip` only).
@@ -172,9 +174,9 @@ pub struct ChannelSender {
     config: SendersConfig,
     in_flight: InFlight,
     health: ProviderHealth,
-    /// Sent marks with their `sent` status, written in groups as the
+    /// `sent` status entries (the sent marks), written in groups as the
     /// provider accepts.
-    sent: GroupCommit<(String, StatusEntry)>,
+    sent: GroupCommit<StatusEntry>,
 }
 
 impl ChannelSender {
@@ -204,21 +206,13 @@ impl ChannelSender {
                 }
             }
         };
-        let (ledger, log) = (store.dedupe.clone(), store.notification_log.clone());
+        let log = store.notification_log.clone();
         let sent = GroupCommit::start(
             SENT,
             GroupOptions::default(),
-            Box::new(move |group: Vec<(String, StatusEntry)>| {
-                let (ledger, log) = (ledger.clone(), log.clone());
-                Box::pin(async move {
-                    let (ids, statuses): (Vec<String>, Vec<StatusEntry>) =
-                        group.into_iter().unzip();
-                    tokio::try_join!(
-                        ledger.mark_many(SENT, &ids, ttl),
-                        log.record_many(&statuses)
-                    )
-                    .map(drop)
-                })
+            Box::new(move |statuses: Vec<StatusEntry>| {
+                let log = log.clone();
+                Box::pin(async move { log.record_many(&statuses).await })
             }),
         );
         Self {
@@ -317,10 +311,13 @@ impl ChannelSender {
             Some(seen) => *seen,
             None => self
                 .store
-                .dedupe
-                .seen(SENT, &d.delivery_id)
+                .notification_log
+                .sent_many(&[delivery_key(d)])
                 .await
-                .map_err(store_failure)?,
+                .map_err(store_failure)?
+                .first()
+                .copied()
+                .unwrap_or(false),
         };
         if sent {
             return Ok(Replay::AlreadySent);
@@ -390,20 +387,12 @@ impl ChannelSender {
     ) -> Result<(), ProcessError> {
         self.health.record(Outcome::Sent);
         lock(&batch.sent_now).insert(d.delivery_id.clone());
-        let status = Self::status(d, "sent", receipt.provider_id.clone());
+        let status = Self::status(d, notification_log::SENT, receipt.provider_id.clone());
         // Queued now and waited for in `finish`: the delivery's slot is free
         // for the next one as soon as the provider answers.
-        match self
-            .sent
-            .enqueue((d.delivery_id.clone(), status.clone()))
-            .await
-        {
-            Ok(written) => lock(&batch.marks_in_flight).push(SentMark {
-                delivery_id: d.delivery_id.clone(),
-                status,
-                written,
-            }),
-            Err(e) => self.mark_with_batch(d.delivery_id.clone(), status, batch, &e),
+        match self.sent.enqueue(status.clone()).await {
+            Ok(written) => lock(&batch.marks_in_flight).push(SentMark { status, written }),
+            Err(e) => self.mark_with_batch(status, batch, &e),
         }
         self.track_at(
             out,
@@ -415,17 +404,10 @@ impl ChannelSender {
     }
 
     /// A sent mark whose own write failed: sent all the same; `finish`
-    /// writes the mark (retrying while the store is away) before the batch's
-    /// offsets are committed.
-    fn mark_with_batch(
-        &self,
-        delivery_id: String,
-        status: StatusEntry,
-        batch: &SenderBatch,
-        e: &StoreError,
-    ) {
-        warn!(stage = self.name(), delivery = %delivery_id, error = %e, "sent mark failed; writing it with the batch");
-        lock(&batch.unmarked).push(delivery_id);
+    /// writes the mark with the batch's other status entries (retrying
+    /// while the store is away) before the batch's offsets are committed.
+    fn mark_with_batch(&self, status: StatusEntry, batch: &SenderBatch, e: &StoreError) {
+        warn!(stage = self.name(), notification = %status.notification_id, channel = %status.channel, error = %e, "sent mark failed; writing it with the batch");
         lock(&batch.statuses).push(status);
     }
 
@@ -624,18 +606,28 @@ fn jittered(delay_ms: u64, delivery_id: &str, attempt: u32) -> u64 {
 
 /// A sent mark queued for its group write.
 struct SentMark {
-    delivery_id: String,
     status: StatusEntry,
     written: Written,
 }
 
-/// A sender's batch: the ledger entries of its deliveries, read in one call
-/// (two with intent marks) before any is sent, and what its records did. Sent marks are queued as
-/// the provider accepts (see [`ChannelSender::sent`]); `finish` waits for
-/// them, writes the other status-log entries, and any sent mark whose own
-/// write failed.
+/// Where the notification log keeps a delivery's status and sent mark.
+fn delivery_key(d: &Delivery) -> DeliveryKey {
+    DeliveryKey {
+        notification_id: d.notification_id.clone(),
+        channel: d.channel.clone(),
+        target: d.target.clone(),
+    }
+}
+
+/// A sender's batch: the sent marks of its deliveries, read in one call
+/// (and their intent marks in another, with `uncertain = skip`) before any
+/// is sent, and what its records did. Sent marks are queued as the provider
+/// accepts (see [`ChannelSender::sent`]); `finish` waits for them, and
+/// writes the other status-log entries and any sent mark whose own write
+/// failed.
 #[derive(Default)]
 pub struct SenderBatch {
+    /// By delivery id.
     sent_before: HashMap<String, bool>,
     /// By [`intent_key`]; empty without intent marks.
     intent_before: HashMap<String, bool>,
@@ -645,8 +637,6 @@ pub struct SenderBatch {
     intended_now: Mutex<HashSet<String>>,
     /// Sent marks queued and not yet seen written.
     marks_in_flight: Mutex<Vec<SentMark>>,
-    /// Sent deliveries whose mark is still to be written.
-    unmarked: Mutex<Vec<String>>,
     statuses: Mutex<Vec<StatusEntry>>,
 }
 
@@ -689,7 +679,21 @@ impl Processor for ChannelSender {
                 .into_iter()
                 .collect()
         };
-        let ids = unique(|d| d.delivery_id.clone());
+        let sent = async {
+            let mut ids = HashSet::new();
+            let (ids, keys): (Vec<String>, Vec<DeliveryKey>) = batch
+                .iter()
+                .filter(|(d, _)| ids.insert(&d.delivery_id))
+                .map(|(d, _)| (d.delivery_id.clone(), delivery_key(d)))
+                .unzip();
+            match self.store.notification_log.sent_many(&keys).await {
+                Ok(sent) => ids.into_iter().zip(sent).collect(),
+                Err(e) => {
+                    warn!(stage = self.name(), error = %e, "batch sent-mark read failed; reading record by record");
+                    HashMap::new()
+                }
+            }
+        };
         let intents = async {
             match self.in_flight {
                 InFlight::Resend => HashMap::new(),
@@ -698,8 +702,7 @@ impl Processor for ChannelSender {
                 }
             }
         };
-        let (sent_before, intent_before) =
-            tokio::join!(seen_map(&self.store, self.name(), SENT, ids), intents);
+        let (sent_before, intent_before) = tokio::join!(sent, intents);
         SenderBatch {
             sent_before,
             intent_before,
@@ -708,34 +711,26 @@ impl Processor for ChannelSender {
     }
 
     async fn finish(&self, batch: &SenderBatch) -> Result<(), ProcessError> {
-        // Taken once: a retried `finish` finds the failures among `unmarked`.
+        // Taken once: a retried `finish` finds the failures among `statuses`.
         let marks = std::mem::take(&mut *lock(&batch.marks_in_flight));
         let results = futures::future::join_all(marks.into_iter().map(|m| async move {
             let result = m.written.written().await;
-            (m.delivery_id, m.status, result)
+            (m.status, result)
         }))
         .await;
-        for (delivery_id, status, result) in results {
+        for (status, result) in results {
             if let Err(e) = result {
-                self.mark_with_batch(delivery_id, status, batch, &e);
+                self.mark_with_batch(status, batch, &e);
             }
         }
-        let unmarked = lock(&batch.unmarked).clone();
         let statuses = lock(&batch.statuses).clone();
-        let ttl = Duration::from_secs(self.config.sent_ledger_ttl_secs);
-        let mark = async {
-            if !unmarked.is_empty() {
-                self.store.dedupe.mark_many(SENT, &unmarked, ttl).await?;
-            }
-            Ok(())
-        };
-        let log = async {
-            if !statuses.is_empty() {
-                self.store.notification_log.record_many(&statuses).await?;
-            }
-            Ok(())
-        };
-        tokio::try_join!(mark, log).map_err(store_failure)?;
+        if !statuses.is_empty() {
+            self.store
+                .notification_log
+                .record_many(&statuses)
+                .await
+                .map_err(store_failure)?;
+        }
         Ok(())
     }
 

@@ -88,6 +88,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0008_dedupe_claimant.cql",
         include_str!("../../migrations/cql/0008_dedupe_claimant.cql"),
     ),
+    Migration::new(
+        "0009_sent_mark.cql",
+        include_str!("../../migrations/cql/0009_sent_mark.cql"),
+    ),
 ];
 
 /// Where applied migrations are recorded, and the lease one migrator holds

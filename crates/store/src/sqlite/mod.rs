@@ -66,6 +66,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0008_dedupe_claimant.sql",
         include_str!("../../migrations/sqlite/0008_dedupe_claimant.sql"),
     ),
+    Migration::new(
+        "0009_sent_mark.sql",
+        include_str!("../../migrations/sqlite/0009_sent_mark.sql"),
+    ),
 ];
 
 /// Where applied migrations are recorded. `applied_at` in Unix milliseconds.

@@ -1,23 +1,28 @@
 //! [`NotificationLog`](crate::NotificationLog) on SQLite: the `notification_status` table.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Context, Db};
 use crate::StoreError;
-use crate::notification_log::{NotificationLog, StatusEntry};
+use crate::notification_log::{DeliveryKey, NotificationLog, SENT, StatusEntry};
 
 pub(crate) struct SqliteNotificationLog(pub(crate) Db);
 
-/// The WHERE keeps the newest `at` when entries arrive out of order.
+/// The newest `at` wins when entries arrive out of order, column by column
+/// (the right-hand sides read the stored row); `sent_at` is set by the first
+/// `sent` entry and kept by every later one.
 fn upsert(c: &Connection, e: &StatusEntry) -> rusqlite::Result<usize> {
     c.prepare_cached(
         "INSERT INTO notification_status
-         (notification_id, channel, target, user_id, state, detail, attempt, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         (notification_id, channel, target, user_id, state, detail, attempt, at, sent_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?5 = ?9 THEN ?8 END)
          ON CONFLICT (notification_id, channel, target) DO UPDATE SET
-            user_id = excluded.user_id, state = excluded.state, detail = excluded.detail,
-            attempt = excluded.attempt, at = excluded.at
-         WHERE excluded.at >= notification_status.at",
+            user_id = CASE WHEN excluded.at >= at THEN excluded.user_id ELSE user_id END,
+            state = CASE WHEN excluded.at >= at THEN excluded.state ELSE state END,
+            detail = CASE WHEN excluded.at >= at THEN excluded.detail ELSE detail END,
+            attempt = CASE WHEN excluded.at >= at THEN excluded.attempt ELSE attempt END,
+            at = max(excluded.at, at),
+            sent_at = coalesce(sent_at, excluded.sent_at)",
     )?
     .execute(params![
         e.notification_id,
@@ -27,7 +32,8 @@ fn upsert(c: &Connection, e: &StatusEntry) -> rusqlite::Result<usize> {
         e.state,
         e.detail,
         e.attempt,
-        e.at
+        e.at,
+        SENT
     ])
 }
 
@@ -56,6 +62,33 @@ impl NotificationLog for SqliteNotificationLog {
             .ctx(
                 "notification_log.record_many",
                 &format!("{} entries", entries.len()),
+            )
+    }
+
+    async fn sent_many(&self, keys: &[DeliveryKey]) -> Result<Vec<bool>, StoreError> {
+        let owned = keys.to_vec();
+        self.0
+            .call(move |c| {
+                let mut select = c.prepare_cached(
+                    "SELECT sent_at IS NOT NULL OR state = ?4 FROM notification_status
+                     WHERE notification_id = ?1 AND channel = ?2 AND target = ?3",
+                )?;
+                owned
+                    .iter()
+                    .map(|k| {
+                        select
+                            .query_row(params![k.notification_id, k.channel, k.target, SENT], |r| {
+                                r.get::<_, bool>(0)
+                            })
+                            .optional()
+                            .map(|sent| sent.unwrap_or(false))
+                    })
+                    .collect()
+            })
+            .await
+            .ctx(
+                "notification_log.sent_many",
+                &format!("{} keys", keys.len()),
             )
     }
 
