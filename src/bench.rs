@@ -63,11 +63,13 @@ pub struct BenchOptions {
     #[arg(long)]
     pub rate: Option<f64>,
     /// The provider to deliver through: Twilio's API (HTTP/1.1), FCM HTTP v1
-    /// or APNs (both TLS and HTTP/2).
+    /// or APNs (both TLS and HTTP/2), SendGrid's Mail Send (TLS), or `mix`:
+    /// the design's daily ratio (10 push : 1 SMS : 5 email, push half
+    /// Android, half iOS), each through its client, over TLS.
     #[arg(long, value_enum, default_value_t = BenchChannel::Sms)]
     pub channel: BenchChannel,
     /// A `tidings bench-provider` to deliver to instead of the stand-in in
-    /// this process (android and ios), so this process's CPU is tidings'
+    /// this process (any channel but sms alone), so this process's CPU is tidings'
     /// alone and other clients can be measured against the same server.
     #[arg(long, value_name = "ADDR")]
     pub provider_addr: Option<SocketAddr>,
@@ -277,7 +279,9 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let channel = options.channel;
     let stand_in = match options.provider_addr {
         Some(_) if !channel.uses_tls() => {
-            bail!("--provider-addr serves push over TLS: use it with --channel android or ios")
+            bail!(
+                "--provider-addr serves over TLS: use it with --channel android, ios, email or mix"
+            )
         }
         Some(addr) => StandIn::remote(addr)?,
         None => StandIn::start(channel).await?,
@@ -295,10 +299,17 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         .tempdir()
         .context("creating the bench's scratch directory")?;
     let ca_path = bench_providers::write_ca(scratch.path())?;
-    config.providers.insert(
-        channel.provider_key().into(),
-        bench_providers::provider_config(channel, &base_url, &ca_path, options.provider_in_flight),
-    );
+    for single in channel.delivers() {
+        config.providers.insert(
+            single.provider_key().into(),
+            bench_providers::provider_config(
+                single,
+                &base_url,
+                &ca_path,
+                options.provider_in_flight,
+            ),
+        );
+    }
     config.gateway.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.gateway.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let kafka = config.kafka.bootstrap_servers.clone();
@@ -316,37 +327,45 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let users: Vec<String> = (0..options.users)
         .map(|i| format!("bench-{run_id}-{i}"))
         .collect();
+    let delivers = channel.delivers();
     futures::future::try_join_all(users.chunks(500).enumerate().map(|(c, chunk)| {
-        let (store, run_id) = (store.clone(), run_id.clone());
+        let (store, run_id, delivers) = (store.clone(), run_id.clone(), delivers.clone());
         async move {
             for (i, user_id) in chunk.iter().enumerate() {
+                let n = c * 500 + i;
                 let user = User {
                     user_id: user_id.clone(),
                     display_name: user_id.clone(),
                     avatar_url: None,
                     locale: None,
-                    email: None,
-                    phone: (channel == BenchChannel::Sms).then(|| "+14155550123".into()),
+                    email: delivers
+                        .contains(&BenchChannel::Email)
+                        .then(|| format!("bench-{run_id}-{n}@example.com")),
+                    phone: delivers
+                        .contains(&BenchChannel::Sms)
+                        .then(|| "+14155550123".into()),
                     updated_at: 0,
                 };
                 store.contacts.upsert_user(&user).await?;
-                let platform = match channel {
-                    BenchChannel::Sms => continue,
-                    BenchChannel::Android => Platform::Android,
-                    BenchChannel::Ios => Platform::Ios,
-                };
-                // Hex, as APNs device tokens are; unique per run and user.
-                let n = c * 500 + i;
-                store
-                    .contacts
-                    .register_device(&Device {
-                        user_id: user_id.clone(),
-                        token: format!("{run_id}{n:056x}"),
-                        platform,
-                        registered_at: unix_micros() as i64 / 1000,
-                        invalidated_at: None,
-                    })
-                    .await?;
+                for single in &delivers {
+                    // Hex, as APNs device tokens are; unique per run, user
+                    // and platform.
+                    let (platform, kind) = match single {
+                        BenchChannel::Android => (Platform::Android, 'a'),
+                        BenchChannel::Ios => (Platform::Ios, 'b'),
+                        _ => continue,
+                    };
+                    store
+                        .contacts
+                        .register_device(&Device {
+                            user_id: user_id.clone(),
+                            token: format!("{run_id}{kind}{n:055x}"),
+                            platform,
+                            registered_at: unix_micros() as i64 / 1000,
+                            invalidated_at: None,
+                        })
+                        .await?;
+                }
             }
             Ok::<_, tidings_store::StoreError>(())
         }
@@ -357,7 +376,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
     let send_request = move |event_id: String, user_id: String, seq: usize| {
         let text = format!("bench {seq}");
-        let (channel, content) = match channel {
+        let (channel, content) = match channel.of_seq(seq as u64) {
             BenchChannel::Sms => (
                 pb::Channel::Sms,
                 pb::RawContent {
@@ -377,6 +396,15 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                     ..Default::default()
                 },
             ),
+            BenchChannel::Email => (
+                pb::Channel::Email,
+                pb::RawContent {
+                    email_subject: "bench".into(),
+                    email_text: text,
+                    ..Default::default()
+                },
+            ),
+            BenchChannel::Mix => unreachable!("of_seq names a single channel"),
         };
         pb::SendRequest {
             event_id,
@@ -723,12 +751,17 @@ mod tests {
     }
 
     /// The whole bench path on the embedded default, kept small: every
-    /// notification reaches the FCM and APNs stand-ins through the real
-    /// clients over TLS and HTTP/2 (`run` fails on any missing), then the
-    /// bare client runs against the same stand-in.
+    /// notification reaches the FCM, APNs and SendGrid stand-ins (and in the
+    /// mix, Twilio's too) through the real clients over TLS (`run` fails on
+    /// any missing), then the bare client runs against the same stand-in.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn push_benches_deliver_every_notification_embedded() {
-        for channel in [BenchChannel::Android, BenchChannel::Ios] {
+    async fn tls_benches_deliver_every_notification_embedded() {
+        for channel in [
+            BenchChannel::Android,
+            BenchChannel::Ios,
+            BenchChannel::Email,
+            BenchChannel::Mix,
+        ] {
             let (_dir, config) = scratch_config();
             let options = BenchOptions {
                 notifications: 200,

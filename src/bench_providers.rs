@@ -74,19 +74,62 @@ pub enum BenchChannel {
     Android,
     /// APNs over TLS and HTTP/2 with token auth, through the APNs client.
     Ios,
+    /// SendGrid's v3 Mail Send API over TLS, through the SendGrid client.
+    Email,
+    /// The design's daily mix, 10M push : 1M SMS : 5M email, push split
+    /// evenly between Android and iOS: of every 16 notifications 5 go to
+    /// Android, 5 to iOS, 1 by SMS and 5 by email, all over TLS.
+    Mix,
 }
 
+/// Of every [`MIX_PERIOD`] notifications of a mixed run, how many each
+/// channel delivers.
+const MIX: [(BenchChannel, u64); 4] = [
+    (BenchChannel::Android, 5),
+    (BenchChannel::Ios, 5),
+    (BenchChannel::Sms, 1),
+    (BenchChannel::Email, 5),
+];
+const MIX_PERIOD: u64 = 16;
+
 impl BenchChannel {
-    /// The `[providers.<name>]` key of the channel.
+    /// The run's name, and for a single channel its `[providers.<name>]`
+    /// key.
     pub fn provider_key(self) -> &'static str {
         match self {
             BenchChannel::Sms => "sms",
             BenchChannel::Android => "android",
             BenchChannel::Ios => "ios",
+            BenchChannel::Email => "email",
+            BenchChannel::Mix => "mix",
         }
     }
 
-    /// Push is served over TLS (HTTP/2 by ALPN); SMS over plain HTTP/1.1.
+    /// The single channels a run delivers through.
+    pub fn delivers(self) -> Vec<BenchChannel> {
+        match self {
+            BenchChannel::Mix => MIX.iter().map(|(c, _)| *c).collect(),
+            single => vec![single],
+        }
+    }
+
+    /// The single channel notification `seq` of the run goes through.
+    pub fn of_seq(self, seq: u64) -> BenchChannel {
+        if self != BenchChannel::Mix {
+            return self;
+        }
+        let mut slot = seq % MIX_PERIOD;
+        for (channel, share) in MIX {
+            if slot < share {
+                return channel;
+            }
+            slot -= share;
+        }
+        unreachable!("the shares add up to MIX_PERIOD")
+    }
+
+    /// Everything but SMS alone is served over TLS (HTTP/2 or HTTP/1.1 by
+    /// ALPN); SMS alone over plain HTTP/1.1, as before the mix existed.
     pub fn uses_tls(self) -> bool {
         self != BenchChannel::Sms
     }
@@ -255,8 +298,8 @@ struct Stats {
     last_us: u64,
 }
 
-/// `[providers.<channel>]` for tidings, pointing at the stand-in at
-/// `base_url`, trusting the bench CA written to `ca_path`.
+/// `[providers.<channel>]` for tidings (a single channel), pointing at the
+/// stand-in at `base_url`, trusting the bench CA written to `ca_path`.
 pub fn provider_config(
     channel: BenchChannel,
     base_url: &str,
@@ -272,8 +315,18 @@ pub fn provider_config(
             "auth_token": "bench",
             "from": "+14155550100",
             "base_url": base_url,
+            "http": http,
             "limits": limits,
         }),
+        BenchChannel::Email => json!({
+            "kind": "sendgrid",
+            "api_key": "SG.bench",
+            "from_email": "bench@example.com",
+            "base_url": base_url,
+            "http": http,
+            "limits": limits,
+        }),
+        BenchChannel::Mix => unreachable!("a mixed run configures each of its channels"),
         BenchChannel::Android => json!({
             "kind": "fcm",
             "service_account_json": service_account(&format!("{base_url}/token")),
@@ -366,6 +419,7 @@ fn router(receipts: Receipts) -> Router {
         .route("/token", post(oauth_token))
         .route("/v1/projects/{project}/messages:send", post(fcm_send))
         .route("/3/device/{token}", post(apns_push))
+        .route("/v3/mail/send", post(sendgrid_send))
         .route("/bench/stats", get(bench_stats))
         .route("/bench/receipts", get(bench_receipts))
         .route("/bench/reset", post(bench_reset))
@@ -477,6 +531,48 @@ async fn apns_push(State(receipts): State<Receipts>, headers: HeaderMap, body: B
         [("apns-id", "00000000-0000-4000-8000-000000000000")],
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct SendGridMail {
+    #[serde(default)]
+    content: Vec<SendGridContent>,
+}
+
+#[derive(Deserialize)]
+struct SendGridContent {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+/// SendGrid's Mail Send: 202 with no body, as the real one answers.
+async fn sendgrid_send(
+    State(receipts): State<Receipts>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !has_bearer(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"errors": [{"message": "authorization required"}]})),
+        )
+            .into_response();
+    }
+    let Ok(mail) = serde_json::from_slice::<SendGridMail>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": [{"message": "bad request body"}]})),
+        )
+            .into_response();
+    };
+    receipts.record(
+        mail.content
+            .iter()
+            .find(|c| c.kind == "text/plain")
+            .map(|c| c.value.as_str()),
+    );
+    (StatusCode::ACCEPTED, [("x-message-id", "bench-message-id")]).into_response()
 }
 
 fn has_bearer(headers: &HeaderMap) -> bool {
@@ -597,45 +693,44 @@ pub async fn bare_client(
     concurrency: usize,
     first_seq: u64,
 ) -> Result<BareRun> {
-    let client = bare_http_client(match channel {
-        BenchChannel::Ios => HttpVersion::Http2Only,
-        BenchChannel::Sms | BenchChannel::Android => HttpVersion::Negotiated,
-    })?;
+    // One client per provider, as tidings has: APNs speaks HTTP/2 only.
+    let negotiated = bare_http_client(HttpVersion::Negotiated)?;
+    let apns = bare_http_client(HttpVersion::Http2Only)?;
     let fcm_url = format!("{base_url}/v1/projects/{FCM_PROJECT}/messages:send");
     let twilio_url = format!("{base_url}/2010-04-01/Accounts/ACbench/Messages.json");
+    let sendgrid_url = format!("{base_url}/v3/mail/send");
     // FCM: one access token for the run, as any client caches it.
-    let bearer = match channel {
-        BenchChannel::Android => {
-            #[derive(Deserialize)]
-            struct Grant {
-                access_token: String,
-            }
-            let grant: Grant = client
-                .post(format!("{base_url}/token"))
-                .form(&[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                    ("assertion", "bench"),
-                ])
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            grant.access_token
+    let fcm_bearer = if channel.delivers().contains(&BenchChannel::Android) {
+        #[derive(Deserialize)]
+        struct Grant {
+            access_token: String,
         }
-        // The APNs stand-in checks that a provider token is there, not its
-        // signature.
-        BenchChannel::Ios => "bench.provider.token".to_owned(),
-        BenchChannel::Sms => String::new(),
+        let grant: Grant = negotiated
+            .post(format!("{base_url}/token"))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", "bench"),
+            ])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        grant.access_token
+    } else {
+        String::new()
     };
+    // The APNs stand-in checks that a provider token is there, not its
+    // signature.
+    let apns_bearer = "bench.provider.token";
     let cpu_before = process_cpu();
     let started = Instant::now();
     let results: Vec<Result<()>> = futures::stream::iter(0..count as u64)
         .map(|i| {
             let seq = first_seq + i;
             let text = format!("bench {seq}");
-            let request = match channel {
-                BenchChannel::Sms => client
+            let request = match channel.of_seq(seq) {
+                BenchChannel::Sms => negotiated
                     .post(&twilio_url)
                     .basic_auth("ACbench", Some("bench"))
                     .form(&[
@@ -643,20 +738,30 @@ pub async fn bare_client(
                         ("From", "+14155550100"),
                         ("Body", &text),
                     ]),
-                BenchChannel::Android => client.post(&fcm_url).bearer_auth(&bearer).json(&json!({
+                BenchChannel::Android => negotiated.post(&fcm_url).bearer_auth(&fcm_bearer).json(&json!({
                     "message": {
                         "token": format!("bench-device-{seq}"),
                         "notification": {"title": "bench", "body": text},
                         "android": {"priority": "NORMAL"},
                     }
                 })),
-                BenchChannel::Ios => client
+                BenchChannel::Ios => apns
                     .post(format!("{base_url}/3/device/{seq:064x}"))
-                    .bearer_auth(&bearer)
+                    .bearer_auth(apns_bearer)
                     .header("apns-topic", APNS_TOPIC)
                     .header("apns-push-type", "alert")
                     .header("apns-priority", "5")
                     .json(&json!({"aps": {"alert": {"title": "bench", "body": text}}})),
+                BenchChannel::Email => negotiated
+                    .post(&sendgrid_url)
+                    .bearer_auth("SG.bench")
+                    .json(&json!({
+                        "personalizations": [{"to": [{"email": format!("bench-{seq}@example.com")}]}],
+                        "from": {"email": "bench@example.com"},
+                        "subject": "bench",
+                        "content": [{"type": "text/plain", "value": text}],
+                    })),
+                BenchChannel::Mix => unreachable!("of_seq names a single channel"),
             };
             async move {
                 let resp = request.send().await?;
@@ -788,6 +893,23 @@ pub async fn run_provider(options: BenchProviderOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mixed_run_follows_the_designs_daily_ratio() {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for seq in 0..1600 {
+            *counts
+                .entry(BenchChannel::Mix.of_seq(seq).provider_key())
+                .or_default() += 1;
+        }
+        // 10M push : 1M SMS : 5M email, push half Android and half iOS.
+        assert_eq!(counts["android"], 500);
+        assert_eq!(counts["ios"], 500);
+        assert_eq!(counts["sms"], 100);
+        assert_eq!(counts["email"], 500);
+        assert_eq!(BenchChannel::Email.of_seq(7), BenchChannel::Email);
+        assert_eq!(BenchChannel::Mix.delivers().len(), 4);
+    }
 
     #[test]
     fn sequence_numbers_are_read_from_bench_texts_only() {
