@@ -437,9 +437,9 @@ impl DeadLetters {
         let mut ranges: HashMap<i32, (i64, i64)> = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
-                .with_context(|| format!("reading the watermarks of {}[{p}]", self.topic))?;
+            let (low, high) =
+                tidings_kafka::watermarks(&consumer, &self.topic, p, METADATA_TIMEOUT)
+                    .with_context(|| format!("reading the watermarks of {}[{p}]", self.topic))?;
             // `show` needs one record only: start there.
             let start = filter
                 .positions

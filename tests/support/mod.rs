@@ -201,7 +201,7 @@ impl TestPipeline {
         let codec = AvroCodec::local();
         let mut left: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         for p in partitions_of(&consumer, topic) {
-            let (low, high) = watermarks(&consumer, topic, p).await;
+            let (low, high) = watermarks(&consumer, topic, p);
             if high > low {
                 left.insert(p, high);
             }
@@ -246,7 +246,7 @@ impl TestPipeline {
         let mut partitions = TopicPartitionList::new();
         let mut high_of = std::collections::HashMap::new();
         for p in partitions_of(&consumer, topic) {
-            let (low, high) = watermarks(&consumer, topic, p).await;
+            let (low, high) = watermarks(&consumer, topic, p);
             if high > low {
                 high_of.insert(p, high);
                 partitions.add_partition(topic, p);
@@ -307,38 +307,11 @@ impl TestPipeline {
     }
 }
 
-/// The low and high watermarks of a partition. Right after the first send
-/// to a new topic the brokers may not agree yet on its leader
-/// (`NotLeaderForPartition`, `LeaderNotAvailable`): such answers are asked
-/// again for up to 10 s; anything else fails the test at once.
-async fn watermarks(consumer: &impl Consumer, topic: &str, partition: i32) -> (i64, i64) {
-    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode as Code};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let error = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
-            Ok(marks) => return marks,
-            Err(e) => e,
-        };
-        let retriable = matches!(
-            &error,
-            KafkaError::MetadataFetch(
-                Code::NotLeaderForPartition
-                    | Code::LeaderNotAvailable
-                    | Code::UnknownTopicOrPartition
-                    | Code::UnknownLeaderEpoch
-                    | Code::FencedLeaderEpoch
-                    | Code::RequestTimedOut
-                    | Code::OperationTimedOut
-                    | Code::BrokerTransportFailure
-                    | Code::AllBrokersDown
-            )
-        );
-        assert!(
-            retriable && Instant::now() < deadline,
-            "watermarks of {topic}/{partition}: {error}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The low and high watermarks of a partition, asked again while the
+/// brokers settle (a new topic's leader); anything else fails the test.
+fn watermarks(consumer: &impl Consumer, topic: &str, partition: i32) -> (i64, i64) {
+    tidings_kafka::watermarks(consumer, topic, partition, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"))
 }
 
 /// The partition ids of `topic`.

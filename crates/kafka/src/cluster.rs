@@ -276,3 +276,46 @@ impl Drop for KafkaCluster {
         }
     }
 }
+
+/// Whether a metadata answer comes from a cluster still settling (a new
+/// topic whose leader is not elected yet, a broker restarting or out of
+/// reach for a moment): worth asking again, unlike a wrong topic name or
+/// a refused credential.
+pub fn is_settling(error: &rdkafka::error::KafkaError) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        error,
+        rdkafka::error::KafkaError::MetadataFetch(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownTopicOrPartition
+                | Code::UnknownLeaderEpoch
+                | Code::FencedLeaderEpoch
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
+/// The low and high watermarks of a partition, asked again every 200 ms
+/// for up to `patience` while the cluster [is settling](is_settling) (right
+/// after the first write to a new topic its brokers may not agree on a
+/// leader yet). Blocks, as `fetch_watermarks` itself does.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+    patience: Duration,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Err(e) if is_settling(&e) && std::time::Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}

@@ -11,7 +11,7 @@ pub mod stage;
 pub mod topics;
 
 pub use backoff::Backoff;
-pub use cluster::KafkaCluster;
+pub use cluster::{KafkaCluster, is_settling, watermarks};
 pub use error::KafkaError;
 pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
 pub use readiness::{Assignment, StageAssignments};

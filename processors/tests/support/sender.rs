@@ -205,7 +205,8 @@ pub async fn read_topic(cluster: &KafkaCluster, kafka: &KafkaConfig, topic: &str
         let mut highs = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in metadata.topics()[0].partitions() {
-            let (low, high) = watermarks(&consumer, &topic, p.id());
+            let (low, high) = tidings_kafka::watermarks(&consumer, &topic, p.id(), timeout)
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{}: {e}", p.id()));
             if high > low {
                 highs.insert(p.id(), high);
                 tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
@@ -237,42 +238,6 @@ pub async fn read_topic(cluster: &KafkaCluster, kafka: &KafkaConfig, topic: &str
     })
     .await
     .expect("reader thread")
-}
-
-/// The low and high watermarks of a partition. Right after the first send
-/// to a new topic the brokers may not agree yet on its leader
-/// (`NotLeaderForPartition`, `LeaderNotAvailable`): such answers are asked
-/// again for up to 10 s, as tests/support/mod.rs does; anything else fails
-/// the test at once.
-fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
-    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode as Code};
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let error = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
-            Ok(marks) => return marks,
-            Err(e) => e,
-        };
-        let retriable = matches!(
-            &error,
-            KafkaError::MetadataFetch(
-                Code::NotLeaderForPartition
-                    | Code::LeaderNotAvailable
-                    | Code::UnknownTopicOrPartition
-                    | Code::UnknownLeaderEpoch
-                    | Code::FencedLeaderEpoch
-                    | Code::RequestTimedOut
-                    | Code::OperationTimedOut
-                    | Code::BrokerTransportFailure
-                    | Code::AllBrokersDown
-            )
-        );
-        assert!(
-            retriable && std::time::Instant::now() < deadline,
-            "watermarks of {topic}/{partition}: {error}"
-        );
-        // The caller is a blocking thread of its own.
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn body_of(r: &Recorded) -> Option<String> {
