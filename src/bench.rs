@@ -315,6 +315,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let kafka = config.kafka.bootstrap_servers.clone();
     // For the raw Kafka baseline, once the pipeline has stopped.
     let kafka_config = config.kafka.clone();
+    // For the raw store baseline: the pipeline's store, as it connects.
+    let store_options = crate::runtime::store_options(&config, false);
     let store_url = config.store.url.clone();
     let pipeline = Pipeline::start(config, true).await?;
     let store = pipeline.runtime.store.clone();
@@ -725,6 +727,50 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 "  tidings/kafka   {:.1}% of raw Kafka's record rate at {records_per_notification:.1} records per notification",
                 raw_ratio * 100.0
             );
+        }
+        // One row per notification delivered: enough for a steady rate.
+        let rows = delivered.max(1_000);
+        let cpu_before = bench_providers::process_cpu();
+        let raw = tidings_store::baseline::raw_writes(&store_url, rows, &store_options)
+            .await
+            .context("running the raw store baseline")?;
+        let cpu_us_per_row = bench_providers::process_cpu()
+            .saturating_sub(cpu_before)
+            .as_secs_f64()
+            * 1e6
+            / rows as f64;
+        // Only CQL statements are counted: SQLite's calls carry many rows.
+        let statements = per_notification.statements.total;
+        let store_ratio = (statements > 0.0).then(|| throughput * statements / raw.rate());
+        report["raw_store"] = json!({
+            "engine": raw.engine,
+            "rate": raw.rate(),
+            "rows": raw.rows,
+            "in_flight": raw.in_flight,
+            "cpu_us_per_row": cpu_us_per_row,
+            "tidings_ratio": store_ratio,
+        });
+        if !json {
+            println!(
+                "  raw store       {:.0} rows/s inserted into one partition, {cpu_us_per_row:.1} us CPU per row ({} rows of {} bytes, {} {} in flight, same driver and set-up)",
+                raw.rate(),
+                raw.rows,
+                tidings_store::baseline::ROW_BYTES,
+                raw.in_flight,
+                match raw.engine {
+                    "sqlite" => format!(
+                        "calls of {} rows",
+                        tidings_store::baseline::SQLITE_ROWS_PER_CALL
+                    ),
+                    _ => "statements".to_owned(),
+                },
+            );
+            if let Some(ratio) = store_ratio {
+                println!(
+                    "  tidings/store   {:.1}% of those statements/s at {statements:.2} CQL statements per notification",
+                    ratio * 100.0
+                );
+            }
         }
     }
     let peak_rss = bench_providers::peak_rss_mib();

@@ -395,7 +395,7 @@ impl Runtime {
     }
 }
 
-fn store_options(config: &Config, migrate: bool) -> StoreOptions {
+pub(crate) fn store_options(config: &Config, migrate: bool) -> StoreOptions {
     let replication = if config.store.datacenters.is_empty() {
         Replication::Simple {
             factor: config.store.replication_factor,

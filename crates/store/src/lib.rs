@@ -15,6 +15,7 @@
 //! same conformance suite (`tests/conformance.rs`) runs against both engines.
 
 pub mod apps;
+pub mod baseline;
 pub mod contacts;
 pub mod counters;
 pub mod dedupe;

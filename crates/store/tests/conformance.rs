@@ -2163,6 +2163,7 @@ migration_tests! {
     a_store_of_the_previous_release_is_upgraded_and_keeps_its_data,
     a_store_migrated_by_a_newer_build_is_refused,
     scheduled_items_of_the_previous_release_are_released_after_the_upgrade,
+    the_raw_write_baseline_inserts_every_row_and_leaves_nothing_behind,
 }
 
 #[derive(Clone, Copy)]
@@ -2378,6 +2379,52 @@ impl Fresh {
                 .expect("drop keyspace");
         }
     }
+}
+
+/// `tidings bench`'s store baseline: every row inserted, through the
+/// engine's driver, and no scratch table or file left in the store.
+async fn the_raw_write_baseline_inserts_every_row_and_leaves_nothing_behind(fresh: Fresh) {
+    let store = fresh.connect(true).await.expect("migrate");
+    let run = tidings_store::baseline::raw_writes(&fresh.url, 1_500, &StoreOptions::default())
+        .await
+        .expect("raw writes");
+    assert_eq!(run.rows, 1_500);
+    assert!(run.rate() > 0.0 && run.in_flight > 0, "{run:?}");
+    match fresh.engine {
+        Engine::Sqlite => {
+            let path = fresh.url.trim_start_matches("sqlite://");
+            for suffix in ["", "-wal", "-shm"] {
+                let scratch = format!("{path}.raw-writes{suffix}");
+                assert!(
+                    !std::path::Path::new(&scratch).exists(),
+                    "{scratch} left behind"
+                );
+            }
+        }
+        Engine::Scylla => {
+            let tables = cql_session()
+                .await
+                .query_unpaged(
+                    "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+                    (fresh.keyspace.as_str(),),
+                )
+                .await
+                .expect("tables")
+                .into_rows_result()
+                .expect("rows")
+                .rows::<(String,)>()
+                .expect("typed rows")
+                .map(|r| r.expect("row").0)
+                .collect::<Vec<_>>();
+            assert!(!tables.is_empty(), "the store's own tables are there");
+            assert!(
+                !tables.iter().any(|t| t == "raw_write_baseline"),
+                "scratch table left behind: {tables:?}"
+            );
+        }
+    }
+    drop(store);
+    fresh.finish().await;
 }
 
 /// Every migration of this build applied, none changed since.
