@@ -78,8 +78,9 @@ pub struct BenchOptions {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub provider_in_flight: usize,
     /// Skip the same-run baselines: a bare HTTP client sending as many
-    /// requests straight to the stand-in, and as many Kafka records
-    /// produced and consumed with nothing around them.
+    /// requests straight to the stand-in, as many Kafka records produced
+    /// and consumed with nothing around them, and a row per notification
+    /// inserted into one partition of the store with the same driver.
     #[arg(long)]
     pub no_baseline: bool,
     /// Print the results as one JSON object instead of the text report;

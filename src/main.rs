@@ -97,12 +97,14 @@ enum Command {
     /// Print the effective configuration as TOML.
     Config,
     /// Load-test the whole pipeline in this process through the batch send
-    /// API, against a local Twilio, FCM or APNs stand-in, and print
-    /// notifications/s, accept-to-provider latency, CPU per notification and
-    /// a bare HTTP client's rate to the same stand-in.
+    /// API, against a local Twilio, FCM, APNs or SendGrid stand-in (or all
+    /// four in the design's daily mix), and print notifications/s,
+    /// accept-to-provider latency, CPU per notification and same-run
+    /// baselines: a bare HTTP client to the same stand-in, raw Kafka, raw
+    /// store inserts.
     Bench(tidings::bench::BenchOptions),
     /// Serve the bench's provider stand-ins (FCM with its OAuth token
-    /// endpoint, APNs, Twilio) over TLS until interrupted, so tidings, a
+    /// endpoint, APNs, Twilio, SendGrid) over TLS until interrupted, so tidings, a
     /// bare client and gorush can be measured against one server
     /// (scripts/bench-gorush.sh).
     #[command(hide = true)]
