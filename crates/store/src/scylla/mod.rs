@@ -785,6 +785,60 @@ pub(crate) fn from_int(op: &'static str, key: &str, value: i32) -> Result<u32, S
         .map_err(|_| StoreError::invalid_data(op, key, format!("negative value {value} stored")))
 }
 
+/// [`crate::baseline::raw_writes`] on CQL: prepared inserts into one
+/// partition of a scratch table, `opts.concurrency` in flight (as a
+/// multi-key call of the store keeps), the table dropped after. Not
+/// counted in the statement metrics: it is a baseline, not the store's work.
+/// Answers the requests kept in flight.
+pub(crate) async fn raw_writes(
+    nodes: &[String],
+    keyspace: &str,
+    rows: usize,
+    opts: &StoreOptions,
+) -> Result<usize, StoreError> {
+    const OP: &str = "baseline.raw_writes";
+    // `keyspace` is a CQL identifier: the store URL's parser checked it.
+    let cql = session(nodes, keyspace, opts).await?;
+    let table = format!("{keyspace}.raw_write_baseline");
+    cql.session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (p int, c bigint, v blob, PRIMARY KEY (p, c))"
+            ),
+            (),
+        )
+        .await
+        .ctx(OP, &table)?;
+    let insert = cql
+        .session
+        .prepare(format!("INSERT INTO {table} (p, c, v) VALUES (0, ?, ?)"))
+        .await
+        .ctx(OP, &table)?;
+    let value = vec![7u8; crate::baseline::ROW_BYTES];
+    let written = stream::iter(0..rows)
+        .map(|i| {
+            let (insert, value, session) = (&insert, &value, &cql.session);
+            async move {
+                session
+                    .execute_unpaged(insert, (i64::try_from(i).unwrap_or(i64::MAX), value))
+                    .await
+                    .map(drop)
+            }
+        })
+        .buffer_unordered(cql.concurrency)
+        .try_collect::<Vec<()>>()
+        .await
+        .ctx(OP, &table);
+    let dropped = cql
+        .session
+        .query_unpaged(format!("DROP TABLE IF EXISTS {table}"), ())
+        .await
+        .ctx(OP, &table);
+    written?;
+    dropped?;
+    Ok(cql.concurrency)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -842,58 +896,4 @@ mod tests {
         let bad = BTreeMap::from([("x': 1}; DROP".to_owned(), 3)]);
         assert!(replication_map(&Replication::NetworkTopology { datacenters: bad }).is_err());
     }
-}
-
-/// [`crate::baseline::raw_writes`] on CQL: prepared inserts into one
-/// partition of a scratch table, `opts.concurrency` in flight (as a
-/// multi-key call of the store keeps), the table dropped after. Not
-/// counted in the statement metrics: it is a baseline, not the store's work.
-/// Answers the requests kept in flight.
-pub(crate) async fn raw_writes(
-    nodes: &[String],
-    keyspace: &str,
-    rows: usize,
-    opts: &StoreOptions,
-) -> Result<usize, StoreError> {
-    const OP: &str = "baseline.raw_writes";
-    // `keyspace` is a CQL identifier: the store URL's parser checked it.
-    let cql = session(nodes, keyspace, opts).await?;
-    let table = format!("{keyspace}.raw_write_baseline");
-    cql.session
-        .query_unpaged(
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (p int, c bigint, v blob, PRIMARY KEY (p, c))"
-            ),
-            (),
-        )
-        .await
-        .ctx(OP, &table)?;
-    let insert = cql
-        .session
-        .prepare(format!("INSERT INTO {table} (p, c, v) VALUES (0, ?, ?)"))
-        .await
-        .ctx(OP, &table)?;
-    let value = vec![7u8; crate::baseline::ROW_BYTES];
-    let written = stream::iter(0..rows)
-        .map(|i| {
-            let (insert, value, session) = (&insert, &value, &cql.session);
-            async move {
-                session
-                    .execute_unpaged(insert, (i64::try_from(i).unwrap_or(i64::MAX), value))
-                    .await
-                    .map(drop)
-            }
-        })
-        .buffer_unordered(cql.concurrency)
-        .try_collect::<Vec<()>>()
-        .await
-        .ctx(OP, &table);
-    let dropped = cql
-        .session
-        .query_unpaged(format!("DROP TABLE IF EXISTS {table}"), ())
-        .await
-        .ctx(OP, &table);
-    written?;
-    dropped?;
-    Ok(cql.concurrency)
 }

@@ -484,6 +484,73 @@ pub(crate) fn from_json(
     serde_json::from_str(json).map_err(|e| StoreError::invalid_data(op, key, e))
 }
 
+/// [`crate::baseline::raw_writes`] on SQLite: a scratch database beside the
+/// store's, opened as the store opens its own (pragmas, one connection
+/// thread with group commit), and calls of
+/// [`SQLITE_ROWS_PER_CALL`](crate::baseline::SQLITE_ROWS_PER_CALL) inserts
+/// into one table, 4 in flight (as the senders' mark writer keeps). The
+/// scratch files are removed after. Answers the calls kept in flight.
+pub(crate) async fn raw_writes(path: &str, rows: usize) -> Result<usize, StoreError> {
+    use futures::{StreamExt, TryStreamExt, stream};
+
+    use crate::baseline::{ROW_BYTES, SQLITE_ROWS_PER_CALL};
+    const OP: &str = "baseline.raw_writes";
+    const IN_FLIGHT: usize = 4;
+    let scratch = if path == ":memory:" {
+        path.to_owned()
+    } else {
+        format!("{path}.raw-writes")
+    };
+    let remove = |scratch: &str| {
+        if scratch != ":memory:" {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{scratch}{suffix}"));
+            }
+        }
+    };
+    remove(&scratch);
+    let db = Db::open(&scratch).await?;
+    let written = async {
+        db.call(|c| {
+            c.execute_batch(
+                "CREATE TABLE raw_writes (p INTEGER NOT NULL, c INTEGER NOT NULL, \
+                 v BLOB NOT NULL, PRIMARY KEY (p, c)) WITHOUT ROWID",
+            )
+        })
+        .await
+        .ctx(OP, &scratch)?;
+        stream::iter((0..rows).step_by(SQLITE_ROWS_PER_CALL))
+            .map(|first| {
+                let (db, scratch) = (&db, &scratch);
+                async move {
+                    let last = (first + SQLITE_ROWS_PER_CALL).min(rows);
+                    db.call(move |c| {
+                        let mut insert = c.prepare_cached(
+                            "INSERT INTO raw_writes (p, c, v) VALUES (0, ?1, ?2)",
+                        )?;
+                        let value = [7u8; ROW_BYTES];
+                        for i in first..last {
+                            insert.execute(rusqlite::params![
+                                i64::try_from(i).unwrap_or(i64::MAX),
+                                &value[..]
+                            ])?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .ctx(OP, scratch)
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+    }
+    .await;
+    drop(db);
+    remove(&scratch);
+    written.map(|_| IN_FLIGHT)
+}
+
 #[cfg(test)]
 mod tests {
     use rusqlite::StatementStatus;
@@ -561,71 +628,4 @@ mod tests {
             "(live_devices, preferences) re-prepares"
         );
     }
-}
-
-/// [`crate::baseline::raw_writes`] on SQLite: a scratch database beside the
-/// store's, opened as the store opens its own (pragmas, one connection
-/// thread with group commit), and calls of
-/// [`SQLITE_ROWS_PER_CALL`](crate::baseline::SQLITE_ROWS_PER_CALL) inserts
-/// into one table, 4 in flight (as the senders' mark writer keeps). The
-/// scratch files are removed after. Answers the calls kept in flight.
-pub(crate) async fn raw_writes(path: &str, rows: usize) -> Result<usize, StoreError> {
-    use futures::{StreamExt, TryStreamExt, stream};
-
-    use crate::baseline::{ROW_BYTES, SQLITE_ROWS_PER_CALL};
-    const OP: &str = "baseline.raw_writes";
-    const IN_FLIGHT: usize = 4;
-    let scratch = if path == ":memory:" {
-        path.to_owned()
-    } else {
-        format!("{path}.raw-writes")
-    };
-    let remove = |scratch: &str| {
-        if scratch != ":memory:" {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{scratch}{suffix}"));
-            }
-        }
-    };
-    remove(&scratch);
-    let db = Db::open(&scratch).await?;
-    let written = async {
-        db.call(|c| {
-            c.execute_batch(
-                "CREATE TABLE raw_writes (p INTEGER NOT NULL, c INTEGER NOT NULL, \
-                 v BLOB NOT NULL, PRIMARY KEY (p, c)) WITHOUT ROWID",
-            )
-        })
-        .await
-        .ctx(OP, &scratch)?;
-        stream::iter((0..rows).step_by(SQLITE_ROWS_PER_CALL))
-            .map(|first| {
-                let (db, scratch) = (&db, &scratch);
-                async move {
-                    let last = (first + SQLITE_ROWS_PER_CALL).min(rows);
-                    db.call(move |c| {
-                        let mut insert = c.prepare_cached(
-                            "INSERT INTO raw_writes (p, c, v) VALUES (0, ?1, ?2)",
-                        )?;
-                        let value = [7u8; ROW_BYTES];
-                        for i in first..last {
-                            insert.execute(rusqlite::params![
-                                i64::try_from(i).unwrap_or(i64::MAX),
-                                &value[..]
-                            ])?;
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .ctx(OP, scratch)
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await
-    }
-    .await;
-    drop(db);
-    remove(&scratch);
-    written.map(|_| IN_FLIGHT)
 }
