@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cassandra's own per-table read and write counts for one keyspace, as JSON.
 
-    scripts/cql-table-counts.py KEYSPACE [HOST [PORT]]   (default 127.0.0.1 39042)
+    scripts/cql-table-counts.py KEYSPACE [HOST [PORT]]   (default 127.0.0.1 19042)
 
 Reads system_views.local_read_latency and local_write_latency (Cassandra 4.1
 and later), so running it before and after a benchmark gives the database's
@@ -19,7 +19,7 @@ def main() -> None:
         sys.exit(__doc__)
     keyspace = sys.argv[1]
     host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
-    port = int(sys.argv[3]) if len(sys.argv) > 3 else 39042
+    port = int(sys.argv[3]) if len(sys.argv) > 3 else 19042
     session = Cluster([host], port=port).connect()
     counts = {}
     for view, verb in [("local_read_latency", "read"), ("local_write_latency", "write")]:

@@ -13,9 +13,9 @@
 #   check [kafka|cassandra]   run the full readiness checks against running servers
 #   wipe                      stop both and delete their data (keeps the downloaded jars)
 #
-# Addresses: Kafka 127.0.0.1:39092 (PLAINTEXT), 127.0.0.1:39094 (SSL, with a test CA in
-# .servers/kafka/tls/ca.pem), controller 39093; Cassandra CQL 127.0.0.1:39042 (storage 37000,
-# JMX 127.0.0.1:37199). Files: scripts/servers/* are the templates,
+# Addresses: Kafka 127.0.0.1:19092 (PLAINTEXT), 127.0.0.1:19094 (SSL, with a test CA in
+# .servers/kafka/tls/ca.pem), controller 19093; Cassandra CQL 127.0.0.1:19042 (storage 17000,
+# JMX 127.0.0.1:17199). Files: scripts/servers/* are the templates,
 # .servers/{kafka,cassandra}/{lib,conf,data,logs} the state. `up` and `down` take a lock
 # (.servers/.lock), so concurrent callers are safe. `up` restarts a running Kafka whose
 # rendered configuration (server.properties, TLS keystore, heap) differs from the one it was
@@ -28,13 +28,16 @@ SRC="$SCRIPT_DIR/servers"
 STATE="$ROOT/.servers"
 
 HOST=127.0.0.1
-KAFKA_PORT=39092
-KAFKA_CONTROLLER_PORT=39093
-KAFKA_TLS_PORT=39094
-CQL_PORT=39042
-CASSANDRA_STORAGE_PORT=37000
-CASSANDRA_SSL_STORAGE_PORT=37001
-CASSANDRA_JMX_PORT=37199
+# Every port sits below Linux's ephemeral range (32768-60999 by default): a listener there
+# can find its port taken by some client socket's local end (a CI run failed that way:
+# Cassandra's `bind(..) failed: Address already in use` on 39042 with nothing listening).
+KAFKA_PORT=19092
+KAFKA_CONTROLLER_PORT=19093
+KAFKA_TLS_PORT=19094
+CQL_PORT=19042
+CASSANDRA_STORAGE_PORT=17000
+CASSANDRA_SSL_STORAGE_PORT=17001
+CASSANDRA_JMX_PORT=17199
 
 KAFKA_TIMEOUT=${TIDINGS_SERVERS_KAFKA_TIMEOUT:-120}
 CASSANDRA_TIMEOUT=${TIDINGS_SERVERS_CASSANDRA_TIMEOUT:-240}
@@ -83,6 +86,18 @@ die_log() {
 }
 
 now() { date +%s; }
+
+# warn when this machine's ephemeral range covers one of our ports (see the note at HOST)
+warn_ephemeral_ports() {
+  local lo hi p
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || return 0
+  for p in $KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_TLS_PORT $CQL_PORT \
+           $CASSANDRA_STORAGE_PORT $CASSANDRA_SSL_STORAGE_PORT $CASSANDRA_JMX_PORT; do
+    if (( p >= lo && p <= hi )); then
+      say "WARNING: port $p lies in this machine's ephemeral range $lo-$hi (net.ipv4.ip_local_port_range): a client socket may hold it and a server fail to bind"
+    fi
+  done
+}
 
 port_open() { # host port
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
@@ -574,6 +589,7 @@ cmd_up() {
   names=$(targets "${1:-}")
   t0=$(now)
   take_lock
+  warn_ephemeral_ports
   # install+launch each in turn (Kafka boots while Cassandra's jars download), then wait for all
   for n in $names; do
     if needs_install "$n" && [[ -n "$(our_pid "$n")" ]]; then

@@ -26,13 +26,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 fn kafka_address() -> String {
-    std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into())
+    std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
 /// A keyspace of this test's own: no other test binary migrates it at the
 /// same time (concurrent schema changes make Cassandra disagree).
 fn cassandra_url() -> String {
-    let address = std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".into());
+    let address = std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
     format!("scylla://{address}/tidings_inbox_sender")
 }
 

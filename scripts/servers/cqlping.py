@@ -5,7 +5,7 @@ Standard library only. Sends STARTUP, then one QUERY, and prints the first row
 as name=value pairs. Exit status 0 on success, 1 on any failure (one line on
 stderr saying why).
 
-    cqlping.py [--host 127.0.0.1] [--port 39042] [--timeout 5]
+    cqlping.py [--host 127.0.0.1] [--port 19042] [--timeout 5]
                [--query "SELECT release_version FROM system.local"]
 """
 import argparse
@@ -161,7 +161,7 @@ def ping(host, port, timeout, query):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=39042)
+    ap.add_argument("--port", type=int, default=19042)
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--query", default="SELECT release_version FROM system.local")
     args = ap.parse_args()

@@ -46,11 +46,11 @@ pub enum Backend {
 }
 
 pub fn kafka_address() -> String {
-    std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into())
+    std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
 pub fn cql_address() -> String {
-    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".into())
+    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into())
 }
 
 /// Serialises pipeline start-up against the shared Cassandra keyspace:

@@ -271,7 +271,7 @@ async fn batches_are_prefetched_finished_then_produced_and_bad_records_dead_lett
 // shutdown mid-batch, per-key order, a permanent `finish` failure and a
 // rebalance. Each scenario runs on the embedded brokers, and those that
 // depend on what a real broker does (topic size limits, group rebalances)
-// on the test Kafka too (`TIDINGS_TEST_KAFKA`, default 127.0.0.1:39092).
+// on the test Kafka too (`TIDINGS_TEST_KAFKA`, default 127.0.0.1:19092).
 // The rebalance runs on the test Kafka only: the mock's group coordinator
 // refuses offset commits for as long as a rebalance lasts (seconds to tens of
 // seconds there), the revoke commit included, which a real broker accepts.
@@ -313,7 +313,7 @@ impl Env {
             Brokers::Embedded => KafkaCluster::start_embedded().expect("embedded brokers"),
             Brokers::Kafka => {
                 config.bootstrap_servers = std::env::var("TIDINGS_TEST_KAFKA")
-                    .unwrap_or_else(|_| "127.0.0.1:39092".into());
+                    .unwrap_or_else(|_| "127.0.0.1:19092".into());
                 KafkaCluster::connect(&config).await.expect(
                     "the test Kafka (start it with `scripts/servers.sh up`; \
                      `eval \"$(scripts/servers.sh env)\"` names it)",

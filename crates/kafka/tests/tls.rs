@@ -1,6 +1,6 @@
 //! Kafka over TLS, against the real broker's SSL listener that
 //! `scripts/servers.sh up` runs next to the plaintext one: address in
-//! `TIDINGS_TEST_KAFKA_TLS` (default `127.0.0.1:39094`), its test CA in
+//! `TIDINGS_TEST_KAFKA_TLS` (default `127.0.0.1:19094`), its test CA in
 //! `TIDINGS_TEST_KAFKA_CA` (default `<repo>/.servers/kafka/tls/ca.pem`), see
 //! `eval "$(scripts/servers.sh env)"`. TLS is configured the way a deployment
 //! does it: `security.protocol` and `ssl.ca.location` in `kafka.client`.
@@ -58,7 +58,7 @@ const START_SERVERS: &str = "start the test servers with `scripts/servers.sh up`
      (`scripts/servers.sh status` shows the SSL listener, `scripts/servers.sh logs` the broker's log)";
 
 fn tls_address() -> String {
-    std::env::var("TIDINGS_TEST_KAFKA_TLS").unwrap_or_else(|_| "127.0.0.1:39094".into())
+    std::env::var("TIDINGS_TEST_KAFKA_TLS").unwrap_or_else(|_| "127.0.0.1:19094".into())
 }
 
 /// The CA that signed the broker's certificate; must exist.

@@ -2183,7 +2183,7 @@ struct Fresh {
 
 /// The CQL server's address.
 fn cql_address() -> String {
-    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".to_owned())
+    std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:19042".to_owned())
 }
 
 async fn cql_session() -> ::scylla::client::session::Session {

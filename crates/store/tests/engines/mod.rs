@@ -3,7 +3,7 @@
 //!
 //! - SQLite: a fresh database file in a temporary directory per test.
 //! - Scylla/Cassandra: the CQL address in `TIDINGS_TEST_CQL` (default
-//!   `127.0.0.1:39042`, started by `scripts/servers.sh up`), keyspace
+//!   `127.0.0.1:19042`, started by `scripts/servers.sh up`), keyspace
 //!   `tidings_test`. Tests share the keyspace and isolate themselves with
 //!   unique ids, so they run in parallel.
 
@@ -29,7 +29,7 @@ pub async fn sqlite_fixture() -> Fixture {
 
 pub fn scylla_url() -> String {
     let address =
-        std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:39042".to_owned());
+        std::env::var("TIDINGS_TEST_CQL").unwrap_or_else(|_| "127.0.0.1:19042".to_owned());
     format!("scylla://{address}/tidings_test")
 }
 
