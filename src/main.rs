@@ -93,6 +93,13 @@ enum Command {
         /// and when it was applied; change nothing.
         #[arg(long)]
         status: bool,
+        /// After migrating, fill the CQL recipient copy again (profiles and
+        /// preferences copied into each user's `devices` partition; newer
+        /// values are never overwritten): for upgrades to schema 11 during
+        /// which processes of an earlier release wrote contacts or
+        /// preferences. Nothing to do on SQLite.
+        #[arg(long, conflicts_with = "status")]
+        refill_recipients: bool,
     },
     /// Print the effective configuration as TOML.
     Config,
@@ -459,7 +466,10 @@ async fn run(cli: Cli) -> Result<()> {
             println!("topics and tables are ready");
             Ok(())
         }
-        Command::Migrate { status } => {
+        Command::Migrate {
+            status,
+            refill_recipients,
+        } => {
             let config = load()?;
             tidings_telemetry::init_logging(&config.telemetry);
             if status {
@@ -472,6 +482,10 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("applied migrations {applied:?}");
                 }
                 print!("{status}");
+                if refill_recipients {
+                    Runtime::refill_recipients(&config).await?;
+                    println!("recipient copy filled");
+                }
             }
             Ok(())
         }

@@ -385,6 +385,16 @@ impl Runtime {
         Ok((applied, after))
     }
 
+    /// `tidings migrate --refill-recipients`: the CQL recipient copy filled
+    /// again (see `tidings_store::Store::refill_recipients`).
+    pub async fn refill_recipients(config: &Config) -> Result<()> {
+        let store = connect_store(config, false).await?;
+        store
+            .refill_recipients()
+            .await
+            .context("filling the recipient copy")
+    }
+
     /// `tidings migrate --status`: where the store's schema stands; creates
     /// and changes nothing.
     pub async fn store_schema_status(config: &Config) -> Result<SchemaStatus> {

@@ -29,6 +29,7 @@ pub mod posts;
 pub mod preferences;
 pub mod rate_limits;
 pub mod reactions;
+pub mod recipients;
 pub mod schedule;
 mod script;
 mod scylla;
@@ -54,6 +55,7 @@ pub use posts::{Post, PostStore, Revised};
 pub use preferences::{Preference, PreferenceStore};
 pub use rate_limits::{NewAdmission, RateLimitLedger};
 pub use reactions::{PostTally, ReactionStore, Reply, TallyMember, TallyState, TallyUpdate};
+pub use recipients::{Recipient, RecipientStore};
 pub use schedule::{ScheduleStore, ScheduledItem, UNSCOPED};
 pub use social_graph::SocialGraph;
 pub use templates::{TemplateContent, TemplateStore, TemplateVersion};
@@ -129,6 +131,11 @@ trait Backend: Send + Sync + 'static {
     /// Applies the migrations the store has not recorded, in order, recording
     /// each; answers the versions this call applied.
     async fn migrate(&self) -> Result<Vec<u32>, StoreError>;
+    /// Fills the engine's copies of denormalised data again (CQL: the
+    /// recipient copy); nothing by default.
+    async fn refill(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Handle to every aggregate store of one engine. Cloning is cheap (`Arc`s).
@@ -136,6 +143,9 @@ trait Backend: Send + Sync + 'static {
 pub struct Store {
     pub contacts: Arc<dyn ContactStore>,
     pub preferences: Arc<dyn PreferenceStore>,
+    /// The batch read of [`contacts`](Self::contacts) and
+    /// [`preferences`](Self::preferences) the enricher makes.
+    pub recipients: Arc<dyn RecipientStore>,
     pub templates: Arc<dyn TemplateStore>,
     pub dedupe: Arc<dyn DedupeLedger>,
     pub notification_log: Arc<dyn NotificationLog>,
@@ -173,6 +183,15 @@ impl Store {
     /// migrated by a newer build ([`StoreError::SchemaTooNew`]).
     pub async fn migrate(&self) -> Result<Vec<u32>, StoreError> {
         self.backend.migrate().await
+    }
+
+    /// On CQL, copies every profile and preference into the recipient copy
+    /// again (as migration 11 did), never overwriting a newer value: for a
+    /// store upgraded while processes of an earlier release, which do not
+    /// keep the copy, still wrote contacts or preferences. Holds the
+    /// migration lease. Nothing to do on SQLite.
+    pub async fn refill_recipients(&self) -> Result<(), StoreError> {
+        self.backend.refill().await
     }
 
     /// Where this store's schema stands against this build's migrations.

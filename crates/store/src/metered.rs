@@ -17,9 +17,9 @@ use crate::{
     App, AppStore, Claim, ContactStore, CounterStore, DedupeLedger, DeliveryKey, Device, FeedEntry,
     FeedStore, InboxAction, InboxCounts, InboxItem, InboxQuery, InboxStore, Millis, NewAdmission,
     NotificationLog, Post, PostStore, PostTally, Preference, PreferenceStore, PullState,
-    RateLimitLedger, ReactionStore, Reply, Revised, ScheduleStore, ScheduledItem, SocialGraph,
-    StatusEntry, Store, StoreError, TallyMember, TallyState, TallyUpdate, TemplateStore,
-    TemplateVersion, User,
+    RateLimitLedger, ReactionStore, Recipient, RecipientStore, Reply, Revised, ScheduleStore,
+    ScheduledItem, SocialGraph, StatusEntry, Store, StoreError, TallyMember, TallyState,
+    TallyUpdate, TemplateStore, TemplateVersion, User,
 };
 
 /// Runs one store call and records how long it took and whether it failed.
@@ -185,6 +185,10 @@ metered!(MeteredSocialGraph, SocialGraph, "social_graph" {
     fn muted_among(&self, user: &str, candidates: &[String]) -> HashSet<String>;
 });
 
+metered!(MeteredRecipients, RecipientStore, "recipients" {
+    fn recipients_many(&self, user_ids: &[String]) -> HashMap<String, Recipient>;
+});
+
 metered!(MeteredTemplates, TemplateStore, "templates" {
     fn create_version(&self, template: &TemplateVersion) -> ();
     fn get(&self, name: &str, version: Option<u32>) -> Option<TemplateVersion>;
@@ -201,6 +205,10 @@ pub(crate) fn metered(store: Store) -> Store {
         }),
         preferences: Arc::new(MeteredPreferences {
             inner: store.preferences,
+            engine,
+        }),
+        recipients: Arc::new(MeteredRecipients {
+            inner: store.recipients,
             engine,
         }),
         templates: Arc::new(MeteredTemplates {

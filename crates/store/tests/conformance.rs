@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tidings_store::{
     App, Device, FeedEntry, InboxAction, InboxCounts, InboxFilter, InboxItem, InboxQuery,
-    MigrationState, Millis, NewAdmission, Platform, Post, Preference, PullState, Revised,
-    ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions, TemplateContent,
-    TemplateVersion, UNSCOPED, User, now_millis, schema_status,
+    MigrationState, Millis, NewAdmission, Platform, Post, Preference, PullState, Recipient,
+    Revised, ScheduledItem, SchemaStatus, StatusEntry, Store, StoreError, StoreOptions,
+    TemplateContent, TemplateVersion, UNSCOPED, User, now_millis, schema_status,
 };
 use uuid::Uuid;
 
@@ -21,6 +21,7 @@ on_both_engines! {
     get_users_skips_missing_ids_and_keeps_order,
     device_tombstones_and_registrations_resolve_by_time,
     live_devices_many_spans_users_in_user_then_token_order,
+    recipients_answer_what_the_three_reads_answer,
     preferences_per_channel_and_category,
     template_versions_latest_and_conflicts,
     dedupe_sees_a_key_once_until_its_ttl_expires,
@@ -118,6 +119,163 @@ async fn users_round_trip_and_contact_points_update_in_place(store: &Store) {
     let bare = c.get_user(&bob).await.unwrap().expect("bob created");
     assert_eq!(bare.phone.as_deref(), Some("+14155550100"));
     assert_eq!(bare.display_name, "");
+}
+
+/// The one call the enricher makes per batch answers what the profile,
+/// device and preference reads would: on CQL from the copy in each user's
+/// `devices` partition, which every write keeps (profile, email and phone,
+/// preference changes, device removals and invalidations).
+async fn recipients_answer_what_the_three_reads_answer(store: &Store) {
+    let run = Uuid::now_v7();
+    let id = |name: &str| format!("{name}-{run}");
+    let c = &store.contacts;
+    let p = &store.preferences;
+    let user = |name: &str, at: Millis| User {
+        user_id: id(name),
+        display_name: format!("{name} display"),
+        avatar_url: Some(format!("https://img.example/{name}")),
+        locale: Some("fr-FR".into()),
+        email: Some(format!("{name}@example.com")),
+        phone: None,
+        updated_at: at,
+    };
+    let device = |name: &str, token: &str, platform: Platform, at: Millis| Device {
+        user_id: id(name),
+        token: token.into(),
+        platform,
+        registered_at: at,
+        invalidated_at: None,
+    };
+    let choice = |name: &str, channel: &str, category: Option<&str>, opt_in: bool| Preference {
+        user_id: id(name),
+        channel: channel.into(),
+        category: category.map(str::to_owned),
+        opt_in,
+        updated_at: if opt_in { 10 } else { 11 },
+    };
+    // Everything: a profile, a live and an invalidated device, choices.
+    c.upsert_user(&user("full", 1)).await.expect("user");
+    c.register_device(&device("full", "a-ios", Platform::Ios, 5))
+        .await
+        .expect("device");
+    c.register_device(&device("full", "b-android", Platform::Android, 5))
+        .await
+        .expect("device");
+    c.invalidate_device(&id("full"), "b-android", 6)
+        .await
+        .expect("invalidate");
+    p.set(&choice("full", "sms", None, false))
+        .await
+        .expect("pref");
+    p.set(&choice("full", "email", Some("digest"), true))
+        .await
+        .expect("pref");
+    p.set(&choice("full", "email", Some("digest"), false))
+        .await
+        .expect("pref changed");
+    // A bare row from contact points only, one of them cleared again.
+    c.set_email(&id("bare"), Some("bare@example.com".into()))
+        .await
+        .expect("email");
+    c.set_phone(&id("bare"), Some("+33612345678".into()))
+        .await
+        .expect("phone");
+    c.set_email(&id("bare"), None).await.expect("email cleared");
+    // Only a device; only a choice; a profile whose device was removed.
+    c.register_device(&device("device-only", "t1", Platform::Web, 7))
+        .await
+        .expect("device");
+    p.set(&choice("choice-only", "android", None, true))
+        .await
+        .expect("pref");
+    c.upsert_user(&user("removed", 1)).await.expect("user");
+    c.register_device(&device("removed", "gone", Platform::Ios, 5))
+        .await
+        .expect("device");
+    c.remove_device(&id("removed"), "gone")
+        .await
+        .expect("remove");
+    // Re-profiled: the newer profile replaces the older one whole.
+    c.upsert_user(&user("reprofiled", 1)).await.expect("user");
+    let newer = User {
+        avatar_url: None,
+        locale: None,
+        ..user("reprofiled", 2)
+    };
+    c.upsert_user(&newer).await.expect("user again");
+
+    let names = [
+        "full",
+        "bare",
+        "device-only",
+        "choice-only",
+        "removed",
+        "reprofiled",
+        "unknown",
+    ];
+    let mut asked: Vec<String> = names.iter().map(|n| id(n)).collect();
+    asked.push(id("full")); // asked twice, answered once
+    let got = store
+        .recipients
+        .recipients_many(&asked)
+        .await
+        .expect("recipients");
+
+    let users = c.get_users(&asked).await.expect("users");
+    let devices = c.live_devices_many(&asked).await.expect("devices");
+    let preferences = p.list_many(&asked).await.expect("preferences");
+    let mut expected: HashMap<String, Recipient> = HashMap::new();
+    for u in users {
+        let user_id = u.user_id.clone();
+        expected.entry(user_id).or_default().user = Some(u);
+    }
+    for d in devices {
+        expected
+            .entry(d.user_id.clone())
+            .or_default()
+            .devices
+            .push(d);
+    }
+    for (user_id, list) in preferences {
+        expected.entry(user_id).or_default().preferences = list;
+    }
+    assert_eq!(got, expected);
+
+    // And what that is, so that the comparison cannot pass on two empty maps.
+    assert_eq!(got.len(), 6, "every name but `unknown`: {got:?}");
+    let full = &got[&id("full")];
+    assert_eq!(full.user.as_ref().map(|u| u.updated_at), Some(1));
+    assert_eq!(full.devices.len(), 1, "the invalidated device is not live");
+    assert_eq!(full.devices[0].token, "a-ios");
+    assert_eq!(
+        full.preferences,
+        vec![
+            choice("full", "sms", None, false),
+            choice("full", "email", Some("digest"), false),
+        ],
+        "channel-wide first, the newer choice kept"
+    );
+    let bare = got[&id("bare")]
+        .user
+        .as_ref()
+        .expect("a bare row is a user");
+    assert_eq!(
+        (bare.email.as_deref(), bare.phone.as_deref()),
+        (None, Some("+33612345678"))
+    );
+    assert!(got[&id("device-only")].user.is_none());
+    assert!(got[&id("choice-only")].devices.is_empty());
+    let removed = &got[&id("removed")];
+    assert!(removed.user.is_some() && removed.devices.is_empty());
+    assert_eq!(got[&id("reprofiled")].user.as_ref(), Some(&newer));
+    assert!(
+        store
+            .recipients
+            .recipients_many(&[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
 }
 
 async fn get_users_skips_missing_ids_and_keeps_order(store: &Store) {
@@ -2512,6 +2670,30 @@ async fn a_store_of_the_previous_release_is_upgraded_and_keeps_its_data(fresh: F
         updated_at: 1,
     };
     old.contacts.upsert_user(&user).await.expect("user");
+    let device = Device {
+        user_id: user.user_id.clone(),
+        token: id("old-token"),
+        platform: Platform::Android,
+        registered_at: 5,
+        invalidated_at: None,
+    };
+    old.contacts.register_device(&device).await.expect("device");
+    let opted_out = Preference {
+        user_id: user.user_id.clone(),
+        channel: "sms".into(),
+        category: None,
+        opt_in: false,
+        updated_at: 3,
+    };
+    old.preferences.set(&opted_out).await.expect("preference");
+    let choice_only = Preference {
+        user_id: id("old-choice-only"),
+        channel: "email".into(),
+        category: Some("digest".into()),
+        opt_in: true,
+        updated_at: 4,
+    };
+    old.preferences.set(&choice_only).await.expect("preference");
     old.counters.add("likes", "p1", 7).await.expect("counter");
     drop(old);
 
@@ -2524,9 +2706,75 @@ async fn a_store_of_the_previous_release_is_upgraded_and_keeps_its_data(fresh: F
             .get_user(&user.user_id)
             .await
             .expect("get"),
-        Some(user)
+        Some(user.clone())
     );
     assert_eq!(upgraded.counters.get("likes", "p1").await.expect("get"), 7);
+    // On CQL the upgrade filled the one-partition copy of profiles and
+    // preferences written before it, which the recipients read.
+    let asked = [user.user_id.clone(), choice_only.user_id.clone()];
+    let recipients = upgraded
+        .recipients
+        .recipients_many(&asked)
+        .await
+        .expect("recipients");
+    let expected = HashMap::from([
+        (
+            user.user_id.clone(),
+            Recipient {
+                user: Some(user.clone()),
+                devices: vec![device],
+                preferences: vec![opted_out],
+            },
+        ),
+        (
+            choice_only.user_id.clone(),
+            Recipient {
+                user: None,
+                devices: vec![],
+                preferences: vec![choice_only],
+            },
+        ),
+    ]);
+    assert_eq!(recipients, expected);
+    if let Engine::Scylla = fresh.engine {
+        // A process of the previous release writes `users` alone during the
+        // rollout: the copy misses it until it is filled again.
+        let session = cql_session().await;
+        session
+            .query_unpaged(
+                format!(
+                    "UPDATE {}.users SET email = ? WHERE user_id = ?",
+                    fresh.keyspace
+                ),
+                ("ada@elsewhere.example", user.user_id.as_str()),
+            )
+            .await
+            .expect("write the previous release's way");
+        let stale = upgraded
+            .recipients
+            .recipients_many(&asked)
+            .await
+            .expect("recipients");
+        assert_eq!(stale, expected, "the copy does not see that write yet");
+        upgraded.refill_recipients().await.expect("refill");
+        let filled = upgraded
+            .recipients
+            .recipients_many(&asked)
+            .await
+            .expect("recipients");
+        let email = |r: &HashMap<String, Recipient>| {
+            r[&user.user_id].user.as_ref().and_then(|u| u.email.clone())
+        };
+        assert_eq!(email(&filled).as_deref(), Some("ada@elsewhere.example"));
+        assert_eq!(
+            filled[&user.user_id].preferences,
+            expected[&user.user_id].preferences
+        );
+    }
+    upgraded
+        .refill_recipients()
+        .await
+        .expect("refill is safe again");
     assert_eq!(
         upgraded.migrate().await.expect("migrate"),
         Vec::<u32>::new()

@@ -49,8 +49,8 @@ use tidings_schemas::{
     tracking_link::{LinkSigner, TrackedTarget},
 };
 use tidings_store::{
-    Device, Millis, NewAdmission, Platform, Preference, ScheduledItem, StatusEntry, Store,
-    StoreError, TemplateVersion, User,
+    Device, Millis, NewAdmission, Platform, Preference, Recipient as StoredRecipient,
+    ScheduledItem, StatusEntry, Store, StoreError, TemplateVersion, User,
 };
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -247,11 +247,9 @@ fn targets(
 pub struct BatchLookups {
     /// Verdicts by (partition, offset): the enricher reads one topic.
     verdicts: HashMap<(i32, i64), Verdict>,
-    /// Users whose contacts were looked up, whether they exist or not.
-    looked_up: HashSet<String>,
-    users: HashMap<String, User>,
-    devices: HashMap<String, Vec<Device>>,
-    preferences: HashMap<String, Vec<Preference>>,
+    /// Every user looked up, whether anything is recorded for them or not
+    /// (then an empty recipient).
+    recipients: HashMap<String, StoredRecipient>,
     /// Rate-limit admissions made by the batch's records, written to the
     /// store by `finish`. Kept (not drained) by `finish`, which the stage
     /// runner retries in place.
@@ -261,22 +259,9 @@ pub struct BatchLookups {
     statuses: Mutex<Vec<StatusEntry>>,
 }
 
-/// A user's contact points, live devices and preferences.
-type Contacts = (Option<User>, Vec<Device>, Vec<Preference>);
-
 impl BatchLookups {
     fn verdict(&self, meta: &RecordMeta) -> Option<Verdict> {
         self.verdicts.get(&(meta.partition, meta.offset)).copied()
-    }
-
-    fn contacts(&self, user_id: &str) -> Option<(Option<&User>, &[Device], &[Preference])> {
-        self.looked_up.contains(user_id).then(|| {
-            (
-                self.users.get(user_id),
-                self.devices.get(user_id).map_or(&[][..], Vec::as_slice),
-                self.preferences.get(user_id).map_or(&[][..], Vec::as_slice),
-            )
-        })
     }
 }
 
@@ -303,37 +288,22 @@ impl Enricher {
             .collect())
     }
 
-    /// Contacts and preferences of every user in the batch.
-    async fn prefetch_contacts(
+    /// Contacts and preferences of every user in the batch, in one call.
+    async fn prefetch_recipients(
         &self,
         batch: &[(&NotificationRequest, &RecordMeta)],
-    ) -> Result<BatchLookups, StoreError> {
+    ) -> Result<HashMap<String, StoredRecipient>, StoreError> {
         let user_ids: Vec<String> = batch
             .iter()
             .map(|(req, _)| req.user_id.clone())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let contacts = &self.store.contacts;
-        let (users, devices, preferences) = tokio::try_join!(
-            contacts.get_users(&user_ids),
-            contacts.live_devices_many(&user_ids),
-            self.store.preferences.list_many(&user_ids),
-        )?;
-        let mut lookups = BatchLookups {
-            users: users.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
-            preferences,
-            looked_up: user_ids.into_iter().collect(),
-            ..BatchLookups::default()
-        };
-        for d in devices {
-            lookups
-                .devices
-                .entry(d.user_id.clone())
-                .or_default()
-                .push(d);
+        let mut recipients = self.store.recipients.recipients_many(&user_ids).await?;
+        for user_id in user_ids {
+            recipients.entry(user_id).or_default();
         }
-        Ok(lookups)
+        Ok(recipients)
     }
 
     /// Reads every rate-limit window the batch's records can touch (each
@@ -366,14 +336,14 @@ impl Enricher {
         Ok(())
     }
 
-    async fn load_contacts(&self, user_id: &str) -> Result<Contacts, ProcessError> {
-        let contacts = &self.store.contacts;
-        tokio::try_join!(
-            contacts.get_user(user_id),
-            contacts.live_devices(user_id),
-            self.store.preferences.list(user_id),
-        )
-        .map_err(store_failure)
+    async fn load_recipient(&self, user_id: &str) -> Result<StoredRecipient, ProcessError> {
+        let mut found = self
+            .store
+            .recipients
+            .recipients_many(&[user_id.to_owned()])
+            .await
+            .map_err(store_failure)?;
+        Ok(found.remove(user_id).unwrap_or_default())
     }
 }
 
@@ -386,20 +356,21 @@ impl Processor for Enricher {
         "enricher"
     }
 
-    /// Two dedupe-ledger calls, three reads and, with rate limits, one
-    /// read of the rate-limit windows for the whole batch, instead of five
-    /// or more calls per record.
+    /// Two dedupe-ledger calls, one recipients read and, with rate limits,
+    /// one read of the rate-limit windows for the whole batch, instead of
+    /// five or more calls per record.
     async fn prefetch(&self, batch: &[(&NotificationRequest, &RecordMeta)]) -> BatchLookups {
         let now = now_millis();
-        let (verdicts, contacts, windows) = tokio::join!(
+        let (verdicts, recipients, windows) = tokio::join!(
             self.prefetch_verdicts(batch, now),
-            self.prefetch_contacts(batch),
+            self.prefetch_recipients(batch),
             self.prefetch_rate_limits(batch),
         );
-        let mut lookups = contacts.unwrap_or_else(|e| {
-            warn!(error = %e, "batch contact lookup failed; looking up record by record");
-            BatchLookups::default()
-        });
+        let mut lookups = BatchLookups::default();
+        match recipients {
+            Ok(recipients) => lookups.recipients = recipients,
+            Err(e) => warn!(error = %e, "batch contact lookup failed; looking up record by record"),
+        }
         match verdicts {
             Ok(verdicts) => lookups.verdicts = verdicts,
             Err(e) => warn!(error = %e, "batch dedupe check failed; checking record by record"),
@@ -590,18 +561,19 @@ impl Enricher {
                 Some("event already handled"),
             );
         }
-        let loaded: Contacts;
-        let (user, devices, preferences) = match job.lookups.contacts(&req.user_id) {
+        let loaded: StoredRecipient;
+        let stored = match job.lookups.recipients.get(&req.user_id) {
             Some(found) => found,
             None => {
-                loaded = self.load_contacts(&req.user_id).await?;
-                (loaded.0.as_ref(), loaded.1.as_slice(), loaded.2.as_slice())
+                loaded = self.load_recipient(&req.user_id).await?;
+                &loaded
             }
         };
+        let user = stored.user.as_ref();
         let recipient = Recipient {
             user,
-            devices,
-            preferences,
+            devices: &stored.devices,
+            preferences: &stored.preferences,
         };
         let content = match self.content(req, user).await {
             Ok(content) => content,

@@ -1,26 +1,28 @@
-//! [`ContactStore`](crate::ContactStore) on CQL: the `users` and `devices` tables.
+//! [`ContactStore`](crate::ContactStore) on CQL: the `users` and `devices`
+//! tables (and the copy of `users` in `devices`, see `recipients.rs`).
 
 use std::collections::BTreeSet;
 
 use scylla::statement::prepared::PreparedStatement;
 
+use super::recipients::{CopyWrites, SourceWrite};
 use super::{Context, Cql};
 use crate::contacts::{ContactStore, Device, User};
 use crate::{Millis, StoreError, now_millis};
 
 pub(crate) struct ScyllaContacts {
     cql: Cql,
-    upsert_user: PreparedStatement,
+    upsert_user: SourceWrite,
     get_user: PreparedStatement,
-    set_email: PreparedStatement,
-    set_phone: PreparedStatement,
+    set_email: SourceWrite,
+    set_phone: SourceWrite,
     register_device: PreparedStatement,
     remove_device: PreparedStatement,
     invalidate_device: PreparedStatement,
     devices: PreparedStatement,
 }
 
-type UserRow = (
+pub(super) type UserRow = (
     String,
     Option<String>,
     Option<String>,
@@ -30,7 +32,7 @@ type UserRow = (
     Option<Millis>,
 );
 
-fn user_from_row(
+pub(super) fn user_from_row(
     (user_id, display_name, avatar_url, locale, email, phone, updated_at): UserRow,
 ) -> User {
     // set_email/set_phone may have created the row without a profile.
@@ -45,23 +47,61 @@ fn user_from_row(
     }
 }
 
+/// A `devices` row as a device: `None` for a row that holds only a
+/// tombstone, or only the partition's static columns (the copy of `users`).
+pub(super) fn device_from_row(
+    op: &'static str,
+    user_id: &str,
+    token: Option<String>,
+    platform: Option<String>,
+    registered_at: Option<Millis>,
+    invalidated_at: Option<Millis>,
+) -> Result<Option<Device>, StoreError> {
+    let (Some(token), Some(platform), Some(registered_at)) = (token, platform, registered_at)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Device {
+        user_id: user_id.to_owned(),
+        token,
+        platform: platform
+            .parse()
+            .map_err(|e| StoreError::invalid_data(op, user_id, e))?,
+        registered_at,
+        invalidated_at,
+    }))
+}
+
 impl ScyllaContacts {
-    pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+    /// `copy`: the store has the copy of `users` in `devices` (migration
+    /// 0010), which every write to `users` then keeps.
+    pub(crate) async fn prepare(cql: &Cql, copy: Option<&CopyWrites>) -> Result<Self, StoreError> {
         Ok(ScyllaContacts {
-            upsert_user: cql
-                .prepare(
+            upsert_user: SourceWrite::new(
+                cql.prepare(
                     "INSERT INTO users (user_id, display_name, avatar_url, locale, email, phone, updated_at)
                      VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
                 .await?,
+                copy.map(|c| &c.profile),
+                "users",
+            ),
             get_user: cql
                 .prepare(
                     "SELECT user_id, display_name, avatar_url, locale, email, phone, updated_at
                      FROM users WHERE user_id = ?",
                 )
                 .await?,
-            set_email: cql.prepare("UPDATE users SET email = ?, updated_at = ? WHERE user_id = ?").await?,
-            set_phone: cql.prepare("UPDATE users SET phone = ?, updated_at = ? WHERE user_id = ?").await?,
+            set_email: SourceWrite::new(
+                cql.prepare("UPDATE users SET email = ?, updated_at = ? WHERE user_id = ?").await?,
+                copy.map(|c| &c.email),
+                "users",
+            ),
+            set_phone: SourceWrite::new(
+                cql.prepare("UPDATE users SET phone = ?, updated_at = ? WHERE user_id = ?").await?,
+                copy.map(|c| &c.phone),
+                "users",
+            ),
             register_device: cql
                 .prepare("UPDATE devices SET platform = ?, registered_at = ? WHERE user_id = ? AND device_token = ?")
                 .await?,
@@ -80,17 +120,33 @@ impl ScyllaContacts {
 #[async_trait::async_trait]
 impl ContactStore for ScyllaContacts {
     async fn upsert_user(&self, u: &User) -> Result<(), StoreError> {
-        let values = (
-            &u.user_id,
+        let profile = (
             &u.display_name,
             &u.avatar_url,
             &u.locale,
             &u.email,
             &u.phone,
+        );
+        let source = (
+            &u.user_id,
+            profile.0,
+            profile.1,
+            profile.2,
+            profile.3,
+            profile.4,
             u.updated_at,
         );
-        self.cql
-            .execute(&self.upsert_user, values)
+        let copy = (
+            profile.0,
+            profile.1,
+            profile.2,
+            profile.3,
+            profile.4,
+            u.updated_at,
+            &u.user_id,
+        );
+        self.upsert_user
+            .run(&self.cql, source, copy)
             .await
             .ctx("contacts.upsert_user", &u.user_id)?;
         Ok(())
@@ -114,16 +170,18 @@ impl ContactStore for ScyllaContacts {
     }
 
     async fn set_email(&self, user_id: &str, email: Option<String>) -> Result<(), StoreError> {
-        self.cql
-            .execute(&self.set_email, (email, now_millis(), user_id))
+        let values = (email, now_millis(), user_id);
+        self.set_email
+            .run(&self.cql, &values, &values)
             .await
             .ctx("contacts.set_email", user_id)?;
         Ok(())
     }
 
     async fn set_phone(&self, user_id: &str, phone: Option<String>) -> Result<(), StoreError> {
-        self.cql
-            .execute(&self.set_phone, (phone, now_millis(), user_id))
+        let values = (phone, now_millis(), user_id);
+        self.set_phone
+            .run(&self.cql, &values, &values)
             .await
             .ctx("contacts.set_phone", user_id)?;
         Ok(())
@@ -163,30 +221,19 @@ impl ContactStore for ScyllaContacts {
         const OP: &str = "contacts.live_devices";
         let rows = self
             .cql
-            .all_rows::<(String, Option<String>, Option<Millis>, Option<Millis>)>(
-                &self.devices,
-                (user_id,),
-            )
+            .all_rows::<(
+                Option<String>,
+                Option<String>,
+                Option<Millis>,
+                Option<Millis>,
+            )>(&self.devices, (user_id,))
             .await
             .ctx(OP, user_id)?;
         let mut live = Vec::new();
         for (token, platform, registered_at, invalidated_at) in rows {
-            // A row without registration holds only a tombstone.
-            let (Some(platform), Some(registered_at)) = (platform, registered_at) else {
-                continue;
-            };
-            let device = Device {
-                user_id: user_id.to_owned(),
-                token,
-                platform: platform
-                    .parse()
-                    .map_err(|e| StoreError::invalid_data(OP, user_id, e))?,
-                registered_at,
-                invalidated_at,
-            };
-            if device.is_live() {
-                live.push(device);
-            }
+            let device =
+                device_from_row(OP, user_id, token, platform, registered_at, invalidated_at)?;
+            live.extend(device.filter(Device::is_live));
         }
         Ok(live)
     }

@@ -17,6 +17,7 @@ mod posts;
 mod preferences;
 mod rate_limits;
 mod reactions;
+mod recipients;
 mod schedule;
 mod social_graph;
 mod templates;
@@ -92,6 +93,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "0009_sent_mark.cql",
         include_str!("../../migrations/cql/0009_sent_mark.cql"),
     ),
+    Migration::new(
+        "0010_recipient_copy.cql",
+        include_str!("../../migrations/cql/0010_recipient_copy.cql"),
+    ),
+    Migration::new(
+        "0011_recipient_copy_filled.cql",
+        include_str!("../../migrations/cql/0011_recipient_copy_filled.cql"),
+    ),
 ];
 
 /// Where applied migrations are recorded, and the lease one migrator holds
@@ -146,10 +155,26 @@ pub(crate) async fn connect(
             })?;
         migrations::check("scylla", MIGRATIONS, &cql.recorded().await?)?;
     }
+    let recorded = cql.recorded().await?;
+    let has = |version: u32| recorded.applied.iter().any(|m| m.version == version);
+    let copy = match has(recipients::COPY_COLUMNS) {
+        true => Some(recipients::CopyWrites::prepare(&cql).await?),
+        false => None,
+    };
+    let contacts: Arc<dyn crate::ContactStore> =
+        Arc::new(contacts::ScyllaContacts::prepare(&cql, copy.as_ref()).await?);
+    let preferences: Arc<dyn crate::PreferenceStore> =
+        Arc::new(preferences::ScyllaPreferences::prepare(&cql, copy.as_ref()).await?);
+    let separate = crate::recipients::SeparateReads {
+        contacts: contacts.clone(),
+        preferences: preferences.clone(),
+    };
+    let filled = copy.is_some() && has(recipients::COPY_FILLED);
 
     Ok(Store {
-        contacts: Arc::new(contacts::ScyllaContacts::prepare(&cql).await?),
-        preferences: Arc::new(preferences::ScyllaPreferences::prepare(&cql).await?),
+        recipients: Arc::new(recipients::ScyllaRecipients::prepare(&cql, filled, separate).await?),
+        contacts,
+        preferences,
         templates: Arc::new(templates::ScyllaTemplates::prepare(&cql).await?),
         dedupe: Arc::new(dedupe::ScyllaDedupe::prepare(&cql).await?),
         notification_log: Arc::new(notification_log::ScyllaNotificationLog::prepare(&cql).await?),
@@ -399,6 +424,14 @@ impl Backend for Cql {
         released?;
         Ok(applied)
     }
+
+    async fn refill(&self) -> Result<(), StoreError> {
+        let lease = self.acquire_lease().await?;
+        let filled = recipients::fill(self, &lease).await;
+        let released = self.release_lease(&lease).await;
+        filled?;
+        released
+    }
 }
 
 /// Distinguishes two migrators of one process in the lease owner.
@@ -434,6 +467,10 @@ impl Cql {
                 .await_schema_agreement()
                 .await
                 .map_err(|e| migration_error(m.file, format!("schema agreement: {e}")))?;
+            if m.version == recipients::COPY_FILLED {
+                // Code, not a script: recorded only once the copy is whole.
+                recipients::fill(self, lease).await?;
+            }
             let recorded = self
                 .lwt(
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?) IF NOT EXISTS",

@@ -1,27 +1,34 @@
-//! [`PreferenceStore`](crate::PreferenceStore) on CQL: the `preferences` table.
+//! [`PreferenceStore`](crate::PreferenceStore) on CQL: the `preferences`
+//! table (and its copy in `devices`, see `recipients.rs`).
 
 use std::collections::HashMap;
 
 use scylla::statement::prepared::PreparedStatement;
 
+use super::recipients::{CopyWrites, SourceWrite};
 use super::{Context, Cql};
 use crate::preferences::{Preference, PreferenceStore, category_from_key, category_key};
 use crate::{Millis, StoreError};
 
 pub(crate) struct ScyllaPreferences {
     cql: Cql,
-    set: PreparedStatement,
+    set: SourceWrite,
     list: PreparedStatement,
 }
 
 impl ScyllaPreferences {
-    pub(crate) async fn prepare(cql: &Cql) -> Result<Self, StoreError> {
+    /// `copy`: the store has the copy of `preferences` in `devices`
+    /// (migration 0010), which every write then keeps.
+    pub(crate) async fn prepare(cql: &Cql, copy: Option<&CopyWrites>) -> Result<Self, StoreError> {
         Ok(ScyllaPreferences {
-            set: cql
-                .prepare(
+            set: SourceWrite::new(
+                cql.prepare(
                     "INSERT INTO preferences (user_id, category, channel, opt_in, updated_at) VALUES (?, ?, ?, ?, ?)",
                 )
                 .await?,
+                copy.map(|c| &c.preference),
+                "preferences",
+            ),
             list: cql
                 .prepare("SELECT category, channel, opt_in, updated_at FROM preferences WHERE user_id = ?")
                 .await?,
@@ -33,15 +40,11 @@ impl ScyllaPreferences {
 #[async_trait::async_trait]
 impl PreferenceStore for ScyllaPreferences {
     async fn set(&self, p: &Preference) -> Result<(), StoreError> {
-        let values = (
-            &p.user_id,
-            category_key(p)?,
-            &p.channel,
-            p.opt_in,
-            p.updated_at,
-        );
-        self.cql
-            .execute(&self.set, values)
+        let category = category_key(p)?;
+        let source = (&p.user_id, category, &p.channel, p.opt_in, p.updated_at);
+        let copy = ((category, &p.channel), (p.opt_in, p.updated_at), &p.user_id);
+        self.set
+            .run(&self.cql, source, copy)
             .await
             .ctx("preferences.set", &p.user_id)?;
         Ok(())

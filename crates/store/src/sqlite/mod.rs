@@ -87,9 +87,16 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
     } else {
         migrations::check("sqlite", MIGRATIONS, &db.recorded().await?)?;
     }
+    let contacts: Arc<dyn crate::ContactStore> = Arc::new(contacts::SqliteContacts(db.clone()));
+    let preferences: Arc<dyn crate::PreferenceStore> =
+        Arc::new(preferences::SqlitePreferences(db.clone()));
     Ok(Store {
-        contacts: Arc::new(contacts::SqliteContacts(db.clone())),
-        preferences: Arc::new(preferences::SqlitePreferences(db.clone())),
+        recipients: Arc::new(crate::recipients::SeparateReads {
+            contacts: contacts.clone(),
+            preferences: preferences.clone(),
+        }),
+        contacts,
+        preferences,
         templates: Arc::new(templates::SqliteTemplates(db.clone())),
         dedupe: Arc::new(dedupe::SqliteDedupe::new(db.clone())),
         notification_log: Arc::new(notification_log::SqliteNotificationLog(db.clone())),
