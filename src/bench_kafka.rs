@@ -145,9 +145,7 @@ pub async fn raw_kafka(
             Err(_) => bail!(
                 "the raw baseline's warm-up record did not come back within {} s{}",
                 STALL_TIMEOUT.as_secs(),
-                last_error
-                    .map(|e| format!(" (last consumer error: {e})"))
-                    .unwrap_or_default()
+                last_error_suffix(last_error.as_deref())
             ),
         }
     }
@@ -259,13 +257,18 @@ async fn consume(consumer: StreamConsumer, records: usize, record_bytes: usize) 
             Err(_) => bail!(
                 "the raw Kafka baseline stalled: {consumed} of {records} records came back, none in the last {} s{}",
                 STALL_TIMEOUT.as_secs(),
-                last_error
-                    .map(|e| format!(" (last consumer error: {e})"))
-                    .unwrap_or_default()
+                last_error_suffix(last_error.as_deref())
             ),
         }
     }
     Ok(consumed)
+}
+
+/// The stall messages' tail: the last error the consumer reported, if any.
+fn last_error_suffix(last_error: Option<&str>) -> String {
+    last_error
+        .map(|e| format!(" (last consumer error: {e})"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

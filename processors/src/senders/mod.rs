@@ -320,6 +320,7 @@ impl ChannelSender {
                 .unwrap_or(false),
         };
         if sent {
+            // Without the intent read `skip` would make.
             return Ok(Replay::AlreadySent);
         }
         let intent = match self.in_flight {
@@ -343,7 +344,7 @@ impl ChannelSender {
                 )
             }
         };
-        Ok(Replay::decide(sent, intent))
+        Ok(Replay::decide(false, intent))
     }
 
     fn count_uncertain(&self, decision: &str) {

@@ -156,6 +156,30 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+/// Runs `f` again while SQLite answers "database is locked" without waiting
+/// for its busy timeout, for up to about ten seconds. Seen when two
+/// processes open a new file at once (a CI run's concurrent-migrators test):
+/// the switch to WAL can find the other connection initialising the WAL
+/// index, which SQLite reports at once rather than through the busy handler.
+fn while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut wait = std::time::Duration::from_millis(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Db {
     async fn open(path: &str) -> Result<Db, StoreError> {
         let connect_error = |reason: String| StoreError::Connect {
@@ -170,8 +194,12 @@ impl Db {
             .name("sqlite".into())
             .spawn(move || {
                 let opened = (|| -> Result<Connection, String> {
-                    if let Some(dir) = Path::new(&owned_path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    if let Some(dir) = Path::new(&owned_path)
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                    {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     }
                     let conn = Connection::open(&owned_path).map_err(|e| e.to_string())?;
                     // NORMAL is durable across application crashes in WAL mode;
@@ -179,8 +207,14 @@ impl Db {
                     // The busy timeout first: switching a new file to WAL
                     // takes a lock, and a second process opening it at that
                     // moment must wait rather than fail "database is locked".
-                    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                    conn.execute_batch("PRAGMA busy_timeout = 5000;")
                         .map_err(|e| e.to_string())?;
+                    while_busy(|| {
+                        conn.execute_batch(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                        )
+                    })
+                    .map_err(|e| e.to_string())?;
                     // The hot pages in memory: with SQLite's default 2 MiB
                     // cache a loaded pipeline re-read B-tree pages from the
                     // OS on most lookups (a third of the connection thread's
