@@ -18,7 +18,7 @@ use std::{
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{Router, extract::State, http::header, response::Html, routing::get};
@@ -103,7 +103,8 @@ fn python() -> PathBuf {
 /// The browser script, spoken to a JSON line at a time.
 struct Browsers {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed, which tells the script to quit.
+    stdin: Option<ChildStdin>,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
@@ -122,6 +123,9 @@ impl Browsers {
                 command.arg(flag).arg(path);
             }
         }
+        // Its own process group: chromedriver and the browsers it starts
+        // are in it, so the test can end them all (see `Drop`).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -147,7 +151,7 @@ impl Browsers {
         });
         Self {
             child,
-            stdin,
+            stdin: Some(stdin),
             lines,
         }
     }
@@ -170,15 +174,28 @@ impl Browsers {
     }
 
     fn tell(&mut self, message: Value) {
-        writeln!(self.stdin, "{message}").expect("the browser script reads");
-        self.stdin.flush().expect("flush");
+        let stdin = self.stdin.as_mut().expect("stdin open until drop");
+        writeln!(stdin, "{message}").expect("the browser script reads");
+        stdin.flush().expect("flush");
     }
 }
 
 impl Drop for Browsers {
     fn drop(&mut self) {
-        // The script quits its browsers when stdin closes; a failed test
-        // must not leave it behind either.
+        // The script quits its browsers when it is done or its stdin closes:
+        // give it the time to (killing it at once left chromedriver and
+        // its browsers running after every run). Then end whatever of its
+        // process group is left, also after a failed test.
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
