@@ -88,32 +88,21 @@ impl NotificationLog for ScyllaNotificationLog {
         const OP: &str = "notification_log.record";
         let attempt = to_int(OP, &e.notification_id, e.attempt)?;
         let micros = e.at.saturating_mul(1000);
+        let (key, user, state, detail) = (
+            (&e.notification_id, &e.channel, &e.target),
+            &e.user_id,
+            &e.state,
+            &e.detail,
+        );
         if e.state == SENT {
             let statement = &self.sent_statements().await?.record_sent;
             let values = (
-                &e.notification_id,
-                &e.channel,
-                &e.target,
-                &e.user_id,
-                &e.state,
-                &e.detail,
-                attempt,
-                e.at,
-                e.at,
-                micros,
+                key.0, key.1, key.2, user, state, detail, attempt, e.at, e.at, micros,
             );
             self.cql.execute(statement, values).await
         } else {
             let values = (
-                &e.notification_id,
-                &e.channel,
-                &e.target,
-                &e.user_id,
-                &e.state,
-                &e.detail,
-                attempt,
-                e.at,
-                micros,
+                key.0, key.1, key.2, user, state, detail, attempt, e.at, micros,
             );
             self.cql.execute(&self.record, values).await
         }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
@@ -260,37 +261,43 @@ const FILL_RENEWAL: Duration = Duration::from_secs(20);
 /// `recipient_copy_fills`. Holding the migration lease `lease`, renewed on
 /// the way. Safe to run again.
 pub(super) async fn fill(cql: &Cql, lease: &str) -> Result<(), StoreError> {
-    let mut progress = Progress::new(cql, lease);
-    fill_users(cql, &mut progress).await?;
-    fill_preferences(cql, &mut progress).await?;
-    Ok(())
+    fill_users(cql, lease).await?;
+    fill_preferences(cql, lease).await
 }
 
+/// A fill's rows: their copies in flight (at most the store's concurrency),
+/// how many were read, the lease renewed on the way.
 struct Progress<'a> {
     cql: &'a Cql,
     lease: &'a str,
     part: &'static str,
     rows: u64,
     renewed: Instant,
+    copies: FuturesUnordered<BoxFuture<'a, Result<(), StoreError>>>,
 }
 
 impl<'a> Progress<'a> {
-    fn new(cql: &'a Cql, lease: &'a str) -> Self {
+    fn new(cql: &'a Cql, lease: &'a str, part: &'static str) -> Self {
         Progress {
             cql,
             lease,
-            part: "users",
+            part,
             rows: 0,
             renewed: Instant::now(),
+            copies: FuturesUnordered::new(),
         }
     }
 
-    fn start(&mut self, part: &'static str) {
-        self.part = part;
-        self.rows = 0;
-    }
-
-    async fn row_done(&mut self) -> Result<(), StoreError> {
+    /// One row read, with its copy's writes (none for a row with nothing
+    /// to copy).
+    async fn row(
+        &mut self,
+        copy: Option<BoxFuture<'a, Result<(), StoreError>>>,
+    ) -> Result<(), StoreError> {
+        self.copies.extend(copy);
+        if self.copies.len() >= self.cql.concurrency {
+            self.copies.next().await.transpose()?;
+        }
         self.rows += 1;
         if self.renewed.elapsed() >= FILL_RENEWAL {
             self.cql.renew_lease(self.lease).await?;
@@ -304,7 +311,10 @@ impl<'a> Progress<'a> {
         Ok(())
     }
 
-    async fn finish(&self) -> Result<(), StoreError> {
+    async fn finish(&mut self) -> Result<(), StoreError> {
+        while let Some(done) = self.copies.next().await {
+            done?;
+        }
         let record = self
             .cql
             .prepare(
@@ -340,9 +350,8 @@ type UsersCells = (
     (Option<Millis>, Option<i64>),
 );
 
-async fn fill_users(cql: &Cql, progress: &mut Progress<'_>) -> Result<(), StoreError> {
+async fn fill_users(cql: &Cql, lease: &str) -> Result<(), StoreError> {
     const OP: &str = "recipients.fill_users";
-    progress.start("users");
     let mut text_copies = Vec::new();
     for (_, copy) in PROFILE_COPIES {
         text_copies.push(
@@ -372,23 +381,15 @@ async fn fill_users(cql: &Cql, progress: &mut Progress<'_>) -> Result<(), StoreE
         .ctx(OP, "")?
         .rows_stream::<UsersRow>()
         .ctx(OP, "")?;
-    let mut pending = FuturesUnordered::new();
+    let mut progress = Progress::new(cql, lease, "users");
     while let Some(row) = rows.next().await {
         let (user_id, cells, updated) = cells_of(row.ctx(OP, "")?);
-        let copies = text_copies.iter().zip(cells);
-        let text = copies.filter_map(|(statement, cell)| match cell {
-            (Some(value), Some(written)) => Some((statement, value, written)),
-            _ => None,
-        });
-        let writes: Vec<_> = text
-            .map(|(statement, value, written)| {
-                let user_id = user_id.clone();
-                async move {
-                    cql.execute(statement, (written, value, user_id.as_str()))
-                        .await
-                        .ctx(OP, &user_id)
-                        .map(drop)
-                }
+        let text: Vec<(&PreparedStatement, String, i64)> = text_copies
+            .iter()
+            .zip(cells)
+            .filter_map(|(statement, cell)| match cell {
+                (Some(value), Some(written)) => Some((statement, value, written)),
+                _ => None,
             })
             .collect();
         let updated = match updated {
@@ -396,24 +397,20 @@ async fn fill_users(cql: &Cql, progress: &mut Progress<'_>) -> Result<(), StoreE
             _ => None,
         };
         let updated_copy = &updated_copy;
-        pending.push(async move {
-            for write in writes {
-                write.await?;
+        let copy = async move {
+            for (statement, value, written) in text {
+                cql.execute(statement, (written, value, user_id.as_str()))
+                    .await
+                    .ctx(OP, &user_id)?;
             }
             if let Some((value, written)) = updated {
                 cql.execute(updated_copy, (written, value, user_id.as_str()))
                     .await
                     .ctx(OP, &user_id)?;
             }
-            Ok::<_, StoreError>(())
-        });
-        if pending.len() >= cql.concurrency {
-            pending.next().await.transpose()?;
-        }
-        progress.row_done().await?;
-    }
-    while let Some(done) = pending.next().await {
-        done?;
+            Ok(())
+        };
+        progress.row(Some(Box::pin(copy))).await?;
     }
     progress.finish().await
 }
@@ -449,9 +446,8 @@ fn cells_of(row: UsersRow) -> UsersCells {
     )
 }
 
-async fn fill_preferences(cql: &Cql, progress: &mut Progress<'_>) -> Result<(), StoreError> {
+async fn fill_preferences(cql: &Cql, lease: &str) -> Result<(), StoreError> {
     const OP: &str = "recipients.fill_preferences";
-    progress.start("preferences");
     let copy = cql
         .prepare("UPDATE devices USING TIMESTAMP ? SET user_preferences[?] = ? WHERE user_id = ?")
         .await?;
@@ -474,29 +470,23 @@ async fn fill_preferences(cql: &Cql, progress: &mut Progress<'_>) -> Result<(), 
             Option<i64>,
         )>()
         .ctx(OP, "")?;
-    let mut pending = FuturesUnordered::new();
+    let mut progress = Progress::new(cql, lease, "preferences");
     while let Some(row) = rows.next().await {
         let (user_id, category, channel, opt_in, updated_at, written) = row.ctx(OP, "")?;
-        if let (Some(opt_in), Some(written)) = (opt_in, written) {
+        let copy = (opt_in.zip(written)).map(|(opt_in, written)| {
             let copy = &copy;
-            pending.push(async move {
-                let entry = (
-                    (category, channel),
-                    (opt_in, updated_at.unwrap_or_default()),
-                );
+            let entry = (
+                (category, channel),
+                (opt_in, updated_at.unwrap_or_default()),
+            );
+            Box::pin(async move {
                 cql.execute(copy, (written, entry.0, entry.1, user_id.as_str()))
                     .await
                     .ctx(OP, &user_id)
                     .map(drop)
-            });
-        }
-        if pending.len() >= cql.concurrency {
-            pending.next().await.transpose()?;
-        }
-        progress.row_done().await?;
-    }
-    while let Some(done) = pending.next().await {
-        done?;
+            }) as BoxFuture<'_, Result<(), StoreError>>
+        });
+        progress.row(copy).await?;
     }
     progress.finish().await
 }
