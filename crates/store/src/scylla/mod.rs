@@ -153,9 +153,11 @@ pub(crate) async fn connect(
                     "keyspace `{keyspace}` unusable (not migrated yet?): {e}"
                 ))
             })?;
-        migrations::check("scylla", MIGRATIONS, &cql.recorded().await?)?;
     }
     let recorded = cql.recorded().await?;
+    if !opts.migrate {
+        migrations::check("scylla", MIGRATIONS, &recorded)?;
+    }
     let has = |version: u32| recorded.applied.iter().any(|m| m.version == version);
     let copy = match has(recipients::COPY_COLUMNS) {
         true => Some(recipients::CopyWrites::prepare(&cql).await?),

@@ -175,25 +175,12 @@ impl ScyllaRecipients {
         const OP: &str = "recipients.recipients_many";
         let rows: Vec<CopyRow> = self.cql.rows(read, (user_id,)).await.ctx(OP, user_id)?;
         let mut recipient = Recipient::default();
-        let mut statics_read = false;
-        for row in rows {
-            let (
-                token,
-                platform,
-                registered_at,
-                invalidated_at,
-                name,
-                avatar,
-                locale,
-                email,
-                phone,
-            ) = (
-                row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8,
-            );
-            let (updated_at, preferences) = (row.9, row.10);
-            if !statics_read {
+        for (i, row) in rows.into_iter().enumerate() {
+            let (token, platform, registered_at, invalidated_at) = (row.0, row.1, row.2, row.3);
+            if i == 0 {
                 // Static columns repeat on every row of the partition.
-                statics_read = true;
+                let (name, avatar, locale, email, phone, updated_at) =
+                    (row.4, row.5, row.6, row.7, row.8, row.9);
                 if updated_at.is_some() {
                     recipient.user = Some(user_from_row((
                         user_id.to_owned(),
@@ -205,7 +192,8 @@ impl ScyllaRecipients {
                         updated_at,
                     )));
                 }
-                recipient.preferences = preferences
+                recipient.preferences = row
+                    .10
                     .unwrap_or_default()
                     .into_iter()
                     .map(|((category, channel), (opt_in, updated_at))| Preference {
