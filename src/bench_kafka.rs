@@ -13,7 +13,7 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
 };
 use tidings_config::KafkaConfig;
-use tidings_kafka::{AvroProducer, KafkaCluster, OutRecord, StageOptions, TopicSpec};
+use tidings_kafka::{AvroProducer, Handling, KafkaCluster, OutRecord, StageOptions, TopicSpec};
 use tidings_schemas::AvroCodec;
 
 use crate::bench_providers;
@@ -129,6 +129,7 @@ pub async fn raw_kafka(
         topic: topic.clone(),
         key: keys[0].clone(),
         payload: Vec::new(),
+        handling: Handling::First,
     };
     producer
         .send_raw(&warm)
@@ -216,6 +217,7 @@ async fn produce(
             topic: topic.to_owned(),
             key: keys[n % keys.len()].clone(),
             payload: filler[at..at + record_bytes].to_vec(),
+            handling: Handling::First,
         };
         deliveries.push(producer.enqueue(&record));
         while deliveries.len() >= MAX_IN_FLIGHT {

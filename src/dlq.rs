@@ -27,13 +27,13 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
-    message::OwnedMessage,
+    message::{Header, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
 use serde_json::{Value, json};
 use tidings_config::{Config, KafkaConfig};
-use tidings_kafka::{KafkaCluster, Topics};
+use tidings_kafka::{KafkaCluster, MAYBE_REPEAT_HEADER, Topics};
 use tidings_schemas::{
     AvroCodec, AvroRecord,
     records::{
@@ -522,10 +522,17 @@ impl DeadLetters {
     }
 }
 
-/// Produces `entry`'s original key and payload to its source topic.
+/// Produces `entry`'s original key and payload to its source topic, marked
+/// as a record that may repeat (a stage may have handled part of it before
+/// it was dead-lettered: a sender checks its ledgers for it).
 async fn send_back(producer: &FutureProducer, entry: Entry, timeout: Duration) -> Result<()> {
     let letter = &entry.letter;
-    let mut record = FutureRecord::<[u8], [u8]>::to(&letter.source_topic).payload(&letter.payload);
+    let mut record = FutureRecord::<[u8], [u8]>::to(&letter.source_topic)
+        .payload(&letter.payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: MAYBE_REPEAT_HEADER,
+            value: Some("1"),
+        }));
     if let Some(key) = &letter.key {
         record = record.key(key.as_slice());
     }

@@ -2,6 +2,9 @@
 //! 100 ms per message: the replay may resend only what was in flight at the
 //! crash (at most the stage's concurrency), never the batch; with
 //! `uncertain = skip` it resends nothing and says which ones it skipped.
+//! The deliveries are produced once the first run holds its partition, so
+//! that run sends them as first copies, without reading its ledgers; the
+//! runs after each crash must find what it sent.
 
 mod support;
 
@@ -28,10 +31,13 @@ async fn crash_repeatedly(senders: &SendersConfig) -> (SenderHarness, Vec<String
     let h = SenderHarness::start(1).await;
     h.twilio.delay(Duration::from_millis(100));
     let deliveries = SenderHarness::deliveries(DELIVERIES);
-    h.produce(&deliveries).await;
     for crash in 1..=CRASHES {
         let before: usize = h.received().values().sum();
-        let running = h.run(senders, CONCURRENCY);
+        let mut running = h.run(senders, CONCURRENCY);
+        if crash == 1 {
+            running.assigned().await;
+            h.produce(&deliveries).await;
+        }
         eventually(
             &format!("crash {crash}: the sender sends again"),
             Duration::from_secs(90),
@@ -110,8 +116,9 @@ async fn with_uncertain_skip_a_crash_resends_nothing_and_logs_what_it_skipped() 
     let h = SenderHarness::start(1).await;
     h.twilio.delay(Duration::from_millis(100));
     let deliveries = SenderHarness::deliveries(DELIVERIES);
+    let mut running = h.run(&senders, CONCURRENCY);
+    running.assigned().await;
     h.produce(&deliveries).await;
-    let running = h.run(&senders, CONCURRENCY);
     eventually("the sender sends", Duration::from_secs(90), || {
         h.received().len() >= DELIVERIES / 4
     })

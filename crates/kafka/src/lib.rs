@@ -5,6 +5,7 @@
 pub mod backoff;
 mod cluster;
 mod error;
+pub mod handling;
 pub mod producer;
 pub mod readiness;
 pub mod stage;
@@ -13,6 +14,7 @@ pub mod topics;
 pub use backoff::Backoff;
 pub use cluster::{KafkaCluster, is_settling, watermarks};
 pub use error::KafkaError;
+pub use handling::{Handling, MAYBE_REPEAT_HEADER};
 pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
 pub use readiness::{Assignment, StageAssignments};
 pub use stage::{

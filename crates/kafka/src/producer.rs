@@ -11,13 +11,17 @@ use futures::{
 };
 use rdkafka::{
     error::KafkaError as RdKafkaError,
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult},
     util::Timeout,
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroCodec, AvroRecord};
 
-use crate::{KafkaCluster, KafkaError};
+use crate::{
+    KafkaCluster, KafkaError,
+    handling::{Handling, MAYBE_REPEAT_HEADER},
+};
 
 /// Bytes of `kafka.max_message_bytes` kept for what Kafka adds around a
 /// record's key and value (record, batch and request headers), so that a
@@ -31,6 +35,8 @@ pub struct OutRecord {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
+    /// [`Handling::MaybeRepeat`] goes out as the [`MAYBE_REPEAT_HEADER`].
+    pub handling: Handling,
 }
 
 impl OutRecord {
@@ -108,6 +114,7 @@ impl AvroProducer {
             topic: topic.to_owned(),
             key: key.to_owned(),
             payload,
+            handling: Handling::First,
         })
     }
 
@@ -136,10 +143,7 @@ impl AvroProducer {
     ///
     /// [`send_raw`]: AvroProducer::send_raw
     pub fn enqueue(&self, record: &OutRecord) -> BoxFuture<'_, Result<Delivered, KafkaError>> {
-        let future = FutureRecord::to(&record.topic)
-            .key(&record.key)
-            .payload(&record.payload);
-        match self.producer.send_result(future) {
+        match self.producer.send_result(future_record(record)) {
             Ok(delivery) => {
                 let topic = record.topic.clone();
                 async move {
@@ -162,19 +166,49 @@ impl AvroProducer {
     }
 
     pub async fn send_raw(&self, record: &OutRecord) -> Result<Delivered, KafkaError> {
-        let future = FutureRecord::to(&record.topic)
-            .key(&record.key)
-            .payload(&record.payload);
         let result = self
             .producer
-            .send(future, Timeout::After(self.timeout))
+            .send(future_record(record), Timeout::After(self.timeout))
             .await;
         delivered(&record.topic, result)
+    }
+
+    /// The end (high watermark) of `topic`'s `partition` now: the offset
+    /// its next record will get. Asks the partition's leader, on a blocking
+    /// thread.
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, partition, timeout)
+                .map(|(_, end)| end)
+        })
+        .await
+        // Only a panic in librdkafka's call ends the thread early.
+        .map_err(|_| KafkaError::Consume(RdKafkaError::Canceled))?
+        .map_err(KafkaError::Consume)
     }
 
     /// Waits for in-flight records, e.g. before shutdown.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+}
+
+/// `record` as librdkafka takes it, with its header if it may repeat.
+fn future_record(record: &OutRecord) -> FutureRecord<'_, String, [u8]> {
+    let future = FutureRecord::to(&record.topic)
+        .key(&record.key)
+        .payload(record.payload.as_slice());
+    match record.handling {
+        Handling::First => future,
+        Handling::MaybeRepeat => future.headers(OwnedHeaders::new().insert(Header {
+            key: MAYBE_REPEAT_HEADER,
+            value: Some("1"),
+        })),
     }
 }
 

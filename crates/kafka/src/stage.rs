@@ -48,7 +48,7 @@ use rdkafka::{
     ClientConfig, ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
-    message::OwnedMessage,
+    message::{Headers, OwnedMessage},
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroRecord, records::DeadLetter};
@@ -60,6 +60,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     KafkaCluster, KafkaError,
     backoff::{Backoff, sleep_or_cancel},
+    handling::{Frontiers, Handling, MAYBE_REPEAT_HEADER},
     producer::{AvroProducer, Delivered, OutRecord},
     readiness::Assignment,
 };
@@ -146,6 +147,8 @@ pub struct RecordMeta {
     pub key: Option<String>,
     /// The record's timestamp (producer create time), if it has one.
     pub timestamp: Option<i64>,
+    /// Whether it may have been handled before (see [`crate::handling`]).
+    pub handling: Handling,
 }
 
 /// Collects the records a processor emits for one input.
@@ -153,9 +156,29 @@ pub struct Emitter<'a> {
     producer: &'a AvroProducer,
     stage: &'static str,
     records: Vec<OutRecord>,
+    /// The input's: the outputs of a record that may repeat may repeat.
+    handling: Handling,
 }
 
 impl Emitter<'_> {
+    /// Marks every output of this input as one that may repeat an earlier
+    /// output (a processor that knows it is making again what it made
+    /// before: the enricher on a replayed event claim).
+    pub fn maybe_repeats(&mut self) {
+        self.handling = Handling::MaybeRepeat;
+    }
+
+    /// The outputs, each marked if they may repeat.
+    fn into_records(self) -> Vec<OutRecord> {
+        let mut records = self.records;
+        if self.handling == Handling::MaybeRepeat {
+            for r in &mut records {
+                r.handling = Handling::MaybeRepeat;
+            }
+        }
+        records
+    }
+
     /// Queues `record` for `topic`; it is produced with the rest of the batch
     /// before the input's offset is committed. A record that cannot be
     /// encoded, or is larger than `kafka.max_message_bytes` allows, is a
@@ -273,6 +296,8 @@ struct StageContext {
     /// Where this member stands in its group, for readiness. With the
     /// default eager assignors an assignment is the member's whole share.
     assignment: watch::Sender<Assignment>,
+    /// Where the assigned partitions ended when this member got them.
+    frontiers: Mutex<Frontiers>,
 }
 
 impl StageContext {
@@ -286,6 +311,32 @@ impl StageContext {
             *now = next;
             true
         });
+    }
+
+    /// Asks where each newly assigned partition ends, before any of its
+    /// records is read: the records below were perhaps handled by a
+    /// previous owner (see [`crate::handling`]). One round trip per
+    /// partition, once per assignment. A partition whose end cannot be read
+    /// now is asked about again when its first batch comes.
+    fn learn_frontiers(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            match consumer.fetch_watermarks(topic, partition, FRONTIER_TIMEOUT) {
+                Ok((_, end)) => {
+                    debug!(
+                        stage = self.stage,
+                        topic,
+                        partition,
+                        end,
+                        "records below the end of a newly assigned partition may repeat"
+                    );
+                    lock(&self.frontiers).set(topic.to_owned(), partition, end);
+                }
+                Err(e) => {
+                    warn!(stage = self.stage, topic, partition, error = %e, "cannot read where a newly assigned partition ends; asking again with its first batch");
+                }
+            }
+        }
     }
 
     fn take_revoked(&self) -> Vec<(String, i32)> {
@@ -358,12 +409,14 @@ impl ConsumerContext for StageContext {
             let _ = gauge.remove_label_values(&[self.stage, e.topic(), &e.partition().to_string()]);
             revoked.push((e.topic().to_owned(), e.partition()));
         }
+        lock(&self.frontiers).forget(&revoked);
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 self.log_partitions(tpl, "partitions assigned", false);
+                self.learn_frontiers(consumer, tpl);
                 // An empty assignment is a completed one too: the group has
                 // more members than partitions.
                 self.publish(Assignment::Assigned {
@@ -566,6 +619,7 @@ impl<P: Processor> Stage<P> {
                 stage: processor.name(),
                 revoked: Mutex::default(),
                 assignment: watch::Sender::new(Assignment::Joining),
+                frontiers: Mutex::default(),
             })
             .map_err(|e| KafkaError::client("consumer", e))?;
         let topics: Vec<&str> = input_topics.iter().map(String::as_str).collect();
@@ -766,6 +820,7 @@ impl<P: Processor> Stage<P> {
         shutdown: &'a CancellationToken,
     ) -> Option<Producing<'a>> {
         let started = Instant::now();
+        self.learn_frontiers(&batch).await;
         // Decode the whole batch first, so the processor can look up what
         // all of it needs at once.
         let decoded: Vec<(Record<P::Input>, Option<RecordOutcome>)> =
@@ -863,6 +918,37 @@ impl<P: Processor> Stage<P> {
         results.into_iter().flatten().collect()
     }
 
+    /// Asks where the batch's partitions end whose end could not be read
+    /// when they were assigned (the end now is a later one: more of the
+    /// records count as ones that may repeat, never fewer). One that still
+    /// cannot be read stays unknown (all of its records may repeat) and is
+    /// asked about again with the next batch.
+    async fn learn_frontiers(&self, batch: &[OwnedMessage]) {
+        let frontiers = &self.consumer.context().frontiers;
+        let unknown = lock(frontiers).unknown(batch.iter().map(|m| (m.topic(), m.partition())));
+        if unknown.is_empty() {
+            return;
+        }
+        let stage = self.processor.name();
+        let ends = join_all(unknown.into_iter().map(|(topic, partition)| async move {
+            let end = self.producer.end_offset(&topic, partition).await;
+            (topic, partition, end)
+        }))
+        .await;
+        let mut frontiers = lock(frontiers);
+        for (topic, partition, end) in ends {
+            match end {
+                Ok(end) => {
+                    info!(stage, %topic, partition, end, "read where a newly assigned partition ends at last");
+                    frontiers.set(topic, partition, end);
+                }
+                Err(e) => {
+                    warn!(stage, %topic, partition, error = %e, "cannot read where a newly assigned partition ends; its records count as ones that may repeat until it can");
+                }
+            }
+        }
+    }
+
     /// Decodes a record; one that cannot be decoded comes with its dead
     /// letter.
     async fn decode(
@@ -879,6 +965,14 @@ impl<P: Processor> Stage<P> {
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             timestamp: message.timestamp().to_millis(),
+            handling: lock(&self.consumer.context().frontiers).handling(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message
+                    .headers()
+                    .is_some_and(|h| h.iter().any(|h| h.key == MAYBE_REPEAT_HEADER)),
+            ),
         };
         let mut backoff = self.backoff();
         let outcome = loop {
@@ -939,13 +1033,14 @@ impl<P: Processor> Stage<P> {
                 producer: &self.producer,
                 stage,
                 records: Vec::new(),
+                handling: meta.handling,
             };
             let Err(e) = self
                 .processor
                 .process(input, prefetched, meta, &mut out)
                 .await
             else {
-                return RecordOutcome::Processed(out.records);
+                return RecordOutcome::Processed(out.into_records());
             };
             match e.kind {
                 Failure::NotDue(wait) => {
@@ -1066,13 +1161,16 @@ impl<P: Processor> Stage<P> {
             let mut retry = Vec::new();
             let mut poisoned: BTreeMap<usize, String> = BTreeMap::new();
             let mut last_error = None;
-            for ((i, record), result) in pending.into_iter().zip(results) {
+            for ((i, mut record), result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(_) => *produced.entry(record.topic).or_default() += 1,
                     Err(e) if e.is_retriable() || fates[i] == Fate::DeadLettered => {
                         if !e.is_retriable() {
                             error!(stage, error = %e, "a dead letter cannot be produced; holding its record");
                         }
+                        // A produce that timed out may have landed all the
+                        // same.
+                        record.handling = Handling::MaybeRepeat;
                         retry.push((i, record));
                         last_error = Some(e);
                     }
@@ -1215,6 +1313,10 @@ fn count_error(stage: &str, retriable: bool) {
         .inc();
 }
 
+/// How long a newly assigned partition's end is waited for in the
+/// rebalance callback (per partition).
+const FRONTIER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The longest reason a dead letter carries; the rest is cut.
 const MAX_REASON_BYTES: usize = 4_096;
 /// The longest key a dead letter keeps as its Kafka key.
@@ -1273,6 +1375,12 @@ fn truncate_utf8(s: &mut String, max: usize) {
         }
         s.truncate(end);
     }
+}
+
+/// A poisoned lock's data is still whole here: every holder only inserts
+/// or removes entries.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn now_millis() -> i64 {

@@ -21,12 +21,13 @@ use async_trait::async_trait;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
+    message::Headers,
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
 };
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
-    Assignment, AvroProducer, Emitter, KafkaCluster, ProcessError, Processor, RecordMeta, Stage,
-    StageAssignments, StageOptions, TopicSpec, now_millis,
+    Assignment, AvroProducer, Emitter, Handling, KafkaCluster, MAYBE_REPEAT_HEADER, ProcessError,
+    Processor, RecordMeta, Stage, StageAssignments, StageOptions, TopicSpec, now_millis,
 };
 use tidings_schemas::{
     AvroCodec,
@@ -413,8 +414,9 @@ impl Env {
     }
 
     /// Every record on `topic` up to its high watermarks as of this call,
-    /// with partition and offset.
-    async fn read_all(&self, topic: &str) -> Vec<(i32, i64, Vec<u8>)> {
+    /// with partition, offset and whether it carries the maybe-repeat
+    /// header.
+    async fn read_all(&self, topic: &str) -> Vec<(i32, i64, Vec<u8>, bool)> {
         let consumer: BaseConsumer = self
             .cluster
             .client_config(&self.config)
@@ -453,6 +455,8 @@ impl Env {
                         m.partition(),
                         m.offset(),
                         m.payload().unwrap_or_default().to_vec(),
+                        m.headers()
+                            .is_some_and(|h| h.iter().any(|h| h.key == MAYBE_REPEAT_HEADER)),
                     ));
                 }
             }
@@ -468,7 +472,7 @@ impl Env {
         self.read_all(topic)
             .await
             .iter()
-            .map(|(_, _, payload)| codec.decode(payload).expect("an event"))
+            .map(|(_, _, payload, _)| codec.decode(payload).expect("an event"))
             .collect()
     }
 
@@ -478,7 +482,7 @@ impl Env {
         self.read_all(topic)
             .await
             .iter()
-            .map(|(_, _, payload)| codec.decode(payload).expect("a dead letter"))
+            .map(|(_, _, payload, _)| codec.decode(payload).expect("a dead letter"))
             .collect()
     }
 
@@ -598,6 +602,9 @@ struct Log {
     processed: Mutex<Vec<(String, i32, i64)>>,
     /// Calls of `process`, failures included.
     attempts: AtomicU32,
+    /// (event id, how the runner said to handle it) of every successful
+    /// `process`.
+    handled_as: Mutex<Vec<(String, Handling)>>,
     /// Batch sizes seen by `prefetch`.
     batches: Mutex<Vec<usize>>,
     finish_calls: AtomicU32,
@@ -658,6 +665,11 @@ impl Processor for Scripted {
             meta.partition,
             meta.offset,
         ));
+        self.log
+            .handled_as
+            .lock()
+            .unwrap()
+            .push((input.event_id.clone(), meta.handling));
         Ok(())
     }
 
@@ -927,6 +939,134 @@ async fn shutdown_mid_batch_loses_nothing(brokers: Brokers) {
         Some(5),
         "resumed at the held record"
     );
+    assert!(env.read_all(&dead).await.is_empty());
+}
+
+/// Which records may repeat: a member that stopped with a record held
+/// handled everything it read as new (its records were written after it
+/// was given the partition); the next member handles what lay below the
+/// partition's end when it was given it as records that may repeat, and
+/// marks their outputs; what is written after is new again, unless its
+/// producer marked it.
+async fn records_read_again_may_repeat(brokers: Brokers) {
+    let env = Env::new(brokers, "again").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let events: Vec<TrackingEvent> = (0..12)
+        .map(|i| event_for(&format!("u{}", i % 3), i))
+        .collect();
+    let held = events[4].event_id.clone();
+    let held_id = held.clone();
+    let (first, first_log) = Scripted::new(
+        "again",
+        output.clone(),
+        Box::new(move |e, _| {
+            if e.event_id == held_id {
+                Err(ProcessError::retriable("the store is away"))
+            } else {
+                Ok(Some(e.clone()))
+            }
+        }),
+    );
+    let mut stage = env.start(first, &input, &dead, LIMIT);
+    stage.assigned().await;
+    env.write(&input, &events);
+    let others: Vec<String> = events
+        .iter()
+        .filter(|e| e.user_id != events[4].user_id)
+        .map(|e| e.event_id.clone())
+        .collect();
+    let started = Instant::now();
+    while !others
+        .iter()
+        .all(|id| first_log.processed_ids().contains(id))
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "the other keys were not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stage.stop().await;
+    assert!(
+        first_log
+            .handled_as
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, h)| *h == Handling::First),
+        "written after the member was given the partition: all new"
+    );
+    assert_eq!(env.committed("again", &input, 1).await, [4]);
+
+    // Written while no member runs: below the end the next one finds.
+    let between: Vec<TrackingEvent> = (12..15).map(|i| event_for("u0", i)).collect();
+    env.write(&input, &between);
+    let (second, second_log) = Scripted::copier("again", output.clone());
+    let mut stage = env.start(second, &input, &dead, LIMIT);
+    stage.assigned().await;
+    let again: Vec<String> = events[4..]
+        .iter()
+        .chain(&between)
+        .map(|e| e.event_id.clone())
+        .collect();
+    env.wait_for(&output, &again).await;
+    // Written after it was given the partition: new; one marked by its
+    // producer: may repeat.
+    let after: Vec<TrackingEvent> = (15..18).map(|i| event_for("u1", i)).collect();
+    env.write(&input, &after);
+    let marked = event_for("u2", 18);
+    let producer =
+        AvroProducer::new(&env.cluster, &env.config, AvroCodec::local()).expect("producer");
+    let mut record = producer
+        .encode(&input, &marked.user_id, &marked)
+        .expect("encoded");
+    record.handling = Handling::MaybeRepeat;
+    producer.send_raw(&record).await.expect("produced");
+    let mut ids = again.clone();
+    ids.extend(after.iter().map(|e| e.event_id.clone()));
+    ids.push(marked.event_id.clone());
+    env.wait_for(&output, &ids).await;
+    stage.stop().await;
+
+    let handled: HashMap<String, Handling> = second_log
+        .handled_as
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .collect();
+    for id in &ids {
+        let want = if after.iter().any(|e| &e.event_id == id) {
+            Handling::First
+        } else {
+            Handling::MaybeRepeat
+        };
+        assert_eq!(handled.get(id), Some(&want), "{id}");
+    }
+    // Outputs carry the mark of their input: none of the first member's,
+    // each of the second's but those of the new records.
+    let codec = AvroCodec::local();
+    let mut marks: HashMap<String, Vec<bool>> = HashMap::new();
+    for (_, _, payload, marked) in env.read_all(&output).await {
+        let e: TrackingEvent = codec.decode(&payload).expect("an event");
+        marks.entry(e.event_id).or_default().push(marked);
+    }
+    for e in &events[..4] {
+        // Below the committed offset: only the first member's copy.
+        assert_eq!(marks[&e.event_id], [false], "{}", e.event_id);
+    }
+    for id in &again {
+        assert!(
+            marks[id].contains(&true),
+            "{id} re-made, marked: {:?}",
+            marks[id]
+        );
+    }
+    for e in &after {
+        assert_eq!(marks[&e.event_id], [false], "{}", e.event_id);
+    }
+    assert_eq!(marks[&marked.event_id], [true]);
     assert!(env.read_all(&dead).await.is_empty());
 }
 
@@ -1219,6 +1359,7 @@ on!(
         oversized_output_dead_letters_its_input,
         not_due_holds_a_record_then_processes_it,
         shutdown_mid_batch_loses_nothing,
+        records_read_again_may_repeat,
         records_of_a_key_keep_their_order,
         permanent_finish_failure_dead_letters_the_batch,
     ]
@@ -1231,6 +1372,7 @@ on!(
         oversized_output_dead_letters_its_input,
         refused_produce_dead_letters_its_input,
         shutdown_mid_batch_loses_nothing,
+        records_read_again_may_repeat,
         rebalance_between_two_members,
         members_publish_their_assignment,
     ]

@@ -551,15 +551,21 @@ impl Enricher {
             rows.extend(status_rows(req, "scheduled", Some(detail.clone()), now));
             return self.track(out, req, TrackingKind::Scheduled, None, None, Some(&detail));
         }
-        if self.verdict(job, meta).await? == Verdict::Duplicate {
-            return self.track(
-                out,
-                req,
-                TrackingKind::Deduplicated,
-                None,
-                None,
-                Some("event already handled"),
-            );
+        match self.verdict(job, meta).await? {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                return self.track(
+                    out,
+                    req,
+                    TrackingKind::Deduplicated,
+                    None,
+                    None,
+                    Some("event already handled"),
+                );
+            }
+            // This record's deliveries may be on their topics already: the
+            // senders check their ledger for these.
+            Verdict::Replay => out.maybe_repeats(),
         }
         let loaded: StoredRecipient;
         let stored = match job.lookups.recipients.get(&req.user_id) {

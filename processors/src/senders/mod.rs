@@ -25,6 +25,15 @@
 //! user; it is skipped with the status `uncertain`. Resend keeps no intent
 //! marks: a replay would resend such a delivery all the same, so they would
 //! cost a write and a read per delivery for a count.
+//!
+//! Only a record that may repeat one handled before needs the ledgers read:
+//! one the stage runner marks [`Handling::MaybeRepeat`] (read again after a
+//! crash or rebalance, or produced again; see [`tidings_kafka::handling`]),
+//! and every retry (`attempt > 0`: the relays put a delivery back whose
+//! first copy went its own way). Any other record is the first copy of its
+//! delivery to reach this topic, so nothing can have sent it: it is sent
+//! without a read. In steady state a sender reads no ledger at all; after a
+//! crash it reads them for the records its partitions held at the restart.
 
 pub mod apns;
 pub mod fcm;
@@ -49,7 +58,7 @@ use std::{
 };
 
 use tidings_config::{SendersConfig, Uncertain};
-use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
+use tidings_kafka::{Emitter, Handling, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
     AvroCodec, Channel,
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
@@ -156,6 +165,12 @@ fn sent_event_id(d: &Delivery) -> String {
         format!("tidings.sent/{}", d.delivery_id).as_bytes(),
     )
     .to_string()
+}
+
+/// Whether `d` may have been handled before, so the ledgers must be read
+/// before it is sent: see the module's doc.
+fn may_repeat(d: &Delivery, meta: &RecordMeta) -> bool {
+    d.attempt > 0 || meta.handling == Handling::MaybeRepeat
 }
 
 /// The intent-ledger key of one attempt: a retry (a later attempt) is a new
@@ -301,11 +316,20 @@ impl ChannelSender {
     }
 
     /// Reads the ledgers for `d`: from the batch's prefetch, from what this
-    /// batch did itself, or (if the prefetch failed) from the store.
-    async fn replay(&self, d: &Delivery, batch: &SenderBatch) -> Result<Replay, ProcessError> {
+    /// batch did itself, or (if the prefetch failed) from the store; not at
+    /// all for a first copy.
+    async fn replay(
+        &self,
+        d: &Delivery,
+        meta: &RecordMeta,
+        batch: &SenderBatch,
+    ) -> Result<Replay, ProcessError> {
         // Sent earlier in this batch: a replayed record twice in it.
         if lock(&batch.sent_now).contains(&d.delivery_id) {
             return Ok(Replay::AlreadySent);
+        }
+        if !may_repeat(d, meta) {
+            return Ok(Replay::Send);
         }
         let sent = match batch.sent_before.get(&d.delivery_id) {
             Some(seen) => *seen,
@@ -672,6 +696,14 @@ impl Processor for ChannelSender {
     }
 
     async fn prefetch(&self, batch: &[(&Delivery, &RecordMeta)]) -> SenderBatch {
+        // Only what may repeat is looked up (see `replay`).
+        let batch: Vec<&(&Delivery, &RecordMeta)> = batch
+            .iter()
+            .filter(|(d, meta)| may_repeat(d, meta))
+            .collect();
+        if batch.is_empty() {
+            return SenderBatch::default();
+        }
         let unique = |key: fn(&Delivery) -> String| -> Vec<String> {
             batch
                 .iter()
@@ -739,14 +771,14 @@ impl Processor for ChannelSender {
         &self,
         d: &Delivery,
         batch: &SenderBatch,
-        _meta: &RecordMeta,
+        meta: &RecordMeta,
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
         if d.expires_at.is_some_and(|e| e <= now_millis()) {
             self.log_status(batch, d, "expired", None);
             return self.track(out, d, TrackingKind::Expired, None);
         }
-        match self.replay(d, batch).await? {
+        match self.replay(d, meta, batch).await? {
             Replay::Send => {}
             Replay::AlreadySent => {
                 // Marked sent by an earlier run: that run may have crashed

@@ -374,6 +374,7 @@ mod tests {
             offset,
             key: None,
             timestamp: None,
+            handling: tidings_kafka::Handling::First,
         }
     }
 

@@ -11,7 +11,7 @@ use rdkafka::{
 };
 use tempfile::TempDir;
 use tidings_config::{KafkaConfig, SendersConfig};
-use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
+use tidings_kafka::{Assignment, AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
 use tidings_processors::{
     ChannelSender,
     senders::{
@@ -22,7 +22,7 @@ use tidings_processors::{
 };
 use tidings_schemas::{AvroCodec, Channel, records::Delivery, tracking_link::LinkSigner};
 use tidings_store::{Store, StoreOptions};
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -42,6 +42,21 @@ pub struct SenderHarness {
 pub struct Running {
     pub task: JoinHandle<Result<(), tidings_kafka::KafkaError>>,
     pub shutdown: CancellationToken,
+    assignment: watch::Receiver<Assignment>,
+}
+
+impl Running {
+    /// Waits until the stage holds its partitions: records produced from
+    /// now on are new to it (not ones a previous run may have handled).
+    pub async fn assigned(&mut self) {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.assignment.wait_for(Assignment::is_ready),
+        )
+        .await
+        .expect("the sender was assigned its partitions within a minute")
+        .expect("the stage publishes its assignment");
+    }
 }
 
 impl SenderHarness {
@@ -144,9 +159,14 @@ impl SenderHarness {
             },
         )
         .expect("stage");
+        let assignment = stage.assignment();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(stage.run(shutdown.clone()));
-        Running { task, shutdown }
+        Running {
+            task,
+            shutdown,
+            assignment,
+        }
     }
 
     /// The texts (delivery ids) of the messages Twilio accepted or is
