@@ -59,6 +59,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     KafkaCluster, KafkaError,
+    cluster::watermarks,
     backoff::{Backoff, sleep_or_cancel},
     handling::{Frontiers, Handling, MAYBE_REPEAT_HEADER},
     producer::{AvroProducer, Delivered, OutRecord},
@@ -321,7 +322,9 @@ impl StageContext {
     fn learn_frontiers(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         for e in tpl.elements() {
             let (topic, partition) = (e.topic(), e.partition());
-            match consumer.fetch_watermarks(topic, partition, FRONTIER_TIMEOUT) {
+            // Right after a topic is created its brokers may not agree on
+            // a leader yet: asked again for a moment.
+            match watermarks(consumer, topic, partition, FRONTIER_PATIENCE) {
                 Ok((_, end)) => {
                     debug!(
                         stage = self.stage,
@@ -1313,9 +1316,9 @@ fn count_error(stage: &str, retriable: bool) {
         .inc();
 }
 
-/// How long a newly assigned partition's end is waited for in the
-/// rebalance callback (per partition).
-const FRONTIER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a newly assigned partition's end is asked for again while its
+/// topic is settling, in the rebalance callback.
+const FRONTIER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// The longest reason a dead letter carries; the rest is cut.
 const MAX_REASON_BYTES: usize = 4_096;
