@@ -909,9 +909,28 @@ async fn sendgrid_events_record_delivered_and_failed(backend: Backend) {
     t.stop().await;
 }
 
+/// A client registering token after token for one user keeps only
+/// `gateway.max_devices_per_user` of them: the newest.
+async fn a_user_keeps_at_most_max_devices_per_user(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.gateway.max_devices_per_user = 3).await;
+    let user = format!("u-{}", Uuid::new_v4());
+    let tokens: Vec<String> = (0..6).map(|i| format!("{i:02}").repeat(32)).collect();
+    for token in &tokens {
+        t.client
+            .register_device(&user, pb::Platform::Ios, token)
+            .await
+            .unwrap();
+        // Registrations in distinct milliseconds: newest is well defined.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(devices(&t, &user).await, tokens[3..].to_vec());
+    t.stop().await;
+}
+
 on_every_backend!(
     transient_failures_are_retried_then_delivered_and_permanent_ones_dead_lettered,
     an_unregistered_device_is_tombstoned_until_registered_again,
+    a_user_keeps_at_most_max_devices_per_user,
     twilio_status_callbacks_record_delivered_and_failed,
     sendgrid_events_record_delivered_and_failed,
 );

@@ -9,6 +9,7 @@ use tidings_schemas::proto::v1::{
 use tidings_schemas::web_push::WebSubscription;
 use tidings_store::{Device, Platform, User};
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
 use crate::{Gateway, store_status, validate};
 
@@ -153,6 +154,18 @@ impl ContactService for Gateway {
             .register_device(&device)
             .await
             .map_err(store_status)?;
+        let cap = self.config.max_devices_per_user;
+        // The registration stands either way; a failed trim is done by the
+        // user's next registration.
+        match self.store.contacts.trim_devices(&device.user_id, cap).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                info!(user = %device.user_id, removed, cap, "device rows beyond gateway.max_devices_per_user removed (tombstones and the least recently registered first)");
+            }
+            Err(e) => {
+                warn!(user = %device.user_id, error = %e, "trimming the user's device rows failed; the next registration tries again");
+            }
+        }
         Ok(Response::new(RegisterDeviceResponse {}))
     }
 

@@ -377,6 +377,11 @@ pub struct GatewayConfig {
     /// are registered (a local push-service stand-in); otherwise only
     /// https:// endpoints are taken.
     pub web_push_loopback_http: bool,
+    /// Most device rows (push tokens, web push subscriptions, tombstones)
+    /// kept per user: a registration beyond it removes the user's oldest
+    /// rows, tombstones first. Every notification to a user reads all of
+    /// them, so what one user's client can register is bounded.
+    pub max_devices_per_user: usize,
     /// Web origins (`https://app.example.com`, scheme://host[:port]) whose
     /// pages may call the inbox API (`/v1/me/notifications*`) and load the
     /// inbox widget from another origin (CORS); `*` allows any. Empty: no
@@ -395,6 +400,7 @@ impl Default for GatewayConfig {
             max_call_bytes: 256 << 20,
             auth_stale_serve_secs: 600,
             web_push_loopback_http: false,
+            max_devices_per_user: 20,
             cors_origins: Vec::new(),
         }
     }
@@ -599,6 +605,10 @@ impl Config {
         }
         if self.gateway.max_expanded_notifications == 0 {
             return semantic("gateway.max_expanded_notifications", "must be at least 1");
+        }
+        if self.gateway.max_devices_per_user == 0 {
+            // The registration being made must be kept.
+            return semantic("gateway.max_devices_per_user", "must be at least 1");
         }
         if self.gateway.expansion_buffer_bytes < 1 << 20 {
             return semantic(

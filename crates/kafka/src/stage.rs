@@ -59,8 +59,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     KafkaCluster, KafkaError,
-    cluster::watermarks,
     backoff::{Backoff, sleep_or_cancel},
+    cluster::watermarks,
     handling::{Frontiers, Handling, MAYBE_REPEAT_HEADER},
     producer::{AvroProducer, Delivered, OutRecord},
     readiness::Assignment,

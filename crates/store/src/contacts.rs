@@ -106,4 +106,86 @@ pub trait ContactStore: Send + Sync + 'static {
     /// answered once; unknown users and users without a live device add
     /// nothing. An empty `user_ids` is answered without a round trip.
     async fn live_devices_many(&self, user_ids: &[String]) -> Result<Vec<Device>, StoreError>;
+    /// Removes all of `user_id`'s device rows but the `keep` that
+    /// [`devices_beyond`] ranks first (live devices, newest first, then
+    /// tombstones, newest first); answers how many it removed. Bounds what
+    /// one user's devices cost every notification to them.
+    async fn trim_devices(&self, user_id: &str, keep: usize) -> Result<usize, StoreError>;
+}
+
+/// One stored device row, as far as trimming needs it: a token may have a
+/// registration, a tombstone, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub token: String,
+    pub registered_at: Option<Millis>,
+    pub invalidated_at: Option<Millis>,
+}
+
+impl DeviceRow {
+    fn is_live(&self) -> bool {
+        self.registered_at
+            .is_some_and(|r| self.invalidated_at.is_none_or(|i| i < r))
+    }
+
+    /// When it last changed.
+    fn latest(&self) -> Millis {
+        self.registered_at
+            .max(self.invalidated_at)
+            .unwrap_or(Millis::MIN)
+    }
+}
+
+/// The tokens of `rows` beyond the first `keep`, ranked live before
+/// invalidated, then most recently changed first (ties by token): what
+/// [`ContactStore::trim_devices`] removes.
+pub fn devices_beyond(mut rows: Vec<DeviceRow>, keep: usize) -> Vec<String> {
+    if rows.len() <= keep {
+        return Vec::new();
+    }
+    rows.sort_by(|a, b| {
+        (b.is_live(), b.latest())
+            .cmp(&(a.is_live(), a.latest()))
+            .then_with(|| a.token.cmp(&b.token))
+    });
+    rows.split_off(keep).into_iter().map(|r| r.token).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        token: &str,
+        registered_at: Option<Millis>,
+        invalidated_at: Option<Millis>,
+    ) -> DeviceRow {
+        DeviceRow {
+            token: token.into(),
+            registered_at,
+            invalidated_at,
+        }
+    }
+
+    #[test]
+    fn live_and_recent_devices_are_kept_first() {
+        let rows = vec![
+            row("old-live", Some(100), None),
+            row("new-live", Some(300), None),
+            row("dead", Some(400), Some(500)),
+            row("tombstone-only", None, Some(600)),
+            row("back", Some(700), Some(200)),
+        ];
+        assert!(devices_beyond(rows.clone(), 5).is_empty());
+        assert_eq!(
+            devices_beyond(rows.clone(), 3),
+            ["tombstone-only", "dead"],
+            "tombstones go first, newest kept longest"
+        );
+        assert_eq!(
+            devices_beyond(rows.clone(), 1),
+            ["new-live", "old-live", "tombstone-only", "dead"]
+        );
+        assert_eq!(devices_beyond(rows, 0).len(), 5);
+    }
 }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use apps::{App, AppStore};
-pub use contacts::{ContactStore, Device, Platform, User};
+pub use contacts::{ContactStore, Device, DeviceRow, Platform, User, devices_beyond};
 pub use counters::CounterStore;
 pub use dedupe::{Claim, DedupeLedger};
 pub use error::StoreError;

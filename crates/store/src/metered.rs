@@ -89,6 +89,7 @@ metered!(MeteredContacts, ContactStore, "contacts" {
     fn invalidate_device(&self, user_id: &str, token: &str, at: Millis) -> ();
     fn live_devices(&self, user_id: &str) -> Vec<Device>;
     fn live_devices_many(&self, user_ids: &[String]) -> Vec<Device>;
+    fn trim_devices(&self, user_id: &str, keep: usize) -> usize;
 });
 
 metered!(MeteredCounters, CounterStore, "counters" {

@@ -21,6 +21,7 @@ on_both_engines! {
     get_users_skips_missing_ids_and_keeps_order,
     device_tombstones_and_registrations_resolve_by_time,
     live_devices_many_spans_users_in_user_then_token_order,
+    trimming_devices_keeps_live_and_recent_ones,
     recipients_answer_what_the_three_reads_answer,
     preferences_per_channel_and_category,
     template_versions_latest_and_conflicts,
@@ -368,6 +369,60 @@ async fn device_tombstones_and_registrations_resolve_by_time(store: &Store) {
     c.remove_device(&user, "b-android").await.unwrap();
     assert_eq!(live_tokens().await.0, ["a-ios", "c-web"]);
     assert!(c.live_devices(&id("nobody")).await.unwrap().is_empty());
+}
+
+async fn trimming_devices_keeps_live_and_recent_ones(store: &Store) {
+    let c = &store.contacts;
+    let user = id("many");
+    let other = id("other");
+    let register = |user: &str, token: &str, registered_at| Device {
+        user_id: user.to_owned(),
+        token: token.to_owned(),
+        platform: Platform::Android,
+        registered_at,
+        invalidated_at: None,
+    };
+    for (i, token) in ["t1", "t2", "t3", "t4", "t5"].iter().enumerate() {
+        c.register_device(&register(&user, token, 100 + i as i64))
+            .await
+            .unwrap();
+    }
+    c.register_device(&register(&other, "t1", 50))
+        .await
+        .unwrap();
+    // t5, the newest, is invalidated; a tombstone for a token never
+    // registered is recorded too.
+    c.invalidate_device(&user, "t5", 500).await.unwrap();
+    c.invalidate_device(&user, "ghost", 600).await.unwrap();
+    // Under the cap: nothing removed.
+    assert_eq!(c.trim_devices(&user, 10).await.unwrap(), 0);
+    // To three: the two tombstones, then the oldest live device.
+    assert_eq!(c.trim_devices(&user, 3).await.unwrap(), 3);
+    let mut live: Vec<String> = c
+        .live_devices(&user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    live.sort();
+    assert_eq!(live, ["t2", "t3", "t4"]);
+    // The removed tombstone no longer hides a registration of t5.
+    c.register_device(&register(&user, "t5", 200))
+        .await
+        .unwrap();
+    assert_eq!(c.live_devices(&user).await.unwrap().len(), 4);
+    assert_eq!(c.trim_devices(&user, 4).await.unwrap(), 0);
+    // Another user's devices are not touched; an unknown user has none.
+    assert_eq!(c.live_devices(&other).await.unwrap().len(), 1);
+    assert_eq!(c.trim_devices(&id("nobody"), 1).await.unwrap(), 0);
+    // The recipients read sees the trimmed rows.
+    let recipients = store
+        .recipients
+        .recipients_many(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    assert_eq!(recipients[&user].devices.len(), 4);
 }
 
 async fn live_devices_many_spans_users_in_user_then_token_order(store: &Store) {

@@ -256,4 +256,40 @@ impl ContactStore for ScyllaContacts {
         devices.sort_by(|a, b| (&a.user_id, &a.token).cmp(&(&b.user_id, &b.token)));
         Ok(devices)
     }
+
+    /// One partition read and a delete per removed row (rare: only a user
+    /// over the cap has any).
+    async fn trim_devices(&self, user_id: &str, keep: usize) -> Result<usize, StoreError> {
+        const OP: &str = "contacts.trim_devices";
+        let rows = self
+            .cql
+            .all_rows::<(
+                Option<String>,
+                Option<String>,
+                Option<Millis>,
+                Option<Millis>,
+            )>(&self.devices, (user_id,))
+            .await
+            .ctx(OP, user_id)?;
+        let rows = rows
+            .into_iter()
+            .filter_map(|(token, _, registered_at, invalidated_at)| {
+                // A row with only static columns (the user's copy) is no
+                // device.
+                token.map(|token| crate::DeviceRow {
+                    token,
+                    registered_at,
+                    invalidated_at,
+                })
+            })
+            .collect();
+        let beyond = crate::devices_beyond(rows, keep);
+        for token in &beyond {
+            self.cql
+                .execute(&self.remove_device, (user_id, token))
+                .await
+                .ctx(OP, user_id)?;
+        }
+        Ok(beyond.len())
+    }
 }

@@ -236,4 +236,32 @@ impl ContactStore for SqliteContacts {
         }
         Ok(devices)
     }
+
+    async fn trim_devices(&self, user_id: &str, keep: usize) -> Result<usize, StoreError> {
+        let id = user_id.to_owned();
+        self.0
+            .call(move |c| {
+                let rows = c
+                    .prepare_cached(
+                        "SELECT token, registered_at, invalidated_at FROM devices WHERE user_id = ?1",
+                    )?
+                    .query_map([&id], |r| {
+                        Ok(crate::DeviceRow {
+                            token: r.get(0)?,
+                            registered_at: r.get(1)?,
+                            invalidated_at: r.get(2)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let beyond = crate::devices_beyond(rows, keep);
+                let mut delete =
+                    c.prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND token = ?2")?;
+                for token in &beyond {
+                    delete.execute([&id, token])?;
+                }
+                Ok(beyond.len())
+            })
+            .await
+            .ctx("contacts.trim_devices", user_id)
+    }
 }
