@@ -615,6 +615,24 @@ impl Log {
         let processed = self.processed.lock().unwrap();
         processed.iter().map(|(id, _, _)| id.clone()).collect()
     }
+
+    /// Waits until every event of `events` with a key other than `held`'s
+    /// was processed.
+    async fn wait_for_other_keys(&self, events: &[TrackingEvent], held: &TrackingEvent) {
+        let others: Vec<&String> = events
+            .iter()
+            .filter(|e| e.user_id != held.user_id)
+            .map(|e| &e.event_id)
+            .collect();
+        let started = Instant::now();
+        while !others.iter().all(|id| self.processed_ids().contains(id)) {
+            assert!(
+                started.elapsed() < WAIT,
+                "the other keys were not processed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Scripted {
@@ -633,6 +651,21 @@ impl Scripted {
     /// Copies every event.
     fn copier(name: &'static str, output: String) -> (Self, Arc<Log>) {
         Self::new(name, output, Box::new(|e, _| Ok(Some(e.clone()))))
+    }
+
+    /// Copies every event but `held`, which fails retriably for good.
+    fn holding(name: &'static str, output: String, held: String) -> (Self, Arc<Log>) {
+        Self::new(
+            name,
+            output,
+            Box::new(move |e, _| {
+                if e.event_id == held {
+                    Err(ProcessError::retriable("the store is away"))
+                } else {
+                    Ok(Some(e.clone()))
+                }
+            }),
+        )
     }
 }
 
@@ -882,36 +915,10 @@ async fn shutdown_mid_batch_loses_nothing(brokers: Brokers) {
         .collect();
     let held = events[5].event_id.clone();
     env.write(&input, &events);
-    let held_id = held.clone();
-    let (first, first_log) = Scripted::new(
-        "shutdown",
-        output.clone(),
-        Box::new(move |e, _| {
-            if e.event_id == held_id {
-                Err(ProcessError::retriable("the store is away"))
-            } else {
-                Ok(Some(e.clone()))
-            }
-        }),
-    );
+    let (first, first_log) = Scripted::holding("shutdown", output.clone(), held.clone());
     let stage = env.start(first, &input, &dead, LIMIT);
     // The other keys' records are processed while the held one retries.
-    let others: Vec<String> = events
-        .iter()
-        .filter(|e| e.user_id != events[5].user_id)
-        .map(|e| e.event_id.clone())
-        .collect();
-    let started = Instant::now();
-    while !others
-        .iter()
-        .all(|id| first_log.processed_ids().contains(id))
-    {
-        assert!(
-            started.elapsed() < WAIT,
-            "the other keys were not processed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_log.wait_for_other_keys(&events, &events[5]).await;
     stage.stop().await;
     // Per-key order: nothing of the held key after the held record.
     let done = first_log.processed_ids();
@@ -955,38 +962,11 @@ async fn records_read_again_may_repeat(brokers: Brokers) {
     let events: Vec<TrackingEvent> = (0..12)
         .map(|i| event_for(&format!("u{}", i % 3), i))
         .collect();
-    let held = events[4].event_id.clone();
-    let held_id = held.clone();
-    let (first, first_log) = Scripted::new(
-        "again",
-        output.clone(),
-        Box::new(move |e, _| {
-            if e.event_id == held_id {
-                Err(ProcessError::retriable("the store is away"))
-            } else {
-                Ok(Some(e.clone()))
-            }
-        }),
-    );
+    let (first, first_log) = Scripted::holding("again", output.clone(), events[4].event_id.clone());
     let mut stage = env.start(first, &input, &dead, LIMIT);
     stage.assigned().await;
     env.write(&input, &events);
-    let others: Vec<String> = events
-        .iter()
-        .filter(|e| e.user_id != events[4].user_id)
-        .map(|e| e.event_id.clone())
-        .collect();
-    let started = Instant::now();
-    while !others
-        .iter()
-        .all(|id| first_log.processed_ids().contains(id))
-    {
-        assert!(
-            started.elapsed() < WAIT,
-            "the other keys were not processed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_log.wait_for_other_keys(&events, &events[4]).await;
     stage.stop().await;
     assert!(
         first_log

@@ -72,7 +72,28 @@ pub(super) fn device_from_row(
     }))
 }
 
+/// token, platform, registered_at, invalidated_at: each may be absent
+/// (a tombstone alone; a partition holding only the user's copy).
+type DeviceColumns = (
+    Option<String>,
+    Option<String>,
+    Option<Millis>,
+    Option<Millis>,
+);
+
 impl ScyllaContacts {
+    /// Every row of `user_id`'s devices partition.
+    async fn device_rows(
+        &self,
+        op: &'static str,
+        user_id: &str,
+    ) -> Result<Vec<DeviceColumns>, StoreError> {
+        self.cql
+            .all_rows::<DeviceColumns>(&self.devices, (user_id,))
+            .await
+            .ctx(op, user_id)
+    }
+
     /// `copy`: the store has the copy of `users` in `devices` (migration
     /// 0010), which every write to `users` then keeps.
     pub(crate) async fn prepare(cql: &Cql, copy: Option<&CopyWrites>) -> Result<Self, StoreError> {
@@ -219,16 +240,7 @@ impl ContactStore for ScyllaContacts {
 
     async fn live_devices(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
         const OP: &str = "contacts.live_devices";
-        let rows = self
-            .cql
-            .all_rows::<(
-                Option<String>,
-                Option<String>,
-                Option<Millis>,
-                Option<Millis>,
-            )>(&self.devices, (user_id,))
-            .await
-            .ctx(OP, user_id)?;
+        let rows = self.device_rows(OP, user_id).await?;
         let mut live = Vec::new();
         for (token, platform, registered_at, invalidated_at) in rows {
             let device =
@@ -261,16 +273,7 @@ impl ContactStore for ScyllaContacts {
     /// over the cap has any).
     async fn trim_devices(&self, user_id: &str, keep: usize) -> Result<usize, StoreError> {
         const OP: &str = "contacts.trim_devices";
-        let rows = self
-            .cql
-            .all_rows::<(
-                Option<String>,
-                Option<String>,
-                Option<Millis>,
-                Option<Millis>,
-            )>(&self.devices, (user_id,))
-            .await
-            .ctx(OP, user_id)?;
+        let rows = self.device_rows(OP, user_id).await?;
         let rows = rows
             .into_iter()
             .filter_map(|(token, _, registered_at, invalidated_at)| {
