@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use tempfile::TempDir;
 use tidings_config::{InboxConfig, KafkaConfig, SendersConfig};
-use tidings_kafka::{AvroProducer, KafkaCluster, Stage, StageOptions, Topics};
+use tidings_kafka::{AvroProducer, Handling, KafkaCluster, Stage, StageOptions, Topics};
 use tidings_processors::{
     ChannelSender, Provider,
     senders::inbox::{InboxProvider, new_item_event_id},
@@ -238,10 +238,14 @@ async fn a_delivery_lands_once_in_the_inbox_with_one_new_event(engine: Engine) {
     assert_eq!(carried.action_url, d.action_url);
     assert_eq!(carried.created_at, d.accepted_at);
 
-    // The same delivery again (a redelivered record): the sent ledger drops
-    // it before the provider, so neither a second item nor a second event.
+    // The same delivery again (produced again, so marked as a record that
+    // may repeat, as the runner marks a re-produce and the enricher a
+    // replayed claim): the sent ledger drops it before the provider, so
+    // neither a second item nor a second event.
+    let mut again = h.producer.encode(&topic, &d.user_id, &d).expect("encoded");
+    again.handling = Handling::MaybeRepeat;
     h.producer
-        .send(&topic, &d.user_id, &d)
+        .send_raw(&again)
         .await
         .expect("delivery produced again");
     h.wait_for_tracking(&d, TrackingKind::Deduplicated).await;

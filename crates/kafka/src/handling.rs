@@ -46,9 +46,11 @@ pub enum Handling {
 
 /// Where each of this member's partitions ended when the member was given
 /// it. As many entries as partitions assigned: revoked ones are forgotten.
+/// By topic, then partition: looked up per record by `&str`, without
+/// allocating.
 #[derive(Debug, Default)]
 pub(crate) struct Frontiers {
-    end_when_assigned: HashMap<(String, i32), i64>,
+    end_when_assigned: HashMap<String, HashMap<i32, i64>>,
 }
 
 impl Frontiers {
@@ -61,10 +63,7 @@ impl Frontiers {
         offset: i64,
         marked: bool,
     ) -> Handling {
-        let beyond = self
-            .end_when_assigned
-            .get(&(topic.to_owned(), partition))
-            .is_some_and(|end| offset >= *end);
+        let beyond = self.end(topic, partition).is_some_and(|end| offset >= end);
         if beyond && !marked {
             Handling::First
         } else {
@@ -79,7 +78,7 @@ impl Frontiers {
     ) -> Vec<(String, i32)> {
         let mut unknown: Vec<(String, i32)> = partitions
             .into_iter()
-            .filter(|(t, p)| !self.end_when_assigned.contains_key(&((*t).to_owned(), *p)))
+            .filter(|(t, p)| self.end(t, *p).is_none())
             .map(|(t, p)| (t.to_owned(), p))
             .collect();
         unknown.sort_unstable();
@@ -87,15 +86,30 @@ impl Frontiers {
         unknown
     }
 
+    fn end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.end_when_assigned
+            .get(topic)
+            .and_then(|ends| ends.get(&partition))
+            .copied()
+    }
+
     pub(crate) fn set(&mut self, topic: String, partition: i32, end: i64) {
-        self.end_when_assigned.insert((topic, partition), end);
+        self.end_when_assigned
+            .entry(topic)
+            .or_default()
+            .insert(partition, end);
     }
 
     /// Forgets revoked partitions: if one comes back, a new owner may have
     /// handled more of it meanwhile.
     pub(crate) fn forget(&mut self, revoked: &[(String, i32)]) {
-        for key in revoked {
-            self.end_when_assigned.remove(key);
+        for (topic, partition) in revoked {
+            if let Some(ends) = self.end_when_assigned.get_mut(topic) {
+                ends.remove(partition);
+                if ends.is_empty() {
+                    self.end_when_assigned.remove(topic);
+                }
+            }
         }
     }
 }
