@@ -27,13 +27,13 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
-    message::{Header, OwnedHeaders, OwnedMessage},
+    message::OwnedMessage,
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
 use serde_json::{Value, json};
 use tidings_config::{Config, KafkaConfig};
-use tidings_kafka::{KafkaCluster, MAYBE_REPEAT_HEADER, Topics};
+use tidings_kafka::{KafkaCluster, Topics, maybe_repeat_headers};
 use tidings_schemas::{
     AvroCodec, AvroRecord,
     records::{
@@ -529,10 +529,7 @@ async fn send_back(producer: &FutureProducer, entry: Entry, timeout: Duration) -
     let letter = &entry.letter;
     let mut record = FutureRecord::<[u8], [u8]>::to(&letter.source_topic)
         .payload(&letter.payload)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: MAYBE_REPEAT_HEADER,
-            value: Some("1"),
-        }));
+        .headers(maybe_repeat_headers());
     if let Some(key) = &letter.key {
         record = record.key(key.as_slice());
     }

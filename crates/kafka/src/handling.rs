@@ -28,9 +28,29 @@
 
 use std::collections::HashMap;
 
+use rdkafka::{
+    Message,
+    message::{Header, Headers, OwnedHeaders},
+};
+
 /// The Kafka header on a record that may repeat one produced before. Its
 /// value is not read; its presence is the mark.
 pub const MAYBE_REPEAT_HEADER: &str = "tidings-maybe-repeat";
+
+/// The headers that mark a record produced as one that may repeat.
+pub fn maybe_repeat_headers() -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: MAYBE_REPEAT_HEADER,
+        value: Some("1"),
+    })
+}
+
+/// Whether `message` carries the [`MAYBE_REPEAT_HEADER`].
+pub fn is_marked(message: &impl Message) -> bool {
+    message
+        .headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == MAYBE_REPEAT_HEADER))
+}
 
 /// Whether a record may repeat one handled or produced before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,7 +11,6 @@ use futures::{
 };
 use rdkafka::{
     error::KafkaError as RdKafkaError,
-    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult},
     util::Timeout,
 };
@@ -20,7 +19,7 @@ use tidings_schemas::{AvroCodec, AvroRecord};
 
 use crate::{
     KafkaCluster, KafkaError,
-    handling::{Handling, MAYBE_REPEAT_HEADER},
+    handling::{Handling, maybe_repeat_headers},
 };
 
 /// Bytes of `kafka.max_message_bytes` kept for what Kafka adds around a
@@ -205,10 +204,7 @@ fn future_record(record: &OutRecord) -> FutureRecord<'_, String, [u8]> {
         .payload(record.payload.as_slice());
     match record.handling {
         Handling::First => future,
-        Handling::MaybeRepeat => future.headers(OwnedHeaders::new().insert(Header {
-            key: MAYBE_REPEAT_HEADER,
-            value: Some("1"),
-        })),
+        Handling::MaybeRepeat => future.headers(maybe_repeat_headers()),
     }
 }
 

@@ -48,7 +48,7 @@ use rdkafka::{
     ClientConfig, ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
-    message::{Headers, OwnedMessage},
+    message::OwnedMessage,
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroRecord, records::DeadLetter};
@@ -61,7 +61,7 @@ use crate::{
     KafkaCluster, KafkaError,
     backoff::{Backoff, sleep_or_cancel},
     cluster::watermarks,
-    handling::{Frontiers, Handling, MAYBE_REPEAT_HEADER},
+    handling::{Frontiers, Handling, is_marked},
     producer::{AvroProducer, Delivered, OutRecord},
     readiness::Assignment,
 };
@@ -972,9 +972,7 @@ impl<P: Processor> Stage<P> {
                 message.topic(),
                 message.partition(),
                 message.offset(),
-                message
-                    .headers()
-                    .is_some_and(|h| h.iter().any(|h| h.key == MAYBE_REPEAT_HEADER)),
+                is_marked(&message),
             ),
         };
         let mut backoff = self.backoff();

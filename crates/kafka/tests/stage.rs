@@ -21,13 +21,12 @@ use async_trait::async_trait;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    message::Headers,
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
 };
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
-    Assignment, AvroProducer, Emitter, Handling, KafkaCluster, MAYBE_REPEAT_HEADER, ProcessError,
-    Processor, RecordMeta, Stage, StageAssignments, StageOptions, TopicSpec, now_millis,
+    Assignment, AvroProducer, Emitter, Handling, KafkaCluster, ProcessError, Processor, RecordMeta,
+    Stage, StageAssignments, StageOptions, TopicSpec, is_marked, now_millis,
 };
 use tidings_schemas::{
     AvroCodec,
@@ -455,8 +454,7 @@ impl Env {
                         m.partition(),
                         m.offset(),
                         m.payload().unwrap_or_default().to_vec(),
-                        m.headers()
-                            .is_some_and(|h| h.iter().any(|h| h.key == MAYBE_REPEAT_HEADER)),
+                        is_marked(&m),
                     ));
                 }
             }
