@@ -195,6 +195,7 @@ impl Runtime {
                     self.producer.codec().clone(),
                     self.config.enricher.clone(),
                     &self.config.tracking,
+                    self.config.gateway.max_devices_per_user,
                 ),
                 topics.requests(),
                 options,

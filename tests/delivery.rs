@@ -927,10 +927,63 @@ async fn a_user_keeps_at_most_max_devices_per_user(backend: Backend) {
     t.stop().await;
 }
 
+/// Device rows beyond the cap that the gateway did not trim (written before
+/// it trimmed them, or by an older release) are not all sent to: the
+/// enricher sends to the newest `gateway.max_devices_per_user` live ones.
+async fn a_notification_goes_to_at_most_max_devices_per_user(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.gateway.max_devices_per_user = 2).await;
+    let user = format!("u-{}", Uuid::new_v4());
+    let tokens: Vec<String> = (0..4).map(|i| format!("{i:02}").repeat(32)).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        // Straight into the store, as rows written before the cap were.
+        t.store()
+            .contacts
+            .register_device(&tidings_store::Device {
+                user_id: user.clone(),
+                token: token.clone(),
+                platform: tidings_store::Platform::Ios,
+                registered_at: 1_000 + i as i64,
+                invalidated_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let id = t
+        .client
+        .send(pb::SendRequest {
+            user_ids: vec![user.clone()],
+            channels: vec![pb::Channel::Ios as i32],
+            content: Some(pb::send_request::Content::Raw(pb::RawContent {
+                title: "Hi".into(),
+                body: "there".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .notification_ids[0]
+        .clone();
+    // Everything the enricher made of the request is on the iOS topic once
+    // it has committed past the request.
+    t.caught_up("enricher", &t.topic("notify.requests")).await;
+    let mut targets: Vec<String> = t
+        .read_all::<Delivery>(&t.topic("deliver.ios"))
+        .await
+        .into_iter()
+        .filter(|d| d.notification_id == id)
+        .map(|d| d.target)
+        .collect();
+    targets.sort();
+    assert_eq!(targets, tokens[2..].to_vec(), "the two newest devices only");
+    t.stop().await;
+}
+
 on_every_backend!(
     transient_failures_are_retried_then_delivered_and_permanent_ones_dead_lettered,
     an_unregistered_device_is_tombstoned_until_registered_again,
     a_user_keeps_at_most_max_devices_per_user,
+    a_notification_goes_to_at_most_max_devices_per_user,
     twilio_status_callbacks_record_delivered_and_failed,
     sendgrid_events_record_delivered_and_failed,
 );

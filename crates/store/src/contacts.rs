@@ -1,6 +1,7 @@
 //! Contact information: user profiles (name, avatar, locale, email, phone)
 //! and the push devices of each user.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -151,6 +152,27 @@ pub fn devices_beyond(mut rows: Vec<DeviceRow>, keep: usize) -> Vec<String> {
     rows.split_off(keep).into_iter().map(|r| r.token).collect()
 }
 
+/// Cuts `devices` (one user's) to the `keep` that [`devices_beyond`] ranks
+/// first, the most recently registered; returns how many it dropped. For
+/// readers of rows written before `RegisterDevice` trimmed them, or by a
+/// gateway that did not.
+pub fn keep_newest_devices(devices: &mut Vec<Device>, keep: usize) -> usize {
+    if devices.len() <= keep {
+        return 0;
+    }
+    let rows = devices
+        .iter()
+        .map(|d| DeviceRow {
+            token: d.token.clone(),
+            registered_at: Some(d.registered_at),
+            invalidated_at: d.invalidated_at,
+        })
+        .collect();
+    let beyond: HashSet<String> = devices_beyond(rows, keep).into_iter().collect();
+    devices.retain(|d| !beyond.contains(&d.token));
+    beyond.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +209,27 @@ mod tests {
             ["new-live", "old-live", "tombstone-only", "dead"]
         );
         assert_eq!(devices_beyond(rows, 0).len(), 5);
+    }
+
+    #[test]
+    fn a_reader_keeps_the_newest_devices() {
+        let device = |token: &str, registered_at: Millis| Device {
+            user_id: "u".into(),
+            token: token.into(),
+            platform: Platform::Ios,
+            registered_at,
+            invalidated_at: None,
+        };
+        let mut devices = vec![
+            device("b", 200),
+            device("d", 400),
+            device("a", 100),
+            device("c", 300),
+        ];
+        assert_eq!(keep_newest_devices(&mut devices, 4), 0);
+        assert_eq!(devices.len(), 4);
+        assert_eq!(keep_newest_devices(&mut devices, 2), 2);
+        let kept: Vec<&str> = devices.iter().map(|d| d.token.as_str()).collect();
+        assert_eq!(kept, ["d", "c"], "the newest two, in the order read");
     }
 }

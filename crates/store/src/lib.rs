@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use apps::{App, AppStore};
-pub use contacts::{ContactStore, Device, DeviceRow, Platform, User, devices_beyond};
+pub use contacts::{
+    ContactStore, Device, DeviceRow, Platform, User, devices_beyond, keep_newest_devices,
+};
 pub use counters::CounterStore;
 pub use dedupe::{Claim, DedupeLedger};
 pub use error::StoreError;

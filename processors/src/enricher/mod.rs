@@ -50,7 +50,7 @@ use tidings_schemas::{
 };
 use tidings_store::{
     Device, Millis, NewAdmission, Platform, Preference, Recipient as StoredRecipient,
-    ScheduledItem, StatusEntry, Store, StoreError, TemplateVersion, User,
+    ScheduledItem, StatusEntry, Store, StoreError, TemplateVersion, User, keep_newest_devices,
 };
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -73,6 +73,9 @@ pub struct Enricher {
     links: LinkSigner,
     open_pixel: bool,
     templates: Mutex<HashMap<(String, u32), Arc<TemplateVersion>>>,
+    /// `gateway.max_devices_per_user`: the most live devices of one user a
+    /// notification goes to.
+    max_devices_per_user: usize,
 }
 
 /// Template versions kept in memory; the cache starts over when full.
@@ -85,6 +88,7 @@ impl Enricher {
         codec: AvroCodec,
         config: EnricherConfig,
         tracking: &TrackingConfig,
+        max_devices_per_user: usize,
     ) -> Self {
         let limiter = RateLimiter::bounded(config.rate_limits.clone(), config.rate_limit_windows);
         let links = LinkSigner::new(&tracking.link_secret, &tracking.public_url);
@@ -97,6 +101,7 @@ impl Enricher {
             links,
             open_pixel: tracking.open_pixel,
             templates: Mutex::default(),
+            max_devices_per_user,
         }
     }
 
@@ -299,7 +304,7 @@ impl Enricher {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let mut recipients = self.store.recipients.recipients_many(&user_ids).await?;
+        let mut recipients = self.recipients(&user_ids).await?;
         for user_id in user_ids {
             recipients.entry(user_id).or_default();
         }
@@ -338,12 +343,35 @@ impl Enricher {
 
     async fn load_recipient(&self, user_id: &str) -> Result<StoredRecipient, ProcessError> {
         let mut found = self
-            .store
-            .recipients
-            .recipients_many(&[user_id.to_owned()])
+            .recipients(&[user_id.to_owned()])
             .await
             .map_err(store_failure)?;
         Ok(found.remove(user_id).unwrap_or_default())
+    }
+
+    /// The contacts and preferences of `user_ids`, each with at most
+    /// `gateway.max_devices_per_user` live devices, the most recently
+    /// registered: the gateway trims a user's rows when a device registers,
+    /// so more are found only for users whose rows predate that (or were
+    /// written by an older gateway), and a notification must not fan out
+    /// to all of them.
+    async fn recipients(
+        &self,
+        user_ids: &[String],
+    ) -> Result<HashMap<String, StoredRecipient>, StoreError> {
+        let mut found = self.store.recipients.recipients_many(user_ids).await?;
+        for (user_id, recipient) in &mut found {
+            let dropped = keep_newest_devices(&mut recipient.devices, self.max_devices_per_user);
+            if dropped > 0 {
+                debug!(
+                    user = %user_id,
+                    dropped,
+                    cap = self.max_devices_per_user,
+                    "not sending to the user's oldest devices beyond gateway.max_devices_per_user"
+                );
+            }
+        }
+        Ok(found)
     }
 }
 
