@@ -586,9 +586,7 @@ pub fn consumer_config(
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
-        // Notifications are soft real time: when a partition is idle,
-        // answer fetches quickly rather than wait for a fuller batch.
-        .set("fetch.wait.max.ms", "20")
+        .set("fetch.wait.max.ms", fetch_wait_ms(cluster))
         .set("statistics.interval.ms", "10000")
         // Bound what a member holds read ahead: librdkafka's defaults
         // (64 MiB queued plus 50 MiB per fetch) let a stage fed large
@@ -603,6 +601,18 @@ pub fn consumer_config(
             max_poll_interval.as_millis().to_string(),
         );
     c
+}
+
+/// How long a fetch may wait at the broker for records to arrive. A Kafka
+/// broker answers a waiting fetch as soon as a record arrives, so the wait
+/// adds no latency there and only sets how often an idle member asks
+/// again: librdkafka's default (500 ms) keeps a deployment's idle stages
+/// (a dozen or more consumers) from sending the brokers a fetch every few
+/// milliseconds. The embedded mock cluster holds an empty fetch for the
+/// whole wait, even when a record arrives meanwhile: there the wait is the
+/// latency an idle stage adds to the next notification, so it is short.
+fn fetch_wait_ms(cluster: &KafkaCluster) -> &'static str {
+    if cluster.is_embedded() { "20" } else { "500" }
 }
 
 impl<P: Processor> Stage<P> {
