@@ -40,6 +40,21 @@ fn sms(user: &str, text: &str) -> pb::SendRequest {
     }
 }
 
+/// An iOS push to `user`, event `event`.
+fn ios(user: &str, event: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        event_id: event.into(),
+        user_ids: vec![user.into()],
+        channels: vec![pb::Channel::Ios as i32],
+        content: Some(pb::send_request::Content::Raw(pb::RawContent {
+            title: "Hi".into(),
+            body: "there".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// The notification log's entry of a single-delivery notification.
 async fn log_entry(t: &TestPipeline, id: &str) -> Option<pb::DeliveryStatus> {
     t.client
@@ -248,17 +263,7 @@ async fn an_unregistered_device_is_tombstoned_until_registered_again(backend: Ba
         .register_device(&user, pb::Platform::Ios, &gone)
         .await
         .unwrap();
-    let push = |event: &str| pb::SendRequest {
-        event_id: event.into(),
-        user_ids: vec![user.clone()],
-        channels: vec![pb::Channel::Ios as i32],
-        content: Some(pb::send_request::Content::Raw(pb::RawContent {
-            title: "Hi".into(),
-            body: "there".into(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
+    let push = |event: &str| ios(&user, event);
 
     let id = t.client.send(push("first")).await.unwrap().notification_ids[0].clone();
     let status = eventually("both iOS deliveries settled", WAIT, || async {
@@ -950,16 +955,7 @@ async fn a_notification_goes_to_at_most_max_devices_per_user(backend: Backend) {
     }
     let id = t
         .client
-        .send(pb::SendRequest {
-            user_ids: vec![user.clone()],
-            channels: vec![pb::Channel::Ios as i32],
-            content: Some(pb::send_request::Content::Raw(pb::RawContent {
-                title: "Hi".into(),
-                body: "there".into(),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
+        .send(ios(&user, "capped"))
         .await
         .unwrap()
         .notification_ids[0]
