@@ -605,12 +605,14 @@ pub fn consumer_config(
 
 /// How long a fetch may wait at the broker for records to arrive. A Kafka
 /// broker answers a waiting fetch as soon as a record arrives, so the wait
-/// adds no latency there and only sets how often an idle member asks
-/// again: librdkafka's default (500 ms) keeps a deployment's idle stages
-/// (a dozen or more consumers) from sending the brokers a fetch every few
-/// milliseconds. The embedded mock cluster holds an empty fetch for the
-/// whole wait, even when a record arrives meanwhile: there the wait is the
-/// latency an idle stage adds to the next notification, so it is short.
+/// adds no latency to the partitions being fetched and only sets how often
+/// an idle member asks again: librdkafka's default (500 ms) keeps a
+/// deployment's idle stages (a dozen or more consumers) from sending the
+/// brokers a fetch every few milliseconds. (A partition newly assigned
+/// joins the next fetch, so it may wait for the one in flight.) The
+/// embedded mock cluster holds an empty fetch for the whole wait, even when
+/// a record arrives meanwhile: there the wait is the latency an idle stage
+/// adds to the next notification, so it is short.
 fn fetch_wait_ms(cluster: &KafkaCluster) -> &'static str {
     if cluster.is_embedded() { "20" } else { "500" }
 }
