@@ -77,5 +77,5 @@ while kill -0 $pid 2>/dev/null; do
 done
 c1=$(ticks "$CASSANDRA") k1=$(ticks "$KAFKA")
 wait $pid || { echo "bench failed: $log" >&2; tail -5 "$log" >&2; exit 1; }
-grep -E 'throughput|accept->provider|cpu  |statements|stage outputs' "$log"
+grep -E '^  (throughput|accept->provider|cpu  |statements|stage outputs)' "$log"
 echo "  servers         cassandra $(((c1 - c0) * 1000000 / HZ / N)) us, kafka $(((k1 - k0) * 1000000 / HZ / N)) us of CPU per notification over the send phase"
