@@ -263,9 +263,13 @@ async fn an_unregistered_device_is_tombstoned_until_registered_again(backend: Ba
         .register_device(&user, pb::Platform::Ios, &gone)
         .await
         .unwrap();
-    let push = |event: &str| ios(&user, event);
-
-    let id = t.client.send(push("first")).await.unwrap().notification_ids[0].clone();
+    let id = t
+        .client
+        .send(ios(&user, "first"))
+        .await
+        .unwrap()
+        .notification_ids[0]
+        .clone();
     let status = eventually("both iOS deliveries settled", WAIT, || async {
         let s = t.client.status(&id).await.ok()?;
         (s.deliveries.len() == 2 && s.deliveries.iter().all(|d| d.state != "retrying")).then_some(s)
@@ -306,7 +310,7 @@ async fn an_unregistered_device_is_tombstoned_until_registered_again(backend: Ba
     assert_eq!(devices(&t, &user).await.len(), 2);
     let again = t
         .client
-        .send(push("second"))
+        .send(ios(&user, "second"))
         .await
         .unwrap()
         .notification_ids[0]
