@@ -191,10 +191,16 @@ fn stage_consumer(
     name: &str,
 ) -> Result<StreamConsumer> {
     let group = format!("{}.{name}", kafka.group_prefix);
-    let max_poll_interval = StageOptions::default().max_poll_interval;
-    tidings_kafka::stage::consumer_config(cluster, kafka, &group, max_poll_interval)
-        .create()
-        .context("creating the raw baseline's consumer")
+    let options = StageOptions::default();
+    tidings_kafka::stage::consumer_config(
+        cluster,
+        kafka,
+        &group,
+        options.max_poll_interval,
+        options.pickup,
+    )
+    .create()
+    .context("creating the raw baseline's consumer")
 }
 
 /// Hands every record to the producer as a stage hands over its outputs,

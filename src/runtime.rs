@@ -12,8 +12,8 @@ use tidings_gateway::{
     webhooks::{SendGridSignatures, TwilioSignatures},
 };
 use tidings_kafka::{
-    AvroProducer, KafkaCluster, Processor, RETRY_TIERS, Stage, StageAssignments, StageOptions,
-    Topics,
+    AvroProducer, KafkaCluster, Pickup, Processor, RETRY_TIERS, Stage, StageAssignments,
+    StageOptions, Topics,
 };
 use tidings_processors::{
     ChannelSender, Enricher, FanoutPlanner, FeedFollows, FeedPruner, FeedWriter, LogSink, Provider,
@@ -186,6 +186,11 @@ impl Runtime {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let options = StageOptions::default();
+        // Off the path to a user: a caught-up member may fetch less often.
+        let relaxed = StageOptions {
+            pickup: Pickup::Relaxed,
+            ..options
+        };
         let (store, topics) = (&self.store, &self.topics);
         match name {
             StageName::Enricher => self.spawn_consumer(
@@ -214,7 +219,7 @@ impl Runtime {
             StageName::TemplateStats => self.spawn_consumer(
                 TemplateStats::new(store.clone()),
                 topics.tracking(),
-                options,
+                relaxed,
                 tasks,
                 shutdown,
             ),
@@ -235,21 +240,21 @@ impl Runtime {
             StageName::FeedTally => self.spawn_consumer(
                 ReactionTally::new(store.clone(), topics.clone(), &self.config.feed),
                 topics.reactions(),
-                options,
+                relaxed,
                 tasks,
                 shutdown,
             ),
             StageName::FeedFollows => self.spawn_consumer(
                 FeedFollows::new(store.clone(), topics.clone(), &self.config.feed),
                 topics.follows(),
-                options,
+                relaxed,
                 tasks,
                 shutdown,
             ),
             StageName::FeedPruner => self.spawn_consumer(
                 FeedPruner::new(store.clone(), &self.config.feed),
                 topics.revisions(),
-                options,
+                relaxed,
                 tasks,
                 shutdown,
             ),
@@ -261,7 +266,7 @@ impl Runtime {
                 );
                 let options = StageOptions {
                     max_poll_interval: delay + Duration::from_secs(300),
-                    ..options
+                    ..relaxed
                 };
                 self.spawn_consumer(
                     RetryRelay::new(tier, topics.clone()),

@@ -18,6 +18,6 @@ pub use handling::{Handling, MAYBE_REPEAT_HEADER, is_marked, maybe_repeat_header
 pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
 pub use readiness::{Assignment, StageAssignments};
 pub use stage::{
-    Emitter, Failure, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis,
+    Emitter, Failure, Pickup, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis,
 };
 pub use topics::{RETRY_TIERS, TopicSpec, Topics};
