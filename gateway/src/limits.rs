@@ -64,8 +64,9 @@ pub fn part_limit(part: &str) -> usize {
     }
 }
 
-/// `field` is at most `max` bytes.
-pub fn at_most(field: &str, value: &str, max: usize) -> Result<(), Status> {
+/// `field` is at most `max` bytes. The field's path is formatted only for
+/// an error: every notification of a batch passes here.
+pub fn at_most(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), Status> {
     if value.len() > max {
         return Err(invalid(
             field,
@@ -88,8 +89,14 @@ impl MessageBudget {
         self.max_message_bytes.saturating_sub(ENVELOPE_HEADROOM)
     }
 
-    /// Refuses `total` content bytes over the budget, blaming `field`.
-    pub fn fits(&self, field: &str, total: usize, what: &str) -> Result<(), Status> {
+    /// Refuses `total` content bytes over the budget, blaming `field`. Both
+    /// texts are formatted only for an error.
+    pub fn fits(
+        &self,
+        field: impl std::fmt::Display,
+        total: usize,
+        what: impl std::fmt::Display,
+    ) -> Result<(), Status> {
         let max = self.content_bytes();
         if total > max {
             return Err(invalid(
@@ -125,7 +132,7 @@ pub fn raw(
     budget: MessageBudget,
 ) -> Result<(), Status> {
     for (name, value) in parts {
-        at_most(&format!("{prefix}raw.{name}"), value, part_limit(name))?;
+        at_most(format_args!("{prefix}raw.{name}"), value, part_limit(name))?;
     }
     let total = data_bytes + parts.iter().map(|(_, v)| v.len()).sum::<usize>();
     let largest = parts
@@ -133,7 +140,7 @@ pub fn raw(
         .max_by_key(|(_, v)| v.len())
         .map_or("raw", |(n, _)| n);
     budget.fits(
-        &format!("{prefix}raw.{largest}"),
+        format_args!("{prefix}raw.{largest}"),
         total,
         "the content adds up to",
     )
@@ -150,17 +157,24 @@ pub fn params(
 ) -> Result<(), Status> {
     for (name, value) in params {
         at_most(
-            &format!("{prefix}template.params.{name}"),
+            format_args!("{prefix}template.params.{name}"),
             value,
             MAX_PARAM_BYTES,
         )?;
     }
     let total = data_bytes + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    let largest = params.iter().max_by_key(|(_, v)| v.len()).map_or_else(
-        || "template.params".to_owned(),
-        |(n, _)| format!("template.params.{n}"),
-    );
-    budget.fits(&format!("{prefix}{largest}"), total, "the params add up to")
+    match params.iter().max_by_key(|(_, v)| v.len()) {
+        Some((n, _)) => budget.fits(
+            format_args!("{prefix}template.params.{n}"),
+            total,
+            "the params add up to",
+        ),
+        None => budget.fits(
+            format_args!("{prefix}template.params"),
+            total,
+            "the params add up to",
+        ),
+    }
 }
 
 /// The size of one content part once rendered, and how much of it each param
@@ -267,17 +281,17 @@ pub fn rendered_template(
     let total = largest.bytes + data_bytes;
     match largest.by_param.iter().max_by_key(|(_, (_, bytes))| *bytes) {
         Some((param, (times, _))) => budget.fits(
-            &format!("{prefix}template.params.{param}"),
+            format_args!("{prefix}template.params.{param}"),
             total,
-            &format!(
+            format_args!(
                 "appears {times} times in template `{}` version {}; its `{locale}` variant would render to",
                 template.name, template.version
             ),
         ),
         None => budget.fits(
-            &format!("{prefix}template.name"),
+            format_args!("{prefix}template.name"),
             total,
-            &format!(
+            format_args!(
                 "template `{}` version {}: its `{locale}` variant renders to",
                 template.name, template.version
             ),

@@ -214,7 +214,11 @@ impl Gateway {
     ) -> Result<SendResponse, Status> {
         let mut send = validate_send(app_key, send, prefix, now_millis(), self.limits)?;
         self.check_template(&mut send.prototype, prefix).await?;
-        let record_bytes = self.largest_record(&send, prefix)?;
+        let largest = self.largest_record(&send, prefix)?;
+        let record_bytes = largest.size();
+        // Its encoding is reused: a send of one user (most of a batch's
+        // items) is encoded once, not once to size it and once to produce.
+        let mut largest = Some(largest);
         let total = record_bytes.saturating_mul(send.user_ids.len());
         if total > share.max_bytes {
             return Err(validate::invalid(
@@ -243,7 +247,10 @@ impl Gateway {
                 users.iter().map(|user| send.request(user)).collect();
             let records = requests
                 .iter()
-                .map(|r| self.producer.encode(&topic, &r.user_id, r))
+                .map(|r| match largest.take_if(|l| l.key == r.user_id) {
+                    Some(encoded) => Ok(encoded),
+                    None => self.producer.encode(&topic, &r.user_id, r),
+                })
                 .collect::<Result<Vec<OutRecord>, _>>()
                 .map_err(internal)?;
             // The requests first: once they are acknowledged the
@@ -264,11 +271,11 @@ impl Gateway {
         })
     }
 
-    /// The size of the send's largest record, refused by field when it
-    /// cannot fit. Records differ only in the user, so the longest user id
+    /// The send's largest record (the longest user's), refused by field when
+    /// it cannot fit. Records differ only in the user, so the longest user id
     /// makes the largest; checking it before anything is produced keeps a
     /// send from being half accepted.
-    fn largest_record(&self, send: &ValidSend, prefix: &str) -> Result<usize, Status> {
+    fn largest_record(&self, send: &ValidSend, prefix: &str) -> Result<OutRecord, Status> {
         let longest = send
             .user_ids
             .iter()
@@ -282,7 +289,7 @@ impl Gateway {
             .map_err(internal)?;
         // The estimates in `limits` name the field; this is the exact size,
         // for whatever they did not foresee.
-        let size = record.key.len() + record.payload.len();
+        let size = record.size();
         let max = self.limits.budget.max_message_bytes;
         if size + RECORD_OVERHEAD_BYTES > max {
             return Err(validate::invalid(
@@ -292,7 +299,7 @@ impl Gateway {
                 ),
             ));
         }
-        Ok(size)
+        Ok(record)
     }
 
     /// Writes an ACCEPTED tracking event per request, in the background.
@@ -524,7 +531,7 @@ pub fn validate_send(
     let data: BTreeMap<String, String> = send.data.into_iter().collect();
     let data_bytes = limits::data_bytes(&field("data"), &data)?;
     limits::at_most(
-        &field("collapse_id"),
+        format_args!("{prefix}collapse_id"),
         &send.collapse_id,
         limits::MAX_COLLAPSE_ID_BYTES,
     )?;
