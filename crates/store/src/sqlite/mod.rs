@@ -22,11 +22,14 @@ mod schedule;
 mod social_graph;
 mod templates;
 
+use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
 use rusqlite::config::DbConfig;
+use rusqlite::hooks::Wal;
+use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, ErrorCode};
 
 use crate::migrations::{self, AppliedMigration, Migration, Recorded, SchemaStatus};
@@ -117,9 +120,17 @@ pub(crate) async fn connect(path: &str, opts: &StoreOptions) -> Result<Store, St
 /// embedded store's share of the process's memory.
 const PAGE_CACHE_KIB: u32 = 32 * 1024;
 
-/// WAL pages between automatic checkpoints (4 KiB each: up to 40 MiB of WAL
-/// on disk between them).
+/// WAL pages that start a checkpoint (4 KiB each: about 40 MiB of WAL on
+/// disk between them).
 const WAL_PAGES: u32 = 10_000;
+
+/// WAL pages past which the connection thread checkpoints itself, between
+/// two transactions. The WAL starts over only at a transaction that begins
+/// after a checkpoint caught up with it, and under load a transaction often
+/// begins while the checkpoint thread is still at work: this bounds the WAL
+/// when it keeps missing, at the cost of copying what that thread has not
+/// copied yet.
+const WAL_PAGES_MAX: u32 = 2 * WAL_PAGES;
 
 /// Most calls one group commit takes.
 const MAX_GROUP: usize = 512;
@@ -201,7 +212,7 @@ impl Db {
                         std::fs::create_dir_all(dir)
                             .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     }
-                    let conn = Connection::open(&owned_path).map_err(|e| e.to_string())?;
+                    let mut conn = Connection::open(&owned_path).map_err(|e| e.to_string())?;
                     // NORMAL is durable across application crashes in WAL mode;
                     // only an OS crash or power loss may drop the last commits.
                     // The busy timeout first: switching a new file to WAL
@@ -220,15 +231,11 @@ impl Db {
                     // OS on most lookups (a third of the connection thread's
                     // time in read(2) and page copies). And each call's
                     // savepoint journal in memory rather than a temp file.
-                    // Checkpoints every WAL_PAGES pages rather than 1,000: a
-                    // checkpoint copies each page changed since the last one
-                    // into the database file, and the hot pages (ledgers,
-                    // status log) change in every group commit.
                     conn.execute_batch(&format!(
-                        "PRAGMA cache_size = -{PAGE_CACHE_KIB}; PRAGMA temp_store = MEMORY; \
-                         PRAGMA wal_autocheckpoint = {WAL_PAGES};"
+                        "PRAGMA cache_size = -{PAGE_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
                     ))
                     .map_err(|e| e.to_string())?;
+                    checkpoint_in_background(&mut conn, &owned_path, WAL_PAGES, WAL_PAGES_MAX)?;
                     // Query planner stability: plans never depend on bound
                     // values. Without it SQLite marks parameters whose value
                     // fed a planner heuristic (e.g. `user_id = ?1` as a
@@ -288,6 +295,78 @@ impl Db {
         rx.await
             .map_err(|_| Failure::Broken("the connection thread is gone".into()))?
     }
+}
+
+/// Hands the WAL's checkpoints to a thread with a connection of its own,
+/// so the connection thread, which every store call waits on, does not stop
+/// to copy `wal_pages` pages into the database file and sync it (SQLite's
+/// automatic checkpoint runs inside the commit that crosses the threshold:
+/// that commit, and every call queued behind it, waited for it). A passive
+/// checkpoint runs beside the writer, which keeps appending to the WAL; the
+/// WAL starts over at the first transaction after a checkpoint has caught
+/// up. Past `max_pages` the connection thread checkpoints itself, as
+/// SQLite would have. Nothing to do for a database not in WAL mode
+/// (`:memory:`).
+fn checkpoint_in_background(
+    conn: &mut Connection,
+    path: &str,
+    wal_pages: u32,
+    max_pages: u32,
+) -> Result<(), String> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let checkpointer = Connection::open(path).map_err(|e| e.to_string())?;
+    checkpointer
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    // A connection learns that the database is in WAL mode, and opens the
+    // WAL, on its first read; until then a checkpoint does nothing. (Busy
+    // as the store's own first statements can be, see `while_busy`.)
+    while_busy(|| checkpointer.query_row("PRAGMA journal_mode", [], |row| row.get::<_, String>(0)))
+        .map_err(|e| e.to_string())?;
+    // One request waiting is enough: the checkpoint copies every page
+    // committed before it starts.
+    let (due, requests) = mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            // Ends when the connection thread's hook, and so `due`, is gone.
+            while requests.recv().is_ok() {
+                let started = std::time::Instant::now();
+                match checkpointer.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+                    Ok((pages, copied)) => tracing::trace!(
+                        pages,
+                        copied,
+                        us = started.elapsed().as_micros() as u64,
+                        "wal checkpoint"
+                    ),
+                    // The connection thread asks again after its next commit.
+                    Err(e) => tracing::warn!(error = %e, "sqlite wal checkpoint failed"),
+                }
+            }
+        })
+        .map_err(|e| format!("starting the checkpoint thread: {e}"))?;
+    // Replaces SQLite's automatic checkpoint, which is a WAL hook too.
+    conn.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
+        let pages = u32::try_from(pages).unwrap_or(0);
+        if pages >= max_pages {
+            // As SQLite's own: a failure here is not the commit's (which
+            // has happened), and the next commit tries again. Busy while
+            // the checkpoint thread is at it.
+            if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+                tracing::debug!(error = %e, pages, "sqlite wal checkpoint on the connection thread");
+            }
+        } else if pages >= wal_pages {
+            // Full: a checkpoint is already asked for.
+            let _ = due.try_send(());
+        }
+        Ok(())
+    }))
+    .map_err(|e| e.to_string())
 }
 
 /// Runs one of our fixed transaction-control statements. Cached: parsing
@@ -667,6 +746,110 @@ mod tests {
             reprepares,
             (0, 0),
             "(live_devices, preferences) re-prepares"
+        );
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A database in WAL mode with `checkpoint_in_background(wal_pages,
+    /// max_pages)`, after about 2,000 pages of rows were written to it in
+    /// commits of about 50 pages, `pause` between commits.
+    struct Written {
+        _dir: tempfile::TempDir,
+        path: String,
+        _conn: Connection,
+    }
+
+    impl Written {
+        fn new(wal_pages: u32, max_pages: u32, pause: Duration) -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir
+                .path()
+                .join("wal.db")
+                .to_str()
+                .expect("utf-8")
+                .to_owned();
+            let mut conn = Connection::open(&path).expect("open");
+            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                .expect("wal");
+            checkpoint_in_background(&mut conn, &path, wal_pages, max_pages).expect("checkpointer");
+            conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+                .expect("table");
+            let row = vec![7u8; 3000];
+            for commit in 0..40 {
+                let tx = conn.transaction().expect("begin");
+                for i in 0..50 {
+                    tx.execute(
+                        "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                        (commit * 50 + i, &row),
+                    )
+                    .expect("insert");
+                }
+                tx.commit().expect("commit");
+                std::thread::sleep(pause);
+            }
+            Written {
+                _dir: dir,
+                path,
+                _conn: conn,
+            }
+        }
+
+        /// Pages in the database file: only a checkpoint writes there.
+        fn database_pages(&self) -> u64 {
+            std::fs::metadata(&self.path).expect("database").len() / 4096
+        }
+
+        /// Pages in the WAL file (it only grows: a restarted WAL is written
+        /// over from its start).
+        fn wal_pages(&self) -> u64 {
+            std::fs::metadata(format!("{}-wal", self.path))
+                .expect("wal")
+                .len()
+                / 4096
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_into_the_database() {
+        // Never asked, nothing reaches the database file.
+        let never = Written::new(u32::MAX, u32::MAX, Duration::ZERO);
+        assert!(
+            never.database_pages() < 10,
+            "{} pages",
+            never.database_pages()
+        );
+        assert!(never.wal_pages() >= 1900, "{} pages", never.wal_pages());
+
+        let written = Written::new(100, u32::MAX, Duration::from_millis(2));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while written.database_pages() < 1900 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            written.database_pages() >= 1900,
+            "the checkpoint thread copied {} pages",
+            written.database_pages()
+        );
+    }
+
+    #[test]
+    fn past_the_maximum_the_connection_checkpoints_itself() {
+        let written = Written::new(u32::MAX, 200, Duration::ZERO);
+        assert!(
+            written.wal_pages() < 400,
+            "the WAL grew to {} pages",
+            written.wal_pages()
+        );
+        assert!(
+            written.database_pages() >= 1500,
+            "{} pages",
+            written.database_pages()
         );
     }
 }
