@@ -5,7 +5,10 @@
 #
 #   scripts/bench-gorush.sh [android|ios|both]      (default both)
 #
-# Environment: N (notifications per system, default 40000), USERS (10000),
+# Environment: N (notifications per system, default 40000), ROUNDS (how
+# many times each channel's systems run in turn, default 1: the table then
+# gives each figure's median, the rate's range, and the ratios taken round
+# by round, so a drift in the machine's speed does not tilt them), USERS (10000),
 # IN_FLIGHT (requests in flight to the provider: tidings' provider limit,
 # the bare client's concurrency, gorush's worker_num and APNs
 # max_concurrent_pushes; default 100), GORUSH_BATCH (notifications per POST
@@ -32,6 +35,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CHANNELS=${1:-both}
 N=${N:-40000}
+ROUNDS=${ROUNDS:-1}
 USERS=${USERS:-10000}
 IN_FLIGHT=${IN_FLIGHT:-100}
 GORUSH_BATCH=${GORUSH_BATCH:-100}
@@ -187,64 +191,84 @@ PY
 }
 
 RESULTS=()
-for channel in $CHANNELS; do
-  echo "== $channel: gorush $GORUSH_VERSION ($N notifications, worker_num ${GORUSH_WORKERS:-$IN_FLIGHT})"
-  SSL_CERT_FILE=$WORK/creds/ca.pem "$GORUSH" -c "$WORK/gorush.yml" \
-    >"$WORK/gorush.out" 2>&1 &
-  gorush_pid=$!
-  PIDS+=("$gorush_pid")
-  for _ in $(seq 100); do
-    curl -sf http://127.0.0.1:8088/healthz >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  # Warm-up: the OAuth token and the HTTP/2 connection, as tidings warms up.
-  gorush_run "$channel" 1000000000 20 "$gorush_pid" >/dev/null ||
-    { tail -20 "$WORK/gorush.out" "$WORK/gorush-error.log" >&2; exit 1; }
-  read -r g_rate g_cpu g_cores g_rss g_delivered < <(gorush_run "$channel" 0 "$N" "$gorush_pid")
-  kill "$gorush_pid"
-  wait "$gorush_pid" 2>/dev/null || true
-  echo "gorush: $g_delivered delivered, $g_rate/s, $g_cpu us CPU per notification ($g_cores cores), peak RSS $g_rss MiB"
-  if [ "$g_delivered" -lt "$N" ]; then
-    echo "gorush delivered only $g_delivered of $N" >&2
-    tail -20 "$WORK/gorush-error.log" >&2 || true
-  fi
+for round in $(seq "$ROUNDS"); do
+  for channel in $CHANNELS; do
+    echo "== round $round/$ROUNDS, $channel: gorush $GORUSH_VERSION ($N notifications, worker_num ${GORUSH_WORKERS:-$IN_FLIGHT})"
+    SSL_CERT_FILE=$WORK/creds/ca.pem "$GORUSH" -c "$WORK/gorush.yml" \
+      >"$WORK/gorush.out" 2>&1 &
+    gorush_pid=$!
+    PIDS+=("$gorush_pid")
+    for _ in $(seq 100); do
+      curl -sf http://127.0.0.1:8088/healthz >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    # Warm-up: the OAuth token and the HTTP/2 connection, as tidings warms up.
+    gorush_run "$channel" 1000000000 20 "$gorush_pid" >/dev/null ||
+      { tail -20 "$WORK/gorush.out" "$WORK/gorush-error.log" >&2; exit 1; }
+    read -r g_rate g_cpu g_cores g_rss g_delivered < <(gorush_run "$channel" 0 "$N" "$gorush_pid")
+    kill "$gorush_pid"
+    wait "$gorush_pid" 2>/dev/null || true
+    echo "gorush: $g_delivered delivered, $g_rate/s, $g_cpu us CPU per notification ($g_cores cores), peak RSS $g_rss MiB"
+    RESULTS+=("$round $channel gorush $g_rate $g_cpu $g_cores $g_rss")
+    if [ "$g_delivered" -lt "$N" ]; then
+      echo "gorush delivered only $g_delivered of $N" >&2
+      tail -20 "$WORK/gorush-error.log" >&2 || true
+    fi
 
-  if [ -n "${TIDINGS_BEFORE:-}" ]; then
-    echo "== $channel: the earlier tidings build ($TIDINGS_BEFORE)"
-    "$TIDINGS_BEFORE" bench --channel "$channel" --provider-addr 127.0.0.1:443 \
-      --notifications "$N" --users "$USERS" --batch 500 --callers 4 \
-      --provider-in-flight "$IN_FLIGHT" --no-baseline | tee "$WORK/before-$channel.out"
-    out=$WORK/before-$channel.out
-    RESULTS+=("$channel tidings-before $(awk '/^  throughput/ {print $2}' "$out") \
+    if [ -n "${TIDINGS_BEFORE:-}" ]; then
+      echo "== round $round/$ROUNDS, $channel: the earlier tidings build ($TIDINGS_BEFORE)"
+      "$TIDINGS_BEFORE" bench --channel "$channel" --provider-addr 127.0.0.1:443 \
+        --notifications "$N" --users "$USERS" --batch 500 --callers 4 \
+        --provider-in-flight "$IN_FLIGHT" --no-baseline | tee "$WORK/before-$channel.out"
+      out=$WORK/before-$channel.out
+      RESULTS+=("$round $channel tidings-before $(awk '/^  throughput/ {print $2}' "$out") \
 $(awk '/^  cpu  / {print $2}' "$out") $(awk '/^  cpu  / {gsub(/\(/, "", $6); print $6}' "$out") \
 $(awk '/^  peak rss/ {print $3}' "$out")")
-  fi
+    fi
 
-  echo "== $channel: tidings bench (embedded), then the bare client"
-  "$TIDINGS" bench --channel "$channel" --provider-addr 127.0.0.1:443 \
-    --notifications "$N" --users "$USERS" --batch 500 --callers 4 \
-    --provider-in-flight "$IN_FLIGHT" | tee "$WORK/tidings-$channel.out"
-  out=$WORK/tidings-$channel.out
-  t_rate=$(awk '/^  throughput/ {print $2}' "$out")
-  t_cpu=$(awk '/^  cpu  / {print $2}' "$out")
-  t_cores=$(awk '/^  cpu  / {gsub(/\(/, "", $6); print $6}' "$out")
-  t_rss=$(awk '/^  peak rss/ {print $3}' "$out")
-  b_rate=$(awk '/^  bare client/ {print $3}' "$out")
-  b_cpu=$(awk '/^  bare client/ {print $5}' "$out")
-  RESULTS+=("$channel gorush $g_rate $g_cpu $g_cores $g_rss")
-  RESULTS+=("$channel tidings $t_rate $t_cpu $t_cores $t_rss")
-  RESULTS+=("$channel bare-client $b_rate $b_cpu - -")
+    echo "== round $round/$ROUNDS, $channel: tidings bench (embedded), then the bare client"
+    "$TIDINGS" bench --channel "$channel" --provider-addr 127.0.0.1:443 \
+      --notifications "$N" --users "$USERS" --batch 500 --callers 4 \
+      --provider-in-flight "$IN_FLIGHT" | tee "$WORK/tidings-$channel.out"
+    out=$WORK/tidings-$channel.out
+    t_rate=$(awk '/^  throughput/ {print $2}' "$out")
+    t_cpu=$(awk '/^  cpu  / {print $2}' "$out")
+    t_cores=$(awk '/^  cpu  / {gsub(/\(/, "", $6); print $6}' "$out")
+    t_rss=$(awk '/^  peak rss/ {print $3}' "$out")
+    b_rate=$(awk '/^  bare client/ {print $3}' "$out")
+    b_cpu=$(awk '/^  bare client/ {print $5}' "$out")
+    RESULTS+=("$round $channel tidings $t_rate $t_cpu $t_cores $t_rss")
+    RESULTS+=("$round $channel bare-client $b_rate $b_cpu - -")
+  done
 done
 
 echo
-echo "== side by side (N=$N, in flight $IN_FLIGHT, same stand-in, one run)"
+echo "== side by side (N=$N, in flight $IN_FLIGHT, same stand-in, $ROUNDS round(s); medians)"
 printf '%s\n' "${RESULTS[@]}" | awk '
-  { ch[NR] = $1; sys[NR] = $2; rate[NR] = $3; cpu[NR] = $4; cores[NR] = $5; rss[NR] = $6
-    if ($2 == "gorush") g[$1] = $3; if ($2 == "bare-client") b[$1] = $3 }
+  function median(list,    n, v, i, j, t) {
+    n = split(list, v, " ")
+    if (v[1] == "-") return "-"
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) {
+      t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  { row[NR] = $0
+    if ($3 == "gorush") g[$1, $2] = $4; if ($3 == "bare-client") b[$1, $2] = $4 }
   END {
-    printf "%-8s %-12s %12s %14s %6s %9s %10s %10s\n", "channel", "system", "delivered/s",
-      "CPU us/notif", "cores", "RSS MiB", "vs gorush", "vs bare"
-    for (i = 1; i <= NR; i++)
-      printf "%-8s %-12s %12s %14s %6s %9s %9.2fx %9.0f%%\n", ch[i], sys[i], rate[i], cpu[i],
-        cores[i], rss[i], rate[i] / g[ch[i]], 100 * rate[i] / b[ch[i]]
+    for (i = 1; i <= NR; i++) {
+      split(row[i], f, " "); k = f[2] " " f[3]
+      if (!(k in seen)) { seen[k] = 1; order[++systems] = k }
+      rates[k] = rates[k] " " f[4]; cpus[k] = cpus[k] " " f[5]
+      cores[k] = cores[k] " " f[6]; rss[k] = rss[k] " " f[7]
+      if (!(k in lo) || f[4] + 0 < lo[k] + 0) lo[k] = f[4]
+      if (!(k in hi) || f[4] + 0 > hi[k] + 0) hi[k] = f[4]
+      vg[k] = vg[k] " " f[4] / g[f[1], f[2]]; vb[k] = vb[k] " " 100 * f[4] / b[f[1], f[2]]
+    }
+    printf "%-8s %-14s %12s %13s %14s %6s %9s %10s %10s\n", "channel", "system", "delivered/s",
+      "range", "CPU us/notif", "cores", "RSS MiB", "vs gorush", "vs bare"
+    for (i = 1; i <= systems; i++) {
+      k = order[i]; split(k, f, " ")
+      printf "%-8s %-14s %12.0f %13s %14s %6s %9s %9.2fx %9.0f%%\n", f[1], f[2], median(rates[k]),
+        lo[k] "-" hi[k], median(cpus[k]), median(cores[k]), median(rss[k]), median(vg[k]), median(vb[k])
+    }
   }'
