@@ -163,18 +163,15 @@ pub fn params(
         )?;
     }
     let total = data_bytes + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    match params.iter().max_by_key(|(_, v)| v.len()) {
-        Some((n, _)) => budget.fits(
-            format_args!("{prefix}template.params.{n}"),
-            total,
-            "the params add up to",
-        ),
-        None => budget.fits(
-            format_args!("{prefix}template.params"),
-            total,
-            "the params add up to",
-        ),
-    }
+    let (dot, largest) = match params.iter().max_by_key(|(_, v)| v.len()) {
+        Some((name, _)) => (".", name.as_str()),
+        None => ("", ""),
+    };
+    budget.fits(
+        format_args!("{prefix}template.params{dot}{largest}"),
+        total,
+        "the params add up to",
+    )
 }
 
 /// The size of one content part once rendered, and how much of it each param

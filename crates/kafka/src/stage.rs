@@ -281,8 +281,8 @@ pub enum Pickup {
     /// user (the enricher, the senders, the feed's fan-out).
     Prompt,
     /// A moment later changes nothing: bookkeeping (template stats,
-    /// reaction tallies, pruning) and retry tiers, which hold their records
-    /// for seconds anyway. On the embedded mock cluster these stages fetch
+    /// reaction tallies, follows, pruning) and retry tiers, which hold their
+    /// records for seconds anyway. On the embedded mock cluster these stages fetch
     /// four times a second instead of fifty when idle.
     Relaxed,
 }
