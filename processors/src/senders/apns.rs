@@ -10,13 +10,15 @@
 //! URL runs the same code in production (TLS, ALPN h2) and in tests (h2c).
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
+use serde_json::json;
 use tidings_schemas::records::{Delivery, Priority};
 use uuid::Uuid;
 
@@ -91,7 +93,8 @@ pub enum ApnsTransport {
 }
 
 struct ProviderToken {
-    jwt: String,
+    /// `Bearer <jwt>`, cloned into every request until it is refreshed.
+    authorization: HeaderValue,
     issued: Instant,
 }
 
@@ -99,6 +102,8 @@ pub struct ApnsProvider {
     client: reqwest::Client,
     base_url: String,
     topic: String,
+    /// `topic` as the `apns-topic` header, checked and built once.
+    topic_header: HeaderValue,
     team_id: String,
     key_id: String,
     signer: JwtSigner,
@@ -144,6 +149,12 @@ impl ApnsProvider {
                 "`token_refresh_ms` must be above 0 and below one hour",
             ));
         }
+        let topic_header = HeaderValue::from_str(&config.topic).map_err(|_| {
+            SetupError::new(
+                NAME,
+                format!("`topic` {:?} cannot be an HTTP header", config.topic),
+            )
+        })?;
         let base_url = config.base_url.trim_end_matches('/').to_string();
         match (config.transport, base_url.split_once("://").map(|(s, _)| s)) {
             (ApnsTransport::Tls, Some("https")) | (ApnsTransport::H2c, Some("http")) => {}
@@ -160,6 +171,7 @@ impl ApnsProvider {
             client: http::build_client(NAME, &config.http, Protocol::Http2Only)?,
             base_url,
             topic: config.topic,
+            topic_header,
             team_id: config.team_id,
             key_id: config.key_id,
             signer,
@@ -173,59 +185,77 @@ impl ApnsProvider {
     /// The cached provider token, signed anew once it is `token_refresh`
     /// old. Signing is microseconds, so holding the lock while signing is
     /// cheaper than letting concurrent sends each sign their own.
-    fn bearer(&self) -> Result<String, ProviderError> {
+    fn bearer(&self) -> Result<HeaderValue, ProviderError> {
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = cached
             .as_ref()
             .filter(|t| t.issued.elapsed() < self.token_refresh)
         {
-            return Ok(t.jwt.clone());
+            return Ok(t.authorization.clone());
         }
+        let transient = |reason: String| ProviderError::Transient {
+            reason: format!("{NAME}: provider token: {reason}"),
+            retry_after: None,
+        };
         let claims = json!({ "iss": self.team_id, "iat": unix_now() });
-        let jwt = self.signer.sign(Some(&self.key_id), &claims).map_err(|e| {
-            ProviderError::Transient {
-                reason: format!("{NAME}: provider token: {e}"),
-                retry_after: None,
-            }
-        })?;
+        let jwt = self
+            .signer
+            .sign(Some(&self.key_id), &claims)
+            .map_err(|e| transient(e.to_string()))?;
+        let authorization = http::bearer(&jwt).map_err(|e| transient(e.to_string()))?;
         *cached = Some(ProviderToken {
-            jwt: jwt.clone(),
+            authorization: authorization.clone(),
             issued: Instant::now(),
         });
-        Ok(jwt)
+        Ok(authorization)
     }
 
-    /// Drops the cached token if it is still `jwt`, so the next send signs
-    /// a new one (after APNs said ExpiredProviderToken).
-    fn forget_token(&self, jwt: &str) {
+    /// Drops the cached token if it is still `authorization`, so the next
+    /// send signs a new one (after APNs said ExpiredProviderToken).
+    fn forget_token(&self, authorization: &HeaderValue) {
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.as_ref().is_some_and(|t| t.jwt == jwt) {
+        if cached
+            .as_ref()
+            .is_some_and(|t| t.authorization == authorization)
+        {
             *cached = None;
         }
     }
 
-    fn request(&self, d: &Delivery, jwt: &str, payload: Vec<u8>) -> reqwest::RequestBuilder {
+    /// The headers that do not change between sends are built once (the
+    /// token's and the topic's) or static; only the path and the ids are
+    /// per delivery.
+    fn request(
+        &self,
+        d: &Delivery,
+        authorization: HeaderValue,
+        payload: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .client
             .post(format!("{}/3/device/{}", self.base_url, d.target))
-            .bearer_auth(jwt)
-            .header("apns-topic", &self.topic)
-            .header("apns-push-type", "alert")
+            .header(AUTHORIZATION, authorization)
+            .header("apns-topic", self.topic_header.clone())
+            .header("apns-push-type", HeaderValue::from_static("alert"))
             .header(
                 "apns-priority",
-                if d.priority == Priority::High {
+                HeaderValue::from_static(if d.priority == Priority::High {
                     "10"
                 } else {
                     "5"
-                },
+                }),
             )
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(payload);
         // APNs answers 400 BadMessageId to anything but a UUID; our ids are
         // UUIDs, and if one is not, APNs picks its own id rather than the
         // notification failing.
         if let Ok(id) = Uuid::parse_str(&d.delivery_id) {
-            req = req.header("apns-id", id.hyphenated().to_string());
+            let mut text = Uuid::encode_buffer();
+            let text = id.hyphenated().encode_lower(&mut text);
+            if let Ok(value) = HeaderValue::from_str(text) {
+                req = req.header("apns-id", value);
+            }
         }
         if let Some(c) = &d.collapse_id {
             req = req.header("apns-collapse-id", c);
@@ -254,31 +284,23 @@ fn check_device_token(token: &str) -> Result<(), ProviderError> {
 /// beside `aps` at the top level, where the app reads it from `userInfo`;
 /// `badge` (the app icon's number) only when one is given.
 fn payload(d: &Delivery, badge: Option<u32>) -> Result<Vec<u8>, ProviderError> {
-    let mut alert = Map::new();
-    if let Some(t) = &d.title {
-        alert.insert("title".into(), t.clone().into());
-    }
-    if let Some(b) = &d.body {
-        alert.insert("body".into(), b.clone().into());
-    }
-    if alert.is_empty() {
+    if d.title.is_none() && d.body.is_none() {
         return Err(ProviderError::Rejected(format!(
             "{NAME}: delivery {} has neither title nor body to show",
             d.delivery_id
         )));
     }
-    let mut root: Map<String, Value> = d
-        .data
-        .iter()
-        .filter(|(k, _)| *k != "aps")
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    let mut aps = json!({ "alert": alert });
-    if let Some(n) = badge {
-        aps["badge"] = n.into();
-    }
-    root.insert("aps".into(), aps);
-    let bytes = serde_json::to_vec(&root)
+    let payload = Payload {
+        data: &d.data,
+        aps: Aps {
+            alert: Alert {
+                title: d.title.as_deref(),
+                body: d.body.as_deref(),
+            },
+            badge,
+        },
+    };
+    let bytes = serde_json::to_vec(&payload)
         .map_err(|e| ProviderError::Rejected(format!("{NAME}: payload: {e}")))?;
     if bytes.len() > MAX_PAYLOAD {
         return Err(ProviderError::Rejected(format!(
@@ -287,6 +309,40 @@ fn payload(d: &Delivery, badge: Option<u32>) -> Result<Vec<u8>, ProviderError> {
         )));
     }
     Ok(bytes)
+}
+
+/// The payload, serialised straight from the delivery's fields (no JSON
+/// tree is built per send).
+struct Payload<'a> {
+    data: &'a BTreeMap<String, String>,
+    aps: Aps<'a>,
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        // `aps` is Apple's; a custom field of that name would collide.
+        for (k, v) in self.data.iter().filter(|(k, _)| *k != "aps") {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("aps", &self.aps)?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    alert: Alert<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Alert<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
 }
 
 /// APNs' error body: `{"reason": "...", "timestamp": ms}` (timestamp on 410).
@@ -311,16 +367,16 @@ impl Provider for ApnsProvider {
         };
         let body = payload(d, badge)?;
         let _slot = self.limiter.acquire().await?;
-        let jwt = self.bearer()?;
+        let authorization = self.bearer()?;
         let resp = self
-            .request(d, &jwt, body)
+            .request(d, authorization.clone(), body)
             .send()
             .await
             .map_err(|e| http::send_failed(NAME, &e))?;
         let status = resp.status();
-        let headers = resp.headers().clone();
         if status.is_success() {
-            let id = headers
+            let id = resp
+                .headers()
                 .get("apns-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
@@ -328,6 +384,8 @@ impl Provider for ApnsProvider {
                 provider_id: id.or_else(|| Some(d.delivery_id.clone())),
             });
         }
+        // Only an error reads more than the id: Retry-After, on 429 and 5xx.
+        let headers = resp.headers().clone();
         let text = http::body_text(resp).await;
         let err: ApnsError = serde_json::from_str(&text).unwrap_or_default();
         let reason = if err.reason.is_empty() {
@@ -352,7 +410,7 @@ impl Provider for ApnsProvider {
             (403, "ExpiredProviderToken") => {
                 // Our clock or cache let the token age past an hour; a retry
                 // signs a fresh one.
-                self.forget_token(&jwt);
+                self.forget_token(&authorization);
                 http::transient_status(NAME, status, &headers, reason)
             }
             (400, "BadTopic" | "TopicDisallowed" | "MissingTopic") => {
@@ -377,6 +435,8 @@ impl Provider for ApnsProvider {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
@@ -408,15 +468,24 @@ mod tests {
             action_url: None,
             avatar_url: None,
         };
-        let json =
-            |badge| -> Value { serde_json::from_slice(&payload(&d, badge).unwrap()).unwrap() };
-        let with = json(Some(3));
+        let json = |d: &Delivery, badge| -> Value {
+            serde_json::from_slice(&payload(d, badge).unwrap()).unwrap()
+        };
+        let with = json(&d, Some(3));
         assert_eq!(with["aps"]["badge"], 3);
         assert_eq!(with["aps"]["alert"]["title"], "Hi");
         assert_eq!(with["badge"], "not this", "custom data stays beside aps");
         // Zero clears the app's badge; none leaves it as it is.
-        assert_eq!(json(Some(0))["aps"]["badge"], 0);
-        assert!(json(None)["aps"].get("badge").is_none());
+        assert_eq!(json(&d, Some(0))["aps"]["badge"], 0);
+        assert!(json(&d, None)["aps"].get("badge").is_none());
+        assert!(json(&d, None)["aps"]["alert"].get("body").is_none());
+        let mut d = d;
+        d.data.insert("aps".into(), "ours".into());
+        assert_eq!(
+            json(&d, None)["aps"]["alert"]["title"],
+            "Hi",
+            "a custom `aps` field does not replace Apple's"
+        );
     }
 
     #[test]

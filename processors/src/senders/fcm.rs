@@ -4,12 +4,14 @@
 //! own `token_uri`.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
+use serde_json::{Value, json};
 use tidings_schemas::records::{Delivery, Priority};
 use tokio::sync::Mutex;
 
@@ -72,7 +74,8 @@ struct ServiceAccount {
 }
 
 struct AccessToken {
-    value: String,
+    /// `Bearer <token>`, cloned into every send until it expires.
+    authorization: HeaderValue,
     /// When to stop using it (Google's expiry less the margin).
     until: Instant,
 }
@@ -153,22 +156,22 @@ impl FcmProvider {
     }
 
     /// The cached access token, or a new one from the token endpoint.
-    async fn access_token(&self) -> Result<String, ProviderError> {
+    async fn access_token(&self) -> Result<HeaderValue, ProviderError> {
         let mut cached = self.token.lock().await;
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.until) {
-            return Ok(t.value.clone());
+            return Ok(t.authorization.clone());
         }
         let fresh = self.fetch_token().await?;
-        let value = fresh.value.clone();
+        let authorization = fresh.authorization.clone();
         *cached = Some(fresh);
-        Ok(value)
+        Ok(authorization)
     }
 
     /// Drops the cached token if it is still `stale` (FCM said 401 to it);
     /// a concurrent send may already have replaced it.
-    async fn forget_token(&self, stale: &str) {
+    async fn forget_token(&self, stale: &HeaderValue) {
         let mut cached = self.token.lock().await;
-        if cached.as_ref().is_some_and(|t| t.value == stale) {
+        if cached.as_ref().is_some_and(|t| t.authorization == stale) {
             *cached = None;
         }
     }
@@ -235,17 +238,30 @@ impl FcmProvider {
                 None,
             )
         })?;
+        let authorization = http::bearer(&grant.access_token).map_err(|_| {
+            transient(
+                format!(
+                    "{NAME}: token endpoint {} answered an access token that cannot be an HTTP header",
+                    self.token_uri
+                ),
+                None,
+            )
+        })?;
         let lifetime = Duration::from_secs(grant.expires_in).saturating_sub(EXPIRY_MARGIN);
         Ok(AccessToken {
-            value: grant.access_token,
+            authorization,
             until: Instant::now() + lifetime,
         })
     }
 
-    async fn send(&self, message: &Value, token: &str) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        message: &Message<'_>,
+        authorization: HeaderValue,
+    ) -> Result<reqwest::Response, ProviderError> {
         self.client
             .post(&self.send_url)
-            .bearer_auth(token)
+            .header(AUTHORIZATION, authorization)
             .json(message)
             .send()
             .await
@@ -255,8 +271,9 @@ impl FcmProvider {
 
 /// `{"message": {token, notification, data, android}}`; `unread` (the badge)
 /// goes in `data` as [`UNREAD_COUNT_FIELD`], over a field of that name the
-/// caller sent.
-fn message(d: &Delivery, unread: Option<u32>) -> Result<Value, ProviderError> {
+/// caller sent. Serialised straight from the delivery's fields (no JSON
+/// tree is built per send).
+fn message(d: &Delivery, unread: Option<u32>) -> Result<Message<'_>, ProviderError> {
     // Tokens are opaque but never blank or spaced; catching that here saves
     // a round trip and names the real problem.
     if d.target.trim().is_empty() || d.target.contains(char::is_whitespace) {
@@ -265,49 +282,97 @@ fn message(d: &Delivery, unread: Option<u32>) -> Result<Value, ProviderError> {
             http::short(&d.target)
         )));
     }
-    let mut msg = Map::new();
-    msg.insert("token".into(), d.target.clone().into());
-    let mut notification = Map::new();
-    if let Some(t) = &d.title {
-        notification.insert("title".into(), t.clone().into());
-    }
-    if let Some(b) = &d.body {
-        notification.insert("body".into(), b.clone().into());
-    }
     // Without title and body it is a data message, which FCM accepts.
-    if !notification.is_empty() {
-        msg.insert("notification".into(), notification.into());
-    }
-    let mut data = d.data.clone();
-    if let Some(n) = unread {
-        data.insert(UNREAD_COUNT_FIELD.into(), n.to_string());
-    }
-    if !data.is_empty() {
-        msg.insert("data".into(), json!(data));
-    }
-    let mut android = Map::new();
-    android.insert(
-        "priority".into(),
-        if d.priority == Priority::High {
-            "HIGH"
-        } else {
-            "NORMAL"
-        }
-        .into(),
-    );
-    if let Some(c) = &d.collapse_id {
-        android.insert("collapse_key".into(), c.clone().into());
-    }
-    if let Some(expires_at) = d.expires_at {
-        // FCM keeps the message for an offline device this long.
+    let notification = (d.title.is_some() || d.body.is_some()).then_some(Notification {
+        title: d.title.as_deref(),
+        body: d.body.as_deref(),
+    });
+    // FCM keeps the message for an offline device this long.
+    let ttl = d.expires_at.map(|expires_at| {
         let now = i64::try_from(unix_now())
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
-        let secs = (expires_at - now).max(0) / 1000;
-        android.insert("ttl".into(), format!("{secs}s").into());
+        format!("{}s", (expires_at - now).max(0) / 1000)
+    });
+    Ok(Message {
+        message: MessageBody {
+            token: &d.target,
+            notification,
+            data: Data {
+                fields: &d.data,
+                unread: unread.map(|n| n.to_string()),
+            },
+            android: Android {
+                priority: if d.priority == Priority::High {
+                    "HIGH"
+                } else {
+                    "NORMAL"
+                },
+                collapse_key: d.collapse_id.as_deref(),
+                ttl,
+            },
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    message: MessageBody<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageBody<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Notification<'a>>,
+    #[serde(skip_serializing_if = "Data::is_empty")]
+    data: Data<'a>,
+    android: Android<'a>,
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+/// The caller's data fields, and the unread count in place of any field of
+/// its name.
+struct Data<'a> {
+    fields: &'a BTreeMap<String, String>,
+    unread: Option<String>,
+}
+
+impl Data<'_> {
+    fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.unread.is_none()
     }
-    msg.insert("android".into(), android.into());
-    Ok(json!({ "message": msg }))
+}
+
+impl Serialize for Data<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.fields {
+            if !(self.unread.is_some() && k == UNREAD_COUNT_FIELD) {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if let Some(n) = &self.unread {
+            map.serialize_entry(UNREAD_COUNT_FIELD, n)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
 }
 
 /// Google's error body: `{"error": {code, message, status, details: [...]}}`
@@ -403,12 +468,12 @@ impl Provider for FcmProvider {
         let message = message(d, unread)?;
         let _slot = self.limiter.acquire().await?;
         let mut token = self.access_token().await?;
-        let mut resp = self.send(&message, &token).await?;
+        let mut resp = self.send(&message, token.clone()).await?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
             // Revoked or expired early: one fresh token, then give up for now.
             self.forget_token(&token).await;
             token = self.access_token().await?;
-            resp = self.send(&message, &token).await?;
+            resp = self.send(&message, token).await?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
                 let text = http::body_text(resp).await;
                 return Err(ProviderError::Misconfigured {
@@ -469,11 +534,29 @@ mod tests {
             action_url: None,
             avatar_url: None,
         };
-        let with = message(&d, Some(4)).unwrap();
+        let json =
+            |d: &Delivery, unread| serde_json::to_value(message(d, unread).unwrap()).unwrap();
+        let with = json(&d, Some(4));
         // FCM data values are strings.
         assert_eq!(with["message"]["data"][UNREAD_COUNT_FIELD], "4");
-        let without = message(&d, None).unwrap();
+        assert_eq!(with["message"]["notification"]["title"], "Hi");
+        assert!(with["message"]["notification"].get("body").is_none());
+        assert_eq!(with["message"]["android"]["priority"], "NORMAL");
+        assert!(with["message"]["android"].get("ttl").is_none());
+        let without = json(&d, None);
         assert!(without["message"].get("data").is_none());
+        let mut d = d;
+        d.data.insert(UNREAD_COUNT_FIELD.into(), "theirs".into());
+        d.data.insert("k".into(), "v".into());
+        assert_eq!(
+            json(&d, Some(2))["message"]["data"][UNREAD_COUNT_FIELD],
+            "2"
+        );
+        assert_eq!(json(&d, Some(2))["message"]["data"]["k"], "v");
+        assert_eq!(
+            json(&d, None)["message"]["data"][UNREAD_COUNT_FIELD],
+            "theirs"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, InvalidHeaderValue, RETRY_AFTER};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,16 @@ fn tls_config(
     Ok(config)
 }
 
+/// `Bearer <token>` for an `Authorization` header, marked sensitive (left
+/// out of Debug output and HPACK's dynamic table). Built once per token and
+/// cloned into each request, which shares its bytes, rather than formatted
+/// and validated for every send.
+pub(crate) fn bearer(token: &str) -> Result<HeaderValue, InvalidHeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// How long the provider asked us to wait: `Retry-After` as seconds or as
 /// an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -225,9 +235,15 @@ pub(crate) fn short(target: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use reqwest::header::HeaderValue;
-
     use super::*;
+
+    #[test]
+    fn bearer_values_are_sensitive_and_refuse_line_breaks() {
+        let v = bearer("abc.def").expect("a JWT is a header value");
+        assert_eq!(v, "Bearer abc.def");
+        assert!(v.is_sensitive());
+        assert!(bearer("abc\r\nX-Injected: 1").is_err());
+    }
 
     #[test]
     fn retry_after_as_seconds_or_date() {

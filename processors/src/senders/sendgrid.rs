@@ -7,8 +7,8 @@
 //! in every event, and the gateway (`POST /webhooks/sendgrid/events`) records
 //! DELIVERED, or FAILED for a bounce or drop.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use tidings_schemas::{
     records::Delivery,
     tracking_link::{DeliveryRef, LinkSigner, RECEIPT_CUSTOM_ARG},
@@ -61,9 +61,10 @@ impl SendGridConfig {
 pub struct SendGridProvider {
     client: reqwest::Client,
     url: String,
-    api_key: Secret,
-    from: Value,
-    reply_to: Option<Value>,
+    /// `Bearer <api_key>`, built once.
+    authorization: HeaderValue,
+    from: Address,
+    reply_to: Option<Address>,
     sandbox_mode: bool,
     /// Signs the receipt token of each delivery (`tracking.link_secret`).
     receipts: LinkSigner,
@@ -80,23 +81,27 @@ impl SendGridProvider {
                 format!("`from_email` {:?} is not an address", config.from_email),
             ));
         }
-        let mut from = json!({ "email": config.from_email });
-        if let Some(name) = config.from_name {
-            from["name"] = name.into();
-        }
+        let authorization = http::bearer(config.api_key.expose()).map_err(|_| {
+            SetupError::new(NAME, "`api_key` cannot be an HTTP header (a line break?)")
+        })?;
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
             url: format!("{}/v3/mail/send", config.base_url.trim_end_matches('/')),
-            api_key: config.api_key,
-            from,
-            reply_to: config.reply_to.map(|r| json!({ "email": r })),
+            authorization,
+            from: Address {
+                email: config.from_email,
+                name: config.from_name,
+            },
+            reply_to: config.reply_to.map(|email| Address { email, name: None }),
             sandbox_mode: config.sandbox_mode,
             receipts,
             limiter: Limiter::new(NAME, &config.limits)?,
         })
     }
 
-    fn mail(&self, d: &Delivery) -> Result<Value, ProviderError> {
+    /// The Mail Send body, serialised straight from the delivery's fields
+    /// (no JSON tree is built per send).
+    fn mail<'a>(&'a self, d: &'a Delivery) -> Result<Mail<'a>, ProviderError> {
         let subject = d
             .email_subject
             .as_deref()
@@ -110,16 +115,22 @@ impl SendGridProvider {
             })?;
         // SendGrid wants text/plain before text/html. With neither, the
         // push body is the best text we have.
-        let mut content = Vec::new();
+        let mut content = Vec::with_capacity(2);
         if let Some(text) = d.email_text.as_deref().or(if d.email_html.is_none() {
             d.body.as_deref()
         } else {
             None
         }) {
-            content.push(json!({ "type": "text/plain", "value": text }));
+            content.push(Content {
+                kind: "text/plain",
+                value: text,
+            });
         }
         if let Some(html) = &d.email_html {
-            content.push(json!({ "type": "text/html", "value": html }));
+            content.push(Content {
+                kind: "text/html",
+                value: html,
+            });
         }
         if content.is_empty() {
             return Err(ProviderError::Rejected(format!(
@@ -127,29 +138,89 @@ impl SendGridProvider {
                 d.delivery_id
             )));
         }
-        let mut mail = json!({
-            "personalizations": [{
-                "to": [{ "email": d.target }],
-                // Echoed back in event webhooks, tying events to our ids;
-                // the signed receipt token is what the gateway trusts.
-                "custom_args": {
-                    "delivery_id": d.delivery_id,
-                    "notification_id": d.notification_id,
-                    RECEIPT_CUSTOM_ARG: self.receipts.receipt_token(&DeliveryRef::of(d)),
+        Ok(Mail {
+            personalizations: [Personalization {
+                to: [To { email: &d.target }],
+                custom_args: CustomArgs {
+                    delivery_id: &d.delivery_id,
+                    notification_id: &d.notification_id,
+                    receipt: self.receipts.receipt_token(&DeliveryRef::of(d)),
                 },
             }],
-            "from": self.from,
-            "subject": subject,
-            "content": content,
-        });
-        if let Some(r) = &self.reply_to {
-            mail["reply_to"] = r.clone();
-        }
-        if self.sandbox_mode {
-            mail["mail_settings"] = json!({ "sandbox_mode": { "enable": true } });
-        }
-        Ok(mail)
+            from: &self.from,
+            subject,
+            content,
+            reply_to: self.reply_to.as_ref(),
+            mail_settings: self.sandbox_mode.then_some(MailSettings {
+                sandbox_mode: Enable { enable: true },
+            }),
+        })
     }
+}
+
+#[derive(Serialize)]
+struct Mail<'a> {
+    personalizations: [Personalization<'a>; 1],
+    from: &'a Address,
+    subject: &'a str,
+    content: Vec<Content<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mail_settings: Option<MailSettings>,
+}
+
+#[derive(Serialize)]
+struct Address {
+    email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Personalization<'a> {
+    to: [To<'a>; 1],
+    custom_args: CustomArgs<'a>,
+}
+
+#[derive(Serialize)]
+struct To<'a> {
+    email: &'a str,
+}
+
+/// Echoed back in event webhooks, tying events to our ids; the signed
+/// receipt token is what the gateway trusts.
+struct CustomArgs<'a> {
+    delivery_id: &'a str,
+    notification_id: &'a str,
+    receipt: String,
+}
+
+impl Serialize for CustomArgs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("delivery_id", self.delivery_id)?;
+        map.serialize_entry("notification_id", self.notification_id)?;
+        map.serialize_entry(RECEIPT_CUSTOM_ARG, &self.receipt)?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct MailSettings {
+    sandbox_mode: Enable,
+}
+
+#[derive(Serialize)]
+struct Enable {
+    enable: bool,
 }
 
 /// SendGrid's error body: `{"errors": [{"message", "field", "help"}]}`.
@@ -185,20 +256,22 @@ impl Provider for SendGridProvider {
         let resp = self
             .client
             .post(&self.url)
-            .bearer_auth(self.api_key.expose())
+            .header(AUTHORIZATION, self.authorization.clone())
             .json(&mail)
             .send()
             .await
             .map_err(|e| http::send_failed(NAME, &e))?;
         let status = resp.status();
-        let headers = resp.headers().clone();
         if status.is_success() {
-            let id = headers
+            let id = resp
+                .headers()
                 .get("x-message-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             return Ok(Receipt { provider_id: id });
         }
+        // Only an error reads more than the id: the rate-limit headers.
+        let headers = resp.headers().clone();
         let text = http::body_text(resp).await;
         let errs: SendGridErrors = serde_json::from_str(&text).unwrap_or_default();
         let detail = if errs.errors.is_empty() {
