@@ -235,8 +235,11 @@ impl StandIn {
         }
     }
 
+    /// SMS alone is plain HTTP/1.1 in process; a `tidings bench-provider`
+    /// serves every channel over TLS, SMS as in the mix.
     pub fn base_url(&self, channel: BenchChannel) -> String {
-        let scheme = if channel.uses_tls() { "https" } else { "http" };
+        let tls = channel.uses_tls() || matches!(self, StandIn::Remote { .. });
+        let scheme = if tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr())
     }
 
