@@ -143,6 +143,16 @@ pub(crate) fn bearer(token: &str) -> Result<HeaderValue, InvalidHeaderValue> {
     Ok(value)
 }
 
+/// `Basic <base64(user:password)>`, as [`bearer`]: built once, sensitive.
+pub(crate) fn basic(user: &str, password: &str) -> HeaderValue {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let credentials = STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::try_from(format!("Basic {credentials}"))
+        .expect("base64 is always a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
 /// How long the provider asked us to wait: `Retry-After` as seconds or as
 /// an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -243,6 +253,10 @@ mod tests {
         assert_eq!(v, "Bearer abc.def");
         assert!(v.is_sensitive());
         assert!(bearer("abc\r\nX-Injected: 1").is_err());
+        // RFC 7617's example.
+        let v = basic("Aladdin", "open sesame");
+        assert_eq!(v, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(v.is_sensitive());
     }
 
     #[test]

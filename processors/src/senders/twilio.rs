@@ -7,6 +7,7 @@
 //! updates name the delivery and the gateway
 //! (`POST /webhooks/twilio/status`) records DELIVERED or FAILED.
 
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tidings_schemas::{
     records::Delivery,
@@ -63,8 +64,8 @@ impl TwilioConfig {
 pub struct TwilioProvider {
     client: reqwest::Client,
     url: String,
-    account_sid: String,
-    auth_token: Secret,
+    /// `Basic <account_sid:auth_token>`, built once.
+    authorization: HeaderValue,
     sender: (&'static str, String),
     status_callback: Option<String>,
     /// Signs the receipt token of each delivery (`tracking.link_secret`).
@@ -119,8 +120,7 @@ impl TwilioProvider {
                 config.base_url.trim_end_matches('/'),
                 config.account_sid
             ),
-            account_sid: config.account_sid,
-            auth_token: config.auth_token,
+            authorization: http::basic(&config.account_sid, config.auth_token.expose()),
             sender,
             status_callback: config.status_callback,
             receipts,
@@ -168,7 +168,7 @@ impl Provider for TwilioProvider {
         let resp = self
             .client
             .post(&self.url)
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+            .header(AUTHORIZATION, self.authorization.clone())
             .form(&form)
             .send()
             .await
