@@ -23,7 +23,7 @@ use tidings_schemas::records::{Delivery, Priority};
 use uuid::Uuid;
 
 use super::{
-    Provider, ProviderError, Receipt,
+    Provider, ProviderError, Receipt, Shown,
     http::{self, HttpSettings, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
@@ -284,21 +284,15 @@ fn check_device_token(token: &str) -> Result<(), ProviderError> {
 /// beside `aps` at the top level, where the app reads it from `userInfo`;
 /// `badge` (the app icon's number) only when one is given.
 fn payload(d: &Delivery, badge: Option<u32>) -> Result<Vec<u8>, ProviderError> {
-    if d.title.is_none() && d.body.is_none() {
+    let Some(alert) = Shown::of(d) else {
         return Err(ProviderError::Rejected(format!(
             "{NAME}: delivery {} has neither title nor body to show",
             d.delivery_id
         )));
-    }
+    };
     let payload = Payload {
         data: &d.data,
-        aps: Aps {
-            alert: Alert {
-                title: d.title.as_deref(),
-                body: d.body.as_deref(),
-            },
-            badge,
-        },
+        aps: Aps { alert, badge },
     };
     let bytes = serde_json::to_vec(&payload)
         .map_err(|e| ProviderError::Rejected(format!("{NAME}: payload: {e}")))?;
@@ -332,17 +326,9 @@ impl Serialize for Payload<'_> {
 
 #[derive(Serialize)]
 struct Aps<'a> {
-    alert: Alert<'a>,
+    alert: Shown<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     badge: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct Alert<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
 }
 
 /// APNs' error body: `{"reason": "...", "timestamp": ms}` (timestamp on 410).

@@ -16,7 +16,7 @@ use tidings_schemas::records::{Delivery, Priority};
 use tokio::sync::Mutex;
 
 use super::{
-    Provider, ProviderError, Receipt,
+    Provider, ProviderError, Receipt, Shown,
     http::{self, HttpSettings, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
@@ -283,10 +283,7 @@ fn message(d: &Delivery, unread: Option<u32>) -> Result<Message<'_>, ProviderErr
         )));
     }
     // Without title and body it is a data message, which FCM accepts.
-    let notification = (d.title.is_some() || d.body.is_some()).then_some(Notification {
-        title: d.title.as_deref(),
-        body: d.body.as_deref(),
-    });
+    let notification = Shown::of(d);
     // FCM keeps the message for an offline device this long.
     let ttl = d.expires_at.map(|expires_at| {
         let now = i64::try_from(unix_now())
@@ -324,18 +321,10 @@ struct Message<'a> {
 struct MessageBody<'a> {
     token: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    notification: Option<Notification<'a>>,
+    notification: Option<Shown<'a>>,
     #[serde(skip_serializing_if = "Data::is_empty")]
     data: Data<'a>,
     android: Android<'a>,
-}
-
-#[derive(Serialize)]
-struct Notification<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
 }
 
 /// The caller's data fields, and the unread count in place of any field of

@@ -87,6 +87,26 @@ pub struct Receipt {
     pub provider_id: Option<String>,
 }
 
+/// What a push shows: `{"title", "body"}` in both APNs' `aps.alert` and
+/// FCM's `notification`, each left out when the delivery has none; `None`
+/// when it has neither.
+#[derive(serde::Serialize)]
+pub(crate) struct Shown<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+impl<'a> Shown<'a> {
+    pub(crate) fn of(d: &'a Delivery) -> Option<Self> {
+        (d.title.is_some() || d.body.is_some()).then_some(Self {
+            title: d.title.as_deref(),
+            body: d.body.as_deref(),
+        })
+    }
+}
+
 /// A provider refused or failed a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
