@@ -130,6 +130,7 @@ pub async fn raw_kafka(
         key: keys[0].clone(),
         payload: Vec::new(),
         handling: Handling::First,
+        label: None,
     };
     producer
         .send_raw(&warm)
@@ -224,6 +225,7 @@ async fn produce(
             key: keys[n % keys.len()].clone(),
             payload: filler[at..at + record_bytes].to_vec(),
             handling: Handling::First,
+            label: None,
         };
         deliveries.push(producer.enqueue(&record));
         while deliveries.len() >= MAX_IN_FLIGHT {

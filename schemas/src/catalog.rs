@@ -60,10 +60,25 @@ pub static CATALOG: &[CatalogEntry] = &[
     entry!("tidings.v1.FollowChanged", "follow_changed.avsc", 10),
 ];
 
+/// A Kafka header (name, value) that a record carries so that a stage with
+/// no use for records like it can pass them over without decoding them
+/// (`Processor::PASSES_OVER` in `tidings_kafka`). Only ever a hint to skip
+/// work: a record without it is decoded and handled as usual.
+pub type Label = (&'static str, &'static str);
+
+/// The label of a tracking event that names no template, which the
+/// template statistics have nothing to count for.
+pub const UNTEMPLATED: Label = ("tidings.template", "none");
+
 /// A Rust type that is the payload of a topic.
 pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Full Avro name of its schema in [`CATALOG`].
     const FULL_NAME: &'static str;
+
+    /// The [`Label`] this record goes out with, if any.
+    fn label(&self) -> Option<Label> {
+        None
+    }
 }
 
 impl AvroRecord for NotificationRequest {
@@ -77,6 +92,10 @@ impl AvroRecord for DeadLetter {
 }
 impl AvroRecord for TrackingEvent {
     const FULL_NAME: &'static str = "tidings.v1.TrackingEvent";
+
+    fn label(&self) -> Option<Label> {
+        self.template_name.is_none().then_some(UNTEMPLATED)
+    }
 }
 impl AvroRecord for PostPublished {
     const FULL_NAME: &'static str = "tidings.v1.PostPublished";

@@ -32,6 +32,7 @@ use rdkafka::{
     Message,
     message::{Header, Headers, OwnedHeaders},
 };
+use tidings_schemas::Label;
 
 /// The Kafka header on a record that may repeat one produced before. Its
 /// value is not read; its presence is the mark.
@@ -42,6 +43,14 @@ pub fn maybe_repeat_headers() -> OwnedHeaders {
     OwnedHeaders::new().insert(Header {
         key: MAYBE_REPEAT_HEADER,
         value: Some("1"),
+    })
+}
+
+/// Whether `message` carries `label` (name and value).
+pub fn is_labelled(message: &impl Message, (key, value): Label) -> bool {
+    message.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == key && h.value == Some(value.as_bytes()))
     })
 }
 

@@ -11,11 +11,12 @@ use futures::{
 };
 use rdkafka::{
     error::KafkaError as RdKafkaError,
+    message::Header,
     producer::{FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult},
     util::Timeout,
 };
 use tidings_config::KafkaConfig;
-use tidings_schemas::{AvroCodec, AvroRecord};
+use tidings_schemas::{AvroCodec, AvroRecord, Label};
 
 use crate::{
     KafkaCluster, KafkaError,
@@ -36,6 +37,8 @@ pub struct OutRecord {
     pub payload: Vec<u8>,
     /// [`Handling::MaybeRepeat`] goes out as the [`MAYBE_REPEAT_HEADER`].
     pub handling: Handling,
+    /// The record's own [`Label`] ([`AvroRecord::label`]), a header too.
+    pub label: Option<Label>,
 }
 
 impl OutRecord {
@@ -114,6 +117,7 @@ impl AvroProducer {
             key: key.to_owned(),
             payload,
             handling: Handling::First,
+            label: record.label(),
         })
     }
 
@@ -197,14 +201,26 @@ impl AvroProducer {
     }
 }
 
-/// `record` as librdkafka takes it, with its header if it may repeat.
+/// `record` as librdkafka takes it, with a header if it may repeat and one
+/// for its label.
 fn future_record(record: &OutRecord) -> FutureRecord<'_, String, [u8]> {
     let future = FutureRecord::to(&record.topic)
         .key(&record.key)
         .payload(record.payload.as_slice());
-    match record.handling {
-        Handling::First => future,
-        Handling::MaybeRepeat => future.headers(maybe_repeat_headers()),
+    let marked = match record.handling {
+        Handling::First => None,
+        Handling::MaybeRepeat => Some(maybe_repeat_headers()),
+    };
+    let headers = match record.label {
+        Some((key, value)) => Some(marked.unwrap_or_default().insert(Header {
+            key,
+            value: Some(value),
+        })),
+        None => marked,
+    };
+    match headers {
+        Some(headers) => future.headers(headers),
+        None => future,
     }
 }
 

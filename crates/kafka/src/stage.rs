@@ -51,7 +51,7 @@ use rdkafka::{
     message::OwnedMessage,
 };
 use tidings_config::KafkaConfig;
-use tidings_schemas::{AvroRecord, records::DeadLetter};
+use tidings_schemas::{AvroRecord, Label, records::DeadLetter};
 use tidings_telemetry::metrics;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ use crate::{
     KafkaCluster, KafkaError,
     backoff::{Backoff, sleep_or_cancel},
     cluster::watermarks,
-    handling::{Frontiers, Handling, is_marked},
+    handling::{Frontiers, Handling, is_labelled, is_marked},
     producer::{AvroProducer, Delivered, OutRecord},
     readiness::Assignment,
 };
@@ -216,6 +216,12 @@ pub trait Processor: Send + Sync + 'static {
     /// contacts of every user in it, say), handed to each `process` call.
     /// `()` for stages that look nothing up.
     type Prefetched: Send + Sync;
+
+    /// Records carrying this [`Label`] are of no use to the stage: they are
+    /// committed as handled without being decoded or processed (template
+    /// statistics pass over tracking events that name no template). A
+    /// record without it is handled as usual.
+    const PASSES_OVER: Option<Label> = None;
 
     /// The stage's name: consumer group suffix, metric label, dead-letter
     /// `stage` field.
@@ -908,8 +914,10 @@ impl<P: Processor> Stage<P> {
             Finished::Interrupted => return None,
             Finished::Failed(reason) => {
                 let reason = format!("finishing the batch failed: {reason}");
+                // Not the records passed over (no input): `finish` had
+                // nothing of theirs to write.
                 for (record, outcome) in records.iter().zip(outcomes.iter_mut()) {
-                    if matches!(outcome, RecordOutcome::Processed(_)) {
+                    if record.input.is_some() && matches!(outcome, RecordOutcome::Processed(_)) {
                         *outcome = self
                             .dead_letter(&record.message, &reason, 1, shutdown)
                             .await;
@@ -1015,6 +1023,14 @@ impl<P: Processor> Stage<P> {
                 is_marked(&message),
             ),
         };
+        if P::PASSES_OVER.is_some_and(|label| is_labelled(&message, label)) {
+            let record = Record {
+                message,
+                meta,
+                input: None,
+            };
+            return (record, Some(RecordOutcome::Processed(Vec::new())));
+        }
         let mut backoff = self.backoff();
         let outcome = loop {
             let payload = message.payload().unwrap_or_default();

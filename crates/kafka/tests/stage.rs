@@ -25,11 +25,11 @@ use rdkafka::{
 };
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
-    Assignment, AvroProducer, Emitter, Handling, KafkaCluster, ProcessError, Processor, RecordMeta,
-    Stage, StageAssignments, StageOptions, TopicSpec, is_marked, now_millis,
+    Assignment, AvroProducer, Emitter, Handling, KafkaCluster, OutRecord, ProcessError, Processor,
+    RecordMeta, Stage, StageAssignments, StageOptions, TopicSpec, is_marked, now_millis,
 };
 use tidings_schemas::{
-    AvroCodec,
+    AvroCodec, Label, UNTEMPLATED,
     records::{DeadLetter, TrackingEvent, TrackingKind},
 };
 use tokio_util::sync::CancellationToken;
@@ -1149,6 +1149,100 @@ async fn permanent_finish_failure_dead_letters_the_batch(brokers: Brokers) {
     assert_eq!(produced, all, "no output of the failed batch");
 }
 
+/// A stage that passes over a label: records carrying it are committed
+/// without being decoded (an undecodable one is not dead-lettered) or
+/// processed; the others are processed as usual, in order.
+async fn labelled_records_are_passed_over(brokers: Brokers) {
+    let env = Env::new(brokers, "passover").await;
+    let (input, output, dead) = (env.topic("in"), env.topic("out"), env.topic("dead"));
+    env.topics(&["in", "out", "dead"], 1, LIMIT).await;
+    let producer =
+        AvroProducer::new(&env.cluster, &env.config, AvroCodec::local()).expect("producer");
+    // Even events name a template, odd ones none: those go out labelled.
+    let events: Vec<TrackingEvent> = (0..10)
+        .map(|i| TrackingEvent {
+            template_name: (i % 2 == 0).then(|| "welcome".to_owned()),
+            ..event_for("u", i)
+        })
+        .collect();
+    for e in &events {
+        let record = producer.encode(&input, &e.user_id, e).expect("encode");
+        assert_eq!(
+            record.label,
+            e.template_name.is_none().then_some(UNTEMPLATED)
+        );
+        producer.send_raw(&record).await.expect("produce");
+    }
+    // Not Avro at all, but labelled: never decoded, so never dead-lettered.
+    let garbage = OutRecord {
+        topic: input.clone(),
+        key: "u".into(),
+        payload: b"not avro".to_vec(),
+        handling: Handling::First,
+        label: Some(UNTEMPLATED),
+    };
+    producer.send_raw(&garbage).await.expect("produce");
+
+    let (copier, log) = Scripted::copier("passover", output.clone());
+    let stage = env.start(PassesOver(copier), &input, &dead, LIMIT);
+    let templated: Vec<String> = events
+        .iter()
+        .filter(|e| e.template_name.is_some())
+        .map(|e| e.event_id.clone())
+        .collect();
+    env.wait_for(&output, &templated).await;
+    let started = Instant::now();
+    while env.committed("passover", &input, 1).await != [11] {
+        assert!(
+            started.elapsed() < WAIT,
+            "the passed-over records were not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stage.stop().await;
+
+    assert_eq!(log.processed_ids(), templated, "only the templated events");
+    let produced: Vec<String> = env
+        .events(&output)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(produced, templated);
+    assert!(
+        env.dead_letters(&dead).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+/// [`Scripted`], passing over tracking events that name no template.
+struct PassesOver(Scripted);
+
+#[async_trait]
+impl Processor for PassesOver {
+    type Input = TrackingEvent;
+    type Prefetched = ();
+    const PASSES_OVER: Option<Label> = Some(UNTEMPLATED);
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn prefetch(&self, batch: &[(&TrackingEvent, &RecordMeta)]) {
+        self.0.prefetch(batch).await
+    }
+
+    async fn process(
+        &self,
+        input: &TrackingEvent,
+        prefetched: &(),
+        meta: &RecordMeta,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), ProcessError> {
+        self.0.process(input, prefetched, meta, out).await
+    }
+}
+
 /// A second member joins a busy stage's group: the partitions split, both
 /// members process records, every record is processed at least once, and
 /// the group's committed offsets never go backwards.
@@ -1340,6 +1434,7 @@ on!(
         records_read_again_may_repeat,
         records_of_a_key_keep_their_order,
         permanent_finish_failure_dead_letters_the_batch,
+        labelled_records_are_passed_over,
     ]
 );
 
@@ -1353,5 +1448,6 @@ on!(
         records_read_again_may_repeat,
         rebalance_between_two_members,
         members_publish_their_assignment,
+        labelled_records_are_passed_over,
     ]
 );

@@ -31,7 +31,10 @@ use std::{
 };
 
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta};
-use tidings_schemas::records::{TrackingEvent, TrackingKind};
+use tidings_schemas::{
+    Label, UNTEMPLATED,
+    records::{TrackingEvent, TrackingKind},
+};
 use tidings_store::Store;
 use tracing::warn;
 
@@ -125,6 +128,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Processor for TemplateStats {
     type Input = TrackingEvent;
     type Prefetched = BatchCounts;
+    /// Events that name no template count for nothing here.
+    const PASSES_OVER: Option<Label> = Some(UNTEMPLATED);
 
     fn name(&self) -> &'static str {
         "template-stats"
