@@ -474,6 +474,16 @@ impl Env {
             .collect()
     }
 
+    /// The ids of the events on `topic`, in order (read to its high
+    /// watermarks).
+    async fn event_ids(&self, topic: &str) -> Vec<String> {
+        self.events(topic)
+            .await
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect()
+    }
+
     /// The dead letters on `topic` (read to its high watermarks).
     async fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
         let codec = AvroCodec::local();
@@ -777,12 +787,7 @@ async fn oversized_output_dead_letters_its_input(brokers: Brokers) {
         .await;
     stage.stop().await;
 
-    let outputs: Vec<String> = env
-        .events(&output)
-        .await
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let outputs: Vec<String> = env.event_ids(&output).await;
     assert_eq!(
         outputs,
         ["u-0", "u-3", "u-4"],
@@ -1077,12 +1082,7 @@ async fn records_of_a_key_keep_their_order(brokers: Brokers) {
 
     let index = |id: &str| -> usize { id.rsplit('-').next().unwrap().parse().unwrap() };
     let processed = log.processed_ids();
-    let produced: Vec<String> = env
-        .events(&output)
-        .await
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let produced: Vec<String> = env.event_ids(&output).await;
     for (what, ids) in [("processed", &processed), ("produced", &produced)] {
         let mut last: HashMap<String, usize> = HashMap::new();
         for id in ids.iter() {
@@ -1140,12 +1140,7 @@ async fn permanent_finish_failure_dead_letters_the_batch(brokers: Brokers) {
             .all(|l| l.reason.contains("the ledger refuses this batch")),
         "{letters:?}"
     );
-    let produced: Vec<String> = env
-        .events(&output)
-        .await
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let produced: Vec<String> = env.event_ids(&output).await;
     assert_eq!(produced, all, "no output of the failed batch");
 }
 
@@ -1202,12 +1197,7 @@ async fn labelled_records_are_passed_over(brokers: Brokers) {
     stage.stop().await;
 
     assert_eq!(log.processed_ids(), templated, "only the templated events");
-    let produced: Vec<String> = env
-        .events(&output)
-        .await
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
+    let produced: Vec<String> = env.event_ids(&output).await;
     assert_eq!(produced, templated);
     assert!(
         env.dead_letters(&dead).await.is_empty(),
