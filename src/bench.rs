@@ -256,6 +256,9 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The name of the threads the load's callers run on.
+const CALLER_THREAD: &str = "bench-client";
+
 pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     if options.notifications == 0
         || options.users == 0
@@ -435,6 +438,15 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let accepted: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
     let (next, sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let window = options.duration.map(Duration::from_secs);
+    // The load's senders on threads of their own: the CPU they use is the
+    // load generator's, not tidings', and is taken out of the pipeline's
+    // figure below (gorush and the bare client are measured without theirs).
+    let callers_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(CALLER_THREAD)
+        .enable_all()
+        .build()
+        .context("starting the callers' runtime")?;
     let (cpu_before, threads_before, counts_before) = (
         bench_providers::process_cpu(),
         bench_providers::thread_cpu(),
@@ -444,7 +456,6 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let window_end = window.map(|w| started + w);
     let mut callers = Vec::new();
     for _ in 0..options.callers {
-        let client = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
         let (accepted, next, sent, users, options) = (
             accepted.clone(),
             next.clone(),
@@ -452,7 +463,11 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             users.clone(),
             options.clone(),
         );
-        callers.push(tokio::spawn(async move {
+        let (endpoint, key, secret) = (endpoint.clone(), key.clone(), secret.clone());
+        // Connected on the callers' runtime, so the client's connection
+        // task runs on its threads too.
+        callers.push(callers_runtime.spawn(async move {
+            let client = Client::connect(&endpoint, Some(key), Some(secret)).await?;
             loop {
                 let first = next.fetch_add(options.batch, Ordering::Relaxed);
                 let last = match window_end {
@@ -546,6 +561,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     for c in callers {
         c.await??;
     }
+    // Not dropped here: dropping a runtime inside another blocks on it.
+    callers_runtime.shutdown_background();
     let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Past the deadline while still sending: wait for no more than that.
     let target = target.unwrap_or(accepted.len());
@@ -568,6 +585,12 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     let throughput = delivered as f64 / elapsed.as_secs_f64();
     let cpu_per_notification_us = cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64;
     let cores = cpu.as_secs_f64() / polled.as_secs_f64();
+    let callers_share = threads
+        .iter()
+        .find(|(name, _)| name == CALLER_THREAD)
+        .map_or(0.0, |(_, share)| *share);
+    let pipeline_cpu_us = cpu_per_notification_us * (1.0 - callers_share);
+    let pipeline_cores = cores * (1.0 - callers_share);
     let stand_in_kind = match stand_in {
         StandIn::InProcess { .. } => "in-process",
         StandIn::Remote { .. } => "separate-process",
@@ -595,6 +618,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         },
         "cpu_us_per_notification": cpu_per_notification_us,
         "cores": cores,
+        "pipeline_cpu_us_per_notification": pipeline_cpu_us,
+        "pipeline_cores": pipeline_cores,
         "store_calls_per_notification": per_notification.store_calls.total,
         "top_store_operations": per_notification.store_calls.top_json("operation"),
         "store_statements_per_notification": per_notification.statements.total,
@@ -627,6 +652,10 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 StandIn::InProcess { .. } => ", stand-in included",
                 StandIn::Remote { .. } => "",
             }
+        );
+        println!(
+            "  pipeline cpu    {pipeline_cpu_us:.0} us per notification ({pipeline_cores:.2} cores): the process less its {CALLER_THREAD} thread ({:.0}%), which sends the load",
+            callers_share * 100.0
         );
         println!(
             "  cpu by thread   {}",
