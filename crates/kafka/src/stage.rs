@@ -48,7 +48,7 @@ use rdkafka::{
     ClientConfig, ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
-    message::OwnedMessage,
+    message::{BorrowedMessage, OwnedMessage, Timestamp},
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroRecord, Label, records::DeadLetter};
@@ -532,6 +532,37 @@ impl ErrorLog {
     }
 }
 
+/// A record as the poll loop took it from librdkafka.
+enum Consumed {
+    /// Copied out, to be decoded and processed.
+    Whole(OwnedMessage),
+    /// Labelled as of no use to the stage ([`Processor::PASSES_OVER`]), and
+    /// so never copied out of librdkafka: only where it stood. A run of such
+    /// records in one partition, one after another in the batch, is one
+    /// entry at the last of them: all the batch does with them is commit.
+    PassedOver {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+impl Consumed {
+    fn topic(&self) -> &str {
+        match self {
+            Consumed::Whole(m) => m.topic(),
+            Consumed::PassedOver { topic, .. } => topic,
+        }
+    }
+
+    fn partition(&self) -> i32 {
+        match self {
+            Consumed::Whole(m) => m.partition(),
+            Consumed::PassedOver { partition, .. } => *partition,
+        }
+    }
+}
+
 /// A consumed record and, if it decoded, its input.
 struct Record<I> {
     message: OwnedMessage,
@@ -767,14 +798,14 @@ impl<P: Processor> Stage<P> {
         &self,
         shutdown: &CancellationToken,
         producing: &mut FuturesOrdered<Producing<'_>>,
-    ) -> Option<Vec<OwnedMessage>> {
+    ) -> Option<Vec<Consumed>> {
         let mut backoff = self.backoff();
         let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return None,
-                m = self.consumer.recv() => m.map(|m| m.detach()),
+                m = self.consumer.recv() => m,
                 done = producing.next(), if !producing.is_empty() => {
                     if !self.settle(done) {
                         return None;
@@ -785,7 +816,7 @@ impl<P: Processor> Stage<P> {
             match first {
                 Ok(m) => {
                     self.drop_revoked(&mut batch);
-                    batch.push(m);
+                    self.take(m, &mut batch);
                     break;
                 }
                 Err(e) => {
@@ -807,10 +838,9 @@ impl<P: Processor> Stage<P> {
         while batch.len() < self.options.max_batch {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    let m = m.detach();
                     // Revocations seen in this recv came before `m`.
                     self.drop_revoked(&mut batch);
-                    batch.push(m);
+                    self.take(m, &mut batch);
                 }
                 Ok(Err(e)) => {
                     self.consumer_error(&e);
@@ -821,6 +851,36 @@ impl<P: Processor> Stage<P> {
         }
         self.drop_revoked(&mut batch);
         Some(batch)
+    }
+
+    /// Adds a consumed record to `batch`: copied out of librdkafka, or,
+    /// one the stage passes over, only its position (see
+    /// [`Consumed::PassedOver`]).
+    fn take(&self, m: BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+        if !P::PASSES_OVER.is_some_and(|label| is_labelled(&m, label)) {
+            batch.push(Consumed::Whole(m.detach()));
+            return;
+        }
+        metrics()
+            .stage_records
+            .with_label_values(&[self.processor.name(), "passed_over"])
+            .inc();
+        if let Some(Consumed::PassedOver {
+            topic,
+            partition,
+            offset,
+        }) = batch.last_mut()
+            && *partition == m.partition()
+            && topic == m.topic()
+        {
+            *offset = m.offset();
+            return;
+        }
+        batch.push(Consumed::PassedOver {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        });
     }
 
     fn consumer_error(&self, e: &RdKafkaError) {
@@ -838,7 +898,7 @@ impl<P: Processor> Stage<P> {
 
     /// Forgets the records of partitions revoked since the last look: their
     /// new owner consumes them from the committed offset.
-    fn drop_revoked(&self, batch: &mut Vec<OwnedMessage>) {
+    fn drop_revoked(&self, batch: &mut Vec<Consumed>) {
         let revoked = self.consumer.context().take_revoked();
         if revoked.is_empty() {
             return;
@@ -865,7 +925,7 @@ impl<P: Processor> Stage<P> {
     /// committed then).
     async fn handle_batch<'a>(
         &'a self,
-        batch: Vec<OwnedMessage>,
+        batch: Vec<Consumed>,
         shutdown: &'a CancellationToken,
     ) -> Option<Producing<'a>> {
         let started = Instant::now();
@@ -873,7 +933,17 @@ impl<P: Processor> Stage<P> {
         // Decode the whole batch first, so the processor can look up what
         // all of it needs at once.
         let decoded: Vec<(Record<P::Input>, Option<RecordOutcome>)> =
-            join_all(batch.into_iter().map(|m| self.decode(m, shutdown))).await;
+            join_all(batch.into_iter().map(|consumed| async move {
+                match consumed {
+                    Consumed::Whole(m) => self.decode(m, shutdown).await,
+                    Consumed::PassedOver {
+                        topic,
+                        partition,
+                        offset,
+                    } => passed_over(topic, partition, offset),
+                }
+            }))
+            .await;
         let (records, judged): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
         let decoded_at = started.elapsed();
         let inputs: Vec<(&P::Input, &RecordMeta)> = records
@@ -974,7 +1044,7 @@ impl<P: Processor> Stage<P> {
     /// records count as ones that may repeat, never fewer). One that still
     /// cannot be read stays unknown (all of its records may repeat) and is
     /// asked about again with the next batch.
-    async fn learn_frontiers(&self, batch: &[OwnedMessage]) {
+    async fn learn_frontiers(&self, batch: &[Consumed]) {
         let frontiers = &self.consumer.context().frontiers;
         let unknown = lock(frontiers).unknown(batch.iter().map(|m| (m.topic(), m.partition())));
         if unknown.is_empty() {
@@ -1023,14 +1093,6 @@ impl<P: Processor> Stage<P> {
                 is_marked(&message),
             ),
         };
-        if P::PASSES_OVER.is_some_and(|label| is_labelled(&message, label)) {
-            let record = Record {
-                message,
-                meta,
-                input: None,
-            };
-            return (record, Some(RecordOutcome::Processed(Vec::new())));
-        }
         let mut backoff = self.backoff();
         let outcome = loop {
             let payload = message.payload().unwrap_or_default();
@@ -1338,6 +1400,39 @@ impl<P: Processor> Stage<P> {
 /// The last offset per partition up to which every record was handled
 /// (processed or dead-lettered): an interrupted record holds back its
 /// partition's offset, whatever came after it.
+/// The record that stands for a run of passed-over records: handled, with
+/// nothing to produce. Its message is only the position (nothing reads the
+/// payload, key or headers of a record without input).
+fn passed_over<I>(
+    topic: String,
+    partition: i32,
+    offset: i64,
+) -> (Record<I>, Option<RecordOutcome>) {
+    let meta = RecordMeta {
+        topic: topic.clone(),
+        partition,
+        offset,
+        key: None,
+        timestamp: None,
+        handling: Handling::First,
+    };
+    let message = OwnedMessage::new(
+        None,
+        None,
+        topic,
+        Timestamp::NotAvailable,
+        partition,
+        offset,
+        None,
+    );
+    let record = Record {
+        message,
+        meta,
+        input: None,
+    };
+    (record, Some(RecordOutcome::Processed(Vec::new())))
+}
+
 fn handled_offsets<I>(records: &[Record<I>], fates: &[Fate]) -> Vec<((String, i32), i64)> {
     let mut by_partition: BTreeMap<(&str, i32), (Option<i64>, bool)> = BTreeMap::new();
     // Records are in offset order per partition, as consumed.

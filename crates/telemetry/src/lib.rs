@@ -38,7 +38,7 @@ pub fn init_logging(config: &TelemetryConfig) {
 pub struct Metrics {
     pub registry: Registry,
     /// Records a stage consumed, by stage and outcome (processed,
-    /// dead_lettered).
+    /// dead_lettered, passed_over).
     pub stage_records: IntCounterVec,
     /// Records a stage produced, by stage and topic.
     pub stage_outputs: IntCounterVec,
