@@ -77,6 +77,11 @@ pub struct BenchOptions {
     /// the bare client alike.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub provider_in_flight: usize,
+    /// Send through a template (created for the run: `bench {{seq}}` in the
+    /// channel's fields) instead of raw content, so the enricher renders
+    /// every notification and the template statistics count each send.
+    #[arg(long)]
+    pub template: bool,
     /// Skip the same-run baselines: a bare HTTP client sending as many
     /// requests straight to the stand-in, as many Kafka records produced
     /// and consumed with nothing around them, and a row per notification
@@ -256,6 +261,34 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Creates the run's template: each channel's text is what the raw content
+/// would be (`bench <seq>`, which the stand-ins read the sequence from).
+async fn create_template(store: &tidings_store::Store, name: &str) -> Result<()> {
+    let text = Some("bench {{seq}}".to_owned());
+    let content = tidings_store::TemplateContent {
+        push_title: Some("bench".into()),
+        push_body: text.clone(),
+        sms_text: text.clone(),
+        email_subject: Some("bench".into()),
+        email_text: text,
+        ..Default::default()
+    };
+    store
+        .templates
+        .create_version(&tidings_store::TemplateVersion {
+            name: name.to_owned(),
+            version: 1,
+            category: None,
+            params: vec!["seq".into()],
+            default_locale: "en".into(),
+            variants: [("en".to_owned(), content)].into(),
+            created_at: unix_micros() as i64 / 1000,
+        })
+        .await
+        .context("creating the bench template")?;
+    Ok(())
+}
+
 /// The name of the threads the load's callers run on.
 const CALLER_THREAD: &str = "bench-client";
 
@@ -373,9 +406,14 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     }))
     .await
     .context("creating bench users")?;
+    let template = format!("bench-{run_id}");
+    if options.template {
+        create_template(&store, &template).await?;
+    }
+    let template_ref = options.template.then_some(template);
     let (key, secret) = create_app(&store, "bench", vec!["send".into()], None).await?;
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
-    let send_request = move |event_id: String, user_id: String, seq: usize| {
+    let send_request = Arc::new(move |event_id: String, user_id: String, seq: usize| {
         let text = format!("bench {seq}");
         let (channel, content) = match channel.of_seq(seq as u64) {
             BenchChannel::Sms => (
@@ -407,14 +445,23 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             ),
             BenchChannel::Mix => unreachable!("of_seq names a single channel"),
         };
+        let content = match &template_ref {
+            // The same text as the raw content's, rendered by the enricher.
+            Some(name) => pb::send_request::Content::Template(pb::TemplateRef {
+                name: name.clone(),
+                version: 0,
+                params: [("seq".to_owned(), seq.to_string())].into(),
+            }),
+            None => pb::send_request::Content::Raw(content),
+        };
         pb::SendRequest {
             event_id,
             user_ids: vec![user_id],
             channels: vec![channel as i32],
-            content: Some(pb::send_request::Content::Raw(content)),
+            content: Some(content),
             ..Default::default()
         }
-    };
+    });
 
     // Warm up: every stage joins its consumer group before the clock starts.
     let warm = Client::connect(&endpoint, Some(key.clone()), Some(secret.clone())).await?;
@@ -464,6 +511,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             options.clone(),
         );
         let (endpoint, key, secret) = (endpoint.clone(), key.clone(), secret.clone());
+        let send_request = send_request.clone();
         // Connected on the callers' runtime, so the client's connection
         // task runs on its threads too.
         callers.push(callers_runtime.spawn(async move {
@@ -604,6 +652,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         "users": options.users,
         "batch": options.batch,
         "callers": options.callers,
+        "template": options.template,
         "provider_in_flight": options.provider_in_flight,
         "stand_in": stand_in_kind,
         "offered_rate": options.rate,
@@ -633,8 +682,16 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             accepted.len(),
         );
         println!(
-            "  users           {}, batch {}, callers {}, provider in flight {}",
-            options.users, options.batch, options.callers, options.provider_in_flight
+            "  users           {}, batch {}, callers {}, provider in flight {}, {}",
+            options.users,
+            options.batch,
+            options.callers,
+            options.provider_in_flight,
+            if options.template {
+                "templated"
+            } else {
+                "raw content"
+            }
         );
         println!("  provider        {stand_in_kind} stand-in at {base_url}");
         if let Some(rate) = options.rate {
@@ -843,6 +900,7 @@ mod tests {
                 channel,
                 provider_addr: None,
                 provider_in_flight: 16,
+                template: false,
                 no_baseline: false,
                 duration: None,
                 json: false,
@@ -855,7 +913,8 @@ mod tests {
 
     /// With --duration the callers stop when the time is up and the bench
     /// waits for what was accepted (`run` fails on any missing); --json
-    /// takes the report's place.
+    /// takes the report's place. Templated: each text the stand-in reads
+    /// its sequence number from was rendered by the enricher.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timed_bench_waits_for_what_was_accepted() {
         let (_dir, config) = scratch_config();
@@ -868,6 +927,7 @@ mod tests {
             channel: BenchChannel::Sms,
             provider_addr: None,
             provider_in_flight: 16,
+            template: true,
             no_baseline: true,
             duration: Some(1),
             json: true,
