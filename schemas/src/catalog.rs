@@ -66,9 +66,10 @@ pub static CATALOG: &[CatalogEntry] = &[
 /// work: a record without it is decoded and handled as usual.
 pub type Label = (&'static str, &'static str);
 
-/// The label of a tracking event that names no template, which the
-/// template statistics have nothing to count for.
-pub const UNTEMPLATED: Label = ("tidings.template", "none");
+/// The label of a tracking event that counts for no template: it names
+/// none, or its kind is not one the template statistics count (ACCEPTED,
+/// RENDERED, ...; see `TrackingKind::template_counter`).
+pub const UNCOUNTED: Label = ("tidings.template_count", "none");
 
 /// A Rust type that is the payload of a topic.
 pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -94,7 +95,8 @@ impl AvroRecord for TrackingEvent {
     const FULL_NAME: &'static str = "tidings.v1.TrackingEvent";
 
     fn label(&self) -> Option<Label> {
-        self.template_name.is_none().then_some(UNTEMPLATED)
+        (self.template_name.is_none() || self.kind.template_counter().is_none())
+            .then_some(UNCOUNTED)
     }
 }
 impl AvroRecord for PostPublished {
@@ -169,5 +171,34 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), CATALOG.len());
+    }
+
+    #[test]
+    fn tracking_events_that_count_for_no_template_are_labelled() {
+        use crate::records::{TrackingEvent, TrackingKind};
+        let event = |template: Option<&str>, kind| TrackingEvent {
+            event_id: "e".into(),
+            notification_id: "n".into(),
+            user_id: "u".into(),
+            kind,
+            channel: None,
+            target: None,
+            template_name: template.map(str::to_owned),
+            stage: "test".into(),
+            detail: None,
+            at: 0,
+            dispatched_at: None,
+        };
+        assert_eq!(event(Some("welcome"), TrackingKind::Sent).label(), None);
+        assert_eq!(event(Some("welcome"), TrackingKind::Opened).label(), None);
+        assert_eq!(
+            event(Some("welcome"), TrackingKind::Rendered).label(),
+            Some(UNCOUNTED)
+        );
+        assert_eq!(
+            event(Some("welcome"), TrackingKind::Accepted).label(),
+            Some(UNCOUNTED)
+        );
+        assert_eq!(event(None, TrackingKind::Sent).label(), Some(UNCOUNTED));
     }
 }

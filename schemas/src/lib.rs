@@ -10,7 +10,7 @@ pub mod registry;
 pub mod tracking_link;
 pub mod web_push;
 
-pub use catalog::{AvroRecord, CATALOG, Label, UNTEMPLATED};
+pub use catalog::{AvroRecord, CATALOG, Label, UNCOUNTED};
 pub use channel::Channel;
 pub use codec::{AvroCodec, CodecError};
 pub use registry::{RegistryError, SchemaRegistry};

@@ -142,6 +142,22 @@ pub enum TrackingKind {
     Archived,
 }
 
+impl TrackingKind {
+    /// The per-template counter an event of this kind adds one to (the
+    /// template statistics' `<template>:<counter>`), if the kind is counted.
+    pub fn template_counter(self) -> Option<&'static str> {
+        Some(match self {
+            TrackingKind::Sent => "sent",
+            TrackingKind::Delivered => "delivered",
+            TrackingKind::Opened => "opened",
+            TrackingKind::Clicked => "clicked",
+            TrackingKind::Read => "read",
+            TrackingKind::Archived => "archived",
+            _ => return None,
+        })
+    }
+}
+
 /// One step in a notification's life (topic `tidings.tracking`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackingEvent {

@@ -29,7 +29,7 @@ use tidings_kafka::{
     RecordMeta, Stage, StageAssignments, StageOptions, TopicSpec, is_marked, now_millis,
 };
 use tidings_schemas::{
-    AvroCodec, Label, UNTEMPLATED,
+    AvroCodec, Label, UNCOUNTED,
     records::{DeadLetter, TrackingEvent, TrackingKind},
 };
 use tokio_util::sync::CancellationToken;
@@ -1153,19 +1153,23 @@ async fn labelled_records_are_passed_over(brokers: Brokers) {
     env.topics(&["in", "out", "dead"], 1, LIMIT).await;
     let producer =
         AvroProducer::new(&env.cluster, &env.config, AvroCodec::local()).expect("producer");
-    // Even events name a template, odd ones none: those go out labelled.
+    // Even events name a template, odd ones none; event 4 is of a kind
+    // counted for no template. Those that count for nothing go out labelled.
     let events: Vec<TrackingEvent> = (0..10)
         .map(|i| TrackingEvent {
             template_name: (i % 2 == 0).then(|| "welcome".to_owned()),
+            kind: if i == 4 {
+                TrackingKind::Rendered
+            } else {
+                TrackingKind::Sent
+            },
             ..event_for("u", i)
         })
         .collect();
+    let counts = |e: &TrackingEvent| e.template_name.is_some() && e.kind == TrackingKind::Sent;
     for e in &events {
         let record = producer.encode(&input, &e.user_id, e).expect("encode");
-        assert_eq!(
-            record.label,
-            e.template_name.is_none().then_some(UNTEMPLATED)
-        );
+        assert_eq!(record.label, (!counts(e)).then_some(UNCOUNTED));
         producer.send_raw(&record).await.expect("produce");
     }
     // Not Avro at all, but labelled: never decoded, so never dead-lettered.
@@ -1174,7 +1178,7 @@ async fn labelled_records_are_passed_over(brokers: Brokers) {
         key: "u".into(),
         payload: b"not avro".to_vec(),
         handling: Handling::First,
-        label: Some(UNTEMPLATED),
+        label: Some(UNCOUNTED),
     };
     producer.send_raw(&garbage).await.expect("produce");
 
@@ -1182,7 +1186,7 @@ async fn labelled_records_are_passed_over(brokers: Brokers) {
     let stage = env.start(PassesOver(copier), &input, &dead, LIMIT);
     let templated: Vec<String> = events
         .iter()
-        .filter(|e| e.template_name.is_some())
+        .filter(|e| counts(e))
         .map(|e| e.event_id.clone())
         .collect();
     env.wait_for(&output, &templated).await;
@@ -1196,7 +1200,7 @@ async fn labelled_records_are_passed_over(brokers: Brokers) {
     }
     stage.stop().await;
 
-    assert_eq!(log.processed_ids(), templated, "only the templated events");
+    assert_eq!(log.processed_ids(), templated, "only the counted events");
     let produced: Vec<String> = env.event_ids(&output).await;
     assert_eq!(produced, templated);
     assert!(
@@ -1212,7 +1216,7 @@ struct PassesOver(Scripted);
 impl Processor for PassesOver {
     type Input = TrackingEvent;
     type Prefetched = ();
-    const PASSES_OVER: Option<Label> = Some(UNTEMPLATED);
+    const PASSES_OVER: Option<Label> = Some(UNCOUNTED);
 
     fn name(&self) -> &'static str {
         self.0.name()

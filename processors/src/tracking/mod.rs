@@ -32,7 +32,7 @@ use std::{
 
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta};
 use tidings_schemas::{
-    Label, UNTEMPLATED,
+    Label, UNCOUNTED,
     records::{TrackingEvent, TrackingKind},
 };
 use tidings_store::Store;
@@ -47,16 +47,8 @@ const COUNTED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The counter key of `kind` for template `name`, if that kind is counted.
 pub fn counter_key(name: &str, kind: TrackingKind) -> Option<String> {
-    let label = match kind {
-        TrackingKind::Sent => "sent",
-        TrackingKind::Delivered => "delivered",
-        TrackingKind::Opened => "opened",
-        TrackingKind::Clicked => "clicked",
-        TrackingKind::Read => "read",
-        TrackingKind::Archived => "archived",
-        _ => return None,
-    };
-    Some(format!("{name}:{label}"))
+    kind.template_counter()
+        .map(|counter| format!("{name}:{counter}"))
 }
 
 /// The counter key of an event that counts for a template.
@@ -128,8 +120,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Processor for TemplateStats {
     type Input = TrackingEvent;
     type Prefetched = BatchCounts;
-    /// Events that name no template count for nothing here.
-    const PASSES_OVER: Option<Label> = Some(UNTEMPLATED);
+    /// Events that count for no template: they name none, or their kind is
+    /// not counted.
+    const PASSES_OVER: Option<Label> = Some(UNCOUNTED);
 
     fn name(&self) -> &'static str {
         "template-stats"
