@@ -29,7 +29,8 @@
 # Rates are delivered messages per second counted at the stand-in (gorush:
 # from the first POST to the last message received; tidings and the bare
 # client: as `tidings bench` prints them). CPU is each system's own process
-# (the stand-in is a separate process in all three runs).
+# (the stand-in is a separate process in all three runs); tidings' without
+# the threads of the bench's callers, as gorush's is without its feeder.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -232,8 +233,10 @@ $(awk '/^  peak rss/ {print $3}' "$out")")
       --provider-in-flight "$IN_FLIGHT" | tee "$WORK/tidings-$channel.out"
     out=$WORK/tidings-$channel.out
     t_rate=$(awk '/^  throughput/ {print $2}' "$out")
-    t_cpu=$(awk '/^  cpu  / {print $2}' "$out")
-    t_cores=$(awk '/^  cpu  / {gsub(/\(/, "", $6); print $6}' "$out")
+    # The pipeline's CPU without the bench's callers (its load generator),
+    # as gorush's is without its feeder.
+    t_cpu=$(awk '/^  pipeline cpu/ {print $3}' "$out")
+    t_cores=$(awk '/^  pipeline cpu/ {gsub(/\(/, "", $7); print $7}' "$out")
     t_rss=$(awk '/^  peak rss/ {print $3}' "$out")
     b_rate=$(awk '/^  bare client/ {print $3}' "$out")
     b_cpu=$(awk '/^  bare client/ {print $5}' "$out")
