@@ -19,6 +19,13 @@
 //! unfollow, follow back or replay does nothing wrong: rows are written
 //! only while the follow holds and removed only once it does not. Writes
 //! are upserts and deletes of exact rows, so replays change nothing.
+//!
+//! What this leaves behind: a fan-out slice planned while the follow held
+//! and written after the unfollow's rows were removed puts one row back
+//! (the feed-writer is another stage, and reads no graph). Reads never show
+//! it (they show only authors still followed), a follow back would have
+//! backfilled the post anyway, and trimming takes it out in time, as it
+//! does the rows the pruner leaves (see `pruner`).
 
 use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
