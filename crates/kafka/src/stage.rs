@@ -548,6 +548,29 @@ enum Consumed {
 }
 
 impl Consumed {
+    /// Adds a passed-over record to `batch`: it extends the batch's last
+    /// entry when that is a run in the same partition, so a run never
+    /// reaches over another record of its partition (whose offset must be
+    /// committed only once it is handled).
+    fn pass_over(batch: &mut Vec<Consumed>, topic: &str, partition: i32, offset: i64) {
+        if let Some(Consumed::PassedOver {
+            topic: last_topic,
+            partition: last_partition,
+            offset: last_offset,
+        }) = batch.last_mut()
+            && *last_partition == partition
+            && last_topic == topic
+        {
+            *last_offset = offset;
+            return;
+        }
+        batch.push(Consumed::PassedOver {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        });
+    }
+
     fn topic(&self) -> &str {
         match self {
             Consumed::Whole(m) => m.topic(),
@@ -865,22 +888,7 @@ impl<P: Processor> Stage<P> {
             .stage_records
             .with_label_values(&[self.processor.name(), "passed_over"])
             .inc();
-        if let Some(Consumed::PassedOver {
-            topic,
-            partition,
-            offset,
-        }) = batch.last_mut()
-            && *partition == m.partition()
-            && topic == m.topic()
-        {
-            *offset = m.offset();
-            return;
-        }
-        batch.push(Consumed::PassedOver {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-        });
+        Consumed::pass_over(batch, m.topic(), m.partition(), m.offset());
     }
 
     fn consumer_error(&self, e: &RdKafkaError) {
@@ -1547,6 +1555,94 @@ mod tests {
     use tidings_schemas::AvroCodec;
 
     use super::*;
+
+    /// Runs of passed-over records merge only with the batch's last entry
+    /// of the same partition; a batch whose record before a run was
+    /// interrupted commits nothing past that record.
+    #[test]
+    fn passed_over_runs_never_reach_over_a_record() {
+        let whole = |partition: i32, offset: i64| {
+            Consumed::Whole(OwnedMessage::new(
+                None,
+                None,
+                "t".into(),
+                Timestamp::NotAvailable,
+                partition,
+                offset,
+                None,
+            ))
+        };
+        let mut batch = Vec::new();
+        Consumed::pass_over(&mut batch, "t", 0, 1);
+        Consumed::pass_over(&mut batch, "t", 0, 2);
+        batch.push(whole(0, 3));
+        Consumed::pass_over(&mut batch, "t", 0, 4);
+        Consumed::pass_over(&mut batch, "t", 1, 7);
+        Consumed::pass_over(&mut batch, "t", 0, 5);
+        Consumed::pass_over(&mut batch, "u", 0, 9);
+        let positions: Vec<(&str, i32, Option<i64>)> = batch
+            .iter()
+            .map(|c| match c {
+                Consumed::Whole(m) => (m.topic(), m.partition(), None),
+                Consumed::PassedOver {
+                    topic,
+                    partition,
+                    offset,
+                } => (topic.as_str(), *partition, Some(*offset)),
+            })
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                ("t", 0, Some(2)),
+                ("t", 0, None),
+                ("t", 0, Some(4)),
+                ("t", 1, Some(7)),
+                ("t", 0, Some(5)),
+                ("u", 0, Some(9)),
+            ]
+        );
+
+        // As the batch's records: the whole one (offset 3) interrupted.
+        let records: Vec<Record<()>> = batch
+            .into_iter()
+            .map(|c| match c {
+                Consumed::Whole(m) => Record {
+                    meta: RecordMeta {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: None,
+                        timestamp: None,
+                        handling: Handling::First,
+                    },
+                    message: m,
+                    input: Some(()),
+                },
+                Consumed::PassedOver {
+                    topic,
+                    partition,
+                    offset,
+                } => passed_over::<()>(topic, partition, offset).0,
+            })
+            .collect();
+        let fates = [
+            Fate::Processed,
+            Fate::Interrupted,
+            Fate::Processed,
+            Fate::Processed,
+            Fate::Processed,
+            Fate::Processed,
+        ];
+        assert_eq!(
+            handled_offsets(&records, &fates),
+            [
+                (("t".to_owned(), 0), 2),
+                (("t".to_owned(), 1), 7),
+                (("u".to_owned(), 0), 9),
+            ]
+        );
+    }
 
     /// A burst of consumer errors logs one line per window, then says how
     /// many it did not log.
