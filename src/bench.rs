@@ -406,11 +406,10 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
     }))
     .await
     .context("creating bench users")?;
-    let template = format!("bench-{run_id}");
-    if options.template {
-        create_template(&store, &template).await?;
+    let template_ref = options.template.then(|| format!("bench-{run_id}"));
+    if let Some(name) = &template_ref {
+        create_template(&store, name).await?;
     }
-    let template_ref = options.template.then_some(template);
     let (key, secret) = create_app(&store, "bench", vec!["send".into()], None).await?;
     let endpoint = format!("http://{}", pipeline.gateway.grpc);
     let send_request = Arc::new(move |event_id: String, user_id: String, seq: usize| {

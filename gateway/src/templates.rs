@@ -15,6 +15,7 @@ use tidings_schemas::proto::v1::{
     GetTemplateStatsResponse, PutTemplateRequest, PutTemplateResponse,
     template_service_server::TemplateService,
 };
+use tidings_schemas::records::TrackingKind;
 use tidings_store::{StoreError, TemplateContent, TemplateStore, TemplateVersion};
 use tonic::{Request, Response, Status};
 
@@ -330,10 +331,19 @@ impl TemplateService for Gateway {
         self.authorize(&request, "templates").await?;
         let name = request.into_inner().name;
         validate::id("name", &name)?;
-        let keys: Vec<String> = ["sent", "delivered", "opened", "clicked", "read", "archived"]
-            .iter()
-            .map(|k| format!("{name}:{k}"))
-            .collect();
+        // The counters template stats keep, named as they name them (every
+        // kind listed is counted).
+        let keys: Vec<String> = [
+            TrackingKind::Sent,
+            TrackingKind::Delivered,
+            TrackingKind::Opened,
+            TrackingKind::Clicked,
+            TrackingKind::Read,
+            TrackingKind::Archived,
+        ]
+        .into_iter()
+        .map(|kind| format!("{name}:{}", kind.template_counter().unwrap_or_default()))
+        .collect();
         let counts = self
             .store
             .counters
