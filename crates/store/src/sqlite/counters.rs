@@ -40,11 +40,10 @@ impl CounterStore for SqliteCounters {
         let owned = deltas.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 for (scope, key, delta) in &owned {
-                    add(&tx, scope, key, *delta)?;
+                    add(c, scope, key, *delta)?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("counters.add_many", &format!("{} deltas", deltas.len()))

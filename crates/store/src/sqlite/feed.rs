@@ -16,9 +16,8 @@ impl FeedStore for SqliteFeed {
         let owned = entries.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 {
-                    let mut insert = tx.prepare_cached(
+                    let mut insert = c.prepare_cached(
                         "INSERT OR REPLACE INTO feed_entries (owner_id, created_at, post_id, author_id)
                          VALUES (?1, ?2, ?3, ?4)",
                     )?;
@@ -26,7 +25,7 @@ impl FeedStore for SqliteFeed {
                         insert.execute(params![owner, e.created_at, e.post_id, e.author_id])?;
                     }
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("feed.append_many", &format!("{} entries", entries.len()))
@@ -36,16 +35,15 @@ impl FeedStore for SqliteFeed {
         let owned = entries.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 {
-                    let mut delete = tx.prepare_cached(
+                    let mut delete = c.prepare_cached(
                         "DELETE FROM feed_entries WHERE owner_id = ?1 AND created_at = ?2 AND post_id = ?3",
                     )?;
                     for (owner, e) in &owned {
                         delete.execute(params![owner, e.created_at, e.post_id])?;
                     }
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("feed.remove_many", &format!("{} entries", entries.len()))
@@ -108,21 +106,20 @@ impl FeedStore for SqliteFeed {
         let id = author.to_owned();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 match state {
                     PullState::Pushed => {
-                        tx.prepare_cached("DELETE FROM pulled_authors WHERE author_id = ?1")?
+                        c.prepare_cached("DELETE FROM pulled_authors WHERE author_id = ?1")?
                             .execute(params![id])?;
                     }
                     PullState::Pulled => {
-                        tx.prepare_cached(
+                        c.prepare_cached(
                             "INSERT OR REPLACE INTO pulled_authors (author_id, since, cooling_until)
                              VALUES (?1, ?2, NULL)",
                         )?
                         .execute(params![id, at])?;
                     }
                     PullState::Cooling { until } => {
-                        tx.prepare_cached(
+                        c.prepare_cached(
                             "INSERT OR REPLACE INTO pulled_authors (author_id, since, cooling_until)
                              VALUES (?1, ?2, ?3)",
                         )?
@@ -131,9 +128,9 @@ impl FeedStore for SqliteFeed {
                 }
                 // Cool-downs that ended are dropped here rather than by a
                 // sweeper: SQLite has no TTL, and reads skip them anyway.
-                tx.prepare_cached("DELETE FROM pulled_authors WHERE cooling_until <= ?1")?
+                c.prepare_cached("DELETE FROM pulled_authors WHERE cooling_until <= ?1")?
                     .execute(params![now_millis()])?;
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("feed.set_pull_state", author)?;

@@ -52,11 +52,10 @@ impl NotificationLog for SqliteNotificationLog {
         let owned = entries.to_vec();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 for e in &owned {
-                    upsert(&tx, e)?;
+                    upsert(c, e)?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx(

@@ -49,19 +49,18 @@ impl SqlitePosts {
         let p = post.clone();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
-                tx.prepare_cached(
+                c.prepare_cached(
                     "INSERT OR REPLACE INTO posts (post_id, author_id, body, media_urls, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![p.post_id, p.author_id, p.body, media, p.created_at])?;
                 if restricted {
-                    tx.prepare_cached(
+                    c.prepare_cached(
                         "INSERT OR IGNORE INTO restricted_posts (post_id) VALUES (?1)",
                     )?
                     .execute([&p.post_id])?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx(op, &post.post_id)?;
@@ -118,13 +117,11 @@ impl PostStore for SqlitePosts {
         let changed = self
             .0
             .call(move |c| {
-                let tx = c.savepoint()?;
-                tx.prepare_cached("DELETE FROM restricted_posts WHERE post_id = ?1")?
+                c.prepare_cached("DELETE FROM restricted_posts WHERE post_id = ?1")?
                     .execute([&id])?;
-                let changed = tx
+                let changed = c
                     .prepare_cached("DELETE FROM posts WHERE post_id = ?1")?
                     .execute([&id])?;
-                tx.commit()?;
                 Ok(changed)
             })
             .await

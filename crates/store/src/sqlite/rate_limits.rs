@@ -88,14 +88,13 @@ impl RateLimitLedger for SqliteRateLimits {
         self.db
             .call(move |c| {
                 let now = now_millis();
-                let tx = c.savepoint()?;
                 if purge_due {
-                    tx.prepare_cached("DELETE FROM rate_limit_admissions WHERE expires_at <= ?1")?
+                    c.prepare_cached("DELETE FROM rate_limit_admissions WHERE expires_at <= ?1")?
                         .execute([now])?;
                 }
                 {
                     // In order, so a pair given twice ends as its last.
-                    let mut upsert = tx.prepare_cached(
+                    let mut upsert = c.prepare_cached(
                         "INSERT INTO rate_limit_admissions (key, notification_id, admitted_at, expires_at)
                          VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (key, notification_id) DO UPDATE
@@ -105,7 +104,7 @@ impl RateLimitLedger for SqliteRateLimits {
                         upsert.execute(params![key, notification_id, at, expiry(now, *ttl)])?;
                     }
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("rate_limits.admit_many", &first)

@@ -1,6 +1,6 @@
 //! [`ReactionStore`](crate::ReactionStore) on SQLite: the `likes`,
 //! `replies`, `post_tallies` and `post_tally_members` tables. A tally update
-//! is one savepoint, so members and counts commit together.
+//! is one store call, so members and counts commit together.
 
 use std::collections::{HashMap, HashSet};
 
@@ -171,26 +171,25 @@ impl ReactionStore for SqliteReactions {
         let u = update.clone();
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
                 {
-                    let mut count = tx.prepare_cached(
+                    let mut count = c.prepare_cached(
                         "INSERT OR IGNORE INTO post_tally_members (post_id, member) VALUES (?1, ?2)",
                     )?;
                     for member in &u.count {
                         count.execute([&u.post_id, &member.key()])?;
                     }
-                    let mut uncount = tx.prepare_cached(
+                    let mut uncount = c.prepare_cached(
                         "DELETE FROM post_tally_members WHERE post_id = ?1 AND member = ?2",
                     )?;
                     for member in &u.uncount {
                         uncount.execute([&u.post_id, &member.key()])?;
                     }
-                    tx.prepare_cached(
+                    c.prepare_cached(
                         "INSERT OR REPLACE INTO post_tallies (post_id, likes, replies) VALUES (?1, ?2, ?3)",
                     )?
                     .execute(params![u.post_id, signed(u.tally.likes), signed(u.tally.replies)])?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("reactions.update_tally", &update.post_id)

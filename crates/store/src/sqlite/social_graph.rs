@@ -53,14 +53,13 @@ impl SocialGraph for SqliteSocialGraph {
         let (from, to) = (follower.to_owned(), followee.to_owned());
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
-                let added = tx
+                let added = c
                     .prepare_cached("INSERT OR IGNORE INTO follows (follower_id, followee_id, since) VALUES (?1, ?2, ?3)")?
                     .execute(params![from, to, at])?;
                 if added == 1 {
-                    bump_followers(&tx, &to, 1)?;
+                    bump_followers(c, &to, 1)?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("social_graph.follow", &format!("{follower}->{followee}"))
@@ -70,16 +69,15 @@ impl SocialGraph for SqliteSocialGraph {
         let (from, to) = (follower.to_owned(), followee.to_owned());
         self.0
             .call(move |c| {
-                let tx = c.savepoint()?;
-                let removed = tx
+                let removed = c
                     .prepare_cached(
                         "DELETE FROM follows WHERE follower_id = ?1 AND followee_id = ?2",
                     )?
                     .execute([&from, &to])?;
                 if removed == 1 {
-                    bump_followers(&tx, &to, -1)?;
+                    bump_followers(c, &to, -1)?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .ctx("social_graph.unfollow", &format!("{follower}->{followee}"))
