@@ -215,9 +215,9 @@ impl Gateway {
         let mut send = validate_send(app_key, send, prefix, now_millis(), self.limits)?;
         self.check_template(&mut send.prototype, prefix).await?;
         let largest = self.largest_record(&send, prefix)?;
-        let record_bytes = largest.size();
-        // Its encoding is reused: a send of one user (most of a batch's
-        // items) is encoded once, not once to size it and once to produce.
+        let record_bytes = largest.1.size();
+        // It is reused: a send of one user (most of a batch's items) is
+        // built and encoded once, not once to size it and once to produce.
         let mut largest = Some(largest);
         let total = record_bytes.saturating_mul(send.user_ids.len());
         if total > share.max_bytes {
@@ -243,16 +243,23 @@ impl Gateway {
             .user_ids
             .chunks(users_per_chunk(record_bytes, buffer_bytes))
         {
-            let requests: Vec<NotificationRequest> =
-                users.iter().map(|user| send.request(user)).collect();
-            let records = requests
-                .iter()
-                .map(|r| match largest.take_if(|l| l.key == r.user_id) {
-                    Some(encoded) => Ok(encoded),
-                    None => self.producer.encode(&topic, &r.user_id, r),
-                })
-                .collect::<Result<Vec<OutRecord>, _>>()
-                .map_err(internal)?;
+            let mut requests = Vec::with_capacity(users.len());
+            let mut records = Vec::with_capacity(users.len());
+            for user in users {
+                let (request, record) = match largest.take_if(|(r, _)| r.user_id == *user) {
+                    Some(built) => built,
+                    None => {
+                        let request = send.request(user);
+                        let record = self
+                            .producer
+                            .encode(&topic, &request.user_id, &request)
+                            .map_err(internal)?;
+                        (request, record)
+                    }
+                };
+                requests.push(request);
+                records.push(record);
+            }
             // The requests first: once they are acknowledged the
             // notifications are accepted; the tracking events after that are
             // best effort. A failure in a later chunk answers UNAVAILABLE and
@@ -275,7 +282,11 @@ impl Gateway {
     /// it cannot fit. Records differ only in the user, so the longest user id
     /// makes the largest; checking it before anything is produced keeps a
     /// send from being half accepted.
-    fn largest_record(&self, send: &ValidSend, prefix: &str) -> Result<OutRecord, Status> {
+    fn largest_record(
+        &self,
+        send: &ValidSend,
+        prefix: &str,
+    ) -> Result<(NotificationRequest, OutRecord), Status> {
         let longest = send
             .user_ids
             .iter()
@@ -299,7 +310,7 @@ impl Gateway {
                 ),
             ));
         }
-        Ok(record)
+        Ok((request, record))
     }
 
     /// Writes an ACCEPTED tracking event per request, in the background.

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{
     Provider, ProviderError, Receipt, Shown,
-    http::{self, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
@@ -100,7 +100,8 @@ struct ProviderToken {
 
 pub struct ApnsProvider {
     client: reqwest::Client,
-    base_url: String,
+    /// `{base_url}/3/device`: a device token is its last path segment.
+    device_url: Endpoint,
     topic: String,
     /// `topic` as the `apns-topic` header, checked and built once.
     topic_header: HeaderValue,
@@ -169,7 +170,7 @@ impl ApnsProvider {
         }
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Http2Only)?,
-            base_url,
+            device_url: Endpoint::parse(NAME, "base_url", &format!("{base_url}/3/device"))?,
             topic: config.topic,
             topic_header,
             team_id: config.team_id,
@@ -233,7 +234,7 @@ impl ApnsProvider {
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .client
-            .post(format!("{}/3/device/{}", self.base_url, d.target))
+            .post(self.device_url.join(&d.target))
             .header(AUTHORIZATION, authorization)
             .header("apns-topic", self.topic_header.clone())
             .header("apns-push-type", HeaderValue::from_static("alert"))

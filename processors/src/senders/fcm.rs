@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Provider, ProviderError, Receipt, Shown,
-    http::{self, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
@@ -82,7 +82,7 @@ struct AccessToken {
 
 pub struct FcmProvider {
     client: reqwest::Client,
-    send_url: String,
+    send_url: Endpoint,
     token_uri: String,
     client_email: String,
     key_id: Option<String>,
@@ -141,10 +141,14 @@ impl FcmProvider {
         }
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
-            send_url: format!(
-                "{}/v1/projects/{project}/messages:send",
-                config.base_url.trim_end_matches('/')
-            ),
+            send_url: Endpoint::parse(
+                NAME,
+                "base_url",
+                &format!(
+                    "{}/v1/projects/{project}/messages:send",
+                    config.base_url.trim_end_matches('/')
+                ),
+            )?,
             token_uri: sa.token_uri,
             client_email: sa.client_email,
             key_id: sa.private_key_id,
@@ -260,7 +264,7 @@ impl FcmProvider {
         authorization: HeaderValue,
     ) -> Result<reqwest::Response, ProviderError> {
         self.client
-            .post(&self.send_url)
+            .post(self.send_url.url())
             .header(AUTHORIZATION, authorization)
             .json(message)
             .send()

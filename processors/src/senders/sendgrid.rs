@@ -16,7 +16,7 @@ use tidings_schemas::{
 
 use super::{
     Provider, ProviderError, Receipt,
-    http::{self, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, Protocol},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
 
@@ -60,7 +60,7 @@ impl SendGridConfig {
 
 pub struct SendGridProvider {
     client: reqwest::Client,
-    url: String,
+    url: Endpoint,
     /// `Bearer <api_key>`, built once.
     authorization: HeaderValue,
     from: Address,
@@ -86,7 +86,11 @@ impl SendGridProvider {
         })?;
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
-            url: format!("{}/v3/mail/send", config.base_url.trim_end_matches('/')),
+            url: Endpoint::parse(
+                NAME,
+                "base_url",
+                &format!("{}/v3/mail/send", config.base_url.trim_end_matches('/')),
+            )?,
             authorization,
             from: Address {
                 email: config.from_email,
@@ -255,7 +259,7 @@ impl Provider for SendGridProvider {
         let _slot = self.limiter.acquire().await?;
         let resp = self
             .client
-            .post(&self.url)
+            .post(self.url.url())
             .header(AUTHORIZATION, self.authorization.clone())
             .json(&mail)
             .send()

@@ -16,7 +16,7 @@ use tidings_schemas::{
 
 use super::{
     Provider, ProviderError, Receipt,
-    http::{self, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, Protocol},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
 
@@ -63,7 +63,7 @@ impl TwilioConfig {
 
 pub struct TwilioProvider {
     client: reqwest::Client,
-    url: String,
+    url: Endpoint,
     /// `Basic <account_sid:auth_token>`, built once.
     authorization: HeaderValue,
     sender: (&'static str, String),
@@ -115,11 +115,15 @@ impl TwilioProvider {
         }
         Ok(Self {
             client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
-            url: format!(
-                "{}/2010-04-01/Accounts/{}/Messages.json",
-                config.base_url.trim_end_matches('/'),
-                config.account_sid
-            ),
+            url: Endpoint::parse(
+                NAME,
+                "base_url",
+                &format!(
+                    "{}/2010-04-01/Accounts/{}/Messages.json",
+                    config.base_url.trim_end_matches('/'),
+                    config.account_sid
+                ),
+            )?,
             authorization: http::basic(&config.account_sid, config.auth_token.expose()),
             sender,
             status_callback: config.status_callback,
@@ -167,7 +171,7 @@ impl Provider for TwilioProvider {
         let _slot = self.limiter.acquire().await?;
         let resp = self
             .client
-            .post(&self.url)
+            .post(self.url.url())
             .header(AUTHORIZATION, self.authorization.clone())
             .form(&form)
             .send()
