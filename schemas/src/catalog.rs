@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use apache_avro::Schema;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Serialize, Serializer, de::DeserializeOwned, ser::SerializeTuple as _};
 
 use crate::records::{
     DeadLetter, Delivery, FanoutBatch, FollowChanged, InboxEvent, NotificationRequest,
@@ -76,23 +76,113 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Full Avro name of its schema in [`CATALOG`].
     const FULL_NAME: &'static str;
 
+    /// The fields [`serialize_avro`](Self::serialize_avro) writes, in order,
+    /// when it writes them as a tuple ([`in_schema_order!`]); empty when it
+    /// goes through the derived `Serialize`. Unit tests hold a list to the
+    /// schema's fields.
+    const FIELDS_IN_ORDER: &'static [&'static str] = &[];
+
     /// The [`Label`] this record goes out with, if any.
     fn label(&self) -> Option<Label> {
         None
     }
+
+    /// Writes the record to its Avro encoder: by default through its
+    /// derived `Serialize`, for which apache-avro looks each field up by
+    /// name and probes its map of fields that came out of order (a hash of
+    /// the position) before the next; the records every notification
+    /// carries use [`in_schema_order!`] instead.
+    fn serialize_avro<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize(serializer)
+    }
+}
+
+/// Writes a record as a tuple of the fields named, which must be all of its
+/// schema's in the schema's order (apache-avro writes a record from a tuple
+/// of that length by position, with no lookup by name). Implements
+/// [`AvroRecord::FIELDS_IN_ORDER`] and [`AvroRecord::serialize_avro`].
+macro_rules! in_schema_order {
+    ($($field:ident),+ $(,)?) => {
+        const FIELDS_IN_ORDER: &'static [&'static str] = &[$(stringify!($field)),+];
+
+        fn serialize_avro<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut fields = serializer.serialize_tuple(Self::FIELDS_IN_ORDER.len())?;
+            $(fields.serialize_element(&self.$field)?;)+
+            fields.end()
+        }
+    };
 }
 
 impl AvroRecord for NotificationRequest {
     const FULL_NAME: &'static str = "tidings.v1.NotificationRequest";
+
+    in_schema_order!(
+        notification_id,
+        event_id,
+        app_key,
+        user_id,
+        channels,
+        category,
+        template,
+        content,
+        send_at,
+        expires_at,
+        priority,
+        collapse_id,
+        data,
+        accepted_at,
+    );
 }
 impl AvroRecord for Delivery {
     const FULL_NAME: &'static str = "tidings.v1.Delivery";
+
+    in_schema_order!(
+        delivery_id,
+        notification_id,
+        event_id,
+        user_id,
+        channel,
+        target,
+        category,
+        template_name,
+        template_version,
+        locale,
+        title,
+        body,
+        email_subject,
+        email_html,
+        email_text,
+        data,
+        collapse_id,
+        priority,
+        expires_at,
+        accepted_at,
+        attempt,
+        not_before,
+        last_error,
+        action_url,
+        avatar_url,
+    );
 }
 impl AvroRecord for DeadLetter {
     const FULL_NAME: &'static str = "tidings.v1.DeadLetter";
 }
 impl AvroRecord for TrackingEvent {
     const FULL_NAME: &'static str = "tidings.v1.TrackingEvent";
+
+    in_schema_order!(
+        event_id,
+        notification_id,
+        user_id,
+        kind,
+        channel,
+        target,
+        template_name,
+        stage,
+        detail,
+        at,
+        dispatched_at,
+    );
 
     fn label(&self) -> Option<Label> {
         (self.template_name.is_none() || self.kind.template_counter().is_none())
