@@ -12,17 +12,9 @@ use std::time::Instant;
 use apache_avro::writer::datum::GenericDatumWriter;
 use tidings_schemas::{
     catalog::{AvroRecord, lookup},
+    codec::ForAvro,
     records::{Delivery, NotificationRequest, Priority, RawContent, TrackingEvent, TrackingKind},
 };
-
-/// A record as the codec hands it to apache-avro.
-struct InOrder<'a, T>(&'a T);
-
-impl<T: AvroRecord> serde::Serialize for InOrder<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize_avro(serializer)
-    }
-}
 
 const ROUNDS: usize = 3;
 const ENCODES: u32 = 1_000_000;
@@ -46,7 +38,7 @@ fn compare<T: AvroRecord>(name: &str, record: &T) {
             writer.write_ser(out, record).expect("encodes");
         });
         let in_order = per_encode(|out| {
-            writer.write_ser(out, &InOrder(record)).expect("encodes");
+            writer.write_ser(out, &ForAvro(record)).expect("encodes");
         });
         println!(
             "{name:<20} round {round}: by name {by_name:>5.0} ns, in schema order {in_order:>5.0} ns ({:.2})",

@@ -350,7 +350,7 @@ pub fn schema_id_of(bytes: &[u8]) -> Result<u32, CodecError> {
 }
 
 /// A record as its Avro encoder takes it: [`AvroRecord::serialize_avro`].
-struct ForAvro<'a, T>(&'a T);
+pub struct ForAvro<'a, T>(pub &'a T);
 
 impl<T: AvroRecord> serde::Serialize for ForAvro<'_, T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -462,15 +462,13 @@ fn run_group(conn: &mut Connection, group: Vec<Job>) {
     };
     let ran: Vec<Ran> = group.into_iter().map(|job| job(conn, company)).collect();
     let elapsed = started.elapsed();
-    let undo = company == Company::Alone && ran.iter().any(|r| r.failed);
-    let committed = began.and_then(|()| {
-        if undo {
-            // The call reports its own failure; nothing of it is kept.
-            run(conn, "ROLLBACK").map_err(|e| e.to_string())
-        } else {
-            run(conn, "COMMIT").map_err(|e| e.to_string())
-        }
-    });
+    // A call alone that failed reports its own failure; nothing of it is kept.
+    let end = if company == Company::Alone && ran.iter().any(|r| r.failed) {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    let committed = began.and_then(|()| run(conn, end).map_err(|e| e.to_string()));
     tracing::trace!(
         size,
         run_us = elapsed.as_micros() as u64,
