@@ -94,6 +94,13 @@ fn assert_transient(
     }
 }
 
+fn transient_reason(r: Result<tidings_processors::Receipt, ProviderError>) -> String {
+    match r {
+        Err(ProviderError::Transient { reason, .. }) => reason,
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+}
+
 fn assert_invalid_target(r: Result<tidings_processors::Receipt, ProviderError>) -> String {
     match r {
         Err(ProviderError::InvalidTarget(why)) => why,
@@ -278,6 +285,53 @@ mod apns {
             serde_json::json!({ "reason": "InternalServerError" }),
         )]);
         assert_transient(apns.deliver(&delivery("ios", DEVICE)).await, None);
+    }
+
+    /// No server, and one that takes the connection and never answers:
+    /// both may pass, and the second within the configured timeout.
+    #[tokio::test]
+    async fn no_server_and_a_silent_one_are_transient() {
+        let (key_pem, _) = fake::signing_key();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let apns = ApnsProvider::new(config(
+            format!("http://127.0.0.1:{port}"),
+            key_pem.clone(),
+            SendLimits::new(4),
+        ))
+        .expect("provider builds");
+        let why = transient_reason(apns.deliver(&delivery("ios", DEVICE)).await);
+        assert!(why.contains("cannot connect"), "{why}");
+
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((sock, _)) = silent.accept().await {
+                open.push(sock);
+            }
+        });
+        let mut c = config(
+            format!("http://127.0.0.1:{port}"),
+            key_pem,
+            SendLimits::new(4),
+        );
+        c.http.timeout_ms = 300;
+        let apns = ApnsProvider::new(c).expect("provider builds");
+        let start = Instant::now();
+        let why = transient_reason(apns.deliver(&delivery("ios", DEVICE)).await);
+        assert!(why.contains("timed out after 300 ms"), "{why}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+        hold.abort();
     }
 
     #[tokio::test]

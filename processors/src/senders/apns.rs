@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::json;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use super::{
     Provider, ProviderError, Receipt, Shown,
-    http::{self, Endpoint, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, HyperClient, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
@@ -99,7 +100,7 @@ struct ProviderToken {
 }
 
 pub struct ApnsProvider {
-    client: reqwest::Client,
+    client: HyperClient,
     /// `{base_url}/3/device`: a device token is its last path segment.
     device_url: Endpoint,
     topic: String,
@@ -169,7 +170,7 @@ impl ApnsProvider {
             }
         }
         Ok(Self {
-            client: http::build_client(NAME, &config.http, Protocol::Http2Only)?,
+            client: HyperClient::new(NAME, &config.http, Protocol::Http2Only)?,
             device_url: Endpoint::parse(NAME, "base_url", &format!("{base_url}/3/device"))?,
             topic: config.topic,
             topic_header,
@@ -226,15 +227,10 @@ impl ApnsProvider {
     /// The headers that do not change between sends are built once (the
     /// token's and the topic's) or static; only the path and the ids are
     /// per delivery.
-    fn request(
-        &self,
-        d: &Delivery,
-        authorization: HeaderValue,
-        payload: Vec<u8>,
-    ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .client
-            .post(self.device_url.join(&d.target))
+    fn request(&self, d: &Delivery, authorization: HeaderValue) -> ::http::request::Builder {
+        let mut req = ::http::Request::builder()
+            .method(Method::POST)
+            .uri(self.device_url.join(&d.target))
             .header(AUTHORIZATION, authorization)
             .header("apns-topic", self.topic_header.clone())
             .header("apns-push-type", HeaderValue::from_static("alert"))
@@ -246,8 +242,7 @@ impl ApnsProvider {
                     "5"
                 }),
             )
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(payload);
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         // APNs answers 400 BadMessageId to anything but a UUID; our ids are
         // UUIDs, and if one is not, APNs picks its own id rather than the
         // notification failing.
@@ -355,15 +350,14 @@ impl Provider for ApnsProvider {
         let body = payload(d, badge)?;
         let _slot = self.limiter.acquire().await?;
         let authorization = self.bearer()?;
-        let resp = self
-            .request(d, authorization.clone(), body)
-            .send()
-            .await
-            .map_err(|e| http::send_failed(NAME, &e))?;
-        let status = resp.status();
+        let answer = self
+            .client
+            .send(self.request(d, authorization.clone()), body.into())
+            .await?;
+        let status = answer.status;
         if status.is_success() {
-            let id = resp
-                .headers()
+            let id = answer
+                .headers
                 .get("apns-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
@@ -372,8 +366,8 @@ impl Provider for ApnsProvider {
             });
         }
         // Only an error reads more than the id: Retry-After, on 429 and 5xx.
-        let headers = resp.headers().clone();
-        let text = http::body_text(resp).await;
+        let headers = &answer.headers;
+        let text = answer.text();
         let err: ApnsError = serde_json::from_str(&text).unwrap_or_default();
         let reason = if err.reason.is_empty() {
             text.as_str()
@@ -398,7 +392,7 @@ impl Provider for ApnsProvider {
                 // Our clock or cache let the token age past an hour; a retry
                 // signs a fresh one.
                 self.forget_token(&authorization);
-                http::transient_status(NAME, status, &headers, reason)
+                http::transient_status(NAME, status, headers, reason)
             }
             (400, "BadTopic" | "TopicDisallowed" | "MissingTopic") => {
                 ProviderError::Misconfigured {
@@ -412,7 +406,7 @@ impl Provider for ApnsProvider {
                 setting: "providers.ios.team_id / providers.ios.key_id / providers.ios.key_path",
                 reason: format!("{NAME}: {status} {reason} (topic {})", self.topic),
             },
-            (429, _) | (500..=599, _) => http::transient_status(NAME, status, &headers, reason),
+            (429, _) | (500..=599, _) => http::transient_status(NAME, status, headers, reason),
             _ => ProviderError::Rejected(format!(
                 "{NAME}: {status} {reason} for device token {token}"
             )),

@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use bytes::Bytes;
+use reqwest::{
+    Method, StatusCode,
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+};
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Value, json};
 use tidings_schemas::records::{Delivery, Priority};
@@ -17,7 +21,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Provider, ProviderError, Receipt, Shown,
-    http::{self, Endpoint, HttpSettings, Protocol},
+    http::{self, Answer, Endpoint, HttpSettings, HyperClient, Protocol},
     inbox::UnreadBadge,
     jwt::{JwtSigner, unix_now},
     setup::{Limiter, Secret, SendLimits, SetupError},
@@ -81,7 +85,10 @@ struct AccessToken {
 }
 
 pub struct FcmProvider {
-    client: reqwest::Client,
+    /// The sends' client.
+    client: HyperClient,
+    /// The token endpoint's: another host, rarely used, form-encoded.
+    token_client: reqwest::Client,
     send_url: Endpoint,
     token_uri: String,
     client_email: String,
@@ -140,7 +147,8 @@ impl FcmProvider {
             ));
         }
         Ok(Self {
-            client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
+            client: HyperClient::new(NAME, &config.http, Protocol::Negotiated)?,
+            token_client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
             send_url: Endpoint::parse(
                 NAME,
                 "base_url",
@@ -199,7 +207,7 @@ impl FcmProvider {
             .sign(self.key_id.as_deref(), &claims)
             .map_err(|e| transient(format!("{NAME}: token grant: {e}"), None))?;
         let resp = self
-            .client
+            .token_client
             .post(&self.token_uri)
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
@@ -258,18 +266,13 @@ impl FcmProvider {
         })
     }
 
-    async fn send(
-        &self,
-        message: &Message<'_>,
-        authorization: HeaderValue,
-    ) -> Result<reqwest::Response, ProviderError> {
-        self.client
-            .post(self.send_url.url())
+    async fn send(&self, body: Bytes, authorization: HeaderValue) -> Result<Answer, ProviderError> {
+        let request = ::http::Request::builder()
+            .method(Method::POST)
+            .uri(self.send_url.uri())
             .header(AUTHORIZATION, authorization)
-            .json(message)
-            .send()
-            .await
-            .map_err(|e| http::send_failed(NAME, &e))
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.client.send(request, body).await
     }
 }
 
@@ -458,24 +461,26 @@ impl Provider for FcmProvider {
             Some(b) => b.unread(&d.user_id).await,
             None => None,
         };
-        let message = message(d, unread)?;
+        let body: Bytes = serde_json::to_vec(&message(d, unread)?)
+            .map_err(|e| ProviderError::Rejected(format!("{NAME}: message: {e}")))?
+            .into();
         let _slot = self.limiter.acquire().await?;
         let mut token = self.access_token().await?;
-        let mut resp = self.send(&message, token.clone()).await?;
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        let mut resp = self.send(body.clone(), token.clone()).await?;
+        if resp.status == StatusCode::UNAUTHORIZED {
             // Revoked or expired early: one fresh token, then give up for now.
             self.forget_token(&token).await;
             token = self.access_token().await?;
-            resp = self.send(&message, token).await?;
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                let text = http::body_text(resp).await;
+            resp = self.send(body, token).await?;
+            if resp.status == StatusCode::UNAUTHORIZED {
+                let text = resp.text();
                 return Err(ProviderError::Misconfigured {
                     setting: SERVICE_ACCOUNT,
                     reason: format!("{NAME}: 401 even with a fresh access token: {text}"),
                 });
             }
         }
-        let status = resp.status();
+        let status = resp.status;
         if status.is_success() {
             #[derive(Deserialize)]
             struct Sent {
@@ -483,12 +488,12 @@ impl Provider for FcmProvider {
             }
             // The answer is `{"name": "projects/p/messages/0:..."}`; the
             // message is accepted even if we cannot read its id.
-            let id = resp.json::<Sent>().await.ok().map(|s| s.name);
+            let id = serde_json::from_slice::<Sent>(&resp.body)
+                .ok()
+                .map(|s| s.name);
             return Ok(Receipt { provider_id: id });
         }
-        let headers = resp.headers().clone();
-        let text = http::body_text(resp).await;
-        Err(classify(status, &headers, &text, &d.target))
+        Err(classify(status, &resp.headers, &resp.text(), &d.target))
     }
 }
 

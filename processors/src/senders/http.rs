@@ -8,7 +8,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use reqwest::header::{HeaderMap, HeaderValue, InvalidHeaderValue, RETRY_AFTER};
+use bytes::Bytes;
+use http::{StatusCode, Uri, uri::PathAndQuery};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use reqwest::header::{HeaderMap, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +75,7 @@ pub(crate) fn build_client(
         .tls_backend_preconfigured(tls)
         .timeout(Duration::from_millis(settings.timeout_ms))
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")));
+        .user_agent(USER_AGENT_VALUE);
     if protocol == Protocol::Http2Only {
         // Pings keep the long-lived HTTP/2 connection alive through NATs
         // and tell a dead one from an idle one before a send finds out.
@@ -137,7 +146,28 @@ fn tls_config(
 /// as text on every request (host and all), a few percent of a send's CPU.
 /// A base URL that cannot be parsed is refused at startup, not per send.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoint(reqwest::Url);
+pub(crate) struct Endpoint {
+    /// For reqwest's senders (Twilio, SendGrid).
+    url: reqwest::Url,
+    /// For [`HyperClient`]'s (APNs, FCM): the same URL as hyper takes it.
+    uri: Uri,
+}
+
+/// What a path segment must not hold as itself: `url`'s path-segment set
+/// (controls, space, `"#<>?\`{}`, and `/` and `%`, which would change the
+/// path's shape).
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%');
 
 impl Endpoint {
     /// `text`, an absolute http(s) URL; `setting` names where it came from.
@@ -146,30 +176,209 @@ impl Endpoint {
         setting: &str,
         text: &str,
     ) -> Result<Self, SetupError> {
-        let url = reqwest::Url::parse(text)
-            .map_err(|e| SetupError::new(provider, format!("`{setting}` {text:?}: {e}")))?;
+        let refuse = |why: String| SetupError::new(provider, format!("`{setting}` {text:?}{why}"));
+        let url = reqwest::Url::parse(text).map_err(|e| refuse(format!(": {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-            return Err(SetupError::new(
-                provider,
-                format!("`{setting}` {text:?} is not an http(s) URL"),
-            ));
+            return Err(refuse(" is not an http(s) URL".into()));
         }
-        Ok(Self(url))
+        let uri = Uri::try_from(url.as_str()).map_err(|e| refuse(format!(": {e}")))?;
+        Ok(Self { url, uri })
     }
 
     pub(crate) fn url(&self) -> reqwest::Url {
-        self.0.clone()
+        self.url.clone()
     }
 
-    /// The endpoint with `segment` appended to its path, percent-encoded.
-    pub(crate) fn join(&self, segment: &str) -> reqwest::Url {
-        let mut url = self.0.clone();
-        // An http(s) URL always has path segments (checked in `parse`).
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().push(segment);
-        }
-        url
+    pub(crate) fn uri(&self) -> Uri {
+        self.uri.clone()
     }
+
+    /// The endpoint with `segment` appended to its path, percent-encoded:
+    /// it cannot climb out of the path or add a query.
+    pub(crate) fn join(&self, segment: &str) -> Uri {
+        let mut parts = self.uri.clone().into_parts();
+        let base = self.uri.path().trim_end_matches('/');
+        let path = format!("{base}/{}", utf8_percent_encode(segment, PATH_SEGMENT));
+        let path_and_query = match self.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        // Every byte left unencoded is one a path may hold.
+        parts.path_and_query = PathAndQuery::try_from(path_and_query).ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+    }
+}
+
+/// The push providers' send path (APNs, FCM): hyper's pooled client (over
+/// HTTP/2 one multiplexed connection) without reqwest's layers around each
+/// request. reqwest parses the URL once more for its redirect policy, wraps
+/// the request for its retry policy and copies the headers twice: about 4%
+/// of the process's CPU at push rates (docs/benchmarks.md, session 18).
+/// Neither provider redirects, and retries are the pipeline's (retry
+/// topics, Retry-After), so nothing reqwest adds is lost.
+pub(crate) struct HyperClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    provider: &'static str,
+    /// One whole request: connecting, sending, and the answer's body.
+    timeout: Duration,
+}
+
+/// An answer read whole, its body cut at [`ANSWER_CAP`] bytes.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Answers are small JSON; a misbehaving proxy's page is cut here.
+const ANSWER_CAP: usize = 64 * 1024;
+/// What an error message quotes of an answer.
+const QUOTED: usize = 2_000;
+
+impl Answer {
+    /// The body as text for an error message, cut at [`QUOTED`] bytes.
+    pub(crate) fn text(&self) -> String {
+        quote(&self.body)
+    }
+}
+
+fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(QUOTED)]).into_owned();
+    if bytes.len() > QUOTED {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
+impl HyperClient {
+    /// With [`Protocol::Http2Only`], plain `http://` URLs are h2c with
+    /// prior knowledge (local servers).
+    pub(crate) fn new(
+        provider: &'static str,
+        settings: &HttpSettings,
+        protocol: Protocol,
+    ) -> Result<Self, SetupError> {
+        let mut tls = tls_config(provider, settings, protocol)?;
+        // hyper-rustls sets ALPN itself, from the versions enabled below.
+        tls.alpn_protocols.clear();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)));
+        let versions = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = match protocol {
+            Protocol::Http2Only => versions.enable_http2().wrap_connector(tcp),
+            Protocol::Negotiated => versions.enable_all_versions().wrap_connector(tcp),
+        };
+        // Pings keep the long-lived connection alive through NATs and tell
+        // a dead one from an idle one before a send finds out.
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(protocol == Protocol::Http2Only)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .http2_keep_alive_timeout(Duration::from_secs(20))
+            .http2_keep_alive_while_idle(true)
+            .build(connector);
+        Ok(Self {
+            client,
+            provider,
+            timeout: Duration::from_millis(settings.timeout_ms),
+        })
+    }
+
+    /// A request to `uri` with `body`; `request` adds the method and headers
+    /// (the user agent is added here). A request that cannot be built is
+    /// rejected; one that got no answer in time, or none at all, may pass.
+    pub(crate) async fn send(
+        &self,
+        request: http::request::Builder,
+        body: Bytes,
+    ) -> Result<Answer, ProviderError> {
+        let provider = self.provider;
+        let request = request
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .body(Full::new(body))
+            .map_err(|e| {
+                ProviderError::Rejected(format!(
+                    "{provider}: cannot build the request: {}",
+                    chain(&e)
+                ))
+            })?;
+        let exchange = async {
+            let resp = self.client.request(request).await.map_err(|e| {
+                let what = if e.is_connect() {
+                    "cannot connect"
+                } else {
+                    "request failed"
+                };
+                transient(format!("{provider}: {what}: {}", chain(&e)))
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = read_capped(body)
+                .await
+                .map_err(|e| transient(format!("{provider}: reading the answer: {}", chain(&e))))?;
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(transient(format!(
+                "{provider}: timed out after {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+const USER_AGENT_VALUE: &str = concat!("tidings/", env!("CARGO_PKG_VERSION"));
+
+fn transient(reason: String) -> ProviderError {
+    ProviderError::Transient {
+        reason,
+        retry_after: None,
+    }
+}
+
+/// The body up to [`ANSWER_CAP`] bytes; the rest is not read (dropping the
+/// body resets its stream).
+async fn read_capped<B>(mut body: B) -> Result<Bytes, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        match &first {
+            // Most answers are one frame: kept as it came, not copied.
+            None if more.is_empty() => first = Some(data),
+            _ => {
+                if let Some(f) = first.take() {
+                    more.extend_from_slice(&f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+        let len = first.as_ref().map_or(more.len(), Bytes::len);
+        if len >= ANSWER_CAP {
+            break;
+        }
+    }
+    let mut all = match first {
+        Some(f) => f,
+        None => Bytes::from(more),
+    };
+    all.truncate(ANSWER_CAP);
+    Ok(all)
 }
 
 /// `Bearer <token>` for an `Authorization` header, marked sensitive (left
@@ -232,16 +441,8 @@ pub(crate) fn send_failed(provider: &str, e: &reqwest::Error) -> ProviderError {
 /// Reads an answer's body for error reporting. Error bodies are small JSON;
 /// the cap keeps a misbehaving proxy's HTML page out of our logs.
 pub(crate) async fn body_text(resp: reqwest::Response) -> String {
-    const MAX: usize = 2_000;
     match resp.bytes().await {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
-            if bytes.len() > MAX {
-                format!("{text}...")
-            } else {
-                text
-            }
-        }
+        Ok(bytes) => quote(&bytes),
         Err(e) => format!("<body unreadable: {}>", chain(&e)),
     }
 }
@@ -291,14 +492,27 @@ mod tests {
         let devices = Endpoint::parse("apns", "base_url", "http://127.0.0.1:8443/3/device")
             .expect("an http URL");
         assert_eq!(
-            devices.join("a1b2").as_str(),
+            devices.join("a1b2").to_string(),
             "http://127.0.0.1:8443/3/device/a1b2"
         );
         // A segment cannot climb out of the path or add a query.
         assert_eq!(
-            devices.join("../x?y").as_str(),
+            devices.join("../x?y").to_string(),
             "http://127.0.0.1:8443/3/device/..%2Fx%3Fy"
         );
+        // Encoded as `url` encodes a path segment.
+        for segment in ["a b", "%41", "é/ü", "x#y", "{}`\"\u{7f}", "~!$&'()*+,;=:@"] {
+            let mut expected = devices.url();
+            expected
+                .path_segments_mut()
+                .expect("http URL")
+                .push(segment);
+            assert_eq!(
+                devices.join(segment).to_string(),
+                expected.as_str(),
+                "{segment:?}"
+            );
+        }
         let send = Endpoint::parse(
             "fcm",
             "base_url",
@@ -309,6 +523,7 @@ mod tests {
             send.url().as_str(),
             "https://fcm.example/v1/projects/p/messages:send"
         );
+        assert_eq!(send.uri().to_string(), send.url().as_str());
         for bad in [
             "api.push.apple.com/3/device",
             "mailto:ops@example.com",
@@ -317,6 +532,41 @@ mod tests {
             let e = Endpoint::parse("apns", "base_url", bad).expect_err(bad);
             assert!(e.to_string().contains("`base_url`"), "{e}");
         }
+    }
+
+    /// A body of several frames is joined; past the cap it is cut.
+    #[tokio::test]
+    async fn answers_are_read_whole_up_to_the_cap() {
+        use http_body_util::StreamBody;
+        let body = |chunks: Vec<Vec<u8>>| {
+            StreamBody::new(futures::stream::iter(chunks.into_iter().map(|c| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c)))
+            })))
+        };
+        let one = read_capped(body(vec![b"{\"name\":1}".to_vec()]))
+            .await
+            .unwrap();
+        assert_eq!(&one[..], b"{\"name\":1}");
+        let parts = read_capped(body(vec![b"ab".to_vec(), b"cd".to_vec(), vec![]]))
+            .await
+            .unwrap();
+        assert_eq!(&parts[..], b"abcd");
+        let huge = read_capped(body(vec![
+            vec![b'x'; ANSWER_CAP - 1],
+            vec![b'y'; 10],
+            vec![b'z'; 10],
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(huge.len(), ANSWER_CAP);
+        assert_eq!(huge[ANSWER_CAP - 1], b'y');
+        let quoted = Answer {
+            status: StatusCode::BAD_GATEWAY,
+            headers: HeaderMap::new(),
+            body: huge,
+        }
+        .text();
+        assert_eq!(quoted.len(), QUOTED + 3, "cut and marked");
     }
 
     #[test]
@@ -360,6 +610,7 @@ mod tests {
     fn clients_build_without_a_process_wide_crypto_provider() {
         for p in [Protocol::Negotiated, Protocol::Http2Only] {
             build_client("test", &HttpSettings::default(), p).expect("client builds");
+            HyperClient::new("test", &HttpSettings::default(), p).expect("client builds");
         }
     }
 
