@@ -65,7 +65,7 @@ impl AppStore for SqliteApps {
             .0
             .call(move |c| {
                 c.prepare_cached(&format!("{SELECT} WHERE app_key = ?1"))?
-                    .query_row([key], read_row)
+                    .query_row([&key], read_row)
                     .optional()
             })
             .await
@@ -79,7 +79,7 @@ impl AppStore for SqliteApps {
             .0
             .call(move |c| {
                 c.prepare_cached("UPDATE apps SET revoked = 1 WHERE app_key = ?1")?
-                    .execute([key])
+                    .execute([&key])
             })
             .await
             .ctx("apps.revoke", app_key)?;

@@ -1,6 +1,6 @@
 //! [`ContactStore`](crate::ContactStore) on SQLite: the `users` and `devices` tables.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use rusqlite::{OptionalExtension, Row, Statement, params};
 
@@ -105,7 +105,7 @@ impl ContactStore for SqliteContacts {
         self.0
             .call(move |c| {
                 c.prepare_cached(SELECT_USER)?
-                    .query_row([id], user_from_row)
+                    .query_row([&id], user_from_row)
                     .optional()
             })
             .await
@@ -158,7 +158,7 @@ impl ContactStore for SqliteContacts {
         self.0
             .call(move |c| {
                 c.prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND token = ?2")?
-                    .execute([id, token])
+                    .execute([&id, &token])
             })
             .await
             .ctx("contacts.remove_device", user_id)?;
@@ -204,7 +204,7 @@ impl ContactStore for SqliteContacts {
     async fn live_devices_many(&self, user_ids: &[String]) -> Result<Vec<Device>, StoreError> {
         const OP: &str = "contacts.live_devices_many";
         // Sorted and without repeats: the promised order, each user once.
-        let ids: Vec<String> = user_ids
+        let ids: Arc<[String]> = user_ids
             .iter()
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -213,15 +213,17 @@ impl ContactStore for SqliteContacts {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let call_ids = ids.clone();
+        // Rows by the index of their user in `ids`.
         let rows_by_user = self
             .0
             .call(move |c| {
                 let mut stmt = c.prepare_cached(SELECT_LIVE_DEVICES)?;
                 let mut rows_by_user = Vec::new();
-                for id in ids {
-                    let rows = live_device_rows(&mut stmt, &id)?;
+                for (i, id) in call_ids.iter().enumerate() {
+                    let rows = live_device_rows(&mut stmt, id)?;
                     if !rows.is_empty() {
-                        rows_by_user.push((id, rows));
+                        rows_by_user.push((i, rows));
                     }
                 }
                 Ok(rows_by_user)
@@ -229,9 +231,9 @@ impl ContactStore for SqliteContacts {
             .await
             .ctx(OP, &format!("{} users", user_ids.len()))?;
         let mut devices = Vec::new();
-        for (user_id, rows) in rows_by_user {
+        for (i, rows) in rows_by_user {
             for row in rows {
-                devices.push(device(OP, &user_id, row)?);
+                devices.push(device(OP, &ids[i], row)?);
             }
         }
         Ok(devices)

@@ -66,9 +66,9 @@ impl CounterStore for SqliteCounters {
         self.0
             .call(move |c| {
                 let mut values = HashMap::with_capacity(owned.len());
-                for key in owned {
-                    let value = get(c, &s, &key)?;
-                    values.insert(key, value);
+                for key in &owned {
+                    let value = get(c, &s, key)?;
+                    values.insert(key.clone(), value);
                 }
                 Ok(values)
             })

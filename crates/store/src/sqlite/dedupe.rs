@@ -214,7 +214,7 @@ impl DedupeLedger for SqliteDedupe {
         self.db
             .call(move |c| {
                 c.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND key = ?2")?
-                    .execute([owned_scope, owned_key])
+                    .execute([&owned_scope, &owned_key])
             })
             .await
             .ctx("dedupe.forget", &format!("{scope}/{key}"))?;

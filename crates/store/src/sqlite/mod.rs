@@ -143,29 +143,62 @@ const MAX_GROUP: usize = 512;
 /// a mixed load. Room to spare costs a few kilobytes per statement.
 const STATEMENT_CACHE: usize = 256;
 
-/// What the connection thread runs: the call, which hands back whether it
-/// failed and how to report its result once the commit's outcome is known.
-type Job = Box<dyn FnOnce(&mut Connection, Company) -> Ran + Send>;
-type Report = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// What the connection thread runs: a call, which keeps its result until its
+/// transaction's outcome is known.
+type Job = Box<dyn Call>;
 
-/// Whether a call shares its transaction with other calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Company {
-    /// The only call: the transaction is the call's, and rolling it back
-    /// undoes a failure. No savepoint, whose statement journal copies every
-    /// page the call changes (a tenth of the connection thread's time when
-    /// each call of a batch writes rows at random places in a table).
-    Alone,
-    /// Runs in a savepoint, so a failure is undone without its neighbours'
-    /// writes.
-    Shared,
+/// A call on the connection thread. It may run more than once: when a call
+/// of its group fails, the group's transaction is rolled back and the calls
+/// that did not fail run again without it, so none needs a savepoint.
+trait Call: Send {
+    /// Runs the call in the open transaction and keeps its result.
+    fn run(&mut self, conn: &mut Connection) -> Ran;
+    /// Answers the caller: the kept result, as `commit` decided it.
+    fn report(self: Box<Self>, commit: Result<(), String>);
 }
 
-/// A call that has run, waiting for its transaction's outcome.
-struct Ran {
-    /// It failed (or panicked): its writes must not be committed.
-    failed: bool,
-    report: Report,
+/// How a call's run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Succeeded,
+    /// It failed (or panicked): its writes must not be committed, and it
+    /// reports its failure whatever its group's commit does.
+    Failed,
+}
+
+/// A call and, once it has run, its result.
+struct Pending<T, F> {
+    f: F,
+    result: Option<std::thread::Result<rusqlite::Result<T>>>,
+    answer: tokio::sync::oneshot::Sender<Result<T, Failure>>,
+}
+
+impl<T, F> Call for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &mut Connection) -> Ran {
+        let result = catch_unwind(AssertUnwindSafe(|| (self.f)(conn)));
+        let ran = match result {
+            Ok(Ok(_)) => Ran::Succeeded,
+            _ => Ran::Failed,
+        };
+        self.result = Some(result);
+        ran
+    }
+
+    fn report(self: Box<Self>, commit: Result<(), String>) {
+        let answer = match (self.result, commit) {
+            (None, Err(e)) => Err(Failure::Commit(e)),
+            (None, Ok(())) => Err(Failure::Broken("the call never ran".into())),
+            (Some(Err(_)), _) => Err(Failure::Broken("the call panicked".into())),
+            (Some(Ok(Err(e))), _) => Err(Failure::Sql(e)),
+            (Some(Ok(Ok(_))), Err(e)) => Err(Failure::Commit(e)),
+            (Some(Ok(Ok(v))), Ok(())) => Ok(v),
+        };
+        let _ = self.answer.send(answer);
+    }
 }
 
 /// A handle to the connection thread.
@@ -179,7 +212,7 @@ pub(crate) enum Failure {
     Sql(rusqlite::Error),
     /// The call panicked, or the connection thread is gone.
     Broken(String),
-    /// The group commit holding the call's writes failed.
+    /// The transaction for the call's writes could not begin or commit.
     Commit(String),
 }
 
@@ -292,11 +325,13 @@ impl Db {
     }
 
     /// Runs `f` with the connection on the connection thread; answers once
-    /// its writes are committed.
+    /// its writes are committed. `f` may run more than once (its first run
+    /// rolled back with its group's transaction), so it must not consume
+    /// what it captured: it is `FnMut`.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnMut(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (job, answer) = job(f);
         self.jobs
@@ -312,25 +347,13 @@ impl Db {
 fn job<T, F>(f: F) -> (Job, tokio::sync::oneshot::Receiver<Result<T, Failure>>)
 where
     T: Send + 'static,
-    F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    F: FnMut(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move |conn: &mut Connection, company: Company| {
-        let result = catch_unwind(AssertUnwindSafe(|| match company {
-            Company::Alone => f(conn),
-            Company::Shared => in_savepoint(conn, f),
-        }));
-        let failed = !matches!(result, Ok(Ok(_)));
-        let report: Report = Box::new(move |commit: Result<(), String>| {
-            let answer = match (result, commit) {
-                (Err(_), _) => Err(Failure::Broken("the call panicked".into())),
-                (Ok(Err(e)), _) => Err(Failure::Sql(e)),
-                (Ok(Ok(_)), Err(e)) => Err(Failure::Commit(e)),
-                (Ok(Ok(v)), Ok(())) => Ok(v),
-            };
-            let _ = tx.send(answer);
-        });
-        Ran { failed, report }
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(Pending {
+        f,
+        result: None,
+        answer,
     });
     (job, rx)
 }
@@ -414,24 +437,6 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs `f` in a savepoint: its writes are kept only if it succeeds.
-fn in_savepoint<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    run(conn, "SAVEPOINT call")?;
-    match f(conn) {
-        Ok(v) => {
-            run(conn, "RELEASE call")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = run(conn, "ROLLBACK TO call").and_then(|()| run(conn, "RELEASE call"));
-            Err(e)
-        }
-    }
-}
-
 /// The connection thread: takes whatever calls are queued, runs them in one
 /// transaction, commits, then reports to each caller.
 fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
@@ -447,39 +452,54 @@ fn serve(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs `group` in one transaction and reports each call's outcome. A call
-/// alone in it that fails is rolled back with the transaction.
-fn run_group(conn: &mut Connection, group: Vec<Job>) {
+/// Runs `group` in one transaction and reports each call's outcome. No
+/// call has a savepoint (whose statement journal copies every page a call
+/// changes, a tenth of this thread's time when calls write rows at random
+/// places): when one fails, the transaction is rolled back, the failures
+/// report theirs, and the rest run again in a new transaction. Each pass
+/// drops at least one call, so it ends.
+fn run_group(conn: &mut Connection, mut group: Vec<Job>) {
     let size = group.len();
     let started = std::time::Instant::now();
-    let began = run(conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string());
-    // Without a transaction of its own (BEGIN failed), a call is kept whole
-    // by its savepoint alone.
-    let company = if size == 1 && began.is_ok() {
-        Company::Alone
-    } else {
-        Company::Shared
-    };
-    let ran: Vec<Ran> = group.into_iter().map(|job| job(conn, company)).collect();
-    let elapsed = started.elapsed();
-    // A call alone that failed reports its own failure; nothing of it is kept.
-    let end = if company == Company::Alone && ran.iter().any(|r| r.failed) {
-        "ROLLBACK"
-    } else {
-        "COMMIT"
-    };
-    let committed = began.and_then(|()| run(conn, end).map_err(|e| e.to_string()));
-    tracing::trace!(
-        size,
-        run_us = elapsed.as_micros() as u64,
-        commit_us = (started.elapsed() - elapsed).as_micros() as u64,
-        "group commit"
-    );
-    if committed.is_err() {
+    let mut passes = 0;
+    while !group.is_empty() {
+        passes += 1;
+        if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+            // Nothing ran; nothing is kept.
+            let e = e.to_string();
+            for call in group {
+                call.report(Err(e.clone()));
+            }
+            return;
+        }
+        let ran: Vec<Ran> = group.iter_mut().map(|call| call.run(conn)).collect();
+        if ran.iter().all(|r| *r == Ran::Succeeded) {
+            let ran_at = started.elapsed();
+            let committed = run(conn, "COMMIT").map_err(|e| e.to_string());
+            if committed.is_err() {
+                let _ = run(conn, "ROLLBACK");
+            }
+            tracing::trace!(
+                size,
+                passes,
+                run_us = ran_at.as_micros() as u64,
+                commit_us = (started.elapsed() - ran_at).as_micros() as u64,
+                "group commit"
+            );
+            for call in group {
+                call.report(committed.clone());
+            }
+            return;
+        }
         let _ = run(conn, "ROLLBACK");
-    }
-    for r in ran {
-        (r.report)(committed.clone());
+        let mut again = Vec::with_capacity(group.len());
+        for (call, ran) in group.into_iter().zip(ran) {
+            match ran {
+                Ran::Failed => call.report(Ok(())),
+                Ran::Succeeded => again.push(call),
+            }
+        }
+        group = again;
     }
 }
 
@@ -740,24 +760,35 @@ mod tests {
         crate::migrations::tests::check_shipped(MIGRATIONS);
     }
 
-    /// A call is all or nothing whether it has its transaction to itself
-    /// (no savepoint) or shares it (a savepoint each), and a failing call
-    /// takes none of its neighbours' writes with it.
+    /// A call is all or nothing, and a failing call (an error or a panic)
+    /// takes none of its neighbours' writes with it: they run again, once,
+    /// in a transaction without it.
     #[test]
     fn a_failing_call_leaves_nothing_and_takes_nothing_from_its_group() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
             .expect("table");
-        let insert = |keys: Vec<i64>, fail: bool| {
+        #[derive(Clone, Copy)]
+        enum Ends {
+            Well,
+            InError,
+            InPanic,
+        }
+        let runs = Arc::new(AtomicUsize::new(0));
+        let insert = |keys: Vec<i64>, ends: Ends| {
+            let runs = runs.clone();
             job(move |c: &mut Connection| {
-                for k in keys {
+                runs.fetch_add(1, Ordering::Relaxed);
+                for k in &keys {
                     c.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
                 }
-                if fail {
+                match ends {
+                    Ends::Well => Ok(()),
                     // A constraint failure after the call's first writes.
-                    c.execute("INSERT INTO t (k) VALUES (1)", [])?;
+                    Ends::InError => c.execute("INSERT INTO t (k) VALUES (1)", []).map(|_| ()),
+                    Ends::InPanic => panic!("a call that panics after writing"),
                 }
-                Ok(())
             })
         };
         let keys = |c: &Connection| -> Vec<i64> {
@@ -774,30 +805,70 @@ mod tests {
         {
             Ok(()) => "ok",
             Err(Failure::Sql(_)) => "sql",
+            Err(Failure::Broken(_)) => "broken",
             Err(_) => "other",
         };
 
-        let (first, answer) = insert(vec![1], false);
+        let (first, answer) = insert(vec![1], Ends::Well);
         run_group(&mut conn, vec![first]);
         assert_eq!(outcome(answer), "ok");
 
-        // Alone: its transaction is rolled back.
-        let (alone, answer) = insert(vec![2, 3], true);
+        // Alone: its transaction is rolled back, and it runs once.
+        runs.store(0, Ordering::Relaxed);
+        let (alone, answer) = insert(vec![2, 3], Ends::InError);
         run_group(&mut conn, vec![alone]);
         assert_eq!(outcome(answer), "sql");
         assert_eq!(keys(&conn), [1]);
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
 
-        // Shared: only its savepoint is.
-        let (before, before_answer) = insert(vec![4], false);
-        let (failing, failing_answer) = insert(vec![5, 6], true);
-        let (after, after_answer) = insert(vec![7], false);
-        run_group(&mut conn, vec![before, failing, after]);
+        // Shared: the others run again without it and are kept.
+        runs.store(0, Ordering::Relaxed);
+        let (before, before_answer) = insert(vec![4], Ends::Well);
+        let (failing, failing_answer) = insert(vec![5, 6], Ends::InError);
+        let (panicking, panicking_answer) = insert(vec![8], Ends::InPanic);
+        let (after, after_answer) = insert(vec![7], Ends::Well);
+        run_group(&mut conn, vec![before, failing, panicking, after]);
         assert_eq!(
-            [before_answer, failing_answer, after_answer].map(outcome),
-            ["ok", "sql", "ok"]
+            [
+                before_answer,
+                failing_answer,
+                panicking_answer,
+                after_answer
+            ]
+            .map(outcome),
+            ["ok", "sql", "broken", "ok"]
         );
         assert_eq!(keys(&conn), [1, 4, 7]);
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            6,
+            "4, then the 2 that succeeded"
+        );
         assert!(conn.is_autocommit(), "no transaction left open");
+
+        // A group without failures runs each call once.
+        runs.store(0, Ordering::Relaxed);
+        let (a, a_answer) = insert(vec![9], Ends::Well);
+        let (b, b_answer) = insert(vec![10], Ends::Well);
+        run_group(&mut conn, vec![a, b]);
+        assert_eq!([a_answer, b_answer].map(outcome), ["ok", "ok"]);
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+    }
+
+    /// When no transaction can begin, nothing runs and every call says so.
+    #[test]
+    fn without_a_transaction_nothing_runs() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); BEGIN")
+            .expect("a transaction already open");
+        let (call, mut answer) =
+            job(|c: &mut Connection| c.execute("INSERT INTO t (k) VALUES (1)", []).map(|_| ()));
+        run_group(&mut conn, vec![call]);
+        assert!(matches!(answer.try_recv(), Ok(Err(Failure::Commit(_)))));
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 0);
     }
 
     /// A cached statement must be reused as compiled. Both statements below

@@ -99,7 +99,7 @@ impl NotificationLog for SqliteNotificationLog {
                     "SELECT notification_id, user_id, channel, target, state, detail, attempt, at
                      FROM notification_status WHERE notification_id = ?1 ORDER BY channel, target",
                 )?
-                .query_map([id], |r| {
+                .query_map([&id], |r| {
                     Ok(StatusEntry {
                         notification_id: r.get(0)?,
                         user_id: r.get(1)?,

@@ -72,12 +72,11 @@ impl PreferenceStore for SqlitePreferences {
         self.0
             .call(move |c| {
                 let mut by_user = HashMap::new();
-                for id in ids {
-                    let rows = select_by_user(c, &id)?;
+                for id in &ids {
+                    let rows = select_by_user(c, id)?;
                     if !rows.is_empty() {
-                        let preferences =
-                            rows.into_iter().map(|row| preference(&id, row)).collect();
-                        by_user.insert(id, preferences);
+                        let preferences = rows.into_iter().map(|row| preference(id, row)).collect();
+                        by_user.insert(id.clone(), preferences);
                     }
                 }
                 Ok(by_user)

@@ -64,12 +64,12 @@ impl RateLimitLedger for SqliteRateLimits {
                 let now = now_millis();
                 let mut stmt = c.prepare_cached(SELECT_ADMISSIONS)?;
                 let mut found = HashMap::new();
-                for key in unique {
+                for key in &unique {
                     let admissions = stmt
                         .query_map(params![key, now], |row| Ok((row.get(0)?, row.get(1)?)))?
                         .collect::<rusqlite::Result<Vec<(Millis, String)>>>()?;
                     if !admissions.is_empty() {
-                        found.insert(key, admissions);
+                        found.insert(key.clone(), admissions);
                     }
                 }
                 Ok(found)

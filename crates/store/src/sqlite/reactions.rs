@@ -51,7 +51,7 @@ impl ReactionStore for SqliteReactions {
         self.0
             .call(move |c| {
                 c.prepare_cached("DELETE FROM likes WHERE user_id = ?1 AND post_id = ?2")?
-                    .execute([user, post])
+                    .execute([&user, &post])
             })
             .await
             .ctx("reactions.unlike", &format!("{user_id}/{post_id}"))?;
@@ -69,9 +69,9 @@ impl ReactionStore for SqliteReactions {
                 let mut stmt =
                     c.prepare_cached("SELECT 1 FROM likes WHERE user_id = ?1 AND post_id = ?2")?;
                 let mut liked = HashSet::new();
-                for post in posts {
-                    if stmt.exists([&user, &post])? {
-                        liked.insert(post);
+                for post in &posts {
+                    if stmt.exists([&user, post])? {
+                        liked.insert(post.clone());
                     }
                 }
                 Ok(liked)
@@ -131,9 +131,9 @@ impl ReactionStore for SqliteReactions {
         self.0
             .call(move |c| {
                 let mut tallies = HashMap::with_capacity(posts.len());
-                for post in posts {
-                    let counts = tally(c, &post)?;
-                    tallies.insert(post, counts);
+                for post in &posts {
+                    let counts = tally(c, post)?;
+                    tallies.insert(post.clone(), counts);
                 }
                 Ok(tallies)
             })
@@ -153,9 +153,9 @@ impl ReactionStore for SqliteReactions {
                     "SELECT 1 FROM post_tally_members WHERE post_id = ?1 AND member = ?2",
                 )?;
                 let mut counted = HashSet::new();
-                for member in members {
+                for member in &members {
                     if stmt.exists([&post, &member.key()])? {
-                        counted.insert(member);
+                        counted.insert(member.clone());
                     }
                 }
                 Ok(TallyState {

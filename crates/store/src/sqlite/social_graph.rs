@@ -35,9 +35,9 @@ impl SqliteSocialGraph {
             .call(move |c| {
                 let mut row = c.prepare_cached(exists)?;
                 let mut found = HashSet::new();
-                for candidate in candidates {
+                for candidate in &candidates {
                     if row.exists(params![candidate, id])? {
-                        found.insert(candidate);
+                        found.insert(candidate.clone());
                     }
                 }
                 Ok(found)
@@ -96,7 +96,10 @@ impl SocialGraph for SqliteSocialGraph {
                     "SELECT follower_id FROM follows WHERE followee_id = ?1 AND follower_id > ?2
                      ORDER BY follower_id LIMIT ?3",
                 )?
-                .query_map(params![id, after.unwrap_or_default(), limit], |r| r.get(0))?
+                .query_map(
+                    params![id, after.as_deref().unwrap_or_default(), limit],
+                    |r| r.get(0),
+                )?
                 .collect()
             })
             .await
@@ -138,7 +141,7 @@ impl SocialGraph for SqliteSocialGraph {
                 c.prepare_cached(
                     "SELECT followee_id FROM follows WHERE follower_id = ?1 ORDER BY followee_id",
                 )?
-                .query_map([id], |r| r.get(0))?
+                .query_map([&id], |r| r.get(0))?
                 .collect()
             })
             .await
@@ -151,7 +154,7 @@ impl SocialGraph for SqliteSocialGraph {
             .0
             .call(move |c| {
                 c.prepare_cached("SELECT followers FROM follower_counts WHERE user_id = ?1")?
-                    .query_row([id], |r| r.get(0))
+                    .query_row([&id], |r| r.get(0))
                     .optional()
             })
             .await
@@ -165,7 +168,7 @@ impl SocialGraph for SqliteSocialGraph {
             .0
             .call(move |c| {
                 c.prepare_cached("SELECT COUNT(*) FROM follows WHERE follower_id = ?1")?
-                    .query_row([id], |r| r.get(0))
+                    .query_row([&id], |r| r.get(0))
             })
             .await
             .ctx("social_graph.following_count", user)?;
@@ -180,7 +183,7 @@ impl SocialGraph for SqliteSocialGraph {
         };
         let (id, other) = (user.to_owned(), muted_user.to_owned());
         self.0
-            .call(move |c| c.prepare_cached(sql)?.execute([id, other]))
+            .call(move |c| c.prepare_cached(sql)?.execute([&id, &other]))
             .await
             .ctx("social_graph.set_muted", &format!("{user}->{muted_user}"))?;
         Ok(())
@@ -191,7 +194,7 @@ impl SocialGraph for SqliteSocialGraph {
         self.0
             .call(move |c| {
                 c.prepare_cached("SELECT muted_user_id FROM mutes WHERE user_id = ?1")?
-                    .query_map([id], |r| r.get(0))?
+                    .query_map([&id], |r| r.get(0))?
                     .collect()
             })
             .await

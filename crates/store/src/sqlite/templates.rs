@@ -90,7 +90,7 @@ impl TemplateStore for SqliteTemplates {
                 c.prepare_cached(
                     "SELECT version FROM template_versions WHERE name = ?1 ORDER BY version",
                 )?
-                .query_map([owned_name], |r| r.get(0))?
+                .query_map([&owned_name], |r| r.get(0))?
                 .collect()
             })
             .await
