@@ -16,8 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::Method;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::json;
 use tidings_schemas::records::{Delivery, Priority};
@@ -228,10 +227,7 @@ impl ApnsProvider {
     /// token's and the topic's) or static; only the path and the ids are
     /// per delivery.
     fn request(&self, d: &Delivery, authorization: HeaderValue) -> ::http::request::Builder {
-        let mut req = ::http::Request::builder()
-            .method(Method::POST)
-            .uri(self.device_url.join(&d.target))
-            .header(AUTHORIZATION, authorization)
+        let mut req = http::post(self.device_url.join(&d.target), authorization, http::JSON)
             .header("apns-topic", self.topic_header.clone())
             .header("apns-push-type", HeaderValue::from_static("alert"))
             .header(
@@ -241,8 +237,7 @@ impl ApnsProvider {
                 } else {
                     "5"
                 }),
-            )
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            );
         // APNs answers 400 BadMessageId to anything but a UUID; our ids are
         // UUIDs, and if one is not, APNs picks its own id rather than the
         // notification failing.

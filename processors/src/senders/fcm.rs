@@ -10,10 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use reqwest::{
-    Method, StatusCode,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
+use reqwest::{StatusCode, header::HeaderValue};
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Value, json};
 use tidings_schemas::records::{Delivery, Priority};
@@ -267,11 +264,7 @@ impl FcmProvider {
     }
 
     async fn send(&self, body: Bytes, authorization: HeaderValue) -> Result<Answer, ProviderError> {
-        let request = ::http::Request::builder()
-            .method(Method::POST)
-            .uri(self.send_url.uri())
-            .header(AUTHORIZATION, authorization)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let request = http::post(self.send_url.uri(), authorization, http::JSON);
         self.client.send(request, body).await
     }
 }

@@ -1,6 +1,8 @@
-//! The HTTP client every HTTP provider (APNs, FCM, Twilio, SendGrid) is built
-//! on, and the parts of reading an HTTP answer they share: Retry-After,
-//! bounded error bodies, and transport failures as [`ProviderError`].
+//! The HTTP clients the providers are built on: [`HyperClient`] for every
+//! send to APNs, FCM, Twilio and SendGrid, reqwest (`build_client`) for the
+//! rare calls (FCM's token grant) and web push; and the parts of reading an
+//! HTTP answer they share: Retry-After, bounded error bodies, and transport
+//! failures as [`ProviderError`].
 
 use std::{
     path::PathBuf,
@@ -17,7 +19,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use reqwest::header::{HeaderMap, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, InvalidHeaderValue, RETRY_AFTER,
+    USER_AGENT,
+};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +61,7 @@ pub(crate) enum Protocol {
     Http2Only,
 }
 
-/// Builds the one pooled client a provider keeps for its lifetime, so
+/// Builds a pooled reqwest client, kept for the provider's lifetime, so
 /// connections (and for HTTP/2 the one multiplexed connection) are reused.
 ///
 /// The workspace builds reqwest with `rustls-no-provider`, which panics at
@@ -142,16 +147,10 @@ fn tls_config(
     Ok(config)
 }
 
-/// A provider's endpoint, parsed once at setup: reqwest parses a URL given
-/// as text on every request (host and all), a few percent of a send's CPU.
-/// A base URL that cannot be parsed is refused at startup, not per send.
+/// A provider's endpoint, parsed once at setup, not per send. A base URL
+/// that cannot be parsed is refused at startup.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
-    /// For reqwest's senders (Twilio, SendGrid).
-    url: reqwest::Url,
-    /// For [`HyperClient`]'s (APNs, FCM): the same URL as hyper takes it.
-    uri: Uri,
-}
+pub(crate) struct Endpoint(Uri);
 
 /// What a path segment must not hold as itself: `url`'s path-segment set
 /// (controls, space, `"#<>?\`{}`, and `/` and `%`, which would change the
@@ -181,41 +180,38 @@ impl Endpoint {
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return Err(refuse(" is not an http(s) URL".into()));
         }
+        // As `url` normalised it (an empty path is `/`, say).
         let uri = Uri::try_from(url.as_str()).map_err(|e| refuse(format!(": {e}")))?;
-        Ok(Self { url, uri })
-    }
-
-    pub(crate) fn url(&self) -> reqwest::Url {
-        self.url.clone()
+        Ok(Self(uri))
     }
 
     pub(crate) fn uri(&self) -> Uri {
-        self.uri.clone()
+        self.0.clone()
     }
 
     /// The endpoint with `segment` appended to its path, percent-encoded:
     /// it cannot climb out of the path or add a query.
     pub(crate) fn join(&self, segment: &str) -> Uri {
-        let mut parts = self.uri.clone().into_parts();
-        let base = self.uri.path().trim_end_matches('/');
+        let mut parts = self.0.clone().into_parts();
+        let base = self.0.path().trim_end_matches('/');
         let path = format!("{base}/{}", utf8_percent_encode(segment, PATH_SEGMENT));
-        let path_and_query = match self.uri.query() {
+        let path_and_query = match self.0.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
         // Every byte left unencoded is one a path may hold.
         parts.path_and_query = PathAndQuery::try_from(path_and_query).ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+        Uri::from_parts(parts).unwrap_or_else(|_| self.0.clone())
     }
 }
 
-/// The push providers' send path (APNs, FCM): hyper's pooled client (over
-/// HTTP/2 one multiplexed connection) without reqwest's layers around each
-/// request. reqwest parses the URL once more for its redirect policy, wraps
-/// the request for its retry policy and copies the headers twice: about 4%
-/// of the process's CPU at push rates (docs/benchmarks.md, session 18).
-/// Neither provider redirects, and retries are the pipeline's (retry
-/// topics, Retry-After), so nothing reqwest adds is lost.
+/// The providers' send path (APNs, FCM, Twilio, SendGrid): hyper's pooled
+/// client (over HTTP/2 one multiplexed connection) without reqwest's layers
+/// around each request. reqwest parses the URL once more for its redirect
+/// policy, wraps the request for its retry policy and copies the headers
+/// twice: about 4% of the process's CPU at push rates (docs/benchmarks.md,
+/// session 18). No provider redirects, and retries are the pipeline's
+/// (retry topics, Retry-After), so nothing reqwest adds is lost.
 pub(crate) struct HyperClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     provider: &'static str,
@@ -336,6 +332,22 @@ impl HyperClient {
         }
     }
 }
+
+/// A POST to `uri` of a body of `content_type`, with `authorization`; the
+/// caller adds any other header.
+pub(crate) fn post(
+    uri: Uri,
+    authorization: HeaderValue,
+    content_type: &'static str,
+) -> http::request::Builder {
+    http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri)
+        .header(AUTHORIZATION, authorization)
+        .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+}
+
+pub(crate) const JSON: &str = "application/json";
 
 const USER_AGENT_VALUE: &str = concat!("tidings/", env!("CARGO_PKG_VERSION"));
 
@@ -502,7 +514,8 @@ mod tests {
         );
         // Encoded as `url` encodes a path segment.
         for segment in ["a b", "%41", "é/ü", "x#y", "{}`\"\u{7f}", "~!$&'()*+,;=:@"] {
-            let mut expected = devices.url();
+            let mut expected =
+                reqwest::Url::parse("http://127.0.0.1:8443/3/device").expect("a URL");
             expected
                 .path_segments_mut()
                 .expect("http URL")
@@ -520,10 +533,9 @@ mod tests {
         )
         .expect("an https URL");
         assert_eq!(
-            send.url().as_str(),
+            send.uri().to_string(),
             "https://fcm.example/v1/projects/p/messages:send"
         );
-        assert_eq!(send.uri().to_string(), send.url().as_str());
         for bad in [
             "api.push.apple.com/3/device",
             "mailto:ops@example.com",

@@ -7,7 +7,7 @@
 //! in every event, and the gateway (`POST /webhooks/sendgrid/events`) records
 //! DELIVERED, or FAILED for a bounce or drop.
 
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use tidings_schemas::{
     records::Delivery,
@@ -16,7 +16,7 @@ use tidings_schemas::{
 
 use super::{
     Provider, ProviderError, Receipt,
-    http::{self, Endpoint, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, HyperClient, Protocol},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
 
@@ -59,7 +59,7 @@ impl SendGridConfig {
 }
 
 pub struct SendGridProvider {
-    client: reqwest::Client,
+    client: HyperClient,
     url: Endpoint,
     /// `Bearer <api_key>`, built once.
     authorization: HeaderValue,
@@ -85,7 +85,7 @@ impl SendGridProvider {
             SetupError::new(NAME, "`api_key` cannot be an HTTP header (a line break?)")
         })?;
         Ok(Self {
-            client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
+            client: HyperClient::new(NAME, &config.http, Protocol::Negotiated)?,
             url: Endpoint::parse(
                 NAME,
                 "base_url",
@@ -257,26 +257,22 @@ impl Provider for SendGridProvider {
         }
         let mail = self.mail(d)?;
         let _slot = self.limiter.acquire().await?;
-        let resp = self
-            .client
-            .post(self.url.url())
-            .header(AUTHORIZATION, self.authorization.clone())
-            .json(&mail)
-            .send()
-            .await
-            .map_err(|e| http::send_failed(NAME, &e))?;
-        let status = resp.status();
+        let body = serde_json::to_vec(&mail)
+            .map_err(|e| ProviderError::Rejected(format!("{NAME}: mail: {e}")))?;
+        let request = http::post(self.url.uri(), self.authorization.clone(), http::JSON);
+        let resp = self.client.send(request, body.into()).await?;
+        let status = resp.status;
         if status.is_success() {
             let id = resp
-                .headers()
+                .headers
                 .get("x-message-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             return Ok(Receipt { provider_id: id });
         }
         // Only an error reads more than the id: the rate-limit headers.
-        let headers = resp.headers().clone();
-        let text = http::body_text(resp).await;
+        let headers = &resp.headers;
+        let text = resp.text();
         let errs: SendGridErrors = serde_json::from_str(&text).unwrap_or_default();
         let detail = if errs.errors.is_empty() {
             text.clone()
@@ -313,7 +309,7 @@ impl Provider for SendGridProvider {
                 setting: "providers.email.api_key (mail.send) / providers.email.from_email (a verified sender)",
                 reason: format!("{NAME}: {status} {detail}"),
             },
-            429 | 500..=599 => match http::transient_status(NAME, status, &headers, &detail) {
+            429 | 500..=599 => match http::transient_status(NAME, status, headers, &detail) {
                 // SendGrid's 429 names the end of the rate-limit window in
                 // X-RateLimit-Reset (epoch seconds) rather than Retry-After.
                 ProviderError::Transient {
@@ -321,7 +317,7 @@ impl Provider for SendGridProvider {
                     retry_after: None,
                 } => ProviderError::Transient {
                     reason,
-                    retry_after: rate_limit_reset(&headers),
+                    retry_after: rate_limit_reset(headers),
                 },
                 other => other,
             },

@@ -7,7 +7,7 @@
 //! updates name the delivery and the gateway
 //! (`POST /webhooks/twilio/status`) records DELIVERED or FAILED.
 
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use tidings_schemas::{
     records::Delivery,
@@ -16,7 +16,7 @@ use tidings_schemas::{
 
 use super::{
     Provider, ProviderError, Receipt,
-    http::{self, Endpoint, HttpSettings, Protocol},
+    http::{self, Endpoint, HttpSettings, HyperClient, Protocol},
     setup::{Limiter, Secret, SendLimits, SetupError},
 };
 
@@ -62,7 +62,7 @@ impl TwilioConfig {
 }
 
 pub struct TwilioProvider {
-    client: reqwest::Client,
+    client: HyperClient,
     url: Endpoint,
     /// `Basic <account_sid:auth_token>`, built once.
     authorization: HeaderValue,
@@ -114,7 +114,7 @@ impl TwilioProvider {
             }
         }
         Ok(Self {
-            client: http::build_client(NAME, &config.http, Protocol::Negotiated)?,
+            client: HyperClient::new(NAME, &config.http, Protocol::Negotiated)?,
             url: Endpoint::parse(
                 NAME,
                 "base_url",
@@ -168,24 +168,22 @@ impl Provider for TwilioProvider {
         if let Some(cb) = &status_callback {
             form.push(("StatusCallback", cb));
         }
+        let form = serde_urlencoded::to_string(&form)
+            .map_err(|e| ProviderError::Rejected(format!("{NAME}: form: {e}")))?;
         let _slot = self.limiter.acquire().await?;
-        let resp = self
-            .client
-            .post(self.url.url())
-            .header(AUTHORIZATION, self.authorization.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| http::send_failed(NAME, &e))?;
-        let status = resp.status();
+        let request = http::post(
+            self.url.uri(),
+            self.authorization.clone(),
+            "application/x-www-form-urlencoded",
+        );
+        let resp = self.client.send(request, form.into()).await?;
+        let status = resp.status;
         if status.is_success() {
             #[derive(Deserialize)]
             struct Created {
                 sid: String,
             }
-            let created: Created = resp
-                .json()
-                .await
+            let created: Created = serde_json::from_slice(&resp.body)
                 // Twilio took the message; without its sid we still must not
                 // send it twice, so this is a receipt without an id.
                 .unwrap_or(Created { sid: String::new() });
@@ -193,8 +191,8 @@ impl Provider for TwilioProvider {
                 provider_id: Some(created.sid).filter(|s| !s.is_empty()),
             });
         }
-        let headers = resp.headers().clone();
-        let text = http::body_text(resp).await;
+        let headers = &resp.headers;
+        let text = resp.text();
         let err: TwilioError = serde_json::from_str(&text).unwrap_or_default();
         let detail = match err.code {
             Some(code) => format!("error {code}: {}", err.message),
@@ -211,7 +209,7 @@ impl Provider for TwilioProvider {
                 setting: "providers.sms.account_sid / providers.sms.auth_token",
                 reason: format!("{NAME}: {status} {detail}"),
             },
-            429 | 500..=599 => http::transient_status(NAME, status, &headers, &detail),
+            429 | 500..=599 => http::transient_status(NAME, status, headers, &detail),
             _ => ProviderError::Rejected(format!("{NAME}: {status} {detail} (to {number})")),
         })
     }
