@@ -4,10 +4,10 @@
 //! connection and runs every call, in arrival order. Calls that queue up while
 //! it is busy run together in one transaction (group commit): a commit is the
 //! expensive part, and under load hundreds of small calls share one. A call
-//! is all or nothing: one that shares its transaction runs in a savepoint of
-//! its own, so a failing call rolls back alone; one alone in its transaction
-//! needs none (its failure rolls the transaction back). No caller hears
-//! "done" before the commit that holds its writes.
+//! is all or nothing without a savepoint: when one fails, the transaction is
+//! rolled back and the calls that succeeded run again in a new one, so a call
+//! may run twice (store calls are `FnMut`). No caller hears "done" before
+//! the commit that holds its writes.
 
 mod apps;
 mod contacts;
@@ -138,7 +138,7 @@ const WAL_PAGES_MAX: u32 = 2 * WAL_PAGES;
 const MAX_GROUP: usize = 512;
 
 /// Prepared statements the connection keeps. The aggregates use about 50
-/// distinct statements (plus the transaction and savepoint ones below);
+/// distinct statements (plus the transaction ones below);
 /// rusqlite's default LRU of 16 would evict and re-parse them in turn under
 /// a mixed load. Room to spare costs a few kilobytes per statement.
 const STATEMENT_CACHE: usize = 256;
@@ -284,8 +284,8 @@ impl Db {
                     // The hot pages in memory: with SQLite's default 2 MiB
                     // cache a loaded pipeline re-read B-tree pages from the
                     // OS on most lookups (a third of the connection thread's
-                    // time in read(2) and page copies). And each call's
-                    // savepoint journal in memory rather than a temp file.
+                    // time in read(2) and page copies). And temporary
+                    // tables and sorts in memory rather than in temp files.
                     conn.execute_batch(&format!(
                         "PRAGMA cache_size = -{PAGE_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
                     ))
