@@ -1,7 +1,8 @@
-//! How long apache-avro takes to encode the records every notification
-//! carries, through their derived `Serialize` (fields looked up by name) and
-//! through `AvroRecord::serialize_avro` (a tuple in schema order), in the
-//! same run. See docs/benchmarks.md (session 17).
+//! How long apache-avro takes to encode and decode the records every
+//! notification carries, through their derived `Serialize` and `Deserialize`
+//! (fields looked up or matched by name) and through
+//! `AvroRecord::serialize_avro` and `deserialize_avro` (a tuple in schema
+//! order), in the same run. See docs/benchmarks.md (sessions 17 and 18).
 //!
 //! ```sh
 //! cargo run --release -p tidings-schemas --example encode_in_order
@@ -9,15 +10,24 @@
 
 use std::time::Instant;
 
-use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
 use tidings_schemas::{
     catalog::{AvroRecord, lookup},
-    codec::ForAvro,
+    codec::{ForAvro, FromAvro},
     records::{Delivery, NotificationRequest, Priority, RawContent, TrackingEvent, TrackingKind},
 };
 
 const ROUNDS: usize = 3;
 const ENCODES: u32 = 1_000_000;
+
+/// Nanoseconds per call of `read`, `ENCODES` times.
+fn per_decode(mut read: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    for _ in 0..ENCODES {
+        read();
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(ENCODES)
+}
 
 /// Nanoseconds per encode of `record` through `write`, `ENCODES` times.
 fn per_encode(mut write: impl FnMut(&mut Vec<u8>)) -> f64 {
@@ -33,6 +43,8 @@ fn per_encode(mut write: impl FnMut(&mut Vec<u8>)) -> f64 {
 fn compare<T: AvroRecord>(name: &str, record: &T) {
     let schema = lookup(T::FULL_NAME).expect("in the catalog").schema;
     let writer = GenericDatumWriter::builder(schema).build().expect("writer");
+    let reader = GenericDatumReader::builder(schema).build().expect("reader");
+    let bytes = writer.write_ser_to_vec(record).expect("encodes");
     for round in 1..=ROUNDS {
         let by_name = per_encode(|out| {
             writer.write_ser(out, record).expect("encodes");
@@ -41,7 +53,17 @@ fn compare<T: AvroRecord>(name: &str, record: &T) {
             writer.write_ser(out, &ForAvro(record)).expect("encodes");
         });
         println!(
-            "{name:<20} round {round}: by name {by_name:>5.0} ns, in schema order {in_order:>5.0} ns ({:.2})",
+            "{name:<20} round {round}: encode by name {by_name:>5.0} ns, in schema order {in_order:>5.0} ns ({:.2})",
+            in_order / by_name
+        );
+        let by_name = per_decode(|| {
+            let _: T = reader.read_deser(&mut &bytes[..]).expect("decodes");
+        });
+        let in_order = per_decode(|| {
+            let _: FromAvro<T> = reader.read_deser(&mut &bytes[..]).expect("decodes");
+        });
+        println!(
+            "{name:<20} round {round}: decode by name {by_name:>5.0} ns, in schema order {in_order:>5.0} ns ({:.2})",
             in_order / by_name
         );
     }

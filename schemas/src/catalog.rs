@@ -10,7 +10,11 @@
 use std::sync::OnceLock;
 
 use apache_avro::Schema;
-use serde::{Serialize, Serializer, de::DeserializeOwned, ser::SerializeTuple as _};
+use serde::{
+    Deserializer, Serialize, Serializer,
+    de::{self, DeserializeOwned, SeqAccess, Visitor},
+    ser::SerializeTuple as _,
+};
 
 use crate::records::{
     DeadLetter, Delivery, FanoutBatch, FollowChanged, InboxEvent, NotificationRequest,
@@ -95,20 +99,54 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn serialize_avro<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.serialize(serializer)
     }
+
+    /// Reads the record from its Avro decoder when it was written with our
+    /// own schema: by default through its derived `Deserialize`, which
+    /// matches each field's name against the struct's; the records every
+    /// notification carries use [`in_schema_order!`], which reads them as a
+    /// tuple by position.
+    fn deserialize_avro<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize(deserializer)
+    }
 }
 
-/// Writes a record as a tuple of the fields named, which must be all of its
-/// schema's in the schema's order (apache-avro writes a record from a tuple
-/// of that length by position, with no lookup by name). Implements
-/// [`AvroRecord::FIELDS_IN_ORDER`] and [`AvroRecord::serialize_avro`].
+/// Writes and reads a record as a tuple of the fields named, which must be
+/// all of its schema's in the schema's order (apache-avro writes and reads
+/// a record as a tuple of that length by position, with no lookup by name).
+/// Implements [`AvroRecord::FIELDS_IN_ORDER`], [`AvroRecord::serialize_avro`]
+/// and [`AvroRecord::deserialize_avro`].
 macro_rules! in_schema_order {
-    ($($field:ident),+ $(,)?) => {
+    ($record:ident: $($field:ident),+ $(,)?) => {
         const FIELDS_IN_ORDER: &'static [&'static str] = &[$(stringify!($field)),+];
 
         fn serialize_avro<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let mut fields = serializer.serialize_tuple(Self::FIELDS_IN_ORDER.len())?;
             $(fields.serialize_element(&self.$field)?;)+
             fields.end()
+        }
+
+        fn deserialize_avro<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct InOrder;
+            impl<'de> Visitor<'de> for InOrder {
+                type Value = $record;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    write!(f, "the fields of {} in schema order", stringify!($record))
+                }
+
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$record, A::Error> {
+                    let mut read = 0;
+                    $(
+                        let $field = seq
+                            .next_element()?
+                            .ok_or_else(|| de::Error::invalid_length(read, &self))?;
+                        read += 1;
+                    )+
+                    let _ = read;
+                    Ok($record { $($field),+ })
+                }
+            }
+            deserializer.deserialize_tuple(Self::FIELDS_IN_ORDER.len(), InOrder)
         }
     };
 }
@@ -117,6 +155,7 @@ impl AvroRecord for NotificationRequest {
     const FULL_NAME: &'static str = "tidings.v1.NotificationRequest";
 
     in_schema_order!(
+        NotificationRequest:
         notification_id,
         event_id,
         app_key,
@@ -137,6 +176,7 @@ impl AvroRecord for Delivery {
     const FULL_NAME: &'static str = "tidings.v1.Delivery";
 
     in_schema_order!(
+        Delivery:
         delivery_id,
         notification_id,
         event_id,
@@ -171,6 +211,7 @@ impl AvroRecord for TrackingEvent {
     const FULL_NAME: &'static str = "tidings.v1.TrackingEvent";
 
     in_schema_order!(
+        TrackingEvent:
         event_id,
         notification_id,
         user_id,

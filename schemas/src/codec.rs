@@ -238,7 +238,11 @@ impl AvroCodec {
         };
         if id == ours.id {
             // Same schema on both sides: decode straight into T.
-            return ours.reader.read_deser(&mut body).map_err(decode_err);
+            return ours
+                .reader
+                .read_deser::<FromAvro<T>>(&mut body)
+                .map(|r| r.0)
+                .map_err(decode_err);
         }
         let writer_schema = self.writer_schema(id)?;
         check_same_record(id, writer_schema, T::FULL_NAME)?;
@@ -358,6 +362,15 @@ impl<T: AvroRecord> serde::Serialize for ForAvro<'_, T> {
     }
 }
 
+/// A record as its Avro decoder gives it: [`AvroRecord::deserialize_avro`].
+pub struct FromAvro<T>(pub T);
+
+impl<'de, T: AvroRecord> serde::Deserialize<'de> for FromAvro<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize_avro(deserializer).map(FromAvro)
+    }
+}
+
 fn check_same_record(id: u32, writer: &Schema, expected: &'static str) -> Result<(), CodecError> {
     match writer {
         Schema::Record(r) if r.name.fullname(None) == expected => Ok(()),
@@ -435,12 +448,13 @@ mod tests {
     }
 
     /// The records written as tuples ([`AvroRecord::FIELDS_IN_ORDER`]) list
-    /// every field of their schema in its order, and encode to the same bytes
-    /// as through their derived `Serialize`, with every optional field set
-    /// and with none.
+    /// every field of their schema in its order, encode to the same bytes as
+    /// through their derived `Serialize`, and decode by position to what
+    /// their derived `Deserialize` reads, with every optional field set and
+    /// with none.
     #[test]
     fn records_written_in_schema_order_encode_as_by_name() {
-        fn check<T: AvroRecord + Clone + std::fmt::Debug>(samples: &[T]) {
+        fn check<T: AvroRecord + Clone + PartialEq + std::fmt::Debug>(samples: &[T]) {
             let codec = AvroCodec::local();
             let side = codec.write_side::<T>().unwrap();
             let Schema::Record(schema) = side.schema else {
@@ -452,6 +466,14 @@ mod tests {
                 let by_name = side.writer.write_ser_to_vec(sample).unwrap();
                 let in_order = side.writer.write_ser_to_vec(&ForAvro(sample)).unwrap();
                 assert_eq!(in_order, by_name, "{} {sample:?}", T::FULL_NAME);
+                // And read back by position as by name.
+                let read_by_name: T = side.reader.read_deser(&mut &by_name[..]).unwrap();
+                let FromAvro(read_in_order) = side
+                    .reader
+                    .read_deser::<FromAvro<T>>(&mut &by_name[..])
+                    .unwrap();
+                assert_eq!(read_in_order, read_by_name, "{}", T::FULL_NAME);
+                assert_eq!(&read_in_order, sample, "{}", T::FULL_NAME);
             }
         }
         let mut bare = request();
