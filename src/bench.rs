@@ -82,6 +82,13 @@ pub struct BenchOptions {
     /// every notification and the template statistics count each send.
     #[arg(long)]
     pub template: bool,
+    /// The event ids the callers send: `v7`, time-ordered UUIDs (as the
+    /// gateway mints when a caller gives none), or `v4`, random ones (as
+    /// some callers' idempotency keys are). A notification id leads with a
+    /// time-ordered event id's time, so the store's rows for it are written
+    /// in order; `v4` shows what random keys cost.
+    #[arg(long, value_enum, default_value_t = EventIds::V7)]
+    pub event_ids: EventIds,
     /// Skip the same-run baselines: a bare HTTP client sending as many
     /// requests straight to the stand-in, as many Kafka records produced
     /// and consumed with nothing around them, and a row per notification
@@ -92,6 +99,31 @@ pub struct BenchOptions {
     /// progress lines go to stderr, so stdout is the JSON alone.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the bench's callers make event ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventIds {
+    /// UUIDv7: time first, so the ids derived from them sort by time.
+    V7,
+    /// UUIDv4: random.
+    V4,
+}
+
+impl EventIds {
+    fn mint(self) -> String {
+        match self {
+            EventIds::V7 => uuid::Uuid::now_v7().to_string(),
+            EventIds::V4 => uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EventIds::V7 => "v7",
+            EventIds::V4 => "v4",
+        }
+    }
 }
 
 /// The warm-up notification's sequence number: past any a run sends, so a
@@ -538,7 +570,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 let items = (first..last)
                     .map(|seq| {
                         send_request(
-                            format!("bench-{seq}"),
+                            options.event_ids.mint(),
                             users[seq % users.len()].clone(),
                             seq,
                         )
@@ -652,6 +684,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
         "batch": options.batch,
         "callers": options.callers,
         "template": options.template,
+        "event_ids": options.event_ids.name(),
         "provider_in_flight": options.provider_in_flight,
         "stand_in": stand_in_kind,
         "offered_rate": options.rate,
@@ -681,7 +714,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
             accepted.len(),
         );
         println!(
-            "  users           {}, batch {}, callers {}, provider in flight {}, {}",
+            "  users           {}, batch {}, callers {}, provider in flight {}, {}, event ids {}",
             options.users,
             options.batch,
             options.callers,
@@ -690,7 +723,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> Result<()> {
                 "templated"
             } else {
                 "raw content"
-            }
+            },
+            options.event_ids.name(),
         );
         println!("  provider        {stand_in_kind} stand-in at {base_url}");
         if let Some(rate) = options.rate {
@@ -900,6 +934,7 @@ mod tests {
                 provider_addr: None,
                 provider_in_flight: 16,
                 template: false,
+                event_ids: EventIds::V7,
                 no_baseline: false,
                 duration: None,
                 json: false,
@@ -927,6 +962,7 @@ mod tests {
             provider_addr: None,
             provider_in_flight: 16,
             template: true,
+            event_ids: EventIds::V4,
             no_baseline: true,
             duration: Some(1),
             json: true,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use futures::future::try_join_all;
 use tidings_kafka::{KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, now_millis};
 use tidings_schemas::{
-    Channel,
+    Channel, ids,
     proto::v1::{
         self as pb, GetStatusRequest, GetStatusResponse, SendBatchRequest, SendBatchResponse,
         SendRequest, SendResponse, notification_service_server::NotificationService,
@@ -84,7 +84,8 @@ fn users_per_chunk(record_bytes: usize, buffer_bytes: usize) -> usize {
 }
 
 /// Namespace for notification ids derived from (app, event, user), so a
-/// caller retrying a send with the same event id gets the same ids back.
+/// caller retrying a send with the same event id gets the same ids back;
+/// led by the event id's time when it has one ([`ids::time_ordered`]).
 const NOTIFICATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7469_6469_6e67_7300_8000_0000_0000_0001);
 
 #[tonic::async_trait]
@@ -479,9 +480,10 @@ impl ValidSend {
     pub fn request(&self, user_id: &str) -> NotificationRequest {
         let p = &self.prototype;
         NotificationRequest {
-            notification_id: Uuid::new_v5(
+            notification_id: ids::time_ordered(
                 &NOTIFICATION_ID_NAMESPACE,
                 format!("{}\u{0}{}\u{0}{user_id}", p.app_key, p.event_id).as_bytes(),
+                &p.event_id,
             )
             .to_string(),
             user_id: user_id.to_owned(),

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod channel;
 pub mod codec;
+pub mod ids;
 pub mod records;
 pub mod registry;
 pub mod tracking_link;

@@ -7,6 +7,7 @@ use std::{
 
 use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
+use tidings_schemas::ids;
 use tidings_schemas::records::{FanoutBatch, NotificationRequest, Priority, RawContent};
 use tidings_store::{FeedEntry, Post, Store, User};
 use tidings_telemetry::metrics;
@@ -85,11 +86,13 @@ pub(crate) fn excerpt(body: &str) -> String {
     }
 }
 
-/// The id of the notification that tells `user` about post `post_id`.
+/// The id of the notification that tells `user` about post `post_id`, led
+/// by the post's time (post ids are UUIDv7).
 pub fn new_post_notification_id(post_id: &str, user: &str) -> String {
-    Uuid::new_v5(
+    ids::time_ordered(
         &FEED_NOTIFICATION_NAMESPACE,
         format!("{post_id}\u{0}{user}").as_bytes(),
+        post_id,
     )
     .to_string()
 }
