@@ -44,7 +44,7 @@ use std::{
 use tidings_config::{EnricherConfig, OverLimit, TrackingConfig};
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
-    AvroCodec, Channel,
+    AvroCodec, Channel, ids,
     records::{Delivery, NotificationRequest, TrackingEvent, TrackingKind},
     tracking_link::{LinkSigner, TrackedTarget},
 };
@@ -915,7 +915,9 @@ fn delivery(
     r: &Rendered,
     template_version: Option<i32>,
 ) -> Delivery {
-    let delivery_id = Uuid::new_v5(
+    // Led by the notification's time, as its id is: the intent marks keyed
+    // by it (`uncertain = "skip"`) are appended in order too.
+    let delivery_id = ids::time_ordered(
         &DELIVERY_ID_NAMESPACE,
         format!(
             "{}\u{0}{}\u{0}{target}",
@@ -923,6 +925,7 @@ fn delivery(
             channel.as_str()
         )
         .as_bytes(),
+        &req.notification_id,
     )
     .to_string();
     // SMS carries its own text, falling back to the push body; the in-app
