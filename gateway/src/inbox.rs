@@ -17,7 +17,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::Stream;
 use tidings_kafka::now_millis;
 use tidings_schemas::{
-    Channel,
+    Channel, ids,
     proto::v1::{
         self as pb, GetCountsRequest, GetCountsResponse, ListNotificationsRequest,
         ListNotificationsResponse, MarkAllReadRequest, MarkAllReadResponse,
@@ -381,7 +381,7 @@ impl Gateway {
     ) {
         let key = format!("tidings.inbox/{kind:?}/{user}/{id}");
         let event = TrackingEvent {
-            event_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string(),
+            event_id: ids::time_ordered(&Uuid::NAMESPACE_URL, key.as_bytes(), id).to_string(),
             notification_id: id.to_owned(),
             user_id: user.to_owned(),
             kind,

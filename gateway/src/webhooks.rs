@@ -62,6 +62,7 @@ use ring::hmac;
 use serde::{Deserialize, Deserializer};
 use tidings_kafka::now_millis;
 use tidings_schemas::{
+    ids,
     records::{TrackingEvent, TrackingKind},
     tracking_link::{DeliveryRef, with_receipt_token},
 };
@@ -561,7 +562,14 @@ fn receipt_event(
         d.notification_id, d.channel, d.target
     );
     TrackingEvent {
-        event_id: Uuid::new_v5(&RECEIPT_EVENT_NAMESPACE, name.as_bytes()).to_string(),
+        // Led by the notification's time: the stage that counts it marks
+        // the id in the store ([`ids`]).
+        event_id: ids::time_ordered(
+            &RECEIPT_EVENT_NAMESPACE,
+            name.as_bytes(),
+            &d.notification_id,
+        )
+        .to_string(),
         notification_id: d.notification_id,
         user_id: d.user_id,
         kind,

@@ -851,8 +851,9 @@ impl Enricher {
     ) -> Result<(), ProcessError> {
         let event = TrackingEvent {
             // Stable per (notification, kind, channel) so a replay repeats
-            // the same event id and analytics can drop the repeat.
-            event_id: Uuid::new_v5(
+            // the same event id and analytics can drop the repeat; led by
+            // the notification's time.
+            event_id: ids::time_ordered(
                 &DELIVERY_ID_NAMESPACE,
                 format!(
                     "{}\u{0}{kind:?}\u{0}{}",
@@ -860,6 +861,7 @@ impl Enricher {
                     channel.map(Channel::as_str).unwrap_or("")
                 )
                 .as_bytes(),
+                &req.notification_id,
             )
             .to_string(),
             notification_id: req.notification_id.clone(),

@@ -60,7 +60,7 @@ use std::{
 use tidings_config::{SendersConfig, Uncertain};
 use tidings_kafka::{Emitter, Handling, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::{
-    AvroCodec, Channel,
+    AvroCodec, Channel, ids,
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
 };
 use tidings_store::{DeliveryKey, StatusEntry, Store, StoreError, notification_log};
@@ -178,11 +178,13 @@ impl Replay {
 }
 
 /// The id of a delivery's SENT tracking event: the same in every run, so a
-/// replay that emits it again is counted once.
+/// replay that emits it again is counted once; led by the delivery's time,
+/// as the template statistics mark it in the store.
 fn sent_event_id(d: &Delivery) -> String {
-    Uuid::new_v5(
+    ids::time_ordered(
         &Uuid::NAMESPACE_OID,
         format!("tidings.sent/{}", d.delivery_id).as_bytes(),
+        &d.delivery_id,
     )
     .to_string()
 }
