@@ -43,8 +43,13 @@ pub fn millis_of(id: &str) -> Option<u64> {
             Some(u64::from_be_bytes(millis))
         }
         _ => {
+            // A caller's v1 or v6 from before 1970 wraps around in uuid's
+            // conversion: any value serves as a lead, and none may overflow.
             let (secs, nanos) = id.get_timestamp()?.to_unix();
-            Some(secs.saturating_mul(1000) + u64::from(nanos / 1_000_000))
+            Some(
+                secs.saturating_mul(1000)
+                    .saturating_add(u64::from(nanos / 1_000_000)),
+            )
         }
     }
 }
@@ -97,6 +102,26 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn any_time_a_caller_can_write_gives_an_id() {
+        // v1 and v6 at the Gregorian epoch (before Unix's) and at the end
+        // of their range, v7 and v8 at both ends of theirs.
+        for source in [
+            "00000000-0000-1000-8000-000000000000",
+            "ffffffff-ffff-1fff-bfff-ffffffffffff",
+            "00000000-0000-6000-8000-000000000000",
+            "ffffffff-ffff-6fff-bfff-ffffffffffff",
+            "00000000-0000-7000-8000-000000000000",
+            "ffffffff-ffff-7fff-bfff-ffffffffffff",
+            "ffffffff-ffff-8fff-bfff-ffffffffffff",
+        ] {
+            assert!(millis_of(source).is_some(), "{source}");
+            let id = time_ordered(&NS, b"name", source);
+            assert_eq!(id.get_version_num(), 8, "{source}");
+            assert_eq!(id, time_ordered(&NS, b"name", source), "{source}");
+        }
     }
 
     #[test]
