@@ -7,8 +7,10 @@ use std::{
 
 use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
-use tidings_schemas::ids;
-use tidings_schemas::records::{FanoutBatch, NotificationRequest, Priority, RawContent};
+use tidings_schemas::{
+    ids,
+    records::{FanoutBatch, NotificationRequest, Priority, RawContent},
+};
 use tidings_store::{FeedEntry, Post, Store, User};
 use tidings_telemetry::metrics;
 use tracing::warn;
