@@ -23,6 +23,9 @@ use crate::bench_providers;
 /// lost record does not hang the bench.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Records handed over together, as a stage hands over a batch's outputs.
+const BATCH_RECORDS: usize = 500;
+
 /// Deliveries awaited at once: bounds the futures held for a long run, far
 /// below the producer's `queue.buffering.max.messages`.
 const MAX_IN_FLIGHT: usize = 100_000;
@@ -204,8 +207,8 @@ fn stage_consumer(
     .context("creating the raw baseline's consumer")
 }
 
-/// Hands every record to the producer as a stage hands over its outputs,
-/// and waits until the brokers have them all.
+/// Hands the records to the producer as a stage hands over its outputs, a
+/// batch at a time, and waits until the brokers have them all.
 async fn produce(
     producer: &AvroProducer,
     topic: &str,
@@ -215,31 +218,45 @@ async fn produce(
     record_bytes: usize,
 ) -> Result<usize> {
     let window = filler.len() - record_bytes;
-    let mut deliveries = FuturesUnordered::new();
+    let mut batches = FuturesUnordered::new();
     let mut produced = 0;
-    for n in 0..records {
-        // A prime stride, so neighbouring records differ.
-        let at = n * 4099 % window;
-        let record = OutRecord {
-            topic: topic.to_owned(),
-            key: keys[n % keys.len()].clone(),
-            payload: filler[at..at + record_bytes].to_vec(),
-            handling: Handling::First,
-            label: None,
-        };
-        deliveries.push(producer.enqueue(&record));
-        while deliveries.len() >= MAX_IN_FLIGHT {
-            if let Some(delivered) = deliveries.next().await {
-                delivered.context("producing a raw baseline record")?;
-                produced += 1;
+    let mut n = 0;
+    while n < records {
+        let batch: Vec<OutRecord> = (n..records.min(n + BATCH_RECORDS))
+            .map(|n| {
+                // A prime stride, so neighbouring records differ.
+                let at = n * 4099 % window;
+                OutRecord {
+                    topic: topic.to_owned(),
+                    key: keys[n % keys.len()].clone(),
+                    payload: filler[at..at + record_bytes].to_vec(),
+                    handling: Handling::First,
+                    label: None,
+                }
+            })
+            .collect();
+        n += batch.len();
+        let handover = producer.enqueue_all(&batch);
+        batches.push(async move { producer.acknowledged(handover, &batch).await });
+        while batches.len() * BATCH_RECORDS >= MAX_IN_FLIGHT {
+            if let Some(outcomes) = batches.next().await {
+                produced += acknowledged(outcomes)?;
             }
         }
     }
-    while let Some(delivered) = deliveries.next().await {
-        delivered.context("producing a raw baseline record")?;
-        produced += 1;
+    while let Some(outcomes) = batches.next().await {
+        produced += acknowledged(outcomes)?;
     }
     Ok(produced)
+}
+
+/// How many of a batch's records the brokers have, or the first failure.
+fn acknowledged(outcomes: Vec<Result<(), tidings_kafka::KafkaError>>) -> Result<usize> {
+    let n = outcomes.len();
+    for outcome in outcomes {
+        outcome.context("producing a raw baseline record")?;
+    }
+    Ok(n)
 }
 
 /// Reads until `records` records of `record_bytes` came back, storing

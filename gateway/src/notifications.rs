@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::future::try_join_all;
 use tidings_kafka::{KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, now_millis};
 use tidings_schemas::{
     Channel, ids,
@@ -339,7 +338,7 @@ impl Gateway {
         if let Ok(events) = events {
             let producer = self.producer.clone();
             tokio::spawn(async move {
-                if let Err(e) = try_join_all(events.iter().map(|e| producer.send_raw(e))).await {
+                if let Err(e) = producer.send_all(&events).await {
                     tracing::warn!(error = %e, "could not write ACCEPTED tracking events");
                 }
             });

@@ -15,7 +15,7 @@ pub use backoff::Backoff;
 pub use cluster::{KafkaCluster, is_settling, watermarks};
 pub use error::KafkaError;
 pub use handling::{Handling, MAYBE_REPEAT_HEADER, is_marked, maybe_repeat_headers};
-pub use producer::{AvroProducer, OutRecord, RECORD_OVERHEAD_BYTES};
+pub use producer::{AvroProducer, Delivered, Handover, OutRecord, RECORD_OVERHEAD_BYTES};
 pub use readiness::{Assignment, StageAssignments};
 pub use stage::{
     Emitter, Failure, Pickup, ProcessError, Processor, RecordMeta, Stage, StageOptions, now_millis,

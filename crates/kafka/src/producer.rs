@@ -2,26 +2,45 @@
 //! a send that returns only once the brokers have the record. Records are
 //! bounded by `kafka.max_message_bytes`, the producer's `message.max.bytes`
 //! and the `max.message.bytes` of the topics `tidings init` creates.
+//!
+//! A stage hands a whole batch's outputs over at once and needs to know
+//! when all of them are acknowledged and which failed, not each record's
+//! offset; so a batch shares one counter of records still awaited
+//! ([`Acks`]), and librdkafka's delivery reports count it down and wake the
+//! batch's task once, at the last. rdkafka's `FutureProducer` gives every
+//! record a channel and a future of its own instead, which cost a
+//! measurable share of the pipeline's CPU (docs/benchmarks.md, session 20);
+//! a single send still gets its own channel ([`Awaiting::One`]).
 
-use std::time::Duration;
-
-use futures::{
-    FutureExt,
-    future::{BoxFuture, try_join_all},
+use std::{
+    future::poll_fn,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::Poll,
+    time::{Duration, Instant},
 };
+
+use futures::task::AtomicWaker;
 use rdkafka::{
-    error::KafkaError as RdKafkaError,
-    message::Header,
-    producer::{FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult},
-    util::Timeout,
+    ClientContext, Message,
+    error::{KafkaError as RdKafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroCodec, AvroRecord, Label};
+use tokio::sync::oneshot;
 
 use crate::{
     KafkaCluster, KafkaError,
     handling::{Handling, maybe_repeat_headers},
 };
+
+/// How long a send waits before trying again when librdkafka's local queue
+/// (`queue.buffering.max.messages`) is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 
 /// Bytes of `kafka.max_message_bytes` kept for what Kafka adds around a
 /// record's key and value (record, batch and request headers), so that a
@@ -58,7 +77,7 @@ pub struct Delivered {
 /// A producer of Avro records in the Confluent wire format. Cheap to clone.
 #[derive(Clone)]
 pub struct AvroProducer {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<DeliveryReports>>,
     codec: AvroCodec,
     timeout: Duration,
     max_message_bytes: usize,
@@ -78,9 +97,11 @@ impl AvroProducer {
             .set("queue.buffering.max.messages", "1000000")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
             .set("message.max.bytes", config.max_message_bytes.to_string());
-        let producer = c.create().map_err(|e| KafkaError::client("producer", e))?;
+        let producer = c
+            .create_with_context(DeliveryReports)
+            .map_err(|e| KafkaError::client("producer", e))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             codec,
             timeout: Duration::from_millis(config.produce_timeout_ms),
             max_message_bytes: config.max_message_bytes,
@@ -132,48 +153,103 @@ impl AvroProducer {
         self.send_raw(&out).await
     }
 
-    /// Produces already-encoded records concurrently and waits for all of
-    /// them. Records with the same key keep their order (idempotent producer).
-    pub async fn send_all(&self, records: &[OutRecord]) -> Result<Vec<Delivered>, KafkaError> {
-        try_join_all(records.iter().map(|r| self.send_raw(r))).await
+    /// Produces already-encoded records and waits until the brokers have
+    /// them all; the first failure, if any. Records with the same key keep
+    /// their order (idempotent producer).
+    pub async fn send_all(&self, records: &[OutRecord]) -> Result<(), KafkaError> {
+        let handover = self.enqueue_all(records);
+        self.acknowledged(handover, records)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
-    /// Hands `record` to the producer now, unless its local queue is full
-    /// (then the returned future waits for room, as [`send_raw`] does), and
-    /// returns a future for its delivery. Records enqueued one after another
-    /// keep their order, so a caller can enqueue a batch's outputs and go on
-    /// to the next batch while the brokers acknowledge them.
-    ///
-    /// [`send_raw`]: AvroProducer::send_raw
-    pub fn enqueue(&self, record: &OutRecord) -> BoxFuture<'_, Result<Delivered, KafkaError>> {
-        match self.producer.send_result(future_record(record)) {
-            Ok(delivery) => {
-                let topic = record.topic.clone();
-                async move {
-                    match delivery.await {
-                        Ok(result) => delivered(&topic, result),
-                        // The producer was dropped with the record queued.
-                        Err(_) => Err(KafkaError::Produce {
-                            topic,
-                            source: RdKafkaError::Canceled,
-                        }),
-                    }
+    /// Hands `records` to the producer now, in order, as far as its local
+    /// queue has room; [`Self::acknowledged`] hands over the rest and waits
+    /// for them all. Records enqueued one after another keep their order,
+    /// so a caller can enqueue a batch's outputs and go on to the next
+    /// batch while the brokers acknowledge them.
+    pub fn enqueue_all(&self, records: &[OutRecord]) -> Handover {
+        let acks = Arc::new(Acks::new(records.len()));
+        let handed = self.hand_over(records, 0, &acks);
+        Handover { acks, handed }
+    }
+
+    /// Each record's outcome, in order, once the brokers acknowledged or
+    /// refused every one of `records`, the same records given to
+    /// [`Self::enqueue_all`] for `handover`. What did not fit the local
+    /// queue then is handed over as room frees, for at most the produce
+    /// timeout.
+    pub async fn acknowledged(
+        &self,
+        handover: Handover,
+        records: &[OutRecord],
+    ) -> Vec<Result<(), KafkaError>> {
+        let Handover { acks, mut handed } = handover;
+        let started = Instant::now();
+        while handed < records.len() {
+            if started.elapsed() >= self.timeout {
+                // Never handed over: failed here, as librdkafka fails a
+                // record at its message timeout.
+                for i in handed..records.len() {
+                    acks.fail(
+                        i,
+                        RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    );
                 }
-                .boxed()
+                break;
             }
-            Err(_) => {
-                let record = record.clone();
-                async move { self.send_raw(&record).await }.boxed()
+            tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            handed = self.hand_over(records, handed, &acks);
+        }
+        poll_fn(|cx| acks.poll_done(cx)).await;
+        acks.outcomes(records)
+    }
+
+    /// Hands `records[from..]` over until the local queue is full; returns
+    /// how far it got. A record refused for another reason is failed in
+    /// `acks` at once.
+    fn hand_over(&self, records: &[OutRecord], from: usize, acks: &Arc<Acks>) -> usize {
+        for (i, record) in records.iter().enumerate().skip(from) {
+            let awaiting = Box::new(Awaiting::InBatch(Arc::clone(acks), i));
+            match self.producer.send(base_record(record, awaiting)) {
+                Ok(()) => {}
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return i;
+                }
+                Err((e, _)) => acks.fail(i, e),
             }
         }
+        records.len()
     }
 
+    /// Produces one record and waits until every in-sync replica has it;
+    /// where it landed.
     pub async fn send_raw(&self, record: &OutRecord) -> Result<Delivered, KafkaError> {
-        let result = self
-            .producer
-            .send(future_record(record), Timeout::After(self.timeout))
-            .await;
-        delivered(&record.topic, result)
+        let started = Instant::now();
+        loop {
+            let (tx, rx) = oneshot::channel();
+            match self
+                .producer
+                .send(base_record(record, Box::new(Awaiting::One(tx))))
+            {
+                Ok(()) => {
+                    return match rx.await {
+                        Ok(result) => result,
+                        // Reports are sent before the producer goes away.
+                        Err(_) => Err(RdKafkaError::Canceled),
+                    }
+                    .map_err(|source| produce_error(&record.topic, source));
+                }
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() < self.timeout =>
+                {
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => return Err(produce_error(&record.topic, e)),
+            }
+        }
     }
 
     /// The end (high watermark) of `topic`'s `partition` now: the offset
@@ -203,15 +279,18 @@ impl AvroProducer {
 
 /// `record` as librdkafka takes it, with a header if it may repeat and one
 /// for its label.
-fn future_record(record: &OutRecord) -> FutureRecord<'_, String, [u8]> {
-    let future = FutureRecord::to(&record.topic)
+fn base_record<'a>(
+    record: &'a OutRecord,
+    awaiting: Box<Awaiting>,
+) -> BaseRecord<'a, String, [u8], Box<Awaiting>> {
+    let base = BaseRecord::with_opaque_to(&record.topic, awaiting)
         .key(&record.key)
         .payload(record.payload.as_slice());
     let marked = match record.handling {
         Handling::First => None,
         Handling::MaybeRepeat => Some(maybe_repeat_headers()),
     };
-    let headers = match record.label {
+    let headers: Option<OwnedHeaders> = match record.label {
         Some((key, value)) => Some(marked.unwrap_or_default().insert(Header {
             key,
             value: Some(value),
@@ -219,20 +298,117 @@ fn future_record(record: &OutRecord) -> FutureRecord<'_, String, [u8]> {
         None => marked,
     };
     match headers {
-        Some(headers) => future.headers(headers),
-        None => future,
+        Some(headers) => base.headers(headers),
+        None => base,
     }
 }
 
-/// Where a record of `topic` landed, or why it did not.
-fn delivered(topic: &str, result: OwnedDeliveryResult) -> Result<Delivered, KafkaError> {
-    result
-        .map(|d| Delivered {
-            partition: d.partition,
-            offset: d.offset,
-        })
-        .map_err(|(source, _)| KafkaError::Produce {
-            topic: topic.to_owned(),
-            source,
-        })
+fn produce_error(topic: &str, source: RdKafkaError) -> KafkaError {
+    KafkaError::Produce {
+        topic: topic.to_owned(),
+        source,
+    }
+}
+
+/// A batch handed to the producer by [`AvroProducer::enqueue_all`]: how
+/// far it got, and the count its delivery reports go to.
+#[must_use = "a batch's records are awaited with AvroProducer::acknowledged"]
+pub struct Handover {
+    acks: Arc<Acks>,
+    handed: usize,
+}
+
+/// Who awaits a record's delivery report.
+enum Awaiting {
+    /// A single send, alone.
+    One(oneshot::Sender<Result<Delivered, RdKafkaError>>),
+    /// The record at this index of a batch handed over together.
+    InBatch(Arc<Acks>, usize),
+}
+
+/// The records of one batch still awaited, the failures so far, and the
+/// task to wake when none is left.
+struct Acks {
+    remaining: AtomicUsize,
+    failed: Mutex<Vec<(usize, RdKafkaError)>>,
+    waker: AtomicWaker,
+}
+
+impl Acks {
+    fn new(records: usize) -> Self {
+        Self {
+            remaining: AtomicUsize::new(records),
+            failed: Mutex::new(Vec::new()),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    fn fail(&self, index: usize, error: RdKafkaError) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((index, error));
+        self.done();
+    }
+
+    fn poll_done(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.remaining.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.remaining.load(Ordering::Acquire) == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Each record's outcome, in order, once none is awaited.
+    fn outcomes(&self, records: &[OutRecord]) -> Vec<Result<(), KafkaError>> {
+        let mut outcomes: Vec<Result<(), KafkaError>> = records.iter().map(|_| Ok(())).collect();
+        let failed = std::mem::take(
+            &mut *self
+                .failed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (i, source) in failed {
+            outcomes[i] = Err(produce_error(&records[i].topic, source));
+        }
+        outcomes
+    }
+}
+
+/// The producer's context: routes each delivery report to whoever awaits
+/// it. Runs on the producer's polling thread.
+struct DeliveryReports;
+
+impl ClientContext for DeliveryReports {}
+
+impl ProducerContext for DeliveryReports {
+    type DeliveryOpaque = Box<Awaiting>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, awaiting: Box<Awaiting>) {
+        match *awaiting {
+            Awaiting::One(tx) => {
+                let _ = tx.send(match result {
+                    Ok(m) => Ok(Delivered {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    }),
+                    Err((e, _)) => Err(e.clone()),
+                });
+            }
+            Awaiting::InBatch(acks, i) => match result {
+                Ok(_) => acks.done(),
+                Err((e, _)) => acks.fail(i, e.clone()),
+            },
+        }
+    }
 }

@@ -62,7 +62,7 @@ use crate::{
     backoff::{Backoff, sleep_or_cancel},
     cluster::watermarks,
     handling::{Frontiers, Handling, is_labelled, is_marked},
-    producer::{AvroProducer, Delivered, OutRecord},
+    producer::{AvroProducer, Handover, OutRecord},
     readiness::Assignment,
 };
 
@@ -623,8 +623,9 @@ type Producing<'a> = BoxFuture<'a, Option<Offsets>>;
 struct BatchOutputs<I> {
     records: Vec<Record<I>>,
     fates: Vec<Fate>,
-    /// (index of the input record, output), not yet produced.
-    pending: Vec<(usize, OutRecord)>,
+    /// Outputs not yet produced, and the index of each one's input record.
+    pending: Vec<OutRecord>,
+    inputs: Vec<usize>,
     phases: Phases,
 }
 
@@ -1237,41 +1238,41 @@ impl<P: Processor> Stage<P> {
         shutdown: &'a CancellationToken,
     ) -> Producing<'a> {
         let mut fates = Vec::with_capacity(outcomes.len());
-        // (index of the input record, output)
-        let mut pending: Vec<(usize, OutRecord)> = Vec::new();
+        let mut pending: Vec<OutRecord> = Vec::new();
+        let mut inputs: Vec<usize> = Vec::new();
         for (i, outcome) in outcomes.into_iter().enumerate() {
             match outcome {
                 RecordOutcome::Processed(outputs) => {
                     fates.push(Fate::Processed);
-                    pending.extend(outputs.into_iter().map(|o| (i, o)));
+                    inputs.extend(std::iter::repeat_n(i, outputs.len()));
+                    pending.extend(outputs);
                 }
                 RecordOutcome::DeadLettered(letter) => {
                     fates.push(Fate::DeadLettered);
-                    pending.push((i, letter));
+                    inputs.push(i);
+                    pending.push(letter);
                 }
                 RecordOutcome::Interrupted => fates.push(Fate::Interrupted),
             }
         }
-        let enqueued: Vec<_> = pending
-            .iter()
-            .map(|(_, r)| self.producer.enqueue(r))
-            .collect();
+        let handover = self.producer.enqueue_all(&pending);
         phases.handed_over = phases.started.elapsed();
         let outputs = BatchOutputs {
             records,
             fates,
             pending,
+            inputs,
             phases,
         };
-        self.outputs_produced(outputs, enqueued, shutdown).boxed()
+        self.outputs_produced(outputs, handover, shutdown).boxed()
     }
 
-    /// Waits for a batch's outputs handed to the producer (`enqueued`, one
-    /// per pending output), then retries what failed; see [`Self::produce`].
+    /// Waits for a batch's outputs handed to the producer (`handover`),
+    /// then retries what failed; see [`Self::produce`].
     async fn outputs_produced(
         &self,
         outputs: BatchOutputs<P::Input>,
-        enqueued: Vec<BoxFuture<'_, Result<Delivered, KafkaError>>>,
+        handover: Handover,
         shutdown: &CancellationToken,
     ) -> Option<Offsets> {
         let stage = self.processor.name();
@@ -1279,22 +1280,24 @@ impl<P: Processor> Stage<P> {
             records,
             mut fates,
             mut pending,
+            mut inputs,
             phases,
         } = outputs;
-        let mut enqueued = Some(enqueued);
+        let mut handover = Some(handover);
         let mut produced: BTreeMap<String, u64> = BTreeMap::new();
         let mut backoff = self.backoff();
         while !pending.is_empty() {
-            let results = match enqueued.take() {
-                Some(first) => join_all(first).await,
-                None => join_all(pending.iter().map(|(_, r)| self.producer.send_raw(r))).await,
-            };
+            let handover = handover
+                .take()
+                .unwrap_or_else(|| self.producer.enqueue_all(&pending));
+            let results = self.producer.acknowledged(handover, &pending).await;
             let mut retry = Vec::new();
+            let mut retry_inputs = Vec::new();
             let mut poisoned: BTreeMap<usize, String> = BTreeMap::new();
             let mut last_error = None;
-            for ((i, mut record), result) in pending.into_iter().zip(results) {
+            for ((i, mut record), result) in inputs.into_iter().zip(pending).zip(results) {
                 match result {
-                    Ok(_) => *produced.entry(record.topic).or_default() += 1,
+                    Ok(()) => *produced.entry(record.topic).or_default() += 1,
                     Err(e) if e.is_retriable() || fates[i] == Fate::DeadLettered => {
                         if !e.is_retriable() {
                             error!(stage, error = %e, "a dead letter cannot be produced; holding its record");
@@ -1302,7 +1305,8 @@ impl<P: Processor> Stage<P> {
                         // A produce that timed out may have landed all the
                         // same.
                         record.handling = Handling::MaybeRepeat;
-                        retry.push((i, record));
+                        retry.push(record);
+                        retry_inputs.push(i);
                         last_error = Some(e);
                     }
                     Err(e) => {
@@ -1310,7 +1314,13 @@ impl<P: Processor> Stage<P> {
                     }
                 }
             }
-            retry.retain(|(i, _)| !poisoned.contains_key(i));
+            let (mut kept, mut kept_inputs) = (Vec::new(), Vec::new());
+            for (record, i) in retry.into_iter().zip(retry_inputs) {
+                if !poisoned.contains_key(&i) {
+                    kept.push(record);
+                    kept_inputs.push(i);
+                }
+            }
             for (i, reason) in poisoned {
                 let meta = &records[i].meta;
                 count_error(stage, false);
@@ -1321,12 +1331,14 @@ impl<P: Processor> Stage<P> {
                 {
                     RecordOutcome::DeadLettered(letter) => {
                         fates[i] = Fate::DeadLettered;
-                        retry.push((i, letter));
+                        kept.push(letter);
+                        kept_inputs.push(i);
                     }
                     _ => return None,
                 }
             }
-            pending = retry;
+            pending = kept;
+            inputs = kept_inputs;
             if let Some(e) = last_error {
                 count_error(stage, true);
                 warn!(stage, failed = pending.len(), error = %e, backoff = ?backoff.peek(), "produce failed; retrying");
