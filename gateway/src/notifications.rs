@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use tidings_kafka::{KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, now_millis};
+use tidings_kafka::{
+    KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, backlog::record_bytes, now_millis,
+};
 use tidings_schemas::{
     Channel, ids,
     proto::v1::{
@@ -15,6 +17,8 @@ use tidings_schemas::{
         NotificationRequest, Priority, RawContent, TemplateRef, TrackingEvent, TrackingKind,
     },
 };
+use tidings_telemetry::metrics;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -236,7 +240,13 @@ impl Gateway {
                 ),
             ));
         }
-        let buffer_bytes = share.buffer_bytes;
+        // On the embedded cluster a chunk stays within what may wait unread
+        // per partition, so a large send waits for the enricher chunk by
+        // chunk instead of overrunning what the mock brokers keep.
+        let buffer_bytes = match self.producer.backlog_marks() {
+            Some(marks) => share.buffer_bytes.min(marks.bytes as usize),
+            None => share.buffer_bytes,
+        };
         let topic = self.topics.requests();
         let mut notification_ids = Vec::with_capacity(send.user_ids.len());
         for users in send
@@ -260,6 +270,7 @@ impl Gateway {
                 requests.push(request);
                 records.push(record);
             }
+            self.room_for(&topic, &records, prefix).await?;
             // The requests first: once they are acknowledged the
             // notifications are accepted; the tracking events after that are
             // best effort. A failure in a later chunk answers UNAVAILABLE and
@@ -276,6 +287,38 @@ impl Gateway {
             event_id: send.prototype.event_id,
             notification_ids,
         })
+    }
+
+    /// Waits, on the embedded cluster, until the requests topic has room for
+    /// `records` (the enricher is behind); UNAVAILABLE if it has none within
+    /// the produce timeout. At once on real brokers.
+    async fn room_for(
+        &self,
+        topic: &str,
+        records: &[OutRecord],
+        prefix: &str,
+    ) -> Result<(), Status> {
+        if !self.producer.counts_backlog() {
+            return Ok(());
+        }
+        let adding = records
+            .iter()
+            .map(|r| record_bytes(r.key.len(), r.payload.len()))
+            .sum();
+        let deadline = tokio::time::Instant::now() + self.producer.timeout();
+        self.producer
+            .room_for(topic, adding, Some(deadline), &CancellationToken::new(), |_| {
+                metrics()
+                    .embedded_backlog_waits
+                    .with_label_values(&["gateway", topic])
+                    .inc();
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "{prefix}could not accept the notification now, retry with the same event_id: {e}"
+                ))
+            })
     }
 
     /// The send's largest record (the longest user's), refused by field when

@@ -14,9 +14,10 @@
 
 use std::time::Duration;
 
-use tidings_kafka::{AvroProducer, KafkaError, Topics, now_millis};
+use tidings_kafka::{AvroProducer, KafkaError, Topics, backlog::record_bytes, now_millis};
 use tidings_schemas::records::NotificationRequest;
 use tidings_store::Store;
+use tidings_telemetry::metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -82,6 +83,25 @@ impl Scheduler {
                     continue;
                 }
             };
+            // On the embedded cluster, not more than the enricher can catch
+            // up with: a due item waits in the store, not in a topic that
+            // would drop it.
+            let deadline = tokio::time::Instant::now() + self.producer.timeout();
+            self.producer
+                .room_for(
+                    &topic,
+                    record_bytes(request.user_id.len(), item.payload.len()),
+                    Some(deadline),
+                    &CancellationToken::new(),
+                    |_| {
+                        metrics()
+                            .embedded_backlog_waits
+                            .with_label_values(&["scheduler", &topic])
+                            .inc();
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             self.producer
                 .send(&topic, &request.user_id, &request)
                 .await

@@ -3,7 +3,7 @@
 //! through the same rdkafka clients; only the bootstrap address differs.
 
 use std::{
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread::{self, JoinHandle},
     time::Duration,
 };
@@ -20,7 +20,11 @@ use rdkafka::{
 use tidings_config::KafkaConfig;
 use tracing::info;
 
-use crate::{KafkaError, topics::TopicSpec};
+use crate::{
+    KafkaError,
+    backlog::{Backlog, Marks},
+    topics::TopicSpec,
+};
 
 /// A running set of brokers.
 pub struct KafkaCluster {
@@ -33,6 +37,9 @@ pub struct KafkaCluster {
 struct EmbeddedBrokers {
     commands: mpsc::Sender<MockCommand>,
     thread: Option<JoinHandle<()>>,
+    /// What the mock brokers hold unread (they drop the oldest beyond a
+    /// size, read or not).
+    backlog: Arc<Backlog>,
 }
 
 /// Work for the mock cluster's thread. Topics are created through the mock
@@ -101,6 +108,7 @@ impl KafkaCluster {
             embedded: Some(EmbeddedBrokers {
                 commands,
                 thread: Some(thread),
+                backlog: Arc::new(Backlog::new(Marks::default())),
             }),
         })
     }
@@ -111,6 +119,12 @@ impl KafkaCluster {
 
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// What the embedded brokers hold unread, which writers wait on (see
+    /// [`crate::backlog`]); None for real brokers.
+    pub fn backlog(&self) -> Option<Arc<Backlog>> {
+        self.embedded.as_ref().map(|e| e.backlog.clone())
     }
 
     /// librdkafka properties every client shares.

@@ -2,6 +2,7 @@
 //! brokers are (a real cluster or the embedded mock), topic layout, a durable
 //! Avro producer, and the stage runner processors are built on.
 
+pub mod backlog;
 pub mod backoff;
 mod cluster;
 mod error;

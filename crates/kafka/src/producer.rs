@@ -32,9 +32,11 @@ use rdkafka::{
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroCodec, AvroRecord, Label};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     KafkaCluster, KafkaError,
+    backlog::{Backlog, Marks, NoRoom, record_bytes},
     handling::{Handling, maybe_repeat_headers},
 };
 
@@ -78,6 +80,8 @@ pub struct Delivered {
 #[derive(Clone)]
 pub struct AvroProducer {
     producer: Arc<ThreadedProducer<DeliveryReports>>,
+    /// On the embedded cluster, what its brokers hold unread.
+    backlog: Option<Arc<Backlog>>,
     codec: AvroCodec,
     timeout: Duration,
     max_message_bytes: usize,
@@ -97,11 +101,15 @@ impl AvroProducer {
             .set("queue.buffering.max.messages", "1000000")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
             .set("message.max.bytes", config.max_message_bytes.to_string());
+        let backlog = cluster.backlog();
         let producer = c
-            .create_with_context(DeliveryReports)
+            .create_with_context(DeliveryReports {
+                backlog: backlog.clone(),
+            })
             .map_err(|e| KafkaError::client("producer", e))?;
         Ok(Self {
             producer: Arc::new(producer),
+            backlog,
             codec,
             timeout: Duration::from_millis(config.produce_timeout_ms),
             max_message_bytes: config.max_message_bytes,
@@ -117,6 +125,40 @@ impl AvroProducer {
 
     pub fn codec(&self) -> &AvroCodec {
         &self.codec
+    }
+
+    /// Waits, on the embedded cluster, until `topic` has room for `adding`
+    /// more bytes (see [`crate::backlog`]); at once on real brokers. At most
+    /// until `deadline` if given, no longer than `stop`; `waiting` hears
+    /// the first refusal.
+    pub async fn room_for(
+        &self,
+        topic: &str,
+        adding: u64,
+        deadline: Option<tokio::time::Instant>,
+        stop: &CancellationToken,
+        waiting: impl FnMut(&NoRoom),
+    ) -> Result<(), NoRoom> {
+        match &self.backlog {
+            Some(backlog) => backlog.room(topic, adding, deadline, stop, waiting).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether writes wait for room: only on the embedded cluster.
+    pub fn counts_backlog(&self) -> bool {
+        self.backlog.is_some()
+    }
+
+    /// How much may wait unread per partition before writers wait, on the
+    /// embedded cluster.
+    pub fn backlog_marks(&self) -> Option<Marks> {
+        self.backlog.as_ref().map(|b| b.marks())
+    }
+
+    /// How long a produce may take (`kafka.produce_timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Encodes a record for `topic`.
@@ -386,8 +428,11 @@ impl Acks {
 }
 
 /// The producer's context: routes each delivery report to whoever awaits
-/// it. Runs on the producer's polling thread.
-struct DeliveryReports;
+/// it, and counts what the embedded brokers now hold. Runs on the
+/// producer's polling thread.
+struct DeliveryReports {
+    backlog: Option<Arc<Backlog>>,
+}
 
 impl ClientContext for DeliveryReports {}
 
@@ -395,6 +440,13 @@ impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = Box<Awaiting>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, awaiting: Box<Awaiting>) {
+        if let (Some(backlog), Ok(m)) = (&self.backlog, result) {
+            backlog.produced(
+                m.topic(),
+                m.partition(),
+                record_bytes(m.key_len(), m.payload_len()),
+            );
+        }
         match *awaiting {
             Awaiting::One(tx) => {
                 let _ = tx.send(match result {

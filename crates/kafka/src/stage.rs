@@ -59,6 +59,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     KafkaCluster, KafkaError,
+    backlog::{Backlog, record_bytes},
     backoff::{Backoff, sleep_or_cancel},
     cluster::watermarks,
     handling::{Frontiers, Handling, is_labelled, is_marked},
@@ -222,6 +223,13 @@ pub trait Processor: Send + Sync + 'static {
     /// statistics pass over tracking events that name no template). A
     /// record without it is handled as usual.
     const PASSES_OVER: Option<Label> = None;
+
+    /// Whether the stage waits, on the embedded cluster, until the topics
+    /// it writes have room (see [`crate::backlog`]). Only a stage that
+    /// feeds back into a topic upstream of itself opts out (the retry
+    /// relays: their senders wait on them, so they must not wait on their
+    /// senders).
+    const WAITS_FOR_ROOM: bool = true;
 
     /// The stage's name: consumer group suffix, metric label, dead-letter
     /// `stage` field.
@@ -507,6 +515,9 @@ pub struct Stage<P: Processor> {
     /// `stage_records_total{outcome="passed_over"}` of this stage, looked
     /// up once: it counts on the path that exists to be cheap.
     passed_over: IntCounter,
+    /// On the embedded cluster: what its brokers hold unread, and this
+    /// stage's consumer group, which counts what it takes.
+    backlog: Option<(Arc<Backlog>, String)>,
 }
 
 /// Consumer errors are librdkafka's reports (a broker down, a connection
@@ -734,11 +745,16 @@ impl<P: Processor> Stage<P> {
             .subscribe(&topics)
             .map_err(|e| KafkaError::client("subscription", e))?;
         info!(stage = processor.name(), %group, topics = ?input_topics, "stage subscribed");
+        let backlog = cluster.backlog().map(|backlog| {
+            backlog.register(&group, input_topics);
+            (backlog, group)
+        });
         let passed_over = metrics()
             .stage_records
             .with_label_values(&[processor.name(), "passed_over"]);
         Ok(Self {
             passed_over,
+            backlog,
             processor: Arc::new(processor),
             consumer,
             producer,
@@ -888,6 +904,14 @@ impl<P: Processor> Stage<P> {
     /// one the stage passes over, only its position (see
     /// [`Consumed::PassedOver`]).
     fn take(&self, m: BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+        if let Some((backlog, group)) = &self.backlog {
+            backlog.taken(
+                group,
+                m.topic(),
+                m.partition(),
+                record_bytes(m.key_len(), m.payload_len()),
+            );
+        }
         if !P::PASSES_OVER.is_some_and(|label| is_labelled(&m, label)) {
             batch.push(Consumed::Whole(m.detach()));
             return;
@@ -1016,6 +1040,9 @@ impl<P: Processor> Stage<P> {
             process: processed_at - fetched_at,
             handed_over: Duration::ZERO,
         };
+        if P::WAITS_FOR_ROOM && self.producer.counts_backlog() {
+            self.room_for_outputs(&outcomes, shutdown).await?;
+        }
         Some(self.produce(records, outcomes, phases, shutdown))
     }
 
@@ -1221,6 +1248,46 @@ impl<P: Processor> Stage<P> {
                 }
             }
         }
+    }
+
+    /// Waits, on the embedded cluster, until every topic the batch writes
+    /// has room for its share of the outputs (see [`crate::backlog`]),
+    /// holding the stage's partitions meanwhile. None at shutdown: the batch
+    /// is consumed again.
+    async fn room_for_outputs(
+        &self,
+        outcomes: &[RecordOutcome],
+        shutdown: &CancellationToken,
+    ) -> Option<()> {
+        let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
+        for outcome in outcomes {
+            let outputs = match outcome {
+                RecordOutcome::Processed(outputs) => outputs.as_slice(),
+                RecordOutcome::DeadLettered(letter) => std::slice::from_ref(letter),
+                RecordOutcome::Interrupted => &[],
+            };
+            for o in outputs {
+                *adding.entry(o.topic.as_str()).or_default() +=
+                    record_bytes(o.key.len(), o.payload.len());
+            }
+        }
+        let stage = self.processor.name();
+        for (topic, bytes) in adding {
+            let waited = self
+                .producer
+                .room_for(topic, bytes, None, shutdown, |full| {
+                    metrics()
+                        .embedded_backlog_waits
+                        .with_label_values(&[stage, topic])
+                        .inc();
+                    info!(stage, reason = %full, "holding the batch's outputs until the embedded Kafka's readers catch up");
+                })
+                .await;
+            if waited.is_err() {
+                return None;
+            }
+        }
+        Some(())
     }
 
     /// Hands every record's outputs to the producer now, in order, and

@@ -63,6 +63,10 @@ pub struct Metrics {
     /// marked sent), by stage and decision (skipped: only senders with
     /// `uncertain = skip` mark intents).
     pub sender_uncertain: IntCounterVec,
+    /// Times a writer (a stage, or the gateway) waited for its readers to
+    /// catch up on the embedded cluster, by writer and topic (see
+    /// tidings_kafka::backlog).
+    pub embedded_backlog_waits: IntCounterVec,
     /// Seconds to answer one feed page (the design's feed-refresh latency).
     pub feed_read_seconds: Histogram,
     /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
@@ -161,6 +165,14 @@ impl Metrics {
             &["stage", "decision"],
         )
         .expect("valid metric");
+        let embedded_backlog_waits = IntCounterVec::new(
+            Opts::new(
+                "embedded_backlog_waits_total",
+                "Writes held until the embedded Kafka's readers caught up, by writer and topic",
+            ),
+            &["writer", "topic"],
+        )
+        .expect("valid metric");
         let feed_read_seconds = Histogram::with_opts(
             HistogramOpts::new("feed_read_seconds", "Time to answer one feed page").buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -245,6 +257,7 @@ impl Metrics {
             Box::new(provider_results.clone()),
             Box::new(provider_failing.clone()),
             Box::new(sender_uncertain.clone()),
+            Box::new(embedded_backlog_waits.clone()),
             Box::new(feed_read_seconds.clone()),
             Box::new(feed_fanout.clone()),
             Box::new(store_call_seconds.clone()),
@@ -273,6 +286,7 @@ impl Metrics {
             provider_results,
             provider_failing,
             sender_uncertain,
+            embedded_backlog_waits,
             feed_read_seconds,
             feed_fanout,
             store_call_seconds,

@@ -30,6 +30,10 @@ impl Processor for RetryRelay {
     type Input = Delivery;
     type Prefetched = ();
 
+    // Its sender waits on this tier's topic; were the relay to wait on the
+    // sender's topic, the two could wait on each other.
+    const WAITS_FOR_ROOM: bool = false;
+
     fn name(&self) -> &'static str {
         self.name
     }
