@@ -19,7 +19,14 @@
 //! to count: a [`KafkaCluster`](crate::KafkaCluster) of real brokers has no
 //! `Backlog`.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +97,7 @@ struct TopicLog {
     produced: Vec<Tally>,
     /// Taken by each consumer group reading the topic, per partition.
     taken: HashMap<String, Vec<Tally>>,
+    gate: Arc<Gate>,
 }
 
 fn at(tallies: &mut Vec<Tally>, partition: i32) -> &mut Tally {
@@ -227,9 +235,12 @@ impl Backlog {
     }
 
     /// Waits until `topic` has room for `adding` bytes ([`Self::check`]),
-    /// at most until `deadline` if given, and no longer than `stop`. The
-    /// first refusal is handed to `waiting` (to log and count it) before
-    /// the wait.
+    /// at most until `deadline` if given, and no longer than `stop`. A
+    /// writer that finds no room hands the refusal to `waiting` (to log and
+    /// count it) before it waits; one that finds others waiting queues
+    /// behind them without a look. Writers waiting on one topic take turns, first come first
+    /// served, and only the first looks again every [`LOOK_AGAIN`]: a
+    /// gateway call of 500 items waits as one writer, not 500 polling.
     pub async fn room(
         &self,
         topic: &str,
@@ -238,24 +249,71 @@ impl Backlog {
         stop: &CancellationToken,
         mut waiting: impl FnMut(&NoRoom),
     ) -> Result<(), NoRoom> {
-        let mut first = true;
+        let gate = self.gate(topic);
+        // Nobody queued: a look, and on if there is room.
+        if gate.queued.load(Ordering::Acquire) == 0 {
+            match self.check(topic, adding) {
+                Ok(()) => return Ok(()),
+                Err(full) if deadline.is_some_and(|d| Instant::now() >= d) => return Err(full),
+                Err(full) => waiting(&full),
+            }
+        }
+        gate.queued.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued(&gate.queued);
+        let until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until);
+        let turn = tokio::select! {
+            turn = gate.turn.lock() => turn,
+            _ = stop.cancelled() => return Err(NoRoom::Stopped),
+            _ = &mut until => return self.check(topic, adding),
+        };
         loop {
             let full = match self.check(topic, adding) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    drop(queued);
+                    drop(turn);
+                    return Ok(());
+                }
                 Err(full) => full,
             };
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(full);
-            }
-            if first {
-                waiting(&full);
-                first = false;
-            }
             tokio::select! {
                 _ = stop.cancelled() => return Err(NoRoom::Stopped),
+                _ = &mut until => return Err(full),
                 _ = tokio::time::sleep(LOOK_AGAIN) => {}
             }
         }
+    }
+
+    /// The queue of writers waiting for room in `topic`.
+    fn gate(&self, topic: &str) -> Arc<Gate> {
+        let mut logs = self.topics();
+        let log = match logs.get_mut(topic) {
+            Some(log) => log,
+            None => logs.entry(topic.to_owned()).or_default(),
+        };
+        log.gate.clone()
+    }
+}
+
+/// Writers waiting for room in one topic: how many, and whose turn it is
+/// to look.
+#[derive(Default)]
+struct Gate {
+    queued: AtomicUsize,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// One writer counted in [`Gate::queued`] until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -378,5 +436,36 @@ mod tests {
             b.room("t", 0, None, &stop, |_| {}).await,
             Err(NoRoom::Stopped)
         );
+    }
+
+    #[tokio::test]
+    async fn writers_queued_on_a_full_topic_all_go_on_once_there_is_room() {
+        let b = std::sync::Arc::new(small());
+        b.register("g", &["t".into()]);
+        for _ in 0..10 {
+            b.produced("t", 0, 10);
+        }
+        let refusals = std::sync::Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..50)
+            .map(|_| {
+                let (b, refusals) = (b.clone(), refusals.clone());
+                tokio::spawn(async move {
+                    b.room("t", 0, None, &CancellationToken::new(), |_| {
+                        refusals.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        while b.gate("t").queued.load(Ordering::SeqCst) < 50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(writers.iter().all(|w| !w.is_finished()));
+        b.taken("g", "t", 0, 10);
+        for w in writers {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        assert_eq!(b.gate("t").queued.load(Ordering::SeqCst), 0);
+        assert!((1..=50).contains(&refusals.load(Ordering::SeqCst)));
     }
 }
