@@ -18,13 +18,15 @@ use async_trait::async_trait;
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
     Assignment, AvroProducer, Emitter, KafkaCluster, ProcessError, Processor, RecordMeta, Stage,
-    StageOptions, TopicSpec, backlog::record_bytes,
+    StageOptions, backlog::record_bytes,
 };
 use tidings_schemas::{
     AvroCodec,
     records::{TrackingEvent, TrackingKind},
 };
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const HEAD: &str = "b.head";
 const TAIL: &str = "b.tail";
@@ -141,20 +143,7 @@ impl Processor for Held {
 async fn a_held_reader_loses_nothing_when_more_than_the_mock_keeps_is_written() {
     let cluster = KafkaCluster::start_embedded().expect("embedded brokers");
     let config = config();
-    let specs: Vec<TopicSpec> = [HEAD, TAIL, DEAD_LETTERS]
-        .into_iter()
-        .map(|name| TopicSpec {
-            name: name.into(),
-            partitions: 1,
-            retention_ms: 3_600_000,
-            record: "TrackingEvent",
-            key: "user id",
-        })
-        .collect();
-    cluster
-        .ensure_topics(&config, &specs)
-        .await
-        .expect("topics");
+    common::create_topics(&cluster, &config, &[HEAD, TAIL, DEAD_LETTERS], 1).await;
     let codec = AvroCodec::local();
     let producer = AvroProducer::new(&cluster, &config, codec.clone()).expect("producer");
     let options = StageOptions {

@@ -10,8 +10,10 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use tidings_config::KafkaConfig;
-use tidings_kafka::{AvroProducer, Handling, KafkaCluster, OutRecord, TopicSpec};
+use tidings_kafka::{AvroProducer, Handling, KafkaCluster, OutRecord};
 use tidings_schemas::AvroCodec;
+
+mod common;
 
 const TOPIC: &str = "p.out";
 const WAIT: Duration = Duration::from_secs(30);
@@ -64,19 +66,7 @@ fn read_to_end(cluster: &KafkaCluster) -> Vec<Vec<u8>> {
 async fn a_batch_reports_each_outcome_in_order_and_a_refused_record_fails_alone() {
     let cluster = KafkaCluster::start_embedded().expect("embedded brokers");
     let config = config();
-    cluster
-        .ensure_topics(
-            &config,
-            &[TopicSpec {
-                name: TOPIC.into(),
-                partitions: 1,
-                retention_ms: 3_600_000,
-                record: "TrackingEvent",
-                key: "user id",
-            }],
-        )
-        .await
-        .expect("topic");
+    common::create_topics(&cluster, &config, &[TOPIC], 1).await;
     let producer = AvroProducer::new(&cluster, &config, AvroCodec::local()).expect("producer");
 
     // One record in the middle is larger than librdkafka's

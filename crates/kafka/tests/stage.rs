@@ -26,13 +26,15 @@ use rdkafka::{
 use tidings_config::KafkaConfig;
 use tidings_kafka::{
     Assignment, AvroProducer, Emitter, Handling, KafkaCluster, OutRecord, ProcessError, Processor,
-    RecordMeta, Stage, StageAssignments, StageOptions, TopicSpec, is_marked, now_millis,
+    RecordMeta, Stage, StageAssignments, StageOptions, is_marked, now_millis,
 };
 use tidings_schemas::{
     AvroCodec, Label, UNCOUNTED,
     records::{DeadLetter, TrackingEvent, TrackingKind},
 };
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const INPUT: &str = "t.in";
 const OUTPUT: &str = "t.out";
@@ -163,20 +165,7 @@ fn read(cluster: &KafkaCluster, topic: &str, want: usize) -> Vec<(Vec<u8>, i64)>
 async fn batches_are_prefetched_finished_then_produced_and_bad_records_dead_lettered() {
     let cluster = KafkaCluster::start_embedded().expect("embedded brokers");
     let config = config();
-    let specs: Vec<TopicSpec> = [INPUT, OUTPUT, DEAD_LETTERS]
-        .into_iter()
-        .map(|name| TopicSpec {
-            name: name.into(),
-            partitions: 3,
-            retention_ms: 3_600_000,
-            record: "TrackingEvent",
-            key: "user id",
-        })
-        .collect();
-    cluster
-        .ensure_topics(&config, &specs)
-        .await
-        .expect("topics");
+    common::create_topics(&cluster, &config, &[INPUT, OUTPUT, DEAD_LETTERS], 3).await;
 
     // The input is on the topic before the stage starts, so its first
     // batches hold many records; one record in the middle is not Avro.
@@ -334,24 +323,13 @@ impl Env {
     /// Creates `names` with `partitions` each and `max.message.bytes` at
     /// `max_message_bytes` (on a real broker).
     async fn topics(&self, names: &[&str], partitions: i32, max_message_bytes: usize) {
-        let specs: Vec<TopicSpec> = names
-            .iter()
-            .map(|name| TopicSpec {
-                name: self.topic(name),
-                partitions,
-                retention_ms: 3_600_000,
-                record: "TrackingEvent",
-                key: "user id",
-            })
-            .collect();
+        let names: Vec<String> = names.iter().map(|name| self.topic(name)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let config = KafkaConfig {
             max_message_bytes,
             ..self.config.clone()
         };
-        self.cluster
-            .ensure_topics(&config, &specs)
-            .await
-            .expect("topics");
+        common::create_topics(&self.cluster, &config, &names, partitions).await;
     }
 
     /// Writes `events` to `topic` (keyed by user id) with a plain producer
