@@ -215,8 +215,9 @@ pub trait Processor: Send + Sync + 'static {
     type Input: AvroRecord;
     /// What the stage looks up once per batch for all of its records (the
     /// contacts of every user in it, say), handed to each `process` call.
-    /// `()` for stages that look nothing up.
-    type Prefetched: Send + Sync;
+    /// `()` for stages that look nothing up. The default is what a stage
+    /// whose `prefetch` looks nothing up hands over.
+    type Prefetched: Send + Sync + Default;
 
     /// Records carrying this [`Label`] are of no use to the stage: they are
     /// committed as handled without being decoded or processed (template
@@ -240,8 +241,11 @@ pub trait Processor: Send + Sync + 'static {
     /// It is only a head start and must be read-only: `process` must look up
     /// itself whatever is missing, so a failed prefetch costs speed, never
     /// correctness, and a batch replayed after a crash finds the store as
-    /// `finish` left it.
-    async fn prefetch(&self, batch: &[(&Self::Input, &RecordMeta)]) -> Self::Prefetched;
+    /// `finish` left it. Nothing by default.
+    async fn prefetch(&self, batch: &[(&Self::Input, &RecordMeta)]) -> Self::Prefetched {
+        let _ = batch;
+        Self::Prefetched::default()
+    }
 
     async fn process(
         &self,

@@ -82,8 +82,6 @@ impl Processor for Copy {
         "copy"
     }
 
-    async fn prefetch(&self, _batch: &[(&TrackingEvent, &RecordMeta)]) {}
-
     async fn process(
         &self,
         input: &TrackingEvent,
@@ -92,10 +90,6 @@ impl Processor for Copy {
         out: &mut Emitter<'_>,
     ) -> Result<(), ProcessError> {
         out.emit(TAIL, &input.user_id, input)
-    }
-
-    async fn finish(&self, _batch: &()) -> Result<(), ProcessError> {
-        Ok(())
     }
 }
 
@@ -118,8 +112,6 @@ impl Processor for Held {
         "held"
     }
 
-    async fn prefetch(&self, _batch: &[(&TrackingEvent, &RecordMeta)]) {}
-
     async fn process(
         &self,
         input: &TrackingEvent,
@@ -131,10 +123,6 @@ impl Processor for Held {
             return Err(ProcessError::retriable("held"));
         }
         self.0.seen.lock().unwrap().insert(input.event_id.clone());
-        Ok(())
-    }
-
-    async fn finish(&self, _batch: &()) -> Result<(), ProcessError> {
         Ok(())
     }
 }

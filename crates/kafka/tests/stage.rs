@@ -73,6 +73,7 @@ struct Seen {
 /// announced; its first `finish` fails retriably.
 struct Copier(Arc<Seen>);
 
+#[derive(Default)]
 struct Batch {
     announced: HashSet<String>,
     processed: Mutex<usize>,

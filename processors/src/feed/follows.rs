@@ -174,8 +174,6 @@ impl Processor for FeedFollows {
         "feed-follows"
     }
 
-    async fn prefetch(&self, _batch: &[(&FollowChanged, &RecordMeta)]) {}
-
     async fn process(
         &self,
         change: &FollowChanged,

@@ -136,8 +136,6 @@ impl Processor for FanoutPlanner {
         "feed-planner"
     }
 
-    async fn prefetch(&self, _batch: &[(&PostPublished, &RecordMeta)]) {}
-
     async fn process(
         &self,
         post: &PostPublished,

@@ -142,8 +142,6 @@ impl Processor for FeedPruner {
         "feed-pruner"
     }
 
-    async fn prefetch(&self, _batch: &[(&PostRevised, &RecordMeta)]) {}
-
     async fn process(
         &self,
         revision: &PostRevised,

@@ -38,8 +38,6 @@ impl Processor for RetryRelay {
         self.name
     }
 
-    async fn prefetch(&self, _batch: &[(&Delivery, &RecordMeta)]) {}
-
     async fn process(
         &self,
         d: &Delivery,
@@ -62,9 +60,5 @@ impl Processor for RetryRelay {
         let mut next = d.clone();
         next.not_before = None;
         out.emit(&self.topics.deliver(channel), &d.user_id, &next)
-    }
-
-    async fn finish(&self, _batch: &()) -> Result<(), ProcessError> {
-        Ok(())
     }
 }
