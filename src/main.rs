@@ -67,6 +67,9 @@ enum Command {
     /// Run the gateway and every processor in one process. With the default
     /// configuration nothing else is needed: Kafka is librdkafka's embedded
     /// mock cluster, the store is a SQLite file and providers print to the log.
+    /// Kafka's records live in this process's memory; when the stages fall
+    /// behind, writers wait for them (a send at most kafka.produce_timeout_ms,
+    /// then UNAVAILABLE) rather than outrun what the mock cluster keeps.
     Dev {
         /// Do not create the demo user and its welcome notification.
         #[arg(long)]
