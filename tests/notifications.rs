@@ -1072,6 +1072,87 @@ async fn a_call_writes_a_bounded_number_of_bytes(backend: Backend) {
     t.stop().await;
 }
 
+/// A batch's items are answered in order, each with its own notification
+/// ids, whether the gateway writes them together (one user each, here in
+/// two groups as together they are larger than the call may hold at once),
+/// chunk by chunk (an item of five users larger than its share of the
+/// buffer), or not at all (an invalid item); exactly the accepted ones are
+/// on the requests topic.
+async fn a_batch_answers_each_item_with_its_own_ids(backend: Backend) {
+    let t = TestPipeline::start_with(backend, |c| c.gateway.expansion_buffer_bytes = 1 << 20).await;
+    let item = |event: &str, users: usize| {
+        let mut s = send("x", event, &[pb::Channel::Email], "");
+        s.user_ids = (0..users).map(|i| format!("batch-{event}-{i}")).collect();
+        if let Some(pb::send_request::Content::Raw(raw)) = &mut s.content {
+            raw.email_text = "x".repeat(30_000);
+        }
+        s
+    };
+    let mut items: Vec<pb::SendRequest> = (0..12).map(|i| item(&format!("one-{i}"), 1)).collect();
+    items.insert(5, item("five", 5));
+    let mut invalid = item("invalid", 1);
+    invalid.channels = vec![99];
+    items.insert(9, invalid);
+    let asked: Vec<(String, usize)> = items
+        .iter()
+        .map(|s| (s.event_id.clone(), s.user_ids.len()))
+        .collect();
+    let results = t
+        .client
+        .notifications()
+        .send_batch(t.client.request(pb::SendBatchRequest { items }).unwrap())
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), asked.len());
+    let mut accepted = std::collections::BTreeSet::new();
+    for (i, (result, (event, users))) in results.iter().zip(&asked).enumerate() {
+        match &result.outcome {
+            Some(pb::send_batch_result::Outcome::Error(e)) if event == "invalid" => {
+                assert!(e.starts_with(&format!("items[{i}].channels")), "{e}")
+            }
+            Some(pb::send_batch_result::Outcome::Accepted(a)) if event != "invalid" => {
+                assert_eq!(&a.event_id, event, "item {i} answered with another's event");
+                assert_eq!(a.notification_ids.len(), *users, "item {i}");
+                accepted.extend(a.notification_ids.iter().cloned());
+            }
+            other => panic!("item {i} ({event}): {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 17, "twelve single users and five");
+    let requests_topic = t.topic("notify.requests");
+    t.read_until::<tidings_schemas::records::NotificationRequest>(&requests_topic, WAIT, |r| {
+        r.len() >= 17
+    })
+    .await;
+    let requests: Vec<tidings_schemas::records::NotificationRequest> =
+        t.read_all(&requests_topic).await;
+    assert_eq!(
+        requests.len(),
+        17,
+        "each accepted notification written once"
+    );
+    let written: std::collections::BTreeSet<String> =
+        requests.into_iter().map(|r| r.notification_id).collect();
+    assert_eq!(written, accepted, "exactly the accepted notifications");
+    t.stop().await;
+}
+
+mod batch_items {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        a_batch_answers_each_item_with_its_own_ids(Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers() {
+        a_batch_answers_each_item_with_its_own_ids(Backend::Servers).await
+    }
+}
+
 mod call_bytes {
     use super::*;
 

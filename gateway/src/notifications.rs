@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use tidings_kafka::{
-    KafkaError, OutRecord, RECORD_OVERHEAD_BYTES, backlog::record_bytes, now_millis,
+    KafkaError, OutRecord, RECORD_OVERHEAD_BYTES,
+    backlog::{NoRoom, record_bytes},
+    now_millis,
 };
 use tidings_schemas::{
     Channel, ids,
@@ -141,27 +143,80 @@ impl NotificationService for Gateway {
                 ),
             ));
         }
-        // Items are accepted concurrently; each succeeds or fails on its own.
-        // They share the call's expansion buffer, so the call holds at most
-        // that much whatever its shape (plus one record per item).
-        // Likewise the bytes the call may write: an even share per item.
+        // Each item succeeds or fails on its own. They share the call's
+        // expansion buffer, so the call holds at most that much whatever its
+        // shape (plus one record per item). Likewise the bytes the call may
+        // write: an even share per item.
         let share = CallShare {
             buffer_bytes: self.limits.expansion_buffer_bytes / items.len(),
             max_bytes: self.limits.max_call_bytes / items.len(),
         };
-        let results = futures::future::join_all(items.into_iter().enumerate().map(|(i, item)| {
-            let prefix = format!("items[{i}].");
-            let app_key = app_key.clone();
-            async move { self.accept(&app_key, item, &prefix, share).await }
+        let prepared = futures::future::join_all(items.into_iter().enumerate().map(|(i, item)| {
+            let app_key = &app_key;
+            async move {
+                let prefix = format!("items[{i}].");
+                let prepared = self.prepare(app_key, item, &prefix, share).await;
+                (i, prefix, prepared)
+            }
         }))
         .await;
+        let mut results: Vec<Option<Result<SendResponse, Status>>> = Vec::new();
+        results.resize_with(prepared.len(), || None);
+        // Items that fit one chunk (one user each, as most batches) are
+        // written together; larger ones chunk by chunk, concurrently.
+        let chunk_bytes = self.chunk_bytes(share.buffer_bytes);
+        let (mut together, mut alone) = (Vec::new(), Vec::new());
+        for (i, prefix, prepared) in prepared {
+            match prepared {
+                Err(status) => results[i] = Some(Err(status)),
+                Ok(p) if p.send.user_ids.len() <= users_per_chunk(p.record_bytes, chunk_bytes) => {
+                    together.push((i, prefix, p))
+                }
+                Ok(p) => alone.push((i, prefix, p)),
+            }
+        }
+        // Groups of items, one after another, so that what the call holds
+        // stays within its buffer (a record is held about three times, as
+        // in `users_per_chunk`), and on the embedded cluster what is
+        // written at once within what may wait unread per partition.
+        let group_bytes = self.chunk_bytes(self.limits.expansion_buffer_bytes / 3);
+        let mut groups: Vec<Vec<(usize, String, Prepared)>> = Vec::new();
+        let mut bytes = 0;
+        for item in together {
+            let item_bytes = item.2.record_bytes * item.2.send.user_ids.len();
+            match groups.last_mut() {
+                Some(group) if bytes + item_bytes <= group_bytes => group.push(item),
+                _ => {
+                    bytes = 0;
+                    groups.push(vec![item]);
+                }
+            }
+            bytes += item_bytes;
+        }
+        let (written_together, written_alone) = futures::join!(
+            async move {
+                let mut answers = Vec::new();
+                for group in groups {
+                    answers.extend(self.write_together(group).await);
+                }
+                answers
+            },
+            futures::future::join_all(alone.into_iter().map(|(i, prefix, p)| async move {
+                (i, self.write_in_chunks(p, &prefix, share).await)
+            })),
+        );
+        for (i, answer) in written_together.into_iter().chain(written_alone) {
+            results[i] = Some(answer);
+        }
         let results = results
             .into_iter()
             .map(|r| pb::SendBatchResult {
-                outcome: Some(match r {
-                    Ok(accepted) => Outcome::Accepted(accepted),
-                    Err(status) => Outcome::Error(status.message().to_owned()),
-                }),
+                outcome: Some(
+                    match r.unwrap_or_else(|| Err(Status::internal("item not answered"))) {
+                        Ok(accepted) => Outcome::Accepted(accepted),
+                        Err(status) => Outcome::Error(status.message().to_owned()),
+                    },
+                ),
             })
             .collect();
         self.count("SendBatch", &Ok::<_, Status>(()));
@@ -204,11 +259,58 @@ impl NotificationService for Gateway {
     }
 }
 
+/// A send validated and sized, ready to be written.
+struct Prepared {
+    send: ValidSend,
+    /// The longest user's request and record: built to size the send, and
+    /// written as that user's, so a send of one user (most of a batch's
+    /// items) is built and encoded once.
+    largest: Option<(NotificationRequest, OutRecord)>,
+    /// The encoded size of the largest record.
+    record_bytes: usize,
+}
+
+impl Prepared {
+    /// The requests and records of `users`, in order.
+    fn build(
+        &mut self,
+        gateway: &Gateway,
+        topic: &str,
+        users: &[String],
+    ) -> Result<(Vec<NotificationRequest>, Vec<OutRecord>), Status> {
+        let mut requests = Vec::with_capacity(users.len());
+        let mut records = Vec::with_capacity(users.len());
+        for user in users {
+            let (request, record) = match self.largest.take_if(|(r, _)| r.user_id == *user) {
+                Some(built) => built,
+                None => {
+                    let request = self.send.request(user);
+                    let record = gateway
+                        .producer
+                        .encode(topic, &request.user_id, &request)
+                        .map_err(internal)?;
+                    (request, record)
+                }
+            };
+            requests.push(request);
+            records.push(record);
+        }
+        Ok((requests, records))
+    }
+}
+
+/// A batch item written together with others: where its records are in
+/// the shared hand-over.
+struct Together {
+    index: usize,
+    prefix: String,
+    event_id: String,
+    records: std::ops::Range<usize>,
+}
+
 impl Gateway {
     /// Validates one send and writes it to Kafka, durably: answers once
-    /// every user's record is acknowledged. Each user's request carries its
-    /// own copy of the content, so the users are expanded and produced a
-    /// chunk at a time, holding at most `buffer_bytes` (and one record).
+    /// every user's record is acknowledged.
     async fn accept(
         &self,
         app_key: &str,
@@ -216,13 +318,23 @@ impl Gateway {
         prefix: &str,
         share: CallShare,
     ) -> Result<SendResponse, Status> {
+        let prepared = self.prepare(app_key, send, prefix, share).await?;
+        self.write_in_chunks(prepared, prefix, share).await
+    }
+
+    /// Validates a send (fields, template, sizes) and builds its largest
+    /// record; nothing is written yet.
+    async fn prepare(
+        &self,
+        app_key: &str,
+        send: SendRequest,
+        prefix: &str,
+        share: CallShare,
+    ) -> Result<Prepared, Status> {
         let mut send = validate_send(app_key, send, prefix, now_millis(), self.limits)?;
         self.check_template(&mut send.prototype, prefix).await?;
         let largest = self.largest_record(&send, prefix)?;
         let record_bytes = largest.1.size();
-        // It is reused: a send of one user (most of a batch's items) is
-        // built and encoded once, not once to size it and once to produce.
-        let mut largest = Some(largest);
         let total = record_bytes.saturating_mul(send.user_ids.len());
         if total > share.max_bytes {
             return Err(validate::invalid(
@@ -240,37 +352,44 @@ impl Gateway {
                 ),
             ));
         }
-        // On the embedded cluster a chunk stays within what may wait unread
-        // per partition, so a large send waits for the enricher chunk by
-        // chunk instead of overrunning what the mock brokers keep.
-        let buffer_bytes = match self.producer.backlog_marks() {
-            Some(marks) => share.buffer_bytes.min(marks.bytes as usize),
-            None => share.buffer_bytes,
-        };
+        Ok(Prepared {
+            send,
+            largest: Some(largest),
+            record_bytes,
+        })
+    }
+
+    /// Bytes of records written at once: `buffer_bytes`, and on the
+    /// embedded cluster no more than may wait unread per partition, so a
+    /// large send waits for the enricher chunk by chunk instead of
+    /// overrunning what the mock brokers keep.
+    fn chunk_bytes(&self, buffer_bytes: usize) -> usize {
+        match self.producer.backlog_marks() {
+            Some(marks) => buffer_bytes.min(marks.bytes as usize),
+            None => buffer_bytes,
+        }
+    }
+
+    /// Writes a prepared send. Each user's request carries its own copy of
+    /// the content, so the users are expanded and produced a chunk at a
+    /// time, holding at most the call's share of the buffer (and one
+    /// record).
+    async fn write_in_chunks(
+        &self,
+        mut prepared: Prepared,
+        prefix: &str,
+        share: CallShare,
+    ) -> Result<SendResponse, Status> {
         let topic = self.topics.requests();
-        let mut notification_ids = Vec::with_capacity(send.user_ids.len());
-        for users in send
-            .user_ids
-            .chunks(users_per_chunk(record_bytes, buffer_bytes))
-        {
-            let mut requests = Vec::with_capacity(users.len());
-            let mut records = Vec::with_capacity(users.len());
-            for user in users {
-                let (request, record) = match largest.take_if(|(r, _)| r.user_id == *user) {
-                    Some(built) => built,
-                    None => {
-                        let request = send.request(user);
-                        let record = self
-                            .producer
-                            .encode(&topic, &request.user_id, &request)
-                            .map_err(internal)?;
-                        (request, record)
-                    }
-                };
-                requests.push(request);
-                records.push(record);
-            }
-            self.room_for(&topic, &records, prefix).await?;
+        let per_chunk =
+            users_per_chunk(prepared.record_bytes, self.chunk_bytes(share.buffer_bytes));
+        let users = std::mem::take(&mut prepared.send.user_ids);
+        let mut notification_ids = Vec::with_capacity(users.len());
+        for users in users.chunks(per_chunk) {
+            let (requests, records) = prepared.build(self, &topic, users)?;
+            self.room_for(&topic, &records)
+                .await
+                .map_err(|e| no_room_status(prefix, e))?;
             // The requests first: once they are acknowledged the
             // notifications are accepted; the tracking events after that are
             // best effort. A failure in a later chunk answers UNAVAILABLE and
@@ -284,20 +403,85 @@ impl Gateway {
             notification_ids.extend(requests.into_iter().map(|r| r.notification_id));
         }
         Ok(SendResponse {
-            event_id: send.prototype.event_id,
+            event_id: prepared.send.prototype.event_id,
             notification_ids,
         })
     }
 
-    /// Waits, on the embedded cluster, until the requests topic has room for
-    /// `records` (the enricher is behind); UNAVAILABLE if it has none within
-    /// the produce timeout. At once on real brokers.
-    async fn room_for(
+    /// Writes batch items that each fit in one chunk as one hand-over: one
+    /// wait for room, one wait for the brokers and one tracking write for
+    /// all of them, instead of one each. Each item still answers for its
+    /// own records only. The items together stay within the call's buffer
+    /// (each holds at most its share of it).
+    async fn write_together(
         &self,
-        topic: &str,
-        records: &[OutRecord],
-        prefix: &str,
-    ) -> Result<(), Status> {
+        items: Vec<(usize, String, Prepared)>,
+    ) -> Vec<(usize, Result<SendResponse, Status>)> {
+        let topic = self.topics.requests();
+        let mut answers = Vec::with_capacity(items.len());
+        let mut written = Vec::with_capacity(items.len());
+        let mut requests = Vec::new();
+        let mut records = Vec::new();
+        for (index, prefix, mut prepared) in items {
+            let users = std::mem::take(&mut prepared.send.user_ids);
+            match prepared.build(self, &topic, &users) {
+                Ok((item_requests, item_records)) => {
+                    let start = records.len();
+                    requests.extend(item_requests);
+                    records.extend(item_records);
+                    written.push(Together {
+                        index,
+                        prefix,
+                        event_id: prepared.send.prototype.event_id,
+                        records: start..records.len(),
+                    });
+                }
+                Err(status) => answers.push((index, Err(status))),
+            }
+        }
+        if written.is_empty() {
+            return answers;
+        }
+        if let Err(e) = self.room_for(&topic, &records).await {
+            answers.extend(
+                written
+                    .into_iter()
+                    .map(|item| (item.index, Err(no_room_status(&item.prefix, e.clone())))),
+            );
+            return answers;
+        }
+        let handover = self.producer.enqueue_all(&records);
+        let mut outcomes = self.producer.acknowledged(handover, &records).await;
+        drop(records);
+        let mut accepted = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter();
+        for item in written {
+            let mine: Vec<NotificationRequest> =
+                requests.by_ref().take(item.records.len()).collect();
+            let failed = outcomes[item.records.clone()]
+                .iter_mut()
+                .find_map(|outcome| std::mem::replace(outcome, Ok(())).err());
+            let answer = match failed {
+                Some(e) => Err(produce_status(&item.prefix, e)),
+                None => {
+                    let notification_ids = mine.iter().map(|r| r.notification_id.clone()).collect();
+                    accepted.extend(mine);
+                    Ok(SendResponse {
+                        event_id: item.event_id,
+                        notification_ids,
+                    })
+                }
+            };
+            answers.push((item.index, answer));
+        }
+        self.track_accepted(&accepted);
+        answers
+    }
+
+    /// Waits, on the embedded cluster, until the requests topic has room for
+    /// `records` (the enricher is behind), at most the produce timeout. At
+    /// once on real brokers.
+    async fn room_for(&self, topic: &str, records: &[OutRecord]) -> Result<(), NoRoom> {
         if !self.producer.counts_backlog() {
             return Ok(());
         }
@@ -307,18 +491,19 @@ impl Gateway {
             .sum();
         let deadline = tokio::time::Instant::now() + self.producer.timeout();
         self.producer
-            .room_for(topic, adding, Some(deadline), &CancellationToken::new(), |_| {
-                metrics()
-                    .embedded_backlog_waits
-                    .with_label_values(&["gateway", topic])
-                    .inc();
-            })
+            .room_for(
+                topic,
+                adding,
+                Some(deadline),
+                &CancellationToken::new(),
+                |_| {
+                    metrics()
+                        .embedded_backlog_waits
+                        .with_label_values(&["gateway", topic])
+                        .inc();
+                },
+            )
             .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "{prefix}could not accept the notification now, retry with the same event_id: {e}"
-                ))
-            })
     }
 
     /// The send's largest record (the longest user's), refused by field when
@@ -471,6 +656,14 @@ impl Gateway {
             ),
         }
     }
+}
+
+/// The requests topic had no room within the produce timeout (embedded
+/// cluster): the caller retries later.
+fn no_room_status(prefix: &str, e: NoRoom) -> Status {
+    Status::unavailable(format!(
+        "{prefix}could not accept the notification now, retry with the same event_id: {e}"
+    ))
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
