@@ -16,6 +16,7 @@ mod dedupe;
 mod feed;
 mod inbox;
 mod notification_log;
+mod page_cache;
 mod posts;
 mod preferences;
 mod rate_limits;
@@ -248,6 +249,9 @@ fn while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
 
 impl Db {
     async fn open(path: &str) -> Result<Db, StoreError> {
+        if !page_cache::install() {
+            tracing::debug!("SQLite had started before the store: its page cache is not wrapped");
+        }
         let connect_error = |reason: String| StoreError::Connect {
             backend: "sqlite",
             address: path.to_owned(),
@@ -766,6 +770,7 @@ mod tests {
     #[test]
     fn a_failing_call_leaves_nothing_and_takes_nothing_from_its_group() {
         use std::sync::atomic::{AtomicUsize, Ordering};
+        super::page_cache::install();
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
             .expect("table");
@@ -858,6 +863,7 @@ mod tests {
     /// When no transaction can begin, nothing runs and every call says so.
     #[test]
     fn without_a_transaction_nothing_runs() {
+        super::page_cache::install();
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); BEGIN")
             .expect("a transaction already open");
@@ -962,6 +968,7 @@ mod checkpoint_tests {
                 .to_str()
                 .expect("utf-8")
                 .to_owned();
+            super::page_cache::install();
             let mut conn = Connection::open(&path).expect("open");
             conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                 .expect("wal");
