@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::json;
 use tidings_schemas::records::{Delivery, Priority};
@@ -228,10 +228,10 @@ impl ApnsProvider {
     /// per delivery.
     fn request(&self, d: &Delivery, authorization: HeaderValue) -> ::http::request::Builder {
         let mut req = http::post(self.device_url.join(&d.target), authorization, http::JSON)
-            .header("apns-topic", self.topic_header.clone())
-            .header("apns-push-type", HeaderValue::from_static("alert"))
+            .header(APNS_TOPIC, self.topic_header.clone())
+            .header(APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
             .header(
-                "apns-priority",
+                APNS_PRIORITY,
                 HeaderValue::from_static(if d.priority == Priority::High {
                     "10"
                 } else {
@@ -245,19 +245,27 @@ impl ApnsProvider {
             let mut text = Uuid::encode_buffer();
             let text = id.hyphenated().encode_lower(&mut text);
             if let Ok(value) = HeaderValue::from_str(text) {
-                req = req.header("apns-id", value);
+                req = req.header(APNS_ID, value);
             }
         }
         if let Some(c) = &d.collapse_id {
-            req = req.header("apns-collapse-id", c);
+            req = req.header(APNS_COLLAPSE_ID, c);
         }
         if let Some(ms) = d.expires_at {
             // Seconds since the epoch; APNs stops retrying the device then.
-            req = req.header("apns-expiration", (ms.max(0) / 1000).to_string());
+            req = req.header(APNS_EXPIRATION, (ms.max(0) / 1000).to_string());
         }
         req
     }
 }
+
+// Header names made once, not parsed from text on every request.
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
 
 /// Device tokens are hex; anything else cannot be one, and must not reach
 /// the URL path.
@@ -353,7 +361,7 @@ impl Provider for ApnsProvider {
         if status.is_success() {
             let id = answer
                 .headers
-                .get("apns-id")
+                .get(APNS_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             return Ok(Receipt {
