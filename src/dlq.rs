@@ -280,7 +280,7 @@ impl DeadLetters {
         Self {
             client: cluster.client_config(config),
             prefix: config.topic_prefix.clone(),
-            topic: Topics::new(&config.topic_prefix).dead_letter(),
+            topic: Topics::new(&config.topic_prefix).dead_letter().to_owned(),
             codec,
             produce_timeout: Duration::from_millis(config.produce_timeout_ms),
             max_message_bytes: config.max_message_bytes,

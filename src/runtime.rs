@@ -202,7 +202,7 @@ impl Runtime {
                     &self.config.tracking,
                     self.config.gateway.max_devices_per_user,
                 ),
-                topics.requests(),
+                topics.requests().to_owned(),
                 options,
                 tasks,
                 shutdown,
@@ -218,42 +218,42 @@ impl Runtime {
             }
             StageName::TemplateStats => self.spawn_consumer(
                 TemplateStats::new(store.clone()),
-                topics.tracking(),
+                topics.tracking().to_owned(),
                 relaxed,
                 tasks,
                 shutdown,
             ),
             StageName::FeedPlanner => self.spawn_consumer(
                 FanoutPlanner::new(store.clone(), topics.clone(), &self.config.feed),
-                topics.posts(),
+                topics.posts().to_owned(),
                 options,
                 tasks,
                 shutdown,
             ),
             StageName::FeedWriter => self.spawn_consumer(
                 FeedWriter::new(store.clone(), topics.clone(), &self.config.feed),
-                topics.fanout(),
+                topics.fanout().to_owned(),
                 options,
                 tasks,
                 shutdown,
             ),
             StageName::FeedTally => self.spawn_consumer(
                 ReactionTally::new(store.clone(), topics.clone(), &self.config.feed),
-                topics.reactions(),
+                topics.reactions().to_owned(),
                 relaxed,
                 tasks,
                 shutdown,
             ),
             StageName::FeedFollows => self.spawn_consumer(
                 FeedFollows::new(store.clone(), topics.clone(), &self.config.feed),
-                topics.follows(),
+                topics.follows().to_owned(),
                 relaxed,
                 tasks,
                 shutdown,
             ),
             StageName::FeedPruner => self.spawn_consumer(
                 FeedPruner::new(store.clone(), &self.config.feed),
-                topics.revisions(),
+                topics.revisions().to_owned(),
                 relaxed,
                 tasks,
                 shutdown,
@@ -270,7 +270,7 @@ impl Runtime {
                 };
                 self.spawn_consumer(
                     RetryRelay::new(tier, topics.clone()),
-                    topics.retry(tier),
+                    topics.retry(tier).to_owned(),
                     options,
                     tasks,
                     shutdown,
@@ -285,7 +285,7 @@ impl Runtime {
                     self.producer.codec().clone(),
                     self.config.senders.clone(),
                 ),
-                topics.deliver(channel),
+                topics.deliver(channel).to_owned(),
                 options,
                 tasks,
                 shutdown,
@@ -309,7 +309,7 @@ impl Runtime {
             self.producer.clone(),
             processor,
             &[input],
-            self.topics.dead_letter(),
+            self.topics.dead_letter().to_owned(),
             options,
         )?;
         self.stages.track(stage_name, stage.assignment());
@@ -596,7 +596,7 @@ impl Runtime {
         // Every stage dead-letters to this topic: one small metadata request.
         let probe = Probe::new(
             &self.cluster.client_config(&self.config.kafka),
-            self.topics.dead_letter(),
+            self.topics.dead_letter().to_owned(),
             self.store.clone(),
         )
         .map_err(anyhow::Error::msg)?;

@@ -92,7 +92,7 @@ async fn a_stage_process_is_ready_once_its_partitions_are_assigned_and_top_reads
     .unwrap_or_else(|e| {
         panic!("connecting to the test servers: {e:#} (start them with `scripts/servers.sh up`)")
     });
-    let tracking = runtime.topics.tracking();
+    let tracking = runtime.topics.tracking().to_owned();
 
     // Another member of the stage's group holds every partition, and stalls.
     let group = format!("{prefix}.template-stats");

@@ -249,7 +249,7 @@ impl Gateway {
         // told to publish again (a new post; the stored one stays unlisted
         // except to followers of a pulled author).
         self.producer
-            .send(&self.topics.posts(), &post.author_id, &record)
+            .send(self.topics.posts(), &post.author_id, &record)
             .await
             .map_err(|e| {
                 Status::unavailable(format!(
@@ -698,7 +698,7 @@ impl Gateway {
             at: now,
         };
         self.producer
-            .send(&self.topics.follows(), user, &record)
+            .send(self.topics.follows(), user, &record)
             .await
             .map_err(|e| {
                 Status::unavailable(format!(

@@ -180,7 +180,7 @@ impl Gateway {
         // Stored but not announced, the reaction is not counted: the caller
         // is told to repeat it (which is safe, see the module docs).
         self.producer
-            .send(&self.topics.reactions(), &post.post_id, &record)
+            .send(self.topics.reactions(), &post.post_id, &record)
             .await
             .map_err(|e| {
                 Status::unavailable(format!(

@@ -133,7 +133,7 @@ impl Gateway {
             at: now_millis(),
         };
         self.producer
-            .send(&self.topics.revisions(), &post.post_id, &record)
+            .send(self.topics.revisions(), &post.post_id, &record)
             .await?;
         Ok(())
     }

@@ -177,7 +177,7 @@ impl Gateway {
         };
         if let Err(e) = self
             .producer
-            .send(&self.topics.tracking(), &event.notification_id, &event)
+            .send(self.topics.tracking(), &event.notification_id, &event)
             .await
         {
             warn!(error = %e, ?kind, "could not record a tracking event");

@@ -361,7 +361,7 @@ impl Gateway {
         };
         if let Err(e) = self
             .producer
-            .send(&self.topics.inbox_events(), user, &event)
+            .send(self.topics.inbox_events(), user, &event)
             .await
         {
             warn!(error = %e, ?kind, "could not announce an inbox change to the live streams");
@@ -393,11 +393,7 @@ impl Gateway {
             at,
             dispatched_at: None,
         };
-        if let Err(e) = self
-            .producer
-            .send(&self.topics.tracking(), id, &event)
-            .await
-        {
+        if let Err(e) = self.producer.send(self.topics.tracking(), id, &event).await {
             warn!(error = %e, ?kind, "could not record an inbox tracking event");
         }
     }

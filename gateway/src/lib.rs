@@ -215,7 +215,7 @@ impl Gateway {
         let (health, health_service) = tonic_health::server::health_reporter();
         let probe = health::Probe::new(
             &self.kafka_client,
-            self.topics.requests(),
+            self.topics.requests().to_owned(),
             self.store.clone(),
         )
         .map_err(GatewayError::Probe)?;
@@ -223,14 +223,14 @@ impl Gateway {
         feed_revisions::spawn_reader(
             self.caches.clone(),
             self.kafka_client.clone(),
-            self.topics.revisions(),
+            self.topics.revisions().to_owned(),
             self.producer.codec().clone(),
             shutdown.clone(),
         );
         inbox_live::spawn_reader(
             self.inbox_hub.clone(),
             self.kafka_client.clone(),
-            self.topics.inbox_events(),
+            self.topics.inbox_events().to_owned(),
             self.producer.codec().clone(),
             shutdown.clone(),
         );

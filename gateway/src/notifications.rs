@@ -386,8 +386,8 @@ impl Gateway {
         let users = std::mem::take(&mut prepared.send.user_ids);
         let mut notification_ids = Vec::with_capacity(users.len());
         for users in users.chunks(per_chunk) {
-            let (requests, records) = prepared.build(self, &topic, users)?;
-            self.room_for(&topic, &records)
+            let (requests, records) = prepared.build(self, topic, users)?;
+            self.room_for(topic, &records)
                 .await
                 .map_err(|e| no_room_status(prefix, e))?;
             // The requests first: once they are acknowledged the
@@ -424,7 +424,7 @@ impl Gateway {
         let mut records = Vec::new();
         for (index, prefix, mut prepared) in items {
             let users = std::mem::take(&mut prepared.send.user_ids);
-            match prepared.build(self, &topic, &users) {
+            match prepared.build(self, topic, &users) {
                 Ok((item_requests, item_records)) => {
                     let start = records.len();
                     requests.extend(item_requests);
@@ -442,7 +442,7 @@ impl Gateway {
         if written.is_empty() {
             return answers;
         }
-        if let Err(e) = self.room_for(&topic, &records).await {
+        if let Err(e) = self.room_for(topic, &records).await {
             answers.extend(
                 written
                     .into_iter()
@@ -524,7 +524,7 @@ impl Gateway {
         let request = send.request(longest);
         let record = self
             .producer
-            .encode(&self.topics.requests(), &request.user_id, &request)
+            .encode(self.topics.requests(), &request.user_id, &request)
             .map_err(internal)?;
         // The estimates in `limits` name the field; this is the exact size,
         // for whatever they did not foresee.
@@ -560,7 +560,7 @@ impl Gateway {
                     at: r.accepted_at,
                     dispatched_at: None,
                 };
-                self.producer.encode(&tracking, &r.notification_id, &event)
+                self.producer.encode(tracking, &r.notification_id, &event)
             })
             .collect();
         if let Ok(events) = events {

@@ -655,7 +655,7 @@ impl Gateway {
         let topic = self.topics.tracking();
         let sends = events
             .iter()
-            .map(|e| self.producer.send(&topic, &e.notification_id, e));
+            .map(|e| self.producer.send(topic, &e.notification_id, e));
         let produce = async {
             futures::future::join_all(sends)
                 .await

@@ -89,21 +89,21 @@ impl Scheduler {
             let deadline = tokio::time::Instant::now() + self.producer.timeout();
             self.producer
                 .room_for(
-                    &topic,
+                    topic,
                     record_bytes(request.user_id.len(), item.payload.len()),
                     Some(deadline),
                     &CancellationToken::new(),
                     |_| {
                         metrics()
                             .embedded_backlog_waits
-                            .with_label_values(&["scheduler", &topic])
+                            .with_label_values(&["scheduler", topic])
                             .inc();
                     },
                 )
                 .await
                 .map_err(|e| e.to_string())?;
             self.producer
-                .send(&topic, &request.user_id, &request)
+                .send(topic, &request.user_id, &request)
                 .await
                 .map_err(|e| e.to_string())?;
             self.store

@@ -111,8 +111,8 @@ impl Harness {
             &self.kafka,
             self.producer.clone(),
             sender,
-            &[self.topics.deliver(Channel::InApp)],
-            self.topics.dead_letter(),
+            &[self.topics.deliver(Channel::InApp).to_owned()],
+            self.topics.dead_letter().to_owned(),
             StageOptions {
                 close_timeout: Duration::from_secs(5),
                 ..StageOptions::default()
@@ -145,7 +145,7 @@ impl Harness {
     async fn wait_for_tracking(&self, d: &Delivery, kind: TrackingKind) {
         let started = tokio::time::Instant::now();
         loop {
-            let events: Vec<TrackingEvent> = self.read_all(&self.topics.tracking()).await;
+            let events: Vec<TrackingEvent> = self.read_all(self.topics.tracking()).await;
             if events
                 .iter()
                 .any(|e| e.notification_id == d.notification_id && e.kind == kind)
@@ -162,7 +162,7 @@ impl Harness {
     }
 
     async fn inbox_events_of(&self, user: &str) -> Vec<InboxEvent> {
-        let events: Vec<InboxEvent> = self.read_all(&self.topics.inbox_events()).await;
+        let events: Vec<InboxEvent> = self.read_all(self.topics.inbox_events()).await;
         events.into_iter().filter(|e| e.user_id == user).collect()
     }
 
@@ -202,7 +202,7 @@ async fn a_delivery_lands_once_in_the_inbox_with_one_new_event(engine: Engine) {
     let d = in_app_delivery();
     let topic = h.topics.deliver(Channel::InApp);
     h.producer
-        .send(&topic, &d.user_id, &d)
+        .send(topic, &d.user_id, &d)
         .await
         .expect("delivery produced");
     h.wait_for_tracking(&d, TrackingKind::Sent).await;
@@ -242,7 +242,7 @@ async fn a_delivery_lands_once_in_the_inbox_with_one_new_event(engine: Engine) {
     // may repeat, as the runner marks a re-produce and the enricher a
     // replayed claim): the sent ledger drops it before the provider, so
     // neither a second item nor a second event.
-    let mut again = h.producer.encode(&topic, &d.user_id, &d).expect("encoded");
+    let mut again = h.producer.encode(topic, &d.user_id, &d).expect("encoded");
     again.handling = Handling::MaybeRepeat;
     h.producer
         .send_raw(&again)
@@ -267,7 +267,7 @@ async fn a_delivery_lands_once_in_the_inbox_with_one_new_event(engine: Engine) {
     assert_eq!(events[1].item, events[0].item);
     assert_eq!(events[1].unread, 1);
 
-    let dead: Vec<tidings_schemas::records::DeadLetter> = h.read_all(&h.topics.dead_letter()).await;
+    let dead: Vec<tidings_schemas::records::DeadLetter> = h.read_all(h.topics.dead_letter()).await;
     assert!(dead.is_empty(), "{dead:?}");
     shutdown.cancel();
     stage.await.expect("stage task");

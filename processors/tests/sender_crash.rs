@@ -85,7 +85,7 @@ async fn a_crash_resends_at_most_the_requests_in_flight() {
     // events (the replay emits it again, under the same id).
     let codec = AvroCodec::local();
     let mut sent: HashMap<String, HashSet<String>> = HashMap::new();
-    for bytes in h.read_all(&h.topics.tracking()).await {
+    for bytes in h.read_all(h.topics.tracking()).await {
         let event: TrackingEvent = codec.decode(&bytes).expect("tracking event");
         if event.kind == TrackingKind::Sent {
             sent.entry(event.notification_id)

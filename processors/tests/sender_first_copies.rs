@@ -59,7 +59,7 @@ async fn first_copies_skip_the_sent_ledger_and_copies_are_checked() {
         (&retry, Handling::First),
         (&new_but_marked, Handling::MaybeRepeat),
     ] {
-        let mut record = h.producer.encode(&topic, &d.user_id, d).expect("encoded");
+        let mut record = h.producer.encode(topic, &d.user_id, d).expect("encoded");
         record.handling = handling;
         h.producer.send_raw(&record).await.expect("produced");
     }
@@ -67,7 +67,7 @@ async fn first_copies_skip_the_sent_ledger_and_copies_are_checked() {
     // topic: nothing of it can reach the provider after that.
     let codec = AvroCodec::local();
     let deduplicated = || async {
-        h.read_all(&h.topics.tracking())
+        h.read_all(h.topics.tracking())
             .await
             .iter()
             .map(|bytes| codec.decode::<TrackingEvent>(bytes).expect("event"))

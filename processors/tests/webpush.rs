@@ -231,8 +231,8 @@ fn run_sender(
         &h.kafka,
         h.producer.clone(),
         sender,
-        &[h.topics.deliver(Channel::Web)],
-        h.topics.dead_letter(),
+        &[h.topics.deliver(Channel::Web).to_owned()],
+        h.topics.dead_letter().to_owned(),
         StageOptions {
             max_concurrency: 4,
             min_backoff: Duration::from_millis(20),
@@ -270,7 +270,7 @@ async fn the_sender_tombstones_gone_subscriptions_and_retries_busy_ones() {
             .await
             .expect("device registered");
         h.producer
-            .send(&h.topics.deliver(Channel::Web), &d.user_id, d)
+            .send(h.topics.deliver(Channel::Web), &d.user_id, d)
             .await
             .expect("produced");
     }
@@ -285,7 +285,7 @@ async fn the_sender_tombstones_gone_subscriptions_and_retries_busy_ones() {
     let codec = AvroCodec::local();
     let started = tokio::time::Instant::now();
     let retried: Delivery = loop {
-        let records = h.read_all(&h.topics.retry(0)).await;
+        let records = h.read_all(h.topics.retry(0)).await;
         if let Some(r) = records.first() {
             assert_eq!(records.len(), 1, "one delivery retried");
             break codec.decode(r).expect("delivery");
@@ -324,7 +324,7 @@ async fn the_sender_tombstones_gone_subscriptions_and_retries_busy_ones() {
         "a busy push service is no reason to drop it"
     );
     assert!(
-        h.read_all(&h.topics.dead_letter()).await.is_empty(),
+        h.read_all(h.topics.dead_letter()).await.is_empty(),
         "nothing dead-lettered"
     );
     assert!(service.received().iter().all(|p| p.get("error").is_none()));
@@ -346,7 +346,7 @@ async fn a_refused_vapid_key_holds_the_channel() {
         .collect();
     for d in &deliveries {
         h.producer
-            .send(&h.topics.deliver(Channel::Web), &d.user_id, d)
+            .send(h.topics.deliver(Channel::Web), &d.user_id, d)
             .await
             .expect("produced");
     }

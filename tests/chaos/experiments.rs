@@ -218,19 +218,19 @@ pub async fn poison(h: &mut Harness) -> Stats {
     unknown_id.extend_from_slice(b"chaos poison with an unknown schema id");
     for topic in &consumed {
         records.push((
-            topic.clone(),
+            topic.to_string(),
             "garbage bytes".into(),
             b"\xffchaos poison: not Avro".to_vec(),
             None,
         ));
         records.push((
-            topic.clone(),
+            topic.to_string(),
             "900 KB of garbage".into(),
             vec![0xab; 900_000],
             None,
         ));
         records.push((
-            topic.clone(),
+            topic.to_string(),
             "unknown schema id".into(),
             unknown_id.clone(),
             None,
@@ -244,11 +244,11 @@ pub async fn poison(h: &mut Harness) -> Stats {
     ] {
         let id = r.notification_id.clone();
         let bytes = codec.encode(&r).expect("encode request");
-        records.push((t.requests(), what.into(), bytes, Some(id)));
+        records.push((t.requests().to_owned(), what.into(), bytes, Some(id)));
     }
     let bytes = codec.encode(&no_text).expect("encode delivery");
     records.push((
-        t.deliver(Channel::Sms),
+        t.deliver(Channel::Sms).to_owned(),
         "delivery with no text".into(),
         bytes,
         Some(no_text.notification_id.clone()),

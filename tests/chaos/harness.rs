@@ -228,21 +228,25 @@ impl Harness {
         let topics = Topics::new(&prefix);
         let group = |stage: &str| format!("{prefix}.{stage}");
         let mut lags = vec![
-            Lag::new(&bootstrap, &group("enricher"), vec![topics.requests()]),
+            Lag::new(
+                &bootstrap,
+                &group("enricher"),
+                vec![topics.requests().to_owned()],
+            ),
             Lag::new(
                 &bootstrap,
                 &group("sender.sms"),
-                vec![topics.deliver(Channel::Sms)],
+                vec![topics.deliver(Channel::Sms).to_owned()],
             ),
         ];
         for tier in 0..tidings_kafka::RETRY_TIERS {
             lags.push(Lag::new(
                 &bootstrap,
                 &group(&format!("retry.{}", tier + 1)),
-                vec![topics.retry(tier)],
+                vec![topics.retry(tier).to_owned()],
             ));
         }
-        let outcomes = Outcomes::new(&bootstrap, &topics.tracking(), &topics.dead_letter());
+        let outcomes = Outcomes::new(&bootstrap, topics.tracking(), topics.dead_letter());
         let mut harness = Self {
             run,
             dir,

@@ -12,10 +12,28 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 /// a record that is due sooner; a retry never blocks a main topic.
 pub const RETRY_TIERS: usize = 3;
 
-/// The names of every topic, from one prefix.
+/// The names of every topic, from one prefix: made once, as stages name a
+/// topic for every record they write. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Topics {
+    names: std::sync::Arc<Names>,
+}
+
+#[derive(Debug)]
+struct Names {
     prefix: String,
+    requests: String,
+    /// In the order of [`Channel::ALL`].
+    deliver: [String; Channel::ALL.len()],
+    retry: [String; RETRY_TIERS],
+    dead_letter: String,
+    tracking: String,
+    inbox_events: String,
+    posts: String,
+    fanout: String,
+    reactions: String,
+    revisions: String,
+    follows: String,
 }
 
 /// What `tidings init` creates.
@@ -32,83 +50,101 @@ pub struct TopicSpec {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
+        let name = |rest: &str| format!("{prefix}.{rest}");
         Self {
-            prefix: prefix.to_owned(),
+            names: std::sync::Arc::new(Names {
+                prefix: prefix.to_owned(),
+                requests: name("notify.requests"),
+                deliver: Channel::ALL.map(|c| name(&format!("deliver.{}", c.as_str()))),
+                retry: std::array::from_fn(|tier| name(&format!("retry.{}", tier + 1))),
+                dead_letter: name("deadletter"),
+                tracking: name("tracking"),
+                inbox_events: name("inbox.events"),
+                posts: name("feed.posts"),
+                fanout: name("feed.fanout"),
+                reactions: name("feed.reactions"),
+                revisions: name("feed.revisions"),
+                follows: name("feed.follows"),
+            }),
         }
     }
 
     /// The deployment's prefix (`kafka.topic_prefix`); it also scopes what a
     /// deployment keeps in a store other deployments may share (the schedule).
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.names.prefix
     }
 
     /// Accepted notification requests, one per user (key: user id).
-    pub fn requests(&self) -> String {
-        format!("{}.notify.requests", self.prefix)
+    pub fn requests(&self) -> &str {
+        &self.names.requests
     }
 
     /// Rendered deliveries for one channel's senders (key: user id).
-    pub fn deliver(&self, channel: Channel) -> String {
-        format!("{}.deliver.{}", self.prefix, channel.as_str())
+    pub fn deliver(&self, channel: Channel) -> &str {
+        let i = Channel::ALL
+            .iter()
+            .position(|c| *c == channel)
+            .expect("Channel::ALL lists every channel");
+        &self.names.deliver[i]
     }
 
     /// Retry tier `tier` (0-based, below [`RETRY_TIERS`]) (key: user id).
-    pub fn retry(&self, tier: usize) -> String {
-        format!("{}.retry.{}", self.prefix, tier + 1)
+    pub fn retry(&self, tier: usize) -> &str {
+        &self.names.retry[tier]
     }
 
     /// Records no stage could process, with the reason (key: original key).
-    pub fn dead_letter(&self) -> String {
-        format!("{}.deadletter", self.prefix)
+    pub fn dead_letter(&self) -> &str {
+        &self.names.dead_letter
     }
 
     /// Every step of every notification, for analytics (key: notification id).
-    pub fn tracking(&self) -> String {
-        format!("{}.tracking", self.prefix)
+    pub fn tracking(&self) -> &str {
+        &self.names.tracking
     }
 
     /// Changes to users' in-app inboxes, read by every gateway for the live
     /// streams (key: user id).
-    pub fn inbox_events(&self) -> String {
-        format!("{}.inbox.events", self.prefix)
+    pub fn inbox_events(&self) -> &str {
+        &self.names.inbox_events
     }
 
     /// Published posts (key: author id).
-    pub fn posts(&self) -> String {
-        format!("{}.feed.posts", self.prefix)
+    pub fn posts(&self) -> &str {
+        &self.names.posts
     }
 
     /// Slices of a post's audience for the feed writers (key: post id and
     /// slice number, so one post's slices spread over partitions).
-    pub fn fanout(&self) -> String {
-        format!("{}.feed.fanout", self.prefix)
+    pub fn fanout(&self) -> &str {
+        &self.names.fanout
     }
 
     /// Likes, unlikes and replies to feed posts, for the tally stage (key:
     /// post id, so one post's reactions are counted in order by one
     /// consumer).
-    pub fn reactions(&self) -> String {
-        format!("{}.feed.reactions", self.prefix)
+    pub fn reactions(&self) -> &str {
+        &self.names.reactions
     }
 
     /// Edits and deletes of feed posts, read by every gateway (caches) and
     /// the feed-pruner stage (key: post id).
-    pub fn revisions(&self) -> String {
-        format!("{}.feed.revisions", self.prefix)
+    pub fn revisions(&self) -> &str {
+        &self.names.revisions
     }
 
     /// Follows and unfollows, for the feed-follows stage (key: follower id,
     /// so one follower's changes apply in order).
-    pub fn follows(&self) -> String {
-        format!("{}.feed.follows", self.prefix)
+    pub fn follows(&self) -> &str {
+        &self.names.follows
     }
 
     /// Every topic with its layout; `partitions` is the configured default.
     pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         let spec =
-            |name: String, retention_ms: i64, record: &'static str, key: &'static str| TopicSpec {
-                name,
+            |name: &str, retention_ms: i64, record: &'static str, key: &'static str| TopicSpec {
+                name: name.to_owned(),
                 partitions,
                 retention_ms,
                 record,

@@ -727,7 +727,7 @@ impl Enricher {
             if channel == Channel::Email {
                 delivery.email_html = self.with_open_pixel(req, delivery.email_html.take());
             }
-            out.emit(&self.topics.deliver(channel), &req.user_id, &delivery)?;
+            out.emit(self.topics.deliver(channel), &req.user_id, &delivery)?;
             emitted += 1;
         }
         Ok(match emitted {
@@ -875,7 +875,7 @@ impl Enricher {
             at: now_millis(),
             dispatched_at: None,
         };
-        out.emit(&self.topics.tracking(), &req.notification_id, &event)
+        out.emit(self.topics.tracking(), &req.notification_id, &event)
     }
 }
 

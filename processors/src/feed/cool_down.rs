@@ -166,7 +166,7 @@ impl CoolDown {
         let topic = self.topics.fanout();
         let mut slices: Vec<Slices<'_>> = posts
             .iter()
-            .map(|p| Slices::new(&topic, &p.post_id, &p.author_id, p.created_at))
+            .map(|p| Slices::new(topic, &p.post_id, &p.author_id, p.created_at))
             .collect();
         follower_slices(
             self.store.social_graph.as_ref(),

@@ -145,7 +145,7 @@ impl Processor for FanoutPlanner {
     ) -> Result<(), ProcessError> {
         let graph = &self.store.social_graph;
         let topic = self.topics.fanout();
-        let mut slices = Slices::new(&topic, &post.post_id, &post.author_id, post.created_at);
+        let mut slices = Slices::new(topic, &post.post_id, &post.author_id, post.created_at);
         if let Some(audience) = &post.audience {
             // Shared with some followers only: pushed to those, whatever
             // the author's size (the gateway caps an audience at the friend

@@ -474,7 +474,7 @@ impl Processor for ReactionTally {
             }
             _ => return Ok(()),
         };
-        out.emit(&self.topics.requests(), &reaction.post_author_id, &request)
+        out.emit(self.topics.requests(), &reaction.post_author_id, &request)
     }
 
     /// Writes each changed post's tally in one call.

@@ -236,7 +236,7 @@ impl Processor for FeedWriter {
                 .filter(|u| **u != slice.author_id && !muters.contains(*u))
             {
                 let request = new_post_notification(slice, user, author, post, category, now);
-                out.emit(&topic, user, &request)?;
+                out.emit(topic, user, &request)?;
             }
         }
         Ok(())

@@ -46,7 +46,7 @@ impl InboxProvider {
         Self {
             store,
             producer,
-            topic: topics.inbox_events(),
+            topic: topics.inbox_events().to_owned(),
             cap: config.max_items,
             ttl: Duration::from_secs(config.ttl_days.saturating_mul(24 * 60 * 60)),
         }

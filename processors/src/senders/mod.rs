@@ -316,7 +316,7 @@ impl ChannelSender {
             at: now_millis(),
             dispatched_at,
         };
-        out.emit(&self.topics.tracking(), &d.notification_id, &event)
+        out.emit(self.topics.tracking(), &d.notification_id, &event)
     }
 
     fn status(d: &Delivery, state: &str, detail: Option<String>) -> StatusEntry {
@@ -597,8 +597,8 @@ impl ChannelSender {
         next.attempt = i32::try_from(attempts).unwrap_or(i32::MAX);
         next.not_before = Some(not_before);
         next.last_error = Some(reason.to_owned());
-        out.emit(&self.topics.retry(tier), &d.user_id, &next)?;
-        Ok(Some((self.topics.retry(tier), not_before)))
+        out.emit(self.topics.retry(tier), &d.user_id, &next)?;
+        Ok(Some((self.topics.retry(tier).to_owned(), not_before)))
     }
 
     fn dead_letter(
@@ -613,7 +613,7 @@ impl ChannelSender {
             .encode(d)
             .map_err(|e| ProcessError::permanent(e.to_string()))?;
         let record = DeadLetter {
-            source_topic: self.topics.deliver(self.channel),
+            source_topic: self.topics.deliver(self.channel).to_owned(),
             source_partition: -1,
             source_offset: -1,
             key: Some(d.user_id.clone().into_bytes()),
@@ -624,7 +624,7 @@ impl ChannelSender {
             attempts: d.attempt + 1,
             failed_at: now_millis(),
         };
-        out.emit(&self.topics.dead_letter(), &d.user_id, &record)
+        out.emit(self.topics.dead_letter(), &d.user_id, &record)
     }
 }
 

@@ -59,6 +59,6 @@ impl Processor for RetryRelay {
                 })?;
         let mut next = d.clone();
         next.not_before = None;
-        out.emit(&self.topics.deliver(channel), &d.user_id, &next)
+        out.emit(self.topics.deliver(channel), &d.user_id, &next)
     }
 }

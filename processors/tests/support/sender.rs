@@ -112,7 +112,7 @@ impl SenderHarness {
         futures::future::try_join_all(
             deliveries
                 .iter()
-                .map(|d| self.producer.send(&topic, &d.user_id, d)),
+                .map(|d| self.producer.send(topic, &d.user_id, d)),
         )
         .await
         .expect("deliveries produced");
@@ -148,8 +148,8 @@ impl SenderHarness {
             &self.kafka,
             self.producer.clone(),
             sender,
-            &[self.topics.deliver(Channel::Sms)],
-            self.topics.dead_letter(),
+            &[self.topics.deliver(Channel::Sms).to_owned()],
+            self.topics.dead_letter().to_owned(),
             StageOptions {
                 max_concurrency: concurrency,
                 min_backoff: Duration::from_millis(20),
@@ -190,12 +190,12 @@ impl SenderHarness {
     /// (each read to its high watermark).
     pub async fn assert_no_dead_letters_or_retries(&self) {
         assert!(
-            self.read_all(&self.topics.dead_letter()).await.is_empty(),
+            self.read_all(self.topics.dead_letter()).await.is_empty(),
             "nothing dead-lettered"
         );
         for tier in 0..tidings_kafka::RETRY_TIERS {
             assert!(
-                self.read_all(&self.topics.retry(tier)).await.is_empty(),
+                self.read_all(self.topics.retry(tier)).await.is_empty(),
                 "nothing sent to retry tier {tier}"
             );
         }
