@@ -128,7 +128,10 @@ async fn the_gateway_reports_health_readiness_and_its_services(backend: Backend)
         .grpc
         .to_string();
     let probe = tool("grpc-health-probe");
-    let serving = run(&probe, &[&format!("-addr={addr}")]);
+    // The probe gives up after 1 s by default; a CI machine running every
+    // test on two cores can take longer to answer a first connection.
+    const PATIENT: [&str; 2] = ["-connect-timeout=20s", "-rpc-timeout=20s"];
+    let serving = run(&probe, &[&format!("-addr={addr}"), PATIENT[0], PATIENT[1]]);
     assert!(
         serving.status.success() && serving.stderr.contains("status: SERVING"),
         "{serving:?}"
@@ -136,7 +139,12 @@ async fn the_gateway_reports_health_readiness_and_its_services(backend: Backend)
     for service in tidings_gateway::SERVICES {
         let out = run(
             &probe,
-            &[&format!("-addr={addr}"), &format!("-service={service}")],
+            &[
+                &format!("-addr={addr}"),
+                &format!("-service={service}"),
+                PATIENT[0],
+                PATIENT[1],
+            ],
         );
         assert!(out.status.success(), "{service}: {out:?}");
     }
@@ -145,9 +153,15 @@ async fn the_gateway_reports_health_readiness_and_its_services(backend: Backend)
         &[
             &format!("-addr={addr}"),
             "-service=tidings.v1.NoSuchService",
+            PATIENT[0],
+            PATIENT[1],
         ],
     );
-    assert!(!unknown.status.success(), "{unknown:?}");
+    // Refused by the gateway, not given up on by the probe.
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("code = NotFound"),
+        "{unknown:?}"
+    );
 
     let grpcurl = tool("grpcurl");
     let listed = run(&grpcurl, &["-plaintext", &addr, "list"]);
