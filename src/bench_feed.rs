@@ -45,7 +45,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tidings_config::Config;
 use tidings_gateway::user_token::UserTokens;
 use tidings_store::{Store, User};
-use tidings_telemetry::metrics;
+use tidings_telemetry::{FanoutOutcome, FeedFanout, RecordFate, StageRecords};
 
 use crate::{bench::percentile, client::FeedClient, runtime::Pipeline};
 
@@ -119,15 +119,12 @@ fn wide_follower(run_id: &str, i: usize) -> String {
 }
 
 fn pushed_rows() -> u64 {
-    metrics().feed_fanout.with_label_values(&["pushed"]).get()
+    FeedFanout::total(FanoutOutcome::Pushed)
 }
 
 /// Reaction records the feed-tally stage has counted.
 fn tallied() -> u64 {
-    metrics()
-        .stage_records
-        .with_label_values(&["feed-tally", "processed"])
-        .get()
+    StageRecords::total("feed-tally", RecordFate::Processed)
 }
 
 /// CPU seconds (user + system) this process has used so far, from

@@ -48,7 +48,7 @@ use tidings_config::Config;
 use tidings_gateway::user_token::UserTokens;
 use tidings_schemas::proto::v1 as pb;
 use tidings_store::{InboxItem, Store};
-use tidings_telemetry::metrics;
+use tidings_telemetry::ProviderResult;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
@@ -418,10 +418,7 @@ fn now_secs() -> i64 {
 }
 
 fn inbox_sent() -> u64 {
-    metrics()
-        .provider_results
-        .with_label_values(&["inbox", "sent"])
-        .get()
+    ProviderResult::total("inbox", "sent")
 }
 
 fn ms(d: Duration) -> f64 {

@@ -35,7 +35,7 @@ use tidings_schemas::{
     records::{FollowChanged, FollowKind, PostPublished},
 };
 use tidings_store::{Millis, Post, PostTally, User};
-use tidings_telemetry::metrics;
+use tidings_telemetry::FeedRead;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use uuid::Uuid;
 
@@ -447,9 +447,10 @@ impl Gateway {
         });
 
         let items = self.hydrate(user, candidates).await?;
-        metrics()
-            .feed_read_seconds
-            .observe(started.elapsed().as_secs_f64());
+        FeedRead {
+            elapsed: started.elapsed(),
+        }
+        .emit();
         Ok(FeedPage { items, next_cursor })
     }
 

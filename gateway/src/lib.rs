@@ -47,7 +47,7 @@ use tidings_schemas::proto::{
 };
 use tidings_schemas::tracking_link::LinkSigner;
 use tidings_store::{Store, StoreError};
-use tidings_telemetry::metrics;
+use tidings_telemetry::GatewayRequest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
@@ -280,10 +280,11 @@ impl Gateway {
             Ok(_) => "ok".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
-        metrics()
-            .gateway_requests
-            .with_label_values(&[method, &code])
-            .inc();
+        GatewayRequest {
+            method,
+            code: &code,
+        }
+        .emit();
     }
 }
 

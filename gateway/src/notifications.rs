@@ -19,7 +19,7 @@ use tidings_schemas::{
         NotificationRequest, Priority, RawContent, TemplateRef, TrackingEvent, TrackingKind,
     },
 };
-use tidings_telemetry::metrics;
+use tidings_telemetry::BacklogWait;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -497,10 +497,11 @@ impl Gateway {
                 Some(deadline),
                 &CancellationToken::new(),
                 |_| {
-                    metrics()
-                        .embedded_backlog_waits
-                        .with_label_values(&["gateway", topic])
-                        .inc();
+                    BacklogWait {
+                        writer: "gateway",
+                        topic,
+                    }
+                    .emit()
                 },
             )
             .await

@@ -19,7 +19,7 @@ use std::{future::Future, hash::Hash, time::Duration};
 
 use quick_cache::sync::Cache;
 use tidings_store::StoreError;
-use tidings_telemetry::metrics;
+use tidings_telemetry::StaleRead;
 use tokio::time::Instant;
 
 /// How long a re-read may take when a stale row could be served instead: a
@@ -171,10 +171,7 @@ where
                 Some(entry) if now.duration_since(entry.read_at) < self.stale_for => {
                     let age = now.duration_since(entry.read_at);
                     tracing::warn!(error = %e, what = self.what, age_secs = age.as_secs(), "store unreachable: serving a cached row (gateway.auth_stale_serve_secs)");
-                    metrics()
-                        .gateway_stale_reads
-                        .with_label_values(&[self.what])
-                        .inc();
+                    StaleRead { what: self.what }.emit();
                     self.found.insert(
                         key.clone(),
                         Entry {
@@ -261,12 +258,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_known_row_is_served_while_the_store_is_down_up_to_the_bound() {
         let cache = StaleCache::new("test-stale-bound", 10, FRESH, STALE);
-        let stale_reads = || {
-            metrics()
-                .gateway_stale_reads
-                .with_label_values(&["test-stale-bound"])
-                .get()
-        };
+        let stale_reads = || StaleRead::total("test-stale-bound");
         let store = FakeStore::new();
         let key = "app".to_owned();
         let got = cache.get(&key, || store.answer(Ok(Some("v1")))).await;

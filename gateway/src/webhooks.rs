@@ -67,7 +67,7 @@ use tidings_schemas::{
     tracking_link::{DeliveryRef, with_receipt_token},
 };
 use tidings_store::StatusEntry;
-use tidings_telemetry::metrics;
+use tidings_telemetry::GatewayRequest;
 use tracing::{debug, warn};
 use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -588,10 +588,11 @@ fn bad_request(why: &str) -> Response {
 }
 
 fn count(method: &str, response: &Response) {
-    metrics()
-        .gateway_requests
-        .with_label_values(&[method, response.status().as_str()])
-        .inc();
+    GatewayRequest {
+        method,
+        code: response.status().as_str(),
+    }
+    .emit();
 }
 
 /// The notification-log entries of receipts: one per (notification,

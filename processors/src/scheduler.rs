@@ -17,7 +17,7 @@ use std::time::Duration;
 use tidings_kafka::{AvroProducer, KafkaError, Topics, backlog::record_bytes, now_millis};
 use tidings_schemas::records::NotificationRequest;
 use tidings_store::Store;
-use tidings_telemetry::metrics;
+use tidings_telemetry::BacklogWait;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -94,10 +94,11 @@ impl Scheduler {
                     Some(deadline),
                     &CancellationToken::new(),
                     |_| {
-                        metrics()
-                            .embedded_backlog_waits
-                            .with_label_values(&["scheduler", topic])
-                            .inc();
+                        BacklogWait {
+                            writer: "scheduler",
+                            topic,
+                        }
+                        .emit()
                     },
                 )
                 .await

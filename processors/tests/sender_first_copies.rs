@@ -17,16 +17,13 @@ use tidings_schemas::{
     AvroCodec, Channel,
     records::{TrackingEvent, TrackingKind},
 };
-use tidings_telemetry::metrics;
+use tidings_telemetry::StoreCall;
 
 const DELIVERIES: usize = 50;
 
 /// Sent-ledger reads so far, in this process.
 fn sent_ledger_reads() -> u64 {
-    metrics()
-        .store_call_seconds
-        .with_label_values(&["sqlite", "notification_log.sent_many"])
-        .get_sample_count()
+    StoreCall::count("sqlite", "notification_log.sent_many")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

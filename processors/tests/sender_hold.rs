@@ -13,7 +13,7 @@ use support::{
     twilio as fake,
 };
 use tidings_config::SendersConfig;
-use tidings_telemetry::metrics;
+use tidings_telemetry::ProviderFailing;
 
 const DELIVERIES: usize = 40;
 /// More than the first wave of concurrent requests, so some are probes.
@@ -21,10 +21,7 @@ const REFUSALS: usize = 6;
 const CONCURRENCY: usize = 4;
 
 fn alert() -> i64 {
-    metrics()
-        .provider_failing
-        .with_label_values(&["twilio"])
-        .get()
+    ProviderFailing::current("twilio")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

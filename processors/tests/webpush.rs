@@ -31,7 +31,7 @@ use tidings_schemas::{
     records::{Delivery, Priority},
 };
 use tidings_store::{Device, Platform};
-use tidings_telemetry::metrics;
+use tidings_telemetry::ProviderFailing;
 use tokio_util::sync::CancellationToken;
 
 /// RFC 8291 Appendix A's application-server key pair, as our VAPID key.
@@ -350,12 +350,7 @@ async fn a_refused_vapid_key_holds_the_channel() {
             .await
             .expect("produced");
     }
-    let alert = || {
-        metrics()
-            .provider_failing
-            .with_label_values(&["webpush"])
-            .get()
-    };
+    let alert = || ProviderFailing::current("webpush");
     let (task, shutdown) = run_sender(&h, VAPID_PRIVATE);
     eventually(
         "the channel is held and alerting",

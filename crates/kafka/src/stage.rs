@@ -52,7 +52,10 @@ use rdkafka::{
 };
 use tidings_config::KafkaConfig;
 use tidings_schemas::{AvroRecord, Label, records::DeadLetter};
-use tidings_telemetry::{IntCounter, metrics};
+use tidings_telemetry::{
+    BacklogWait, ConsumerLag, IntCounter, RecordFate, StageBatch, StageError, StageOutputs,
+    StageRecords,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -403,14 +406,16 @@ impl ClientContext for StageContext {
     /// the number of records waiting per partition is the queue-depth signal
     /// that says when a stage needs more members.
     fn stats(&self, statistics: Statistics) {
-        let gauge = &metrics().consumer_lag;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 is the internal unassigned partition, or unknown lag.
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    gauge
-                        .with_label_values(&[self.stage, topic, &partition.to_string()])
-                        .set(p.consumer_lag);
+                    ConsumerLag {
+                        stage: self.stage,
+                        topic,
+                        partition: *partition,
+                    }
+                    .set(p.consumer_lag);
                 }
             }
         }
@@ -439,10 +444,14 @@ impl ConsumerContext for StageContext {
             }
         }
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        let gauge = &metrics().consumer_lag;
         for e in tpl.elements() {
             // Another member reports this partition's lag now.
-            let _ = gauge.remove_label_values(&[self.stage, e.topic(), &e.partition().to_string()]);
+            ConsumerLag {
+                stage: self.stage,
+                topic: e.topic(),
+                partition: e.partition(),
+            }
+            .remove();
             revoked.push((e.topic().to_owned(), e.partition()));
         }
         lock(&self.frontiers).forget(&revoked);
@@ -753,9 +762,7 @@ impl<P: Processor> Stage<P> {
             backlog.register(&group, input_topics);
             (backlog, group)
         });
-        let passed_over = metrics()
-            .stage_records
-            .with_label_values(&[processor.name(), "passed_over"]);
+        let passed_over = StageRecords::counter(processor.name(), RecordFate::PassedOver);
         Ok(Self {
             passed_over,
             backlog,
@@ -1280,10 +1287,11 @@ impl<P: Processor> Stage<P> {
             let waited = self
                 .producer
                 .room_for(topic, bytes, None, shutdown, |full| {
-                    metrics()
-                        .embedded_backlog_waits
-                        .with_label_values(&[stage, topic])
-                        .inc();
+                    BacklogWait {
+                        writer: stage,
+                        topic,
+                    }
+                    .emit();
                     info!(stage, reason = %full, "holding the batch's outputs until the embedded Kafka's readers catch up");
                 })
                 .await;
@@ -1422,25 +1430,27 @@ impl<P: Processor> Stage<P> {
                 }
             }
         }
-        let m = metrics();
-        for (topic, n) in produced {
-            m.stage_outputs
-                .with_label_values(&[stage, &topic])
-                .inc_by(n);
+        for (topic, count) in produced {
+            StageOutputs {
+                stage,
+                topic: &topic,
+                count,
+            }
+            .emit();
         }
-        for (outcome, fate) in [
-            ("processed", Fate::Processed),
-            ("dead_lettered", Fate::DeadLettered),
+        for (fate, label) in [
+            (Fate::Processed, RecordFate::Processed),
+            (Fate::DeadLettered, RecordFate::DeadLettered),
         ] {
-            let n = fates.iter().filter(|f| **f == fate).count() as u64;
-            m.stage_records
-                .with_label_values(&[stage, outcome])
-                .inc_by(n);
+            StageRecords {
+                stage,
+                fate: label,
+                count: fates.iter().filter(|f| **f == fate).count() as u64,
+            }
+            .emit();
         }
         let elapsed = phases.started.elapsed();
-        m.stage_batch_seconds
-            .with_label_values(&[stage])
-            .observe(elapsed.as_secs_f64());
+        StageBatch { stage, elapsed }.emit();
         debug!(
             stage,
             size = records.len(),
@@ -1554,10 +1564,7 @@ fn handled_offsets<I>(records: &[Record<I>], fates: &[Fate]) -> Vec<((String, i3
 }
 
 fn count_error(stage: &str, retriable: bool) {
-    metrics()
-        .stage_errors
-        .with_label_values(&[stage, if retriable { "true" } else { "false" }])
-        .inc();
+    StageError { stage, retriable }.emit();
 }
 
 /// How long a newly assigned partition's end is asked for again while its

@@ -1,9 +1,10 @@
 //! Logging and metrics for every tidings process.
 //!
 //! Every metric has one named home in [`Metrics`], registered once in the
-//! process-wide Prometheus registry and served at `/metrics`. Newer metrics
-//! are recorded through typed events ([`StoreCall`]) whose `emit` fills in
-//! the labels, so call sites cannot get their order wrong.
+//! process-wide Prometheus registry and served at `/metrics`. Metrics are
+//! recorded only through typed events ([`events`], [`StoreCall`],
+//! [`StoreStatement`]) whose `emit` fills in the labels, so call sites
+//! cannot get their order wrong: the metrics themselves are private.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -12,6 +13,9 @@ use prometheus::{
     TextEncoder,
 };
 use tidings_config::{LogFormat, TelemetryConfig};
+
+pub mod events;
+pub use events::*;
 
 /// A counter handle, for callers that resolve one once and count often.
 pub use prometheus::IntCounter;
@@ -36,54 +40,52 @@ pub fn init_logging(config: &TelemetryConfig) {
 
 /// All metrics of a tidings process.
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
     /// Records a stage consumed, by stage and outcome (processed,
     /// dead_lettered, passed_over).
-    pub stage_records: IntCounterVec,
+    stage_records: IntCounterVec,
     /// Records a stage produced, by stage and topic.
-    pub stage_outputs: IntCounterVec,
+    stage_outputs: IntCounterVec,
     /// Processing failures, by stage and whether a retry could help.
-    pub stage_errors: IntCounterVec,
+    stage_errors: IntCounterVec,
     /// Seconds from poll to committed batch, by stage.
-    pub stage_batch_seconds: HistogramVec,
+    stage_batch_seconds: HistogramVec,
     /// Requests accepted by the gateway, by RPC and gRPC code.
-    pub gateway_requests: IntCounterVec,
+    gateway_requests: IntCounterVec,
     /// Cached rows the gateway served because the store could not be
     /// reached, by what they are (app, template).
-    pub gateway_stale_reads: IntCounterVec,
+    gateway_stale_reads: IntCounterVec,
     /// Consumer lag (high watermark minus committed position), by stage,
     /// topic and partition: the queue-depth signal for scaling workers.
-    pub consumer_lag: IntGaugeVec,
+    consumer_lag: IntGaugeVec,
     /// Provider outcomes, by provider and outcome (sent, invalid_target,
     /// rejected, transient).
-    pub provider_results: IntCounterVec,
+    provider_results: IntCounterVec,
     /// 1 while a provider is failing (the developer alert), else 0.
-    pub provider_failing: IntGaugeVec,
+    provider_failing: IntGaugeVec,
     /// Deliveries a sender found in flight at a crash (intent marked, not
     /// marked sent), by stage and decision (skipped: only senders with
     /// `uncertain = skip` mark intents).
-    pub sender_uncertain: IntCounterVec,
+    sender_uncertain: IntCounterVec,
     /// Times a writer (a stage, or the gateway) waited for its readers to
     /// catch up on the embedded cluster, by writer and topic (see
     /// tidings_kafka::backlog).
-    pub embedded_backlog_waits: IntCounterVec,
+    embedded_backlog_waits: IntCounterVec,
     /// Seconds to answer one feed page (the design's feed-refresh latency).
-    pub feed_read_seconds: Histogram,
+    feed_read_seconds: Histogram,
     /// Feed entries the fan-out wrote (pushed), and posts left to be pulled
     /// at read time, by outcome (pushed, pulled_post, backfilled,
     /// unfollow_removed, cooled_down).
-    pub feed_fanout: IntCounterVec,
+    feed_fanout: IntCounterVec,
     /// Seconds per store call, by engine and operation (`apps.get`, ...):
     /// recorded by [`StoreCall::emit`].
-    pub store_call_seconds: HistogramVec,
+    store_call_seconds: HistogramVec,
     /// Store calls that failed, by engine and operation.
-    pub store_errors: IntCounterVec,
+    store_errors: IntCounterVec,
     /// Statements sent to the database, by engine and statement (verb and
     /// table, `INSERT dedupe`): a store call may send many. Counted through
     /// [`StoreStatement::counter`].
-    pub store_statements: IntCounterVec,
-    /// 1, labelled with this build's version, commit and compiler.
-    pub build_info: IntGaugeVec,
+    store_statements: IntCounterVec,
     /// The standard `process_*` metrics (CPU, resident memory, open file
     /// descriptors, start time), in a registry of their own: their names
     /// are the conventional ones, without the `tidings_` prefix.
@@ -222,6 +224,8 @@ impl Metrics {
             &["version", "commit", "rustc"],
         )
         .expect("valid metric");
+        // 1, labelled with this build's version, commit and compiler; set
+        // once, and kept by the registry.
         build_info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
@@ -292,7 +296,6 @@ impl Metrics {
             store_call_seconds,
             store_errors,
             store_statements,
-            build_info,
             process,
         }
     }
@@ -331,6 +334,13 @@ impl StoreCall {
         if self.failed {
             errors.inc();
         }
+    }
+    /// How many calls of `operation` on `engine` this process timed so far.
+    pub fn count(engine: &str, operation: &str) -> u64 {
+        metrics()
+            .store_call_seconds
+            .with_label_values(&[engine, operation])
+            .get_sample_count()
     }
 }
 

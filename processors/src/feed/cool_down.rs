@@ -29,7 +29,7 @@
 use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Topics};
 use tidings_store::{Millis, PullState, Store};
-use tidings_telemetry::metrics;
+use tidings_telemetry::{FanoutOutcome, FeedFanout};
 use tracing::info;
 
 use super::planner::{Slices, follower_slices};
@@ -179,10 +179,11 @@ impl CoolDown {
             },
         )
         .await?;
-        metrics()
-            .feed_fanout
-            .with_label_values(&["cooled_down"])
-            .inc();
+        FeedFanout {
+            outcome: FanoutOutcome::CooledDown,
+            count: 1,
+        }
+        .emit();
         Ok(())
     }
 }

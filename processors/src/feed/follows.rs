@@ -31,7 +31,7 @@ use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::records::{FollowChanged, FollowKind};
 use tidings_store::{FeedEntry, PullState, Store};
-use tidings_telemetry::metrics;
+use tidings_telemetry::{FanoutOutcome, FeedFanout};
 use tracing::debug;
 
 use super::cool_down::{CoolDown, Reach};
@@ -119,10 +119,11 @@ impl FeedFollows {
         feed.trim(follower, self.max_entries)
             .await
             .map_err(store_failure)?;
-        metrics()
-            .feed_fanout
-            .with_label_values(&["backfilled"])
-            .inc_by(rows.len() as u64);
+        FeedFanout {
+            outcome: FanoutOutcome::Backfilled,
+            count: rows.len() as u64,
+        }
+        .emit();
         Ok(())
     }
 
@@ -156,10 +157,11 @@ impl FeedFollows {
         }
         if !theirs.is_empty() {
             feed.remove_many(&theirs).await.map_err(store_failure)?;
-            metrics()
-                .feed_fanout
-                .with_label_values(&["unfollow_removed"])
-                .inc_by(theirs.len() as u64);
+            FeedFanout {
+                outcome: FanoutOutcome::UnfollowRemoved,
+                count: theirs.len() as u64,
+            }
+            .emit();
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use tidings_config::FeedConfig;
 use tidings_kafka::{Emitter, ProcessError, Processor, RecordMeta, Topics, now_millis};
 use tidings_schemas::records::{FanoutBatch, PostPublished};
 use tidings_store::{Millis, PullState, SocialGraph, Store};
-use tidings_telemetry::metrics;
+use tidings_telemetry::{FanoutOutcome, FeedFanout};
 use tracing::{debug, info};
 
 use super::cool_down::{CoolDown, Hysteresis, Reach};
@@ -179,10 +179,11 @@ impl Processor for FanoutPlanner {
                     .map_err(store_failure)?;
                 info!(author = %post.author_id, followers, post_id = %post.post_id, "author pulled at read time");
             }
-            metrics()
-                .feed_fanout
-                .with_label_values(&["pulled_post"])
-                .inc();
+            FeedFanout {
+                outcome: FanoutOutcome::PulledPost,
+                count: 1,
+            }
+            .emit();
             return Ok(());
         }
         // A pulled author who dropped below the push-again mark without an

@@ -12,7 +12,7 @@ use tidings_schemas::{
     records::{FanoutBatch, NotificationRequest, Priority, RawContent},
 };
 use tidings_store::{FeedEntry, Post, Store, User};
-use tidings_telemetry::metrics;
+use tidings_telemetry::{FanoutOutcome, FeedFanout};
 use tracing::warn;
 use uuid::Uuid;
 
@@ -204,10 +204,11 @@ impl Processor for FeedWriter {
             .collect();
         let feed = &self.store.feed;
         feed.append_many(&rows).await.map_err(store_failure)?;
-        metrics()
-            .feed_fanout
-            .with_label_values(&["pushed"])
-            .inc_by(rows.len() as u64);
+        FeedFanout {
+            outcome: FanoutOutcome::Pushed,
+            count: rows.len() as u64,
+        }
+        .emit();
         for owner in slice.recipients.iter().filter(|o| trims(o, &slice.post_id)) {
             feed.trim(owner, self.max_entries)
                 .await

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tidings_telemetry::metrics;
+use tidings_telemetry::{ProviderFailing, ProviderResult};
 use tracing::{error, info};
 
 /// The first and the longest wait between probes of a misconfigured provider.
@@ -79,10 +79,11 @@ impl ProviderHealth {
 
     /// Counts one provider call and updates the alert.
     pub fn record(&self, outcome: Outcome) {
-        metrics()
-            .provider_results
-            .with_label_values(&[self.provider, outcome.as_str()])
-            .inc();
+        ProviderResult {
+            provider: self.provider,
+            outcome: outcome.as_str(),
+        }
+        .emit();
         match outcome {
             Outcome::Sent | Outcome::InvalidTarget | Outcome::Rejected => self.answered(),
             Outcome::Transient => self.failed_transiently(),
@@ -118,10 +119,7 @@ impl ProviderHealth {
     pub fn misconfigured(&self, setting: &str, reason: &str) {
         self.record(Outcome::Misconfigured);
         self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
-        metrics()
-            .provider_failing
-            .with_label_values(&[self.provider])
-            .set(1);
+        self.alert(true);
         let now = Instant::now();
         let mut hold = lock(&self.hold);
         let log = match hold.as_mut() {
@@ -161,19 +159,21 @@ impl ProviderHealth {
         if was_held || failures >= self.alert_after {
             info!(provider = self.provider, "provider recovered");
         }
-        metrics()
-            .provider_failing
-            .with_label_values(&[self.provider])
-            .set(0);
+        self.alert(false);
+    }
+
+    fn alert(&self, failing: bool) {
+        ProviderFailing {
+            provider: self.provider,
+            failing,
+        }
+        .emit();
     }
 
     fn failed_transiently(&self) {
         let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.alert_after {
-            metrics()
-                .provider_failing
-                .with_label_values(&[self.provider])
-                .set(1);
+            self.alert(true);
             if n == self.alert_after || n.is_multiple_of(100) {
                 error!(
                     provider = self.provider,
@@ -194,10 +194,7 @@ mod tests {
     use super::*;
 
     fn failing(provider: &str) -> i64 {
-        metrics()
-            .provider_failing
-            .with_label_values(&[provider])
-            .get()
+        ProviderFailing::current(provider)
     }
 
     #[test]

@@ -64,7 +64,7 @@ use tidings_schemas::{
     records::{DeadLetter, Delivery, TrackingEvent, TrackingKind},
 };
 use tidings_store::{DeliveryKey, StatusEntry, Store, StoreError, notification_log};
-use tidings_telemetry::metrics;
+use tidings_telemetry::SenderUncertain;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -394,10 +394,11 @@ impl ChannelSender {
     }
 
     fn count_uncertain(&self, decision: &str) {
-        metrics()
-            .sender_uncertain
-            .with_label_values(&[Self::stage_name(self.channel), decision])
-            .inc();
+        SenderUncertain {
+            stage: Self::stage_name(self.channel),
+            decision,
+        }
+        .emit();
     }
 
     /// Calls the provider (with `skip`, once the intent is marked, so a
