@@ -387,7 +387,8 @@ impl Gateway {
         let mut notification_ids = Vec::with_capacity(users.len());
         for users in users.chunks(per_chunk) {
             let (requests, records) = prepared.build(self, topic, users)?;
-            self.room_for(topic, &records)
+            let events = self.accepted_events(&requests);
+            self.room_for(&records, &events)
                 .await
                 .map_err(|e| no_room_status(prefix, e))?;
             // The requests first: once they are acknowledged the
@@ -399,7 +400,7 @@ impl Gateway {
                 .await
                 .map_err(|e| produce_status(prefix, e))?;
             drop(records);
-            self.track_accepted(&requests);
+            self.send_tracking(events);
             notification_ids.extend(requests.into_iter().map(|r| r.notification_id));
         }
         Ok(SendResponse {
@@ -442,7 +443,8 @@ impl Gateway {
         if written.is_empty() {
             return answers;
         }
-        if let Err(e) = self.room_for(topic, &records).await {
+        let mut events = self.accepted_events(&requests).into_iter();
+        if let Err(e) = self.room_for(&records, events.as_slice()).await {
             answers.extend(
                 written
                     .into_iter()
@@ -453,58 +455,66 @@ impl Gateway {
         let handover = self.producer.enqueue_all(&records);
         let mut outcomes = self.producer.acknowledged(handover, &records).await;
         drop(records);
-        let mut accepted = Vec::with_capacity(requests.len());
+        let mut accepted = Vec::with_capacity(events.len());
         let mut requests = requests.into_iter();
         for item in written {
-            let mine: Vec<NotificationRequest> =
-                requests.by_ref().take(item.records.len()).collect();
+            let mine = requests.by_ref().take(item.records.len());
+            let their_events = events.by_ref().take(item.records.len());
             let failed = outcomes[item.records.clone()]
                 .iter_mut()
                 .find_map(|outcome| std::mem::replace(outcome, Ok(())).err());
             let answer = match failed {
                 Some(e) => Err(produce_status(&item.prefix, e)),
                 None => {
-                    let notification_ids = mine.iter().map(|r| r.notification_id.clone()).collect();
-                    accepted.extend(mine);
+                    accepted.extend(their_events);
                     Ok(SendResponse {
                         event_id: item.event_id,
-                        notification_ids,
+                        notification_ids: mine.map(|r| r.notification_id).collect(),
                     })
                 }
             };
             answers.push((item.index, answer));
         }
-        self.track_accepted(&accepted);
+        self.send_tracking(accepted);
         answers
     }
 
     /// Waits, on the embedded cluster, until the requests topic has room for
-    /// `records` (the enricher is behind), at most the produce timeout. At
-    /// once on real brokers.
-    async fn room_for(&self, topic: &str, records: &[OutRecord]) -> Result<(), NoRoom> {
+    /// `records` (the enricher is behind) and the tracking topic for their
+    /// ACCEPTED `events` (its readers are behind), at most the produce
+    /// timeout in all. At once on real brokers. Without the second wait a
+    /// burst would write its ACCEPTED events past a slow tracking reader,
+    /// and the mock broker drops what a partition holds beyond 5 MiB.
+    async fn room_for(&self, records: &[OutRecord], events: &[OutRecord]) -> Result<(), NoRoom> {
         if !self.producer.counts_backlog() {
             return Ok(());
         }
-        let adding = records
-            .iter()
-            .map(|r| record_bytes(r.key.len(), r.payload.len()))
-            .sum();
         let deadline = tokio::time::Instant::now() + self.producer.timeout();
-        self.producer
-            .room_for(
-                topic,
-                adding,
-                Some(deadline),
-                &CancellationToken::new(),
-                |_| {
-                    BacklogWait {
-                        writer: "gateway",
-                        topic,
-                    }
-                    .emit()
-                },
-            )
-            .await
+        for (topic, outputs) in [
+            (self.topics.requests(), records),
+            (self.topics.tracking(), events),
+        ] {
+            let adding = outputs
+                .iter()
+                .map(|r| record_bytes(r.key.len(), r.payload.len()))
+                .sum();
+            self.producer
+                .room_for(
+                    topic,
+                    adding,
+                    Some(deadline),
+                    &CancellationToken::new(),
+                    |_| {
+                        BacklogWait {
+                            writer: "gateway",
+                            topic,
+                        }
+                        .emit()
+                    },
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// The send's largest record (the longest user's), refused by field when
@@ -542,8 +552,10 @@ impl Gateway {
         Ok((request, record))
     }
 
-    /// Writes an ACCEPTED tracking event per request, in the background.
-    fn track_accepted(&self, requests: &[NotificationRequest]) {
+    /// The ACCEPTED tracking event of each request, encoded; none if one
+    /// cannot be (a build whose catalog lacks TrackingEvent): they are best
+    /// effort, the requests are not.
+    fn accepted_events(&self, requests: &[NotificationRequest]) -> Vec<OutRecord> {
         let tracking = self.topics.tracking();
         let events: Result<Vec<_>, _> = requests
             .iter()
@@ -564,14 +576,20 @@ impl Gateway {
                 self.producer.encode(tracking, &r.notification_id, &event)
             })
             .collect();
-        if let Ok(events) = events {
-            let producer = self.producer.clone();
-            tokio::spawn(async move {
-                if let Err(e) = producer.send_all(&events).await {
-                    tracing::warn!(error = %e, "could not write ACCEPTED tracking events");
-                }
-            });
+        events.unwrap_or_default()
+    }
+
+    /// Writes accepted requests' ACCEPTED events, in the background.
+    fn send_tracking(&self, events: Vec<OutRecord>) {
+        if events.is_empty() {
+            return;
         }
+        let producer = self.producer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = producer.send_all(&events).await {
+                tracing::warn!(error = %e, "could not write ACCEPTED tracking events");
+            }
+        });
     }
 }
 
