@@ -486,35 +486,43 @@ impl Gateway {
     /// burst would write its ACCEPTED events past a slow tracking reader,
     /// and the mock broker drops what a partition holds beyond 5 MiB.
     async fn room_for(&self, records: &[OutRecord], events: &[OutRecord]) -> Result<(), NoRoom> {
+        let deadline = tokio::time::Instant::now() + self.producer.timeout();
+        self.room_on(self.topics.requests(), records, deadline)
+            .await?;
+        self.room_on(self.topics.tracking(), events, deadline).await
+    }
+
+    /// Waits, on the embedded cluster, until `topic` has room for `records`
+    /// (its readers are behind), at most until `deadline`; at once on real
+    /// brokers. Counted in `tidings_embedded_backlog_waits_total`.
+    pub(crate) async fn room_on(
+        &self,
+        topic: &str,
+        records: &[OutRecord],
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NoRoom> {
         if !self.producer.counts_backlog() {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + self.producer.timeout();
-        for (topic, outputs) in [
-            (self.topics.requests(), records),
-            (self.topics.tracking(), events),
-        ] {
-            let adding = outputs
-                .iter()
-                .map(|r| record_bytes(r.key.len(), r.payload.len()))
-                .sum();
-            self.producer
-                .room_for(
-                    topic,
-                    adding,
-                    Some(deadline),
-                    &CancellationToken::new(),
-                    |_| {
-                        BacklogWait {
-                            writer: "gateway",
-                            topic,
-                        }
-                        .emit()
-                    },
-                )
-                .await?;
-        }
-        Ok(())
+        let adding = records
+            .iter()
+            .map(|r| record_bytes(r.key.len(), r.payload.len()))
+            .sum();
+        self.producer
+            .room_for(
+                topic,
+                adding,
+                Some(deadline),
+                &CancellationToken::new(),
+                |_| {
+                    BacklogWait {
+                        writer: "gateway",
+                        topic,
+                    }
+                    .emit()
+                },
+            )
+            .await
     }
 
     /// The send's largest record (the longest user's), refused by field when
