@@ -335,6 +335,7 @@ impl StoreCall {
             errors.inc();
         }
     }
+
     /// How many calls of `operation` on `engine` this process timed so far.
     pub fn count(engine: &str, operation: &str) -> u64 {
         metrics()
