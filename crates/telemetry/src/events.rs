@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::{IntCounter, metrics};
+use crate::{IntCounter, IntGauge, metrics};
 
 /// What became of a record a stage consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +212,12 @@ pub struct ProviderFailing<'a> {
 
 impl ProviderFailing<'_> {
     pub fn emit(self) {
-        metrics()
-            .provider_failing
-            .with_label_values(&[self.provider])
-            .set(i64::from(self.failing));
+        Self::gauge(self.provider).set(i64::from(self.failing));
+    }
+
+    /// The gauge, for a sender that resolves it once and sets it often.
+    pub fn gauge(provider: &str) -> IntGauge {
+        metrics().provider_failing.with_label_values(&[provider])
     }
 
     /// The gauge now: 1 while failing, else 0.

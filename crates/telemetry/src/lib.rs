@@ -17,8 +17,9 @@ use tidings_config::{LogFormat, TelemetryConfig};
 pub mod events;
 pub use events::*;
 
-/// A counter handle, for callers that resolve one once and count often.
-pub use prometheus::IntCounter;
+/// Counter and gauge handles, for callers that resolve one once and update
+/// it often.
+pub use prometheus::{IntCounter, IntGauge};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the

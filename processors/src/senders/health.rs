@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tidings_telemetry::{ProviderFailing, ProviderResult};
+use tidings_telemetry::{IntCounter, IntGauge, ProviderFailing, ProviderResult};
 use tracing::{error, info};
 
 /// The first and the longest wait between probes of a misconfigured provider.
@@ -39,6 +39,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Sent,
+        Outcome::InvalidTarget,
+        Outcome::Rejected,
+        Outcome::Transient,
+        Outcome::Misconfigured,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
@@ -62,6 +70,11 @@ struct Hold {
 
 pub struct ProviderHealth {
     provider: &'static str,
+    /// `tidings_provider_results_total` of each outcome, in
+    /// [`Outcome::ALL`]'s order, and `tidings_provider_failing`: resolved
+    /// once, as they are updated on every provider call.
+    results: [IntCounter; 5],
+    failing: IntGauge,
     alert_after: u32,
     failures_in_a_row: AtomicU32,
     hold: Mutex<Option<Hold>>,
@@ -71,6 +84,8 @@ impl ProviderHealth {
     pub fn new(provider: &'static str, alert_after: u32) -> Self {
         Self {
             provider,
+            results: Outcome::ALL.map(|o| ProviderResult::counter(provider, o.as_str())),
+            failing: ProviderFailing::gauge(provider),
             alert_after: alert_after.max(1),
             failures_in_a_row: AtomicU32::new(0),
             hold: Mutex::new(None),
@@ -79,11 +94,7 @@ impl ProviderHealth {
 
     /// Counts one provider call and updates the alert.
     pub fn record(&self, outcome: Outcome) {
-        ProviderResult {
-            provider: self.provider,
-            outcome: outcome.as_str(),
-        }
-        .emit();
+        self.results[outcome as usize].inc();
         match outcome {
             Outcome::Sent | Outcome::InvalidTarget | Outcome::Rejected => self.answered(),
             Outcome::Transient => self.failed_transiently(),
@@ -163,11 +174,7 @@ impl ProviderHealth {
     }
 
     fn alert(&self, failing: bool) {
-        ProviderFailing {
-            provider: self.provider,
-            failing,
-        }
-        .emit();
+        self.failing.set(i64::from(failing));
     }
 
     fn failed_transiently(&self) {
@@ -195,6 +202,26 @@ mod tests {
 
     fn failing(provider: &str) -> i64 {
         ProviderFailing::current(provider)
+    }
+
+    #[test]
+    fn each_outcome_counts_on_its_own_counter() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+        let h = ProviderHealth::new("health-test-outcomes", 3);
+        for outcome in Outcome::ALL {
+            h.record(outcome);
+        }
+        h.record(Outcome::Sent);
+        for outcome in Outcome::ALL {
+            let n = if outcome == Outcome::Sent { 2 } else { 1 };
+            assert_eq!(
+                ProviderResult::total("health-test-outcomes", outcome.as_str()),
+                n,
+                "{outcome:?}"
+            );
+        }
     }
 
     #[test]
