@@ -418,7 +418,11 @@ fn now_secs() -> i64 {
 }
 
 fn inbox_sent() -> u64 {
-    ProviderResult::total("inbox", "sent")
+    ProviderResult {
+        provider: "inbox",
+        outcome: "sent",
+    }
+    .total()
 }
 
 fn ms(d: Duration) -> f64 {

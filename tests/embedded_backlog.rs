@@ -23,6 +23,19 @@ const ITEMS: usize = 500;
 /// Calls at most: 20,000 ACCEPTED events, about 5 MB, five times the mark.
 const CALLS: usize = 40;
 
+/// Sends call number `call`'s batch: the items the gateway accepted, and
+/// the first refusal.
+async fn send_batch(client: &Client, call: usize) -> (usize, Option<String>) {
+    let results = client
+        .notifications()
+        .send_batch(client.request(batch(call)).expect("request"))
+        .await
+        .expect("the batch is answered item by item")
+        .into_inner()
+        .results;
+    accepted(&results)
+}
+
 fn batch(call: usize) -> pb::SendBatchRequest {
     pb::SendBatchRequest {
         items: (0..ITEMS)
@@ -101,14 +114,7 @@ async fn held_tracking_readers_hold_the_gateway_back() {
     let mut total = 0;
     let mut refusal = None;
     for call in 0..CALLS {
-        let results = client
-            .notifications()
-            .send_batch(client.request(batch(call)).expect("request"))
-            .await
-            .expect("the batch is answered item by item")
-            .into_inner()
-            .results;
-        let (n, refused) = accepted(&results);
+        let (n, refused) = send_batch(&client, call).await;
         total += n;
         if let Some(e) = refused {
             refusal = Some(e);
@@ -141,14 +147,7 @@ async fn held_tracking_readers_hold_the_gateway_back() {
     for _ in 0..unread.records {
         backlog.taken("held-tracking-reader", &tracking, 0, per_record);
     }
-    let results = client
-        .notifications()
-        .send_batch(client.request(batch(CALLS)).expect("request"))
-        .await
-        .expect("answered")
-        .into_inner()
-        .results;
-    assert_eq!(accepted(&results), (ITEMS, None));
+    assert_eq!(send_batch(&client, CALLS).await, (ITEMS, None));
 
     stop_tasks(&mut tasks, &shutdown)
         .await

@@ -672,7 +672,6 @@ impl Gateway {
                 .await
                 .map_err(|e| format!("tracking topic: {e}"))
         };
-        let produce = async { produce.await.err() };
         let log = async {
             if entries.is_empty() {
                 return None;
@@ -689,7 +688,7 @@ impl Gateway {
         let failure = match written {
             Err(_) => Some("timed out".to_owned()),
             Ok((produced, logged)) => {
-                let errors: Vec<String> = [produced, logged].into_iter().flatten().collect();
+                let errors: Vec<String> = [produced.err(), logged].into_iter().flatten().collect();
                 (!errors.is_empty()).then(|| errors.join("; "))
             }
         };

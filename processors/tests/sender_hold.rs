@@ -21,7 +21,7 @@ const REFUSALS: usize = 6;
 const CONCURRENCY: usize = 4;
 
 fn alert() -> i64 {
-    ProviderFailing::current("twilio")
+    ProviderFailing { provider: "twilio" }.current()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

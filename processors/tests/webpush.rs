@@ -350,7 +350,12 @@ async fn a_refused_vapid_key_holds_the_channel() {
             .await
             .expect("produced");
     }
-    let alert = || ProviderFailing::current("webpush");
+    let alert = || {
+        ProviderFailing {
+            provider: "webpush",
+        }
+        .current()
+    };
     let (task, shutdown) = run_sender(&h, VAPID_PRIVATE);
     eventually(
         "the channel is held and alerting",

@@ -179,6 +179,7 @@ impl StaleRead<'_> {
 
 /// One provider call's outcome (`sent`, `invalid_target`, `rejected`,
 /// `transient`, `misconfigured`): `tidings_provider_results_total{provider,outcome}`.
+/// A sender counts every call, so it resolves the counter once.
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderResult<'a> {
     pub provider: &'a str,
@@ -186,46 +187,36 @@ pub struct ProviderResult<'a> {
 }
 
 impl ProviderResult<'_> {
-    pub fn emit(self) {
-        Self::counter(self.provider, self.outcome).inc();
-    }
-
-    /// The counter, for a sender that resolves it once and counts often.
-    pub fn counter(provider: &str, outcome: &str) -> IntCounter {
+    pub fn counter(self) -> IntCounter {
         metrics()
             .provider_results
-            .with_label_values(&[provider, outcome])
+            .with_label_values(&[self.provider, self.outcome])
     }
 
-    pub fn total(provider: &str, outcome: &str) -> u64 {
-        Self::counter(provider, outcome).get()
+    /// What this process counted so far.
+    pub fn total(self) -> u64 {
+        self.counter().get()
     }
 }
 
 /// Whether a provider is failing now (the developer alert):
-/// `tidings_provider_failing{provider}`, 1 or 0.
+/// `tidings_provider_failing{provider}`, 1 or 0. A sender sets it on every
+/// call, so it resolves the gauge once.
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderFailing<'a> {
     pub provider: &'a str,
-    pub failing: bool,
 }
 
 impl ProviderFailing<'_> {
-    pub fn emit(self) {
-        Self::gauge(self.provider).set(i64::from(self.failing));
-    }
-
-    /// The gauge, for a sender that resolves it once and sets it often.
-    pub fn gauge(provider: &str) -> IntGauge {
-        metrics().provider_failing.with_label_values(&[provider])
+    pub fn gauge(self) -> IntGauge {
+        metrics()
+            .provider_failing
+            .with_label_values(&[self.provider])
     }
 
     /// The gauge now: 1 while failing, else 0.
-    pub fn current(provider: &str) -> i64 {
-        metrics()
-            .provider_failing
-            .with_label_values(&[provider])
-            .get()
+    pub fn current(self) -> i64 {
+        self.gauge().get()
     }
 }
 
@@ -355,9 +346,9 @@ mod tests {
         .set(7);
         ProviderFailing {
             provider: "events-test",
-            failing: true,
         }
-        .emit();
+        .gauge()
+        .set(1);
         FeedFanout {
             outcome: FanoutOutcome::UnfollowRemoved,
             count: 4,
@@ -377,7 +368,13 @@ mod tests {
             StageRecords::total("events-test", RecordFate::DeadLettered),
             2
         );
-        assert_eq!(ProviderFailing::current("events-test"), 1);
+        assert_eq!(
+            ProviderFailing {
+                provider: "events-test"
+            }
+            .current(),
+            1
+        );
         ConsumerLag {
             stage: "events-test",
             topic: "t",

@@ -84,8 +84,14 @@ impl ProviderHealth {
     pub fn new(provider: &'static str, alert_after: u32) -> Self {
         Self {
             provider,
-            results: Outcome::ALL.map(|o| ProviderResult::counter(provider, o.as_str())),
-            failing: ProviderFailing::gauge(provider),
+            results: Outcome::ALL.map(|o| {
+                ProviderResult {
+                    provider,
+                    outcome: o.as_str(),
+                }
+                .counter()
+            }),
+            failing: ProviderFailing { provider }.gauge(),
             alert_after: alert_after.max(1),
             failures_in_a_row: AtomicU32::new(0),
             hold: Mutex::new(None),
@@ -201,7 +207,7 @@ mod tests {
     use super::*;
 
     fn failing(provider: &str) -> i64 {
-        ProviderFailing::current(provider)
+        ProviderFailing { provider }.current()
     }
 
     #[test]
@@ -217,7 +223,11 @@ mod tests {
         for outcome in Outcome::ALL {
             let n = if outcome == Outcome::Sent { 2 } else { 1 };
             assert_eq!(
-                ProviderResult::total("health-test-outcomes", outcome.as_str()),
+                ProviderResult {
+                    provider: "health-test-outcomes",
+                    outcome: outcome.as_str(),
+                }
+                .total(),
                 n,
                 "{outcome:?}"
             );
