@@ -872,6 +872,41 @@ async fn the_inbox_over_grpc(backend: Backend) {
         "{}",
         bad_limit.message()
     );
+
+    // On the embedded cluster a read's tracking event waits for room on the
+    // tracking topic, as sends do: past a reader a mark behind, the read is
+    // UNAVAILABLE (stored, to retry); once the reader caught up, it is done.
+    let runtime = &t.pipeline.as_ref().expect("running").runtime;
+    if let Some(backlog) = runtime.cluster.backlog() {
+        let tracking = runtime.topics.tracking();
+        let stats = format!("{}.template-stats", t.config.kafka.group_prefix);
+        let behind = backlog.marks().bytes;
+        for p in 0..t.config.kafka.partitions {
+            backlog.produced(tracking, p, behind);
+        }
+        let read = || {
+            as_user(
+                &t,
+                &erin,
+                pb::MarkNotificationRequest {
+                    id: ids[1].clone(),
+                    action: pb::InboxAction::Read as i32,
+                },
+            )
+        };
+        let refused = inbox.mark_notification(read()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains(tracking),
+            "{}",
+            refused.message()
+        );
+        for p in 0..t.config.kafka.partitions {
+            backlog.taken(&stats, tracking, p, behind);
+        }
+        let marked = inbox.mark_notification(read()).await.expect("read again");
+        assert!(marked.into_inner().item.expect("item").read);
+    }
     t.stop().await;
 }
 

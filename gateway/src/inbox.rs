@@ -296,12 +296,16 @@ impl Gateway {
             InboxAction::Unarchive => (InboxEventKind::Unarchived, None),
         };
         let line = self.seen_line(user, &counts).await?;
-        tokio::join!(self.announce(user, kind, Some(id), &counts, at), async {
-            if let Some(tracked) = tracked {
-                let template = item.template_name.as_deref();
-                self.track_inbox(user, id, template, tracked, at).await;
+        let ((), tracked) = tokio::join!(self.announce(user, kind, Some(id), &counts, at), async {
+            match tracked {
+                Some(tracked) => {
+                    let template = item.template_name.as_deref();
+                    self.track_inbox(user, id, template, tracked, at).await
+                }
+                None => Ok(()),
             }
         });
+        tracked?;
         let seen = line.is_seen(&item);
         Ok((ShownItem { item, seen }, counts))
     }
@@ -370,7 +374,11 @@ impl Gateway {
 
     /// A read or archive as a tracking event, for the templates' stats.
     /// Its id is derived from the user, item and kind, so reading an item
-    /// again (after an unread) counts once.
+    /// again (after an unread) counts once, and a caller that retries after
+    /// UNAVAILABLE (the mark is stored and idempotent) repeats the same
+    /// event. On the embedded cluster it waits for room on the tracking
+    /// topic, as sends and receipts do, rather than write past a slow
+    /// reader.
     async fn track_inbox(
         &self,
         user: &str,
@@ -378,7 +386,7 @@ impl Gateway {
         template: Option<&str>,
         kind: TrackingKind,
         at: Millis,
-    ) {
+    ) -> Result<(), Status> {
         let key = format!("tidings.inbox/{kind:?}/{user}/{id}");
         let event = TrackingEvent {
             event_id: ids::time_ordered(&Uuid::NAMESPACE_URL, key.as_bytes(), id).to_string(),
@@ -393,9 +401,25 @@ impl Gateway {
             at,
             dispatched_at: None,
         };
-        if let Err(e) = self.producer.send(self.topics.tracking(), id, &event).await {
-            warn!(error = %e, ?kind, "could not record an inbox tracking event");
-        }
+        let topic = self.topics.tracking();
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!(
+                "the {kind:?} is stored but its tracking event is not, retry: {e}"
+            ))
+        };
+        let record = self
+            .producer
+            .encode(topic, id, &event)
+            .map_err(|e| Status::internal(format!("tracking event: {e}")))?;
+        let records = [record];
+        let deadline = tokio::time::Instant::now() + self.producer.timeout();
+        self.room_on(topic, &records, deadline)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.producer
+            .send_all(&records)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }
 
