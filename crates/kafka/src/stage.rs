@@ -620,6 +620,14 @@ struct Record<I> {
     input: Option<I>,
 }
 
+/// Why a record was not decoded.
+enum Undecoded {
+    /// Shutdown came while the codec waited for the schema registry.
+    Interrupted,
+    /// It never will be: the reason, for its dead letter.
+    Undecodable(String),
+}
+
 /// What became of one record.
 enum RecordOutcome {
     Processed(Vec<OutRecord>),
@@ -979,20 +987,43 @@ impl<P: Processor> Stage<P> {
         let started = Instant::now();
         self.learn_frontiers(&batch).await;
         // Decode the whole batch first, so the processor can look up what
-        // all of it needs at once.
-        let decoded: Vec<(Record<P::Input>, Option<RecordOutcome>)> =
-            join_all(batch.into_iter().map(|consumed| async move {
-                match consumed {
-                    Consumed::Whole(m) => self.decode(m, shutdown).await,
-                    Consumed::PassedOver {
-                        topic,
-                        partition,
-                        offset,
-                    } => passed_over(topic, partition, offset),
-                }
-            }))
-            .await;
-        let (records, judged): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+        // all of it needs at once. One record after another: a decode waits
+        // only for a writer schema the codec has not seen (once per schema
+        // per process), and a future per record cost more than the decoding.
+        // What cannot be decoded is dead-lettered together after.
+        let mut records = Vec::with_capacity(batch.len());
+        let mut judged = Vec::with_capacity(batch.len());
+        let mut undecodable = Vec::new();
+        for consumed in batch {
+            let (record, outcome) = match consumed {
+                Consumed::Whole(m) => match self.decode(m, shutdown).await {
+                    Ok(record) => (record, None),
+                    Err((record, Undecoded::Interrupted)) => {
+                        (record, Some(RecordOutcome::Interrupted))
+                    }
+                    Err((record, Undecoded::Undecodable(reason))) => {
+                        undecodable.push((records.len(), reason));
+                        (record, None)
+                    }
+                },
+                Consumed::PassedOver {
+                    topic,
+                    partition,
+                    offset,
+                } => passed_over(topic, partition, offset),
+            };
+            records.push(record);
+            judged.push(outcome);
+        }
+        let letters = join_all(
+            undecodable
+                .iter()
+                .map(|(i, reason)| self.dead_letter(&records[*i].message, reason, 1, shutdown)),
+        )
+        .await;
+        for ((i, _), outcome) in undecodable.into_iter().zip(letters) {
+            judged[i] = Some(outcome);
+        }
         let decoded_at = started.elapsed();
         let inputs: Vec<(&P::Input, &RecordMeta)> = records
             .iter()
@@ -1121,13 +1152,12 @@ impl<P: Processor> Stage<P> {
         }
     }
 
-    /// Decodes a record; one that cannot be decoded comes with its dead
-    /// letter.
+    /// Decodes a record; one without its input says why.
     async fn decode(
         &self,
         message: OwnedMessage,
         shutdown: &CancellationToken,
-    ) -> (Record<P::Input>, Option<RecordOutcome>) {
+    ) -> Result<Record<P::Input>, (Record<P::Input>, Undecoded)> {
         let stage = self.processor.name();
         let meta = RecordMeta {
             topic: message.topic().to_owned(),
@@ -1145,7 +1175,7 @@ impl<P: Processor> Stage<P> {
             ),
         };
         let mut backoff = self.backoff();
-        let outcome = loop {
+        let failure = loop {
             let payload = message.payload().unwrap_or_default();
             match self
                 .producer
@@ -1154,26 +1184,23 @@ impl<P: Processor> Stage<P> {
                 .await
             {
                 Ok(input) => {
-                    let record = Record {
+                    return Ok(Record {
                         message,
                         meta,
                         input: Some(input),
-                    };
-                    return (record, None);
+                    });
                 }
                 // The schema registry is unreachable: wait for it rather
                 // than dead-letter records that are fine.
                 Err(e) if e.is_retriable() => {
                     warn!(stage, error = %e, backoff = ?backoff.peek(), "cannot decode yet; retrying");
                     if !backoff.sleep_or_cancel(shutdown).await {
-                        break RecordOutcome::Interrupted;
+                        break Undecoded::Interrupted;
                     }
                 }
                 Err(e) => {
                     warn!(stage, topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %e, "undecodable record; dead-lettering");
-                    break self
-                        .dead_letter(&message, &e.to_string(), 1, shutdown)
-                        .await;
+                    break Undecoded::Undecodable(e.to_string());
                 }
             }
         };
@@ -1182,7 +1209,7 @@ impl<P: Processor> Stage<P> {
             meta,
             input: None,
         };
-        (record, Some(outcome))
+        Err((record, failure))
     }
 
     async fn handle_record(
