@@ -185,7 +185,10 @@ impl Runtime {
         tasks: &mut JoinSet<Result<()>>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let options = StageOptions::default();
+        let options = StageOptions {
+            max_batch_bytes: self.config.kafka.stage_batch_bytes,
+            ..StageOptions::default()
+        };
         // Off the path to a user: a caught-up member may fetch less often.
         let relaxed = StageOptions {
             pickup: Pickup::Relaxed,

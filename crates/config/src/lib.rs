@@ -291,6 +291,11 @@ pub struct KafkaConfig {
     /// `tidings init` creates. The gateway refuses requests whose records
     /// could exceed it; a stage dead-letters an output that would.
     pub max_message_bytes: usize,
+    /// Bytes of records (keys and values) a stage takes into one batch, at
+    /// most: with `max_batch` records, what bounds a stage's memory by
+    /// configuration rather than by the size of what it is sent. A record
+    /// larger than this is a batch of its own.
+    pub stage_batch_bytes: usize,
     /// A Confluent-compatible schema registry; none means the schema ids
     /// compiled in from `schemas/avro`.
     pub schema_registry_url: Option<String>,
@@ -314,6 +319,7 @@ impl Default for KafkaConfig {
             group_prefix: "tidings".into(),
             produce_timeout_ms: 10_000,
             max_message_bytes: 1_000_000,
+            stage_batch_bytes: 4 << 20,
             schema_registry_url: None,
             client: BTreeMap::new(),
         }
@@ -588,6 +594,12 @@ impl Config {
                 format!("is {}; must be at least 65536", k.max_message_bytes),
             );
         }
+        if k.stage_batch_bytes < 64 * 1024 {
+            return semantic(
+                "kafka.stage_batch_bytes",
+                format!("is {}; must be at least 65536", k.stage_batch_bytes),
+            );
+        }
         let url = &self.store.url;
         if !(url.starts_with("sqlite://") || url.starts_with("scylla://")) {
             return semantic(
@@ -784,6 +796,16 @@ mod tests {
             let e = c.validate().expect_err(bad).to_string();
             assert!(e.contains("gateway.cors_origins"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_stage_batch_holds_at_least_64_kib() {
+        let mut c = Config::default();
+        c.kafka.stage_batch_bytes = 64 * 1024 - 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka.stage_batch_bytes"), "{e}");
+        c.kafka.stage_batch_bytes = 64 * 1024;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -275,6 +275,9 @@ pub trait Processor: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct StageOptions {
     pub max_batch: usize,
+    /// Bytes of records (keys and values) in one batch, at most; a record
+    /// larger than this is a batch of its own (`kafka.stage_batch_bytes`).
+    pub max_batch_bytes: usize,
     /// Records (of different keys) processed at once.
     pub max_concurrency: usize,
     /// How long a member may go between polls before the group evicts it;
@@ -312,6 +315,7 @@ impl Default for StageOptions {
     fn default() -> Self {
         Self {
             max_batch: 1_000,
+            max_batch_bytes: 4 << 20,
             max_concurrency: 256,
             max_poll_interval: Duration::from_secs(300),
             batch_window: Duration::from_millis(5),
@@ -679,6 +683,11 @@ enum Finished {
     Interrupted,
 }
 
+/// What a stage's consumer fetches from one partition at a time, at most
+/// (compressed): ordinary notifications, a few hundred bytes each, still
+/// come hundreds at a time.
+const MAX_PARTITION_FETCH_BYTES: &str = "65536";
+
 /// The settings every stage's consumer runs with, in consumer group
 /// `group` (the bench's raw Kafka baseline uses them too, so its fetches
 /// cost what a stage's do).
@@ -708,6 +717,19 @@ pub fn consumer_config(
             "fetch.max.bytes",
             (16 << 20).max(config.max_message_bytes).to_string(),
         )
+        // The queue's bound is checked before a fetch, in uncompressed
+        // bytes, and a fetch is counted compressed: one fetch of lz4
+        // batches of repetitive content (1 MiB per partition by default)
+        // decompressed to over 300 MiB in the enricher during the chaos
+        // suite's flood. A smaller share per partition bounds that
+        // overshoot; a broker still returns a larger first batch whole,
+        // so no record is too large to be read.
+        .set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES)
+        // With the read-ahead bounded, a fetch that found the queue full
+        // must try again soon: librdkafka's default second left a stage fed
+        // large records idle every other second (its own advice for low
+        // queue thresholds).
+        .set("fetch.queue.backoff.ms", "20")
         .set(
             "max.poll.interval.ms",
             max_poll_interval.as_millis().to_string(),
@@ -867,6 +889,7 @@ impl<P: Processor> Stage<P> {
     ) -> Option<Vec<Consumed>> {
         let mut backoff = self.backoff();
         let mut batch = Vec::new();
+        let mut bytes = 0;
         loop {
             let first = tokio::select! {
                 biased;
@@ -882,7 +905,7 @@ impl<P: Processor> Stage<P> {
             match first {
                 Ok(m) => {
                     self.drop_revoked(&mut batch);
-                    self.take(m, &mut batch);
+                    bytes += self.take(m, &mut batch);
                     break;
                 }
                 Err(e) => {
@@ -901,12 +924,16 @@ impl<P: Processor> Stage<P> {
             }
         }
         let deadline = tokio::time::Instant::now() + self.options.batch_window;
-        while batch.len() < self.options.max_batch {
+        // Counting bytes as well as records bounds what a stage holds (the
+        // records, what they decode to, their outputs until acknowledged)
+        // when it is sent large records: 1,000 of 20 KiB held the enricher
+        // at over 500 MiB in the chaos suite's hostile flood.
+        while batch.len() < self.options.max_batch && bytes < self.options.max_batch_bytes {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => {
                     // Revocations seen in this recv came before `m`.
                     self.drop_revoked(&mut batch);
-                    self.take(m, &mut batch);
+                    bytes += self.take(m, &mut batch);
                 }
                 Ok(Err(e)) => {
                     self.consumer_error(&e);
@@ -922,7 +949,9 @@ impl<P: Processor> Stage<P> {
     /// Adds a consumed record to `batch`: copied out of librdkafka, or,
     /// one the stage passes over, only its position (see
     /// [`Consumed::PassedOver`]).
-    fn take(&self, m: BorrowedMessage<'_>, batch: &mut Vec<Consumed>) {
+    /// The bytes it added to the batch: the record's key and value, or
+    /// none for a position.
+    fn take(&self, m: BorrowedMessage<'_>, batch: &mut Vec<Consumed>) -> usize {
         if let Some((backlog, group)) = &self.backlog {
             backlog.taken(
                 group,
@@ -932,11 +961,13 @@ impl<P: Processor> Stage<P> {
             );
         }
         if !P::PASSES_OVER.is_some_and(|label| is_labelled(&m, label)) {
+            let bytes = m.key_len() + m.payload_len();
             batch.push(Consumed::Whole(m.detach()));
-            return;
+            return bytes;
         }
         self.passed_over.inc();
         Consumed::pass_over(batch, m.topic(), m.partition(), m.offset());
+        0
     }
 
     fn consumer_error(&self, e: &RdKafkaError) {

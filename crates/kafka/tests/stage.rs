@@ -256,6 +256,67 @@ async fn batches_are_prefetched_finished_then_produced_and_bad_records_dead_lett
     );
 }
 
+/// Large records make small batches: a stage takes at most
+/// `max_batch_bytes` of them at once (one over it ends the batch), so what
+/// it holds is bounded by its configuration, not by what it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_are_batched_by_bytes() {
+    const LARGE: usize = 40;
+    const DETAIL: usize = 20 * 1024;
+    const MAX_BYTES: usize = 64 * 1024;
+    let cluster = KafkaCluster::start_embedded().expect("embedded brokers");
+    let config = config();
+    common::create_topics(&cluster, &config, &[INPUT, OUTPUT, DEAD_LETTERS], 1).await;
+    // All on the topic before the stage starts: without the byte bound the
+    // first batch would take every one of them.
+    let codec = AvroCodec::local();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        cluster.client_config(&config).create().expect("producer");
+    for i in 0..LARGE {
+        let large = TrackingEvent {
+            detail: Some("x".repeat(DETAIL)),
+            ..event(i)
+        };
+        let payload = codec.encode(&large).expect("encode");
+        producer
+            .send(BaseRecord::to(INPUT).key(&large.user_id).payload(&payload))
+            .expect("queue");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    let seen = Arc::new(Seen::default());
+    let stage = Stage::new(
+        &cluster,
+        &config,
+        AvroProducer::new(&cluster, &config, codec.clone()).expect("producer"),
+        Copier(seen.clone()),
+        &[INPUT.to_owned()],
+        DEAD_LETTERS.to_owned(),
+        StageOptions {
+            min_backoff: Duration::from_millis(10),
+            max_batch_bytes: MAX_BYTES,
+            ..StageOptions::default()
+        },
+    )
+    .expect("stage");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stage.run(shutdown.clone()));
+    let outputs = tokio::task::block_in_place(|| read(&cluster, OUTPUT, LARGE));
+    shutdown.cancel();
+    running.await.expect("stage task").expect("stage ran");
+
+    assert_eq!(outputs.len(), LARGE, "every large record copied");
+    let sizes = seen.batch_sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), LARGE, "{sizes:?}");
+    // Records are taken until the batch holds MAX_BYTES: the last one
+    // taken crosses it.
+    let most = MAX_BYTES.div_ceil(DETAIL);
+    assert!(
+        sizes.iter().all(|&n| n <= most),
+        "a batch over {MAX_BYTES} bytes of {DETAIL}-byte records: {sizes:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // No input stops a stage, nothing handled is lost: poison records, `not_due`,
 // shutdown mid-batch, per-key order, a permanent `finish` failure and a
