@@ -18,7 +18,7 @@ use rdkafka::{
     mocking::MockCluster,
 };
 use tidings_config::KafkaConfig;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     KafkaError,
@@ -231,16 +231,68 @@ impl KafkaCluster {
             .create_topics(&new_topics, &opts)
             .await
             .map_err(|e| KafkaError::client("create topics", e))?;
+        let mut created = Vec::new();
         for result in results {
             match result {
-                Ok(name) => info!(topic = %name, "created topic"),
+                Ok(name) => {
+                    info!(topic = %name, "created topic");
+                    created.push(name);
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => return Err(KafkaError::CreateTopic { topic: name, code }),
             }
         }
-        Ok(())
+        let created: Vec<(String, i32)> = specs
+            .iter()
+            .filter(|s| created.contains(&s.name))
+            .map(|s| (s.name.clone(), s.partitions))
+            .collect();
+        self.wait_until_led(config, created).await
+    }
+
+    /// Waits until every partition of the topics just created answers for
+    /// its offsets. For a moment after creation their brokers answer
+    /// NotLeaderForPartition, which a producer retries with a backoff of
+    /// up to a second and a stage's assignment waits out partition by
+    /// partition: the first burst after `tidings init` stalled 0.5-1.3 s
+    /// (the bench's p99 at 500/s on real Kafka, docs/benchmarks.md). A
+    /// partition still unsettled after [`SETTLE_PATIENCE`] is only logged:
+    /// the clients retry by themselves.
+    async fn wait_until_led(
+        &self,
+        config: &KafkaConfig,
+        topics: Vec<(String, i32)>,
+    ) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let consumer: BaseConsumer = self
+            .client_config(config)
+            .create()
+            .map_err(|e| KafkaError::client("metadata client", e))?;
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            for (topic, partitions) in &topics {
+                for partition in 0..*partitions {
+                    if let Err(e) = watermarks(&consumer, topic, partition, SETTLE_PATIENCE) {
+                        warn!(%topic, partition, error = %e, "a new partition has no leader yet; its clients will retry");
+                    }
+                }
+            }
+            info!(
+                topics = topics.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "new topics have their leaders"
+            );
+        })
+        .await
+        .map_err(|e| KafkaError::Embedded(e.to_string()))
     }
 }
+
+/// How long [`KafkaCluster::ensure_topics`] waits for a new partition's
+/// leader before it leaves the rest to the clients' retries.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Keeps the last error librdkafka reported, so a failed reachability check
 /// can say why (e.g. "certificate verify failed") and not only that the
