@@ -138,6 +138,29 @@ fn config() -> KafkaConfig {
     }
 }
 
+/// The [`Copier`] reading [`INPUT`] with `options`, retrying after 10 ms.
+fn copier_stage(
+    cluster: &KafkaCluster,
+    config: &KafkaConfig,
+    codec: &AvroCodec,
+    seen: &Arc<Seen>,
+    options: StageOptions,
+) -> Stage<Copier> {
+    Stage::new(
+        cluster,
+        config,
+        AvroProducer::new(cluster, config, codec.clone()).expect("producer"),
+        Copier(seen.clone()),
+        &[INPUT.to_owned()],
+        DEAD_LETTERS.to_owned(),
+        StageOptions {
+            min_backoff: Duration::from_millis(10),
+            ..options
+        },
+    )
+    .expect("stage")
+}
+
 /// Reads `topic` from the start until `want` records arrived or `WAIT` ran
 /// out: (payload, timestamp) pairs.
 fn read(cluster: &KafkaCluster, topic: &str, want: usize) -> Vec<(Vec<u8>, i64)> {
@@ -188,19 +211,7 @@ async fn batches_are_prefetched_finished_then_produced_and_bad_records_dead_lett
     producer.flush(Duration::from_secs(10)).expect("flush");
 
     let seen = Arc::new(Seen::default());
-    let stage = Stage::new(
-        &cluster,
-        &config,
-        AvroProducer::new(&cluster, &config, codec.clone()).expect("producer"),
-        Copier(seen.clone()),
-        &[INPUT.to_owned()],
-        DEAD_LETTERS.to_owned(),
-        StageOptions {
-            min_backoff: Duration::from_millis(10),
-            ..StageOptions::default()
-        },
-    )
-    .expect("stage");
+    let stage = copier_stage(&cluster, &config, &codec, &seen, StageOptions::default());
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(stage.run(shutdown.clone()));
 
@@ -285,20 +296,11 @@ async fn large_records_are_batched_by_bytes() {
     producer.flush(Duration::from_secs(10)).expect("flush");
 
     let seen = Arc::new(Seen::default());
-    let stage = Stage::new(
-        &cluster,
-        &config,
-        AvroProducer::new(&cluster, &config, codec.clone()).expect("producer"),
-        Copier(seen.clone()),
-        &[INPUT.to_owned()],
-        DEAD_LETTERS.to_owned(),
-        StageOptions {
-            min_backoff: Duration::from_millis(10),
-            max_batch_bytes: MAX_BYTES,
-            ..StageOptions::default()
-        },
-    )
-    .expect("stage");
+    let options = StageOptions {
+        max_batch_bytes: MAX_BYTES,
+        ..StageOptions::default()
+    };
+    let stage = copier_stage(&cluster, &config, &codec, &seen, options);
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(stage.run(shutdown.clone()));
     let outputs = tokio::task::block_in_place(|| read(&cluster, OUTPUT, LARGE));
