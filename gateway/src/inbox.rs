@@ -402,24 +402,18 @@ impl Gateway {
             dispatched_at: None,
         };
         let topic = self.topics.tracking();
-        let unavailable = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!(
-                "the {kind:?} is stored but its tracking event is not, retry: {e}"
-            ))
-        };
         let record = self
             .producer
             .encode(topic, id, &event)
             .map_err(|e| Status::internal(format!("tracking event: {e}")))?;
-        let records = [record];
         let deadline = tokio::time::Instant::now() + self.producer.timeout();
-        self.room_on(topic, &records, deadline)
+        self.write_with_room(topic, &[record], deadline)
             .await
-            .map_err(|e| unavailable(&e))?;
-        self.producer
-            .send_all(&records)
-            .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the {kind:?} is stored but its tracking event is not, retry: {e}"
+                ))
+            })
     }
 }
 

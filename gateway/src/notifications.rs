@@ -495,7 +495,7 @@ impl Gateway {
     /// Waits, on the embedded cluster, until `topic` has room for `records`
     /// (its readers are behind), at most until `deadline`; at once on real
     /// brokers. Counted in `tidings_embedded_backlog_waits_total`.
-    pub(crate) async fn room_on(
+    async fn room_on(
         &self,
         topic: &str,
         records: &[OutRecord],
@@ -523,6 +523,19 @@ impl Gateway {
                 },
             )
             .await
+    }
+
+    /// Writes `records` to `topic` once it has room (see [`Self::room_on`]),
+    /// waiting at most until `deadline`: the tracking writes a caller waits
+    /// for (delivery receipts, inbox reads).
+    pub(crate) async fn write_with_room(
+        &self,
+        topic: &str,
+        records: &[OutRecord],
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RoomOrKafka> {
+        self.room_on(topic, records, deadline).await?;
+        Ok(self.producer.send_all(records).await?)
     }
 
     /// The send's largest record (the longest user's), refused by field when
@@ -683,6 +696,15 @@ impl Gateway {
             ),
         }
     }
+}
+
+/// Why [`Gateway::write_with_room`] wrote nothing, or not all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RoomOrKafka {
+    #[error(transparent)]
+    NoRoom(#[from] NoRoom),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// The requests topic had no room within the produce timeout (embedded

@@ -664,11 +664,7 @@ impl Gateway {
             // provider's burst of receipts waits (or is answered 503 and
             // retried) rather than overrun what the mock broker keeps.
             let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
-            self.room_on(topic, &records, deadline)
-                .await
-                .map_err(|e| format!("tracking topic: {e}"))?;
-            self.producer
-                .send_all(&records)
+            self.write_with_room(topic, &records, deadline)
                 .await
                 .map_err(|e| format!("tracking topic: {e}"))
         };

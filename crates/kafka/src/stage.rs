@@ -315,7 +315,7 @@ impl Default for StageOptions {
     fn default() -> Self {
         Self {
             max_batch: 1_000,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: KafkaConfig::default().stage_batch_bytes,
             max_concurrency: 256,
             max_poll_interval: Duration::from_secs(300),
             batch_window: Duration::from_millis(5),
