@@ -481,26 +481,99 @@ impl ConsumerContext for StageContext {
     }
 }
 
-/// Commits the stored offsets of the partitions this member holds and
-/// closes `consumer` on a thread of its own, waiting at most `limit`. Both
-/// block inside librdkafka with no bound of their own: a sync commit waits
-/// for the coordinator, and rdkafka's `Drop` polls until the consumer reports
-/// closed (fede1024/rust-rdkafka#509). A stage stopped while its group was
-/// still joining once hung a whole test run there; past the limit the close
-/// is left to finish (or not) on its thread and the broker expires the
-/// membership after `session.timeout.ms`.
+/// Leaves the group in two steps, at most `limit` in all. First it
+/// unsubscribes and serves the consumer until librdkafka has revoked the
+/// partitions: the revoke callback commits what was handled, through the
+/// same path as any rebalance. Only then is the consumer closed, with no
+/// rebalance left in flight for the close to interleave with: librdkafka
+/// aborts the process when a close ends while an assignment change is still
+/// in progress (`rd_kafka_cgrp_terminated: assert:
+/// !rd_kafka_assignment_in_progress`, confluentinc/librdkafka#4027, #4792,
+/// seen once in our CI), and draining the revoke before the close is the
+/// shutdown its maintainers' answers point to.
 async fn leave_group(consumer: StreamConsumer<StageContext>, stage: &'static str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let revoke = give_up_partitions(&consumer, stage, deadline).await;
+    close_consumer(consumer, stage, revoke, deadline).await;
+}
+
+/// How often [`give_up_partitions`] looks whether the revoke has happened
+/// while no event arrives.
+const REVOKE_CHECK: Duration = Duration::from_millis(50);
+
+/// Unsubscribes and serves `consumer` until it holds no partitions (or the
+/// deadline passes). A revoke callback's sync commit is bounded by
+/// librdkafka (`session.timeout.ms` while the coordinator is away).
+async fn give_up_partitions(
+    consumer: &StreamConsumer<StageContext>,
+    stage: &'static str,
+    deadline: tokio::time::Instant,
+) -> Revoke {
+    consumer.unsubscribe();
+    let started = tokio::time::Instant::now();
+    loop {
+        match consumer.assignment() {
+            Ok(held) if held.count() == 0 => {
+                debug!(
+                    stage,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "partitions given up before the close"
+                );
+                return Revoke::Done;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(stage, error = %e, "cannot tell whether the partitions were revoked; the close commits them");
+                return Revoke::Pending;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Revoke::Pending;
+        }
+        // Serving the consumer runs the revoke callback. Records still
+        // queued are dropped unstored: the partitions' next owner reads them
+        // again from the committed offsets.
+        let wait =
+            REVOKE_CHECK.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let _ = tokio::time::timeout(wait, consumer.recv()).await;
+    }
+}
+
+/// Whether a leaving member's partitions were revoked before its close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Revoke {
+    /// Revoked, and what was handled committed by the revoke callback.
+    Done,
+    /// Still held: the close commits their stored offsets first.
+    Pending,
+}
+
+/// Commits the stored offsets of partitions still held, if any, and closes
+/// `consumer` on a thread of its own, waiting until `deadline`. Both block
+/// inside librdkafka with no bound of their own: a sync commit waits for
+/// the coordinator, and rdkafka's `Drop` polls until the consumer reports
+/// closed (fede1024/rust-rdkafka#509). A stage stopped while its group was
+/// still joining once hung a whole test run there; past the deadline the
+/// close is left to finish (or not) on its thread and the broker expires the
+/// membership after `session.timeout.ms`.
+async fn close_consumer(
+    consumer: StreamConsumer<StageContext>,
+    stage: &'static str,
+    revoke: Revoke,
+    deadline: tokio::time::Instant,
+) {
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     let close = move || {
         // Stored offsets exist only for assigned partitions: librdkafka
         // drops them on revoke and refuses to store others.
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                warn!(stage, error = %e, "final offset commit failed; the last records will be replayed")
+        if revoke == Revoke::Pending {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    warn!(stage, error = %e, "final offset commit failed; the last records will be replayed")
+                }
             }
         }
-        consumer.unsubscribe();
         drop(consumer);
         let _ = closed_tx.send(());
     };
@@ -512,10 +585,9 @@ async fn leave_group(consumer: StreamConsumer<StageContext>, stage: &'static str
         warn!(stage, error = %e, "no thread to close the consumer on; closed inline");
         return;
     }
-    if tokio::time::timeout(limit, closed_rx).await.is_err() {
+    if tokio::time::timeout_at(deadline, closed_rx).await.is_err() {
         warn!(
             stage,
-            limit_s = limit.as_secs(),
             "the consumer did not leave its group in time; its partitions are freed when its session expires"
         );
     }
