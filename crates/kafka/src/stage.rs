@@ -498,7 +498,7 @@ async fn leave_group(consumer: StreamConsumer<StageContext>, stage: &'static str
 }
 
 /// How often [`give_up_partitions`] looks whether the revoke has happened
-/// while no event arrives.
+/// while it serves the consumer.
 const REVOKE_CHECK: Duration = Duration::from_millis(50);
 
 /// Unsubscribes and serves `consumer` until it holds no partitions (or the
@@ -530,12 +530,17 @@ async fn give_up_partitions(
         if tokio::time::Instant::now() >= deadline {
             return Revoke::Pending;
         }
-        // Serving the consumer runs the revoke callback. Records still
-        // queued are dropped unstored: the partitions' next owner reads them
-        // again from the committed offsets.
+        // Serving the consumer runs the revoke callback, which may be
+        // queued behind read-ahead records. Those are dropped unstored: the
+        // partitions' next owner reads them again from the committed offsets.
         let wait =
             REVOKE_CHECK.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        let _ = tokio::time::timeout(wait, consumer.recv()).await;
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                let _ = consumer.recv().await;
+            }
+        })
+        .await;
     }
 }
 
